@@ -1,0 +1,54 @@
+# keycloak-pep: build the filter, run the real stack, test, benchmark.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+WASM := dist/keycloak_pep.wasm
+
+.PHONY: help build wasm test unit abi e2e lint up down demo bench clean
+
+help:
+	@echo "make demo    build the filter, start Keycloak + Envoy + an echo upstream on 127.0.0.1, show allowed/denied requests"
+	@echo "make test    all tests: unit, wasmtime ABI, and end-to-end against the real Keycloak and Envoy"
+	@echo "make build   dist/keycloak_pep.wasm (wasm32-wasip1, release) and the kcpep CLI"
+	@echo "make up / make down   start / stop the stack in the background"
+	@echo "make bench   benchmarks (prints figures)"
+
+build: wasm
+	cargo build --release --bin kcpep
+
+wasm: $(WASM)
+
+$(WASM): Cargo.toml $(shell find src -name '*.rs' 2>/dev/null)
+	scripts/build-wasm.sh
+
+lint:
+	cargo fmt --check
+	cargo clippy --all-targets -- -D warnings
+
+unit:
+	cargo test --lib --bins
+
+abi: $(WASM)
+	cargo test --test abi --test host_selftest
+
+e2e: $(WASM)
+	scripts/stack.sh test -- cargo test --features e2e --test contract --test e2e -- --test-threads=1
+
+test: $(WASM)
+	cargo test
+	$(MAKE) e2e
+
+up: $(WASM)
+	scripts/stack.sh up
+
+down:
+	scripts/stack.sh down
+
+demo: $(WASM)
+	scripts/stack.sh up
+	scripts/demo.sh
+
+bench: $(WASM)
+	cargo run --release --bin kcpep -- bench-paths
+
+clean:
+	rm -rf target dist .run

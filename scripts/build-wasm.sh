@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Builds dist/keycloak_pep.wasm (wasm32-wasip1, release) by whichever toolchain route this machine allows:
+#   1. rustup's own wasm32-wasip1 target, when installed;
+#   2. Debian's rustc-web + rust-web-src + wasi-libc, building std with -Zbuild-std
+#      (installed here with apt when running as root and missing);
+#   3. otherwise stop and say how to get either.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+TARGET=wasm32-wasip1
+OUT=dist/keycloak_pep.wasm
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR_WASM:-target/wasm}"
+mkdir -p dist
+
+have_rustup_target() {
+  command -v rustup >/dev/null 2>&1 && rustup target list --installed 2>/dev/null | grep -qx "$TARGET"
+}
+have_debian_route() {
+  [ -x /usr/bin/rustc ] && [ -x /usr/bin/cargo ] && [ -d /usr/lib/rustlib/src/rust/library ] && [ -d /usr/lib/wasm32-wasi ]
+}
+rustup_lld() {
+  local sysroot
+  sysroot=$(rustc --print sysroot 2>/dev/null) || return 1
+  local lld="$sysroot/lib/rustlib/x86_64-unknown-linux-gnu/bin/rust-lld"
+  [ -x "$lld" ] && echo "$lld"
+}
+
+if have_rustup_target; then
+  echo "build-wasm: route 1 (rustup target $TARGET)"
+  cargo build --release --lib --target "$TARGET"
+else
+  if ! have_debian_route && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "build-wasm: installing Debian's rustc-web, cargo-web, rust-web-src, wasi-libc (no wasm32 std in rustup here)"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rustc-web cargo-web rust-web-src wasi-libc >/dev/null
+  fi
+  LLD=$(rustup_lld || true)
+  if have_debian_route && [ -n "$LLD" ]; then
+    echo "build-wasm: route 2 (Debian rustc-web + build-std, linker $LLD)"
+    RUSTC_BOOTSTRAP=1 RUSTC=/usr/bin/rustc \
+    CARGO_TARGET_WASM32_WASIP1_LINKER="$LLD" \
+    CARGO_TARGET_WASM32_WASIP1_RUSTFLAGS="-L /usr/lib/wasm32-wasi" \
+      /usr/bin/cargo build --release --lib --target "$TARGET" -Zbuild-std=std,panic_abort
+  else
+    cat >&2 <<MSG
+build-wasm: no way to build for $TARGET on this machine. Either
+  - rustup target add $TARGET            (needs rustup's download server), or
+  - apt-get install rustc-web cargo-web rust-web-src wasi-libc   (Debian 12; plus rustup's rust-lld as linker)
+MSG
+    exit 1
+  fi
+fi
+cp "$CARGO_TARGET_DIR/$TARGET/release/keycloak_pep.wasm" "$OUT"
+echo "build-wasm: $OUT ($(( $(stat -c %s "$OUT") / 1024 )) KiB)"
