@@ -419,12 +419,18 @@ fn parse_proxy(
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     {
-        return Err(ConfigError::new(&header_path, "expected an HTTP header name"));
+        return Err(ConfigError::new(
+            &header_path,
+            "expected an HTTP header name",
+        ));
     }
     let on_keycloak_error = o
         .choice(
             "on-keycloak-error",
-            &[("deny", OnKeycloakError::Deny), ("allow", OnKeycloakError::Allow)],
+            &[
+                ("deny", OnKeycloakError::Deny),
+                ("allow", OnKeycloakError::Allow),
+            ],
         )?
         .unwrap_or(OnKeycloakError::Deny);
     let clock_skew_seconds = o.u32("clock-skew-seconds")?.unwrap_or(30);
@@ -544,7 +550,11 @@ mod tests {
         assert_eq!(c.on_deny_redirect_to.as_deref(), Some("/denied"));
         assert_eq!(
             c.path_cache,
-            PathCacheConfig { configured: true, lifespan_ms: -1, max_entries: 5 }
+            PathCacheConfig {
+                configured: true,
+                lifespan_ms: -1,
+                max_entries: 5
+            }
         );
         assert!(c.path_cache.enabled());
         assert!(c.claim_information_point.is_some());
@@ -604,7 +614,10 @@ mod tests {
     fn adapter_level_errors() {
         let mut v = minimal();
         v["auth-server-url"] = json!("kc:8080");
-        assert!(parse(v).unwrap_err().to_string().starts_with("auth-server-url: expected an http"));
+        assert!(parse(v)
+            .unwrap_err()
+            .to_string()
+            .starts_with("auth-server-url: expected an http"));
         let mut v = minimal();
         v["credentials"] = json!({"jwt": {"client-keystore-file": "x"}});
         assert_eq!(
@@ -613,10 +626,16 @@ mod tests {
         );
         let mut v = minimal();
         v["realmm"] = json!("x");
-        assert_eq!(parse(v).unwrap_err().to_string(), "realmm: unknown key (did you mean \"realm\"?)");
+        assert_eq!(
+            parse(v).unwrap_err().to_string(),
+            "realmm: unknown key (did you mean \"realm\"?)"
+        );
         let v = json!({"realm": "r", "auth-server-url": "http://k"});
         assert_eq!(parse(v).unwrap_err().to_string(), "resource: is required");
-        assert!(EnforcerConfig::from_json(b"{").unwrap_err().to_string().starts_with("invalid JSON"));
+        assert!(EnforcerConfig::from_json(b"{")
+            .unwrap_err()
+            .to_string()
+            .starts_with("invalid JSON"));
     }
 
     #[test]
@@ -627,7 +646,10 @@ mod tests {
                             "on-keycloak-error": "allow", "issuer": "https://id/realms/bank",
                             "strip-prefix": "/app/", "audiences": ["bank-api"]});
         let c = parse(v).unwrap();
-        assert_eq!(c.proxy.cluster, "outbound|8080||keycloak.ns.svc.cluster.local");
+        assert_eq!(
+            c.proxy.cluster,
+            "outbound|8080||keycloak.ns.svc.cluster.local"
+        );
         assert_eq!(c.proxy.timeout_ms, 500);
         assert_eq!(c.proxy.permissions_header, "x-perms");
         assert_eq!(c.proxy.on_keycloak_error, OnKeycloakError::Allow);
@@ -635,7 +657,10 @@ mod tests {
         assert_eq!(c.proxy.strip_prefix.as_deref(), Some("/app"));
         let mut v = minimal();
         v["kcpep"] = json!({"timeout-ms": 0});
-        assert_eq!(parse(v).unwrap_err().to_string(), "kcpep.timeout-ms: must be at least 1");
+        assert_eq!(
+            parse(v).unwrap_err().to_string(),
+            "kcpep.timeout-ms: must be at least 1"
+        );
         let mut v = minimal();
         v["kcpep"] = json!({"clustr": "x"});
         assert_eq!(

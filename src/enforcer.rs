@@ -6,9 +6,7 @@
 //! A verdict that needs Keycloak is data: [`Step::Call`] carries the exact request and a
 //! [`Pending`] continuation that turns Keycloak's answer into the next step.
 
-use crate::config::{
-    EnforcementMode, EnforcerConfig, MethodConfig, OnKeycloakError, ScopesMode,
-};
+use crate::config::{EnforcementMode, EnforcerConfig, MethodConfig, OnKeycloakError, ScopesMode};
 use crate::pathset::{Entry, PathCache, PathSet};
 use crate::token::{BearerError, Token, TokenError};
 use crate::uma::{
@@ -63,7 +61,7 @@ pub struct Reply {
 pub enum Step {
     Allow(Allow),
     Reply(Reply),
-    Call(Call),
+    Call(Box<Call>),
 }
 
 /// A request to Keycloak and what to do with its answer.
@@ -177,7 +175,10 @@ pub fn decide(cfg: &EnforcerConfig, rt: &mut Runtime, req: &RequestFacts, now_ms
     let configured: Option<Entry> = if is_deny_page {
         None
     } else {
-        normalized.as_deref().and_then(|n| rt.paths.find(n)).cloned()
+        normalized
+            .as_deref()
+            .and_then(|n| rt.paths.find(n))
+            .cloned()
     };
     let configured_disabled = configured
         .as_ref()
@@ -199,9 +200,7 @@ pub fn decide(cfg: &EnforcerConfig, rt: &mut Runtime, req: &RequestFacts, now_ms
         }
         Credential::Malformed(e) => return unauthorized(cfg, Some(e.describe())),
         Credential::Invalid(e) => return unauthorized(cfg, Some(e.describe())),
-        Credential::Unverifiable => {
-            return keycloak_unavailable(cfg, "realm keys not loaded yet")
-        }
+        Credential::Unverifiable => return keycloak_unavailable(cfg, "realm keys not loaded yet"),
     };
 
     // Server refinement (lazy-load-paths or a configured path-cache): unmatched or wildcard paths
@@ -223,13 +222,13 @@ pub fn decide(cfg: &EnforcerConfig, rt: &mut Runtime, req: &RequestFacts, now_ms
                     matching_uri: true,
                     ..Default::default()
                 };
-                return Step::Call(Call {
+                return Step::Call(Box::new(Call {
                     request: uma::resource_query_request(cfg, pat, &q),
                     pending: Pending::LazyLoad {
                         key: key.to_string(),
                         configured,
                     },
-                });
+                }));
             }
         }
     }
@@ -293,9 +292,10 @@ pub fn resume(
                     }
                 }
                 UmaOutcome::Denied => denied(&method, "denied by Keycloak policies"),
-                UmaOutcome::Refused(e) => {
-                    denied(&method, &format!("Keycloak refused the request: {}", e.error))
-                }
+                UmaOutcome::Refused(e) => denied(
+                    &method,
+                    &format!("Keycloak refused the request: {}", e.error),
+                ),
                 UmaOutcome::InvalidSubject => unauthorized(cfg, Some("token refused by Keycloak")),
                 UmaOutcome::Unavailable(why) => keycloak_unavailable(cfg, &why),
             }
@@ -345,7 +345,8 @@ fn with_entry(
     let uri_form = resource.is_none();
     let permission = PermissionRequest {
         // Unresolved paths ask by URI: Keycloak matches the request path against resource URIs.
-        resource: resource.or_else(|| relative_path(cfg, req.path).and_then(|p| uri::normalize(&p))),
+        resource: resource
+            .or_else(|| relative_path(cfg, req.path).and_then(|p| uri::normalize(&p))),
         scopes: method.scopes.clone(),
     };
     let grant = UmaGrant {
@@ -356,10 +357,10 @@ fn with_entry(
         claims: None,
         rpt: token.permissions().is_some().then_some(raw),
     };
-    Step::Call(Call {
+    Step::Call(Box::new(Call {
         request: uma::uma_grant_request(cfg, &grant),
         pending: Pending::Grant { entry, method },
-    })
+    }))
 }
 
 /// Keycloak's method selection: the first configured method equal to the request's, else one
@@ -382,7 +383,12 @@ pub fn method_config(cfg: &EnforcerConfig, entry: &Entry, method: &str) -> Metho
 
 /// Keycloak's `isAuthorized` over a list of permissions. `from_server`: the permissions are
 /// Keycloak's answer to our single-resource request, so an unresolved path accepts its resource.
-pub fn is_authorized(entry: &Entry, m: &MethodConfig, perms: &[Permission], from_server: bool) -> bool {
+pub fn is_authorized(
+    entry: &Entry,
+    m: &MethodConfig,
+    perms: &[Permission],
+    from_server: bool,
+) -> bool {
     let mut has_permission = false;
     for p in perms {
         match p.rsid.as_deref().filter(|s| !s.trim().is_empty()) {
@@ -436,10 +442,10 @@ fn challenge(cfg: &EnforcerConfig, rt: &Runtime, entry: &Entry, m: &MethodConfig
     let (Some(pat), Some(id)) = (rt.pat.as_deref(), entry.resource.id.as_deref()) else {
         return forbidden("no permission ticket (resource unresolved or no PAT)");
     };
-    Step::Call(Call {
+    Step::Call(Box::new(Call {
         request: uma::permission_ticket_request(cfg, pat, id, &m.scopes, None),
         pending: Pending::Ticket,
-    })
+    }))
 }
 
 fn challenge_with_ticket(cfg: &EnforcerConfig, rt: &Runtime, answer: Answer) -> Step {
@@ -475,7 +481,9 @@ fn allow(permissions: Option<Vec<Permission>>, reason: &'static str) -> Step {
 fn unauthorized(cfg: &EnforcerConfig, error: Option<&str>) -> Step {
     let mut value = format!("Bearer realm=\"{}\"", cfg.realm);
     if let Some(desc) = error {
-        value.push_str(&format!(", error=\"invalid_token\", error_description=\"{desc}\""));
+        value.push_str(&format!(
+            ", error=\"invalid_token\", error_description=\"{desc}\""
+        ));
     }
     Step::Reply(Reply {
         status: 401,

@@ -277,7 +277,10 @@ mod tests {
         assert_eq!(o.string("enforcement-mode").unwrap(), None);
         let e = o.finish().unwrap_err();
         assert_eq!(e.path, "policy-enforcer.enforcment-mode");
-        assert!(e.message.contains("did you mean \"enforcement-mode\""), "{e}");
+        assert!(
+            e.message.contains("did you mean \"enforcement-mode\""),
+            "{e}"
+        );
     }
 
     #[test]

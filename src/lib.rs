@@ -5,10 +5,15 @@
 //! that moves bytes between Envoy and the core; it only exists in the wasm32 build.
 
 pub mod config;
+pub mod enforcer;
 pub mod json;
 pub mod paths;
+pub mod pathset;
+pub mod refresh;
+pub mod routes;
 pub mod token;
 pub mod uma;
 pub mod uri;
-pub mod enforcer;
-pub mod pathset;
+
+#[cfg(target_arch = "wasm32")]
+mod filter;

@@ -233,7 +233,11 @@ pub(crate) fn java_split(s: &str, sep: char) -> Vec<&str> {
 /// Keycloak's `buildUriFromTemplate`: substitutes the target's segments into the template's
 /// `{…}` placeholders. `None` when the shapes differ. With `only_first_param`, returns the
 /// substituted prefix up to the last placeholder (the parent instance of `/r/{id}/*`).
-pub fn build_uri_from_template(template: &str, target: &str, only_first_param: bool) -> Option<String> {
+pub fn build_uri_from_template(
+    template: &str,
+    target: &str,
+    only_first_param: bool,
+) -> Option<String> {
     let tchars: Vec<char> = template.chars().collect();
     let target_chars: Vec<char> = target.chars().collect();
     let pattern_start = tchars.iter().position(|c| *c == '{')?;
@@ -371,7 +375,10 @@ mod tests {
     fn pattern_kinds() {
         assert_eq!(winner(&["/*"], "/anything/at/all").as_deref(), Some("/*"));
         assert_eq!(winner(&["/*"], "/").as_deref(), Some("/*"));
-        assert_eq!(winner(&["/*.html"], "/a/b.html").as_deref(), Some("/*.html"));
+        assert_eq!(
+            winner(&["/*.html"], "/a/b.html").as_deref(),
+            Some("/*.html")
+        );
         assert_eq!(winner(&["/*.html"], "/a/b.htm"), None);
         assert_eq!(winner(&["/p/*"], "/p/x/y").as_deref(), Some("/p/*"));
         assert_eq!(winner(&["/p/*"], "/p").as_deref(), Some("/p/*"));
@@ -389,7 +396,10 @@ mod tests {
         );
         assert_eq!(winner(&["/api/{v}/r/*"], "/api/v1/s/x"), None);
         assert_eq!(winner(&["/api*"], "/apiary").as_deref(), Some("/api*"));
-        assert_eq!(winner(&["/x/{id}/*.json"], "/x/1.json").as_deref(), Some("/x/{id}/*.json"));
+        assert_eq!(
+            winner(&["/x/{id}/*.json"], "/x/1.json").as_deref(),
+            Some("/x/{id}/*.json")
+        );
     }
 
     /// The computed precedence table of keycloak-pep.md §4.3.
@@ -399,7 +409,11 @@ mod tests {
             (&["/api/*", "/api"], "/api", "/api/*"),
             (&["/api", "/api/*"], "/api", "/api"),
             (&["/static/*.html", "/*"], "/other/x.html", "/static/*.html"),
-            (&["/static/*", "/static/*.html"], "/static/x.html", "/static/*.html"),
+            (
+                &["/static/*", "/static/*.html"],
+                "/static/x.html",
+                "/static/*.html",
+            ),
             (&["/a/*", "/a/b/*"], "/a/b/c", "/a/b/*"),
             (&["/a/b/*", "/a/*"], "/a/b/c", "/a/b/*"),
             (&["/a/{x}", "/a/{y}"], "/a/b", "/a/{x}"),
@@ -414,8 +428,16 @@ mod tests {
             (&["/a/{x}/c/*", "/a/{x}/{y}"], "/a/b/c", "/a/{x}/c/*"),
             (&["/{x}/b/c", "/a/b/c"], "/a/b/c", "/a/b/c"),
             (&["/a/b/c", "/{x}/b/c"], "/a/b/c", "/a/b/c"),
-            (&["/api/*", "/api/{version}/resource"], "/api/v1/resource", "/api/{version}/resource"),
-            (&["/api/v1/*", "/api/{version}/resource/*"], "/api/v1/resource/x", "/api/{version}/resource/*"),
+            (
+                &["/api/*", "/api/{version}/resource"],
+                "/api/v1/resource",
+                "/api/{version}/resource",
+            ),
+            (
+                &["/api/v1/*", "/api/{version}/resource/*"],
+                "/api/v1/resource/x",
+                "/api/{version}/resource/*",
+            ),
             (&["/a/{x}/*"], "/a/b", "/a/{x}/*"),
             (&["/api/admin", "/*"], "/api/admin", "/api/admin"),
             (&["/api/x", "/api/{id}"], "/api/x", "/api/x"),
@@ -444,7 +466,10 @@ mod tests {
     #[test]
     fn template_uri_is_substituted() {
         let m = PathMatcher::new(["/account/{id}"]);
-        assert_eq!(m.find("/account/42").unwrap().template_uri.as_deref(), Some("/account/42"));
+        assert_eq!(
+            m.find("/account/42").unwrap().template_uri.as_deref(),
+            Some("/account/42")
+        );
     }
 
     #[test]
@@ -468,8 +493,14 @@ mod tests {
     fn template_validation() {
         assert!(validate_template("/a/{id}/b").is_ok());
         assert_eq!(validate_template("/a/{id"), Err("missing closing '}'"));
-        assert_eq!(validate_template("/a/{}"), Err("unexpected '}' or empty parameter name"));
+        assert_eq!(
+            validate_template("/a/{}"),
+            Err("unexpected '}' or empty parameter name")
+        );
         assert_eq!(validate_template("/a/{{x}}"), Err("nested '{'"));
-        assert_eq!(validate_template("/a/{x/y}"), Err("parameter name contains '/'"));
+        assert_eq!(
+            validate_template("/a/{x/y}"),
+            Err("parameter name contains '/'")
+        );
     }
 }

@@ -86,7 +86,9 @@ impl PathSet {
     }
 
     pub fn find(&self, normalized: &str) -> Option<&Entry> {
-        self.matcher.find(normalized).map(|m| &self.entries[m.index])
+        self.matcher
+            .find(normalized)
+            .map(|m| &self.entries[m.index])
     }
 
     /// Index of the winning entry (for `explain`).
@@ -250,7 +252,12 @@ mod tests {
             id: id.into(),
             name: name.into(),
             uris: uris.iter().map(|s| s.to_string()).collect(),
-            scopes: scopes.iter().map(|s| ScopeRef { name: s.to_string() }).collect(),
+            scopes: scopes
+                .iter()
+                .map(|s| ScopeRef {
+                    name: s.to_string(),
+                })
+                .collect(),
             kind: None,
         }
     }
@@ -268,12 +275,19 @@ mod tests {
                 resource("4", "Shadowed", &["/public/*"], &["x"]),
             ],
         );
-        let paths: Vec<&str> = set.entries().iter().map(|e| e.config.path.as_str()).collect();
+        let paths: Vec<&str> = set
+            .entries()
+            .iter()
+            .map(|e| e.config.path.as_str())
+            .collect();
         assert_eq!(paths, vec!["/a", "/b/{id}", "/b2", "/public/*"]);
         let b = set.find("/b/7").unwrap();
         assert_eq!(b.resource.id.as_deref(), Some("1"));
         assert_eq!(b.config.scopes, vec!["view"]);
-        assert_eq!(set.find("/public/x").unwrap().config.enforcement_mode, EnforcementMode::Disabled);
+        assert_eq!(
+            set.find("/public/x").unwrap().config.enforcement_mode,
+            EnforcementMode::Disabled
+        );
     }
 
     #[test]
@@ -282,12 +296,19 @@ mod tests {
         let mut set = PathSet::from_config(&c);
         assert_eq!(set.find("/account/1").unwrap().resource.id, None);
         set.bind(0, &resource("r1", "Acc", &["/account/{id}"], &[]));
-        assert_eq!(set.find("/account/1").unwrap().resource.id.as_deref(), Some("r1"));
+        assert_eq!(
+            set.find("/account/1").unwrap().resource.id.as_deref(),
+            Some("r1")
+        );
         assert!(set.binds_resource_elsewhere("r1"));
     }
 
     fn pc(lifespan: i64, max: u32) -> PathCache {
-        PathCache::new(PathCacheConfig { configured: true, lifespan_ms: lifespan, max_entries: max })
+        PathCache::new(PathCacheConfig {
+            configured: true,
+            lifespan_ms: lifespan,
+            max_entries: max,
+        })
     }
 
     #[test]

@@ -218,10 +218,17 @@ pub fn key_id(raw: &str) -> Option<String> {
 }
 
 /// Verifies signature and claims. `now` is seconds since the epoch.
-pub fn verify(raw: &str, jwks: &Jwks, expect: &Expectations, now: i64) -> Result<Token, TokenError> {
+pub fn verify(
+    raw: &str,
+    jwks: &Jwks,
+    expect: &Expectations,
+    now: i64,
+) -> Result<Token, TokenError> {
     let header = jsonwebtoken::decode_header(raw).map_err(|_| TokenError::Malformed)?;
-    if matches!(header.alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
-        || matches!(header.alg, Algorithm::EdDSA)
+    if matches!(
+        header.alg,
+        Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512
+    ) || matches!(header.alg, Algorithm::EdDSA)
     {
         return Err(TokenError::UnsupportedAlgorithm);
     }
@@ -268,7 +275,12 @@ pub fn verify(raw: &str, jwks: &Jwks, expect: &Expectations, now: i64) -> Result
     check_claims(claims, expect, now, raw)
 }
 
-fn check_claims(claims: Value, expect: &Expectations, now: i64, raw: &str) -> Result<Token, TokenError> {
+fn check_claims(
+    claims: Value,
+    expect: &Expectations,
+    now: i64,
+    raw: &str,
+) -> Result<Token, TokenError> {
     let leeway = i64::try_from(expect.leeway_seconds).unwrap_or(i64::MAX);
     let exp = claims
         .get("exp")
@@ -355,20 +367,36 @@ pub(crate) mod tests {
     }
 
     fn expect() -> Expectations<'static> {
-        Expectations { issuer: ISSUER, audiences: &[], leeway_seconds: 30 }
+        Expectations {
+            issuer: ISSUER,
+            audiences: &[],
+            leeway_seconds: 30,
+        }
     }
 
     #[test]
     fn bearer_extraction() {
         assert_eq!(bearer(&[], 100), Ok(None));
-        assert_eq!(bearer(&[b"Bearer abc.def-_~+/=="], 100), Ok(Some("abc.def-_~+/==")));
+        assert_eq!(
+            bearer(&[b"Bearer abc.def-_~+/=="], 100),
+            Ok(Some("abc.def-_~+/=="))
+        );
         assert_eq!(bearer(&[b"bearer  abc"], 100), Ok(Some("abc")));
-        assert_eq!(bearer(&[b"Bearer a", b"Bearer b"], 100), Err(BearerError::Duplicate));
-        assert_eq!(bearer(&[b"Basic dXNlcjpwdw=="], 100), Err(BearerError::NotBearer));
+        assert_eq!(
+            bearer(&[b"Bearer a", b"Bearer b"], 100),
+            Err(BearerError::Duplicate)
+        );
+        assert_eq!(
+            bearer(&[b"Basic dXNlcjpwdw=="], 100),
+            Err(BearerError::NotBearer)
+        );
         assert_eq!(bearer(&[b"Bearer"], 100), Err(BearerError::NotBearer));
         assert_eq!(bearer(&[b"Bearer a b"], 100), Err(BearerError::BadSyntax));
         assert_eq!(bearer(&[b"Bearer a,b"], 100), Err(BearerError::BadSyntax));
-        assert_eq!(bearer(&[b"Bearer \xff\xfe"], 100), Err(BearerError::BadSyntax));
+        assert_eq!(
+            bearer(&[b"Bearer \xff\xfe"], 100),
+            Err(BearerError::BadSyntax)
+        );
         assert_eq!(bearer(&[b"Bearer ===="], 100), Err(BearerError::BadSyntax));
         assert_eq!(bearer(&[b"Bearer abcdef"], 3), Err(BearerError::TooLong));
     }
@@ -385,10 +413,13 @@ pub(crate) mod tests {
     fn valid_tokens_verify() {
         let t = verify(&sign_rs256(&claims()), &jwks(), &expect(), NOW).unwrap();
         assert_eq!(t.subject(), Some("u1"));
-        assert_eq!(t.claim("/realm_access/roles/1"), Some(&json!("account_owner")));
+        assert_eq!(
+            t.claim("/realm_access/roles/1"),
+            Some(&json!("account_owner"))
+        );
         assert_eq!(t.exp, NOW + 300);
         let t = verify(&sign_es256(&claims()), &jwks(), &expect(), NOW).unwrap();
-        assert_eq!(t.digest, digest(&sign_es256(&claims())).map(|b| b) );
+        assert_eq!(t.digest, digest(&sign_es256(&claims())).map(|b| b));
     }
 
     #[test]
@@ -398,7 +429,10 @@ pub(crate) mod tests {
         let last = bytes.len() - 5;
         bytes[last] = if bytes[last] == b'A' { b'B' } else { b'A' };
         let forged = String::from_utf8(bytes).unwrap();
-        assert_eq!(verify(&forged, &jwks(), &expect(), NOW), Err(TokenError::BadSignature));
+        assert_eq!(
+            verify(&forged, &jwks(), &expect(), NOW),
+            Err(TokenError::BadSignature)
+        );
         // a changed payload with the old signature
         let tok = sign_rs256(&claims());
         let parts: Vec<&str> = tok.split('.').collect();
@@ -406,31 +440,58 @@ pub(crate) mod tests {
         c["realm_access"]["roles"] = json!(["admin"]);
         let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(c.to_string());
         let spliced = format!("{}.{}.{}", parts[0], payload, parts[2]);
-        assert_eq!(verify(&spliced, &jwks(), &expect(), NOW), Err(TokenError::BadSignature));
+        assert_eq!(
+            verify(&spliced, &jwks(), &expect(), NOW),
+            Err(TokenError::BadSignature)
+        );
     }
 
     #[test]
     fn claims_are_checked() {
         let mut c = claims();
         c["exp"] = json!(NOW - 31);
-        assert_eq!(verify(&sign_rs256(&c), &jwks(), &expect(), NOW), Err(TokenError::Expired));
+        assert_eq!(
+            verify(&sign_rs256(&c), &jwks(), &expect(), NOW),
+            Err(TokenError::Expired)
+        );
         c["exp"] = json!(NOW - 29);
-        assert!(verify(&sign_rs256(&c), &jwks(), &expect(), NOW).is_ok(), "within leeway");
+        assert!(
+            verify(&sign_rs256(&c), &jwks(), &expect(), NOW).is_ok(),
+            "within leeway"
+        );
         let mut c = claims();
         c["nbf"] = json!(NOW + 100);
-        assert_eq!(verify(&sign_rs256(&c), &jwks(), &expect(), NOW), Err(TokenError::NotYetValid));
+        assert_eq!(
+            verify(&sign_rs256(&c), &jwks(), &expect(), NOW),
+            Err(TokenError::NotYetValid)
+        );
         let mut c = claims();
         c["iss"] = json!("http://evil/realms/bank");
-        assert_eq!(verify(&sign_rs256(&c), &jwks(), &expect(), NOW), Err(TokenError::WrongIssuer));
+        assert_eq!(
+            verify(&sign_rs256(&c), &jwks(), &expect(), NOW),
+            Err(TokenError::WrongIssuer)
+        );
         let mut c = claims();
         c["typ"] = json!("Refresh");
-        assert_eq!(verify(&sign_rs256(&c), &jwks(), &expect(), NOW), Err(TokenError::WrongType));
+        assert_eq!(
+            verify(&sign_rs256(&c), &jwks(), &expect(), NOW),
+            Err(TokenError::WrongType)
+        );
         let mut c = claims();
         c.as_object_mut().unwrap().remove("exp");
-        assert_eq!(verify(&sign_rs256(&c), &jwks(), &expect(), NOW), Err(TokenError::Malformed));
+        assert_eq!(
+            verify(&sign_rs256(&c), &jwks(), &expect(), NOW),
+            Err(TokenError::Malformed)
+        );
         let auds = vec!["bank-api".to_string()];
-        let e = Expectations { audiences: &auds, ..expect() };
-        assert_eq!(verify(&sign_rs256(&claims()), &jwks(), &e, NOW), Err(TokenError::WrongAudience));
+        let e = Expectations {
+            audiences: &auds,
+            ..expect()
+        };
+        assert_eq!(
+            verify(&sign_rs256(&claims()), &jwks(), &e, NOW),
+            Err(TokenError::WrongAudience)
+        );
         let mut c = claims();
         c["aud"] = json!(["x", "bank-api"]);
         assert!(verify(&sign_rs256(&c), &jwks(), &e, NOW).is_ok());
@@ -444,16 +505,27 @@ pub(crate) mod tests {
         assert!(verify(&none, &jwks(), &expect(), NOW).is_err());
         // HS256 "signed" with the public key's bytes must never verify
         let hs = jsonwebtoken::encode(
-            &Header { kid: Some("rsa-1".into()), ..Header::new(Algorithm::HS256) },
+            &Header {
+                kid: Some("rsa-1".into()),
+                ..Header::new(Algorithm::HS256)
+            },
             &claims(),
             &EncodingKey::from_secret(&fixture("jwks.json")),
         )
         .unwrap();
-        assert_eq!(verify(&hs, &jwks(), &expect(), NOW), Err(TokenError::UnsupportedAlgorithm));
+        assert_eq!(
+            verify(&hs, &jwks(), &expect(), NOW),
+            Err(TokenError::UnsupportedAlgorithm)
+        );
         // an RS256 token presented as ES256 under the RSA kid
         let tok = sign_rs256(&claims());
         let parts: Vec<&str> = tok.split('.').collect();
-        let relabeled = format!("{}.{}.{}", b64(r#"{"alg":"ES256","kid":"rsa-1"}"#), parts[1], parts[2]);
+        let relabeled = format!(
+            "{}.{}.{}",
+            b64(r#"{"alg":"ES256","kid":"rsa-1"}"#),
+            parts[1],
+            parts[2]
+        );
         assert!(verify(&relabeled, &jwks(), &expect(), NOW).is_err());
     }
 
@@ -461,19 +533,110 @@ pub(crate) mod tests {
     fn unknown_kid_and_garbage() {
         let mut h = Header::new(Algorithm::RS256);
         h.kid = Some("rotated".into());
-        let der = base64::engine::general_purpose::STANDARD.decode(fixture("rsa-private.der.b64")).unwrap();
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(fixture("rsa-private.der.b64"))
+            .unwrap();
         let tok = jsonwebtoken::encode(&h, &claims(), &EncodingKey::from_rsa_der(&der)).unwrap();
         assert_eq!(key_id(&tok).as_deref(), Some("rotated"));
-        assert_eq!(verify(&tok, &jwks(), &expect(), NOW), Err(TokenError::UnknownKey(Some("rotated".into()))));
-        assert_eq!(verify("not-a-jwt", &jwks(), &expect(), NOW), Err(TokenError::Malformed));
-        assert_eq!(verify("a.b.c", &jwks(), &expect(), NOW), Err(TokenError::Malformed));
+        assert_eq!(
+            verify(&tok, &jwks(), &expect(), NOW),
+            Err(TokenError::UnknownKey(Some("rotated".into())))
+        );
+        assert_eq!(
+            verify("not-a-jwt", &jwks(), &expect(), NOW),
+            Err(TokenError::Malformed)
+        );
+        assert_eq!(
+            verify("a.b.c", &jwks(), &expect(), NOW),
+            Err(TokenError::Malformed)
+        );
     }
 
     #[test]
     fn rpt_permissions_are_read() {
         let mut c = claims();
-        c["authorization"] = json!({"permissions": [{"rsid": "r1", "rsname": "A", "scopes": ["s"]}]});
+        c["authorization"] =
+            json!({"permissions": [{"rsid": "r1", "rsname": "A", "scopes": ["s"]}]});
         let t = verify(&sign_rs256(&c), &jwks(), &expect(), NOW).unwrap();
         assert_eq!(t.permissions().unwrap()[0].rsid.as_deref(), Some("r1"));
+    }
+}
+
+/// Tokens already verified, by digest, until their `exp`: a token's signature is checked once,
+/// not on every request. Bounded; when full, expired entries go first, then everything.
+#[derive(Debug, Default)]
+pub struct VerifiedTokens {
+    map: std::collections::HashMap<[u8; 32], Token>,
+    capacity: usize,
+}
+
+impl VerifiedTokens {
+    pub fn new(capacity: usize) -> Self {
+        VerifiedTokens {
+            map: std::collections::HashMap::new(),
+            capacity,
+        }
+    }
+
+    pub fn get(&self, digest: &[u8; 32], now: i64, leeway: i64) -> Option<&Token> {
+        self.map
+            .get(digest)
+            .filter(|t| now <= t.exp.saturating_add(leeway))
+    }
+
+    pub fn insert(&mut self, token: Token, now: i64) {
+        if self.capacity == 0 {
+            return;
+        }
+        if self.map.len() >= self.capacity {
+            self.map.retain(|_, t| t.exp >= now);
+            if self.map.len() >= self.capacity {
+                self.map.clear();
+            }
+        }
+        self.map.insert(token.digest, token);
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Forget everything (the realm's keys changed).
+    pub fn clear(&mut self) {
+        self.map.clear();
+    }
+}
+
+#[cfg(test)]
+mod verified_tests {
+    use super::*;
+
+    fn tok(n: u8, exp: i64) -> Token {
+        Token {
+            claims: Value::Null,
+            exp,
+            digest: [n; 32],
+        }
+    }
+
+    #[test]
+    fn remembers_until_exp_and_stays_bounded() {
+        let mut v = VerifiedTokens::new(2);
+        v.insert(tok(1, 100), 0);
+        assert!(v.get(&[1; 32], 100, 0).is_some());
+        assert!(v.get(&[1; 32], 101, 0).is_none());
+        assert!(v.get(&[1; 32], 101, 5).is_some());
+        v.insert(tok(2, 50), 0);
+        v.insert(tok(3, 200), 60); // 2 has expired and goes first
+        assert_eq!(v.len(), 2);
+        assert!(v.get(&[2; 32], 0, 0).is_none());
+        for i in 10..100 {
+            v.insert(tok(i, 1000), 0);
+        }
+        assert!(v.len() <= 2);
     }
 }

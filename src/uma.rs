@@ -163,7 +163,11 @@ pub fn pat_request(cfg: &EnforcerConfig) -> HttpRequest {
     if cfg.secret.is_none() {
         pairs.push(("client_id", cfg.client_id.as_str()));
     }
-    post_form(Endpoints::for_config(cfg).token, client_auth(cfg), form(&pairs))
+    post_form(
+        Endpoints::for_config(cfg).token,
+        client_auth(cfg),
+        form(&pairs),
+    )
 }
 
 /// What `response_mode` to ask the token endpoint for.
@@ -471,6 +475,24 @@ pub fn permissions_of(claims: &Value) -> Option<Vec<Permission>> {
     serde_json::from_value(perms.clone()).ok()
 }
 
+/// The granted permissions as the upstream receives them in a header: compact JSON, non-ASCII
+/// escaped so the value is a plain visible-ASCII header value.
+pub fn permissions_header_value(perms: &[Permission]) -> String {
+    let json = serde_json::to_string(perms).unwrap_or_else(|_| "[]".into());
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        if c.is_ascii() && !c.is_ascii_control() {
+            out.push(c);
+        } else {
+            let mut buf = [0u16; 2];
+            for unit in c.encode_utf16(&mut buf) {
+                out.push_str(&format!("\\u{unit:04x}"));
+            }
+        }
+    }
+    out
+}
+
 /// A resource of the protection API.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Resource {
@@ -536,14 +558,23 @@ mod tests {
         assert_eq!(e.discovery, "/realms/bank/.well-known/uma2-configuration");
         let e = Endpoints::for_config(&cfg("http://kc/auth"));
         assert_eq!(e.jwks, "/auth/realms/bank/protocol/openid-connect/certs");
-        assert_eq!(e.resource_set, "/auth/realms/bank/authz/protection/resource_set");
-        assert_eq!(e.permission, "/auth/realms/bank/authz/protection/permission");
+        assert_eq!(
+            e.resource_set,
+            "/auth/realms/bank/authz/protection/resource_set"
+        );
+        assert_eq!(
+            e.permission,
+            "/auth/realms/bank/authz/protection/permission"
+        );
     }
 
     #[test]
     fn basic_auth_url_encodes_before_base64() {
         // "bank+api:s%3A%26%2F"
-        assert_eq!(basic_auth("bank api", "s:&/"), "Basic YmFuaythcGk6cyUzQSUyNiUyRg==");
+        assert_eq!(
+            basic_auth("bank api", "s:&/"),
+            "Basic YmFuaythcGk6cyUzQSUyNiUyRg=="
+        );
     }
 
     #[test]
@@ -552,7 +583,10 @@ mod tests {
         assert_eq!(r.method, "POST");
         assert_eq!(body(&r), "grant_type=client_credentials");
         assert!(r.header("authorization").unwrap().starts_with("Basic "));
-        assert_eq!(r.header("content-type"), Some("application/x-www-form-urlencoded"));
+        assert_eq!(
+            r.header("content-type"),
+            Some("application/x-www-form-urlencoded")
+        );
     }
 
     #[test]
@@ -574,9 +608,20 @@ mod tests {
         let b = body(&r);
         assert!(b.starts_with("grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Auma-ticket&audience=bank+api&permission=View+Account+Resource%23account%3Aview%2Cb&response_mode=permissions&claim_token="), "{b}");
         assert!(b.contains("&claim_token_format=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Ajwt&rpt=old&subject_token=tok"));
-        let ct = b.split("claim_token=").nth(1).unwrap().split('&').next().unwrap();
-        let ct = ct.replace("%2B", "+").replace("%2F", "/").replace("%3D", "=");
-        let decoded = base64::engine::general_purpose::STANDARD.decode(ct).unwrap();
+        let ct = b
+            .split("claim_token=")
+            .nth(1)
+            .unwrap()
+            .split('&')
+            .next()
+            .unwrap();
+        let ct = ct
+            .replace("%2B", "+")
+            .replace("%2F", "/")
+            .replace("%3D", "=");
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(ct)
+            .unwrap();
         assert_eq!(decoded, br#"{"x-branch":["tokyo"]}"#);
     }
 
@@ -584,7 +629,10 @@ mod tests {
     fn uma_grant_uri_form_and_decision() {
         let g = UmaGrant {
             subject_token: "t",
-            permissions: vec![PermissionRequest { resource: Some("/account/1".into()), scopes: vec![] }],
+            permissions: vec![PermissionRequest {
+                resource: Some("/account/1".into()),
+                scopes: vec![],
+            }],
             response_mode: ResponseMode::Decision,
             uri_form: true,
             claims: None,
@@ -597,27 +645,61 @@ mod tests {
 
     #[test]
     fn scope_only_permission() {
-        let p = PermissionRequest { resource: None, scopes: vec!["a".into()] };
+        let p = PermissionRequest {
+            resource: None,
+            scopes: vec!["a".into()],
+        };
         assert_eq!(p.param(), "#a");
     }
 
     #[test]
     fn resource_queries() {
         let c = cfg("http://kc");
-        let r = resource_query_request(&c, "pat", &ResourceQuery { uri: Some("/account/{id}".into()), ..Default::default() });
-        assert_eq!(r.path, "/realms/bank/authz/protection/resource_set?uri=/account/%7Bid%7D&deep=true&max=-1");
+        let r = resource_query_request(
+            &c,
+            "pat",
+            &ResourceQuery {
+                uri: Some("/account/{id}".into()),
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            r.path,
+            "/realms/bank/authz/protection/resource_set?uri=/account/%7Bid%7D&deep=true&max=-1"
+        );
         assert_eq!(r.header("authorization"), Some("Bearer pat"));
-        let r = resource_query_request(&c, "pat", &ResourceQuery {
-            name: Some("View Account".into()), owner: Some("bank-api".into()), exact_name: true, ..Default::default() });
+        let r = resource_query_request(
+            &c,
+            "pat",
+            &ResourceQuery {
+                name: Some("View Account".into()),
+                owner: Some("bank-api".into()),
+                exact_name: true,
+                ..Default::default()
+            },
+        );
         assert_eq!(r.path, "/realms/bank/authz/protection/resource_set?name=View%20Account&owner=bank-api&exactName=true&deep=true&max=-1");
-        let r = resource_query_request(&c, "pat", &ResourceQuery { uri: Some("/a/b".into()), matching_uri: true, ..Default::default() });
-        assert!(r.path.ends_with("?uri=/a/b&matchingUri=true&deep=true&max=-1"));
+        let r = resource_query_request(
+            &c,
+            "pat",
+            &ResourceQuery {
+                uri: Some("/a/b".into()),
+                matching_uri: true,
+                ..Default::default()
+            },
+        );
+        assert!(r
+            .path
+            .ends_with("?uri=/a/b&matchingUri=true&deep=true&max=-1"));
     }
 
     #[test]
     fn permission_ticket_body() {
         let r = permission_ticket_request(&cfg("http://kc"), "pat", "rid", &["s".into()], None);
-        assert_eq!(body(&r), r#"[{"resource_id":"rid","resource_scopes":["s"]}]"#);
+        assert_eq!(
+            body(&r),
+            r#"[{"resource_id":"rid","resource_scopes":["s"]}]"#
+        );
         assert_eq!(parse_ticket(201, br#"{"ticket":"T"}"#).unwrap(), "T");
         assert!(parse_ticket(400, br#"{"error":"invalid_resource_id"}"#).is_err());
     }
@@ -625,21 +707,81 @@ mod tests {
     #[test]
     fn uma_outcomes() {
         use UmaOutcome::*;
-        assert_eq!(parse_uma_response(200, br#"{"result":true}"#, ResponseMode::Decision), Granted(None));
-        let perms = parse_uma_response(200, br#"[{"rsid":"1","rsname":"A","scopes":["s"]}]"#, ResponseMode::Permissions);
-        assert_eq!(perms, Granted(Some(vec![Permission { rsid: Some("1".into()), rsname: Some("A".into()), scopes: vec!["s".into()], claims: None }])));
-        assert_eq!(parse_uma_response(403, br#"{"error":"access_denied","error_description":"not_authorized"}"#, ResponseMode::Decision), Denied);
-        assert_eq!(parse_uma_response(400, br#"{"error":"invalid_grant","error_description":"Invalid bearer token"}"#, ResponseMode::Decision), InvalidSubject);
-        assert!(matches!(parse_uma_response(400, br#"{"error":"invalid_resource"}"#, ResponseMode::Decision), Refused(e) if e.error == "invalid_resource"));
-        assert!(matches!(parse_uma_response(401, br#"{"error":"unauthorized_client"}"#, ResponseMode::Decision), Unavailable(_)));
+        assert_eq!(
+            parse_uma_response(200, br#"{"result":true}"#, ResponseMode::Decision),
+            Granted(None)
+        );
+        let perms = parse_uma_response(
+            200,
+            br#"[{"rsid":"1","rsname":"A","scopes":["s"]}]"#,
+            ResponseMode::Permissions,
+        );
+        assert_eq!(
+            perms,
+            Granted(Some(vec![Permission {
+                rsid: Some("1".into()),
+                rsname: Some("A".into()),
+                scopes: vec!["s".into()],
+                claims: None
+            }]))
+        );
+        assert_eq!(
+            parse_uma_response(
+                403,
+                br#"{"error":"access_denied","error_description":"not_authorized"}"#,
+                ResponseMode::Decision
+            ),
+            Denied
+        );
+        assert_eq!(
+            parse_uma_response(
+                400,
+                br#"{"error":"invalid_grant","error_description":"Invalid bearer token"}"#,
+                ResponseMode::Decision
+            ),
+            InvalidSubject
+        );
+        assert!(
+            matches!(parse_uma_response(400, br#"{"error":"invalid_resource"}"#, ResponseMode::Decision), Refused(e) if e.error == "invalid_resource")
+        );
+        assert!(matches!(
+            parse_uma_response(
+                401,
+                br#"{"error":"unauthorized_client"}"#,
+                ResponseMode::Decision
+            ),
+            Unavailable(_)
+        ));
         // Envoy's own 503 for an unreachable cluster is not Keycloak's verdict
-        assert!(matches!(parse_uma_response(503, b"upstream connect error", ResponseMode::Decision), Unavailable(_)));
-        assert!(matches!(parse_uma_response(200, b"<html>", ResponseMode::Permissions), Unavailable(_)));
+        assert!(matches!(
+            parse_uma_response(503, b"upstream connect error", ResponseMode::Decision),
+            Unavailable(_)
+        ));
+        assert!(matches!(
+            parse_uma_response(200, b"<html>", ResponseMode::Permissions),
+            Unavailable(_)
+        ));
         // an RPT in the token response
         let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .encode(br#"{"authorization":{"permissions":[{"rsid":"9","scopes":["v"]}]}}"#);
         let body = format!(r#"{{"access_token":"h.{payload}.s","upgraded":false}}"#);
-        assert!(matches!(parse_uma_response(200, body.as_bytes(), ResponseMode::Rpt), Granted(Some(p)) if p[0].rsid.as_deref() == Some("9")));
+        assert!(
+            matches!(parse_uma_response(200, body.as_bytes(), ResponseMode::Rpt), Granted(Some(p)) if p[0].rsid.as_deref() == Some("9"))
+        );
+    }
+
+    #[test]
+    fn permissions_header_is_ascii_json() {
+        let p = vec![Permission {
+            rsid: Some("1".into()),
+            rsname: Some("Café".into()),
+            scopes: vec!["v".into()],
+            claims: None,
+        }];
+        let h = permissions_header_value(&p);
+        assert_eq!(h, r#"[{"rsid":"1","rsname":"Caf\u00e9","scopes":["v"]}]"#);
+        let back: Vec<Permission> = serde_json::from_str(&h).unwrap();
+        assert_eq!(back, p);
     }
 
     #[test]
@@ -648,7 +790,13 @@ mod tests {
         assert_eq!(rs[0].id, "r1");
         assert_eq!(rs[0].scope_names(), vec!["account:view"]);
         let d = parse_discovery(200, br#"{"issuer":"http://kc/realms/bank","token_endpoint":"http://kc/realms/bank/protocol/openid-connect/token","jwks_uri":"http://kc/realms/bank/protocol/openid-connect/certs","permission_endpoint":"http://kc/realms/bank/authz/protection/permission"}"#).unwrap();
-        assert_eq!(url_path(&d.token_endpoint), "/realms/bank/protocol/openid-connect/token");
-        assert!(matches!(parse_discovery(503, b"x"), Err(Failure::Unavailable(_))));
+        assert_eq!(
+            url_path(&d.token_endpoint),
+            "/realms/bank/protocol/openid-connect/token"
+        );
+        assert!(matches!(
+            parse_discovery(503, b"x"),
+            Err(Failure::Unavailable(_))
+        ));
     }
 }

@@ -291,6 +291,9 @@ mod tests {
             Some("https://my.domain/example/y")
         );
         assert_eq!(n("https:///api/admin"), None);
-        assert_eq!(n("/api/redirect-to-https://example.com").as_deref(), Some("/api/redirect-to-https:/example.com"));
+        assert_eq!(
+            n("/api/redirect-to-https://example.com").as_deref(),
+            Some("/api/redirect-to-https:/example.com")
+        );
     }
 }

@@ -39,18 +39,29 @@ fn token(extra: Value) -> T {
         }
     }
     let raw = sign_rs256(&c);
-    let e = Expectations { issuer: ISSUER, audiences: &[], leeway_seconds: 30 };
+    let e = Expectations {
+        issuer: ISSUER,
+        audiences: &[],
+        leeway_seconds: 30,
+    };
     let token = verify(&raw, &jwks(), &e, NOW).unwrap();
     T { raw, token }
 }
 
 fn run(cfg: &EnforcerConfig, rt: &mut Runtime, method: &str, path: &str, cred: Credential) -> Step {
-    let req = RequestFacts { method, path, credential: cred };
+    let req = RequestFacts {
+        method,
+        path,
+        credential: cred,
+    };
     decide(cfg, rt, &req, NOW_MS)
 }
 
 fn valid(t: &T) -> Credential<'_> {
-    Credential::Valid { raw: &t.raw, token: &t.token }
+    Credential::Valid {
+        raw: &t.raw,
+        token: &t.token,
+    }
 }
 
 fn status(step: &Step) -> u16 {
@@ -63,7 +74,11 @@ fn status(step: &Step) -> u16 {
 
 fn header<'a>(step: &'a Step, name: &str) -> Option<&'a str> {
     match step {
-        Step::Reply(r) => r.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()),
+        Step::Reply(r) => r
+            .headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str()),
         _ => None,
     }
 }
@@ -72,14 +87,45 @@ fn form_value(call: &Call, key: &str) -> Option<String> {
     let body = String::from_utf8(call.request.body.clone()).unwrap();
     body.split('&').find_map(|kv| {
         let (k, v) = kv.split_once('=')?;
-        (k == key).then(|| v.replace("%23", "#").replace("%3A", ":").replace('+', " ").replace("%2C", ","))
+        (k == key).then(|| {
+            v.replace("%23", "#")
+                .replace("%3A", ":")
+                .replace('+', " ")
+                .replace("%2C", ",")
+        })
     })
 }
 
-fn answer(cfg: &EnforcerConfig, rt: &mut Runtime, method: &str, path: &str, t: &T, step: Step, status: u16, body: &str) -> Step {
-    let Step::Call(call) = step else { panic!("expected a call, got {step:?}") };
-    let req = RequestFacts { method, path, credential: valid(t) };
-    resume(cfg, rt, &req, call.pending, Answer::Http { status, body: body.as_bytes() }, NOW_MS)
+#[allow(clippy::too_many_arguments)]
+fn answer(
+    cfg: &EnforcerConfig,
+    rt: &mut Runtime,
+    method: &str,
+    path: &str,
+    t: &T,
+    step: Step,
+    status: u16,
+    body: &str,
+) -> Step {
+    let Step::Call(call) = step else {
+        panic!("expected a call, got {step:?}")
+    };
+    let req = RequestFacts {
+        method,
+        path,
+        credential: valid(t),
+    };
+    resume(
+        cfg,
+        rt,
+        &req,
+        call.pending,
+        Answer::Http {
+            status,
+            body: body.as_bytes(),
+        },
+        NOW_MS,
+    )
 }
 
 #[test]
@@ -88,31 +134,65 @@ fn global_disabled() {
     let mut rt = Runtime::new(&c);
     let s = run(&c, &mut rt, "GET", "/x", Credential::Anonymous);
     assert_eq!(status(&s), 401);
-    assert_eq!(header(&s, "www-authenticate"), Some("Bearer realm=\"bank\""));
-    assert_eq!(status(&run(&c, &mut rt, "GET", "/x", Credential::Invalid(TokenError::Expired))), 200);
+    assert_eq!(
+        header(&s, "www-authenticate"),
+        Some("Bearer realm=\"bank\"")
+    );
+    assert_eq!(
+        status(&run(
+            &c,
+            &mut rt,
+            "GET",
+            "/x",
+            Credential::Invalid(TokenError::Expired)
+        )),
+        200
+    );
 }
 
 #[test]
 fn anonymous_requests() {
     let c = bank();
     let mut rt = Runtime::new(&c);
-    assert_eq!(status(&run(&c, &mut rt, "GET", "/public/info", Credential::Anonymous)), 200);
+    assert_eq!(
+        status(&run(
+            &c,
+            &mut rt,
+            "GET",
+            "/public/info",
+            Credential::Anonymous
+        )),
+        200
+    );
     let s = run(&c, &mut rt, "GET", "/account/1", Credential::Anonymous);
     assert_eq!(status(&s), 401);
-    assert_eq!(header(&s, "www-authenticate"), Some("Bearer realm=\"bank\""));
-    assert_eq!(status(&run(&c, &mut rt, "GET", "/nowhere", Credential::Anonymous)), 401);
+    assert_eq!(
+        header(&s, "www-authenticate"),
+        Some("Bearer realm=\"bank\"")
+    );
+    assert_eq!(
+        status(&run(&c, &mut rt, "GET", "/nowhere", Credential::Anonymous)),
+        401
+    );
 }
 
 #[test]
 fn bad_tokens_get_401_invalid_token_except_on_disabled_paths() {
     let c = bank();
     let mut rt = Runtime::new(&c);
-    for cred in [Credential::Invalid(TokenError::Expired), Credential::Invalid(TokenError::BadSignature),
-                 Credential::Invalid(TokenError::WrongIssuer), Credential::Malformed(BearerError::Duplicate)] {
+    for cred in [
+        Credential::Invalid(TokenError::Expired),
+        Credential::Invalid(TokenError::BadSignature),
+        Credential::Invalid(TokenError::WrongIssuer),
+        Credential::Malformed(BearerError::Duplicate),
+    ] {
         let s = run(&c, &mut rt, "GET", "/account/1", cred.clone());
         assert_eq!(status(&s), 401);
         let h = header(&s, "www-authenticate").unwrap();
-        assert!(h.starts_with("Bearer realm=\"bank\", error=\"invalid_token\""), "{h}");
+        assert!(
+            h.starts_with("Bearer realm=\"bank\", error=\"invalid_token\""),
+            "{h}"
+        );
         assert_eq!(status(&run(&c, &mut rt, "GET", "/public/x", cred)), 200);
     }
 }
@@ -121,7 +201,16 @@ fn bad_tokens_get_401_invalid_token_except_on_disabled_paths() {
 fn keys_not_loaded_fails_closed() {
     let c = bank();
     let mut rt = Runtime::new(&c);
-    assert_eq!(status(&run(&c, &mut rt, "GET", "/account/1", Credential::Unverifiable)), 503);
+    assert_eq!(
+        status(&run(
+            &c,
+            &mut rt,
+            "GET",
+            "/account/1",
+            Credential::Unverifiable
+        )),
+        503
+    );
 }
 
 #[test]
@@ -136,7 +225,10 @@ fn unmatched_paths_follow_the_global_mode() {
     // unparseable paths match nothing
     let c = bank();
     let mut rt = Runtime::new(&c);
-    assert_eq!(status(&run(&c, &mut rt, "GET", "/account/%zz", valid(&t))), 403);
+    assert_eq!(
+        status(&run(&c, &mut rt, "GET", "/account/%zz", valid(&t))),
+        403
+    );
 }
 
 #[test]
@@ -145,12 +237,26 @@ fn uma_grant_is_built_from_method_config() {
     let c = bank();
     let mut rt = Runtime::new(&c);
     let s = run(&c, &mut rt, "GET", "/account/1?x=y", valid(&t));
-    let Step::Call(call) = &s else { panic!("{s:?}") };
-    assert_eq!(call.request.path, "/realms/bank/protocol/openid-connect/token");
-    assert_eq!(form_value(call, "permission").as_deref(), Some("View Account Resource#account:view"));
+    let Step::Call(call) = &s else {
+        panic!("{s:?}")
+    };
+    assert_eq!(
+        call.request.path,
+        "/realms/bank/protocol/openid-connect/token"
+    );
+    assert_eq!(
+        form_value(call, "permission").as_deref(),
+        Some("View Account Resource#account:view")
+    );
     assert_eq!(form_value(call, "audience").as_deref(), Some("bank-api"));
-    assert_eq!(form_value(call, "response_mode").as_deref(), Some("permissions"));
-    assert_eq!(form_value(call, "subject_token").as_deref(), Some(t.raw.as_str()));
+    assert_eq!(
+        form_value(call, "response_mode").as_deref(),
+        Some("permissions")
+    );
+    assert_eq!(
+        form_value(call, "subject_token").as_deref(),
+        Some(t.raw.as_str())
+    );
     assert_eq!(form_value(call, "rpt"), None);
     assert_eq!(form_value(call, "permission_resource_format"), None);
 }
@@ -167,23 +273,76 @@ fn keycloak_answers() {
     let granted = r#"[{"rsid":"r1","rsname":"View Account Resource","scopes":["account:view"]}]"#;
     let s = go(&mut rt, "GET", 200, granted);
     let Step::Allow(a) = &s else { panic!("{s:?}") };
-    assert_eq!(a.permissions.as_ref().unwrap()[0].rsid.as_deref(), Some("r1"));
-    assert_eq!(status(&go(&mut rt, "GET", 403, r#"{"error":"access_denied","error_description":"not_authorized"}"#)), 403);
-    assert_eq!(status(&go(&mut rt, "GET", 400, r#"{"error":"invalid_scope"}"#)), 403);
-    assert_eq!(status(&go(&mut rt, "GET", 400, r#"{"error":"invalid_grant"}"#)), 401);
-    assert_eq!(status(&go(&mut rt, "GET", 503, "upstream connect error")), 503);
-    assert_eq!(status(&go(&mut rt, "GET", 401, r#"{"error":"unauthorized_client"}"#)), 503);
+    assert_eq!(
+        a.permissions.as_ref().unwrap()[0].rsid.as_deref(),
+        Some("r1")
+    );
+    assert_eq!(
+        status(&go(
+            &mut rt,
+            "GET",
+            403,
+            r#"{"error":"access_denied","error_description":"not_authorized"}"#
+        )),
+        403
+    );
+    assert_eq!(
+        status(&go(&mut rt, "GET", 400, r#"{"error":"invalid_scope"}"#)),
+        403
+    );
+    assert_eq!(
+        status(&go(&mut rt, "GET", 400, r#"{"error":"invalid_grant"}"#)),
+        401
+    );
+    assert_eq!(
+        status(&go(&mut rt, "GET", 503, "upstream connect error")),
+        503
+    );
+    assert_eq!(
+        status(&go(
+            &mut rt,
+            "GET",
+            401,
+            r#"{"error":"unauthorized_client"}"#
+        )),
+        503
+    );
     let s = run(&c, &mut rt, "GET", "/account/1", valid(&t));
     let Step::Call(call) = s else { panic!() };
-    let req = RequestFacts { method: "GET", path: "/account/1", credential: valid(&t) };
-    assert_eq!(status(&resume(&c, &mut rt, &req, call.pending, Answer::NoAnswer, NOW_MS)), 503);
+    let req = RequestFacts {
+        method: "GET",
+        path: "/account/1",
+        credential: valid(&t),
+    };
+    assert_eq!(
+        status(&resume(
+            &c,
+            &mut rt,
+            &req,
+            call.pending,
+            Answer::NoAnswer,
+            NOW_MS
+        )),
+        503
+    );
     // ALL needs both scopes; ANY needs one
     let one = r#"[{"rsid":"r1","rsname":"View Account Resource","scopes":["a"]}]"#;
     assert_eq!(status(&go(&mut rt, "POST", 200, one)), 403);
-    assert_eq!(status(&go(&mut rt, "POST", 200, r#"[{"rsid":"r1","rsname":"View Account Resource","scopes":["a","b"]}]"#)), 200);
+    assert_eq!(
+        status(&go(
+            &mut rt,
+            "POST",
+            200,
+            r#"[{"rsid":"r1","rsname":"View Account Resource","scopes":["a","b"]}]"#
+        )),
+        200
+    );
     assert_eq!(status(&go(&mut rt, "PUT", 200, one)), 200);
     // DISABLED scopes mode grants after a denial
-    assert_eq!(status(&go(&mut rt, "DELETE", 403, r#"{"error":"access_denied"}"#)), 200);
+    assert_eq!(
+        status(&go(&mut rt, "DELETE", 403, r#"{"error":"access_denied"}"#)),
+        200
+    );
 }
 
 #[test]
@@ -194,7 +353,10 @@ fn fail_open_only_when_configured() {
     let c = EnforcerConfig::from_value(&v, "").unwrap();
     let mut rt = Runtime::new(&c);
     let s = run(&c, &mut rt, "GET", "/a", valid(&t));
-    assert_eq!(status(&answer(&c, &mut rt, "GET", "/a", &t, s, 503, "")), 200);
+    assert_eq!(
+        status(&answer(&c, &mut rt, "GET", "/a", &t, s, 503, "")),
+        200
+    );
 }
 
 #[test]
@@ -207,14 +369,25 @@ fn rpt_with_permission_needs_no_callout() {
     assert_eq!(status(&s), 200, "{s:?}");
     // wrong scope: ask Keycloak, sending the RPT for incremental authorization
     let s = run(&c, &mut rt, "POST", "/account/1", valid(&t));
-    let Step::Call(call) = &s else { panic!("{s:?}") };
+    let Step::Call(call) = &s else {
+        panic!("{s:?}")
+    };
     assert_eq!(form_value(call, "rpt").as_deref(), Some(t.raw.as_str()));
     // a permission of another resource does not count
-    let other = token(json!({"authorization": {"permissions": [{"rsid": "zz", "rsname": "Other", "scopes": ["account:view"]}]}}));
-    assert_eq!(status(&run(&c, &mut rt, "GET", "/account/1", valid(&other))), 0);
+    let other = token(
+        json!({"authorization": {"permissions": [{"rsid": "zz", "rsname": "Other", "scopes": ["account:view"]}]}}),
+    );
+    assert_eq!(
+        status(&run(&c, &mut rt, "GET", "/account/1", valid(&other))),
+        0
+    );
     // a scope-only permission grants any path (Keycloak's rule)
-    let scope_only = token(json!({"authorization": {"permissions": [{"scopes": ["account:view"]}]}}));
-    assert_eq!(status(&run(&c, &mut rt, "GET", "/account/1", valid(&scope_only))), 200);
+    let scope_only =
+        token(json!({"authorization": {"permissions": [{"scopes": ["account:view"]}]}}));
+    assert_eq!(
+        status(&run(&c, &mut rt, "GET", "/account/1", valid(&scope_only))),
+        200
+    );
 }
 
 #[test]
@@ -231,10 +404,18 @@ fn http_method_as_scope() {
     let c = cfg_with(json!({"http-method-as-scope": true, "paths": [
         {"name": "R", "path": "/r/*", "methods": [{"method": "GET", "scopes": ["view"]}]}]}));
     let mut rt = Runtime::new(&c);
-    let Step::Call(call) = run(&c, &mut rt, "PATCH", "/r/1", valid(&t)) else { panic!() };
+    let Step::Call(call) = run(&c, &mut rt, "PATCH", "/r/1", valid(&t)) else {
+        panic!()
+    };
     assert_eq!(form_value(&call, "permission").as_deref(), Some("R#PATCH"));
-    let Step::Call(call) = run(&c, &mut rt, "GET", "/r/1", valid(&t)) else { panic!() };
-    assert_eq!(form_value(&call, "permission").as_deref(), Some("R#view"), "explicit methods win");
+    let Step::Call(call) = run(&c, &mut rt, "GET", "/r/1", valid(&t)) else {
+        panic!()
+    };
+    assert_eq!(
+        form_value(&call, "permission").as_deref(),
+        Some("R#view"),
+        "explicit methods win"
+    );
 }
 
 #[test]
@@ -242,29 +423,65 @@ fn unresolved_paths_ask_by_uri() {
     let t = token(json!({}));
     let c = cfg_with(json!({"paths": [{"path": "/things/{id}"}]}));
     let mut rt = Runtime::new(&c);
-    let Step::Call(call) = run(&c, &mut rt, "GET", "/things//7/", valid(&t)) else { panic!() };
-    assert_eq!(form_value(&call, "permission").as_deref(), Some("%2Fthings%2F7"));
-    assert_eq!(form_value(&call, "permission_resource_format").as_deref(), Some("uri"));
-    assert_eq!(form_value(&call, "permission_resource_matching_uri").as_deref(), Some("true"));
+    let Step::Call(call) = run(&c, &mut rt, "GET", "/things//7/", valid(&t)) else {
+        panic!()
+    };
+    assert_eq!(
+        form_value(&call, "permission").as_deref(),
+        Some("%2Fthings%2F7")
+    );
+    assert_eq!(
+        form_value(&call, "permission_resource_format").as_deref(),
+        Some("uri")
+    );
+    assert_eq!(
+        form_value(&call, "permission_resource_matching_uri").as_deref(),
+        Some("true")
+    );
 }
 
 #[test]
 fn on_deny_redirect_to() {
     let t = token(json!({}));
-    let c = cfg_with(json!({"on-deny-redirect-to": "/denied", "paths": [{"name": "A", "path": "/a"}]}));
+    let c =
+        cfg_with(json!({"on-deny-redirect-to": "/denied", "paths": [{"name": "A", "path": "/a"}]}));
     let mut rt = Runtime::new(&c);
     let s = run(&c, &mut rt, "GET", "/nowhere", valid(&t));
     assert_eq!((status(&s), header(&s, "location")), (302, Some("/denied")));
     let s = run(&c, &mut rt, "GET", "/a", Credential::Anonymous);
     assert_eq!((status(&s), header(&s, "location")), (302, Some("/denied")));
     // the deny page itself passes, normalized; a look-alike does not (CVE-2026-9800)
-    assert_eq!(status(&run(&c, &mut rt, "GET", "/denied/", Credential::Anonymous)), 200);
-    assert_eq!(status(&run(&c, &mut rt, "GET", "/denied?x=1", valid(&t))), 200);
-    assert_eq!(status(&run(&c, &mut rt, "GET", "/x/denied", valid(&t))), 302);
-    assert_eq!(status(&run(&c, &mut rt, "GET", "/nowhere?x=/denied", valid(&t))), 302);
+    assert_eq!(
+        status(&run(&c, &mut rt, "GET", "/denied/", Credential::Anonymous)),
+        200
+    );
+    assert_eq!(
+        status(&run(&c, &mut rt, "GET", "/denied?x=1", valid(&t))),
+        200
+    );
+    assert_eq!(
+        status(&run(&c, &mut rt, "GET", "/x/denied", valid(&t))),
+        302
+    );
+    assert_eq!(
+        status(&run(&c, &mut rt, "GET", "/nowhere?x=/denied", valid(&t))),
+        302
+    );
     // a bearer denial on a matched path stays 403 (Keycloak's bearer rule)
     let s = run(&c, &mut rt, "GET", "/a", valid(&t));
-    assert_eq!(status(&answer(&c, &mut rt, "GET", "/a", &t, s, 403, r#"{"error":"access_denied"}"#)), 403);
+    assert_eq!(
+        status(&answer(
+            &c,
+            &mut rt,
+            "GET",
+            "/a",
+            &t,
+            s,
+            403,
+            r#"{"error":"access_denied"}"#
+        )),
+        403
+    );
 }
 
 #[test]
@@ -275,46 +492,102 @@ fn user_managed_access_challenges_with_a_ticket() {
     let mut rt = Runtime::new(&c);
     rt.pat = Some("PAT".into());
     let s = run(&c, &mut rt, "GET", "/a", valid(&t));
-    let Step::Call(call) = &s else { panic!("{s:?}") };
-    assert_eq!(call.request.path, "/realms/bank/authz/protection/permission");
+    let Step::Call(call) = &s else {
+        panic!("{s:?}")
+    };
+    assert_eq!(
+        call.request.path,
+        "/realms/bank/authz/protection/permission"
+    );
     assert_eq!(call.request.header("authorization"), Some("Bearer PAT"));
     let s = answer(&c, &mut rt, "GET", "/a", &t, s, 201, r#"{"ticket":"TKT"}"#);
     assert_eq!(status(&s), 401);
-    assert_eq!(header(&s, "www-authenticate"),
-               Some("UMA realm=\"bank\",as_uri=\"http://kc/realms/bank\",ticket=\"TKT\""));
+    assert_eq!(
+        header(&s, "www-authenticate"),
+        Some("UMA realm=\"bank\",as_uri=\"http://kc/realms/bank\",ticket=\"TKT\"")
+    );
     // anonymous too
     let s = run(&c, &mut rt, "GET", "/a", Credential::Anonymous);
     let Step::Call(call) = s else { panic!() };
-    let req = RequestFacts { method: "GET", path: "/a", credential: Credential::Anonymous };
-    let s = resume(&c, &mut rt, &req, call.pending, Answer::Http { status: 201, body: br#"{"ticket":"T2"}"# }, NOW_MS);
-    assert!(header(&s, "www-authenticate").unwrap().ends_with("ticket=\"T2\""));
+    let req = RequestFacts {
+        method: "GET",
+        path: "/a",
+        credential: Credential::Anonymous,
+    };
+    let s = resume(
+        &c,
+        &mut rt,
+        &req,
+        call.pending,
+        Answer::Http {
+            status: 201,
+            body: br#"{"ticket":"T2"}"#,
+        },
+        NOW_MS,
+    );
+    assert!(header(&s, "www-authenticate")
+        .unwrap()
+        .ends_with("ticket=\"T2\""));
 }
 
 #[test]
 fn lazy_load_resolves_paths_that_exist_only_in_keycloak() {
     let t = token(json!({}));
-    let c = cfg_with(json!({"lazy-load-paths": true, "paths": [{"path": "/public/*", "enforcement-mode": "DISABLED"}]}));
+    let c = cfg_with(
+        json!({"lazy-load-paths": true, "paths": [{"path": "/public/*", "enforcement-mode": "DISABLED"}]}),
+    );
     let mut rt = Runtime::new(&c);
-    assert_eq!(status(&run(&c, &mut rt, "GET", "/reports/9", valid(&t))), 503, "no PAT yet: fail closed");
+    assert_eq!(
+        status(&run(&c, &mut rt, "GET", "/reports/9", valid(&t))),
+        503,
+        "no PAT yet: fail closed"
+    );
     rt.pat = Some("PAT".into());
     let s = run(&c, &mut rt, "GET", "/reports/9", valid(&t));
-    let Step::Call(call) = &s else { panic!("{s:?}") };
-    assert!(call.request.path.ends_with("resource_set?uri=/reports/9&matchingUri=true&deep=true&max=-1"));
-    let s = answer(&c, &mut rt, "GET", "/reports/9", &t, s, 200,
-        r#"[{"_id":"rep","name":"Lazy Report","uris":["/reports/{id}"],"resource_scopes":[{"name":"report:view"}]}]"#);
-    let Step::Call(call) = &s else { panic!("{s:?}") };
-    assert_eq!(form_value(call, "permission").as_deref(), Some("rep#report:view"));
+    let Step::Call(call) = &s else {
+        panic!("{s:?}")
+    };
+    assert!(call
+        .request
+        .path
+        .ends_with("resource_set?uri=/reports/9&matchingUri=true&deep=true&max=-1"));
+    let s = answer(
+        &c,
+        &mut rt,
+        "GET",
+        "/reports/9",
+        &t,
+        s,
+        200,
+        r#"[{"_id":"rep","name":"Lazy Report","uris":["/reports/{id}"],"resource_scopes":[{"name":"report:view"}]}]"#,
+    );
+    let Step::Call(call) = &s else {
+        panic!("{s:?}")
+    };
+    assert_eq!(
+        form_value(call, "permission").as_deref(),
+        Some("rep#report:view")
+    );
     // the path cache answers the next request without a lookup
     let s = run(&c, &mut rt, "GET", "/reports/9", valid(&t));
     let Step::Call(call) = &s else { panic!() };
     assert!(call.request.path.ends_with("/token"));
     // an unknown path is cached as unknown: 403 without a lookup next time
     let s = run(&c, &mut rt, "GET", "/nothing", valid(&t));
-    assert_eq!(status(&answer(&c, &mut rt, "GET", "/nothing", &t, s, 200, "[]")), 403);
+    assert_eq!(
+        status(&answer(&c, &mut rt, "GET", "/nothing", &t, s, 200, "[]")),
+        403
+    );
     assert_eq!(status(&run(&c, &mut rt, "GET", "/nothing", valid(&t))), 403);
     // no lookups for anonymous requests or DISABLED paths
-    assert_eq!(status(&run(&c, &mut rt, "GET", "/else", Credential::Anonymous)), 401);
-    assert_eq!(status(&run(&c, &mut rt, "GET", "/public/x", valid(&t))), 200);
+    assert_eq!(
+        status(&run(&c, &mut rt, "GET", "/else", Credential::Anonymous)),
+        401
+    );
+    assert_eq!(
+        status(&run(&c, &mut rt, "GET", "/public/x", valid(&t))),
+        200
+    );
 }
 
 #[test]
@@ -337,6 +610,12 @@ fn strip_prefix_is_the_context_path() {
                    "kcpep": {"strip-prefix": "/app"}});
     let c = EnforcerConfig::from_value(&v, "").unwrap();
     let mut rt = Runtime::new(&c);
-    assert_eq!(status(&run(&c, &mut rt, "GET", "/app/public/x", valid(&t))), 200);
-    assert_eq!(status(&run(&c, &mut rt, "GET", "/application/public/x", valid(&t))), 403);
+    assert_eq!(
+        status(&run(&c, &mut rt, "GET", "/app/public/x", valid(&t))),
+        200
+    );
+    assert_eq!(
+        status(&run(&c, &mut rt, "GET", "/application/public/x", valid(&t))),
+        403
+    );
 }

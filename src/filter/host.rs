@@ -1,0 +1,82 @@
+//! Small helpers over proxy-wasm host calls that never panic on request-derived data.
+
+use crate::enforcer::Answer;
+use crate::uma::HttpRequest;
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{BufferType, MapType, Status};
+use std::time::{Duration, UNIX_EPOCH};
+
+/// Milliseconds since the epoch by the host's clock.
+pub fn now_ms() -> i64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Dispatches a Keycloak request through the configured cluster.
+pub fn dispatch(
+    cluster: &str,
+    authority: &str,
+    req: &HttpRequest,
+    timeout_ms: u32,
+) -> Result<u32, Status> {
+    let mut headers: Vec<(&str, &str)> = vec![
+        (":method", req.method),
+        (":path", req.path.as_str()),
+        (":authority", authority),
+    ];
+    for (k, v) in &req.headers {
+        headers.push((k.as_str(), v.as_str()));
+    }
+    let body = (!req.body.is_empty()).then_some(req.body.as_slice());
+    hostcalls::dispatch_http_call(
+        cluster,
+        headers,
+        body,
+        vec![],
+        Duration::from_millis(u64::from(timeout_ms.max(1))),
+    )
+}
+
+/// Reads a callout's answer; the `:status` first (Envoy turns an unreachable cluster into a 503).
+pub fn call_answer(num_headers: usize, body_size: usize, body: &mut Vec<u8>) -> (u16, bool) {
+    if num_headers == 0 {
+        return (0, false);
+    }
+    let status = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
+        .ok()
+        .flatten()
+        .and_then(|v| {
+            std::str::from_utf8(&v)
+                .ok()
+                .and_then(|s| s.parse::<u16>().ok())
+        })
+        .unwrap_or(0);
+    if status == 0 {
+        return (0, false);
+    }
+    *body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    (status, true)
+}
+
+pub fn answer(status: u16, ok: bool, body: &[u8]) -> Answer<'_> {
+    if ok {
+        Answer::Http { status, body }
+    } else {
+        Answer::NoAnswer
+    }
+}
+
+/// A one-line description safe for logs: no quotes, no control bytes, bounded.
+pub fn loggable(bytes: &[u8]) -> String {
+    let s: String = String::from_utf8_lossy(bytes)
+        .chars()
+        .map(|c| if c.is_control() || c == '"' { '?' } else { c })
+        .take(200)
+        .collect();
+    s
+}

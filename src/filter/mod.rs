@@ -1,0 +1,19 @@
+//! The proxy-wasm shell: moves bytes between Envoy and the core, decides nothing itself.
+//!
+//! `root` holds one VM's configuration and background knowledge (keys, PAT, resource bindings),
+//! refreshed from its tick; `http` walks one request: facts -> `enforcer::decide` -> callouts ->
+//! `enforcer::resume` -> continue or local reply.
+//!
+//! Only byte getters are used on request data (clippy.toml forbids the String ones: they panic on
+//! non-UTF-8 and a panic kills the worker's VM).
+
+mod host;
+mod http;
+mod root;
+
+use proxy_wasm::types::LogLevel;
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| Box::new(root::Root::default()));
+}}
