@@ -501,7 +501,7 @@ pub struct Resource {
     pub name: String,
     #[serde(default)]
     pub uris: Vec<String>,
-    #[serde(default, rename = "resource_scopes")]
+    #[serde(default, alias = "resource_scopes")]
     pub scopes: Vec<ScopeRef>,
     #[serde(default, rename = "type")]
     pub kind: Option<String>,

@@ -254,10 +254,13 @@ impl HttpContext for Http {
         self.path =
             std::str::from_utf8(raw_path).map_or_else(|_| "\u{0}".to_string(), str::to_string);
         let authority = String::from_utf8_lossy(get(":authority").unwrap_or_default()).into_owned();
-        let route_name = hostcalls::get_property(vec!["route_name"])
-            .ok()
-            .flatten()
-            .and_then(|b| String::from_utf8(b).ok());
+        // `xds.route_name` (Envoy >= 1.2x; Istio: the VirtualService http route name), else the
+        // older wasm-only `route_name`.
+        let route_name = [vec!["xds", "route_name"], vec!["route_name"]]
+            .into_iter()
+            .find_map(|p| hostcalls::get_property(p).ok().flatten())
+            .and_then(|b| String::from_utf8(b).ok())
+            .filter(|s| !s.is_empty());
         let normalized = uri::normalize(&self.path);
         let Some(enforcer) =
             plugin

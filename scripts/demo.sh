@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Shows the keycloak-pep filter deciding real requests. Assumes the stack is up (scripts/stack.sh up, or make demo).
+#
+# For each demo user (password grant via the public client demo-cli) it calls
+#   GET http://127.0.0.1:10000/account/1   with Host: unanimous.bank.local   (resource server bank-api, UNANIMOUS)
+#                                           and Host: affirmative.bank.local (bank-api-affirmative, AFFIRMATIVE)
+# plus a request without a token and GET /public/info (enforcement-mode DISABLED) without a token.
+#
+# Realm bank: "View Account Resource" (/account/{id}, scope account:view) is guarded by two permissions:
+#   resource permission -> teller-or-owner role policy;  scope permission (account:view) -> owner-only role policy.
+# UNANIMOUS needs both to grant, AFFIRMATIVE needs one.
+set -euo pipefail
+
+KC=${KCPEP_KEYCLOAK_URL:-http://127.0.0.1:8180}
+ENVOY=${KCPEP_ENVOY_URL:-http://127.0.0.1:10000}
+TOKEN_URL="$KC/realms/bank/protocol/openid-connect/token"
+
+die() { echo "demo: $*" >&2; exit 1; }
+
+curl -sf -o /dev/null --max-time 5 "$KC/realms/bank/.well-known/openid-configuration" \
+  || die "Keycloak does not answer at $KC: start the stack first (scripts/stack.sh up, or make up)"
+ENVOY_ADMIN=${KCPEP_ENVOY_ADMIN:-http://127.0.0.1:9901}
+curl -sf -o /dev/null --max-time 5 "$ENVOY_ADMIN/ready" \
+  || die "Envoy is not ready (admin $ENVOY_ADMIN/ready): start the stack first (scripts/stack.sh up, or make up)"
+
+token_for() {
+  local body
+  body=$(curl -s --max-time 10 -d grant_type=password -d client_id=demo-cli \
+    --data-urlencode "username=$1" -d password=password "$TOKEN_URL") || return 1
+  python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])' <<<"$body" 2>/dev/null \
+    || { echo "demo: no token for $1: $body" >&2; return 1; }
+}
+
+status_of() { # $1 host, $2 path, $3 token (may be empty)
+  local args=(-s -o /dev/null -w '%{http_code}' --max-time 20 -H "Host: $1")
+  [ -n "$3" ] && args+=(-H "Authorization: Bearer $3")
+  curl "${args[@]}" "$ENVOY$2" || echo "000"
+}
+
+why() { # $1 strategy, $2 user
+  case "$1:$2" in
+    UNANIMOUS:teller)   echo "UNANIMOUS: teller passes the resource permission but fails the owner-only scope permission" ;;
+    UNANIMOUS:owner)    echo "UNANIMOUS: owner passes both the resource and the scope permission" ;;
+    UNANIMOUS:both)     echo "UNANIMOUS: teller+owner passes both permissions" ;;
+    UNANIMOUS:plain)    echo "UNANIMOUS: no bank role, fails both permissions" ;;
+    AFFIRMATIVE:teller) echo "AFFIRMATIVE: the resource permission grants (teller); one grant is enough" ;;
+    AFFIRMATIVE:owner)  echo "AFFIRMATIVE: owner passes both permissions" ;;
+    AFFIRMATIVE:both)   echo "AFFIRMATIVE: teller+owner passes both permissions" ;;
+    AFFIRMATIVE:plain)  echo "AFFIRMATIVE: no bank role, no permission grants" ;;
+  esac
+}
+
+expected() { # $1 strategy, $2 user
+  case "$1:$2" in
+    UNANIMOUS:owner | UNANIMOUS:both | AFFIRMATIVE:teller | AFFIRMATIVE:owner | AFFIRMATIVE:both) echo 200 ;;
+    *) echo 403 ;;
+  esac
+}
+
+mismatches=0
+row() { # user host path got expected why
+  local mark="ok"
+  if [ "$4" != "$5" ]; then mark="EXPECTED $5"; mismatches=$((mismatches + 1)); fi
+  printf '%-7s %-24s %-14s %-4s %-12s %s\n' "$1" "$2" "$3" "$4" "$mark" "$6"
+}
+
+printf '%-7s %-24s %-14s %-4s %-12s %s\n' USER HOST PATH HTTP CHECK WHY
+printf '%-7s %-24s %-14s %-4s %-12s %s\n' ---- ---- ---- ---- ----- ---
+for user in teller owner both plain; do
+  tok=$(token_for "$user") || die "could not get a token for $user from $TOKEN_URL"
+  for pair in unanimous.bank.local:UNANIMOUS affirmative.bank.local:AFFIRMATIVE; do
+    host=${pair%%:*} strategy=${pair##*:}
+    got=$(status_of "$host" /account/1 "$tok")
+    row "$user" "$host" /account/1 "$got" "$(expected "$strategy" "$user")" "$(why "$strategy" "$user")"
+  done
+done
+for host in unanimous.bank.local affirmative.bank.local; do
+  got=$(status_of "$host" /account/1 "")
+  row "-" "$host" /account/1 "$got" 401 "no bearer token on an enforced path"
+done
+got=$(status_of unanimous.bank.local /public/info "")
+row "-" unanimous.bank.local /public/info "$got" 200 "/public/* has enforcement-mode DISABLED: no token needed"
+
+echo
+if [ "$mismatches" -gt 0 ]; then
+  echo "demo: $mismatches result(s) differ from the expected ones (allow=200, deny=403, no token=401, public=200)."
+fi
+echo "demo: the stack is still running (Keycloak $KC, Envoy $ENVOY); 'make down' stops it."
+[ "$mismatches" = 0 ]

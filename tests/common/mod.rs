@@ -1,0 +1,139 @@
+//! Shared helpers for the tests that run against the real stack (`scripts/stack.sh test`).
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use keycloak_pep::uma::HttpRequest;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+/// The stack's URLs, exported by `scripts/stack.sh test`.
+pub fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run these tests through `make test` (scripts/stack.sh test)")
+    })
+}
+
+pub fn keycloak() -> String {
+    env("KCPEP_KEYCLOAK_URL")
+}
+
+pub fn envoy() -> String {
+    env("KCPEP_ENVOY_URL")
+}
+
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+}
+
+/// A minimal HTTP/1.1 client (one request per connection) so tests control every byte sent,
+/// including duplicate and non-UTF-8 headers.
+pub fn request(base: &str, method: &str, path: &str, headers: &[(&str, &[u8])], body: &[u8]) -> Response {
+    let hostport = base.trim_start_matches("http://").trim_end_matches('/');
+    let mut stream = TcpStream::connect(hostport).unwrap_or_else(|e| panic!("connect {hostport}: {e}"));
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut req = Vec::new();
+    req.extend_from_slice(format!("{method} {path} HTTP/1.1\r\n").as_bytes());
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        req.extend_from_slice(format!("Host: {hostport}\r\n").as_bytes());
+    }
+    for (k, v) in headers {
+        req.extend_from_slice(k.as_bytes());
+        req.extend_from_slice(b": ");
+        req.extend_from_slice(v);
+        req.extend_from_slice(b"\r\n");
+    }
+    req.extend_from_slice(format!("Content-Length: {}\r\nConnection: close\r\n\r\n", body.len()).as_bytes());
+    req.extend_from_slice(body);
+    stream.write_all(&req).unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap();
+    parse_response(&raw)
+}
+
+fn parse_response(raw: &[u8]) -> Response {
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("no header end");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap();
+    let status: u16 = status_line.split(' ').nth(1).unwrap().parse().unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let mut body = raw[split + 4..].to_vec();
+    if headers.iter().any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked")) {
+        body = dechunk(&body);
+    }
+    Response { status, headers, body }
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else { break };
+        let size = usize::from_str_radix(String::from_utf8_lossy(&b[..eol]).trim(), 16).unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        out.extend_from_slice(&b[eol + 2..eol + 2 + size]);
+        b = &b[eol + 2 + size + 2..];
+    }
+    out
+}
+
+/// Sends a core-built request to Keycloak.
+pub fn send(req: &HttpRequest) -> Response {
+    let headers: Vec<(&str, &[u8])> = req.headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes())).collect();
+    request(&keycloak(), req.method, &req.path, &headers, &req.body)
+}
+
+/// A user's access token from the public `demo-cli` client (password grant).
+pub fn user_token(user: &str) -> String {
+    let body = format!("grant_type=password&client_id=demo-cli&username={user}&password=password");
+    let r = request(
+        &keycloak(),
+        "POST",
+        "/realms/bank/protocol/openid-connect/token",
+        &[("content-type", b"application/x-www-form-urlencoded")],
+        body.as_bytes(),
+    );
+    assert_eq!(r.status, 200, "password grant for {user}: {}", r.text());
+    r.json()["access_token"].as_str().unwrap().to_string()
+}
+
+/// The demo realm's clients: (client id, secret, decision strategy).
+pub const CLIENTS: &[(&str, &str, &str)] = &[
+    ("bank-api", "bank-api-secret", "UNANIMOUS"),
+    ("bank-api-affirmative", "bank-api-affirmative-secret", "AFFIRMATIVE"),
+];
+
+pub const USERS: &[&str] = &["teller", "owner", "both", "plain"];
+
+/// Seed 002's expected outcome for `GET /account/{id}` with scope account:view.
+pub fn expected_allowed(strategy: &str, user: &str) -> bool {
+    match strategy {
+        "UNANIMOUS" => matches!(user, "owner" | "both"),
+        _ => matches!(user, "teller" | "owner" | "both"),
+    }
+}
