@@ -17,3 +17,4 @@ pub mod uri;
 
 #[cfg(target_arch = "wasm32")]
 mod filter;
+pub mod shared;

@@ -106,6 +106,8 @@ pub struct Background {
     pub jwks: Option<Jwks>,
     jwks_slot: Slot,
     jwks_wanted: bool,
+    /// The JWKS fetch in flight was forced by an unknown `kid`.
+    pub jwks_forced: bool,
     discovery: Slot,
     pat_slot: Slot,
     pat_expires_ms: i64,
@@ -174,6 +176,7 @@ impl Background {
         };
         if jwks_due && self.jwks_slot.startable(now_ms) {
             self.jwks_slot.start();
+            self.jwks_forced = self.jwks_wanted && jwks_age.is_some();
             self.jwks_wanted = false;
             out.push((Fetch::Jwks, uma::jwks_request(cfg)));
         }
@@ -229,7 +232,25 @@ impl Background {
         out
     }
 
-    /// Takes an answer. Never replaces good state with a bad answer.
+    /// A fetch that was not started after all (another VM holds its lease): no backoff.
+    pub fn skip(&mut self, fetch: Fetch) {
+        let slot = match fetch {
+            Fetch::Discovery => &mut self.discovery,
+            Fetch::Jwks => &mut self.jwks_slot,
+            Fetch::Pat => &mut self.pat_slot,
+            Fetch::LoadAll => match self.load_all.as_mut() {
+                Some(s) => s,
+                None => return,
+            },
+            Fetch::Bind { index, .. } => match self.bind_slots.get_mut(index) {
+                Some(s) => s,
+                None => return,
+            },
+        };
+        slot.in_flight = false;
+    }
+
+    /// Takes an answer (`at_ms`: when it was obtained). Never replaces good state with a bad answer.
     pub fn complete(
         &mut self,
         cfg: &EnforcerConfig,

@@ -1,6 +1,7 @@
 //! Small helpers over proxy-wasm host calls that never panic on request-derived data.
 
 use crate::enforcer::Answer;
+use crate::shared;
 use crate::uma::HttpRequest;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType, Status};
@@ -79,4 +80,47 @@ pub fn loggable(bytes: &[u8]) -> String {
         .take(200)
         .collect();
     s
+}
+
+/// A shared-data value and its CAS.
+pub fn shared_get(key: &str) -> (Option<(u32, Vec<u8>)>, Option<u32>) {
+    match hostcalls::get_shared_data(key) {
+        Ok((Some(v), cas)) => (Some((cas.unwrap_or(0), v)), cas),
+        Ok((None, cas)) => (None, cas),
+        Err(_) => (None, None),
+    }
+}
+
+pub fn shared_set(key: &str, value: &[u8]) {
+    let _ = hostcalls::set_shared_data(key, Some(value), None);
+}
+
+/// Takes the fetch lease for `owner` (CAS). An absent key accepts any CAS in Envoy, so the value is
+/// read back: of two VMs racing on a new key, the one whose value stayed wins.
+pub fn take_lease(key: &str, owner: u64, now_ms: i64) -> bool {
+    let (current, cas) = shared_get(key);
+    if !shared::lease_takeable(current.as_ref().map(|(_, v)| v.as_slice()), owner, now_ms) {
+        return false;
+    }
+    let value = shared::encode_lease(owner, now_ms + shared::LEASE_MS);
+    if hostcalls::set_shared_data(key, Some(&value), cas).is_err() {
+        return false;
+    }
+    matches!(shared_get(key).0, Some((_, v)) if v == value)
+}
+
+pub fn release_lease(key: &str, owner: u64) {
+    if let (Some((_, v)), cas) = shared_get(key) {
+        if shared::decode_lease(&v).is_some_and(|(o, _)| o == owner) {
+            let _ = hostcalls::set_shared_data(key, Some(&shared::encode_lease(owner, 0)), cas);
+        }
+    }
+}
+
+/// A per-VM random number (WASI random through std's hasher seeds).
+pub fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_i64(now_ms());
+    h.finish()
 }

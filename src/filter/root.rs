@@ -3,9 +3,10 @@
 
 use super::host;
 use super::http::Http;
-use crate::enforcer::Runtime;
+use crate::enforcer::{Answer, Runtime};
 use crate::refresh::{Background, Fetch};
 use crate::routes::PluginConfig;
+use crate::shared;
 use crate::token::VerifiedTokens;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -35,12 +36,24 @@ pub struct Plugin {
     pub own_headers: Vec<String>,
 }
 
-#[derive(Default)]
 pub struct Root {
     plugin: Option<Rc<Plugin>>,
     /// Callout token -> (enforcer, what was fetched).
-    pending: HashMap<u32, (usize, Fetch)>,
+    pending: HashMap<u32, (usize, Fetch, String)>,
     settled: bool,
+    /// This VM's identity in fetch leases.
+    nonce: u64,
+}
+
+impl Default for Root {
+    fn default() -> Self {
+        Root {
+            plugin: None,
+            pending: HashMap::new(),
+            settled: false,
+            nonce: host::random_u64(),
+        }
+    }
 }
 
 impl Root {
@@ -52,8 +65,34 @@ impl Root {
         let mut all_settled = true;
         for (i, (_, cfg)) in plugin.config.enforcers.iter().enumerate() {
             let mut st = plugin.enforcers[i].borrow_mut();
-            let EnforcerState { rt, bg, .. } = &mut *st;
+            let EnforcerState { rt, bg, verified } = &mut *st;
             for (fetch, req) in bg.due(cfg, rt, now) {
+                let key = shared::doc_key(cfg, fetch, &req);
+                // Another VM (or enforcer of the same realm) may have fetched it already.
+                if let Some((_, body)) = host::shared_get(&key).0 {
+                    if let Some((stored_at, doc)) = shared::decode_doc(&body) {
+                        if shared::fresh(fetch, stored_at, doc, now, bg.jwks_forced) {
+                            bg.complete(
+                                cfg,
+                                rt,
+                                fetch,
+                                Answer::Http {
+                                    status: 200,
+                                    body: doc,
+                                },
+                                stored_at,
+                            );
+                            if matches!(fetch, Fetch::Jwks) {
+                                verified.clear();
+                            }
+                            continue;
+                        }
+                    }
+                }
+                if !host::take_lease(&shared::lease_key(&key), self.nonce, now) {
+                    bg.skip(fetch);
+                    continue;
+                }
                 match host::dispatch(
                     &cfg.proxy.cluster,
                     &cfg.proxy.authority,
@@ -61,7 +100,7 @@ impl Root {
                     cfg.proxy.timeout_ms,
                 ) {
                     Ok(token) => {
-                        self.pending.insert(token, (i, fetch));
+                        self.pending.insert(token, (i, fetch, key));
                     }
                     Err(status) => {
                         log::warn!(
@@ -70,7 +109,7 @@ impl Root {
                             fetch.name(),
                             status
                         );
-                        bg.complete(cfg, rt, fetch, crate::enforcer::Answer::NoAnswer, now);
+                        bg.complete(cfg, rt, fetch, Answer::NoAnswer, now);
                     }
                 }
             }
@@ -99,7 +138,7 @@ impl Context for Root {
         body_size: usize,
         _: usize,
     ) {
-        let Some((i, fetch)) = self.pending.remove(&token) else {
+        let Some((i, fetch, key)) = self.pending.remove(&token) else {
             return;
         };
         let Some(plugin) = self.plugin.clone() else {
@@ -113,6 +152,11 @@ impl Context for Root {
         let EnforcerState { rt, bg, verified } = &mut *st;
         let had_keys = bg.ready();
         bg.complete(cfg, rt, fetch, host::answer(status, ok, &body), now);
+        if ok && status == 200 {
+            // Shared with the other VMs; only good answers are stored.
+            host::shared_set(&key, &shared::encode_doc(now, &body));
+        }
+        host::release_lease(&shared::lease_key(&key), self.nonce);
         if matches!(fetch, Fetch::Jwks) && ok && status == 200 {
             // New key set: tokens verified under the old one are checked again.
             verified.clear();
