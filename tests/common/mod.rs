@@ -48,10 +48,19 @@ impl Response {
 
 /// A minimal HTTP/1.1 client (one request per connection) so tests control every byte sent,
 /// including duplicate and non-UTF-8 headers.
-pub fn request(base: &str, method: &str, path: &str, headers: &[(&str, &[u8])], body: &[u8]) -> Response {
+pub fn request(
+    base: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &[u8])],
+    body: &[u8],
+) -> Response {
     let hostport = base.trim_start_matches("http://").trim_end_matches('/');
-    let mut stream = TcpStream::connect(hostport).unwrap_or_else(|e| panic!("connect {hostport}: {e}"));
-    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut stream =
+        TcpStream::connect(hostport).unwrap_or_else(|e| panic!("connect {hostport}: {e}"));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     let mut req = Vec::new();
     req.extend_from_slice(format!("{method} {path} HTTP/1.1\r\n").as_bytes());
     if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
@@ -63,7 +72,13 @@ pub fn request(base: &str, method: &str, path: &str, headers: &[(&str, &[u8])], 
         req.extend_from_slice(v);
         req.extend_from_slice(b"\r\n");
     }
-    req.extend_from_slice(format!("Content-Length: {}\r\nConnection: close\r\n\r\n", body.len()).as_bytes());
+    req.extend_from_slice(
+        format!(
+            "Content-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    );
     req.extend_from_slice(body);
     stream.write_all(&req).unwrap();
     let mut raw = Vec::new();
@@ -72,7 +87,10 @@ pub fn request(base: &str, method: &str, path: &str, headers: &[(&str, &[u8])], 
 }
 
 fn parse_response(raw: &[u8]) -> Response {
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("no header end");
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("no header end");
     let head = String::from_utf8_lossy(&raw[..split]).into_owned();
     let mut lines = head.split("\r\n");
     let status_line = lines.next().unwrap();
@@ -82,17 +100,24 @@ fn parse_response(raw: &[u8]) -> Response {
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
     let mut body = raw[split + 4..].to_vec();
-    if headers.iter().any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked")) {
+    if headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"))
+    {
         body = dechunk(&body);
     }
-    Response { status, headers, body }
+    Response {
+        status,
+        headers,
+        body,
+    }
 }
 
 fn dechunk(mut b: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    loop {
-        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else { break };
-        let size = usize::from_str_radix(String::from_utf8_lossy(&b[..eol]).trim(), 16).unwrap_or(0);
+    while let Some(eol) = b.windows(2).position(|w| w == b"\r\n") {
+        let size =
+            usize::from_str_radix(String::from_utf8_lossy(&b[..eol]).trim(), 16).unwrap_or(0);
         if size == 0 {
             break;
         }
@@ -104,7 +129,11 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
 
 /// Sends a core-built request to Keycloak.
 pub fn send(req: &HttpRequest) -> Response {
-    let headers: Vec<(&str, &[u8])> = req.headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes())).collect();
+    let headers: Vec<(&str, &[u8])> = req
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_bytes()))
+        .collect();
     request(&keycloak(), req.method, &req.path, &headers, &req.body)
 }
 
@@ -125,7 +154,11 @@ pub fn user_token(user: &str) -> String {
 /// The demo realm's clients: (client id, secret, decision strategy).
 pub const CLIENTS: &[(&str, &str, &str)] = &[
     ("bank-api", "bank-api-secret", "UNANIMOUS"),
-    ("bank-api-affirmative", "bank-api-affirmative-secret", "AFFIRMATIVE"),
+    (
+        "bank-api-affirmative",
+        "bank-api-affirmative-secret",
+        "AFFIRMATIVE",
+    ),
 ];
 
 pub const USERS: &[&str] = &["teller", "owner", "both", "plain"];
