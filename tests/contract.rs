@@ -7,7 +7,9 @@ mod common;
 use common::*;
 use keycloak_pep::config::EnforcerConfig;
 use keycloak_pep::token::{self, Expectations, Jwks, TokenError};
-use keycloak_pep::uma::{self, PermissionRequest, ResourceQuery, ResponseMode, UmaGrant, UmaOutcome};
+use keycloak_pep::uma::{
+    self, PermissionRequest, ResourceQuery, ResponseMode, UmaGrant, UmaOutcome,
+};
 
 fn config(client: &str, secret: &str) -> EnforcerConfig {
     let json = format!(
@@ -19,11 +21,17 @@ fn config(client: &str, secret: &str) -> EnforcerConfig {
 
 fn pat(cfg: &EnforcerConfig) -> String {
     let r = send(&uma::pat_request(cfg));
-    uma::parse_token_response(r.status, &r.body).unwrap().access_token
+    uma::parse_token_response(r.status, &r.body)
+        .unwrap()
+        .access_token
 }
 
 fn grant(cfg: &EnforcerConfig, user_token: &str, mode: ResponseMode, uri_form: bool) -> UmaOutcome {
-    let resource = if uri_form { "/account/1" } else { "View Account Resource" };
+    let resource = if uri_form {
+        "/account/1"
+    } else {
+        "View Account Resource"
+    };
     let g = UmaGrant {
         subject_token: user_token,
         permissions: vec![PermissionRequest {
@@ -45,12 +53,21 @@ fn discovery_document() {
     let cfg = config(client, secret);
     let r = send(&uma::discovery_request(&cfg));
     let d = uma::parse_discovery(r.status, &r.body).unwrap();
-    assert_eq!(d.issuer, cfg.proxy.issuer, "tokens are expected from the issuer Keycloak announces");
+    assert_eq!(
+        d.issuer, cfg.proxy.issuer,
+        "tokens are expected from the issuer Keycloak announces"
+    );
     let e = uma::Endpoints::for_config(&cfg);
     assert_eq!(uma::url_path(&d.token_endpoint), e.token);
     assert_eq!(uma::url_path(&d.jwks_uri), e.jwks);
-    assert_eq!(uma::url_path(d.permission_endpoint.as_deref().unwrap()), e.permission);
-    assert_eq!(uma::url_path(d.resource_registration_endpoint.as_deref().unwrap()), e.resource_set);
+    assert_eq!(
+        uma::url_path(d.permission_endpoint.as_deref().unwrap()),
+        e.permission
+    );
+    assert_eq!(
+        uma::url_path(d.resource_registration_endpoint.as_deref().unwrap()),
+        e.resource_set
+    );
 }
 
 #[test]
@@ -61,7 +78,10 @@ fn pat_by_client_credentials_and_wrong_secret() {
     }
     let bad = config("bank-api", "wrong");
     let r = send(&uma::pat_request(&bad));
-    assert!(matches!(uma::parse_token_response(r.status, &r.body), Err(uma::Failure::Http { status: 401, .. })));
+    assert!(matches!(
+        uma::parse_token_response(r.status, &r.body),
+        Err(uma::Failure::Http { status: 401, .. })
+    ));
 }
 
 #[test]
@@ -82,9 +102,14 @@ fn seed_002_outcomes_in_every_response_mode() {
                 let got = match &outcome {
                     UmaOutcome::Granted(_) => true,
                     UmaOutcome::Denied => false,
-                    other => panic!("{client}/{user}/{mode:?}/uri={uri_form}: unexpected {other:?}"),
+                    other => {
+                        panic!("{client}/{user}/{mode:?}/uri={uri_form}: unexpected {other:?}")
+                    }
                 };
-                assert_eq!(got, want, "{strategy} {client} {user} {mode:?} uri_form={uri_form}");
+                assert_eq!(
+                    got, want,
+                    "{strategy} {client} {user} {mode:?} uri_form={uri_form}"
+                );
                 if let UmaOutcome::Granted(Some(perms)) = outcome {
                     let p = perms
                         .iter()
@@ -104,14 +129,19 @@ fn unknown_resource_and_scope_are_refused_not_denied() {
     let tok = user_token("owner");
     let g = UmaGrant {
         subject_token: &tok,
-        permissions: vec![PermissionRequest { resource: Some("No Such Resource".into()), scopes: vec![] }],
+        permissions: vec![PermissionRequest {
+            resource: Some("No Such Resource".into()),
+            scopes: vec![],
+        }],
         response_mode: ResponseMode::Decision,
         uri_form: false,
         claims: None,
         rpt: None,
     };
     let r = send(&uma::uma_grant_request(&cfg, &g));
-    assert!(matches!(uma::parse_uma_response(r.status, &r.body, ResponseMode::Decision), UmaOutcome::Refused(e) if e.error == "invalid_resource"));
+    assert!(
+        matches!(uma::parse_uma_response(r.status, &r.body, ResponseMode::Decision), UmaOutcome::Refused(e) if e.error == "invalid_resource")
+    );
 }
 
 #[test]
@@ -122,7 +152,10 @@ fn protection_api_lookups_by_uri_and_name() {
     let by_uri = send(&uma::resource_query_request(
         &cfg,
         &pat,
-        &ResourceQuery { uri: Some("/account/{id}".into()), ..Default::default() },
+        &ResourceQuery {
+            uri: Some("/account/{id}".into()),
+            ..Default::default()
+        },
     ));
     let found = uma::parse_resources(by_uri.status, &by_uri.body).unwrap();
     assert_eq!(found.len(), 1, "{found:?}");
@@ -145,7 +178,11 @@ fn protection_api_lookups_by_uri_and_name() {
     let matching = send(&uma::resource_query_request(
         &cfg,
         &pat,
-        &ResourceQuery { uri: Some("/reports/42".into()), matching_uri: true, ..Default::default() },
+        &ResourceQuery {
+            uri: Some("/reports/42".into()),
+            matching_uri: true,
+            ..Default::default()
+        },
     ));
     let lazy = uma::parse_resources(matching.status, &matching.body).unwrap();
     assert_eq!(lazy.len(), 1, "{lazy:?}");
@@ -154,12 +191,29 @@ fn protection_api_lookups_by_uri_and_name() {
     let exact = send(&uma::resource_query_request(
         &cfg,
         &pat,
-        &ResourceQuery { uri: Some("/reports/42".into()), ..Default::default() },
+        &ResourceQuery {
+            uri: Some("/reports/42".into()),
+            ..Default::default()
+        },
     ));
-    assert!(uma::parse_resources(exact.status, &exact.body).unwrap().is_empty());
+    assert!(uma::parse_resources(exact.status, &exact.body)
+        .unwrap()
+        .is_empty());
     // a permission ticket for the UMA challenge
-    let t = send(&uma::permission_ticket_request(&cfg, &pat, &found[0].id, &["account:view".into()], None));
-    assert!(uma::parse_ticket(t.status, &t.body).unwrap().split('.').count() == 3);
+    let t = send(&uma::permission_ticket_request(
+        &cfg,
+        &pat,
+        &found[0].id,
+        &["account:view".into()],
+        None,
+    ));
+    assert!(
+        uma::parse_ticket(t.status, &t.body)
+            .unwrap()
+            .split('.')
+            .count()
+            == 3
+    );
 }
 
 #[test]
@@ -170,20 +224,36 @@ fn real_tokens_verify_and_one_changed_byte_does_not() {
     assert_eq!(r.status, 200);
     let jwks = Jwks::parse(&r.body).unwrap();
     let tok = user_token("owner");
-    let expect = Expectations { issuer: &cfg.proxy.issuer, audiences: &[], leeway_seconds: 30 };
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let expect = Expectations {
+        issuer: &cfg.proxy.issuer,
+        audiences: &[],
+        leeway_seconds: 30,
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
     let t = token::verify(&tok, &jwks, &expect, now).unwrap();
-    assert_eq!(t.claim("/preferred_username").and_then(|v| v.as_str()), Some("owner"));
+    assert_eq!(
+        t.claim("/preferred_username").and_then(|v| v.as_str()),
+        Some("owner")
+    );
     let roles = t.claim("/realm_access/roles").unwrap().as_array().unwrap();
     assert!(roles.iter().any(|r| r == "account_owner"));
     // the same token is expired for the verifier one leeway after its exp
-    assert_eq!(token::verify(&tok, &jwks, &expect, t.exp + 31), Err(TokenError::Expired));
+    assert_eq!(
+        token::verify(&tok, &jwks, &expect, t.exp + 31),
+        Err(TokenError::Expired)
+    );
     // flip one byte of the signature
     let mut bytes = tok.clone().into_bytes();
     let i = bytes.len() - 10;
     bytes[i] = if bytes[i] == b'a' { b'b' } else { b'a' };
     let forged = String::from_utf8(bytes).unwrap();
-    assert_eq!(token::verify(&forged, &jwks, &expect, now), Err(TokenError::BadSignature));
+    assert_eq!(
+        token::verify(&forged, &jwks, &expect, now),
+        Err(TokenError::BadSignature)
+    );
     // and one byte of the payload
     let mut bytes = tok.into_bytes();
     let dot = bytes.iter().position(|b| *b == b'.').unwrap();

@@ -16,7 +16,17 @@ fn stack(cmd: &str) {
 
 fn account(token: &str) -> u16 {
     let auth = format!("Bearer {token}");
-    request(&envoy(), "GET", "/account/1", &[("host", b"unanimous.bank.local"), ("authorization", auth.as_bytes())], b"").status
+    request(
+        &envoy(),
+        "GET",
+        "/account/1",
+        &[
+            ("host", b"unanimous.bank.local"),
+            ("authorization", auth.as_bytes()),
+        ],
+        b"",
+    )
+    .status
 }
 
 #[test]
@@ -26,7 +36,14 @@ fn keycloak_down_gives_503_and_recovers() {
     stack("stop-keycloak");
     let status = account(&owner);
     // public paths do not need Keycloak
-    let public = request(&envoy(), "GET", "/public/x", &[("host", b"unanimous.bank.local")], b"").status;
+    let public = request(
+        &envoy(),
+        "GET",
+        "/public/x",
+        &[("host", b"unanimous.bank.local")],
+        b"",
+    )
+    .status;
     stack("start-keycloak");
     assert_eq!(status, 503, "fail closed while Keycloak is down");
     assert_eq!(public, 200);

@@ -89,7 +89,8 @@ impl Root {
                         }
                     }
                 }
-                if !host::take_lease(&shared::lease_key(&key), self.nonce, now) {
+                let in_flight_here = self.pending.values().any(|(_, _, k)| *k == key);
+                if in_flight_here || !host::take_lease(&shared::lease_key(&key), self.nonce, now) {
                     bg.skip(fetch);
                     continue;
                 }

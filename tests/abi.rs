@@ -1,0 +1,447 @@
+//! ABI tests: the built dist/keycloak_pep.wasm driven through the proxy-wasm ABI by the wasmtime
+//! host of tests/host, exactly as Envoy drives it. They pin what the filter asks of the host:
+//! the callouts it dispatches (cluster, headers, body, timeout), its local replies and their
+//! headers, resumed requests and forwarded headers, and its use of shared data.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod host;
+
+use base64::Engine;
+use host::{Action, SharedData, Vm};
+use serde_json::{json, Value};
+
+const NOW_MS: u64 = 1_800_000_000_000;
+const ISSUER: &str = "http://kc:8080/realms/bank";
+
+fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(format!(
+        "{}/tests/fixtures/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+}
+
+fn config() -> Vec<u8> {
+    json!({
+        "enforcers": {
+            "bank": {
+                "realm": "bank", "auth-server-url": "http://kc:8080", "resource": "bank-api",
+                "credentials": {"secret": "s3cret"},
+                "policy-enforcer": {"paths": [
+                    {"name": "View Account Resource", "path": "/account/{id}",
+                     "methods": [{"method": "GET", "scopes": ["account:view"]}]},
+                    {"path": "/public/*", "enforcement-mode": "DISABLED"}
+                ]},
+                "kcpep": {"timeout-ms": 1500}
+            },
+            "other": {"realm": "bank", "auth-server-url": "http://kc:8080", "resource": "other-api",
+                      "policy-enforcer": {"enforcement-mode": "PERMISSIVE", "paths": [{"path": "/x"}]}}
+        },
+        "routes": [{"route-name": "other-route", "enforcer": "other"}],
+        "default": "bank"
+    })
+    .to_string()
+    .into_bytes()
+}
+
+fn sign(claims: &Value) -> String {
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(fixture("rsa-private.der.b64"))
+        .unwrap();
+    let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    h.kid = Some("rsa-1".into());
+    jsonwebtoken::encode(&h, claims, &jsonwebtoken::EncodingKey::from_rsa_der(&der)).unwrap()
+}
+
+fn token(extra: Value) -> String {
+    let now = (NOW_MS / 1000) as i64;
+    let mut c = json!({"iss": ISSUER, "sub": "u1", "typ": "Bearer", "exp": now + 300, "iat": now});
+    for (k, v) in extra.as_object().unwrap() {
+        c[k] = v.clone();
+    }
+    sign(&c)
+}
+
+fn vm_with(shared: Option<host::Shared>) -> Vm {
+    let vm = match shared {
+        Some(s) => Vm::with_shared(host::module(), s),
+        None => Vm::new(host::module()),
+    };
+    let mut vm = vm.unwrap().allow_clusters(&["keycloak"]);
+    vm.set_time_ms(NOW_MS);
+    vm
+}
+
+/// A configured VM whose background fetches were answered (keys, PAT, binding of the named path).
+fn ready_vm() -> Vm {
+    let mut vm = vm_with(None);
+    assert!(vm.configure(&config()).unwrap());
+    answer_background(&mut vm);
+    vm
+}
+
+fn answer_background(vm: &mut Vm) {
+    for _ in 0..5 {
+        vm.tick().unwrap();
+        let calls = vm.take_callouts();
+        if calls.is_empty() {
+            break;
+        }
+        for c in calls {
+            let path = String::from_utf8(c.header(":path").unwrap().to_vec()).unwrap();
+            let body: Vec<u8> = if path.ends_with("/uma2-configuration") {
+                json!({"issuer": ISSUER, "token_endpoint": format!("{ISSUER}/protocol/openid-connect/token"),
+                       "jwks_uri": format!("{ISSUER}/protocol/openid-connect/certs")}).to_string().into_bytes()
+            } else if path.ends_with("/certs") {
+                fixture("jwks.json")
+            } else if path.ends_with("/token") {
+                br#"{"access_token":"PAT-TOKEN","expires_in":300}"#.to_vec()
+            } else if path.contains("/resource_set?") {
+                br#"[{"_id":"rid-1","name":"View Account Resource","uris":["/account/{id}"],"scopes":[{"name":"account:view"}]}]"#.to_vec()
+            } else {
+                panic!("unexpected background callout {path}");
+            };
+            vm.respond(c.token, 200, &[("content-type", "application/json")], &body)
+                .unwrap();
+        }
+    }
+}
+
+fn get(vm: &mut Vm, path: &str, auth: Option<&[u8]>, extra: &[(&str, &[u8])]) -> u32 {
+    let mut h: Vec<(&str, &[u8])> = vec![
+        (":method", b"GET"),
+        (":path", path.as_bytes()),
+        (":authority", b"bank.local"),
+        (":scheme", b"http"),
+    ];
+    if let Some(a) = auth {
+        h.push(("authorization", a));
+    }
+    h.extend_from_slice(extra);
+    vm.request(&h).unwrap()
+}
+
+fn bearer(t: &str) -> Vec<u8> {
+    format!("Bearer {t}").into_bytes()
+}
+
+fn form(body: &[u8]) -> Vec<(String, String)> {
+    String::from_utf8(body.to_vec())
+        .unwrap()
+        .split('&')
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap();
+            let dec = |s: &str| {
+                let s = s.replace('+', " ");
+                let mut out = Vec::new();
+                let b = s.as_bytes();
+                let mut i = 0;
+                while i < b.len() {
+                    if b[i] == b'%' {
+                        out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap());
+                        i += 3;
+                    } else {
+                        out.push(b[i]);
+                        i += 1;
+                    }
+                }
+                String::from_utf8(out).unwrap()
+            };
+            (dec(k), dec(v))
+        })
+        .collect()
+}
+
+#[test]
+fn bad_configuration_is_refused_with_its_json_path() {
+    let mut vm = vm_with(None);
+    let bad = br#"{"realm":"bank","auth-server-url":"http://kc","resource":"c","policy-enforcer":{"paths":[{"path":"/a","methods":[{"method":"GET","scopes-enforcement-mode":"SOME"}]}]}}"#;
+    assert!(!vm.configure(bad).unwrap());
+    assert!(vm.log_contains("policy-enforcer.paths[0].methods[0].scopes-enforcement-mode: expected ALL, ANY or DISABLED"));
+    assert!(vm.failed().is_none(), "refused, not crashed");
+    let mut vm = vm_with(None);
+    assert!(!vm.configure(b"not json").unwrap());
+}
+
+#[test]
+fn background_fetches_go_to_the_keycloak_cluster() {
+    let mut vm = vm_with(None);
+    assert!(vm.configure(&config()).unwrap());
+    vm.tick().unwrap();
+    let calls = vm.take_callouts();
+    let paths: Vec<String> = calls
+        .iter()
+        .map(|c| String::from_utf8(c.header(":path").unwrap().to_vec()).unwrap())
+        .collect();
+    assert!(
+        paths.contains(&"/realms/bank/.well-known/uma2-configuration".to_string()),
+        "{paths:?}"
+    );
+    assert!(paths.contains(&"/realms/bank/protocol/openid-connect/certs".to_string()));
+    let pat = calls
+        .iter()
+        .find(|c| c.header(":path") == Some(b"/realms/bank/protocol/openid-connect/token"))
+        .unwrap();
+    assert_eq!(pat.cluster, "keycloak");
+    assert_eq!(pat.header(":method"), Some(&b"POST"[..]));
+    assert_eq!(pat.header(":authority"), Some(&b"kc:8080"[..]));
+    assert_eq!(
+        pat.header("authorization"),
+        Some(&b"Basic YmFuay1hcGk6czNjcmV0"[..])
+    );
+    assert_eq!(pat.body, b"grant_type=client_credentials");
+    assert_eq!(pat.timeout_ms, Some(1500));
+    // the realm is the same for both enforcers: one JWKS fetch, not two
+    assert_eq!(
+        paths.iter().filter(|p| p.ends_with("/certs")).count(),
+        1,
+        "{paths:?}"
+    );
+    // a tick while they are in flight starts nothing new
+    vm.tick().unwrap();
+    assert!(vm.take_callouts().is_empty());
+}
+
+#[test]
+fn requests_before_the_keys_are_loaded_fail_closed() {
+    let mut vm = vm_with(None);
+    assert!(vm.configure(&config()).unwrap());
+    let req = get(&mut vm, "/account/1", Some(&bearer(&token(json!({})))), &[]);
+    assert_eq!(vm.local_response(req).unwrap().status, 503);
+    // ...but public paths pass, and requests without a token get 401
+    let req = get(&mut vm, "/public/x", None, &[]);
+    assert!(vm.continued(req));
+    let req = get(&mut vm, "/account/1", None, &[]);
+    assert_eq!(vm.local_response(req).unwrap().status, 401);
+    assert!(
+        vm.take_callouts().iter().all(|c| c.header(":path")
+            != Some(b"/realms/bank/protocol/openid-connect/token")
+            || c.body == b"grant_type=client_credentials"),
+        "no per-request callouts while keys are missing"
+    );
+}
+
+#[test]
+fn no_token_gets_401_bearer_challenge() {
+    let mut vm = ready_vm();
+    let req = get(&mut vm, "/account/1", None, &[]);
+    let r = vm.local_response(req).unwrap();
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some(&b"Bearer realm=\"bank\""[..])
+    );
+    assert!(vm.take_callouts().is_empty());
+}
+
+#[test]
+fn uma_grant_is_dispatched_and_the_request_resumed() {
+    let mut vm = ready_vm();
+    let t = token(json!({}));
+    let spoof: &[(&str, &[u8])] = &[("x-kcpep-permissions", b"[{\"rsname\":\"all\"}]")];
+    let req = get(&mut vm, "/account/42?x=1", Some(&bearer(&t)), spoof);
+    assert_eq!(vm.action(req), Action::Pause);
+    let calls = vm.take_callouts();
+    assert_eq!(calls.len(), 1);
+    let c = &calls[0];
+    assert_eq!(c.cluster, "keycloak");
+    assert_eq!(
+        c.header(":path"),
+        Some(&b"/realms/bank/protocol/openid-connect/token"[..])
+    );
+    assert_eq!(
+        c.header("authorization"),
+        Some(&b"Basic YmFuay1hcGk6czNjcmV0"[..])
+    );
+    let f = form(&c.body);
+    let want: Vec<(String, String)> = [
+        ("grant_type", "urn:ietf:params:oauth:grant-type:uma-ticket"),
+        ("audience", "bank-api"),
+        ("permission", "rid-1#account:view"),
+        ("response_mode", "permissions"),
+        ("subject_token", t.as_str()),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    assert_eq!(f, want);
+    assert!(!vm.continued(req));
+    vm.respond(
+        c.token,
+        200,
+        &[],
+        br#"[{"rsid":"rid-1","rsname":"View Account Resource","scopes":["account:view"]}]"#,
+    )
+    .unwrap();
+    assert!(vm.continued(req));
+    assert!(vm.local_response(req).is_none());
+    let perms = vm.request_header(req, "x-kcpep-permissions").unwrap();
+    assert_eq!(
+        perms,
+        br#"[{"rsid":"rid-1","rsname":"View Account Resource","scopes":["account:view"]}]"#
+    );
+    vm.finish(req).unwrap();
+}
+
+#[test]
+fn keycloak_answers_become_local_replies() {
+    let mut vm = ready_vm();
+    let t = token(json!({}));
+    for (status, body, want) in [
+        (
+            403u32,
+            &br#"{"error":"access_denied","error_description":"not_authorized"}"#[..],
+            403u32,
+        ),
+        (
+            503,
+            b"upstream connect error or disconnect/reset before headers",
+            503,
+        ),
+        (
+            400,
+            br#"{"error":"invalid_grant","error_description":"Invalid bearer token"}"#,
+            401,
+        ),
+        (200, b"<html>oops</html>", 503),
+    ] {
+        let req = get(&mut vm, "/account/1", Some(&bearer(&t)), &[]);
+        let c = vm.take_callouts().pop().unwrap();
+        vm.respond(c.token, status, &[], body).unwrap();
+        assert_eq!(
+            vm.local_response(req).map(|r| r.status),
+            Some(want),
+            "Keycloak {status}"
+        );
+        assert!(!vm.continued(req));
+    }
+    // a timeout or reset (no response headers) is 503 too
+    let req = get(&mut vm, "/account/1", Some(&bearer(&t)), &[]);
+    let c = vm.take_callouts().pop().unwrap();
+    vm.fail_callout(c.token).unwrap();
+    assert_eq!(vm.local_response(req).unwrap().status, 503);
+    assert!(vm.failed().is_none());
+}
+
+#[test]
+fn rpt_with_the_permission_passes_without_a_callout() {
+    let mut vm = ready_vm();
+    let rpt = token(
+        json!({"authorization": {"permissions": [{"rsid": "rid-1", "rsname": "View Account Resource", "scopes": ["account:view"]}]}}),
+    );
+    let req = get(&mut vm, "/account/1", Some(&bearer(&rpt)), &[]);
+    assert!(vm.continued(req));
+    assert!(vm.take_callouts().is_empty());
+    assert!(vm
+        .request_header(req, "x-kcpep-permissions")
+        .unwrap()
+        .starts_with(b"[{\"rsid\":\"rid-1\""));
+}
+
+#[test]
+fn hostile_bytes_never_crash_the_vm() {
+    let mut vm = ready_vm();
+    for auth in [
+        &b"Bearer \xff\xfe"[..],
+        b"\xff",
+        b"Basic abc",
+        b"Bearer a.b.c",
+        b"Bearer",
+    ] {
+        let req = get(
+            &mut vm,
+            "/account/1",
+            Some(auth),
+            &[("x-odd", b"\xff\xfe\x00")],
+        );
+        let r = vm.local_response(req).unwrap();
+        assert_eq!(r.status, 401);
+        assert!(
+            String::from_utf8(r.header("www-authenticate").unwrap().to_vec())
+                .unwrap()
+                .contains("invalid_token")
+        );
+    }
+    let req = vm
+        .request(&[
+            (":method", b"GET"),
+            (":path", b"/account/\xff"),
+            (":authority", b"\xfe"),
+        ])
+        .unwrap();
+    assert!(vm.local_response(req).is_some());
+    // two Authorization headers: refused even if both are valid
+    let t = bearer(&token(json!({})));
+    let req = get(&mut vm, "/account/1", Some(&t), &[("authorization", &t)]);
+    assert_eq!(vm.local_response(req).unwrap().status, 401);
+    assert!(vm.failed().is_none(), "the VM survived: {:?}", vm.failed());
+}
+
+#[test]
+fn forged_expired_and_foreign_tokens() {
+    let mut vm = ready_vm();
+    let good = token(json!({}));
+    let mut forged = good.clone().into_bytes();
+    let n = forged.len() - 4;
+    forged[n] = if forged[n] == b'A' { b'B' } else { b'A' };
+    let now = (NOW_MS / 1000) as i64;
+    for (tok, why) in [
+        (String::from_utf8(forged).unwrap(), "invalid signature"),
+        (token(json!({"exp": now - 60})), "token expired"),
+        (
+            token(json!({"iss": "http://evil/realms/bank"})),
+            "wrong issuer",
+        ),
+        (token(json!({"typ": "Refresh"})), "not an access token"),
+    ] {
+        let req = get(&mut vm, "/account/1", Some(&bearer(&tok)), &[]);
+        let r = vm.local_response(req).unwrap();
+        assert_eq!(r.status, 401);
+        let h = String::from_utf8(r.header("www-authenticate").unwrap().to_vec()).unwrap();
+        assert!(h.contains(why), "{h}");
+    }
+    assert!(vm.take_callouts().is_empty());
+    // no token material in the logs
+    assert!(!vm.logs().iter().any(|(_, l)| l.contains(&good[..20])));
+}
+
+#[test]
+fn route_name_selects_the_enforcer() {
+    let mut vm = ready_vm();
+    vm.set_property(&["xds", "route_name"], b"other-route");
+    let req = get(&mut vm, "/unmatched", Some(&bearer(&token(json!({})))), &[]);
+    assert!(
+        vm.continued(req),
+        "the PERMISSIVE enforcer lets unmatched paths through"
+    );
+    vm.set_property(&["xds", "route_name"], b"something-else");
+    let req = get(&mut vm, "/unmatched", Some(&bearer(&token(json!({})))), &[]);
+    assert_eq!(
+        vm.local_response(req).unwrap().status,
+        403,
+        "the default ENFORCING enforcer"
+    );
+}
+
+#[test]
+fn a_second_vm_reuses_the_first_vms_documents() {
+    let shared = SharedData::new();
+    let mut a = vm_with(Some(shared.clone()));
+    assert!(a.configure(&config()).unwrap());
+    answer_background(&mut a);
+    let mut b = vm_with(Some(shared.clone()));
+    assert!(b.configure(&config()).unwrap());
+    b.tick().unwrap();
+    b.tick().unwrap();
+    let calls = b.take_callouts();
+    assert!(
+        calls.is_empty(),
+        "VM b fetched again: {:?}",
+        calls.iter().map(|c| c.header(":path")).collect::<Vec<_>>()
+    );
+    // and it is ready: its UMA grant uses the shared PAT-bound resource id
+    let req = get(&mut b, "/account/1", Some(&bearer(&token(json!({})))), &[]);
+    let c = b.take_callouts().pop().unwrap();
+    assert!(form(&c.body).contains(&("permission".into(), "rid-1#account:view".into())));
+    assert_eq!(b.action(req), Action::Pause);
+}
