@@ -18,3 +18,4 @@ pub mod uri;
 #[cfg(target_arch = "wasm32")]
 mod filter;
 pub mod shared;
+pub mod signature;

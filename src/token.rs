@@ -5,7 +5,9 @@
 //! the realm (RS/PS/ES families, never `none` or HMAC), `exp`/`nbf` with a small leeway, `iss`, and
 //! `aud` when configured. Time is passed in, so the checks are deterministic and testable.
 
+use crate::signature::{self, HostCheck};
 use crate::uma::{permissions_of, Permission};
+use base64::Engine;
 use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, JwkSet, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::Value;
@@ -76,6 +78,8 @@ struct Key {
     kid: Option<String>,
     alg: Algorithm,
     key: DecodingKey,
+    /// DER SubjectPublicKeyInfo of RSA keys, for the host's `verify_signature`.
+    spki: Option<Vec<u8>>,
 }
 
 /// The realm's signing keys, parsed once per JWKS document.
@@ -143,10 +147,25 @@ fn usable_key(jwk: &Jwk) -> Option<Key> {
         Some(_) => return None,
     };
     let key = DecodingKey::from_jwk(jwk).ok()?;
+    let spki = match &jwk.algorithm {
+        AlgorithmParameters::RSA(rsa) => {
+            let b64 = |s: &str| {
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(s.trim_end_matches('='))
+                    .ok()
+            };
+            match (b64(&rsa.n), b64(&rsa.e)) {
+                (Some(n), Some(e)) => Some(signature::rsa_spki(&n, &e)),
+                _ => None,
+            }
+        }
+        _ => None,
+    };
     Some(Key {
         kid: jwk.common.key_id.clone(),
         alg,
         key,
+        spki,
     })
 }
 
@@ -217,12 +236,26 @@ pub fn key_id(raw: &str) -> Option<String> {
     jsonwebtoken::decode_header(raw).ok()?.kid
 }
 
+/// A signature checker offered by the host (Envoy's `verify_signature`); `None`: could not check.
+pub type HostVerifier<'a> = &'a dyn Fn(&HostCheck) -> Option<bool>;
+
 /// Verifies signature and claims. `now` is seconds since the epoch.
 pub fn verify(
     raw: &str,
     jwks: &Jwks,
     expect: &Expectations,
     now: i64,
+) -> Result<Token, TokenError> {
+    verify_with(raw, jwks, expect, now, None)
+}
+
+/// As [`verify`], letting the host check RSA PKCS#1 signatures when it can.
+pub fn verify_with(
+    raw: &str,
+    jwks: &Jwks,
+    expect: &Expectations,
+    now: i64,
+    host: Option<HostVerifier>,
 ) -> Result<Token, TokenError> {
     let header = jsonwebtoken::decode_header(raw).map_err(|_| TokenError::Malformed)?;
     if matches!(
@@ -255,6 +288,19 @@ pub fn verify(
             last = TokenError::UnsupportedAlgorithm;
             continue;
         }
+        if let (Some(host), Some(spki), Some(hash)) = (host, &k.spki, pkcs1_hash(header.alg)) {
+            match host_check(raw, host, spki, hash) {
+                Some(Ok(c)) => {
+                    claims = Some(c);
+                    break;
+                }
+                Some(Err(e)) => {
+                    last = e;
+                    continue;
+                }
+                None => {} // the host could not tell: verify in wasm
+            }
+        }
         match jsonwebtoken::decode::<Value>(raw, &k.key, &validation) {
             Ok(data) => {
                 claims = Some(data.claims);
@@ -273,6 +319,45 @@ pub fn verify(
     }
     let claims = claims.ok_or(last)?;
     check_claims(claims, expect, now, raw)
+}
+
+fn pkcs1_hash(alg: Algorithm) -> Option<&'static str> {
+    match alg {
+        Algorithm::RS256 => Some("sha256"),
+        Algorithm::RS384 => Some("sha384"),
+        Algorithm::RS512 => Some("sha512"),
+        _ => None,
+    }
+}
+
+/// `Some(Ok(claims))` when the host verified the signature, `Some(Err)` when it refused it or the
+/// token is malformed, `None` when the host could not answer.
+fn host_check(
+    raw: &str,
+    host: HostVerifier,
+    spki: &[u8],
+    hash: &'static str,
+) -> Option<Result<Value, TokenError>> {
+    let (signing_input, sig_b64) = raw.rsplit_once('.')?;
+    let payload_b64 = signing_input.split('.').nth(1)?;
+    let decode = |s: &str| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(s)
+            .ok()
+    };
+    let (Some(sig), Some(payload)) = (decode(sig_b64), decode(payload_b64)) else {
+        return Some(Err(TokenError::Malformed));
+    };
+    let check = HostCheck {
+        hash,
+        public_key: spki,
+        signature: &sig,
+        text: signing_input.as_bytes(),
+    };
+    match host(&check)? {
+        false => Some(Err(TokenError::BadSignature)),
+        true => Some(serde_json::from_slice(&payload).map_err(|_| TokenError::Malformed)),
+    }
 }
 
 fn check_claims(
@@ -527,6 +612,59 @@ pub(crate) mod tests {
             parts[2]
         );
         assert!(verify(&relabeled, &jwks(), &expect(), NOW).is_err());
+    }
+
+    /// The host path: a verifier standing in for Envoy's `verify_signature` (here jsonwebtoken on
+    /// the PKCS#1 key taken back out of the SPKI the filter built, so the DER is exercised too).
+    #[test]
+    fn host_verifier_is_used_for_rsa_and_its_no_is_final() {
+        let calls = std::cell::Cell::new(0);
+        let host = |c: &HostCheck| -> Option<bool> {
+            calls.set(calls.get() + 1);
+            assert_eq!(c.hash, "sha256");
+            let pkcs1 = signature::rsa_public_key_of_spki(c.public_key)?;
+            let key = DecodingKey::from_rsa_der(pkcs1);
+            let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(c.signature);
+            jsonwebtoken::crypto::verify(&sig, c.text, &key, Algorithm::RS256).ok()
+        };
+        let tok = sign_rs256(&claims());
+        let t = verify_with(&tok, &jwks(), &expect(), NOW, Some(&host)).unwrap();
+        assert_eq!(t.subject(), Some("u1"));
+        assert_eq!(calls.get(), 1);
+        let mut bytes = tok.into_bytes();
+        let i = bytes.len() - 3;
+        bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
+        let forged = String::from_utf8(bytes).unwrap();
+        assert_eq!(
+            verify_with(&forged, &jwks(), &expect(), NOW, Some(&host)),
+            Err(TokenError::BadSignature)
+        );
+        assert_eq!(calls.get(), 2);
+        // a host that cannot answer: verified in wasm
+        let absent = |_: &HostCheck| -> Option<bool> { None };
+        assert!(verify_with(
+            &sign_rs256(&claims()),
+            &jwks(),
+            &expect(),
+            NOW,
+            Some(&absent)
+        )
+        .is_ok());
+        assert_eq!(
+            verify_with(&forged, &jwks(), &expect(), NOW, Some(&absent)),
+            Err(TokenError::BadSignature)
+        );
+        // claims are still checked after a host "yes"
+        let mut c = claims();
+        c["exp"] = json!(NOW - 100);
+        assert_eq!(
+            verify_with(&sign_rs256(&c), &jwks(), &expect(), NOW, Some(&host)),
+            Err(TokenError::Expired)
+        );
+        // EC keys never go to the host
+        let before = calls.get();
+        assert!(verify_with(&sign_es256(&claims()), &jwks(), &expect(), NOW, Some(&host)).is_ok());
+        assert_eq!(calls.get(), before);
     }
 
     #[test]

@@ -9,6 +9,8 @@ mod host;
 use base64::Engine;
 use host::{Action, SharedData, Vm};
 use serde_json::{json, Value};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 
 const NOW_MS: u64 = 1_800_000_000_000;
 const ISSUER: &str = "http://kc:8080/realms/bank";
@@ -444,4 +446,89 @@ fn a_second_vm_reuses_the_first_vms_documents() {
     let c = b.take_callouts().pop().unwrap();
     assert!(form(&c.body).contains(&("permission".into(), "rid-1#account:view".into())));
     assert_eq!(b.action(req), Action::Pause);
+}
+
+/// Envoy's `verify_signature`, emulated natively: decodes the filter's protobuf arguments, checks
+/// the RSA signature with the key taken out of the filter's SPKI, answers a protobuf result.
+fn emulated_verify_signature(
+    calls: Arc<AtomicU32>,
+) -> impl Fn(&str, &[u8]) -> Option<Vec<u8>> + Send + Sync {
+    move |name: &str, args: &[u8]| {
+        if name != "verify_signature" {
+            return None;
+        }
+        calls.fetch_add(1, Ordering::SeqCst);
+        let mut fields: Vec<&[u8]> = Vec::new();
+        let mut i = 0;
+        while i < args.len() {
+            i += 1; // tag
+            let (mut len, mut shift) = (0usize, 0);
+            loop {
+                let b = args[i];
+                i += 1;
+                len |= usize::from(b & 0x7f) << shift;
+                shift += 7;
+                if b & 0x80 == 0 {
+                    break;
+                }
+            }
+            fields.push(&args[i..i + len]);
+            i += len;
+        }
+        let (hash, spki, sig, text) = (fields[0], fields[1], fields[2], fields[3]);
+        assert_eq!(hash, b"sha256");
+        let pkcs1 = keycloak_pep::signature::rsa_public_key_of_spki(spki)?;
+        let key = jsonwebtoken::DecodingKey::from_rsa_der(pkcs1);
+        let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sig);
+        let ok = jsonwebtoken::crypto::verify(&sig, text, &key, jsonwebtoken::Algorithm::RS256)
+            .unwrap_or(false);
+        Some(if ok {
+            vec![0x08, 0x01]
+        } else {
+            vec![0x12, 0x03, b'b', b'a', b'd']
+        })
+    }
+}
+
+#[test]
+fn host_signature_verification_is_detected_and_used() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let mut vm = Vm::new(host::module())
+        .unwrap()
+        .allow_clusters(&["keycloak"])
+        .foreign_function(emulated_verify_signature(calls.clone()));
+    vm.set_time_ms(NOW_MS);
+    assert!(vm.configure(&config()).unwrap());
+    assert!(vm.log_contains("verified by the host"), "{:?}", vm.logs());
+    answer_background(&mut vm);
+    let probes = calls.load(Ordering::SeqCst);
+    assert!(probes >= 2, "probed with a good and a bad vector");
+    let good = token(json!({}));
+    let req = get(&mut vm, "/account/1", Some(&bearer(&good)), &[]);
+    assert_eq!(vm.action(req), Action::Pause, "verified, asking Keycloak");
+    assert_eq!(calls.load(Ordering::SeqCst), probes + 1);
+    // the same token again: remembered, not verified again
+    let _ = vm.take_callouts();
+    let req = get(&mut vm, "/account/1", Some(&bearer(&good)), &[]);
+    assert_eq!(vm.action(req), Action::Pause);
+    assert_eq!(calls.load(Ordering::SeqCst), probes + 1);
+    let mut forged = good.into_bytes();
+    let n = forged.len() - 4;
+    forged[n] = if forged[n] == b'A' { b'B' } else { b'A' };
+    let req = get(
+        &mut vm,
+        "/account/1",
+        Some(&bearer(std::str::from_utf8(&forged).unwrap())),
+        &[],
+    );
+    assert_eq!(vm.local_response(req).unwrap().status, 401);
+    assert_eq!(calls.load(Ordering::SeqCst), probes + 2);
+}
+
+#[test]
+fn without_the_host_function_tokens_are_verified_in_wasm() {
+    let mut vm = ready_vm();
+    assert!(vm.log_contains("verified in wasm"));
+    let req = get(&mut vm, "/account/1", Some(&bearer(&token(json!({})))), &[]);
+    assert_eq!(vm.action(req), Action::Pause);
 }

@@ -1,5 +1,5 @@
 //! The deployment files are checked without running them: envoy/envoy.yaml is accepted by the real
-//! Envoy (`--mode validate`, which also loads the .wasm and its configuration), its plugin
+//! Envoy (`--mode validate`, which also loads the .wasm and runs its on_configure), its plugin
 //! configuration passes the same parser as `kcpep check`, and every file docker-compose mounts exists.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -95,4 +95,10 @@ fn envoy_validates_envoy_yaml() {
     let text =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && text.contains("OK"), "{text}");
+    // validation runs the plugin's on_configure: the configuration loaded, and Envoy's
+    // verify_signature accepted the filter's probe vector (its SPKI and protobuf encoding)
+    assert!(
+        text.contains("RSA signatures verified by the host (verify_signature)"),
+        "{text}"
+    );
 }

@@ -2,6 +2,7 @@
 
 use crate::enforcer::Answer;
 use crate::shared;
+use crate::signature;
 use crate::uma::HttpRequest;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType, Status};
@@ -123,4 +124,24 @@ pub fn random_u64() -> u64 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_i64(now_ms());
     h.finish()
+}
+
+fn foreign_verify(args: &[u8]) -> Option<Vec<u8>> {
+    hostcalls::call_foreign_function(signature::FUNCTION, Some(args))
+        .ok()
+        .flatten()
+}
+
+/// Is Envoy's `verify_signature` there and right about a known vector?
+pub fn probe_verify_signature() -> bool {
+    let (good, bad) = signature::probe_arguments();
+    signature::probe_passed(
+        foreign_verify(&good).as_deref(),
+        foreign_verify(&bad).as_deref(),
+    )
+}
+
+/// One RSA check by the host; `None` when it cannot answer.
+pub fn host_verify(check: &signature::HostCheck) -> Option<bool> {
+    foreign_verify(&signature::encode_arguments(check)).and_then(|r| signature::decode_result(&r))
 }

@@ -84,7 +84,8 @@ impl Http {
             audiences: &cfg.proxy.audiences,
             leeway_seconds: u64::from(cfg.proxy.clock_skew_seconds),
         };
-        match token::verify(&raw, jwks, &expect, now) {
+        let host: Option<token::HostVerifier> = plugin.host_verify.then_some(&host::host_verify);
+        match token::verify_with(&raw, jwks, &expect, now, host) {
             Ok(t) => {
                 st.verified.insert(t.clone(), now);
                 self.cred = Cred::Valid(raw, t);

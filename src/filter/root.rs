@@ -34,6 +34,8 @@ pub struct Plugin {
     pub enforcers: Vec<RefCell<EnforcerState>>,
     /// Header names the filter sets itself; a client's copies are removed.
     pub own_headers: Vec<String>,
+    /// The host offers a working `verify_signature` (Envoy): RSA checks are done there.
+    pub host_verify: bool,
 }
 
 pub struct Root {
@@ -205,10 +207,21 @@ impl RootContext for Root {
             .collect();
         own_headers.sort();
         own_headers.dedup();
+        let host_verify = host::probe_verify_signature();
+        log::info!(
+            "kcpep: configured {} enforcer(s); RSA signatures verified {}",
+            config.enforcers.len(),
+            if host_verify {
+                "by the host (verify_signature)"
+            } else {
+                "in wasm"
+            }
+        );
         self.plugin = Some(Rc::new(Plugin {
             config,
             enforcers,
             own_headers,
+            host_verify,
         }));
         self.settled = false;
         let _ = hostcalls::set_tick_period(TICK_STARTING);
