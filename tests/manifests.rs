@@ -88,7 +88,7 @@ fn envoy_validates_envoy_yaml() {
             "envoy/envoy.yaml",
             "--disable-hot-restart",
             "--log-level",
-            "error",
+            "info",
         ])
         .output()
         .unwrap();
