@@ -6,6 +6,9 @@
 
 /// Normalizes a request path (the `:path` pseudo-header, query allowed). `None`: matches nothing.
 pub fn normalize(raw: &str) -> Option<String> {
+    if is_already_normal(raw) {
+        return Some(raw.to_string());
+    }
     let without_query = strip_query_and_fragment(raw);
     let (prefix, path) = split_scheme_authority(without_query)?;
 
@@ -32,6 +35,27 @@ pub fn normalize(raw: &str) -> Option<String> {
         s.pop();
     }
     Some(format!("{prefix}{s}"))
+}
+
+/// The common case: an absolute path of plain characters with nothing to strip, collapse, resolve
+/// or decode. Normalization would return it unchanged.
+fn is_already_normal(s: &str) -> bool {
+    let b = s.as_bytes();
+    if b.first() != Some(&b'/') || (b.len() > 1 && b.ends_with(b"/")) {
+        return false;
+    }
+    let mut prev = 0u8;
+    for (i, &c) in b.iter().enumerate() {
+        let plain = c.is_ascii_alphanumeric() || b"-_~!$&'()*+,=:@{}".contains(&c);
+        let ok = plain
+            || (c == b'/' && prev != b'/')
+            || (c == b'.' && prev != b'/' && b.get(i + 1) != Some(&b'/'));
+        if !ok {
+            return false;
+        }
+        prev = c;
+    }
+    true
 }
 
 fn strip_query_and_fragment(s: &str) -> &str {
@@ -264,6 +288,22 @@ mod tests {
     fn trailing_slash_is_stripped_once() {
         assert_eq!(n("/api/admin/").as_deref(), Some("/api/admin"));
         assert_eq!(n("/api/admin//").as_deref(), Some("/api/admin"));
+    }
+
+    #[test]
+    fn fast_path_agrees_with_the_full_path() {
+        for p in ["/a/b.c", "/a.b/c", "/x/{id}", "/a/b.", "/-_~!$&'()*+,=:@"] {
+            assert!(super::is_already_normal(p), "{p}");
+            // what the full normalization would have produced
+            let slow = super::remove_dot_segments(&super::percent_decode(p).unwrap());
+            assert_eq!(slow, p);
+        }
+        for p in [
+            "/a/./b", "/a/../b", "/a//b", "/a/", "/a;b", "/a%20", "a/b", "/a?b", "/.", "/a/.",
+            "/..", "/a b", "/a/.b",
+        ] {
+            assert!(!super::is_already_normal(p), "{p}");
+        }
     }
 
     #[test]
