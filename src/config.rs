@@ -4,6 +4,7 @@
 //! accepted and ignored; everything the filter itself needs beyond Keycloak's format lives in one
 //! extra object, `kcpep`, so a plain keycloak.json stays valid. Semantics: keycloak-pep.md §1.1.
 
+use crate::cache::CacheConfig;
 use crate::json::{self, ConfigError, Obj, Result};
 use crate::paths::{validate_template, PathMatcher};
 use serde_json::Value;
@@ -127,6 +128,7 @@ pub struct ProxySettings {
     /// A path prefix removed before matching (the servlet context path of Keycloak's enforcer).
     pub strip_prefix: Option<String>,
     pub max_token_bytes: u32,
+    pub decision_cache: CacheConfig,
 }
 
 /// One enforcer: a whole keycloak.json, validated and compiled.
@@ -441,6 +443,24 @@ fn parse_proxy(
         .map(|s| s.trim_end_matches('/').to_string())
         .filter(|s| !s.is_empty());
     let max_token_bytes = o.u32("max-token-bytes")?.unwrap_or(16 * 1024);
+    let decision_cache = match o.object("decision-cache")? {
+        None => CacheConfig::default(),
+        Some(mut c) => {
+            let d = CacheConfig::default();
+            let ms = |c: &mut Obj, key: &'static str, default: i64| -> Result<i64> {
+                Ok(c.u32(key)?.map_or(default, i64::from))
+            };
+            let parsed = CacheConfig {
+                max_entries: c.u32("max-entries")?.unwrap_or(d.max_entries),
+                allow_lifespan_ms: ms(&mut c, "lifespan-ms", d.allow_lifespan_ms)?,
+                deny_lifespan_ms: ms(&mut c, "deny-lifespan-ms", d.deny_lifespan_ms)?,
+                stale_on_error_ms: ms(&mut c, "stale-on-error-ms", d.stale_on_error_ms)?,
+                coalesce_wait_ms: ms(&mut c, "coalesce-wait-ms", d.coalesce_wait_ms)?,
+            };
+            c.finish()?;
+            parsed
+        }
+    };
     o.finish()?;
     Ok(ProxySettings {
         cluster,
@@ -453,6 +473,7 @@ fn parse_proxy(
         audiences,
         strip_prefix,
         max_token_bytes,
+        decision_cache,
     })
 }
 
@@ -655,6 +676,20 @@ mod tests {
         assert_eq!(c.proxy.on_keycloak_error, OnKeycloakError::Allow);
         assert_eq!(c.proxy.issuer, "https://id/realms/bank");
         assert_eq!(c.proxy.strip_prefix.as_deref(), Some("/app"));
+        assert_eq!(c.proxy.decision_cache, CacheConfig::default());
+        let mut v = minimal();
+        v["kcpep"] = json!({"decision-cache": {"max-entries": 0, "lifespan-ms": 1000, "deny-lifespan-ms": 10,
+                                               "stale-on-error-ms": 60000, "coalesce-wait-ms": 500}});
+        let c = parse(v).unwrap();
+        assert!(!c.proxy.decision_cache.enabled());
+        assert_eq!(c.proxy.decision_cache.allow_lifespan_ms, 1000);
+        assert_eq!(c.proxy.decision_cache.stale_on_error_ms, 60000);
+        let mut v = minimal();
+        v["kcpep"] = json!({"decision-cache": {"lifespan": 1}});
+        assert_eq!(
+            parse(v).unwrap_err().to_string(),
+            "kcpep.decision-cache.lifespan: unknown key (did you mean \"lifespan-ms\"?)"
+        );
         let mut v = minimal();
         v["kcpep"] = json!({"timeout-ms": 0});
         assert_eq!(

@@ -6,6 +6,7 @@
 //! A verdict that needs Keycloak is data: [`Step::Call`] carries the exact request and a
 //! [`Pending`] continuation that turns Keycloak's answer into the next step.
 
+use crate::cache;
 use crate::config::{EnforcementMode, EnforcerConfig, MethodConfig, OnKeycloakError, ScopesMode};
 use crate::pathset::{Entry, PathCache, PathSet};
 use crate::token::{BearerError, Token, TokenError};
@@ -42,9 +43,22 @@ pub struct RequestFacts<'a> {
 /// Let the request through.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Allow {
-    /// Granted permissions to hand to the upstream (none for DISABLED/PERMISSIVE passes).
-    pub permissions: Option<Vec<Permission>>,
+    /// The permissions header value for the upstream (none for DISABLED/PERMISSIVE passes).
+    pub permissions: Option<String>,
     pub reason: &'static str,
+    pub cache: CacheUse,
+}
+
+/// Whether a verdict came from the decision cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheUse {
+    /// Not looked up (no Keycloak decision involved, or cache off).
+    None,
+    Hit,
+    /// An expired ALLOW served while Keycloak is failing (stale-on-error).
+    Stale,
+    /// Keycloak was asked and the answer stored.
+    Stored,
 }
 
 /// Answer locally.
@@ -55,6 +69,7 @@ pub struct Reply {
     pub body: String,
     /// For logs and stats; never contains token material.
     pub reason: String,
+    pub cache: CacheUse,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -62,6 +77,12 @@ pub enum Step {
     Allow(Allow),
     Reply(Reply),
     Call(Box<Call>),
+    /// Another request is asking Keycloak the same question: decide again when its answer is in
+    /// the decision cache (or after `until_ms`, when the claim lapses and this request asks itself).
+    Wait {
+        key: cache::Key,
+        until_ms: i64,
+    },
 }
 
 /// A request to Keycloak and what to do with its answer.
@@ -80,9 +101,44 @@ pub enum Pending {
         configured: Option<Entry>,
     },
     /// The UMA grant for this path and method.
-    Grant { entry: Entry, method: MethodConfig },
+    Grant {
+        entry: Entry,
+        method: MethodConfig,
+        /// The decision-cache key this request claimed, and what to serve if Keycloak fails.
+        cached: Option<Claim>,
+    },
     /// A permission ticket for the UMA 401 challenge.
     Ticket,
+}
+
+/// A claimed decision-cache key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    pub key: cache::Key,
+    pub token_exp: i64,
+    /// An expired ALLOW of the same key, for stale-on-error.
+    pub stale: Option<(String, i64)>,
+}
+
+/// The decision cache as the enforcer sees it; the shell implements it over shared data.
+pub trait DecisionStore {
+    fn get(&mut self, key: &cache::Key) -> Option<cache::Entry>;
+    /// Marks the key as being asked (CAS); false when another request claimed it first.
+    fn claim(&mut self, key: &cache::Key, until_ms: i64) -> bool;
+    fn put(&mut self, key: &cache::Key, entry: cache::Entry);
+}
+
+/// No decision cache.
+pub struct NoStore;
+
+impl DecisionStore for NoStore {
+    fn get(&mut self, _: &cache::Key) -> Option<cache::Entry> {
+        None
+    }
+    fn claim(&mut self, _: &cache::Key, _: i64) -> bool {
+        true
+    }
+    fn put(&mut self, _: &cache::Key, _: cache::Entry) {}
 }
 
 /// Keycloak's answer to a [`Call`]: status and body, or no answer (reset, timeout).
@@ -160,7 +216,13 @@ fn relative_path(cfg: &EnforcerConfig, raw: &str) -> Option<String> {
 }
 
 /// The first step for a request.
-pub fn decide(cfg: &EnforcerConfig, rt: &mut Runtime, req: &RequestFacts, now_ms: i64) -> Step {
+pub fn decide(
+    cfg: &EnforcerConfig,
+    rt: &mut Runtime,
+    req: &RequestFacts,
+    store: &mut dyn DecisionStore,
+    now_ms: i64,
+) -> Step {
     if cfg.enforcement_mode == EnforcementMode::Disabled {
         return match req.credential {
             Credential::Anonymous => unauthorized(cfg, None),
@@ -212,7 +274,19 @@ pub fn decide(cfg: &EnforcerConfig, rt: &mut Runtime, req: &RequestFacts, now_ms
             .is_none_or(|e| e.config.path.contains('*'));
     if let (true, Some(key)) = (refine, normalized.as_deref()) {
         match rt.path_cache.get(key, now_ms) {
-            Some(cached) => return with_entry(cfg, rt, req, raw, token, cached, is_deny_page),
+            Some(cached) => {
+                return with_entry(
+                    cfg,
+                    rt,
+                    req,
+                    store,
+                    raw,
+                    token,
+                    cached,
+                    is_deny_page,
+                    now_ms,
+                )
+            }
             None => {
                 let Some(pat) = rt.pat.as_deref() else {
                     return keycloak_unavailable(cfg, "no protection API token");
@@ -232,7 +306,17 @@ pub fn decide(cfg: &EnforcerConfig, rt: &mut Runtime, req: &RequestFacts, now_ms
             }
         }
     }
-    with_entry(cfg, rt, req, raw, token, configured, is_deny_page)
+    with_entry(
+        cfg,
+        rt,
+        req,
+        store,
+        raw,
+        token,
+        configured,
+        is_deny_page,
+        now_ms,
+    )
 }
 
 /// The next step once Keycloak answered a [`Call`].
@@ -240,6 +324,7 @@ pub fn resume(
     cfg: &EnforcerConfig,
     rt: &mut Runtime,
     req: &RequestFacts,
+    store: &mut dyn DecisionStore,
     pending: Pending,
     answer: Answer,
     now_ms: i64,
@@ -266,52 +351,120 @@ pub fn resume(
                 Some(r) => {
                     if configured.is_none() && rt.paths.binds_resource_elsewhere(&r.id) {
                         // A resource bound by name to another path is not reachable by its URIs.
-                        return with_entry(cfg, rt, req, raw, token, None, false);
+                        return with_entry(cfg, rt, req, store, raw, token, None, false, now_ms);
                     }
                     let uri = r.uris.first().cloned().unwrap_or_else(|| key.clone());
                     Some(Entry::from_resource(r, &uri, configured.as_ref()))
                 }
             };
             rt.path_cache.put(&key, entry.clone(), now_ms);
-            with_entry(cfg, rt, req, raw, token, entry, false)
+            with_entry(cfg, rt, req, store, raw, token, entry, false, now_ms)
         }
-        Pending::Grant { entry, method } => {
+        Pending::Grant {
+            entry,
+            method,
+            cached,
+        } => {
             let outcome = match answer {
                 Answer::Http { status, body } => {
                     uma::parse_uma_response(status, body, ResponseMode::Permissions)
                 }
                 Answer::NoAnswer => UmaOutcome::Unavailable("token endpoint timed out".into()),
             };
+            let remember = |store: &mut dyn DecisionStore, verdict: cache::Verdict| {
+                if let Some(c) = &cached {
+                    let expires_ms =
+                        cache::expiry(&verdict, now_ms, c.token_exp, &cfg.proxy.decision_cache);
+                    store.put(
+                        &c.key,
+                        cache::Entry::Decided {
+                            verdict,
+                            expires_ms,
+                        },
+                    );
+                }
+            };
+            let stored = if cached.is_some() {
+                CacheUse::Stored
+            } else {
+                CacheUse::None
+            };
             match outcome {
                 UmaOutcome::Granted(perms) => {
                     let perms = perms.unwrap_or_default();
                     if is_authorized(&entry, &method, &perms, true) {
-                        allow(Some(perms), "granted by Keycloak")
+                        let header = uma::permissions_header_value(&perms);
+                        remember(store, cache::Verdict::Allow(header.clone()));
+                        Step::Allow(Allow {
+                            permissions: Some(header),
+                            reason: "granted by Keycloak",
+                            cache: stored,
+                        })
                     } else {
+                        remember(store, cache::Verdict::Deny);
                         denied(&method, "Keycloak granted less than required")
                     }
                 }
-                UmaOutcome::Denied => denied(&method, "denied by Keycloak policies"),
-                UmaOutcome::Refused(e) => denied(
-                    &method,
-                    &format!("Keycloak refused the request: {}", e.error),
-                ),
-                UmaOutcome::InvalidSubject => unauthorized(cfg, Some("token refused by Keycloak")),
-                UmaOutcome::Unavailable(why) => keycloak_unavailable(cfg, &why),
+                UmaOutcome::Denied => {
+                    remember(store, cache::Verdict::Deny);
+                    denied(&method, "denied by Keycloak policies")
+                }
+                UmaOutcome::Refused(e) => {
+                    remember(store, cache::Verdict::Deny);
+                    denied(
+                        &method,
+                        &format!("Keycloak refused the request: {}", e.error),
+                    )
+                }
+                UmaOutcome::InvalidSubject => {
+                    release(store, cached.as_ref());
+                    unauthorized(cfg, Some("token refused by Keycloak"))
+                }
+                UmaOutcome::Unavailable(why) => {
+                    if let Some(Claim {
+                        key,
+                        stale: Some((header, expires_ms)),
+                        ..
+                    }) = &cached
+                    {
+                        if now_ms
+                            < expires_ms.saturating_add(cfg.proxy.decision_cache.stale_on_error_ms)
+                        {
+                            // Put the expired ALLOW back so the next request can be served stale too.
+                            store.put(
+                                key,
+                                cache::Entry::Decided {
+                                    verdict: cache::Verdict::Allow(header.clone()),
+                                    expires_ms: *expires_ms,
+                                },
+                            );
+                            return Step::Allow(Allow {
+                                permissions: Some(header.clone()),
+                                reason: "stale decision, Keycloak unavailable",
+                                cache: CacheUse::Stale,
+                            });
+                        }
+                    }
+                    release(store, cached.as_ref());
+                    keycloak_unavailable(cfg, &why)
+                }
             }
         }
         Pending::Ticket => challenge_with_ticket(cfg, rt, answer),
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn with_entry(
     cfg: &EnforcerConfig,
     rt: &Runtime,
     req: &RequestFacts,
+    store: &mut dyn DecisionStore,
     raw: &str,
     token: &Token,
     entry: Option<Entry>,
     is_deny_page: bool,
+    now_ms: i64,
 ) -> Step {
     let Some(entry) = entry else {
         if cfg.enforcement_mode == EnforcementMode::Permissive {
@@ -328,7 +481,11 @@ fn with_entry(
     let method = method_config(cfg, &entry, req.method);
     if let Some(perms) = token.permissions() {
         if is_authorized(&entry, &method, &perms, false) {
-            return allow(Some(perms), "the token already carries the permission");
+            return Step::Allow(Allow {
+                permissions: Some(uma::permissions_header_value(&perms)),
+                reason: "the token already carries the permission",
+                cache: CacheUse::None,
+            });
         }
     }
     if cfg.user_managed_access {
@@ -349,6 +506,62 @@ fn with_entry(
             .or_else(|| relative_path(cfg, req.path).and_then(|p| uri::normalize(&p))),
         scopes: method.scopes.clone(),
     };
+    let cc = &cfg.proxy.decision_cache;
+    let mut cached = None;
+    if cc.enabled() {
+        // What is asked (resource or URI), how (scopes and their mode), for whom (token digest).
+        let what = format!(
+            "{}|{}|{}",
+            u8::from(uri_form),
+            method.scopes_enforcement_mode.as_str(),
+            permission.resource.as_deref().unwrap_or("")
+        );
+        let key = cache::key(&cfg.client_id, &token.digest, &what, &method.scopes, None);
+        let found = store.get(&key);
+        match cache::lookup(found.as_ref(), now_ms) {
+            cache::Lookup::Hit(cache::Verdict::Allow(header)) => {
+                return Step::Allow(Allow {
+                    permissions: Some(header),
+                    reason: "cached decision",
+                    cache: CacheUse::Hit,
+                })
+            }
+            cache::Lookup::Hit(cache::Verdict::Deny) => {
+                return match denied(&method, "denied by Keycloak policies (cached)") {
+                    Step::Reply(r) => Step::Reply(Reply {
+                        cache: CacheUse::Hit,
+                        ..r
+                    }),
+                    other => other,
+                };
+            }
+            cache::Lookup::Wait => {
+                let until_ms = match found {
+                    Some(cache::Entry::Pending { until_ms }) => until_ms,
+                    _ => now_ms,
+                };
+                return Step::Wait { key, until_ms };
+            }
+            cache::Lookup::Miss => {
+                let stale = match found {
+                    Some(cache::Entry::Decided {
+                        verdict: cache::Verdict::Allow(h),
+                        expires_ms,
+                    }) => Some((h, expires_ms)),
+                    _ => None,
+                };
+                let until_ms = now_ms + cc.coalesce_wait_ms;
+                if !store.claim(&key, until_ms) {
+                    return Step::Wait { key, until_ms };
+                }
+                cached = Some(Claim {
+                    key,
+                    token_exp: token.exp,
+                    stale,
+                });
+            }
+        }
+    }
     let grant = UmaGrant {
         subject_token: raw,
         permissions: vec![permission],
@@ -359,7 +572,11 @@ fn with_entry(
     };
     Step::Call(Box::new(Call {
         request: uma::uma_grant_request(cfg, &grant),
-        pending: Pending::Grant { entry, method },
+        pending: Pending::Grant {
+            entry,
+            method,
+            cached,
+        },
     }))
 }
 
@@ -465,17 +682,26 @@ fn challenge_with_ticket(cfg: &EnforcerConfig, rt: &Runtime, answer: Answer) -> 
             )],
             body: "Unauthorized".into(),
             reason: "UMA challenge".into(),
+            cache: CacheUse::None,
         }),
         Err(uma::Failure::Unavailable(why)) => keycloak_unavailable(cfg, &why),
         Err(e) => forbidden(&format!("no permission ticket: {e}")),
     }
 }
 
-fn allow(permissions: Option<Vec<Permission>>, reason: &'static str) -> Step {
+fn allow(permissions: Option<String>, reason: &'static str) -> Step {
     Step::Allow(Allow {
         permissions,
         reason,
+        cache: CacheUse::None,
     })
+}
+
+/// Gives up a claim without a decision, so the next request asks Keycloak at once.
+fn release(store: &mut dyn DecisionStore, claim: Option<&Claim>) {
+    if let Some(c) = claim {
+        store.put(&c.key, cache::Entry::Pending { until_ms: 0 });
+    }
 }
 
 fn unauthorized(cfg: &EnforcerConfig, error: Option<&str>) -> Step {
@@ -490,6 +716,7 @@ fn unauthorized(cfg: &EnforcerConfig, error: Option<&str>) -> Step {
         headers: vec![("www-authenticate".into(), value)],
         body: "Unauthorized".into(),
         reason: error.unwrap_or("no token").to_string(),
+        cache: CacheUse::None,
     })
 }
 
@@ -499,6 +726,7 @@ fn forbidden(why: &str) -> Step {
         headers: Vec::new(),
         body: "Forbidden".into(),
         reason: why.to_string(),
+        cache: CacheUse::None,
     })
 }
 
@@ -508,6 +736,7 @@ fn redirect(to: &str, why: &str) -> Step {
         headers: vec![("location".into(), to.to_string())],
         body: String::new(),
         reason: why.to_string(),
+        cache: CacheUse::None,
     })
 }
 
@@ -527,6 +756,7 @@ fn keycloak_unavailable(cfg: &EnforcerConfig, why: &str) -> Step {
             headers: Vec::new(),
             body: "Authorization service unavailable".into(),
             reason: why.to_string(),
+            cache: CacheUse::None,
         }),
     }
 }

@@ -242,6 +242,11 @@ pub fn one_of(names: &[&str]) -> String {
 
 fn nearest<'k>(key: &str, known: &[&'k str]) -> Option<&'k str> {
     let key_l = key.to_ascii_lowercase().replace('_', "-");
+    if let Some(k) = known.iter().find(|k| {
+        k.len() > 3 && key_l.len() > 3 && (k.starts_with(&key_l) || key_l.starts_with(**k))
+    }) {
+        return Some(k);
+    }
     known
         .iter()
         .map(|k| (edit_distance(&key_l, k), *k))

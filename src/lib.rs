@@ -15,6 +15,7 @@ pub mod token;
 pub mod uma;
 pub mod uri;
 
+pub mod cache;
 #[cfg(target_arch = "wasm32")]
 mod filter;
 pub mod shared;

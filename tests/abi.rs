@@ -288,8 +288,7 @@ fn uma_grant_is_dispatched_and_the_request_resumed() {
 #[test]
 fn keycloak_answers_become_local_replies() {
     let mut vm = ready_vm();
-    let t = token(json!({}));
-    for (status, body, want) in [
+    for (n, (status, body, want)) in [
         (
             403u32,
             &br#"{"error":"access_denied","error_description":"not_authorized"}"#[..],
@@ -306,7 +305,12 @@ fn keycloak_answers_become_local_replies() {
             401,
         ),
         (200, b"<html>oops</html>", 503),
-    ] {
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        // a token of its own each time: a decision is cached per token
+        let t = token(json!({ "jti": n }));
         let req = get(&mut vm, "/account/1", Some(&bearer(&t)), &[]);
         let c = vm.take_callouts().pop().unwrap();
         vm.respond(c.token, status, &[], body).unwrap();
@@ -318,6 +322,7 @@ fn keycloak_answers_become_local_replies() {
         assert!(!vm.continued(req));
     }
     // a timeout or reset (no response headers) is 503 too
+    let t = token(json!({"jti": "timeout"}));
     let req = get(&mut vm, "/account/1", Some(&bearer(&t)), &[]);
     let c = vm.take_callouts().pop().unwrap();
     vm.fail_callout(c.token).unwrap();
@@ -531,4 +536,127 @@ fn without_the_host_function_tokens_are_verified_in_wasm() {
     assert!(vm.log_contains("verified in wasm"));
     let req = get(&mut vm, "/account/1", Some(&bearer(&token(json!({})))), &[]);
     assert_eq!(vm.action(req), Action::Pause);
+}
+
+#[test]
+fn decisions_are_cached_in_shared_data_for_all_vms() {
+    let shared = SharedData::new();
+    let mut a = vm_with(Some(shared.clone()));
+    assert!(a.configure(&config()).unwrap());
+    answer_background(&mut a);
+    let t = token(json!({}));
+    let req = get(&mut a, "/account/1", Some(&bearer(&t)), &[]);
+    let c = a.take_callouts().pop().unwrap();
+    a.respond(
+        c.token,
+        200,
+        &[],
+        br#"[{"rsid":"rid-1","rsname":"View Account Resource","scopes":["account:view"]}]"#,
+    )
+    .unwrap();
+    assert!(a.continued(req));
+    // the same question again, on this VM and on another one: no callout
+    let req = get(&mut a, "/account/1", Some(&bearer(&t)), &[]);
+    assert!(a.continued(req));
+    assert!(a.take_callouts().is_empty());
+    assert!(a
+        .request_header(req, "x-kcpep-permissions")
+        .unwrap()
+        .starts_with(b"[{\"rsid\":\"rid-1\""));
+    let mut b = vm_with(Some(shared.clone()));
+    assert!(b.configure(&config()).unwrap());
+    answer_background(&mut b);
+    let req = get(&mut b, "/account/1", Some(&bearer(&t)), &[]);
+    assert!(b.continued(req), "VM b used VM a's decision");
+    assert!(b.take_callouts().is_empty());
+    // the token's digest is stored, never the token
+    for key in shared_keys(&shared) {
+        let v = shared.lock().unwrap().get(&key).unwrap().0;
+        assert!(
+            !v.windows(20).any(|w| w == &t.as_bytes()[..20]),
+            "{key} holds the token"
+        );
+    }
+    // the table is bounded: many tokens, at most max-entries slots
+    for i in 0..50 {
+        let u = token(json!({"jti": i}));
+        get(&mut a, "/account/1", Some(&bearer(&u)), &[]);
+        for c in a.take_callouts() {
+            a.respond(c.token, 403, &[], br#"{"error":"access_denied"}"#)
+                .unwrap();
+        }
+    }
+    let slots = shared_keys(&shared)
+        .iter()
+        .filter(|k| k.starts_with("kcpep/v1/dc/"))
+        .count();
+    assert!(slots <= 51 && slots > 0, "{slots}");
+}
+
+fn shared_keys(shared: &host::Shared) -> Vec<String> {
+    shared.lock().unwrap().keys()
+}
+
+#[test]
+fn identical_concurrent_misses_make_one_callout() {
+    let shared = SharedData::new();
+    let mut a = vm_with(Some(shared.clone()));
+    assert!(a.configure(&config()).unwrap());
+    answer_background(&mut a);
+    let mut b = vm_with(Some(shared.clone()));
+    assert!(b.configure(&config()).unwrap());
+    answer_background(&mut b);
+    let t = token(json!({}));
+    let first = get(&mut a, "/account/1", Some(&bearer(&t)), &[]);
+    let same_vm = get(&mut a, "/account/1", Some(&bearer(&t)), &[]);
+    let other_vm = get(&mut b, "/account/1", Some(&bearer(&t)), &[]);
+    let calls = a.take_callouts();
+    assert_eq!(calls.len(), 1, "one UMA call for three requests");
+    assert!(b.take_callouts().is_empty());
+    assert_eq!(a.action(same_vm), Action::Pause);
+    assert_eq!(b.action(other_vm), Action::Pause);
+    assert!(
+        b.tick_period_ms() <= 10,
+        "waiting requests are polled from the tick"
+    );
+    a.respond(
+        calls[0].token,
+        200,
+        &[],
+        br#"[{"rsid":"rid-1","rsname":"View Account Resource","scopes":["account:view"]}]"#,
+    )
+    .unwrap();
+    assert!(a.continued(first));
+    assert!(
+        a.continued(same_vm),
+        "woken by the answer on its own worker"
+    );
+    assert!(!b.continued(other_vm));
+    b.tick().unwrap();
+    assert!(b.continued(other_vm), "woken by its tick");
+    assert!(b.request_header(other_vm, "x-kcpep-permissions").is_some());
+}
+
+#[test]
+fn a_waiter_asks_keycloak_itself_when_the_claim_lapses() {
+    let shared = SharedData::new();
+    let mut a = vm_with(Some(shared.clone()));
+    assert!(a.configure(&config()).unwrap());
+    answer_background(&mut a);
+    let mut b = vm_with(Some(shared.clone()));
+    assert!(b.configure(&config()).unwrap());
+    answer_background(&mut b);
+    let t = token(json!({}));
+    let _stuck = get(&mut a, "/account/1", Some(&bearer(&t)), &[]);
+    assert_eq!(a.take_callouts().len(), 1);
+    let waiting = get(&mut b, "/account/1", Some(&bearer(&t)), &[]);
+    b.tick().unwrap();
+    assert!(b.take_callouts().is_empty() && !b.continued(waiting));
+    b.advance_ms(1_001);
+    b.tick().unwrap();
+    let calls = b.take_callouts();
+    assert_eq!(calls.len(), 1, "asks itself after the bound");
+    b.respond(calls[0].token, 403, &[], br#"{"error":"access_denied"}"#)
+        .unwrap();
+    assert_eq!(b.local_response(waiting).unwrap().status, 403);
 }

@@ -1,10 +1,13 @@
-//! HTTP context: one request's journey through the core.
+//! One request's journey through the core. A [`Flow`] holds what the core needs of the request;
+//! it lives in the request's HTTP context, or in the root context while it waits for another
+//! request's identical Keycloak call (decision-cache coalescing).
 
 use super::host;
-use super::root::Plugin;
-use crate::enforcer::{self, Credential, Pending, RequestFacts, Step};
+use super::metrics::Metrics;
+use super::root::{Parked, Plugin};
+use super::store::SharedStore;
+use crate::enforcer::{self, Answer, CacheUse, Credential, Pending, RequestFacts, Step};
 use crate::token::{self, BearerError, Expectations, Token, TokenError};
-use crate::uma::permissions_header_value;
 use crate::uri;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
@@ -12,7 +15,7 @@ use proxy_wasm::types::{Action, MapType};
 use std::rc::Rc;
 
 /// What was learnt of the credential, owned by the request (the core borrows it).
-enum Cred {
+pub enum Cred {
     Anonymous,
     Malformed(BearerError),
     Invalid(TokenError),
@@ -20,29 +23,31 @@ enum Cred {
     Valid(String, Token),
 }
 
-pub struct Http {
-    id: u32,
-    plugin: Option<Rc<Plugin>>,
-    enforcer: usize,
-    method: String,
-    path: String,
-    cred: Cred,
-    pending: Option<Pending>,
+/// The request facts and the state of its conversation with Keycloak.
+pub struct Flow {
+    pub id: u32,
+    pub enforcer: usize,
+    pub method: String,
+    pub path: String,
+    pub cred: Cred,
+    pub pending: Option<Pending>,
+    /// When the pending callout was dispatched (latency histogram).
+    pub sent_ms: i64,
 }
 
-impl Http {
-    pub fn new(id: u32, plugin: Option<Rc<Plugin>>) -> Self {
-        Http {
-            id,
-            plugin,
-            enforcer: 0,
-            method: String::new(),
-            path: String::new(),
-            cred: Cred::Anonymous,
-            pending: None,
-        }
-    }
+/// What applying a step did to the stream.
+pub enum Applied {
+    /// Continue now (header callback) / resumed (callout callback).
+    Continue,
+    /// Answered locally.
+    Replied,
+    /// A callout (this token) was dispatched by the running context; its answer comes back there.
+    Called(u32),
+    /// Parked until the decision cache has the answer.
+    Wait(crate::cache::Key, i64),
+}
 
+impl Flow {
     fn credential(&self) -> Credential<'_> {
         match &self.cred {
             Cred::Anonymous => Credential::Anonymous,
@@ -53,63 +58,58 @@ impl Http {
         }
     }
 
-    /// Verifies the bearer token, remembering verified tokens by digest until their exp.
-    fn check_token(&mut self, plugin: &Plugin, values: &[&[u8]], now_ms: i64) {
+    /// First (or renewed, after waiting) decision.
+    pub fn decide(&mut self, plugin: &Plugin, now_ms: i64) -> Step {
         let cfg = &plugin.config.enforcers[self.enforcer].1;
-        let raw = match token::bearer(values, cfg.proxy.max_token_bytes as usize) {
-            Ok(None) => {
-                self.cred = Cred::Anonymous;
-                return;
-            }
-            Err(e) => {
-                self.cred = Cred::Malformed(e);
-                return;
-            }
-            Ok(Some(raw)) => raw.to_string(),
-        };
-        let now = now_ms / 1000;
-        let leeway = i64::from(cfg.proxy.clock_skew_seconds);
         let mut st = plugin.enforcers[self.enforcer].borrow_mut();
-        let digest = token::digest(&raw);
-        if let Some(t) = st.verified.get(&digest, now, leeway) {
-            self.cred = Cred::Valid(raw, t.clone());
-            return;
-        }
-        let Some(jwks) = st.bg.jwks.as_ref() else {
-            self.cred = Cred::Unverifiable;
-            return;
+        let mut store = SharedStore::new(cfg);
+        let req = RequestFacts {
+            method: &self.method,
+            path: &self.path,
+            credential: self.credential(),
         };
-        let expect = Expectations {
-            issuer: &cfg.proxy.issuer,
-            audiences: &cfg.proxy.audiences,
-            leeway_seconds: u64::from(cfg.proxy.clock_skew_seconds),
-        };
-        let host: Option<token::HostVerifier> = plugin.host_verify.then_some(&host::host_verify);
-        match token::verify_with(&raw, jwks, &expect, now, host) {
-            Ok(t) => {
-                st.verified.insert(t.clone(), now);
-                self.cred = Cred::Valid(raw, t);
-            }
-            Err(e) => {
-                if matches!(e, TokenError::UnknownKey(_)) {
-                    st.bg.want_jwks();
-                }
-                self.cred = Cred::Invalid(e);
-            }
-        }
+        enforcer::decide(cfg, &mut st.rt, &req, &mut store, now_ms)
     }
 
-    /// Applies a step; returns the action for a header callback.
-    fn apply(&mut self, plugin: &Plugin, step: Step, in_callback: bool) -> Action {
+    /// The next step once Keycloak answered.
+    pub fn resume(&mut self, plugin: &Plugin, answer: Answer, now_ms: i64) -> Step {
+        let Some(pending) = self.pending.take() else {
+            return enforcer::Step::Reply(enforcer::Reply {
+                status: 503,
+                headers: Vec::new(),
+                body: "Authorization service unavailable".into(),
+                reason: "unexpected callout answer".into(),
+                cache: CacheUse::None,
+            });
+        };
+        let cfg = &plugin.config.enforcers[self.enforcer].1;
+        let mut st = plugin.enforcers[self.enforcer].borrow_mut();
+        let mut store = SharedStore::new(cfg);
+        let req = RequestFacts {
+            method: &self.method,
+            path: &self.path,
+            credential: self.credential(),
+        };
+        enforcer::resume(cfg, &mut st.rt, &req, &mut store, pending, answer, now_ms)
+    }
+
+    /// Applies a step to this flow's stream, which must be the effective context.
+    pub fn apply(
+        &mut self,
+        plugin: &Plugin,
+        metrics: &Metrics,
+        step: Step,
+        in_callback: bool,
+    ) -> Applied {
         let cfg = &plugin.config.enforcers[self.enforcer].1;
         match step {
             Step::Allow(a) => {
-                if let Some(perms) = &a.permissions {
-                    let value = permissions_header_value(perms);
+                metrics.allowed(a.cache);
+                if let Some(value) = &a.permissions {
                     let _ = hostcalls::set_map_value(
                         MapType::HttpRequestHeaders,
                         &cfg.proxy.permissions_header,
-                        Some(&value),
+                        Some(value),
                     );
                 }
                 log::debug!(
@@ -122,15 +122,16 @@ impl Http {
                 if in_callback {
                     let _ = hostcalls::resume_http_request();
                 }
-                Action::Continue
+                Applied::Continue
             }
             Step::Reply(r) => {
+                metrics.denied(r.status, r.cache);
                 log::info!(
                     "kcpep deny status={} request={} client={} method={} path=\"{}\" reason=\"{}\"",
                     r.status,
                     self.id,
                     cfg.client_id,
-                    self.method,
+                    host::loggable(self.method.as_bytes()),
                     host::loggable(self.path.as_bytes()),
                     host::loggable(r.reason.as_bytes())
                 );
@@ -147,45 +148,138 @@ impl Http {
                     headers,
                     Some(r.body.as_bytes()),
                 );
-                Action::Pause
+                Applied::Replied
+            }
+            Step::Wait { key, until_ms } => {
+                metrics.coalesced();
+                Applied::Wait(key, until_ms)
             }
             Step::Call(call) => {
+                if let Pending::Grant {
+                    cached: Some(_), ..
+                } = &call.pending
+                {
+                    metrics.cache_miss();
+                }
+                let endpoint = metrics.keycloak_call(&call.request.path);
                 match host::dispatch(
                     &cfg.proxy.cluster,
                     &cfg.proxy.authority,
                     &call.request,
                     cfg.proxy.timeout_ms,
                 ) {
-                    Ok(_token) => {
+                    Ok(token) => {
                         self.pending = Some(call.pending);
-                        Action::Pause
+                        self.sent_ms = host::now_ms();
+                        Applied::Called(token)
                     }
                     Err(status) => {
+                        metrics.keycloak_error(endpoint);
                         log::warn!(
                             "kcpep: cannot call cluster {}: {:?}",
                             cfg.proxy.cluster,
                             status
                         );
-                        let now = host::now_ms();
-                        let next = {
-                            let mut st = plugin.enforcers[self.enforcer].borrow_mut();
-                            let req = RequestFacts {
-                                method: &self.method,
-                                path: &self.path,
-                                credential: self.credential(),
-                            };
-                            enforcer::resume(
-                                cfg,
-                                &mut st.rt,
-                                &req,
-                                call.pending,
-                                enforcer::Answer::NoAnswer,
-                                now,
-                            )
-                        };
-                        self.apply(plugin, next, in_callback)
+                        self.pending = Some(call.pending);
+                        let next = self.resume(plugin, Answer::NoAnswer, host::now_ms());
+                        self.apply(plugin, metrics, next, in_callback)
                     }
                 }
+            }
+        }
+    }
+
+    /// Reads a callout's answer and goes on.
+    pub fn on_answer(
+        &mut self,
+        plugin: &Plugin,
+        metrics: &Metrics,
+        num_headers: usize,
+        body_size: usize,
+    ) -> Applied {
+        let mut body = Vec::new();
+        let (status, ok) = host::call_answer(num_headers, body_size, &mut body);
+        let now = host::now_ms();
+        metrics.keycloak_answer(ok, status, now - self.sent_ms);
+        let step = self.resume(plugin, host::answer(status, ok, &body), now);
+        self.apply(plugin, metrics, step, true)
+    }
+}
+
+pub struct Http {
+    plugin: Option<Rc<Plugin>>,
+    metrics: Rc<Metrics>,
+    flow: Option<Flow>,
+    id: u32,
+}
+
+impl Http {
+    pub fn new(id: u32, plugin: Option<Rc<Plugin>>, metrics: Rc<Metrics>) -> Self {
+        Http {
+            plugin,
+            metrics,
+            flow: None,
+            id,
+        }
+    }
+
+    /// Verifies the bearer token, remembering verified tokens by digest until their exp.
+    fn check_token(plugin: &Plugin, enforcer: usize, values: &[&[u8]], now_ms: i64) -> Cred {
+        let cfg = &plugin.config.enforcers[enforcer].1;
+        let raw = match token::bearer(values, cfg.proxy.max_token_bytes as usize) {
+            Ok(None) => return Cred::Anonymous,
+            Err(e) => return Cred::Malformed(e),
+            Ok(Some(raw)) => raw.to_string(),
+        };
+        let now = now_ms / 1000;
+        let leeway = i64::from(cfg.proxy.clock_skew_seconds);
+        let mut st = plugin.enforcers[enforcer].borrow_mut();
+        let digest = token::digest(&raw);
+        if let Some(t) = st.verified.get(&digest, now, leeway) {
+            return Cred::Valid(raw, t.clone());
+        }
+        let Some(jwks) = st.bg.jwks.as_ref() else {
+            return Cred::Unverifiable;
+        };
+        let expect = Expectations {
+            issuer: &cfg.proxy.issuer,
+            audiences: &cfg.proxy.audiences,
+            leeway_seconds: u64::from(cfg.proxy.clock_skew_seconds),
+        };
+        let host: Option<token::HostVerifier> = plugin.host_verify.then_some(&host::host_verify);
+        match token::verify_with(&raw, jwks, &expect, now, host) {
+            Ok(t) => {
+                st.verified.insert(t.clone(), now);
+                Cred::Valid(raw, t)
+            }
+            Err(e) => {
+                if matches!(e, TokenError::UnknownKey(_)) {
+                    st.bg.want_jwks();
+                }
+                Cred::Invalid(e)
+            }
+        }
+    }
+
+    /// Hands a waiting flow to the root context, which decides again when the answer is cached.
+    fn park(&mut self, plugin: &Plugin, key: crate::cache::Key, until_ms: i64) {
+        if let Some(flow) = self.flow.take() {
+            plugin.parked.borrow_mut().push(Parked {
+                flow,
+                key,
+                until_ms,
+            });
+            let _ = hostcalls::set_tick_period(super::root::TICK_WAITING);
+        }
+    }
+}
+
+impl Drop for Http {
+    fn drop(&mut self) {
+        // A parked request whose stream is gone must not be resumed.
+        if let Some(plugin) = &self.plugin {
+            if let Ok(mut parked) = plugin.parked.try_borrow_mut() {
+                parked.retain(|p| p.flow.id != self.id);
             }
         }
     }
@@ -199,30 +293,19 @@ impl Context for Http {
         body_size: usize,
         _: usize,
     ) {
-        let (Some(plugin), Some(pending)) = (self.plugin.clone(), self.pending.take()) else {
+        let (Some(plugin), Some(mut flow)) = (self.plugin.clone(), self.flow.take()) else {
             return;
         };
-        let mut body = Vec::new();
-        let (status, ok) = host::call_answer(num_headers, body_size, &mut body);
-        let now = host::now_ms();
-        let cfg = &plugin.config.enforcers[self.enforcer].1;
-        let step = {
-            let mut st = plugin.enforcers[self.enforcer].borrow_mut();
-            let req = RequestFacts {
-                method: &self.method,
-                path: &self.path,
-                credential: self.credential(),
-            };
-            enforcer::resume(
-                cfg,
-                &mut st.rt,
-                &req,
-                pending,
-                host::answer(status, ok, &body),
-                now,
-            )
-        };
-        self.apply(&plugin, step, true);
+        let applied = flow.on_answer(&plugin, &self.metrics, num_headers, body_size);
+        self.flow = Some(flow);
+        match applied {
+            Applied::Wait(key, until) => self.park(&plugin, key, until),
+            Applied::Continue | Applied::Replied => {
+                // Requests on this worker that waited for this very answer go on now.
+                super::root::wake_parked(&plugin, &self.metrics, Some(self.id));
+            }
+            Applied::Called(_) => {}
+        }
     }
 }
 
@@ -249,27 +332,27 @@ impl HttpContext for Http {
                 .find(|(k, _)| k.as_str() == name)
                 .map(|(_, v)| v.as_slice())
         };
-        self.method = String::from_utf8_lossy(get(":method").unwrap_or_default()).into_owned();
-        let raw_path = get(":path").unwrap_or_default();
+        let method = String::from_utf8_lossy(get(":method").unwrap_or_default()).into_owned();
         // A path that is not UTF-8 cannot be a valid URI: it matches nothing (as in Keycloak).
-        self.path =
-            std::str::from_utf8(raw_path).map_or_else(|_| "\u{0}".to_string(), str::to_string);
+        let path = std::str::from_utf8(get(":path").unwrap_or_default())
+            .map_or_else(|_| "\u{0}".to_string(), str::to_string);
         let authority = String::from_utf8_lossy(get(":authority").unwrap_or_default()).into_owned();
-        // `xds.route_name` (Envoy >= 1.2x; Istio: the VirtualService http route name), else the
-        // older wasm-only `route_name`.
+        // `xds.route_name` (Istio: the VirtualService http route name), else the older `route_name`.
         let route_name = [vec!["xds", "route_name"], vec!["route_name"]]
             .into_iter()
             .find_map(|p| hostcalls::get_property(p).ok().flatten())
             .and_then(|b| String::from_utf8(b).ok())
             .filter(|s| !s.is_empty());
-        let normalized = uri::normalize(&self.path);
+        let normalized = uri::normalize(&path);
         let Some(enforcer) =
             plugin
                 .config
                 .select(route_name.as_deref(), &authority, normalized.as_deref())
         else {
+            self.metrics.denied(403, CacheUse::None);
             log::info!(
-                "kcpep deny status=403 reason=\"no enforcer for this route\" route={:?} authority=\"{}\"",
+                "kcpep deny status=403 request={} reason=\"no enforcer for this route\" route={:?} authority=\"{}\"",
+                self.id,
                 route_name,
                 host::loggable(authority.as_bytes())
             );
@@ -280,24 +363,32 @@ impl HttpContext for Http {
             );
             return Action::Pause;
         };
-        self.enforcer = enforcer;
         let auth: Vec<&[u8]> = headers
             .iter()
             .filter(|(k, _)| k.eq_ignore_ascii_case("authorization"))
             .map(|(_, v)| v.as_slice())
             .collect();
         let now = host::now_ms();
-        self.check_token(&plugin, &auth, now);
-        let step = {
-            let cfg = &plugin.config.enforcers[self.enforcer].1;
-            let mut st = plugin.enforcers[self.enforcer].borrow_mut();
-            let req = RequestFacts {
-                method: &self.method,
-                path: &self.path,
-                credential: self.credential(),
-            };
-            enforcer::decide(cfg, &mut st.rt, &req, now)
+        let cred = Self::check_token(&plugin, enforcer, &auth, now);
+        let mut flow = Flow {
+            id: self.id,
+            enforcer,
+            method,
+            path,
+            cred,
+            pending: None,
+            sent_ms: 0,
         };
-        self.apply(&plugin, step, false)
+        let step = flow.decide(&plugin, now);
+        let applied = flow.apply(&plugin, &self.metrics, step, false);
+        self.flow = Some(flow);
+        match applied {
+            Applied::Continue => Action::Continue,
+            Applied::Replied | Applied::Called(_) => Action::Pause,
+            Applied::Wait(key, until) => {
+                self.park(&plugin, key, until);
+                Action::Pause
+            }
+        }
     }
 }

@@ -9,7 +9,9 @@
 
 mod host;
 mod http;
+mod metrics;
 mod root;
+mod store;
 
 use proxy_wasm::types::LogLevel;
 

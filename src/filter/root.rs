@@ -1,8 +1,11 @@
 //! Root context: one per VM (Envoy runs one VM per worker plus one on the main thread).
-//! Parses the plugin configuration once and keeps each enforcer's background knowledge fresh.
+//! Parses the plugin configuration once, keeps each enforcer's background knowledge fresh, and
+//! carries the requests that wait for another request's identical Keycloak call.
 
 use super::host;
-use super::http::Http;
+use super::http::{Applied, Flow, Http};
+use super::metrics::Metrics;
+use crate::cache;
 use crate::enforcer::{Answer, Runtime};
 use crate::refresh::{Background, Fetch};
 use crate::routes::PluginConfig;
@@ -20,12 +23,21 @@ use std::time::Duration;
 const VERIFIED_TOKENS: usize = 4096;
 const TICK_STARTING: Duration = Duration::from_millis(100);
 const TICK_SETTLED: Duration = Duration::from_millis(1000);
+/// While requests wait for another request's answer.
+pub const TICK_WAITING: Duration = Duration::from_millis(5);
 
 /// One enforcer's changing state in this VM.
 pub struct EnforcerState {
     pub rt: Runtime,
     pub bg: Background,
     pub verified: VerifiedTokens,
+}
+
+/// A request waiting for a decision another request is asking Keycloak for.
+pub struct Parked {
+    pub flow: Flow,
+    pub key: cache::Key,
+    pub until_ms: i64,
 }
 
 /// The configuration and state shared by the root context and its requests.
@@ -36,12 +48,16 @@ pub struct Plugin {
     pub own_headers: Vec<String>,
     /// The host offers a working `verify_signature` (Envoy): RSA checks are done there.
     pub host_verify: bool,
+    pub parked: RefCell<Vec<Parked>>,
 }
 
 pub struct Root {
     plugin: Option<Rc<Plugin>>,
-    /// Callout token -> (enforcer, what was fetched).
+    metrics: Rc<Metrics>,
+    /// Background callouts: token -> (enforcer, what was fetched, shared-data key).
     pending: HashMap<u32, (usize, Fetch, String)>,
+    /// Callouts of parked requests that had to ask Keycloak themselves.
+    flows: HashMap<u32, Flow>,
     settled: bool,
     /// This VM's identity in fetch leases.
     nonce: u64,
@@ -51,11 +67,64 @@ impl Default for Root {
     fn default() -> Self {
         Root {
             plugin: None,
+            metrics: Rc::new(Metrics::default()),
             pending: HashMap::new(),
+            flows: HashMap::new(),
             settled: false,
             nonce: host::random_u64(),
         }
     }
+}
+
+/// Decides again for parked requests whose answer is in the decision cache, or (from the root
+/// context only) whose wait is over. From an HTTP context (`from_context`) only answered ones
+/// wake: that context must not dispatch callouts for other requests. Returns the flows that
+/// dispatched a callout, by token.
+pub fn wake_parked(
+    plugin: &Plugin,
+    metrics: &Metrics,
+    from_context: Option<u32>,
+) -> Vec<(u32, Flow)> {
+    let now = host::now_ms();
+    let ready: Vec<Parked> = {
+        let Ok(mut parked) = plugin.parked.try_borrow_mut() else {
+            return Vec::new();
+        };
+        let (ready, waiting): (Vec<Parked>, Vec<Parked>) = parked.drain(..).partition(|p| {
+            let cfg = &plugin.config.enforcers[p.flow.enforcer].1;
+            let mut store = super::store::SharedStore::new(cfg);
+            let answered = matches!(
+                cache::lookup(
+                    crate::enforcer::DecisionStore::get(&mut store, &p.key).as_ref(),
+                    now
+                ),
+                cache::Lookup::Hit(_)
+            );
+            answered || (from_context.is_none() && now >= p.until_ms)
+        });
+        *parked = waiting;
+        ready
+    };
+    let mut called = Vec::new();
+    for mut p in ready {
+        if hostcalls::set_effective_context(p.flow.id).is_err() {
+            continue; // the stream is gone
+        }
+        let step = p.flow.decide(plugin, now);
+        match p.flow.apply(plugin, metrics, step, true) {
+            Applied::Continue | Applied::Replied => {}
+            Applied::Called(token) => called.push((token, p.flow)),
+            Applied::Wait(key, until_ms) => plugin.parked.borrow_mut().push(Parked {
+                flow: p.flow,
+                key,
+                until_ms,
+            }),
+        }
+    }
+    if let Some(id) = from_context {
+        let _ = hostcalls::set_effective_context(id);
+    }
+    called
 }
 
 impl Root {
@@ -68,52 +137,66 @@ impl Root {
         for (i, (_, cfg)) in plugin.config.enforcers.iter().enumerate() {
             let mut st = plugin.enforcers[i].borrow_mut();
             let EnforcerState { rt, bg, verified } = &mut *st;
-            for (fetch, req) in bg.due(cfg, rt, now) {
-                let key = shared::doc_key(cfg, fetch, &req);
-                // Another VM (or enforcer of the same realm) may have fetched it already.
-                if let Some((_, body)) = host::shared_get(&key).0 {
-                    if let Some((stored_at, doc)) = shared::decode_doc(&body) {
-                        if shared::fresh(fetch, stored_at, doc, now, bg.jwks_forced) {
-                            bg.complete(
-                                cfg,
-                                rt,
-                                fetch,
-                                Answer::Http {
-                                    status: 200,
-                                    body: doc,
-                                },
-                                stored_at,
-                            );
-                            if matches!(fetch, Fetch::Jwks) {
-                                verified.clear();
+            // Answers found in shared data can make more fetches due (bindings need the PAT).
+            let mut due = bg.due(cfg, rt, now);
+            let mut rounds = 0;
+            while !due.is_empty() && rounds < 4 {
+                rounds += 1;
+                let mut from_shared = false;
+                for (fetch, req) in std::mem::take(&mut due) {
+                    let key = shared::doc_key(cfg, fetch, &req);
+                    // Another VM (or enforcer of the same realm) may have fetched it already.
+                    if let Some((_, body)) = host::shared_get(&key).0 {
+                        if let Some((stored_at, doc)) = shared::decode_doc(&body) {
+                            if shared::fresh(fetch, stored_at, doc, now, bg.jwks_forced) {
+                                bg.complete(
+                                    cfg,
+                                    rt,
+                                    fetch,
+                                    Answer::Http {
+                                        status: 200,
+                                        body: doc,
+                                    },
+                                    stored_at,
+                                );
+                                if matches!(fetch, Fetch::Jwks) {
+                                    verified.clear();
+                                }
+                                from_shared = true;
+                                continue;
                             }
-                            continue;
+                        }
+                    }
+                    let in_flight_here = self.pending.values().any(|(_, _, k)| *k == key);
+                    if in_flight_here
+                        || !host::take_lease(&shared::lease_key(&key), self.nonce, now)
+                    {
+                        bg.skip(fetch);
+                        continue;
+                    }
+                    self.metrics.keycloak_call(&req.path);
+                    match host::dispatch(
+                        &cfg.proxy.cluster,
+                        &cfg.proxy.authority,
+                        &req,
+                        cfg.proxy.timeout_ms,
+                    ) {
+                        Ok(token) => {
+                            self.pending.insert(token, (i, fetch, key));
+                        }
+                        Err(status) => {
+                            log::warn!(
+                                "kcpep: cannot call cluster {} for {}: {:?}",
+                                cfg.proxy.cluster,
+                                fetch.name(),
+                                status
+                            );
+                            bg.complete(cfg, rt, fetch, Answer::NoAnswer, now);
                         }
                     }
                 }
-                let in_flight_here = self.pending.values().any(|(_, _, k)| *k == key);
-                if in_flight_here || !host::take_lease(&shared::lease_key(&key), self.nonce, now) {
-                    bg.skip(fetch);
-                    continue;
-                }
-                match host::dispatch(
-                    &cfg.proxy.cluster,
-                    &cfg.proxy.authority,
-                    &req,
-                    cfg.proxy.timeout_ms,
-                ) {
-                    Ok(token) => {
-                        self.pending.insert(token, (i, fetch, key));
-                    }
-                    Err(status) => {
-                        log::warn!(
-                            "kcpep: cannot call cluster {} for {}: {:?}",
-                            cfg.proxy.cluster,
-                            fetch.name(),
-                            status
-                        );
-                        bg.complete(cfg, rt, fetch, Answer::NoAnswer, now);
-                    }
+                if from_shared {
+                    due = bg.due(cfg, rt, now);
                 }
             }
             for note in bg.notes.drain(..) {
@@ -121,14 +204,31 @@ impl Root {
             }
             all_settled &= bg.settled();
         }
-        if all_settled != self.settled {
-            self.settled = all_settled;
-            let period = if all_settled {
-                TICK_SETTLED
-            } else {
-                TICK_STARTING
-            };
-            let _ = hostcalls::set_tick_period(period);
+        self.settled = all_settled;
+        self.set_tick(&plugin);
+    }
+
+    fn set_tick(&self, plugin: &Plugin) {
+        let period = if !plugin.parked.borrow().is_empty() || !self.flows.is_empty() {
+            TICK_WAITING
+        } else if self.settled {
+            TICK_SETTLED
+        } else {
+            TICK_STARTING
+        };
+        let _ = hostcalls::set_tick_period(period);
+    }
+
+    fn wake(&mut self) {
+        let Some(plugin) = self.plugin.clone() else {
+            return;
+        };
+        if plugin.parked.borrow().is_empty() {
+            return;
+        }
+        for (token, flow) in wake_parked(&plugin, &self.metrics, None) {
+            // Dispatched while the root context ran: the answer comes to the root context.
+            self.flows.insert(token, flow);
         }
     }
 }
@@ -141,10 +241,13 @@ impl Context for Root {
         body_size: usize,
         _: usize,
     ) {
-        let Some((i, fetch, key)) = self.pending.remove(&token) else {
+        let Some(plugin) = self.plugin.clone() else {
             return;
         };
-        let Some(plugin) = self.plugin.clone() else {
+        let Some((i, fetch, key)) = self.pending.remove(&token) else {
+            if let Some(flow) = self.flows.remove(&token) {
+                self.flow_answer(&plugin, flow, num_headers, body_size);
+            }
             return;
         };
         let mut body = Vec::new();
@@ -173,6 +276,32 @@ impl Context for Root {
         drop(st);
         // Follow-up fetches (bindings need the PAT) start right away.
         self.refresh();
+    }
+}
+
+impl Root {
+    /// The answer to a callout a parked request made from the root context.
+    fn flow_answer(
+        &mut self,
+        plugin: &Plugin,
+        mut flow: Flow,
+        num_headers: usize,
+        body_size: usize,
+    ) {
+        if hostcalls::set_effective_context(flow.id).is_err() {
+            return;
+        }
+        match flow.on_answer(plugin, &self.metrics, num_headers, body_size) {
+            Applied::Called(token) => {
+                self.flows.insert(token, flow);
+            }
+            Applied::Wait(key, until_ms) => plugin.parked.borrow_mut().push(Parked {
+                flow,
+                key,
+                until_ms,
+            }),
+            Applied::Continue | Applied::Replied => {}
+        }
     }
 }
 
@@ -217,11 +346,13 @@ impl RootContext for Root {
                 "in wasm"
             }
         );
+        self.metrics = Rc::new(Metrics::define());
         self.plugin = Some(Rc::new(Plugin {
             config,
             enforcers,
             own_headers,
             host_verify,
+            parked: RefCell::new(Vec::new()),
         }));
         self.settled = false;
         let _ = hostcalls::set_tick_period(TICK_STARTING);
@@ -229,11 +360,16 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
+        self.wake();
         self.refresh();
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Http::new(context_id, self.plugin.clone())))
+        Some(Box::new(Http::new(
+            context_id,
+            self.plugin.clone(),
+            self.metrics.clone(),
+        )))
     }
 
     fn get_type(&self) -> Option<ContextType> {

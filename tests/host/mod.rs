@@ -211,6 +211,14 @@ impl SharedData {
         self.set_bytes(key.as_bytes(), value, cas)
     }
 
+    /// Every key, for tests that inspect what a filter stored.
+    pub fn keys(&self) -> Vec<String> {
+        self.entries
+            .keys()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .collect()
+    }
+
     fn get_bytes(&self, key: &[u8]) -> Option<(Vec<u8>, u32)> {
         self.entries.get(key).cloned()
     }

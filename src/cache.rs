@@ -1,0 +1,325 @@
+//! Decision cache rules: what a decision is keyed by, how long it lives, how it is stored in a
+//! bounded table of shared-data slots, and how concurrent identical misses coalesce.
+//!
+//! Keycloak's Java enforcer asks the token endpoint on every request that carries a plain access
+//! token. Here a decision is remembered per (client, token digest, resource, scopes, claims digest)
+//! until the earlier of the configured lifespan and the token's own `exp`; denials get a shorter
+//! lifespan of their own. Tokens are never stored, only their SHA-256.
+//!
+//! Shared data has no eviction, so the table is fixed: `max-entries` slots addressed by the key's
+//! hash (`kcpep/v1/dc/<client>/<slot>`); a new decision overwrites whatever its slot held. Memory is
+//! bounded by `max-entries` x slot size whatever the key cardinality. A slot can also hold a
+//! *pending* marker: the first VM to miss claims the key with CAS, and other requests for it wait
+//! for the answer instead of calling Keycloak themselves (up to a bound).
+
+use crate::uma::Permission;
+use sha2::{Digest, Sha256};
+
+/// Decision cache settings (`kcpep.decision-cache`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// 0 turns the cache off.
+    pub max_entries: u32,
+    pub allow_lifespan_ms: i64,
+    pub deny_lifespan_ms: i64,
+    /// How long an expired ALLOW may still be served while Keycloak errors or times out (0: never).
+    pub stale_on_error_ms: i64,
+    /// How long a request waits for another request's identical Keycloak call.
+    pub coalesce_wait_ms: i64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            max_entries: 10_000,
+            allow_lifespan_ms: 30_000,
+            deny_lifespan_ms: 5_000,
+            stale_on_error_ms: 0,
+            coalesce_wait_ms: 1_000,
+        }
+    }
+}
+
+impl CacheConfig {
+    pub fn enabled(&self) -> bool {
+        self.max_entries > 0
+    }
+}
+
+pub type Key = [u8; 32];
+
+/// The identity of a decision.
+pub fn key(
+    client: &str,
+    token_digest: &[u8; 32],
+    resource: &str,
+    scopes: &[String],
+    claims_digest: Option<&[u8; 32]>,
+) -> Key {
+    let mut sorted: Vec<&str> = scopes.iter().map(String::as_str).collect();
+    sorted.sort_unstable();
+    let mut h = Sha256::new();
+    for part in [client.as_bytes(), &token_digest[..], resource.as_bytes()] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part);
+    }
+    for s in sorted {
+        h.update((s.len() as u64).to_be_bytes());
+        h.update(s.as_bytes());
+    }
+    if let Some(c) = claims_digest {
+        h.update(c);
+    }
+    h.finalize().into()
+}
+
+/// The shared-data key of the slot a decision key lives in.
+pub fn slot_key(client: &str, key: &Key, slots: u32) -> String {
+    let n = u64::from_be_bytes([
+        key[0], key[1], key[2], key[3], key[4], key[5], key[6], key[7],
+    ]);
+    format!("kcpep/v1/dc/{client}/{}", n % u64::from(slots.max(1)))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Allowed, with the permissions header value for the upstream.
+    Allow(String),
+    Deny,
+}
+
+/// What a slot holds for a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    Decided {
+        verdict: Verdict,
+        expires_ms: i64,
+    },
+    /// Someone is asking Keycloak; wait until `until_ms`.
+    Pending {
+        until_ms: i64,
+    },
+}
+
+/// What a lookup means for the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    Hit(Verdict),
+    /// Another request is asking Keycloak for the same key.
+    Wait,
+    /// Ask Keycloak (and claim the key).
+    Miss,
+}
+
+const MAGIC: u8 = 0xd1;
+
+pub fn encode(key: &Key, entry: &Entry) -> Vec<u8> {
+    let mut v = Vec::with_capacity(64);
+    v.push(MAGIC);
+    v.extend_from_slice(key);
+    match entry {
+        Entry::Pending { until_ms } => {
+            v.push(0);
+            v.extend_from_slice(&until_ms.to_be_bytes());
+        }
+        Entry::Decided {
+            verdict,
+            expires_ms,
+        } => {
+            v.push(match verdict {
+                Verdict::Allow(_) => 1,
+                Verdict::Deny => 2,
+            });
+            v.extend_from_slice(&expires_ms.to_be_bytes());
+            if let Verdict::Allow(perms) = verdict {
+                v.extend_from_slice(perms.as_bytes());
+            }
+        }
+    }
+    v
+}
+
+/// The entry for `key` in a slot value; `None` if the slot holds another key or garbage.
+pub fn decode(key: &Key, value: &[u8]) -> Option<Entry> {
+    if value.len() < 42 || value[0] != MAGIC || &value[1..33] != key {
+        return None;
+    }
+    let t = i64::from_be_bytes(value[34..42].try_into().ok()?);
+    match value[33] {
+        0 => Some(Entry::Pending { until_ms: t }),
+        1 => Some(Entry::Decided {
+            verdict: Verdict::Allow(String::from_utf8(value[42..].to_vec()).ok()?),
+            expires_ms: t,
+        }),
+        2 => Some(Entry::Decided {
+            verdict: Verdict::Deny,
+            expires_ms: t,
+        }),
+        _ => None,
+    }
+}
+
+/// Reads a slot for a request.
+pub fn lookup(entry: Option<&Entry>, now_ms: i64) -> Lookup {
+    match entry {
+        Some(Entry::Decided {
+            verdict,
+            expires_ms,
+        }) if now_ms < *expires_ms => Lookup::Hit(verdict.clone()),
+        Some(Entry::Pending { until_ms }) if now_ms < *until_ms => Lookup::Wait,
+        _ => Lookup::Miss,
+    }
+}
+
+/// A stale ALLOW that may still be served while Keycloak is failing.
+pub fn stale_allow(entry: Option<&Entry>, now_ms: i64, cfg: &CacheConfig) -> Option<String> {
+    match entry {
+        Some(Entry::Decided {
+            verdict: Verdict::Allow(p),
+            expires_ms,
+        }) if cfg.stale_on_error_ms > 0
+            && now_ms < expires_ms.saturating_add(cfg.stale_on_error_ms) =>
+        {
+            Some(p.clone())
+        }
+        _ => None,
+    }
+}
+
+/// When a fresh decision expires: the earlier of its lifespan and the token's `exp`.
+pub fn expiry(verdict: &Verdict, now_ms: i64, token_exp_s: i64, cfg: &CacheConfig) -> i64 {
+    let life = match verdict {
+        Verdict::Allow(_) => cfg.allow_lifespan_ms,
+        Verdict::Deny => cfg.deny_lifespan_ms,
+    };
+    now_ms
+        .saturating_add(life)
+        .min(token_exp_s.saturating_mul(1000))
+}
+
+/// Permissions as stored for the upstream header.
+pub fn allow(perms: &[Permission]) -> Verdict {
+    Verdict::Allow(crate::uma::permissions_header_value(perms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> CacheConfig {
+        CacheConfig {
+            stale_on_error_ms: 10_000,
+            ..CacheConfig::default()
+        }
+    }
+
+    #[test]
+    fn keys_cover_every_part_and_ignore_scope_order() {
+        let t1 = [1u8; 32];
+        let t2 = [2u8; 32];
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let base = key("c", &t1, "r", &s(&["a", "b"]), None);
+        assert_eq!(base, key("c", &t1, "r", &s(&["b", "a"]), None));
+        assert_ne!(base, key("c", &t2, "r", &s(&["a", "b"]), None));
+        assert_ne!(base, key("d", &t1, "r", &s(&["a", "b"]), None));
+        assert_ne!(base, key("c", &t1, "r2", &s(&["a", "b"]), None));
+        assert_ne!(base, key("c", &t1, "r", &s(&["a"]), None));
+        assert_ne!(base, key("c", &t1, "r", &s(&["a", "b"]), Some(&[9; 32])));
+        // no ambiguity between fields
+        assert_ne!(
+            key("ab", &t1, "c", &[], None),
+            key("a", &t1, "bc", &[], None)
+        );
+    }
+
+    #[test]
+    fn slots_are_bounded() {
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..5000u32 {
+            let k = key("c", &[0; 32], &i.to_string(), &[], None);
+            seen.insert(slot_key("c", &k, 64));
+        }
+        assert_eq!(seen.len(), 64, "5000 keys land in exactly 64 slots");
+    }
+
+    #[test]
+    fn entries_round_trip_and_other_keys_miss() {
+        let k = key("c", &[1; 32], "r", &[], None);
+        let other = key("c", &[2; 32], "r", &[], None);
+        for e in [
+            Entry::Pending { until_ms: 5 },
+            Entry::Decided {
+                verdict: Verdict::Deny,
+                expires_ms: 7,
+            },
+            Entry::Decided {
+                verdict: Verdict::Allow("[{\"rsid\":\"x\"}]".into()),
+                expires_ms: 9,
+            },
+        ] {
+            let v = encode(&k, &e);
+            assert_eq!(decode(&k, &v), Some(e));
+            assert_eq!(decode(&other, &v), None, "a slot collision is a miss");
+        }
+        assert_eq!(decode(&k, b"junk"), None);
+    }
+
+    #[test]
+    fn lookup_rules() {
+        let allow = Entry::Decided {
+            verdict: Verdict::Allow("p".into()),
+            expires_ms: 100,
+        };
+        assert_eq!(
+            lookup(Some(&allow), 99),
+            Lookup::Hit(Verdict::Allow("p".into()))
+        );
+        assert_eq!(lookup(Some(&allow), 100), Lookup::Miss);
+        assert_eq!(
+            lookup(Some(&Entry::Pending { until_ms: 50 }), 49),
+            Lookup::Wait
+        );
+        assert_eq!(
+            lookup(Some(&Entry::Pending { until_ms: 50 }), 50),
+            Lookup::Miss,
+            "a stuck claim expires"
+        );
+        assert_eq!(lookup(None, 0), Lookup::Miss);
+    }
+
+    #[test]
+    fn expiry_is_bounded_by_the_token() {
+        let c = cfg();
+        assert_eq!(
+            expiry(&Verdict::Allow(String::new()), 1_000, 1_000_000, &c),
+            31_000
+        );
+        assert_eq!(expiry(&Verdict::Deny, 1_000, 1_000_000, &c), 6_000);
+        assert_eq!(
+            expiry(&Verdict::Allow(String::new()), 1_000, 10, &c),
+            10_000,
+            "token exp first"
+        );
+    }
+
+    #[test]
+    fn only_allows_go_stale_and_only_for_the_window() {
+        let c = cfg();
+        let allow = Entry::Decided {
+            verdict: Verdict::Allow("p".into()),
+            expires_ms: 100,
+        };
+        let deny = Entry::Decided {
+            verdict: Verdict::Deny,
+            expires_ms: 100,
+        };
+        assert_eq!(stale_allow(Some(&allow), 5_000, &c).as_deref(), Some("p"));
+        assert_eq!(stale_allow(Some(&allow), 10_100, &c), None);
+        assert_eq!(stale_allow(Some(&deny), 500, &c), None);
+        assert_eq!(
+            stale_allow(Some(&allow), 500, &CacheConfig::default()),
+            None,
+            "off by default"
+        );
+    }
+}

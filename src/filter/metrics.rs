@@ -1,0 +1,128 @@
+//! Envoy stats through proxy-wasm metrics (Envoy lists them in /stats, names starting `kcpep.`).
+
+use crate::enforcer::CacheUse;
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::MetricType;
+
+/// Metric ids of one VM (Envoy shares the metric itself across VMs by name).
+#[derive(Default)]
+pub struct Metrics {
+    allowed: u32,
+    denied_401: u32,
+    denied_403: u32,
+    denied_302: u32,
+    denied_503: u32,
+    denied_other: u32,
+    cache_hit: u32,
+    cache_miss: u32,
+    cache_stale: u32,
+    cache_coalesced: u32,
+    calls: [u32; 5],
+    errors: u32,
+    timeouts: u32,
+    latency: u32,
+}
+
+const ENDPOINTS: [&str; 5] = ["token", "resource_set", "permission", "certs", "discovery"];
+
+fn define(kind: MetricType, name: &str) -> u32 {
+    hostcalls::define_metric(kind, name).unwrap_or(0)
+}
+
+fn inc(id: u32) {
+    if id != 0 {
+        let _ = hostcalls::increment_metric(id, 1);
+    }
+}
+
+impl Metrics {
+    pub fn define() -> Self {
+        let c = |n: &str| define(MetricType::Counter, &format!("kcpep.{n}"));
+        let mut calls = [0; 5];
+        for (i, e) in ENDPOINTS.iter().enumerate() {
+            calls[i] = c(&format!("keycloak.calls.{e}"));
+        }
+        Metrics {
+            allowed: c("requests.allowed"),
+            denied_401: c("requests.denied.401"),
+            denied_403: c("requests.denied.403"),
+            denied_302: c("requests.denied.302"),
+            denied_503: c("requests.denied.503"),
+            denied_other: c("requests.denied.other"),
+            cache_hit: c("cache.hit"),
+            cache_miss: c("cache.miss"),
+            cache_stale: c("cache.stale"),
+            cache_coalesced: c("cache.coalesced"),
+            calls,
+            errors: c("keycloak.errors"),
+            timeouts: c("keycloak.timeouts"),
+            latency: define(MetricType::Histogram, "kcpep.keycloak.latency_ms"),
+        }
+    }
+
+    pub fn allowed(&self, cache: CacheUse) {
+        inc(self.allowed);
+        self.cache_use(cache);
+    }
+
+    pub fn denied(&self, status: u16, cache: CacheUse) {
+        inc(match status {
+            401 => self.denied_401,
+            403 => self.denied_403,
+            302 => self.denied_302,
+            503 => self.denied_503,
+            _ => self.denied_other,
+        });
+        self.cache_use(cache);
+    }
+
+    fn cache_use(&self, cache: CacheUse) {
+        match cache {
+            CacheUse::Hit => inc(self.cache_hit),
+            CacheUse::Stale => inc(self.cache_stale),
+            CacheUse::None | CacheUse::Stored => {}
+        }
+    }
+
+    pub fn cache_miss(&self) {
+        inc(self.cache_miss);
+    }
+
+    pub fn coalesced(&self) {
+        inc(self.cache_coalesced);
+    }
+
+    /// Counts a call by endpoint (from its path); returns the endpoint index.
+    pub fn keycloak_call(&self, path: &str) -> usize {
+        let p = path.split('?').next().unwrap_or(path);
+        let i = if p.ends_with("/token") {
+            0
+        } else if p.ends_with("/resource_set") {
+            1
+        } else if p.ends_with("/permission") {
+            2
+        } else if p.ends_with("/certs") {
+            3
+        } else {
+            4
+        };
+        inc(self.calls[i]);
+        i
+    }
+
+    pub fn keycloak_error(&self, _endpoint: usize) {
+        inc(self.errors);
+    }
+
+    /// An answer arrived (`ok`: with headers) after `latency_ms`.
+    pub fn keycloak_answer(&self, ok: bool, status: u16, latency_ms: i64) {
+        if !ok {
+            inc(self.timeouts);
+        } else if status >= 500 {
+            inc(self.errors);
+        }
+        if self.latency != 0 {
+            let _ = hostcalls::record_metric(self.latency, u64::try_from(latency_ms).unwrap_or(0));
+        }
+    }
+}
