@@ -34,7 +34,7 @@ E2E_TESTS := --test contract --test e2e --test outage --test manifests
 
 e2e: $(WASM)
 	cargo test --features e2e $(E2E_TESTS) --no-run
-	scripts/stack.sh test -- bash -c 'cargo test --features e2e --test manifests --test contract --test e2e && cargo test --features e2e --test outage'
+	scripts/stack.sh test -- bash -c 'cargo test --features e2e --test manifests --test contract --test e2e -- --test-threads=1 && cargo test --features e2e --test outage'
 
 test: $(WASM)
 	cargo test

@@ -473,3 +473,54 @@ fn normalized_paths_cannot_bypass() {
         assert_eq!(r.status, 403, "{path}: {}", r.text());
     }
 }
+
+fn keycloak_requests() -> i64 {
+    let r = request(
+        &env("KCPEP_ENVOY_ADMIN"),
+        "GET",
+        "/stats?filter=^cluster.keycloak.upstream_rq_total$",
+        &[],
+        b"",
+    );
+    r.text()
+        .lines()
+        .find_map(|l| l.split_once(": ").and_then(|(_, v)| v.trim().parse().ok()))
+        .unwrap()
+}
+
+#[test]
+fn a_second_identical_request_causes_no_keycloak_call() {
+    let tok = user_token("both");
+    let before = keycloak_requests();
+    assert_eq!(
+        get("unanimous.bank.local", "/account/7", Some(&tok)).status,
+        200
+    );
+    let after_first = keycloak_requests();
+    assert!(after_first > before, "the first request asked Keycloak");
+    for _ in 0..5 {
+        let r = get("unanimous.bank.local", "/account/7", Some(&tok));
+        assert_eq!(r.status, 200);
+        assert!(echoed(&r)["headers"]["x-kcpep-permissions"]
+            .as_str()
+            .unwrap()
+            .contains("View Account Resource"));
+    }
+    assert_eq!(
+        keycloak_requests(),
+        after_first,
+        "cache hits, counted at Keycloak's cluster"
+    );
+    // denials are cached too
+    let plain = user_token("plain");
+    assert_eq!(
+        get("unanimous.bank.local", "/account/7", Some(&plain)).status,
+        403
+    );
+    let after_deny = keycloak_requests();
+    assert_eq!(
+        get("unanimous.bank.local", "/account/7", Some(&plain)).status,
+        403
+    );
+    assert_eq!(keycloak_requests(), after_deny);
+}

@@ -1,5 +1,7 @@
-//! Keycloak stopped mid-run: ENFORCING fails closed with 503, and recovers when Keycloak returns.
-//! A test binary of its own because it stops the shared Keycloak (`make test` runs it last).
+//! Keycloak stopped mid-run: uncached requests fail closed with 503, cached decisions keep being
+//! served (and, within the stale-on-error window, expired ALLOWs too); everything recovers when
+//! Keycloak returns. A test binary of its own because it stops the shared Keycloak (`make test`
+//! runs it last).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -14,14 +16,14 @@ fn stack(cmd: &str) {
     assert!(ok, "{script} {cmd} failed");
 }
 
-fn account(token: &str) -> u16 {
+fn account(host: &str, token: &str) -> u16 {
     let auth = format!("Bearer {token}");
     request(
         &envoy(),
         "GET",
         "/account/1",
         &[
-            ("host", b"unanimous.bank.local"),
+            ("host", host.as_bytes()),
             ("authorization", auth.as_bytes()),
         ],
         b"",
@@ -29,13 +31,42 @@ fn account(token: &str) -> u16 {
     .status
 }
 
+fn stat(name: &str) -> i64 {
+    // Envoy lists a Wasm filter's own metrics as `wasmcustom.<name>`.
+    let r = request(
+        &env("KCPEP_ENVOY_ADMIN"),
+        "GET",
+        &format!("/stats?filter=^wasmcustom.{name}$"),
+        &[],
+        b"",
+    );
+    r.text()
+        .lines()
+        .find_map(|l| {
+            l.split_once(": ")
+                .filter(|(k, _)| k.ends_with(name))
+                .and_then(|(_, v)| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 #[test]
-fn keycloak_down_gives_503_and_recovers() {
-    let owner = user_token("owner");
-    assert_eq!(account(&owner), 200);
+fn keycloak_down_fails_closed_serves_cached_and_stale_allows_and_recovers() {
+    let cached = user_token("owner");
+    let stale = user_token("both");
+    let uncached = user_token("owner"); // a new token: a question nobody asked yet
+    assert_eq!(account("unanimous.bank.local", &cached), 200);
+    assert_eq!(account("stale.bank.local", &stale), 200);
+    // the stale host caches for 1 s; wait (by polling the clock, not the filter) until it expired
+    let expired_at = Instant::now() + Duration::from_millis(1100);
+    while Instant::now() < expired_at {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let stale_before = stat("kcpep.cache.stale");
     stack("stop-keycloak");
-    let status = account(&owner);
-    // public paths do not need Keycloak
+    let down_uncached = account("unanimous.bank.local", &uncached);
+    let down_cached = account("unanimous.bank.local", &cached);
+    let down_stale = account("stale.bank.local", &stale);
     let public = request(
         &envoy(),
         "GET",
@@ -44,14 +75,24 @@ fn keycloak_down_gives_503_and_recovers() {
         b"",
     )
     .status;
+    let stale_after = stat("kcpep.cache.stale");
     stack("start-keycloak");
-    assert_eq!(status, 503, "fail closed while Keycloak is down");
+    assert_eq!(down_uncached, 503, "fail closed while Keycloak is down");
+    assert_eq!(down_cached, 200, "a cached decision needs no Keycloak");
+    assert_eq!(
+        down_stale, 200,
+        "an expired ALLOW within the stale-on-error window"
+    );
+    assert!(
+        stale_after > stale_before,
+        "stale answers are counted ({stale_before} -> {stale_after})"
+    );
     assert_eq!(public, 200);
     // Keycloak is ready again (start-keycloak waits for it); the filter recovers without a restart.
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut last = 0;
     while Instant::now() < deadline {
-        last = account(&owner);
+        last = account("unanimous.bank.local", &uncached);
         if last == 200 {
             return;
         }
