@@ -660,6 +660,7 @@ fn step(
     decide(c, rt, &req, store, now)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn reply(
     c: &EnforcerConfig,
     rt: &mut Runtime,
