@@ -272,21 +272,9 @@ pub fn decide(
         && configured
             .as_ref()
             .is_none_or(|e| e.config.path.contains('*'));
-    if let (true, Some(key)) = (refine, normalized.as_deref()) {
-        match rt.path_cache.get(key, now_ms) {
-            Some(cached) => {
-                return with_entry(
-                    cfg,
-                    rt,
-                    req,
-                    store,
-                    raw,
-                    token,
-                    cached,
-                    is_deny_page,
-                    now_ms,
-                )
-            }
+    let entry = match (refine, normalized.as_deref()) {
+        (true, Some(key)) => match rt.path_cache.get(key, now_ms) {
+            Some(cached) => cached,
             None => {
                 let Some(pat) = rt.pat.as_deref() else {
                     return keycloak_unavailable(cfg, "no protection API token");
@@ -304,19 +292,10 @@ pub fn decide(
                     },
                 }));
             }
-        }
-    }
-    with_entry(
-        cfg,
-        rt,
-        req,
-        store,
-        raw,
-        token,
-        configured,
-        is_deny_page,
-        now_ms,
-    )
+        },
+        _ => configured,
+    };
+    with_entry(cfg, rt, req, store, raw, token, entry, is_deny_page, now_ms)
 }
 
 /// The next step once Keycloak answered a [`Call`].

@@ -58,8 +58,17 @@ impl Flow {
         }
     }
 
-    /// First (or renewed, after waiting) decision.
-    pub fn decide(&mut self, plugin: &Plugin, now_ms: i64) -> Step {
+    /// Runs a core function with this request's facts and its enforcer's state.
+    fn with_core<R>(
+        &self,
+        plugin: &Plugin,
+        f: impl FnOnce(
+            &crate::config::EnforcerConfig,
+            &mut enforcer::Runtime,
+            &RequestFacts,
+            &mut SharedStore,
+        ) -> R,
+    ) -> R {
         let cfg = &plugin.config.enforcers[self.enforcer].1;
         let mut st = plugin.enforcers[self.enforcer].borrow_mut();
         let mut store = SharedStore::new(cfg);
@@ -68,7 +77,14 @@ impl Flow {
             path: &self.path,
             credential: self.credential(),
         };
-        enforcer::decide(cfg, &mut st.rt, &req, &mut store, now_ms)
+        f(cfg, &mut st.rt, &req, &mut store)
+    }
+
+    /// First (or renewed, after waiting) decision.
+    pub fn decide(&mut self, plugin: &Plugin, now_ms: i64) -> Step {
+        self.with_core(plugin, |cfg, rt, req, store| {
+            enforcer::decide(cfg, rt, req, store, now_ms)
+        })
     }
 
     /// The next step once Keycloak answered.
@@ -82,15 +98,9 @@ impl Flow {
                 cache: CacheUse::None,
             });
         };
-        let cfg = &plugin.config.enforcers[self.enforcer].1;
-        let mut st = plugin.enforcers[self.enforcer].borrow_mut();
-        let mut store = SharedStore::new(cfg);
-        let req = RequestFacts {
-            method: &self.method,
-            path: &self.path,
-            credential: self.credential(),
-        };
-        enforcer::resume(cfg, &mut st.rt, &req, &mut store, pending, answer, now_ms)
+        self.with_core(plugin, |cfg, rt, req, store| {
+            enforcer::resume(cfg, rt, req, store, pending, answer, now_ms)
+        })
     }
 
     /// Applies a step to this flow's stream, which must be the effective context.
