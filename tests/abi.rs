@@ -282,6 +282,11 @@ fn uma_grant_is_dispatched_and_the_request_resumed() {
         perms,
         br#"[{"rsid":"rid-1","rsname":"View Account Resource","scopes":["account:view"]}]"#
     );
+    assert_eq!(
+        vm.stream_property(req, &["kcpep.permissions"]),
+        Some(perms),
+        "also as filter state"
+    );
     vm.finish(req).unwrap();
 }
 

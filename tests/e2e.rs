@@ -524,3 +524,32 @@ fn a_second_identical_request_causes_no_keycloak_call() {
     );
     assert_eq!(keycloak_requests(), after_deny);
 }
+
+#[test]
+fn granted_permissions_reach_envoy_filter_state() {
+    // envoy.yaml's access log prints %FILTER_STATE(wasm.kcpep.permissions:PLAIN)%
+    let id = std::process::id();
+    let path = format!("/account/fs{id}");
+    assert_eq!(
+        get("unanimous.bank.local", &path, Some(&user_token("owner"))).status,
+        200
+    );
+    let log = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".run/envoy.log");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(line) = text
+            .lines()
+            .find(|l| l.contains(&format!("\"GET {path}\"")))
+        {
+            assert!(line.contains("kcpep_permissions=[{\"rsid\":"), "{line}");
+            assert!(line.contains("View Account Resource"), "{line}");
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no access log line for {path}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

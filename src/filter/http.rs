@@ -14,6 +14,9 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, MapType};
 use std::rc::Rc;
 
+/// The stream property (Envoy filter state `wasm.kcpep.permissions`) with the granted permissions.
+pub const PERMISSIONS_PROPERTY: &str = "kcpep.permissions";
+
 /// What was learnt of the credential, owned by the request (the core borrows it).
 pub enum Cred {
     Anonymous,
@@ -121,6 +124,10 @@ impl Flow {
                         &cfg.proxy.permissions_header,
                         Some(value),
                     );
+                    // Envoy keeps it as filter state `wasm.kcpep.permissions` (access logs,
+                    // later filters); proxy-wasm has no way to write dynamic metadata itself.
+                    let _ =
+                        hostcalls::set_property(vec![PERMISSIONS_PROPERTY], Some(value.as_bytes()));
                 }
                 log::debug!(
                     "kcpep allow [{}] {} {}: {}",

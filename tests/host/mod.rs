@@ -789,6 +789,14 @@ impl Vm {
         header(&self.stream_ref(req).request_headers.map, name).map(<[u8]>::to_vec)
     }
 
+    /// A property the filter set on this stream (Envoy: filter state `wasm.<path>`).
+    pub fn stream_property(&self, req: u32, path: &[&str]) -> Option<Vec<u8>> {
+        self.stream_ref(req)
+            .properties
+            .get(path.join("\0").as_bytes())
+            .cloned()
+    }
+
     /// Response headers after the filter's mutations (upstream response or local reply).
     pub fn response_headers(&self, req: u32) -> Headers {
         self.stream_ref(req).response_headers.map.clone()
