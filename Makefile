@@ -51,7 +51,7 @@ demo: $(WASM)
 	scripts/demo.sh
 
 bench: $(WASM)
-	cargo run --release --bin kcpep -- bench-paths
+	scripts/bench.sh
 
 clean:
 	rm -rf target dist .run

@@ -4,12 +4,14 @@
 #   2. Debian's rustc-web + rust-web-src + wasi-libc, building std with -Zbuild-std
 #      (installed here with apt when running as root and missing);
 #   3. otherwise stop and say how to get either.
+# Usage: scripts/build-wasm.sh [MANIFEST OUTPUT]   (default: the filter -> dist/keycloak_pep.wasm)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TARGET=wasm32-wasip1
-OUT=dist/keycloak_pep.wasm
+MANIFEST=${1:-Cargo.toml}
+OUT=${2:-dist/keycloak_pep.wasm}
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR_WASM:-target/wasm}"
-mkdir -p dist
+mkdir -p "$(dirname "$OUT")"
 
 have_rustup_target() {
   command -v rustup >/dev/null 2>&1 && rustup target list --installed 2>/dev/null | grep -qx "$TARGET"
@@ -26,7 +28,7 @@ rustup_lld() {
 
 if have_rustup_target; then
   echo "build-wasm: route 1 (rustup target $TARGET)"
-  cargo build --release --lib --target "$TARGET"
+  cargo build --release --lib --target "$TARGET" --manifest-path "$MANIFEST"
 else
   if ! have_debian_route && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "build-wasm: installing Debian's rustc-web, cargo-web, rust-web-src, wasi-libc (no wasm32 std in rustup here)"
@@ -39,7 +41,7 @@ else
     RUSTC_BOOTSTRAP=1 RUSTC=/usr/bin/rustc \
     CARGO_TARGET_WASM32_WASIP1_LINKER="$LLD" \
     CARGO_TARGET_WASM32_WASIP1_RUSTFLAGS="-L /usr/lib/wasm32-wasi" \
-      /usr/bin/cargo build --release --lib --target "$TARGET" -Zbuild-std=std,panic_abort
+      /usr/bin/cargo build --release --lib --target "$TARGET" --manifest-path "$MANIFEST" -Zbuild-std=std,panic_abort
   else
     cat >&2 <<MSG
 build-wasm: no way to build for $TARGET on this machine. Either
@@ -49,5 +51,7 @@ MSG
     exit 1
   fi
 fi
-cp "$CARGO_TARGET_DIR/$TARGET/release/keycloak_pep.wasm" "$OUT"
+NAME=$(sed -n 's/^name *= *"\(.*\)"/\1/p' "$MANIFEST" | head -1 | tr - _)
+[ "$MANIFEST" = Cargo.toml ] && NAME=keycloak_pep
+cp "$CARGO_TARGET_DIR/$TARGET/release/$NAME.wasm" "$OUT"
 echo "build-wasm: $OUT ($(( $(stat -c %s "$OUT") / 1024 )) KiB)"

@@ -107,6 +107,16 @@ impl PluginConfig {
         })
     }
 
+    /// Whether selection needs Envoy's route name (read only then: it is a host call per request).
+    pub fn uses_route_names(&self) -> bool {
+        self.rules.iter().any(|r| r.route_name.is_some())
+    }
+
+    /// Whether selection looks at the path (normalized once more per request only then).
+    pub fn uses_path_prefixes(&self) -> bool {
+        self.rules.iter().any(|r| r.path_prefix.is_some())
+    }
+
     /// The enforcer for a request. `path` is the normalized path (None if it did not parse).
     pub fn select(
         &self,

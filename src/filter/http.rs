@@ -23,7 +23,7 @@ pub enum Cred {
     Malformed(BearerError),
     Invalid(TokenError),
     Unverifiable,
-    Valid(String, Token),
+    Valid(String, Rc<Token>),
 }
 
 /// The request facts and the state of its conversation with Keycloak.
@@ -74,7 +74,7 @@ impl Flow {
     ) -> R {
         let cfg = &plugin.config.enforcers[self.enforcer].1;
         let mut st = plugin.enforcers[self.enforcer].borrow_mut();
-        let mut store = SharedStore::new(cfg);
+        let mut store = SharedStore::new(cfg, &plugin.front);
         let req = RequestFacts {
             method: &self.method,
             path: &self.path,
@@ -251,9 +251,9 @@ impl Http {
         let now = now_ms / 1000;
         let leeway = i64::from(cfg.proxy.clock_skew_seconds);
         let mut st = plugin.enforcers[enforcer].borrow_mut();
-        let digest = token::digest(&raw);
-        if let Some(t) = st.verified.get(&digest, now, leeway) {
-            return Cred::Valid(raw, t.clone());
+        let id = st.verified.id(&raw);
+        if let Some(t) = st.verified.get(id, now, leeway) {
+            return Cred::Valid(raw, Rc::clone(t));
         }
         let Some(jwks) = st.bg.jwks.as_ref() else {
             return Cred::Unverifiable;
@@ -266,7 +266,8 @@ impl Http {
         let host: Option<token::HostVerifier> = plugin.host_verify.then_some(&host::host_verify);
         match token::verify_with(&raw, jwks, &expect, now, host) {
             Ok(t) => {
-                st.verified.insert(t.clone(), now);
+                let t = Rc::new(t);
+                st.verified.insert(id, Rc::clone(&t), now);
                 Cred::Valid(raw, t)
             }
             Err(e) => {
@@ -355,12 +356,20 @@ impl HttpContext for Http {
             .map_or_else(|_| "\u{0}".to_string(), str::to_string);
         let authority = String::from_utf8_lossy(get(":authority").unwrap_or_default()).into_owned();
         // `xds.route_name` (Istio: the VirtualService http route name), else the older `route_name`.
-        let route_name = [vec!["xds", "route_name"], vec!["route_name"]]
-            .into_iter()
-            .find_map(|p| hostcalls::get_property(p).ok().flatten())
-            .and_then(|b| String::from_utf8(b).ok())
-            .filter(|s| !s.is_empty());
-        let normalized = uri::normalize(&path);
+        let route_name = if plugin.config.uses_route_names() {
+            [vec!["xds", "route_name"], vec!["route_name"]]
+                .into_iter()
+                .find_map(|p| hostcalls::get_property(p).ok().flatten())
+                .and_then(|b| String::from_utf8(b).ok())
+                .filter(|s| !s.is_empty())
+        } else {
+            None
+        };
+        let normalized = if plugin.config.uses_path_prefixes() {
+            uri::normalize(&path)
+        } else {
+            None
+        };
         let Some(enforcer) =
             plugin
                 .config

@@ -49,6 +49,7 @@ pub struct Plugin {
     /// The host offers a working `verify_signature` (Envoy): RSA checks are done there.
     pub host_verify: bool,
     pub parked: RefCell<Vec<Parked>>,
+    pub front: super::store::FrontCache,
 }
 
 pub struct Root {
@@ -92,7 +93,7 @@ pub fn wake_parked(
         };
         let (ready, waiting): (Vec<Parked>, Vec<Parked>) = parked.drain(..).partition(|p| {
             let cfg = &plugin.config.enforcers[p.flow.enforcer].1;
-            let mut store = super::store::SharedStore::new(cfg);
+            let mut store = super::store::SharedStore::new(cfg, &plugin.front);
             let answered = matches!(
                 cache::lookup(
                     crate::enforcer::DecisionStore::get(&mut store, &p.key).as_ref(),
@@ -353,6 +354,7 @@ impl RootContext for Root {
             own_headers,
             host_verify,
             parked: RefCell::new(Vec::new()),
+            front: RefCell::new(HashMap::new()),
         }));
         self.settled = false;
         let _ = hostcalls::set_tick_period(TICK_STARTING);

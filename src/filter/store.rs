@@ -5,16 +5,38 @@ use crate::cache::{self, Entry, Key};
 use crate::config::EnforcerConfig;
 use crate::enforcer::DecisionStore;
 use proxy_wasm::hostcalls;
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+/// This VM's copy of decisions it has seen: a decided entry never changes until it expires, so
+/// reading it here saves the shared-data lock and copy on every cache hit.
+pub type FrontCache = RefCell<HashMap<Key, (Entry, i64)>>;
+const FRONT_MAX: usize = 16 * 1024;
 
 pub struct SharedStore<'a> {
     cfg: &'a EnforcerConfig,
+    front: &'a FrontCache,
     /// The CAS seen by the last `get`, for the claim that may follow.
     seen: Option<(Key, Option<u32>)>,
 }
 
 impl<'a> SharedStore<'a> {
-    pub fn new(cfg: &'a EnforcerConfig) -> Self {
-        SharedStore { cfg, seen: None }
+    pub fn new(cfg: &'a EnforcerConfig, front: &'a FrontCache) -> Self {
+        SharedStore {
+            cfg,
+            front,
+            seen: None,
+        }
+    }
+
+    fn remember(&self, key: &Key, entry: &Entry) {
+        if let Entry::Decided { expires_ms, .. } = entry {
+            let mut front = self.front.borrow_mut();
+            if front.len() >= FRONT_MAX {
+                front.clear();
+            }
+            front.insert(*key, (entry.clone(), *expires_ms));
+        }
     }
 
     fn slot(&self, key: &Key) -> String {
@@ -28,9 +50,18 @@ impl<'a> SharedStore<'a> {
 
 impl DecisionStore for SharedStore<'_> {
     fn get(&mut self, key: &Key) -> Option<Entry> {
+        if let Some((entry, expires_ms)) = self.front.borrow().get(key) {
+            if host::now_ms() < *expires_ms {
+                return Some(entry.clone());
+            }
+        }
         let (value, cas) = host::shared_get(&self.slot(key));
         self.seen = Some((*key, cas));
-        value.and_then(|(_, v)| cache::decode(key, &v))
+        let entry = value.and_then(|(_, v)| cache::decode(key, &v));
+        if let Some(e) = &entry {
+            self.remember(key, e);
+        }
+        entry
     }
 
     fn claim(&mut self, key: &Key, until_ms: i64) -> bool {
@@ -48,6 +79,7 @@ impl DecisionStore for SharedStore<'_> {
     }
 
     fn put(&mut self, key: &Key, entry: Entry) {
+        self.remember(key, &entry);
         host::shared_set(&self.slot(key), &cache::encode(key, &entry));
     }
 }

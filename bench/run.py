@@ -1,0 +1,274 @@
+#!/usr/bin/env python3
+"""make bench: Envoy without a filter, with a no-op proxy-wasm filter, and with keycloak-pep
+(decision cache hit, and cache off: one Keycloak call per request), under wrk; then the
+coalescing check (64 identical concurrent requests on a cold cache, Keycloak calls counted at
+Envoy's keycloak cluster). Prints figures, saves JSON under results/, asserts nothing."""
+
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUN = os.path.join(ROOT, ".run", "bench")
+ENVOY = os.path.join(ROOT, ".cache", "venv", "bin", "envoy")
+STACK = os.path.join(ROOT, "scripts", "stack.sh")
+KEYCLOAK = "http://127.0.0.1:8180"
+PORT, ADMIN = 10100, 9911
+DURATION = int(os.environ.get("KCPEP_BENCH_SECONDS", "8"))
+WARMUP = 2
+
+ENFORCER = {
+    "realm": "bank",
+    "auth-server-url": KEYCLOAK,
+    "resource": "bank-api",
+    "credentials": {"secret": "bank-api-secret"},
+    "policy-enforcer": {"paths": [{"name": "View Account Resource", "path": "/account/{id}",
+                                   "methods": [{"method": "GET", "scopes": ["account:view"]}]}]},
+}
+
+
+def plugin_config(cache_on):
+    cfg = json.loads(json.dumps(ENFORCER))
+    cache = {"max-entries": 10000, "lifespan-ms": 300000} if cache_on else {"max-entries": 0}
+    cfg["kcpep"] = {"cluster": "keycloak", "decision-cache": cache}
+    return cfg
+
+
+def envoy_config(wasm, plugin):
+    filters = []
+    if wasm:
+        filters.append({
+            "name": "bench-wasm",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                "config": {
+                    "name": "bench", "failure_policy": "FAIL_CLOSED",
+                    "vm_config": {"vm_id": "bench", "runtime": "envoy.wasm.runtime.v8",
+                                  "code": {"local": {"filename": os.path.join(ROOT, wasm)}}},
+                    "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue",
+                                      "value": json.dumps(plugin or {})},
+                },
+            },
+        })
+    filters.append({"name": "envoy.filters.http.router", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}})
+    hcm = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "bench", "normalize_path": True, "merge_slashes": True,
+        "route_config": {"name": "bench", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [{
+            "name": "direct", "match": {"prefix": "/"},
+            "direct_response": {"status": 200, "body": {"inline_string": "ok"}}}]}]},
+        "http_filters": filters,
+    }
+    cluster = {"name": "keycloak", "type": "STATIC", "connect_timeout": "1s", "load_assignment": {
+        "cluster_name": "keycloak", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+            "socket_address": {"address": "127.0.0.1", "port_value": 8180}}}}]}]}}
+    return {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": ADMIN}}},
+        "static_resources": {
+            "listeners": [{"name": "bench", "address": {"socket_address": {"address": "127.0.0.1", "port_value": PORT}},
+                           "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                                                           "typed_config": hcm}]}]}],
+            "clusters": [cluster],
+        },
+    }
+
+
+def get(url, headers=None, data=None, timeout=10):
+    req = urllib.request.Request(url, data=data, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def token(user):
+    body = urllib.parse.urlencode({"grant_type": "password", "client_id": "demo-cli",
+                                   "username": user, "password": "password"}).encode()
+    status, raw = get(f"{KEYCLOAK}/realms/bank/protocol/openid-connect/token", data=body)
+    if status != 200:
+        sys.exit(f"bench: no token for {user}: {status} {raw[:200]!r}")
+    return json.loads(raw)["access_token"]
+
+
+def wait_until(what, check, seconds):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    sys.exit(f"bench: timed out waiting for {what}")
+
+
+class Envoy:
+    def __init__(self, name, wasm=None, plugin=None, concurrency=1):
+        os.makedirs(RUN, exist_ok=True)
+        path = os.path.join(RUN, f"{name}.json")
+        with open(path, "w") as f:
+            json.dump(envoy_config(wasm, plugin), f)
+        self.log = open(os.path.join(RUN, f"{name}.log"), "w")
+        self.proc = subprocess.Popen(
+            [ENVOY, "-c", path, "--disable-hot-restart", "--base-id", "77", "--concurrency", str(concurrency),
+             "--log-level", "warning"], stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
+        wait_until("bench Envoy /ready", lambda: self._ready(), 30)
+
+    def _ready(self):
+        if self.proc.poll() is not None:
+            sys.exit(f"bench: Envoy exited, see {self.log.name}")
+        try:
+            return get(f"http://127.0.0.1:{ADMIN}/ready", timeout=1)[0] == 200
+        except OSError:
+            return False
+
+    def stat(self, name):
+        _, raw = get(f"http://127.0.0.1:{ADMIN}/stats?filter=^{name}$")
+        for line in raw.decode().splitlines():
+            key, _, value = line.partition(": ")
+            if key == name:
+                return int(value)
+        return 0
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+def wrk(connections, seconds, tok):
+    env = dict(os.environ, KCPEP_TOKEN=tok or "")
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", os.path.join(ROOT, "bench", "wrk.lua"),
+                          f"http://127.0.0.1:{PORT}"], env=env, capture_output=True, text=True, check=True).stdout
+    line = next(l for l in out.splitlines() if l.startswith("BENCH "))
+    r = json.loads(line[6:])
+    r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
+    return r
+
+
+def ok_status(tok):
+    headers = {"Host": "bench.local"}
+    if tok:
+        headers["Authorization"] = f"Bearer {tok}"
+    try:
+        return get(f"http://127.0.0.1:{PORT}/account/1", headers, timeout=5)[0]
+    except OSError:
+        return 0
+
+
+def run_case(name, wasm, plugin, tok):
+    envoy = Envoy(name, wasm, plugin)
+    try:
+        # The filter fetches its keys and PAT first; the case starts once requests pass.
+        wait_until(f"{name}: 200 from the filter", lambda: ok_status(tok) == 200, 30)
+        wrk(16, WARMUP, tok)
+        thr = wrk(16, DURATION, tok)
+        lat = wrk(1, DURATION, tok)
+        calls = envoy.stat("cluster.keycloak.upstream_rq_total")
+        result = {"rps": round(thr["rps"]), "p50_us": lat["p50_us"], "p99_us": lat["p99_us"],
+                  "rps_c1": round(lat["rps"]), "non2xx": thr["non2xx"] + lat["non2xx"],
+                  "socket_errors": thr["socket_errors"] + lat["socket_errors"], "keycloak_requests": calls}
+        print(f"  {name:<28} {result['rps']:>8} rps (c16)   p50 {result['p50_us']:>6} us  p99 {result['p99_us']:>6} us (c1)"
+              f"   non-2xx {result['non2xx']}  Keycloak requests {calls}", flush=True)
+        return result
+    finally:
+        envoy.stop()
+
+
+def coalescing():
+    envoy = Envoy("coalesce", "dist/keycloak_pep.wasm", plugin_config(True), concurrency=2)
+    try:
+        # Ready: a different user's request passes through the filter (a separate cache key).
+        warm = token("both")
+        wait_until("coalesce: filter ready", lambda: ok_status(warm) == 200, 30)
+        # Background fetches settle: the Keycloak request counter stays still for a second.
+        last, still_since = -1, time.time()
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            now = envoy.stat("cluster.keycloak.upstream_rq_total")
+            if now != last:
+                last, still_since = now, time.time()
+            elif time.time() - still_since >= 1.0:
+                break
+            time.sleep(0.05)
+        tok = token("owner")
+        before = envoy.stat("cluster.keycloak.upstream_rq_total")
+        barrier = threading.Barrier(64)
+        statuses = []
+        lock = threading.Lock()
+
+        def one():
+            c = http.client.HTTPConnection("127.0.0.1", PORT, timeout=20)
+            c.connect()
+            barrier.wait()
+            c.request("GET", "/account/1", headers={"Host": "bench.local", "Authorization": f"Bearer {tok}"})
+            s = c.getresponse().status
+            with lock:
+                statuses.append(s)
+            c.close()
+
+        threads = [threading.Thread(target=one) for _ in range(64)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        calls = envoy.stat("cluster.keycloak.upstream_rq_total") - before
+        waited = envoy.stat("wasmcustom.kcpep.cache.coalesced")
+        ok = sum(1 for s in statuses if s == 200)
+        print(f"  coalescing: 64 concurrent identical requests, --concurrency 2, cold cache: "
+              f"{calls} Keycloak call(s), {ok}/64 answered 200, {waited} waited for another request", flush=True)
+        return {"keycloak_calls": calls, "ok": ok, "coalesced": waited}
+    finally:
+        envoy.stop()
+
+
+def main():
+    started_stack = subprocess.run([STACK, "status"], capture_output=True).returncode != 0
+    if started_stack:
+        subprocess.run([STACK, "up"], check=True, stdout=subprocess.DEVNULL)
+    try:
+        owner = token("owner")
+        print(f"bench: Envoy 1.40, --concurrency 1, wrk -t1, {DURATION} s per measurement after {WARMUP} s warm-up, "
+              "routes answered by direct_response", flush=True)
+        cases = {
+            "1_bare": run_case("1 no filter", None, None, None),
+            "2_noop": run_case("2 no-op proxy-wasm filter", "dist/noop.wasm", {}, None),
+            "3_pep_cache_hit": run_case("3 keycloak-pep, cache hit", "dist/keycloak_pep.wasm", plugin_config(True), owner),
+            "4_pep_no_cache": run_case("4 keycloak-pep, no cache", "dist/keycloak_pep.wasm", plugin_config(False), owner),
+        }
+        co = coalescing()
+    finally:
+        if started_stack:
+            subprocess.run([STACK, "down"], stdout=subprocess.DEVNULL)
+    wasm_kb = round(os.path.getsize(os.path.join(ROOT, "dist", "keycloak_pep.wasm")) / 1024)
+    bare, noop, hit, nocache = (cases[k] for k in ("1_bare", "2_noop", "3_pep_cache_hit", "4_pep_no_cache"))
+    summary = {
+        "hit_vs_noop_rps": round(hit["rps"] / noop["rps"], 2),
+        "hit_vs_noop_p50_us": hit["p50_us"] - noop["p50_us"],
+        "hit_vs_bare_rps": round(hit["rps"] / bare["rps"], 2),
+        "nocache_vs_noop_rps": round(nocache["rps"] / noop["rps"], 3),
+        "coalesce_calls": co["keycloak_calls"],
+        "wasm_kb": wasm_kb,
+    }
+    os.makedirs(os.path.join(ROOT, "results"), exist_ok=True)
+    path = os.path.join(ROOT, "results", time.strftime("bench-%Y%m%dT%H%M%S.json"))
+    with open(path, "w") as f:
+        json.dump({"cases": cases, "coalescing": co, "summary": summary,
+                   "duration_s": DURATION, "machine_cores": os.cpu_count()}, f, indent=1)
+    print(f"bench: saved {os.path.relpath(path, ROOT)}")
+    print("bench: " + " ".join(f"{k}={v}" for k, v in summary.items()))
+
+
+if __name__ == "__main__":
+    main()

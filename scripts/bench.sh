@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# make bench: the path-matcher micro-benchmark, then Envoy with and without the filter under wrk.
+# Prints figures and saves them to results/; asserts nothing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v wrk >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
+  else
+    echo "bench: needs wrk (Debian: apt-get install wrk)" >&2; exit 1
+  fi
+fi
+cargo run --quiet --release --bin kcpep -- bench-paths
+CARGO_TARGET_DIR_WASM=target/wasm-noop scripts/build-wasm.sh bench/noop/Cargo.toml dist/noop.wasm
+exec python3 bench/run.py "$@"
