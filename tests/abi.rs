@@ -598,12 +598,8 @@ fn decisions_are_cached_in_shared_data_for_all_vms() {
     assert!(slots <= 51 && slots > 0, "{slots}");
 }
 
-fn shared_keys(shared: &host::Shared) -> Vec<String> {
-    shared.lock().unwrap().keys()
-}
-
-#[test]
-fn identical_concurrent_misses_make_one_callout() {
+/// Two ready VMs sharing one shared-data store, as two Envoy workers do.
+fn two_workers() -> (host::Shared, Vm, Vm) {
     let shared = SharedData::new();
     let mut a = vm_with(Some(shared.clone()));
     assert!(a.configure(&config()).unwrap());
@@ -611,6 +607,16 @@ fn identical_concurrent_misses_make_one_callout() {
     let mut b = vm_with(Some(shared.clone()));
     assert!(b.configure(&config()).unwrap());
     answer_background(&mut b);
+    (shared, a, b)
+}
+
+fn shared_keys(shared: &host::Shared) -> Vec<String> {
+    shared.lock().unwrap().keys()
+}
+
+#[test]
+fn identical_concurrent_misses_make_one_callout() {
+    let (_shared, mut a, mut b) = two_workers();
     let t = token(json!({}));
     let first = get(&mut a, "/account/1", Some(&bearer(&t)), &[]);
     let same_vm = get(&mut a, "/account/1", Some(&bearer(&t)), &[]);
@@ -644,13 +650,7 @@ fn identical_concurrent_misses_make_one_callout() {
 
 #[test]
 fn a_waiter_asks_keycloak_itself_when_the_claim_lapses() {
-    let shared = SharedData::new();
-    let mut a = vm_with(Some(shared.clone()));
-    assert!(a.configure(&config()).unwrap());
-    answer_background(&mut a);
-    let mut b = vm_with(Some(shared.clone()));
-    assert!(b.configure(&config()).unwrap());
-    answer_background(&mut b);
+    let (_shared, mut a, mut b) = two_workers();
     let t = token(json!({}));
     let _stuck = get(&mut a, "/account/1", Some(&bearer(&t)), &[]);
     assert_eq!(a.take_callouts().len(), 1);
