@@ -337,6 +337,18 @@ impl RootContext for Root {
             .collect();
         own_headers.sort();
         own_headers.dedup();
+        for (name, cfg) in &config.enforcers {
+            if cfg.claim_information_point.is_some()
+                || cfg
+                    .paths
+                    .iter()
+                    .any(|p| p.claim_information_point.is_some())
+            {
+                log::warn!(
+                    "kcpep [{name}]: claim-information-point is accepted but not applied yet: no claims are pushed to Keycloak"
+                );
+            }
+        }
         let host_verify = host::probe_verify_signature();
         log::info!(
             "kcpep: configured {} enforcer(s); RSA signatures verified {}",
