@@ -15,6 +15,7 @@ use crate::uma::{
     UmaOutcome,
 };
 use crate::uri;
+use std::rc::Rc;
 
 /// What the shell knows about the request's credential.
 #[derive(Debug, Clone)]
@@ -98,11 +99,11 @@ pub enum Pending {
     /// Lazy path resolution: `resource_set?uri=<path>&matchingUri=true`.
     LazyLoad {
         key: String,
-        configured: Option<Entry>,
+        configured: Option<Rc<Entry>>,
     },
     /// The UMA grant for this path and method.
     Grant {
-        entry: Entry,
+        entry: Rc<Entry>,
         method: MethodConfig,
         /// The decision-cache key this request claimed, and what to serve if Keycloak fails.
         cached: Option<Claim>,
@@ -174,7 +175,7 @@ impl Runtime {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Explanation {
     pub normalized_path: Option<String>,
-    pub entry: Option<Entry>,
+    pub entry: Option<Rc<Entry>>,
     pub enforcement_mode: EnforcementMode,
     pub method: Option<MethodConfig>,
 }
@@ -234,7 +235,7 @@ pub fn decide(
         (Some(n), Some(deny)) => uri::normalize(deny).as_deref() == Some(n.as_str()),
         _ => false,
     };
-    let configured: Option<Entry> = if is_deny_page {
+    let configured: Option<Rc<Entry>> = if is_deny_page {
         None
     } else {
         normalized
@@ -333,7 +334,11 @@ pub fn resume(
                         return with_entry(cfg, rt, req, store, raw, token, None, false, now_ms);
                     }
                     let uri = r.uris.first().cloned().unwrap_or_else(|| key.clone());
-                    Some(Entry::from_resource(r, &uri, configured.as_ref()))
+                    Some(Rc::new(Entry::from_resource(
+                        r,
+                        &uri,
+                        configured.as_deref(),
+                    )))
                 }
             };
             rt.path_cache.put(&key, entry.clone(), now_ms);
@@ -441,7 +446,7 @@ fn with_entry(
     store: &mut dyn DecisionStore,
     raw: &str,
     token: &Token,
-    entry: Option<Entry>,
+    entry: Option<Rc<Entry>>,
     is_deny_page: bool,
     now_ms: i64,
 ) -> Step {

@@ -5,6 +5,7 @@ use crate::config::{EnforcementMode, EnforcerConfig, PathCacheConfig, PathConfig
 use crate::paths::PathMatcher;
 use crate::uma::Resource;
 use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
 
 /// The server resource a path stands for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,23 +70,28 @@ impl Entry {
 /// Configured (and server-loaded) paths with their compiled matcher.
 #[derive(Debug, Clone, Default)]
 pub struct PathSet {
-    entries: Vec<Entry>,
+    /// Shared with the requests that matched them: a match is a reference count, not a copy.
+    entries: Vec<Rc<Entry>>,
     matcher: PathMatcher,
 }
 
 impl PathSet {
     pub fn from_config(cfg: &EnforcerConfig) -> Self {
         PathSet {
-            entries: cfg.paths.iter().map(Entry::from_config).collect(),
+            entries: cfg
+                .paths
+                .iter()
+                .map(|p| Rc::new(Entry::from_config(p)))
+                .collect(),
             matcher: cfg.matcher.clone(),
         }
     }
 
-    pub fn entries(&self) -> &[Entry] {
+    pub fn entries(&self) -> &[Rc<Entry>] {
         &self.entries
     }
 
-    pub fn find(&self, normalized: &str) -> Option<&Entry> {
+    pub fn find(&self, normalized: &str) -> Option<&Rc<Entry>> {
         self.matcher
             .find(normalized)
             .map(|m| &self.entries[m.index])
@@ -98,7 +104,7 @@ impl PathSet {
 
     /// Records the server resource a configured path was resolved to at start.
     pub fn bind(&mut self, index: usize, resource: &Resource) {
-        if let Some(e) = self.entries.get_mut(index) {
+        if let Some(e) = self.entries.get_mut(index).map(Rc::make_mut) {
             e.resource.id = Some(resource.id.clone());
             if e.resource.name.is_none() {
                 e.resource.name = Some(resource.name.clone());
@@ -120,15 +126,15 @@ impl PathSet {
                 );
             }
         }
-        let mut entries: Vec<Entry> = Vec::new();
+        let mut entries: Vec<Rc<Entry>> = Vec::new();
         for (_, e) in by_path {
             if !cfg.paths.iter().any(|p| p.path == e.config.path)
                 && !entries.iter().any(|x| x.config.path == e.config.path)
             {
-                entries.push(e);
+                entries.push(Rc::new(e));
             }
         }
-        entries.extend(cfg.paths.iter().map(Entry::from_config));
+        entries.extend(cfg.paths.iter().map(|p| Rc::new(Entry::from_config(p))));
         let matcher = PathMatcher::new(entries.iter().map(|e| e.config.path.as_str()));
         PathSet { entries, matcher }
     }
@@ -156,13 +162,13 @@ pub struct PathCache {
 
 #[derive(Debug, Clone)]
 struct CacheSlot {
-    entry: Option<Entry>,
+    entry: Option<Rc<Entry>>,
     expires_at_ms: Option<i64>,
     tick: u64,
 }
 
 /// A cache answer: `Some(None)` is a cached "no such path".
-pub type Cached = Option<Option<Entry>>;
+pub type Cached = Option<Option<Rc<Entry>>>;
 
 impl PathCache {
     pub fn new(config: PathCacheConfig) -> Self {
@@ -198,7 +204,7 @@ impl PathCache {
     }
 
     /// Stores a resolution; does not overwrite a live entry (as Keycloak's `put`).
-    pub fn put(&mut self, key: &str, entry: Option<Entry>, now_ms: i64) {
+    pub fn put(&mut self, key: &str, entry: Option<Rc<Entry>>, now_ms: i64) {
         if !self.config.enabled() || self.config.max_entries == 0 {
             return;
         }
