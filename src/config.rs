@@ -5,9 +5,12 @@
 //! extra object, `kcpep`, so a plain keycloak.json stays valid. Semantics: keycloak-pep.md §1.1.
 
 use crate::cache::CacheConfig;
+use crate::claims::Cip;
+use crate::forwarded::{Cidr, ProxyHeaders, ProxyTrust};
 use crate::json::{self, ConfigError, Obj, Result};
 use crate::paths::{validate_template, PathMatcher};
 use serde_json::Value;
+use std::rc::Rc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EnforcementMode {
@@ -71,7 +74,7 @@ pub struct PathConfig {
     pub methods: Vec<MethodConfig>,
     pub scopes: Vec<String>,
     pub enforcement_mode: EnforcementMode,
-    pub claim_information_point: Option<Value>,
+    pub claim_information_point: Option<Rc<Cip>>,
 }
 
 /// Keycloak's `path-cache`. `configured` matters in itself: with it, wildcard and unresolved
@@ -129,6 +132,12 @@ pub struct ProxySettings {
     pub strip_prefix: Option<String>,
     pub max_token_bytes: u32,
     pub decision_cache: CacheConfig,
+    /// Which forwarding headers are believed, and from which peers (claims' remoteAddr/secure).
+    pub proxy_trust: ProxyTrust,
+    /// The largest request body buffered for body claims; larger requests get 413.
+    pub max_body_bytes: u32,
+    /// Evaluate everything, record would-be denials, never block.
+    pub dry_run: bool,
 }
 
 /// One enforcer: a whole keycloak.json, validated and compiled.
@@ -148,7 +157,7 @@ pub struct EnforcerConfig {
     pub http_method_as_scope: bool,
     pub on_deny_redirect_to: Option<String>,
     pub user_managed_access: bool,
-    pub claim_information_point: Option<Value>,
+    pub claim_information_point: Option<Rc<Cip>>,
     pub proxy: ProxySettings,
     pub matcher: PathMatcher,
 }
@@ -206,7 +215,17 @@ impl EnforcerConfig {
         Self::from_value(&value, "")
     }
 
+    /// Parses one keycloak.json; `${env.NAME}` reads the process (VM) environment.
     pub fn from_value(value: &Value, path: &str) -> Result<Self> {
+        Self::from_value_env(value, path, &|name| std::env::var(name).ok())
+    }
+
+    pub fn from_value_env(
+        value: &Value,
+        path: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self> {
+        let value = &json::substitute_env(value, path, env)?;
         let mut o = Obj::new(value, path)?;
         let realm = o.required_string("realm")?;
         let url_path = o.key_path("auth-server-url");
@@ -378,18 +397,11 @@ fn parse_path(value: &Value, path: &str) -> Result<PathConfig> {
     })
 }
 
-fn parse_cip(o: &mut Obj) -> Result<Option<Value>> {
+fn parse_cip(o: &mut Obj) -> Result<Option<Rc<Cip>>> {
     let path = o.key_path("claim-information-point");
     match o.get("claim-information-point") {
         None => Ok(None),
-        Some(v @ Value::Object(_)) => Ok(Some(v.clone())),
-        Some(other) => Err(ConfigError::new(
-            &path,
-            format!(
-                "expected an object of providers, found {}",
-                json::type_name(other)
-            ),
-        )),
+        Some(v) => Ok(Some(Rc::new(Cip::parse(v, &path)?))),
     }
 }
 
@@ -461,6 +473,32 @@ fn parse_proxy(
             parsed
         }
     };
+    let proxy_headers = o.choice(
+        "proxy-headers",
+        &[
+            ("forwarded", ProxyHeaders::Forwarded),
+            ("xforwarded", ProxyHeaders::XForwarded),
+        ],
+    )?;
+    let trusted_path = o.key_path("trusted-proxies");
+    let trusted = o
+        .string_list("trusted-proxies")?
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            Cidr::parse(s).map_err(|e| ConfigError::new(&json::index(&trusted_path, i), e))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if proxy_headers.is_some() && trusted.is_empty() {
+        // Keycloak trusts every peer when proxy-trusted-addresses is unset; we do not.
+        return Err(ConfigError::new(
+            &trusted_path,
+            "proxy-headers needs the addresses of the trusted proxies (\"0.0.0.0/0\" and \"::/0\" trust every peer)",
+        ));
+    }
+    let max_body_bytes = o.u32("max-body-bytes")?.unwrap_or(64 * 1024);
+    let dry_run = o.bool("dry-run")?.unwrap_or(false);
     o.finish()?;
     Ok(ProxySettings {
         cluster,
@@ -474,6 +512,12 @@ fn parse_proxy(
         strip_prefix,
         max_token_bytes,
         decision_cache,
+        proxy_trust: ProxyTrust {
+            headers: proxy_headers,
+            trusted,
+        },
+        max_body_bytes,
+        dry_run,
     })
 }
 

@@ -270,6 +270,62 @@ fn edit_distance(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
+/// Keycloak's `${env.NAME}` and `${env.NAME:default}` in keycloak.json string values, so secrets
+/// come from the VM environment (Envoy `vm_config.environment_variables`, Istio `vmConfig.env`)
+/// instead of the YAML. A variable that is unset and has no default is an error naming the field
+/// (Keycloak would keep the text and fail later with a wrong secret). Other `${...}` stay as is.
+pub fn substitute_env(
+    v: &Value,
+    path: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<Value> {
+    Ok(match v {
+        Value::String(s) if s.contains("${env.") => Value::String(expand(s, path, lookup)?),
+        Value::Array(items) => Value::Array(
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, x)| substitute_env(x, &index(path, i), lookup))
+                .collect::<Result<_>>()?,
+        ),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, x)| Ok((k.clone(), substitute_env(x, &join(path, k), lookup)?)))
+                .collect::<Result<_>>()?,
+        ),
+        other => other.clone(),
+    })
+}
+
+fn expand(s: &str, path: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String> {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(start) = rest.find("${env.") {
+        let Some(len) = rest[start..].find('}') else {
+            break;
+        };
+        out.push_str(&rest[..start]);
+        let inner = &rest[start + 6..start + len];
+        let (name, default) = match inner.split_once(':') {
+            Some((n, d)) => (n, Some(d)),
+            None => (inner, None),
+        };
+        match (lookup(name), default) {
+            (Some(v), _) => out.push_str(&v),
+            (None, Some(d)) => out.push_str(d),
+            (None, None) => return Err(ConfigError::new(
+                path,
+                format!(
+                    "environment variable {name} is not set (and ${{env.{name}}} has no :default)"
+                ),
+            )),
+        }
+        rest = &rest[start + len + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -335,5 +391,19 @@ mod tests {
         let mut o = Obj::new(&v, "").unwrap();
         assert_eq!(o.string("a").unwrap(), None);
         o.finish().unwrap();
+    }
+
+    #[test]
+    fn env_substitution_in_string_values() {
+        let env = |n: &str| (n == "KC_SECRET").then(|| "from-env".to_string());
+        let v = json!({"credentials": {"secret": "${env.KC_SECRET}"},
+                       "a": ["x-${env.UNSET:dflt}-y", "${sys.keep}"], "n": 1});
+        let out = substitute_env(&v, "", &env).unwrap();
+        assert_eq!(out["credentials"]["secret"], "from-env");
+        assert_eq!(out["a"][0], "x-dflt-y");
+        assert_eq!(out["a"][1], "${sys.keep}");
+        let e = substitute_env(&json!({"c": {"secret": "${env.NOPE}"}}), "", &env).unwrap_err();
+        assert_eq!(e.path, "c.secret");
+        assert!(e.message.contains("NOPE is not set"), "{e}");
     }
 }

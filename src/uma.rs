@@ -83,6 +83,33 @@ pub fn form_encode(s: &str) -> String {
     out
 }
 
+/// `application/x-www-form-urlencoded` decoding of one component (`+` is a space); malformed
+/// escapes are kept as they are, invalid UTF-8 is replaced.
+pub fn form_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h * 16 + l);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn hex(c: u8) -> Option<u8> {
+    (c as char).to_digit(16).map(|d| d as u8)
+}
+
 /// Percent-encoding for a query parameter value (spaces as %20, braces encoded).
 pub fn query_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());

@@ -1,0 +1,515 @@
+//! The claim information point (keycloak-pep.md §3): `claim-information-point` objects compiled at
+//! configure, and the per-request resolution of their providers into the claims pushed to
+//! Keycloak with the UMA grant.
+//!
+//! Providers run in a fixed order: the global object's, then the path's (so a path claim replaces
+//! a global claim of the same name, Keycloak's `putAll`); within one object, by provider name.
+//! `http` providers need a callout, so resolution is a small state machine the enforcer drives:
+//! [`advance`] runs providers until one needs the network, [`http_answer`] takes its answer.
+
+use crate::claim_providers::{self, ClaimProvider};
+use crate::json::{self, ConfigError, Obj, Result};
+use crate::placeholders::{self, Context, ResolveError, Template};
+use crate::uma::{self, HttpRequest};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::rc::Rc;
+
+/// Claim name -> values, ordered so that the JSON sent and its digest are deterministic.
+pub type Claims = BTreeMap<String, Vec<String>>;
+
+/// One compiled `claim-information-point` object.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cip {
+    pub providers: Vec<Provider>,
+}
+
+#[derive(Clone)]
+pub enum Provider {
+    /// `claims`: static values and placeholders.
+    Claims(Vec<(String, Vec<Template>)>),
+    Http(Rc<HttpProvider>),
+    /// A provider compiled into the filter (see `claim_providers`).
+    Custom(String, Rc<dyn ClaimProvider>),
+}
+
+impl fmt::Debug for Provider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Provider::Claims(c) => f.debug_tuple("Claims").field(c).finish(),
+            Provider::Http(h) => f.debug_tuple("Http").field(h).finish(),
+            Provider::Custom(name, _) => f.debug_tuple("Custom").field(name).finish(),
+        }
+    }
+}
+
+impl PartialEq for Provider {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Provider::Claims(a), Provider::Claims(b)) => a == b,
+            (Provider::Http(a), Provider::Http(b)) => a == b,
+            (Provider::Custom(a, pa), Provider::Custom(b, pb)) => a == b && Rc::ptr_eq(pa, pb),
+            _ => false,
+        }
+    }
+}
+
+/// What to do when an `http` provider fails (not in Keycloak, where the request fails).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnError {
+    /// Refuse the request (503): the policy cannot be evaluated as written.
+    Deny,
+    /// Go on without this provider's claims.
+    Continue,
+}
+
+/// Where an `http` provider's callout goes: an Envoy cluster, since a filter cannot dial URLs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    pub cluster: String,
+    pub authority: String,
+    pub timeout_ms: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpProvider {
+    pub service: Service,
+    /// Path and query of `url`.
+    path: String,
+    get: bool,
+    headers: Vec<(String, Vec<Template>)>,
+    parameters: Vec<(String, Vec<Template>)>,
+    /// Claim -> JSON pointers; `None`: every top-level field of the answer.
+    claims: Option<Vec<(String, Vec<String>)>>,
+    pub on_error: OnError,
+}
+
+/// Why claims could not be resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// The request is not what its claims need (400).
+    BadRequest(&'static str),
+    /// A provider failed (503 unless it says `on-error: continue`).
+    Provider(String),
+}
+
+impl From<ResolveError> for Failure {
+    fn from(e: ResolveError) -> Self {
+        match e {
+            ResolveError::BodyNotJson => {
+                Failure::BadRequest("the request body is not the JSON its claims need")
+            }
+        }
+    }
+}
+
+impl Cip {
+    pub fn parse(value: &Value, path: &str) -> Result<Cip> {
+        let Value::Object(map) = value else {
+            return Err(ConfigError::new(
+                path,
+                format!(
+                    "expected an object of providers, found {}",
+                    json::type_name(value)
+                ),
+            ));
+        };
+        let mut providers = Vec::new();
+        // serde_json's map iterates in key order: the provider order is the name order.
+        for (name, cfg) in map {
+            let at = json::join(path, name);
+            let p = match name.as_str() {
+                "claims" => Provider::Claims(parse_claims(cfg, &at)?),
+                "http" => Provider::Http(Rc::new(parse_http(cfg, &at)?)),
+                other => match claim_providers::create(other, cfg, &at) {
+                    Some(p) => Provider::Custom(other.to_string(), p?),
+                    None => {
+                        return Err(ConfigError::new(
+                            &at,
+                            format!(
+                                "unknown claim provider \"{other}\" (known: claims, http{})",
+                                claim_providers::REGISTRY
+                                    .iter()
+                                    .map(|(n, _)| format!(", {n}"))
+                                    .collect::<String>()
+                            ),
+                        ))
+                    }
+                },
+            };
+            providers.push(p);
+        }
+        Ok(Cip { providers })
+    }
+}
+
+/// A claim's value in config: a string or an array of strings, each a template.
+fn templates(v: &Value, at: &str) -> Result<Vec<Template>> {
+    let one = |s: &Value, at: &str| -> Result<Template> {
+        match s {
+            Value::String(s) => Template::parse(s).map_err(|e| ConfigError::new(at, e)),
+            other => Err(ConfigError::new(
+                at,
+                format!("expected a string, found {}", json::type_name(other)),
+            )),
+        }
+    };
+    match v {
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .map(|(i, s)| one(s, &json::index(at, i)))
+            .collect(),
+        other => Ok(vec![one(other, at)?]),
+    }
+}
+
+fn named_templates(v: &Value, at: &str) -> Result<Vec<(String, Vec<Template>)>> {
+    let Value::Object(map) = v else {
+        return Err(ConfigError::new(
+            at,
+            format!("expected an object, found {}", json::type_name(v)),
+        ));
+    };
+    map.iter()
+        .map(|(k, v)| Ok((k.clone(), templates(v, &json::join(at, k))?)))
+        .collect()
+}
+
+fn parse_claims(v: &Value, at: &str) -> Result<Vec<(String, Vec<Template>)>> {
+    named_templates(v, at)
+}
+
+fn parse_http(v: &Value, at: &str) -> Result<HttpProvider> {
+    let mut o = Obj::new(v, at)?;
+    let url = o.required_string("url")?;
+    let url_at = o.key_path("url");
+    let (scheme_https, rest) = match (url.strip_prefix("https://"), url.strip_prefix("http://")) {
+        (Some(r), _) => (true, r),
+        (_, Some(r)) => (false, r),
+        _ => {
+            return Err(ConfigError::new(
+                &url_at,
+                format!("expected an http:// or https:// URL, found \"{url}\""),
+            ))
+        }
+    };
+    let (authority, path) = match rest.find(['/', '?']) {
+        Some(i) => (&rest[..i], rest[i..].to_string()),
+        None => (rest, "/".to_string()),
+    };
+    if authority.is_empty() {
+        return Err(ConfigError::new(&url_at, "no host in the URL"));
+    }
+    let path = if path.starts_with('?') {
+        format!("/{path}")
+    } else {
+        path
+    };
+    // Keycloak's adapter fails with a NullPointerException without one: say so at load instead.
+    let method_at = o.key_path("method");
+    let method = o.required_string("method").map_err(|_| {
+        ConfigError::new(
+            &method_at,
+            "required: GET, or POST (any other value means POST)",
+        )
+    })?;
+    let headers = match o.get("headers") {
+        Some(h) => named_templates(h, &o.key_path("headers"))?,
+        None => Vec::new(),
+    };
+    let parameters = match o.get("parameters") {
+        Some(p) => named_templates(p, &o.key_path("parameters"))?,
+        None => Vec::new(),
+    };
+    let claims = match o.get("claims") {
+        None => None,
+        Some(Value::Object(map)) => {
+            let base = o.key_path("claims");
+            let mut out = Vec::new();
+            for (name, ptrs) in map {
+                let at = json::join(&base, name);
+                let list: Vec<&Value> = match ptrs {
+                    Value::Array(items) => items.iter().collect(),
+                    other => vec![other],
+                };
+                let mut pointers = Vec::new();
+                for (i, p) in list.into_iter().enumerate() {
+                    match p.as_str() {
+                        Some(s) if s.starts_with('/') || s.is_empty() => {
+                            pointers.push(s.to_string())
+                        }
+                        _ => {
+                            return Err(ConfigError::new(
+                                &if matches!(ptrs, Value::Array(_)) {
+                                    json::index(&at, i)
+                                } else {
+                                    at.clone()
+                                },
+                                "expected a JSON pointer string such as \"/a/b\"",
+                            ))
+                        }
+                    }
+                }
+                out.push((name.clone(), pointers));
+            }
+            Some(out)
+        }
+        Some(other) => {
+            return Err(ConfigError::new(
+                &o.key_path("claims"),
+                format!(
+                    "expected an object of claim: JSON pointer, found {}",
+                    json::type_name(other)
+                ),
+            ))
+        }
+    };
+    // Ours: the Envoy cluster (default: named after the URL's host:port), a timeout, on-error.
+    let default_port = if scheme_https { 443 } else { 80 };
+    let cluster = o.string("cluster")?.unwrap_or_else(|| {
+        if authority.contains(':') {
+            authority.to_string()
+        } else {
+            format!("{authority}:{default_port}")
+        }
+    });
+    let timeout_ms = o.u32("timeout-ms")?;
+    if timeout_ms == Some(0) {
+        return Err(ConfigError::new(
+            &o.key_path("timeout-ms"),
+            "must be at least 1",
+        ));
+    }
+    let on_error = o
+        .choice(
+            "on-error",
+            &[("deny", OnError::Deny), ("continue", OnError::Continue)],
+        )?
+        .unwrap_or(OnError::Deny);
+    o.finish()?;
+    Ok(HttpProvider {
+        service: Service {
+            cluster,
+            authority: authority.to_string(),
+            timeout_ms,
+        },
+        path,
+        get: method.eq_ignore_ascii_case("GET"),
+        headers,
+        parameters,
+        claims,
+        on_error,
+    })
+}
+
+impl Provider {
+    fn needs_body(&self, form: bool) -> bool {
+        let any = |list: &[(String, Vec<Template>)]| {
+            list.iter()
+                .flat_map(|(_, ts)| ts.iter())
+                .any(|t| t.needs_body(form))
+        };
+        match self {
+            Provider::Claims(c) => any(c),
+            Provider::Http(h) => any(&h.headers) || any(&h.parameters),
+            Provider::Custom(_, p) => p.needs_body(),
+        }
+    }
+}
+
+/// The providers that run for a request: the global object's, then the path's.
+pub fn chain<'a>(global: Option<&'a Cip>, path: Option<&'a Cip>) -> Vec<&'a Provider> {
+    global
+        .into_iter()
+        .chain(path)
+        .flat_map(|c| c.providers.iter())
+        .collect()
+}
+
+/// Whether this request's claims read its body (decided before anything is resolved, so the
+/// body is buffered only for the paths whose claims use it).
+pub fn needs_body(chain: &[&Provider], form: bool) -> bool {
+    chain.iter().any(|p| p.needs_body(form))
+}
+
+/// The next thing resolution needs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Next {
+    /// All providers ran: the merged claims.
+    Done(Claims),
+    /// Provider `chain[index]` needs this callout; pass its answer to [`http_answer`].
+    Call {
+        index: usize,
+        request: HttpRequest,
+        service: Service,
+    },
+    Failed(Failure),
+}
+
+/// Runs providers from `done.len()` on, until one needs the network or all ran.
+pub fn advance(chain: &[&Provider], cx: &Context, done: &mut Vec<Claims>) -> Next {
+    while done.len() < chain.len() {
+        let index = done.len();
+        let got = match chain[index] {
+            Provider::Claims(list) => resolve_list(list, cx),
+            Provider::Custom(_, p) => p.resolve(cx).map_err(Failure::Provider),
+            Provider::Http(h) => {
+                return match h.request(cx) {
+                    Ok(request) => Next::Call {
+                        index,
+                        request,
+                        service: h.service.clone(),
+                    },
+                    Err(e) => Next::Failed(e.into()),
+                }
+            }
+        };
+        match got {
+            Ok(c) => done.push(c),
+            Err(f) => return Next::Failed(f),
+        }
+    }
+    let mut merged = Claims::new();
+    for c in done.iter() {
+        merged.extend(c.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+    Next::Done(merged)
+}
+
+/// Keycloak's `claims` provider: each claim's templates resolved, non-empty lists concatenated;
+/// a claim with no value at all is left out.
+fn resolve_list(
+    list: &[(String, Vec<Template>)],
+    cx: &Context,
+) -> std::result::Result<Claims, Failure> {
+    let mut out = Claims::new();
+    for (name, ts) in list {
+        let values = resolve_values(ts, cx)?;
+        if !values.is_empty() {
+            out.insert(name.clone(), values);
+        }
+    }
+    Ok(out)
+}
+
+fn resolve_values(ts: &[Template], cx: &Context) -> std::result::Result<Vec<String>, ResolveError> {
+    let mut values = Vec::new();
+    for t in ts {
+        values.extend(t.resolve(cx)?);
+    }
+    Ok(values)
+}
+
+impl HttpProvider {
+    /// The callout: GET with the parameters in the query, anything else POST with a form body;
+    /// a multi-valued header or parameter is repeated.
+    fn request(&self, cx: &Context) -> std::result::Result<HttpRequest, ResolveError> {
+        let mut headers = vec![("accept".to_string(), "application/json".to_string())];
+        for (name, ts) in &self.headers {
+            for v in resolve_values(ts, cx)? {
+                headers.push((name.to_ascii_lowercase(), v));
+            }
+        }
+        let mut pairs = Vec::new();
+        for (name, ts) in &self.parameters {
+            for v in resolve_values(ts, cx)? {
+                pairs.push(format!(
+                    "{}={}",
+                    uma::form_encode(name),
+                    uma::form_encode(&v)
+                ));
+            }
+        }
+        let encoded = pairs.join("&");
+        if self.get {
+            let path = match (encoded.is_empty(), self.path.contains('?')) {
+                (true, _) => self.path.clone(),
+                (false, true) => format!("{}&{encoded}", self.path),
+                (false, false) => format!("{}?{encoded}", self.path),
+            };
+            Ok(HttpRequest {
+                method: "GET",
+                path,
+                headers,
+                body: Vec::new(),
+            })
+        } else {
+            headers.push((
+                "content-type".to_string(),
+                "application/x-www-form-urlencoded".to_string(),
+            ));
+            Ok(HttpRequest {
+                method: "POST",
+                path: self.path.clone(),
+                headers,
+                body: encoded.into_bytes(),
+            })
+        }
+    }
+}
+
+/// Claims from an `http` provider's answer: it must be 2xx JSON. `None` status: no answer.
+pub fn http_answer(
+    h: &HttpProvider,
+    status: Option<u16>,
+    body: &[u8],
+) -> std::result::Result<Claims, String> {
+    let status = status.ok_or("no answer (timeout or connection failure)")?;
+    if !(200..300).contains(&status) {
+        return Err(format!("answered HTTP {status}"));
+    }
+    let doc: Value = serde_json::from_slice(body).map_err(|_| "answered something not JSON")?;
+    let mut out = Claims::new();
+    match &h.claims {
+        None => {
+            let Value::Object(map) = &doc else {
+                return Err("answered JSON that is not an object".into());
+            };
+            for (k, v) in map {
+                out.insert(k.clone(), placeholders::json_values(v, None));
+            }
+        }
+        Some(list) => {
+            for (name, ptrs) in list {
+                let mut values = Vec::new();
+                for p in ptrs {
+                    values.extend(placeholders::json_values(&doc, Some(p.as_str())));
+                }
+                out.insert(name.clone(), values);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Keycloak's `hasValidClaims`: a permission that carries claims holds only when every one of
+/// them is among the request's values for that claim.
+pub fn permission_claims_hold(
+    granted: Option<&BTreeMap<String, Vec<String>>>,
+    request: &Claims,
+) -> bool {
+    let Some(granted) = granted else {
+        return true;
+    };
+    if request.is_empty() {
+        return false;
+    }
+    granted
+        .iter()
+        .all(|(name, allowed)| match request.get(name) {
+            Some(values) if !values.is_empty() => values.iter().all(|v| allowed.contains(v)),
+            _ => false,
+        })
+}
+
+/// A digest of the claims for the decision-cache key (the JSON is canonical: ordered map).
+pub fn digest(claims: &Claims) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let json = serde_json::to_vec(claims).unwrap_or_default();
+    Sha256::digest(json).into()
+}
+
+#[cfg(test)]
+mod tests;
