@@ -7,8 +7,11 @@
 //! [`Pending`] continuation that turns Keycloak's answer into the next step.
 
 use crate::cache;
+use crate::claims::{self, Claims};
 use crate::config::{EnforcementMode, EnforcerConfig, MethodConfig, OnKeycloakError, ScopesMode};
 use crate::pathset::{Entry, PathCache, PathSet};
+use crate::placeholders::Context;
+use crate::request::RequestView;
 use crate::token::{BearerError, Token, TokenError};
 use crate::uma::{
     self, HttpRequest, Permission, PermissionRequest, ResourceQuery, ResponseMode, UmaGrant,
@@ -39,6 +42,8 @@ pub struct RequestFacts<'a> {
     /// The `:path` pseudo-header (query included; it is dropped by normalization).
     pub path: &'a str,
     pub credential: Credential<'a>,
+    /// Headers, peer, TLS and body, for the claim information point (empty without claims).
+    pub view: RequestView<'a>,
 }
 
 /// Let the request through.
@@ -48,6 +53,8 @@ pub struct Allow {
     pub permissions: Option<String>,
     pub reason: &'static str,
     pub cache: CacheUse,
+    /// Dry-run: the answer the enforcer would have given instead.
+    pub would_deny: Option<Box<Reply>>,
 }
 
 /// Whether a verdict came from the decision cache.
@@ -71,6 +78,9 @@ pub struct Reply {
     /// For logs and stats; never contains token material.
     pub reason: String,
     pub cache: CacheUse,
+    /// The matched path and its resource, for the denial log line.
+    pub path: Option<String>,
+    pub resource: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -84,12 +94,17 @@ pub enum Step {
         key: cache::Key,
         until_ms: i64,
     },
+    /// The claims of this path read the request body: decide again once it is buffered (up to
+    /// `kcpep.max-body-bytes`; past it, [`body_too_large`]).
+    ReadBody,
 }
 
 /// A request to Keycloak and what to do with its answer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Call {
     pub request: HttpRequest,
+    /// `None`: Keycloak. Otherwise an `http` claim provider's service.
+    pub service: Option<claims::Service>,
     pub pending: Pending,
 }
 
@@ -107,6 +122,14 @@ pub enum Pending {
         method: MethodConfig,
         /// The decision-cache key this request claimed, and what to serve if Keycloak fails.
         cached: Option<Claim>,
+        /// The claims pushed with the grant (Keycloak checks granted claims against them).
+        claims: Claims,
+    },
+    /// An `http` claim provider's answer; `done` holds the claims of the providers before it.
+    Claims {
+        entry: Rc<Entry>,
+        method: MethodConfig,
+        done: Vec<Claims>,
     },
     /// A permission ticket for the UMA 401 challenge.
     Ticket,
@@ -224,6 +247,44 @@ pub fn decide(
     store: &mut dyn DecisionStore,
     now_ms: i64,
 ) -> Step {
+    dry_run(cfg, decide_inner(cfg, rt, req, store, now_ms))
+}
+
+/// Dry-run: every answer but "go on" becomes "go on", carrying what it would have been.
+fn dry_run(cfg: &EnforcerConfig, step: Step) -> Step {
+    match step {
+        Step::Reply(r) if cfg.proxy.dry_run => Step::Allow(Allow {
+            permissions: None,
+            reason: "dry-run",
+            cache: r.cache,
+            would_deny: Some(Box::new(r)),
+        }),
+        other => other,
+    }
+}
+
+/// 413 for a request whose claims need a body larger than `kcpep.max-body-bytes`.
+pub fn body_too_large(cfg: &EnforcerConfig) -> Step {
+    dry_run(
+        cfg,
+        reply(
+            413,
+            "Payload Too Large",
+            &format!(
+                "request body over kcpep.max-body-bytes ({}) and its claims read it",
+                cfg.proxy.max_body_bytes
+            ),
+        ),
+    )
+}
+
+fn decide_inner(
+    cfg: &EnforcerConfig,
+    rt: &mut Runtime,
+    req: &RequestFacts,
+    store: &mut dyn DecisionStore,
+    now_ms: i64,
+) -> Step {
     if cfg.enforcement_mode == EnforcementMode::Disabled {
         return match req.credential {
             Credential::Anonymous => unauthorized(cfg, None),
@@ -254,7 +315,7 @@ pub fn decide(
         Credential::Anonymous => {
             if let (true, Some(entry)) = (cfg.user_managed_access, &configured) {
                 let m = method_config(cfg, entry, req.method);
-                return challenge(cfg, rt, entry, &m);
+                return challenge(cfg, rt, entry, &m, None);
             }
             if let Some(to) = &cfg.on_deny_redirect_to {
                 return redirect(to, "no token");
@@ -287,6 +348,7 @@ pub fn decide(
                 };
                 return Step::Call(Box::new(Call {
                     request: uma::resource_query_request(cfg, pat, &q),
+                    service: None,
                     pending: Pending::LazyLoad {
                         key: key.to_string(),
                         configured,
@@ -299,8 +361,23 @@ pub fn decide(
     with_entry(cfg, rt, req, store, raw, token, entry, is_deny_page, now_ms)
 }
 
-/// The next step once Keycloak answered a [`Call`].
+/// The next step once Keycloak (or a claim provider) answered a [`Call`].
 pub fn resume(
+    cfg: &EnforcerConfig,
+    rt: &mut Runtime,
+    req: &RequestFacts,
+    store: &mut dyn DecisionStore,
+    pending: Pending,
+    answer: Answer,
+    now_ms: i64,
+) -> Step {
+    dry_run(
+        cfg,
+        resume_inner(cfg, rt, req, store, pending, answer, now_ms),
+    )
+}
+
+fn resume_inner(
     cfg: &EnforcerConfig,
     rt: &mut Runtime,
     req: &RequestFacts,
@@ -344,10 +421,46 @@ pub fn resume(
             rt.path_cache.put(&key, entry.clone(), now_ms);
             with_entry(cfg, rt, req, store, raw, token, entry, false, now_ms)
         }
+        Pending::Claims {
+            entry,
+            method,
+            mut done,
+        } => {
+            let providers = claim_chain(cfg, &entry);
+            let Some(claims::Provider::Http(h)) = providers.get(done.len()) else {
+                return keycloak_unavailable(cfg, "claim provider answer out of order");
+            };
+            let got = match answer {
+                Answer::Http { status, body } => claims::http_answer(h, Some(status), body),
+                Answer::NoAnswer => claims::http_answer(h, None, &[]),
+            };
+            match got {
+                Ok(c) => done.push(c),
+                Err(_) if h.on_error == claims::OnError::Continue => done.push(Claims::new()),
+                Err(why) => {
+                    return tag(
+                        reply(
+                            503,
+                            "Authorization service unavailable",
+                            &format!("claim provider {}: {why}", h.service.cluster),
+                        ),
+                        &entry,
+                    )
+                }
+            }
+            let a = Authorize {
+                raw,
+                token,
+                entry,
+                method,
+            };
+            resolve_claims(cfg, rt, req, store, a, done, now_ms)
+        }
         Pending::Grant {
             entry,
             method,
             cached,
+            claims,
         } => {
             let outcome = match answer {
                 Answer::Http { status, body } => {
@@ -373,16 +486,17 @@ pub fn resume(
             } else {
                 CacheUse::None
             };
-            match outcome {
+            let step = match outcome {
                 UmaOutcome::Granted(perms) => {
                     let perms = perms.unwrap_or_default();
-                    if is_authorized(&entry, &method, &perms, true) {
+                    if is_authorized(&entry, &method, &perms, true, &claims) {
                         let header = uma::permissions_header_value(&perms);
                         remember(store, cache::Verdict::Allow(header.clone()));
                         Step::Allow(Allow {
                             permissions: Some(header),
                             reason: "granted by Keycloak",
                             cache: stored,
+                            would_deny: None,
                         })
                     } else {
                         remember(store, cache::Verdict::Deny);
@@ -426,13 +540,15 @@ pub fn resume(
                                 permissions: Some(header.clone()),
                                 reason: "stale decision, Keycloak unavailable",
                                 cache: CacheUse::Stale,
+                                would_deny: None,
                             });
                         }
                     }
                     release(store, cached.as_ref());
                     keycloak_unavailable(cfg, &why)
                 }
-            }
+            };
+            tag(step, &entry)
         }
         Pending::Ticket => challenge_with_ticket(cfg, rt, answer),
     }
@@ -463,12 +579,115 @@ fn with_entry(
         return allow(None, "path enforcement-mode DISABLED");
     }
     let method = method_config(cfg, &entry, req.method);
+    let a = Authorize {
+        raw,
+        token,
+        entry,
+        method,
+    };
+    let providers = claim_chain(cfg, &a.entry);
+    if providers.is_empty() {
+        return tag(
+            authorize(cfg, rt, req, store, &a, Claims::new(), now_ms),
+            &a.entry,
+        );
+    }
+    // Claims are resolved on every request that reaches the permission check, as in Keycloak;
+    // the body is read only when this path's claims use it.
+    if req.view.body.is_none() && claims::needs_body(&providers, req.view.is_form()) {
+        return Step::ReadBody;
+    }
+    resolve_claims(cfg, rt, req, store, a, Vec::new(), now_ms)
+}
+
+/// A token-bearing request on a matched, enforced path.
+struct Authorize<'a> {
+    raw: &'a str,
+    token: &'a Token,
+    entry: Rc<Entry>,
+    method: MethodConfig,
+}
+
+/// The claim providers of a path: the global ones, then the path's.
+fn claim_chain<'c>(cfg: &'c EnforcerConfig, entry: &'c Entry) -> Vec<&'c claims::Provider> {
+    claims::chain(
+        cfg.claim_information_point.as_deref(),
+        entry.config.claim_information_point.as_deref(),
+    )
+}
+
+/// Runs the claim providers from `done.len()` on; a provider that needs its service becomes a call.
+fn resolve_claims(
+    cfg: &EnforcerConfig,
+    rt: &Runtime,
+    req: &RequestFacts,
+    store: &mut dyn DecisionStore,
+    a: Authorize,
+    mut done: Vec<Claims>,
+    now_ms: i64,
+) -> Step {
+    let providers = claim_chain(cfg, &a.entry);
+    let client = cfg
+        .proxy
+        .proxy_trust
+        .client(req.view.peer, req.view.tls, req.view.headers);
+    let relative = relative_path(cfg, req.path);
+    let cx = Context {
+        method: req.method,
+        path: req.path,
+        relative_path: relative.as_deref().unwrap_or(req.path),
+        view: &req.view,
+        remote_addr: &client.addr,
+        secure: client.secure,
+        token: Some((a.raw, &a.token.claims)),
+    };
+    let next = claims::advance(&providers, &cx, &mut done);
+    match next {
+        claims::Next::Done(c) => tag(authorize(cfg, rt, req, store, &a, c, now_ms), &a.entry),
+        claims::Next::Call {
+            request, service, ..
+        } => Step::Call(Box::new(Call {
+            request,
+            service: Some(service),
+            pending: Pending::Claims {
+                entry: a.entry,
+                method: a.method,
+                done,
+            },
+        })),
+        claims::Next::Failed(claims::Failure::BadRequest(why)) => {
+            tag(reply(400, "Bad Request", why), &a.entry)
+        }
+        claims::Next::Failed(claims::Failure::Provider(why)) => tag(
+            reply(
+                503,
+                "Authorization service unavailable",
+                &format!("claim provider: {why}"),
+            ),
+            &a.entry,
+        ),
+    }
+}
+
+/// Keycloak's permission check for a request whose claims are known: the token's own
+/// permissions, the decision cache, else the UMA grant (with the claims pushed).
+fn authorize(
+    cfg: &EnforcerConfig,
+    rt: &Runtime,
+    req: &RequestFacts,
+    store: &mut dyn DecisionStore,
+    a: &Authorize,
+    claims: Claims,
+    now_ms: i64,
+) -> Step {
+    let (raw, token, entry, method) = (a.raw, a.token, &a.entry, &a.method);
     if let Some(perms) = token.permissions() {
-        if is_authorized(&entry, &method, &perms, false) {
+        if is_authorized(entry, method, &perms, false, &claims) {
             return Step::Allow(Allow {
                 permissions: Some(uma::permissions_header_value(&perms)),
                 reason: "the token already carries the permission",
                 cache: CacheUse::None,
+                would_deny: None,
             });
         }
     }
@@ -476,7 +695,7 @@ fn with_entry(
         if method.scopes_enforcement_mode == ScopesMode::Disabled {
             return allow(None, "scopes-enforcement-mode DISABLED");
         }
-        return challenge(cfg, rt, &entry, &method);
+        return challenge(cfg, rt, entry, method, Some(&claims));
     }
     let resource = entry
         .resource
@@ -493,14 +712,22 @@ fn with_entry(
     let cc = &cfg.proxy.decision_cache;
     let mut cached = None;
     if cc.enabled() {
-        // What is asked (resource or URI), how (scopes and their mode), for whom (token digest).
+        // What is asked (resource or URI), how (scopes and their mode), for whom (token digest),
+        // with what (claims digest).
         let what = format!(
             "{}|{}|{}",
             u8::from(uri_form),
             method.scopes_enforcement_mode.as_str(),
             permission.resource.as_deref().unwrap_or("")
         );
-        let key = cache::key(&cfg.client_id, &token.digest, &what, &method.scopes, None);
+        let claims_digest = (!claims.is_empty()).then(|| claims::digest(&claims));
+        let key = cache::key(
+            &cfg.client_id,
+            &token.digest,
+            &what,
+            &method.scopes,
+            claims_digest.as_ref(),
+        );
         let found = store.get(&key);
         match cache::lookup(found.as_ref(), now_ms) {
             cache::Lookup::Hit(cache::Verdict::Allow(header)) => {
@@ -508,10 +735,11 @@ fn with_entry(
                     permissions: Some(header),
                     reason: "cached decision",
                     cache: CacheUse::Hit,
+                    would_deny: None,
                 })
             }
             cache::Lookup::Hit(cache::Verdict::Deny) => {
-                return match denied(&method, "denied by Keycloak policies (cached)") {
+                return match denied(method, "denied by Keycloak policies (cached)") {
                     Step::Reply(r) => Step::Reply(Reply {
                         cache: CacheUse::Hit,
                         ..r
@@ -551,17 +779,37 @@ fn with_entry(
         permissions: vec![permission],
         response_mode: ResponseMode::Permissions,
         uri_form,
-        claims: None,
+        claims: Some(&claims),
         rpt: token.permissions().is_some().then_some(raw),
     };
     Step::Call(Box::new(Call {
         request: uma::uma_grant_request(cfg, &grant),
+        service: None,
         pending: Pending::Grant {
-            entry,
-            method,
+            entry: Rc::clone(entry),
+            method: method.clone(),
             cached,
+            claims,
         },
     }))
+}
+
+/// Names the matched path and resource in a denial (for the log line).
+fn tag(step: Step, entry: &Entry) -> Step {
+    match step {
+        Step::Reply(mut r) => {
+            r.path.get_or_insert_with(|| entry.config.path.clone());
+            if r.resource.is_none() {
+                r.resource = entry
+                    .resource
+                    .name
+                    .clone()
+                    .or_else(|| entry.resource.id.clone());
+            }
+            Step::Reply(r)
+        }
+        other => other,
+    }
 }
 
 /// Keycloak's method selection: the first configured method equal to the request's, else one
@@ -589,6 +837,7 @@ pub fn is_authorized(
     m: &MethodConfig,
     perms: &[Permission],
     from_server: bool,
+    claims: &Claims,
 ) -> bool {
     let mut has_permission = false;
     for p in perms {
@@ -602,8 +851,7 @@ pub fn is_authorized(
                 if same {
                     has_permission = true;
                     if scope_ok(m, p) {
-                        // Claims are compared by the claim information point (pushed claims).
-                        return p.claims.is_none();
+                        return claims::permission_claims_hold(p.claims.as_ref(), claims);
                     }
                 }
             }
@@ -639,12 +887,19 @@ fn denied(m: &MethodConfig, why: &str) -> Step {
 }
 
 /// The UMA challenge: a permission ticket, then 401 `WWW-Authenticate: UMA ...`.
-fn challenge(cfg: &EnforcerConfig, rt: &Runtime, entry: &Entry, m: &MethodConfig) -> Step {
+fn challenge(
+    cfg: &EnforcerConfig,
+    rt: &Runtime,
+    entry: &Entry,
+    m: &MethodConfig,
+    claims: Option<&Claims>,
+) -> Step {
     let (Some(pat), Some(id)) = (rt.pat.as_deref(), entry.resource.id.as_deref()) else {
         return forbidden("no permission ticket (resource unresolved or no PAT)");
     };
     Step::Call(Box::new(Call {
-        request: uma::permission_ticket_request(cfg, pat, id, &m.scopes, None),
+        request: uma::permission_ticket_request(cfg, pat, id, &m.scopes, claims),
+        service: None,
         pending: Pending::Ticket,
     }))
 }
@@ -667,6 +922,8 @@ fn challenge_with_ticket(cfg: &EnforcerConfig, rt: &Runtime, answer: Answer) -> 
             body: "Unauthorized".into(),
             reason: "UMA challenge".into(),
             cache: CacheUse::None,
+            path: None,
+            resource: None,
         }),
         Err(uma::Failure::Unavailable(why)) => keycloak_unavailable(cfg, &why),
         Err(e) => forbidden(&format!("no permission ticket: {e}")),
@@ -678,6 +935,19 @@ fn allow(permissions: Option<String>, reason: &'static str) -> Step {
         permissions,
         reason,
         cache: CacheUse::None,
+        would_deny: None,
+    })
+}
+
+fn reply(status: u16, body: &str, why: &str) -> Step {
+    Step::Reply(Reply {
+        status,
+        headers: Vec::new(),
+        body: body.into(),
+        reason: why.to_string(),
+        cache: CacheUse::None,
+        path: None,
+        resource: None,
     })
 }
 
@@ -701,17 +971,13 @@ fn unauthorized(cfg: &EnforcerConfig, error: Option<&str>) -> Step {
         body: "Unauthorized".into(),
         reason: error.unwrap_or("no token").to_string(),
         cache: CacheUse::None,
+        path: None,
+        resource: None,
     })
 }
 
 fn forbidden(why: &str) -> Step {
-    Step::Reply(Reply {
-        status: 403,
-        headers: Vec::new(),
-        body: "Forbidden".into(),
-        reason: why.to_string(),
-        cache: CacheUse::None,
-    })
+    reply(403, "Forbidden", why)
 }
 
 fn redirect(to: &str, why: &str) -> Step {
@@ -721,6 +987,8 @@ fn redirect(to: &str, why: &str) -> Step {
         body: String::new(),
         reason: why.to_string(),
         cache: CacheUse::None,
+        path: None,
+        resource: None,
     })
 }
 
@@ -735,13 +1003,7 @@ fn access_denied(cfg: &EnforcerConfig, why: &str) -> Step {
 fn keycloak_unavailable(cfg: &EnforcerConfig, why: &str) -> Step {
     match cfg.proxy.on_keycloak_error {
         OnKeycloakError::Allow => allow(None, "Keycloak unavailable, on-keycloak-error allow"),
-        OnKeycloakError::Deny => Step::Reply(Reply {
-            status: 503,
-            headers: Vec::new(),
-            body: "Authorization service unavailable".into(),
-            reason: why.to_string(),
-            cache: CacheUse::None,
-        }),
+        OnKeycloakError::Deny => reply(503, "Authorization service unavailable", why),
     }
 }
 

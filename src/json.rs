@@ -313,12 +313,14 @@ fn expand(s: &str, path: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Resul
         match (lookup(name), default) {
             (Some(v), _) => out.push_str(&v),
             (None, Some(d)) => out.push_str(d),
-            (None, None) => return Err(ConfigError::new(
-                path,
-                format!(
+            (None, None) => {
+                return Err(ConfigError::new(
+                    path,
+                    format!(
                     "environment variable {name} is not set (and ${{env.{name}}} has no :default)"
                 ),
-            )),
+                ))
+            }
         }
         rest = &rest[start + len + 1..];
     }

@@ -1,6 +1,7 @@
 //! The outcome table of keycloak-pep.md §1.8, row by row, plus our deliberate changes.
 
 use super::*;
+use crate::request::RequestView;
 use crate::token::tests::{claims, jwks, sign_rs256, ISSUER, NOW};
 use crate::token::{verify, Expectations};
 use serde_json::{json, Value};
@@ -53,6 +54,7 @@ fn run(cfg: &EnforcerConfig, rt: &mut Runtime, method: &str, path: &str, cred: C
         method,
         path,
         credential: cred,
+        view: Default::default(),
     };
     decide(cfg, rt, &req, &mut NoStore, NOW_MS)
 }
@@ -68,7 +70,7 @@ fn status(step: &Step) -> u16 {
     match step {
         Step::Allow(_) => 200,
         Step::Reply(r) => r.status,
-        Step::Call(_) | Step::Wait { .. } => 0,
+        Step::Call(_) | Step::Wait { .. } | Step::ReadBody => 0,
     }
 }
 
@@ -114,6 +116,7 @@ fn answer(
         method,
         path,
         credential: valid(t),
+        view: Default::default(),
     };
     resume(
         cfg,
@@ -315,6 +318,7 @@ fn keycloak_answers() {
         method: "GET",
         path: "/account/1",
         credential: valid(&t),
+        view: Default::default(),
     };
     assert_eq!(
         status(&resume(
@@ -516,6 +520,7 @@ fn user_managed_access_challenges_with_a_ticket() {
         method: "GET",
         path: "/a",
         credential: Credential::Anonymous,
+        view: Default::default(),
     };
     let s = resume(
         &c,
@@ -656,6 +661,7 @@ fn step(
         method,
         path,
         credential: valid(t),
+        view: Default::default(),
     };
     decide(c, rt, &req, store, now)
 }
@@ -678,6 +684,7 @@ fn reply(
         method: "GET",
         path: "/account/1",
         credential: valid(t),
+        view: Default::default(),
     };
     resume(
         c,
@@ -1015,3 +1022,5 @@ fn cache_off_asks_every_time() {
     ));
     assert!(store.0.is_empty());
 }
+
+mod cip;
