@@ -112,6 +112,15 @@ impl PluginConfig {
         self.rules.iter().any(|r| r.route_name.is_some())
     }
 
+    /// Whether any enforcer has a claim information point (then headers, peer, TLS and perhaps
+    /// the body are kept for the core; otherwise nothing of that is read).
+    pub fn uses_claims(&self) -> bool {
+        self.enforcers.iter().any(|(_, e)| {
+            e.claim_information_point.is_some()
+                || e.paths.iter().any(|p| p.claim_information_point.is_some())
+        })
+    }
+
     /// Whether selection looks at the path (normalized once more per request only then).
     pub fn uses_path_prefixes(&self) -> bool {
         self.rules.iter().any(|r| r.path_prefix.is_some())

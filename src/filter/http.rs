@@ -7,11 +7,12 @@ use super::metrics::Metrics;
 use super::root::{Parked, Plugin};
 use super::store::SharedStore;
 use crate::enforcer::{self, Answer, CacheUse, Credential, Pending, RequestFacts, Step};
+use crate::request::RequestView;
 use crate::token::{self, BearerError, Expectations, Token, TokenError};
 use crate::uri;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::{Action, MapType};
+use proxy_wasm::types::{Action, BufferType, MapType};
 use std::rc::Rc;
 
 /// The stream property (Envoy filter state `wasm.kcpep.permissions`) with the granted permissions.
@@ -36,6 +37,14 @@ pub struct Flow {
     pub pending: Option<Pending>,
     /// When the pending callout was dispatched (latency histogram).
     pub sent_ms: i64,
+    /// What claims may read; empty unless some enforcer has a claim information point.
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub peer: Option<String>,
+    pub tls: bool,
+    /// The buffered body, once read for claims.
+    pub body: Option<Vec<u8>>,
+    /// The pending callout goes to a claim service, not Keycloak.
+    pub to_service: bool,
 }
 
 /// What applying a step did to the stream.
@@ -48,6 +57,8 @@ pub enum Applied {
     Called(u32),
     /// Parked until the decision cache has the answer.
     Wait(crate::cache::Key, i64),
+    /// The claims need the body: decide again when it is buffered.
+    ReadBody,
 }
 
 impl Flow {
@@ -79,6 +90,12 @@ impl Flow {
             method: &self.method,
             path: &self.path,
             credential: self.credential(),
+            view: RequestView {
+                headers: &self.headers,
+                peer: self.peer.as_deref(),
+                tls: self.tls,
+                body: self.body.as_deref(),
+            },
         };
         f(cfg, &mut st.rt, &req, &mut store)
     }
@@ -99,6 +116,8 @@ impl Flow {
                 body: "Authorization service unavailable".into(),
                 reason: "unexpected callout answer".into(),
                 cache: CacheUse::None,
+                path: None,
+                resource: None,
             });
         };
         self.with_core(plugin, |cfg, rt, req, store| {
@@ -118,6 +137,10 @@ impl Flow {
         match step {
             Step::Allow(a) => {
                 metrics.allowed(a.cache);
+                if let Some(r) = &a.would_deny {
+                    metrics.dry_run_denied();
+                    self.log_denial(cfg, r, "kcpep dry-run would deny");
+                }
                 if let Some(value) = &a.permissions {
                     let _ = hostcalls::set_map_value(
                         MapType::HttpRequestHeaders,
@@ -143,15 +166,7 @@ impl Flow {
             }
             Step::Reply(r) => {
                 metrics.denied(r.status, r.cache);
-                log::info!(
-                    "kcpep deny status={} request={} client={} method={} path=\"{}\" reason=\"{}\"",
-                    r.status,
-                    self.id,
-                    cfg.client_id,
-                    host::loggable(self.method.as_bytes()),
-                    host::loggable(self.path.as_bytes()),
-                    host::loggable(r.reason.as_bytes())
-                );
+                self.log_denial(cfg, &r, "kcpep deny");
                 let mut headers: Vec<(&str, &str)> = r
                     .headers
                     .iter()
@@ -171,6 +186,7 @@ impl Flow {
                 metrics.coalesced();
                 Applied::Wait(key, until_ms)
             }
+            Step::ReadBody => Applied::ReadBody,
             Step::Call(call) => {
                 if let Pending::Grant {
                     cached: Some(_), ..
@@ -178,25 +194,37 @@ impl Flow {
                 {
                     metrics.cache_miss();
                 }
-                let endpoint = metrics.keycloak_call(&call.request.path);
-                match host::dispatch(
-                    &cfg.proxy.cluster,
-                    &cfg.proxy.authority,
-                    &call.request,
-                    cfg.proxy.timeout_ms,
-                ) {
+                let (cluster, authority, timeout_ms) = match &call.service {
+                    None => (
+                        cfg.proxy.cluster.as_str(),
+                        cfg.proxy.authority.as_str(),
+                        cfg.proxy.timeout_ms,
+                    ),
+                    Some(s) => (
+                        s.cluster.as_str(),
+                        s.authority.as_str(),
+                        s.timeout_ms.unwrap_or(cfg.proxy.timeout_ms),
+                    ),
+                };
+                self.to_service = call.service.is_some();
+                let endpoint = if self.to_service {
+                    metrics.claim_call();
+                    None
+                } else {
+                    Some(metrics.keycloak_call(&call.request.path))
+                };
+                match host::dispatch(cluster, authority, &call.request, timeout_ms) {
                     Ok(token) => {
                         self.pending = Some(call.pending);
                         self.sent_ms = host::now_ms();
                         Applied::Called(token)
                     }
                     Err(status) => {
-                        metrics.keycloak_error(endpoint);
-                        log::warn!(
-                            "kcpep: cannot call cluster {}: {:?}",
-                            cfg.proxy.cluster,
-                            status
-                        );
+                        match endpoint {
+                            Some(e) => metrics.keycloak_error(e),
+                            None => metrics.claim_answer(false, 0),
+                        }
+                        log::warn!("kcpep: cannot call cluster {cluster}: {status:?}");
                         self.pending = Some(call.pending);
                         let next = self.resume(plugin, Answer::NoAnswer, host::now_ms());
                         self.apply(plugin, metrics, next, in_callback)
@@ -217,9 +245,44 @@ impl Flow {
         let mut body = Vec::new();
         let (status, ok) = host::call_answer(num_headers, body_size, &mut body);
         let now = host::now_ms();
-        metrics.keycloak_answer(ok, status, now - self.sent_ms);
+        if self.to_service {
+            metrics.claim_answer(ok, status);
+        } else {
+            metrics.keycloak_answer(ok, status, now - self.sent_ms);
+        }
         let step = self.resume(plugin, host::answer(status, ok, &body), now);
         self.apply(plugin, metrics, step, true)
+    }
+
+    /// One structured line per denial: status, reason, matched path and resource, never a token.
+    fn log_denial(&self, cfg: &crate::config::EnforcerConfig, r: &enforcer::Reply, what: &str) {
+        log::info!(
+            "{what} status={} request={} client={} method={} path=\"{}\" matched=\"{}\" resource=\"{}\" reason=\"{}\"",
+            r.status,
+            self.id,
+            cfg.client_id,
+            host::loggable(self.method.as_bytes()),
+            host::loggable(self.path.as_bytes()),
+            host::loggable(r.path.as_deref().unwrap_or("").as_bytes()),
+            host::loggable(r.resource.as_deref().unwrap_or("").as_bytes()),
+            host::loggable(r.reason.as_bytes())
+        );
+    }
+
+    /// A request that waited elsewhere and now needs a body it can no longer read: refused,
+    /// never let through unevaluated.
+    pub fn body_lost(&mut self, plugin: &Plugin, metrics: &Metrics) {
+        let step = Step::Reply(enforcer::Reply {
+            status: 503,
+            headers: Vec::new(),
+            body: "Authorization service unavailable".into(),
+            reason: "the matched path changed while the request waited and now needs its body"
+                .into(),
+            cache: CacheUse::None,
+            path: None,
+            resource: None,
+        });
+        self.apply(plugin, metrics, step, true);
     }
 }
 
@@ -228,6 +291,8 @@ pub struct Http {
     metrics: Rc<Metrics>,
     flow: Option<Flow>,
     id: u32,
+    /// The headers went on and the body is being buffered for claims.
+    reading_body: bool,
 }
 
 impl Http {
@@ -237,6 +302,7 @@ impl Http {
             metrics,
             flow: None,
             id,
+            reading_body: false,
         }
     }
 
@@ -323,12 +389,45 @@ impl Context for Http {
                 super::root::wake_parked(&plugin, &self.metrics, Some(self.id));
             }
             Applied::Called(_) => {}
+            Applied::ReadBody => {
+                // A lazily loaded path whose claims read the body: let the headers on (to the
+                // buffer filter) and decide in the body callback.
+                self.reading_body = true;
+                let _ = hostcalls::resume_http_request();
+            }
+        }
+    }
+}
+
+impl Http {
+    /// Applies the first step of a request from a filter callback (headers or body).
+    fn first_step(&mut self, plugin: &Plugin, mut flow: Flow, end_of_stream: bool) -> Action {
+        let now = host::now_ms();
+        let mut step = flow.decide(plugin, now);
+        if matches!(step, Step::ReadBody) && end_of_stream && flow.body.is_none() {
+            // No body will come: decide with an empty one.
+            flow.body = Some(Vec::new());
+            step = flow.decide(plugin, now);
+        }
+        let applied = flow.apply(plugin, &self.metrics, step, false);
+        self.flow = Some(flow);
+        match applied {
+            Applied::Continue => Action::Continue,
+            Applied::Replied | Applied::Called(_) => Action::Pause,
+            Applied::Wait(key, until) => {
+                self.park(plugin, key, until);
+                Action::Pause
+            }
+            Applied::ReadBody => {
+                self.reading_body = true;
+                Action::Continue
+            }
         }
     }
 }
 
 impl HttpContext for Http {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let Some(plugin) = self.plugin.clone() else {
             let _ = hostcalls::send_http_response(
                 503,
@@ -396,7 +495,9 @@ impl HttpContext for Http {
             .collect();
         let now = host::now_ms();
         let cred = Self::check_token(&plugin, enforcer, &auth, now);
-        let mut flow = Flow {
+        let claims = plugin.config.uses_claims();
+        let prop = |p: &str| hostcalls::get_property(p.split('.').collect()).ok().flatten();
+        let flow = Flow {
             id: self.id,
             enforcer,
             method,
@@ -404,17 +505,47 @@ impl HttpContext for Http {
             cred,
             pending: None,
             sent_ms: 0,
+            peer: claims
+                .then(|| prop("source.address"))
+                .flatten()
+                .and_then(|b| String::from_utf8(b).ok()),
+            tls: claims && prop("connection.tls_version").is_some_and(|v| !v.is_empty()),
+            headers: if claims { headers } else { Vec::new() },
+            body: None,
+            to_service: false,
         };
-        let step = flow.decide(&plugin, now);
-        let applied = flow.apply(&plugin, &self.metrics, step, false);
-        self.flow = Some(flow);
-        match applied {
-            Applied::Continue => Action::Continue,
-            Applied::Replied | Applied::Called(_) => Action::Pause,
-            Applied::Wait(key, until) => {
-                self.park(&plugin, key, until);
-                Action::Pause
-            }
+        self.first_step(&plugin, flow, end_of_stream)
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if !self.reading_body {
+            return Action::Continue;
         }
+        let (Some(plugin), Some(mut flow)) = (self.plugin.clone(), self.flow.take()) else {
+            return Action::Continue;
+        };
+        let cfg = &plugin.config.enforcers[flow.enforcer].1;
+        if body_size > cfg.proxy.max_body_bytes as usize {
+            self.reading_body = false;
+            let step = enforcer::body_too_large(cfg);
+            let applied = flow.apply(&plugin, &self.metrics, step, false);
+            self.flow = Some(flow);
+            return match applied {
+                Applied::Continue => Action::Continue,
+                _ => Action::Pause,
+            };
+        }
+        if !end_of_stream {
+            self.flow = Some(flow);
+            return Action::Pause; // buffer
+        }
+        self.reading_body = false;
+        flow.body = Some(
+            hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size)
+                .ok()
+                .flatten()
+                .unwrap_or_default(),
+        );
+        self.first_step(&plugin, flow, true)
     }
 }

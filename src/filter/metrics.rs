@@ -12,7 +12,12 @@ pub struct Metrics {
     denied_403: u32,
     denied_302: u32,
     denied_503: u32,
+    denied_400: u32,
+    denied_413: u32,
     denied_other: u32,
+    dry_run: u32,
+    claim_calls: u32,
+    claim_errors: u32,
     cache_hit: u32,
     cache_miss: u32,
     cache_stale: u32,
@@ -48,7 +53,12 @@ impl Metrics {
             denied_403: c("requests.denied.403"),
             denied_302: c("requests.denied.302"),
             denied_503: c("requests.denied.503"),
+            denied_400: c("requests.denied.400"),
+            denied_413: c("requests.denied.413"),
             denied_other: c("requests.denied.other"),
+            dry_run: c("requests.dry_run_denied"),
+            claim_calls: c("claims.calls"),
+            claim_errors: c("claims.errors"),
             cache_hit: c("cache.hit"),
             cache_miss: c("cache.miss"),
             cache_stale: c("cache.stale"),
@@ -71,6 +81,8 @@ impl Metrics {
             403 => self.denied_403,
             302 => self.denied_302,
             503 => self.denied_503,
+            400 => self.denied_400,
+            413 => self.denied_413,
             _ => self.denied_other,
         });
         self.cache_use(cache);
@@ -81,6 +93,22 @@ impl Metrics {
             CacheUse::Hit => inc(self.cache_hit),
             CacheUse::Stale => inc(self.cache_stale),
             CacheUse::None | CacheUse::Stored => {}
+        }
+    }
+
+    /// A request dry-run let through that would have been refused.
+    pub fn dry_run_denied(&self) {
+        inc(self.dry_run);
+    }
+
+    pub fn claim_call(&self) {
+        inc(self.claim_calls);
+    }
+
+    /// A claim service answered with no answer, or a status >= 500.
+    pub fn claim_answer(&self, ok: bool, status: u16) {
+        if !ok || status >= 500 {
+            inc(self.claim_errors);
         }
     }
 

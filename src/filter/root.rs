@@ -114,6 +114,8 @@ pub fn wake_parked(
         let step = p.flow.decide(plugin, now);
         match p.flow.apply(plugin, metrics, step, true) {
             Applied::Continue | Applied::Replied => {}
+            // Only when the path changed under a waiting request (path cache expiry).
+            Applied::ReadBody => p.flow.body_lost(plugin, metrics),
             Applied::Called(token) => called.push((token, p.flow)),
             Applied::Wait(key, until_ms) => plugin.parked.borrow_mut().push(Parked {
                 flow: p.flow,
@@ -302,6 +304,7 @@ impl Root {
                 until_ms,
             }),
             Applied::Continue | Applied::Replied => {}
+            Applied::ReadBody => flow.body_lost(plugin, &self.metrics),
         }
     }
 }
@@ -338,14 +341,15 @@ impl RootContext for Root {
         own_headers.sort();
         own_headers.dedup();
         for (name, cfg) in &config.enforcers {
-            if cfg.claim_information_point.is_some()
-                || cfg
-                    .paths
-                    .iter()
-                    .any(|p| p.claim_information_point.is_some())
-            {
-                log::warn!(
-                    "kcpep [{name}]: claim-information-point is accepted but not applied yet: no claims are pushed to Keycloak"
+            let global = cfg.claim_information_point.as_deref();
+            let reads_body = std::iter::once(None)
+                .chain(cfg.paths.iter().map(|p| p.claim_information_point.as_deref()))
+                .any(|path| crate::claims::needs_body(&crate::claims::chain(global, path), false));
+            if reads_body {
+                // A Wasm filter sees the body only after letting the headers go on (Envoy turns a
+                // paused header phase into "stop all"), so a buffer filter must hold them.
+                log::info!(
+                    "kcpep [{name}]: claims read request bodies: put envoy.filters.http.buffer after this filter, or request headers reach the upstream before the decision"
                 );
             }
         }
