@@ -2,6 +2,7 @@
 # The real test stack on 127.0.0.1, installed and run natively (no Docker needed):
 #   Keycloak 26.0.8  http://127.0.0.1:8180   (realm "bank" imported from envoy/keycloak/*.json)
 #   echo upstream    http://127.0.0.1:8081   (scripts/echo_upstream.py)
+#   claim service    http://127.0.0.1:8082   (scripts/claim_service.py, for the http claim provider)
 #   Envoy 1.40.0     http://127.0.0.1:10000  (envoy/envoy.yaml, the keycloak-pep wasm filter), admin :9901
 #
 # Usage: scripts/stack.sh SUBCOMMAND
@@ -17,7 +18,7 @@
 # Environment: ENVOY_CONCURRENCY (2), ENVOY_LOG_LEVEL (info), KC_READY_TIMEOUT (180 s),
 #              KCPEP_JAVA_HOME (force a JDK), KEYCLOAK_ADMIN_USER/PASSWORD (admin/admin),
 #              KCPEP_ENVOY_CONFIG (another Envoy config, for debugging only).
-# Logs and pid files: .run/{keycloak,echo,envoy}.{log,pid}.
+# Logs and pid files: .run/{keycloak,echo,claims,envoy}.{log,pid}.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -41,16 +42,19 @@ REALM_DIR="envoy/keycloak"
 KC_PORT=8180
 KC_MGMT_PORT=9181        # Keycloak's management interface, moved off the default 9000
 ECHO_PORT=8081
+CLAIMS_PORT=8082
 ENVOY_PORT=10000
 ENVOY_ADMIN_PORT=9901
 
 KC_URL="http://127.0.0.1:$KC_PORT"
 ECHO_URL="http://127.0.0.1:$ECHO_PORT"
+CLAIMS_URL="http://127.0.0.1:$CLAIMS_PORT"
 ENVOY_URL="http://127.0.0.1:$ENVOY_PORT"
 ENVOY_ADMIN_URL="http://127.0.0.1:$ENVOY_ADMIN_PORT"
 
 KC_READY_URL="$KC_URL/realms/bank/.well-known/openid-configuration"
 ECHO_READY_URL="$ECHO_URL/healthz"
+CLAIMS_READY_URL="$CLAIMS_URL/healthz"
 ENVOY_READY_URL="$ENVOY_ADMIN_URL/ready"
 
 KC_READY_TIMEOUT=${KC_READY_TIMEOUT:-180}
@@ -190,6 +194,7 @@ marker() {
   case "$1" in
     keycloak) echo "keycloak" ;;
     echo) echo "echo_upstream.py" ;;
+    claims) echo "claim_service.py" ;;
     envoy) echo "envoy" ;;
   esac
 }
@@ -198,6 +203,7 @@ ready_url() {
   case "$1" in
     keycloak) echo "$KC_READY_URL" ;;
     echo) echo "$ECHO_READY_URL" ;;
+    claims) echo "$CLAIMS_READY_URL" ;;
     envoy) echo "$ENVOY_READY_URL" ;;
   esac
 }
@@ -206,6 +212,7 @@ component_port() {
   case "$1" in
     keycloak) echo "$KC_PORT" ;;
     echo) echo "$ECHO_PORT" ;;
+    claims) echo "$CLAIMS_PORT" ;;
     envoy) echo "$ENVOY_PORT" ;;
   esac
 }
@@ -310,6 +317,25 @@ prepare_keycloak_import() {
   mkdir -p "$KC_DIR/data/import"
   rm -f "$KC_DIR/data/import/"*.json
   cp "$REALM_DIR"/*.json "$KC_DIR/data/import/"
+  # The realm's JavaScript policies (they read the claims keycloak-pep pushes) are a provider jar:
+  # a zip of envoy/keycloak/policies, no compilation. Rewritten only when its content changes, so
+  # Keycloak does not rebuild itself on every start.
+  python3 - "$REALM_DIR/policies" "$KC_DIR/providers/kcpep-policies.jar" <<'PY'
+import io, os, sys, zipfile
+src, out = sys.argv[1], sys.argv[2]
+buf = io.BytesIO()
+with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+    for root, _, files in sorted(os.walk(src)):
+        for f in sorted(files):
+            path = os.path.join(root, f)
+            info = zipfile.ZipInfo(os.path.relpath(path, src), date_time=(2020, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            z.writestr(info, open(path, "rb").read())
+data = buf.getvalue()
+if not os.path.exists(out) or open(out, "rb").read() != data:
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    open(out, "wb").write(data)
+PY
 }
 
 start_keycloak() { # $1 = fresh|keep
@@ -333,6 +359,7 @@ start_keycloak() { # $1 = fresh|keep
       --http-host 127.0.0.1 --http-port "$KC_PORT" \
       --http-management-port "$KC_MGMT_PORT" \
       --hostname "$KC_URL" \
+      --features=scripts \
       --import-realm
 }
 
@@ -344,6 +371,16 @@ start_echo() {
   rm -f "$(pidfile echo)"
   check_port_free echo
   start_bg echo fresh python3 -u "$ROOT/scripts/echo_upstream.py" "$ECHO_PORT"
+}
+
+start_claims() {
+  if is_running claims; then
+    say "claims already running (pid $(read_pid claims))"
+    return 0
+  fi
+  rm -f "$(pidfile claims)"
+  check_port_free claims
+  start_bg claims fresh python3 -u "$ROOT/scripts/claim_service.py" "$CLAIMS_PORT"
 }
 
 start_envoy() {
@@ -361,7 +398,10 @@ start_envoy() {
     --concurrency "${ENVOY_CONCURRENCY:-2}" --log-level "${ENVOY_LOG_LEVEL:-info}"
 }
 
-all_up() { is_running keycloak && is_running echo && is_running envoy && is_ready keycloak && is_ready echo && is_ready envoy; }
+all_up() {
+  local c
+  for c in keycloak echo claims envoy; do is_running "$c" && is_ready "$c" || return 1; done
+}
 
 # ---------------------------------------------------------------- locking
 LOCK_HELD=0
@@ -386,8 +426,9 @@ print_info() {
 stack: up
   Keycloak  $KC_URL  (admin console $KC_URL/admin, admin/admin; realm bank)
   echo      $ECHO_URL
+  claims    $CLAIMS_URL
   Envoy     $ENVOY_URL  (Host: unanimous.bank.local | affirmative.bank.local), admin $ENVOY_ADMIN_URL
-  logs      $RUN/{keycloak,echo,envoy}.log
+  logs      $RUN/{keycloak,echo,claims,envoy}.log
   token:    curl -s -d grant_type=password -d client_id=demo-cli -d username=owner -d password=password $KC_URL/realms/bank/protocol/openid-connect/token
   stop:     scripts/stack.sh down   (or: make down)
 EOF
@@ -406,7 +447,9 @@ cmd_up() {
   # (so the filter's first calls to Keycloak find it).
   if ! is_running keycloak; then start_keycloak fresh; fi
   start_echo
+  start_claims
   wait_ready echo "$ECHO_READY_TIMEOUT" || die "echo upstream did not become ready"
+  wait_ready claims "$ECHO_READY_TIMEOUT" || die "claim service did not become ready"
   wait_ready keycloak "$KC_READY_TIMEOUT" || die "Keycloak did not become ready"
   start_envoy
   wait_ready envoy "$ENVOY_READY_TIMEOUT" \
@@ -419,7 +462,7 @@ cmd_up() {
 cmd_down() {
   lock
   local name any=0
-  for name in envoy echo keycloak; do
+  for name in envoy claims echo keycloak; do
     if [ -e "$(pidfile "$name")" ]; then any=1; fi
     stop_component "$name"
   done
@@ -429,7 +472,7 @@ cmd_down() {
 
 cmd_status() {
   local name pid state rc=0
-  for name in keycloak echo envoy; do
+  for name in keycloak echo claims envoy; do
     pid=$(read_pid "$name" || true)
     if is_running "$name"; then
       if is_ready "$name"; then state="running, ready"; else state="running, NOT ready"; rc=1; fi
@@ -466,6 +509,7 @@ cmd_test() {
   export KCPEP_ENVOY_URL="$ENVOY_URL"
   export KCPEP_ENVOY_ADMIN="$ENVOY_ADMIN_URL"
   export KCPEP_UPSTREAM_URL="$ECHO_URL"
+  export KCPEP_CLAIMS_URL="$CLAIMS_URL"
   export KCPEP_STACK="$SELF"
   say "running: $*"
   local rc=0

@@ -28,11 +28,17 @@ pub struct PluginConfig {
 }
 
 impl PluginConfig {
+    /// Parses the plugin configuration; `${env.NAME}` reads the VM's environment.
     pub fn from_json(text: &[u8]) -> Result<Self> {
+        Self::from_json_env(text, &|name| std::env::var(name).ok())
+    }
+
+    /// Same, with the environment given (tests, `kcpep check --env`).
+    pub fn from_json_env(text: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Self> {
         let value: Value = serde_json::from_slice(text)
             .map_err(|e| ConfigError::new("", format!("invalid JSON: {e}")))?;
         if value.get("enforcers").is_none() {
-            let single = EnforcerConfig::from_value(&value, "")?;
+            let single = EnforcerConfig::from_value_env(&value, "", env)?;
             return Ok(PluginConfig {
                 enforcers: vec![("default".into(), single)],
                 rules: Vec::new(),
@@ -45,7 +51,7 @@ impl PluginConfig {
             if let Some(Value::Object(map)) = value.get("enforcers") {
                 for (name, v) in map {
                     let path = json::join(&e.path, name);
-                    enforcers.push((name.clone(), EnforcerConfig::from_value(v, &path)?));
+                    enforcers.push((name.clone(), EnforcerConfig::from_value_env(v, &path, env)?));
                 }
             }
         }

@@ -34,7 +34,15 @@ fn envoy_yaml_plugin_configuration_is_valid() {
     let yaml = std::fs::read_to_string(root().join("envoy/envoy.yaml")).unwrap();
     let configs = plugin_configs(&yaml);
     assert_eq!(configs.len(), 1);
-    let cfg = PluginConfig::from_json(configs[0].as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+    // the environment Envoy gives the VM (vm_config.environment_variables.key_values)
+    let env = |name: &str| {
+        let needle = format!("{name}: ");
+        yaml.lines()
+            .find_map(|l| l.trim().strip_prefix(needle.as_str()).map(str::to_string))
+    };
+    let cfg =
+        PluginConfig::from_json_env(configs[0].as_bytes(), &env).unwrap_or_else(|e| panic!("{e}"));
+    assert!(cfg.uses_claims());
     assert!(cfg.enforcers.len() >= 2);
     // the route names the rules select by exist in the route configuration
     for rule in &cfg.rules {

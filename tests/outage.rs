@@ -31,25 +31,6 @@ fn account(host: &str, token: &str) -> u16 {
     .status
 }
 
-fn stat(name: &str) -> i64 {
-    // Envoy lists a Wasm filter's own metrics as `wasmcustom.<name>`.
-    let r = request(
-        &env("KCPEP_ENVOY_ADMIN"),
-        "GET",
-        &format!("/stats?filter=^wasmcustom.{name}$"),
-        &[],
-        b"",
-    );
-    r.text()
-        .lines()
-        .find_map(|l| {
-            l.split_once(": ")
-                .filter(|(k, _)| k.ends_with(name))
-                .and_then(|(_, v)| v.trim().parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 #[test]
 fn keycloak_down_fails_closed_serves_cached_and_stale_allows_and_recovers() {
     let cached = user_token("owner");

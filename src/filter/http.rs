@@ -2,6 +2,7 @@
 //! it lives in the request's HTTP context, or in the root context while it waits for another
 //! request's identical Keycloak call (decision-cache coalescing).
 
+use super::abi;
 use super::host;
 use super::metrics::Metrics;
 use super::root::{Parked, Plugin};
@@ -142,15 +143,12 @@ impl Flow {
                     self.log_denial(cfg, r, "kcpep dry-run would deny");
                 }
                 if let Some(value) = &a.permissions {
-                    let _ = hostcalls::set_map_value(
-                        MapType::HttpRequestHeaders,
-                        &cfg.proxy.permissions_header,
-                        Some(value),
-                    );
+                    // Refused once the headers went on (a body read for claims): then only the
+                    // filter state carries the permissions.
+                    abi::set_request_header(&cfg.proxy.permissions_header, Some(value));
                     // Envoy keeps it as filter state `wasm.kcpep.permissions` (access logs,
                     // later filters); proxy-wasm has no way to write dynamic metadata itself.
-                    let _ =
-                        hostcalls::set_property(vec![PERMISSIONS_PROPERTY], Some(value.as_bytes()));
+                    abi::set_property(&[PERMISSIONS_PROPERTY], value.as_bytes());
                 }
                 log::debug!(
                     "kcpep allow [{}] {} {}: {}",
@@ -160,7 +158,7 @@ impl Flow {
                     a.reason
                 );
                 if in_callback {
-                    let _ = hostcalls::resume_http_request();
+                    abi::continue_request();
                 }
                 Applied::Continue
             }
@@ -175,11 +173,7 @@ impl Flow {
                 if !r.body.is_empty() {
                     headers.push(("content-type", "text/plain"));
                 }
-                let _ = hostcalls::send_http_response(
-                    u32::from(r.status),
-                    headers,
-                    Some(r.body.as_bytes()),
-                );
+                abi::send_response(r.status, &headers, r.body.as_bytes());
                 Applied::Replied
             }
             Step::Wait { key, until_ms } => {
@@ -393,7 +387,7 @@ impl Context for Http {
                 // A lazily loaded path whose claims read the body: let the headers on (to the
                 // buffer filter) and decide in the body callback.
                 self.reading_body = true;
-                let _ = hostcalls::resume_http_request();
+                abi::continue_request();
             }
         }
     }
@@ -429,18 +423,14 @@ impl Http {
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let Some(plugin) = self.plugin.clone() else {
-            let _ = hostcalls::send_http_response(
-                503,
-                vec![],
-                Some(b"Authorization filter not configured"),
-            );
+            abi::send_response(503, &[], b"Authorization filter not configured");
             return Action::Pause;
         };
         let headers = hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
         // Headers the filter sets itself are never taken from the client.
         for name in &plugin.own_headers {
             if headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(name)) {
-                let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None);
+                abi::set_request_header(name, None);
             }
         }
         let get = |name: &str| -> Option<&[u8]> {
@@ -481,11 +471,7 @@ impl HttpContext for Http {
                 route_name,
                 host::loggable(authority.as_bytes())
             );
-            let _ = hostcalls::send_http_response(
-                403,
-                vec![("content-type", "text/plain")],
-                Some(b"Forbidden"),
-            );
+            abi::send_response(403, &[("content-type", "text/plain")], b"Forbidden");
             return Action::Pause;
         };
         let auth: Vec<&[u8]> = headers
@@ -496,7 +482,11 @@ impl HttpContext for Http {
         let now = host::now_ms();
         let cred = Self::check_token(&plugin, enforcer, &auth, now);
         let claims = plugin.config.uses_claims();
-        let prop = |p: &str| hostcalls::get_property(p.split('.').collect()).ok().flatten();
+        let prop = |p: &str| {
+            hostcalls::get_property(p.split('.').collect())
+                .ok()
+                .flatten()
+        };
         let flow = Flow {
             id: self.id,
             enforcer,

@@ -7,6 +7,7 @@
 //! Only byte getters are used on request data (clippy.toml forbids the String ones: they panic on
 //! non-UTF-8 and a panic kills the worker's VM).
 
+mod abi;
 mod host;
 mod http;
 mod metrics;

@@ -343,7 +343,11 @@ impl RootContext for Root {
         for (name, cfg) in &config.enforcers {
             let global = cfg.claim_information_point.as_deref();
             let reads_body = std::iter::once(None)
-                .chain(cfg.paths.iter().map(|p| p.claim_information_point.as_deref()))
+                .chain(
+                    cfg.paths
+                        .iter()
+                        .map(|p| p.claim_information_point.as_deref()),
+                )
                 .any(|path| crate::claims::needs_body(&crate::claims::chain(global, path), false));
             if reads_body {
                 // A Wasm filter sees the body only after letting the headers go on (Envoy turns a

@@ -170,3 +170,22 @@ pub fn expected_allowed(strategy: &str, user: &str) -> bool {
         _ => matches!(user, "teller" | "owner" | "both"),
     }
 }
+
+/// One of the filter's metrics from Envoy's admin (Envoy lists them as `wasmcustom.<name>`).
+pub fn stat(name: &str) -> i64 {
+    let r = request(
+        &env("KCPEP_ENVOY_ADMIN"),
+        "GET",
+        &format!("/stats?filter=^wasmcustom.{name}$"),
+        &[],
+        b"",
+    );
+    r.text()
+        .lines()
+        .find_map(|l| {
+            l.split_once(": ")
+                .filter(|(k, _)| k.ends_with(name))
+                .and_then(|(_, v)| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}

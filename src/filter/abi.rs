@@ -1,0 +1,107 @@
+//! The stream-changing host calls, without the SDK's panics.
+//!
+//! proxy-wasm's Rust SDK panics on any status it does not expect, and a panic aborts the whole VM
+//! (every request on the worker then fails). Envoy refuses some of these calls in states a filter
+//! reaches legitimately: request headers cannot be changed once they went on (a body read for
+//! claims), a stream may be gone when a callout answers. Here a refusal is a `false`.
+
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_replace_header_map_value(
+        map_type: u32,
+        key_data: *const u8,
+        key_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+    ) -> u32;
+    fn proxy_remove_header_map_value(map_type: u32, key_data: *const u8, key_size: usize) -> u32;
+    fn proxy_continue_stream(stream_type: u32) -> u32;
+    fn proxy_set_property(
+        path_data: *const u8,
+        path_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+    ) -> u32;
+    fn proxy_send_local_response(
+        status_code: u32,
+        status_code_details_data: *const u8,
+        status_code_details_size: usize,
+        body_data: *const u8,
+        body_size: usize,
+        headers_data: *const u8,
+        headers_size: usize,
+        grpc_status: i32,
+    ) -> u32;
+}
+
+const OK: u32 = 0;
+const REQUEST_HEADERS: u32 = 0;
+const STREAM_REQUEST: u32 = 0;
+
+/// Sets (or with `None` removes) a request header; false when Envoy refuses.
+pub fn set_request_header(name: &str, value: Option<&str>) -> bool {
+    // SAFETY: pointers and lengths come from live slices; the host copies them.
+    unsafe {
+        match value {
+            Some(v) => {
+                proxy_replace_header_map_value(
+                    REQUEST_HEADERS,
+                    name.as_ptr(),
+                    name.len(),
+                    v.as_ptr(),
+                    v.len(),
+                ) == OK
+            }
+            None => proxy_remove_header_map_value(REQUEST_HEADERS, name.as_ptr(), name.len()) == OK,
+        }
+    }
+}
+
+/// Lets a paused request go on.
+pub fn continue_request() -> bool {
+    // SAFETY: no pointers.
+    unsafe { proxy_continue_stream(STREAM_REQUEST) == OK }
+}
+
+/// Sets a stream property (Envoy filter state `wasm.<name>`).
+pub fn set_property(path: &[&str], value: &[u8]) -> bool {
+    let serialized = path.join("\0");
+    // SAFETY: as above.
+    unsafe {
+        proxy_set_property(
+            serialized.as_ptr(),
+            serialized.len(),
+            value.as_ptr(),
+            value.len(),
+        ) == OK
+    }
+}
+
+/// Answers the request locally.
+pub fn send_response(status: u16, headers: &[(&str, &str)], body: &[u8]) -> bool {
+    let mut map = Vec::with_capacity(4 + headers.len() * 12);
+    map.extend_from_slice(&(headers.len() as u32).to_le_bytes());
+    for (k, v) in headers {
+        map.extend_from_slice(&(k.len() as u32).to_le_bytes());
+        map.extend_from_slice(&(v.len() as u32).to_le_bytes());
+    }
+    for (k, v) in headers {
+        map.extend_from_slice(k.as_bytes());
+        map.push(0);
+        map.extend_from_slice(v.as_bytes());
+        map.push(0);
+    }
+    // SAFETY: as above.
+    unsafe {
+        proxy_send_local_response(
+            u32::from(status),
+            std::ptr::null(),
+            0,
+            body.as_ptr(),
+            body.len(),
+            map.as_ptr(),
+            map.len(),
+            -1,
+        ) == OK
+    }
+}
