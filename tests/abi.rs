@@ -76,8 +76,12 @@ fn vm_with(shared: Option<host::Shared>) -> Vm {
 
 /// A configured VM whose background fetches were answered (keys, PAT, binding of the named path).
 fn ready_vm() -> Vm {
+    ready_vm_with(&config())
+}
+
+fn ready_vm_with(config: &[u8]) -> Vm {
     let mut vm = vm_with(None);
-    assert!(vm.configure(&config()).unwrap());
+    assert!(vm.configure(config).unwrap());
     answer_background(&mut vm);
     vm
 }
@@ -664,4 +668,232 @@ fn a_waiter_asks_keycloak_itself_when_the_claim_lapses() {
     b.respond(calls[0].token, 403, &[], br#"{"error":"access_denied"}"#)
         .unwrap();
     assert_eq!(b.local_response(waiting).unwrap().status, 403);
+}
+
+// ---- claim information point
+
+fn claims_config(kcpep: Value) -> Vec<u8> {
+    let mut k = json!({"proxy-headers": "xforwarded", "trusted-proxies": ["127.0.0.1"],
+                       "max-body-bytes": 64});
+    for (key, v) in kcpep.as_object().unwrap() {
+        k[key] = v.clone();
+    }
+    json!({"realm": "bank", "auth-server-url": "http://kc:8080", "resource": "bank-api",
+        "credentials": {"secret": "s3cret"}, "kcpep": k,
+        "policy-enforcer": {
+            "claim-information-point": {"claims": {"ip": "{request.remoteAddr}", "secure": "{request.secure}"}},
+            "paths": [
+                {"name": "View Account Resource", "path": "/account/{id}",
+                 "claim-information-point": {"claims": {
+                     "branch": "{request.header['x-branch']}", "amount": "{request.body['/amount']}",
+                     "q": "{request.parameter['q']}", "c": "{request.cookie['c']}",
+                     "who": "{keycloak.access_token['/sub']}", "m": "{request.method} {request.uri}"}}},
+                {"name": "Statement", "path": "/statement",
+                 "claim-information-point": {"http": {
+                     "url": "http://claims.svc:8082/customers", "method": "GET", "cluster": "claims",
+                     "parameters": {"user": "{keycloak.access_token['/sub']}"},
+                     "claims": {"status": "/status"}}}}
+            ]}})
+    .to_string()
+    .into_bytes()
+}
+
+/// The claims a UMA grant callout pushed (its base64 JSON `claim_token`).
+fn pushed_claims(c: &host::Callout) -> Value {
+    let f = form(&c.body);
+    let get = |k: &str| f.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    assert_eq!(
+        get("claim_token_format").as_deref(),
+        Some("urn:ietf:params:oauth:token-type:jwt")
+    );
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(get("claim_token").expect("claim_token"))
+        .unwrap();
+    serde_json::from_slice(&raw).unwrap()
+}
+
+fn post(vm: &mut Vm, path: &str, t: &str, extra: &[(&str, &[u8])]) -> u32 {
+    let auth = bearer(t);
+    let mut h: Vec<(&str, &[u8])> = vec![
+        (":method", b"POST"),
+        (":path", path.as_bytes()),
+        (":authority", b"bank.local"),
+        (":scheme", b"http"),
+        ("authorization", &auth),
+        ("content-type", b"application/json"),
+    ];
+    h.extend_from_slice(extra);
+    vm.request_with(&h, false).unwrap()
+}
+
+#[test]
+fn body_claims_read_the_body_then_push_every_placeholder_kind() {
+    let mut vm = ready_vm_with(&claims_config(json!({})));
+    vm.set_property(&["source", "address"], b"127.0.0.1:41000");
+    let t = token(json!({}));
+    let req = post(
+        &mut vm,
+        "/account/7?q=a%20b",
+        &t,
+        &[
+            ("x-branch", b"tokyo"),
+            ("cookie", b"c=cv; d=1"),
+            ("x-forwarded-for", b"203.0.113.7"),
+            ("x-forwarded-proto", b"https"),
+            ("x-kcpep-permissions", b"forged"),
+        ],
+    );
+    // the headers go on (to Envoy's buffer filter) so that the body reaches the filter
+    assert_eq!(vm.action(req), Action::Continue);
+    assert!(
+        vm.take_callouts().is_empty(),
+        "nothing asked before the body"
+    );
+    assert_eq!(
+        vm.request_header(req, "x-kcpep-permissions"),
+        None,
+        "stripped"
+    );
+    assert_eq!(
+        vm.request_body(req, br#"{"amo"#, false).unwrap(),
+        Some(Action::Pause)
+    );
+    assert_eq!(
+        vm.request_body(req, br#"unt": 900}"#, true).unwrap(),
+        Some(Action::Pause)
+    );
+    let calls = vm.take_callouts();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].cluster, "keycloak");
+    let claims = pushed_claims(&calls[0]);
+    assert_eq!(
+        claims,
+        json!({"ip": ["203.0.113.7"], "secure": ["true"], "branch": ["tokyo"], "amount": ["900"],
+               "q": ["a b"], "c": ["cv"], "who": ["u1"], "m": ["POST /account/7"]})
+    );
+    vm.respond(
+        calls[0].token,
+        200,
+        &[],
+        br#"[{"rsid":"rid-1","rsname":"View Account Resource"}]"#,
+    )
+    .unwrap();
+    assert!(vm.continued(req));
+    assert_eq!(vm.forwarded_body(req), br#"{"amount": 900}"#);
+    // the headers went on before the decision: the permissions travel as filter state only
+    assert!(vm.stream_property(req, &["kcpep.permissions"]).is_some());
+    assert!(vm.failed().is_none());
+}
+
+#[test]
+fn forwarded_headers_are_ignored_from_an_untrusted_peer() {
+    let mut vm = ready_vm_with(&claims_config(json!({"trusted-proxies": ["10.0.0.0/8"]})));
+    vm.set_property(&["source", "address"], b"127.0.0.1:41000");
+    let t = token(json!({}));
+    let req = post(
+        &mut vm,
+        "/account/7",
+        &t,
+        &[("x-forwarded-for", b"203.0.113.7")],
+    );
+    vm.request_body(req, b"{}", true).unwrap();
+    let calls = vm.take_callouts();
+    let claims = pushed_claims(&calls[0]);
+    assert_eq!(claims["ip"], json!(["127.0.0.1"]));
+    assert_eq!(claims["secure"], json!(["false"]));
+}
+
+#[test]
+fn a_body_over_the_bound_gets_413_and_a_bad_one_400() {
+    let mut vm = ready_vm_with(&claims_config(json!({})));
+    let t = token(json!({}));
+    let req = post(&mut vm, "/account/7", &t, &[]);
+    vm.request_body(req, &[b'x'; 40], false).unwrap();
+    vm.request_body(req, &[b'x'; 40], false).unwrap();
+    assert_eq!(vm.local_response(req).unwrap().status, 413);
+    assert!(vm.take_callouts().is_empty());
+    let req = post(&mut vm, "/account/7", &t, &[]);
+    vm.request_body(req, b"{oops", true).unwrap();
+    assert_eq!(vm.local_response(req).unwrap().status, 400);
+    assert_eq!(vm.metric("kcpep.requests.denied.413"), Some(1));
+    assert_eq!(vm.metric("kcpep.requests.denied.400"), Some(1));
+    // a request without a body decides at once, with an empty one
+    let req = get(&mut vm, "/account/7", Some(&bearer(&t)), &[]);
+    let calls = vm.take_callouts();
+    assert_eq!(calls.len(), 1, "asked at the headers");
+    assert!(pushed_claims(&calls[0]).get("amount").is_none());
+    assert!(!vm.continued(req));
+}
+
+#[test]
+fn http_provider_calls_its_cluster_then_keycloak() {
+    let mut vm = vm_with(None).allow_clusters(&["keycloak", "claims"]);
+    assert!(vm.configure(&claims_config(json!({}))).unwrap());
+    answer_background(&mut vm);
+    let t = token(json!({}));
+    let req = get(&mut vm, "/statement", Some(&bearer(&t)), &[]);
+    let calls = vm.take_callouts();
+    assert_eq!(calls.len(), 1);
+    let c = &calls[0];
+    assert_eq!(c.cluster, "claims");
+    assert_eq!(c.header(":authority"), Some(&b"claims.svc:8082"[..]));
+    assert_eq!(c.header(":path"), Some(&b"/customers?user=u1"[..]));
+    vm.respond(c.token, 200, &[], br#"{"status":"active"}"#)
+        .unwrap();
+    let calls = vm.take_callouts();
+    assert_eq!(calls[0].cluster, "keycloak");
+    assert_eq!(pushed_claims(&calls[0])["status"], json!(["active"]));
+    vm.respond(calls[0].token, 200, &[], br#"[{"rsid":"rid-1"}]"#)
+        .unwrap();
+    assert!(vm.continued(req));
+    // the service failing: 503, Keycloak not asked
+    let req = get(&mut vm, "/statement", Some(&bearer(&t)), &[]);
+    let c = vm.take_callouts().remove(0);
+    vm.respond(c.token, 500, &[], b"{}").unwrap();
+    assert_eq!(vm.local_response(req).unwrap().status, 503);
+    assert!(vm.take_callouts().is_empty());
+    assert_eq!(vm.metric("kcpep.claims.calls"), Some(2));
+    assert_eq!(vm.metric("kcpep.claims.errors"), Some(1));
+}
+
+#[test]
+fn dry_run_logs_the_denial_and_lets_the_request_through() {
+    let mut vm = ready_vm_with(
+        json!({"realm": "bank", "auth-server-url": "http://kc:8080", "resource": "bank-api",
+               "credentials": {"secret": "s3cret"}, "kcpep": {"dry-run": true},
+               "policy-enforcer": {"paths": [{"path": "/only"}]}})
+        .to_string()
+        .as_bytes(),
+    );
+    let t = token(json!({}));
+    let req = get(&mut vm, "/elsewhere", Some(&bearer(&t)), &[]);
+    assert!(vm.continued(req));
+    assert_eq!(vm.metric("kcpep.requests.dry_run_denied"), Some(1));
+    assert!(vm.log_contains("kcpep dry-run would deny status=403"));
+    assert!(vm.log_contains("reason=\"no path matched\""));
+    assert!(!vm.log_contains(&t), "never the token");
+}
+
+#[test]
+fn the_client_secret_can_come_from_the_vm_environment() {
+    let cfg = json!({"realm": "bank", "auth-server-url": "http://kc:8080", "resource": "bank-api",
+                     "credentials": {"secret": "${env.KC_SECRET}"}});
+    let mut vm = vm_with(None).env("KC_SECRET", "from-env");
+    assert!(vm.configure(cfg.to_string().as_bytes()).unwrap());
+    vm.tick().unwrap();
+    let pat = vm
+        .take_callouts()
+        .into_iter()
+        .find(|c| c.header(":path") == Some(b"/realms/bank/protocol/openid-connect/token"))
+        .unwrap();
+    let basic = base64::engine::general_purpose::STANDARD.encode("bank-api:from-env");
+    assert_eq!(
+        pat.header("authorization"),
+        Some(format!("Basic {basic}").as_bytes())
+    );
+    assert!(!vm.log_contains("from-env"));
+    // unset and no default: refused at configure, naming the field
+    let mut vm = vm_with(None);
+    assert!(!vm.configure(cfg.to_string().as_bytes()).unwrap());
+    assert!(vm.log_contains("credentials.secret: environment variable KC_SECRET is not set"));
 }
