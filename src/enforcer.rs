@@ -55,6 +55,9 @@ pub struct Allow {
     pub cache: CacheUse,
     /// Dry-run: the answer the enforcer would have given instead.
     pub would_deny: Option<Box<Reply>>,
+    /// Until when this exact request (token, method, path) would get this same answer from the
+    /// decision cache; the shell may memoize it (see `memo`). None: do not memoize.
+    pub memo_until_ms: Option<i64>,
 }
 
 /// Whether a verdict came from the decision cache.
@@ -258,6 +261,7 @@ fn dry_run(cfg: &EnforcerConfig, step: Step) -> Step {
             reason: "dry-run",
             cache: r.cache,
             would_deny: Some(Box::new(r)),
+            memo_until_ms: None,
         }),
         other => other,
     }
@@ -468,18 +472,19 @@ fn resume_inner(
                 }
                 Answer::NoAnswer => UmaOutcome::Unavailable("token endpoint timed out".into()),
             };
+            // Stores the verdict; returns until when it holds.
             let remember = |store: &mut dyn DecisionStore, verdict: cache::Verdict| {
-                if let Some(c) = &cached {
-                    let expires_ms =
-                        cache::expiry(&verdict, now_ms, c.token_exp, &cfg.proxy.decision_cache);
-                    store.put(
-                        &c.key,
-                        cache::Entry::Decided {
-                            verdict,
-                            expires_ms,
-                        },
-                    );
-                }
+                let c = cached.as_ref()?;
+                let expires_ms =
+                    cache::expiry(&verdict, now_ms, c.token_exp, &cfg.proxy.decision_cache);
+                store.put(
+                    &c.key,
+                    cache::Entry::Decided {
+                        verdict,
+                        expires_ms,
+                    },
+                );
+                Some(expires_ms)
             };
             let stored = if cached.is_some() {
                 CacheUse::Stored
@@ -491,12 +496,13 @@ fn resume_inner(
                     let perms = perms.unwrap_or_default();
                     if is_authorized(&entry, &method, &perms, true, &claims) {
                         let header = uma::permissions_header_value(&perms);
-                        remember(store, cache::Verdict::Allow(header.clone()));
+                        let until = remember(store, cache::Verdict::Allow(header.clone()));
                         Step::Allow(Allow {
                             permissions: Some(header),
                             reason: "granted by Keycloak",
                             cache: stored,
                             would_deny: None,
+                            memo_until_ms: until.filter(|_| claims.is_empty()),
                         })
                     } else {
                         remember(store, cache::Verdict::Deny);
@@ -541,6 +547,7 @@ fn resume_inner(
                                 reason: "stale decision, Keycloak unavailable",
                                 cache: CacheUse::Stale,
                                 would_deny: None,
+                                memo_until_ms: None,
                             });
                         }
                     }
@@ -688,6 +695,7 @@ fn authorize(
                 reason: "the token already carries the permission",
                 cache: CacheUse::None,
                 would_deny: None,
+                memo_until_ms: None,
             });
         }
     }
@@ -731,12 +739,17 @@ fn authorize(
         let found = store.get(&key);
         match cache::lookup(found.as_ref(), now_ms) {
             cache::Lookup::Hit(cache::Verdict::Allow(header)) => {
+                let expires = match &found {
+                    Some(cache::Entry::Decided { expires_ms, .. }) => Some(*expires_ms),
+                    _ => None,
+                };
                 return Step::Allow(Allow {
                     permissions: Some(header),
                     reason: "cached decision",
                     cache: CacheUse::Hit,
                     would_deny: None,
-                })
+                    memo_until_ms: expires.filter(|_| claims.is_empty()),
+                });
             }
             cache::Lookup::Hit(cache::Verdict::Deny) => {
                 return match denied(method, "denied by Keycloak policies (cached)") {
@@ -936,6 +949,7 @@ fn allow(permissions: Option<String>, reason: &'static str) -> Step {
         reason,
         cache: CacheUse::None,
         would_deny: None,
+        memo_until_ms: None,
     })
 }
 

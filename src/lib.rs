@@ -10,6 +10,7 @@ pub mod config;
 pub mod enforcer;
 pub mod forwarded;
 pub mod json;
+pub mod memo;
 pub mod paths;
 pub mod pathset;
 pub mod placeholders;

@@ -46,6 +46,8 @@ pub struct Flow {
     pub body: Option<Vec<u8>>,
     /// The pending callout goes to a claim service, not Keycloak.
     pub to_service: bool,
+    /// This request's memo key (a verified token): where a memoizable allow is remembered.
+    pub memo_key: Option<u128>,
 }
 
 /// What applying a step did to the stream.
@@ -138,6 +140,11 @@ impl Flow {
         match step {
             Step::Allow(a) => {
                 metrics.allowed(a.cache);
+                if let (Some(key), Some(until), Some(header)) =
+                    (self.memo_key, a.memo_until_ms, &a.permissions)
+                {
+                    plugin.memo.borrow_mut().put(key, header, until);
+                }
                 if let Some(r) = &a.would_deny {
                     metrics.dry_run_denied();
                     self.log_denial(cfg, r, "kcpep dry-run would deny");
@@ -301,11 +308,17 @@ impl Http {
     }
 
     /// Verifies the bearer token, remembering verified tokens by digest until their exp.
-    fn check_token(plugin: &Plugin, enforcer: usize, values: &[&[u8]], now_ms: i64) -> Cred {
+    /// Also returns the token's lookup id when it is valid (the memo key's identity).
+    fn check_token(
+        plugin: &Plugin,
+        enforcer: usize,
+        values: &[&[u8]],
+        now_ms: i64,
+    ) -> (Cred, Option<u128>) {
         let cfg = &plugin.config.enforcers[enforcer].1;
         let raw = match token::bearer(values, cfg.proxy.max_token_bytes as usize) {
-            Ok(None) => return Cred::Anonymous,
-            Err(e) => return Cred::Malformed(e),
+            Ok(None) => return (Cred::Anonymous, None),
+            Err(e) => return (Cred::Malformed(e), None),
             Ok(Some(raw)) => raw.to_string(),
         };
         let now = now_ms / 1000;
@@ -313,10 +326,10 @@ impl Http {
         let mut st = plugin.enforcers[enforcer].borrow_mut();
         let id = st.verified.id(&raw);
         if let Some(t) = st.verified.get(id, now, leeway) {
-            return Cred::Valid(raw, Rc::clone(t));
+            return (Cred::Valid(raw, Rc::clone(t)), Some(id));
         }
         let Some(jwks) = st.bg.jwks.as_ref() else {
-            return Cred::Unverifiable;
+            return (Cred::Unverifiable, None);
         };
         let expect = Expectations {
             issuer: &cfg.proxy.issuer,
@@ -328,13 +341,13 @@ impl Http {
             Ok(t) => {
                 let t = Rc::new(t);
                 st.verified.insert(id, Rc::clone(&t), now);
-                Cred::Valid(raw, t)
+                (Cred::Valid(raw, t), Some(id))
             }
             Err(e) => {
                 if matches!(e, TokenError::UnknownKey(_)) {
                     st.bg.want_jwks();
                 }
-                Cred::Invalid(e)
+                (Cred::Invalid(e), None)
             }
         }
     }
@@ -426,6 +439,9 @@ impl HttpContext for Http {
             abi::send_response(503, &[], b"Authorization filter not configured");
             return Action::Pause;
         };
+        let claims = plugin.config.uses_claims();
+        // One host call for the whole map: each value the host returns costs a call back into
+        // the VM's allocator, so fetching headers one by one is slower.
         let headers = hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
         // Headers the filter sets itself are never taken from the client.
         for name in &plugin.own_headers {
@@ -480,8 +496,16 @@ impl HttpContext for Http {
             .map(|(_, v)| v.as_slice())
             .collect();
         let now = host::now_ms();
-        let cred = Self::check_token(&plugin, enforcer, &auth, now);
-        let claims = plugin.config.uses_claims();
+        let (cred, token_id) = Self::check_token(&plugin, enforcer, &auth, now);
+        let memo_key = token_id.map(|id| crate::memo::key(enforcer, id, &method, &path));
+        if let Some(header) = memo_key.and_then(|k| plugin.memo.borrow().get(k, now).cloned()) {
+            // The same token asked the same thing and the decision cache still holds the allow.
+            let cfg = &plugin.config.enforcers[enforcer].1;
+            self.metrics.allowed(CacheUse::Hit);
+            abi::set_request_header(&cfg.proxy.permissions_header, Some(&header));
+            abi::set_property(&[PERMISSIONS_PROPERTY], header.as_bytes());
+            return Action::Continue;
+        }
         let prop = |p: &str| {
             hostcalls::get_property(p.split('.').collect())
                 .ok()
@@ -503,6 +527,7 @@ impl HttpContext for Http {
             headers: if claims { headers } else { Vec::new() },
             body: None,
             to_service: false,
+            memo_key,
         };
         self.first_step(&plugin, flow, end_of_stream)
     }

@@ -41,6 +41,9 @@ pub struct Parked {
 }
 
 /// The configuration and state shared by the root context and its requests.
+/// Per-VM memo bound (entries of ~100 bytes plus the permissions header).
+const MEMO_ENTRIES: usize = 8 * 1024;
+
 pub struct Plugin {
     pub config: PluginConfig,
     pub enforcers: Vec<RefCell<EnforcerState>>,
@@ -50,6 +53,8 @@ pub struct Plugin {
     pub host_verify: bool,
     pub parked: RefCell<Vec<Parked>>,
     pub front: super::store::FrontCache,
+    /// Repeated requests straight to their cached allow (see `memo`).
+    pub memo: RefCell<crate::memo::Memo>,
 }
 
 pub struct Root {
@@ -375,6 +380,7 @@ impl RootContext for Root {
             host_verify,
             parked: RefCell::new(Vec::new()),
             front: RefCell::new(HashMap::new()),
+            memo: RefCell::new(crate::memo::Memo::new(MEMO_ENTRIES)),
         }));
         self.settled = false;
         let _ = hostcalls::set_tick_period(TICK_STARTING);
