@@ -897,3 +897,37 @@ fn the_client_secret_can_come_from_the_vm_environment() {
     assert!(!vm.configure(cfg.to_string().as_bytes()).unwrap());
     assert!(vm.log_contains("credentials.secret: environment variable KC_SECRET is not set"));
 }
+
+#[test]
+fn a_repeated_request_is_answered_from_the_memo_until_its_decision_expires() {
+    let mut vm = ready_vm();
+    let t = token(json!({}));
+    let granted =
+        br#"[{"rsid":"rid-1","rsname":"View Account Resource","scopes":["account:view"]}]"#;
+    let req = get(&mut vm, "/account/1", Some(&bearer(&t)), &[]);
+    let c = vm.take_callouts().pop().unwrap();
+    vm.respond(c.token, 200, &[], granted).unwrap();
+    assert!(vm.continued(req));
+    let hits = vm.metric("kcpep.cache.hit").unwrap_or(0);
+    // same token, method and path: allowed, with the permissions header, counted as a cache hit
+    let req = get(&mut vm, "/account/1", Some(&bearer(&t)), &[]);
+    assert!(vm.continued(req));
+    assert!(vm.take_callouts().is_empty());
+    assert!(vm.request_header(req, "x-kcpep-permissions").is_some());
+    assert_eq!(vm.metric("kcpep.cache.hit"), Some(hits + 1));
+    // a forged copy of the token is not the same token
+    let mut forged = t.clone().into_bytes();
+    let i = forged.len() - 20; // inside the signature, not its padding bits
+    forged[i] = if forged[i] == b'A' { b'B' } else { b'A' };
+    let forged = String::from_utf8(forged).unwrap();
+    let req = get(&mut vm, "/account/1", Some(&bearer(&forged)), &[]);
+    assert_eq!(vm.local_response(req).unwrap().status, 401);
+    // once the decision expired (the default 30 s lifespan), Keycloak is asked again
+    vm.advance_ms(29_000);
+    let req = get(&mut vm, "/account/1", Some(&bearer(&t)), &[]);
+    assert!(vm.continued(req));
+    vm.advance_ms(1_001);
+    let req = get(&mut vm, "/account/1", Some(&bearer(&t)), &[]);
+    assert!(!vm.continued(req));
+    assert_eq!(vm.take_callouts().len(), 1);
+}
