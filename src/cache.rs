@@ -75,6 +75,12 @@ pub fn key(
     out
 }
 
+/// The shared-data key counting the slots of a client's table that hold an entry (the "cache
+/// entries in use" gauge): a slot, once written, holds a decision until it is reused.
+pub fn slots_used_key(client: &str) -> String {
+    format!("kcpep/v1/dc-used/{client}")
+}
+
 /// The shared-data key of the slot a decision key lives in.
 pub fn slot_key(client: &str, key: &Key, slots: u32) -> String {
     let n = u64::from_be_bytes([

@@ -600,6 +600,8 @@ fn decisions_are_cached_in_shared_data_for_all_vms() {
         .filter(|k| k.starts_with("kcpep/v1/dc/"))
         .count();
     assert!(slots <= 51 && slots > 0, "{slots}");
+    // the "entries in use" gauge counts exactly the slots holding an entry
+    assert_eq!(a.metric("kcpep.cache.entries"), Some(slots as i64));
 }
 
 /// Two ready VMs sharing one shared-data store, as two Envoy workers do.

@@ -553,3 +553,99 @@ fn granted_permissions_reach_envoy_filter_state() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+/// Keycloak's admin REST API as the bootstrap admin (scripts/stack.sh: admin/admin).
+fn admin(method: &str, path: &str, body: &str) -> Response {
+    let form = "grant_type=password&client_id=admin-cli&username=admin&password=admin";
+    let t = request(
+        &keycloak(),
+        "POST",
+        "/realms/master/protocol/openid-connect/token",
+        &[("content-type", b"application/x-www-form-urlencoded")],
+        form.as_bytes(),
+    );
+    assert_eq!(t.status, 200, "admin token: {}", t.text());
+    let auth = format!("Bearer {}", t.json()["access_token"].as_str().unwrap());
+    request(
+        &keycloak(),
+        method,
+        path,
+        &[
+            ("authorization", auth.as_bytes()),
+            ("content-type", b"application/json"),
+        ],
+        body.as_bytes(),
+    )
+}
+
+/// Grants or revokes a realm role of a user; gives it back when dropped.
+struct RoleGrant {
+    user_id: String,
+    role: String,
+}
+
+impl RoleGrant {
+    fn new(username: &str, role: &str) -> Self {
+        let users = admin(
+            "GET",
+            &format!("/admin/realms/bank/users?username={username}&exact=true"),
+            "",
+        );
+        let user_id = users.json()[0]["id"].as_str().unwrap().to_string();
+        let role = admin("GET", &format!("/admin/realms/bank/roles/{role}"), "").text();
+        let g = RoleGrant { user_id, role };
+        g.set(true);
+        g
+    }
+
+    fn set(&self, present: bool) {
+        let r = admin(
+            if present { "POST" } else { "DELETE" },
+            &format!(
+                "/admin/realms/bank/users/{}/role-mappings/realm",
+                self.user_id
+            ),
+            &format!("[{}]", self.role),
+        );
+        assert!(
+            r.status == 204 || r.status == 200,
+            "{} {}",
+            r.status,
+            r.text()
+        );
+    }
+}
+
+impl Drop for RoleGrant {
+    fn drop(&mut self) {
+        self.set(true);
+    }
+}
+
+#[test]
+fn revoking_a_role_takes_effect_when_the_cached_decision_expires() {
+    // "revocable.bank.local": decision-cache lifespan-ms 3000; the policy reads the user's
+    // current roles (fetchRoles), so only the cache stands between the revocation and a 403.
+    let grant = RoleGrant::new("revocable", "account_owner");
+    let tok = user_token("revocable");
+    let host = "revocable.bank.local";
+    assert_eq!(get(host, "/revocable/a", Some(&tok)).status, 200);
+    let decided = std::time::Instant::now();
+    grant.set(false);
+    // still allowed: the cached decision holds
+    assert_eq!(get(host, "/revocable/a", Some(&tok)).status, 200);
+    let mut flipped = None;
+    while decided.elapsed() < std::time::Duration::from_secs(20) {
+        if get(host, "/revocable/a", Some(&tok)).status == 403 {
+            flipped = Some(decided.elapsed());
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let flipped = flipped.expect("the revocation never took effect");
+    assert!(
+        flipped >= std::time::Duration::from_millis(2_900),
+        "denied after {flipped:?}, before the 3 s lifespan: the cache did not hold"
+    );
+    drop(grant);
+}

@@ -145,3 +145,18 @@ pub fn probe_verify_signature() -> bool {
 pub fn host_verify(check: &signature::HostCheck) -> Option<bool> {
     foreign_verify(&signature::encode_arguments(check)).and_then(|r| signature::decode_result(&r))
 }
+
+/// Adds one to a little-endian u64 counter in shared data (CAS, a few tries); the new value.
+pub fn shared_increment(key: &str) -> Option<u64> {
+    for _ in 0..4 {
+        let (current, cas) = shared_get(key);
+        let n = current
+            .and_then(|(_, v)| <[u8; 8]>::try_from(v.as_slice()).ok())
+            .map_or(0, u64::from_le_bytes)
+            + 1;
+        if hostcalls::set_shared_data(key, Some(&n.to_le_bytes()), cas).is_ok() {
+            return Some(n);
+        }
+    }
+    None
+}

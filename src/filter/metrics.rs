@@ -30,6 +30,18 @@ pub struct Metrics {
 
 const ENDPOINTS: [&str; 5] = ["token", "resource_set", "permission", "certs", "discovery"];
 
+/// The "cache entries in use" gauge, set from the decision store (which has no `Metrics`).
+static CACHE_ENTRIES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// Decision-table slots holding an entry, over all workers (each slot holds one decision until
+/// it is reused, so this is the table's memory in use; at most `max-entries`).
+pub fn set_cache_entries(n: u64) {
+    let id = CACHE_ENTRIES.load(std::sync::atomic::Ordering::Relaxed);
+    if id != 0 {
+        let _ = hostcalls::record_metric(id, n);
+    }
+}
+
 fn define(kind: MetricType, name: &str) -> u32 {
     hostcalls::define_metric(kind, name).unwrap_or(0)
 }
@@ -43,6 +55,10 @@ fn inc(id: u32) {
 impl Metrics {
     pub fn define() -> Self {
         let c = |n: &str| define(MetricType::Counter, &format!("kcpep.{n}"));
+        CACHE_ENTRIES.store(
+            define(MetricType::Gauge, "kcpep.cache.entries"),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let mut calls = [0; 5];
         for (i, e) in ENDPOINTS.iter().enumerate() {
             calls[i] = c(&format!("keycloak.calls.{e}"));

@@ -75,7 +75,14 @@ impl DecisionStore for SharedStore<'_> {
             return false;
         }
         // A new slot accepts any CAS: of two racing writers, the one whose value stayed wins.
-        cas.is_some() || matches!(host::shared_get(&slot).0, Some((_, v)) if v == value)
+        let won = cas.is_some() || matches!(host::shared_get(&slot).0, Some((_, v)) if v == value);
+        if won && cas.is_none() {
+            // A slot taken into use for the first time.
+            if let Some(n) = host::shared_increment(&cache::slots_used_key(&self.cfg.client_id)) {
+                super::metrics::set_cache_entries(n);
+            }
+        }
+        won
     }
 
     fn put(&mut self, key: &Key, entry: Entry) {
