@@ -215,12 +215,7 @@ impl ProxyTrust {
 mod tests {
     use super::*;
 
-    fn h(pairs: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
-            .collect()
-    }
+    use crate::request::lines as h;
 
     fn trust(kind: ProxyHeaders, nets: &[&str]) -> ProxyTrust {
         ProxyTrust {

@@ -286,16 +286,13 @@ mod tests {
     use serde_json::json;
 
     fn headers() -> Vec<(String, Vec<u8>)> {
-        [
+        crate::request::lines(&[
             ("x-branch", "tokyo"),
             ("x-multi", "a"),
             ("x-multi", "b"),
             ("cookie", "sess=s1; theme=dark"),
             ("content-type", "application/json; charset=utf-8"),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
-        .collect()
+        ])
     }
 
     fn resolve(t: &str, body: Option<&[u8]>) -> Result<Vec<String>, ResolveError> {

@@ -78,15 +78,21 @@ pub fn path_only(path: &str) -> &str {
     path.split(['?', '#']).next().unwrap_or_default()
 }
 
+/// Header lines from text pairs (tests).
+#[cfg(test)]
+pub(crate) fn lines(pairs: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn h(pairs: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
-            .collect()
+        lines(pairs)
     }
 
     #[test]

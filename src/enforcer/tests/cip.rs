@@ -33,12 +33,7 @@ fn branch_cfg(extra_kcpep: Value) -> EnforcerConfig {
     EnforcerConfig::from_value(&v, "").unwrap()
 }
 
-fn hs(pairs: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
-        .collect()
-}
+use crate::request::lines as hs;
 
 #[allow(clippy::too_many_arguments)]
 fn go(
