@@ -81,6 +81,37 @@ pub fn slots_used_key(client: &str) -> String {
     format!("kcpep/v1/dc-used/{client}")
 }
 
+/// The shared path cache: Keycloak's answers to lazy `resource_set?uri=..&matchingUri=true` lookups,
+/// one per normalized path, in a table of `path-cache.max-entries` slots per client (a new path
+/// overwrites its slot). The value names its path, so a slot reused by another path is a miss.
+pub fn path_slot_key(client: &str, path: &str, slots: u32) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    path.hash(&mut h);
+    format!(
+        "kcpep/v1/pc/{client}/{}",
+        h.finish() % u64::from(slots.max(1))
+    )
+}
+
+/// `expires_ms (8 bytes BE) | path length (4 bytes BE) | path | Keycloak's answer`.
+pub fn encode_path(path: &str, expires_ms: i64, body: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(12 + path.len() + body.len());
+    v.extend_from_slice(&expires_ms.to_be_bytes());
+    v.extend_from_slice(&(path.len() as u32).to_be_bytes());
+    v.extend_from_slice(path.as_bytes());
+    v.extend_from_slice(body);
+    v
+}
+
+/// Keycloak's answer for `path`, if the slot holds this path's and it has not expired.
+pub fn decode_path<'v>(path: &str, value: &'v [u8], now_ms: i64) -> Option<&'v [u8]> {
+    let expires = i64::from_be_bytes(value.get(..8)?.try_into().ok()?);
+    let len = u32::from_be_bytes(value.get(8..12)?.try_into().ok()?) as usize;
+    let stored = value.get(12..12 + len)?;
+    (stored == path.as_bytes() && now_ms < expires).then(|| &value[12 + len..])
+}
+
 /// The shared-data key of the slot a decision key lives in.
 pub fn slot_key(client: &str, key: &Key, slots: u32) -> String {
     let n = u64::from_be_bytes([
@@ -213,6 +244,24 @@ pub fn allow(perms: &[Permission]) -> Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shared_path_answers_name_their_path_and_expire() {
+        let v = encode_path("/reports/7", 1000, b"[{\"_id\":\"r\"}]");
+        assert_eq!(
+            decode_path("/reports/7", &v, 999),
+            Some(&b"[{\"_id\":\"r\"}]"[..])
+        );
+        assert_eq!(decode_path("/reports/7", &v, 1000), None);
+        assert_eq!(
+            decode_path("/reports/8", &v, 0),
+            None,
+            "a slot reused by another path"
+        );
+        assert_eq!(decode_path("/reports/7", &v[..10], 0), None);
+        assert!(path_slot_key("c", "/a", 10).starts_with("kcpep/v1/pc/c/"));
+        assert_eq!(path_slot_key("c", "/a", 10), path_slot_key("c", "/a", 10));
+    }
 
     fn cfg() -> CacheConfig {
         CacheConfig {

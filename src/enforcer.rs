@@ -153,6 +153,11 @@ pub trait DecisionStore {
     /// Marks the key as being asked (CAS); false when another request claimed it first.
     fn claim(&mut self, key: &cache::Key, until_ms: i64) -> bool;
     fn put(&mut self, key: &cache::Key, entry: cache::Entry);
+    /// Keycloak's answer to a lazy path lookup that another worker stored (shared path cache).
+    fn get_path(&mut self, _path: &str, _now_ms: i64) -> Option<Vec<u8>> {
+        None
+    }
+    fn put_path(&mut self, _path: &str, _answer: &[u8], _expires_ms: i64) {}
 }
 
 /// No decision cache.
@@ -342,6 +347,14 @@ fn decide_inner(
         (true, Some(key)) => match rt.path_cache.get(key, now_ms) {
             Some(cached) => cached,
             None => {
+                if let Some(answer) = store.get_path(key, now_ms) {
+                    // Another worker asked Keycloak about this path.
+                    let (key, answer) = (key.to_string(), answer);
+                    return lazy_loaded(
+                        cfg, rt, req, store, raw, token, key, configured, 200, &answer, false,
+                        now_ms,
+                    );
+                }
                 let Some(pat) = rt.pat.as_deref() else {
                     return keycloak_unavailable(cfg, "no protection API token");
                 };
@@ -398,33 +411,12 @@ fn resume_inner(
         };
     };
     match pending {
-        Pending::LazyLoad { key, configured } => {
-            let (status, body) = match answer {
-                Answer::Http { status, body } => (status, body),
-                Answer::NoAnswer => return keycloak_unavailable(cfg, "resource lookup timed out"),
-            };
-            let resources = match uma::parse_resources(status, body) {
-                Ok(r) => r,
-                Err(e) => return keycloak_unavailable(cfg, &e.to_string()),
-            };
-            let entry = match resources.first() {
-                None => configured,
-                Some(r) => {
-                    if configured.is_none() && rt.paths.binds_resource_elsewhere(&r.id) {
-                        // A resource bound by name to another path is not reachable by its URIs.
-                        return with_entry(cfg, rt, req, store, raw, token, None, false, now_ms);
-                    }
-                    let uri = r.uris.first().cloned().unwrap_or_else(|| key.clone());
-                    Some(Rc::new(Entry::from_resource(
-                        r,
-                        &uri,
-                        configured.as_deref(),
-                    )))
-                }
-            };
-            rt.path_cache.put(&key, entry.clone(), now_ms);
-            with_entry(cfg, rt, req, store, raw, token, entry, false, now_ms)
-        }
+        Pending::LazyLoad { key, configured } => match answer {
+            Answer::Http { status, body } => lazy_loaded(
+                cfg, rt, req, store, raw, token, key, configured, status, body, true, now_ms,
+            ),
+            Answer::NoAnswer => keycloak_unavailable(cfg, "resource lookup timed out"),
+        },
         Pending::Claims {
             entry,
             method,
@@ -559,6 +551,53 @@ fn resume_inner(
         }
         Pending::Ticket => challenge_with_ticket(cfg, rt, answer),
     }
+}
+
+/// Keycloak's answer to a lazy path lookup: cache it (per worker, and for the other workers when
+/// it came from Keycloak: `share`) and go on with the path it names.
+#[allow(clippy::too_many_arguments)]
+fn lazy_loaded(
+    cfg: &EnforcerConfig,
+    rt: &mut Runtime,
+    req: &RequestFacts,
+    store: &mut dyn DecisionStore,
+    raw: &str,
+    token: &Token,
+    key: String,
+    configured: Option<Rc<Entry>>,
+    status: u16,
+    body: &[u8],
+    share: bool,
+    now_ms: i64,
+) -> Step {
+    let resources = match uma::parse_resources(status, body) {
+        Ok(r) => r,
+        Err(e) => return keycloak_unavailable(cfg, &e.to_string()),
+    };
+    if share && cfg.path_cache.enabled() && cfg.path_cache.max_entries > 0 {
+        let expires = match cfg.path_cache.lifespan_ms {
+            -1 => i64::MAX,
+            l => now_ms.saturating_add(l),
+        };
+        store.put_path(&key, body, expires);
+    }
+    let entry = match resources.first() {
+        None => configured,
+        Some(r) => {
+            if configured.is_none() && rt.paths.binds_resource_elsewhere(&r.id) {
+                // A resource bound by name to another path is not reachable by its URIs.
+                return with_entry(cfg, rt, req, store, raw, token, None, false, now_ms);
+            }
+            let uri = r.uris.first().cloned().unwrap_or_else(|| key.clone());
+            Some(Rc::new(Entry::from_resource(
+                r,
+                &uri,
+                configured.as_deref(),
+            )))
+        }
+    };
+    rt.path_cache.put(&key, entry.clone(), now_ms);
+    with_entry(cfg, rt, req, store, raw, token, entry, false, now_ms)
 }
 
 #[allow(clippy::too_many_arguments)]

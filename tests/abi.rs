@@ -933,3 +933,43 @@ fn a_repeated_request_is_answered_from_the_memo_until_its_decision_expires() {
     assert!(!vm.continued(req));
     assert_eq!(vm.take_callouts().len(), 1);
 }
+
+#[test]
+fn a_lazily_loaded_path_is_looked_up_once_for_all_workers() {
+    let cfg = json!({"realm": "bank", "auth-server-url": "http://kc:8080", "resource": "bank-api",
+                     "credentials": {"secret": "s3cret"},
+                     "policy-enforcer": {"lazy-load-paths": true}})
+    .to_string()
+    .into_bytes();
+    let shared = SharedData::new();
+    let mut a = vm_with(Some(shared.clone()));
+    assert!(a.configure(&cfg).unwrap());
+    answer_background(&mut a);
+    let mut b = vm_with(Some(shared.clone()));
+    assert!(b.configure(&cfg).unwrap());
+    answer_background(&mut b);
+    let t = token(json!({}));
+    get(&mut a, "/reports/9", Some(&bearer(&t)), &[]);
+    let lookup = a.take_callouts().pop().unwrap();
+    assert!(String::from_utf8_lossy(lookup.header(":path").unwrap()).contains("uri=/reports/9"));
+    a.respond(
+        lookup.token,
+        200,
+        &[],
+        br#"[{"_id":"rep","name":"Lazy Report","uris":["/reports/{id}"],"resource_scopes":[{"name":"report:view"}]}]"#,
+    )
+    .unwrap();
+    assert!(a.take_callouts()[0]
+        .header(":path")
+        .unwrap()
+        .ends_with(b"/token"));
+    // worker b resolves the path from shared data: no lookup of its own
+    get(&mut b, "/reports/9", Some(&bearer(&t)), &[]);
+    assert!(b
+        .take_callouts()
+        .iter()
+        .all(|c| !String::from_utf8_lossy(c.header(":path").unwrap()).contains("resource_set")));
+    assert!(shared_keys(&shared)
+        .iter()
+        .any(|k| k.starts_with("kcpep/v1/pc/bank-api/")));
+}

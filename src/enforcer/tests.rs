@@ -631,7 +631,10 @@ fn strip_prefix_is_the_context_path() {
 
 /// A decision store in memory, with CAS-like claims.
 #[derive(Default)]
-struct MemStore(std::collections::HashMap<crate::cache::Key, crate::cache::Entry>);
+struct MemStore(
+    std::collections::HashMap<crate::cache::Key, crate::cache::Entry>,
+    std::collections::HashMap<String, Vec<u8>>,
+);
 
 impl DecisionStore for MemStore {
     fn get(&mut self, key: &crate::cache::Key) -> Option<crate::cache::Entry> {
@@ -646,6 +649,65 @@ impl DecisionStore for MemStore {
     fn put(&mut self, key: &crate::cache::Key, entry: crate::cache::Entry) {
         self.0.insert(*key, entry);
     }
+    fn get_path(&mut self, path: &str, now_ms: i64) -> Option<Vec<u8>> {
+        let v = self.1.get(path)?;
+        crate::cache::decode_path(path, v, now_ms).map(<[u8]>::to_vec)
+    }
+    fn put_path(&mut self, path: &str, answer: &[u8], expires_ms: i64) {
+        self.1.insert(
+            path.to_string(),
+            crate::cache::encode_path(path, expires_ms, answer),
+        );
+    }
+}
+
+#[test]
+fn lazily_loaded_paths_are_shared_with_the_other_workers() {
+    let t = token(json!({}));
+    let c = cfg_with(json!({"lazy-load-paths": true, "path-cache": {"lifespan": 60000}}));
+    let mut store = MemStore::default();
+    let (mut a, mut b) = (Runtime::new(&c), Runtime::new(&c));
+    a.pat = Some("PAT".into());
+    b.pat = Some("PAT".into());
+    let s = step(&c, &mut a, &mut store, &t, "GET", "/reports/9", NOW_MS);
+    let Step::Call(call) = s else { panic!("{s:?}") };
+    assert!(call.request.path.contains("resource_set?uri=/reports/9"));
+    let req = RequestFacts {
+        method: "GET",
+        path: "/reports/9",
+        credential: valid(&t),
+        view: Default::default(),
+    };
+    let body = r#"[{"_id":"rep","name":"Lazy Report","uris":["/reports/{id}"],"resource_scopes":[{"name":"report:view"}]}]"#;
+    let answer = Answer::Http {
+        status: 200,
+        body: body.as_bytes(),
+    };
+    let s = resume(&c, &mut a, &req, &mut store, call.pending, answer, NOW_MS);
+    assert!(
+        matches!(&s, Step::Call(g) if g.request.path.ends_with("/token")),
+        "{s:?}"
+    );
+    // worker b does not look the path up: it resolves it to the same resource, whose decision
+    // worker a is asking Keycloak for right now (so b waits for that answer)
+    let s = step(&c, &mut b, &mut store, &t, "GET", "/reports/9", NOW_MS + 1);
+    assert!(matches!(s, Step::Wait { .. }), "{s:?}");
+    // after the path-cache lifespan, b asks Keycloak again
+    let mut c2 = Runtime::new(&c);
+    c2.pat = Some("PAT".into());
+    let s = step(
+        &c,
+        &mut c2,
+        &mut store,
+        &t,
+        "GET",
+        "/reports/9",
+        NOW_MS + 60_001,
+    );
+    assert!(
+        matches!(&s, Step::Call(l) if l.request.path.contains("resource_set")),
+        "{s:?}"
+    );
 }
 
 fn step(

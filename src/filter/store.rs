@@ -39,6 +39,10 @@ impl<'a> SharedStore<'a> {
         }
     }
 
+    fn path_slot(&self, path: &str) -> String {
+        cache::path_slot_key(&self.cfg.client_id, path, self.cfg.path_cache.max_entries)
+    }
+
     fn slot(&self, key: &Key) -> String {
         cache::slot_key(
             &self.cfg.client_id,
@@ -88,5 +92,17 @@ impl DecisionStore for SharedStore<'_> {
     fn put(&mut self, key: &Key, entry: Entry) {
         self.remember(key, &entry);
         host::shared_set(&self.slot(key), &cache::encode(key, &entry));
+    }
+
+    fn get_path(&mut self, path: &str, now_ms: i64) -> Option<Vec<u8>> {
+        let value = host::shared_get(&self.path_slot(path)).0?.1;
+        cache::decode_path(path, &value, now_ms).map(<[u8]>::to_vec)
+    }
+
+    fn put_path(&mut self, path: &str, answer: &[u8], expires_ms: i64) {
+        host::shared_set(
+            &self.path_slot(path),
+            &cache::encode_path(path, expires_ms, answer),
+        );
     }
 }
