@@ -7,6 +7,7 @@ Envoy's keycloak cluster). Prints figures, saves JSON under results/, asserts no
 import http.client
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -147,6 +148,40 @@ class Envoy:
         self.log.close()
 
 
+class JavaEnforcer:
+    """Case 5: Keycloak's own Java policy enforcer (bench/java) on the same port, same realm and config."""
+
+    def __init__(self, name):
+        java_dir = os.path.join(ROOT, "bench", "java")
+        jar = os.path.join(java_dir, "target", "java-enforcer-1.jar")
+        if not os.path.exists(jar):
+            subprocess.run(["mvn", "-q", "-B", "-f", os.path.join(java_dir, "pom.xml"), "package",
+                            "dependency:copy-dependencies", "-DincludeScope=runtime"], check=True)
+        os.makedirs(RUN, exist_ok=True)
+        config = os.path.join(RUN, f"{name}.json")
+        with open(config, "w") as f:
+            json.dump(ENFORCER["policy-enforcer"], f)
+        classpath = jar + os.pathsep + os.path.join(java_dir, "target", "dependency", "*")
+        self.log = open(os.path.join(RUN, f"{name}.log"), "w")
+        self.proc = subprocess.Popen(
+            ["java", "-cp", classpath, "kcpep.bench.JavaEnforcer", str(PORT), ENFORCER["auth-server-url"],
+             ENFORCER["realm"], ENFORCER["resource"], ENFORCER["credentials"]["secret"], config],
+            stdout=self.log, stderr=subprocess.STDOUT)
+
+    def stat(self, name):
+        return None  # no proxy in front to count Keycloak requests
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
 def wrk(connections, seconds, tok):
     env = dict(os.environ, KCPEP_TOKEN=tok or "")
     out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", os.path.join(ROOT, "bench", "wrk.lua"),
@@ -167,11 +202,11 @@ def ok_status(tok):
         return 0
 
 
-def run_case(name, wasm, plugin, tok):
-    envoy = Envoy(name, wasm, plugin)
+def run_case(name, wasm, plugin, tok, server=None):
+    envoy = server or Envoy(name, wasm, plugin)
     try:
         # The filter fetches its keys and PAT first; the case starts once requests pass.
-        wait_until(f"{name}: 200 from the filter", lambda: ok_status(tok) == 200, 30)
+        wait_until(f"{name}: 200 from the filter", lambda: ok_status(tok) == 200, 60)
         wrk(16, WARMUP, tok)
         thr = wrk(16, DURATION, tok)
         lat = wrk(1, DURATION, tok)
@@ -252,7 +287,10 @@ def main():
             "4_pep_no_cache": run_case("4 keycloak-pep, no cache", "dist/keycloak_pep.wasm", plugin_config(False), owner)
             if wanted("4") else skipped,
         }
-        co = coalescing() if wanted("5") else {"keycloak_calls": None, "ok": 0, "coalesced": 0}
+        cases["5_java_enforcer"] = (
+            run_case("5 Keycloak's Java enforcer", None, None, owner, JavaEnforcer("java-enforcer"))
+            if wanted("5") and shutil.which("java") and shutil.which("mvn") else skipped)
+        co = coalescing() if wanted("c") else {"keycloak_calls": None, "ok": 0, "coalesced": 0}
     finally:
         if started_stack:
             subprocess.run([STACK, "down"], stdout=subprocess.DEVNULL)
@@ -271,6 +309,10 @@ def main():
     with open(path, "w") as f:
         json.dump({"cases": cases, "coalescing": co, "summary": summary,
                    "duration_s": DURATION, "machine_cores": os.cpu_count()}, f, indent=1)
+    java = cases["5_java_enforcer"]
+    if not java.get("skipped"):
+        print(f"bench: Keycloak's Java enforcer {java['rps']} rps, p50 {java['p50_us']} us; "
+              f"keycloak-pep cache hit is {hit['rps'] / java['rps']:.1f}x its throughput")
     print(f"bench: saved {os.path.relpath(path, ROOT)}")
     print("bench: " + " ".join(f"{k}={v}" for k, v in summary.items()))
 
