@@ -3,7 +3,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 WASM := dist/keycloak_pep.wasm
 
-.PHONY: help build wasm test unit abi e2e lint up down demo bench clean
+.PHONY: help build wasm test unit abi e2e lint up down demo bench oci clean
 
 help:
 	@echo "make demo    build the filter, start Keycloak + Envoy + an echo upstream on 127.0.0.1, show allowed/denied requests"
@@ -11,6 +11,7 @@ help:
 	@echo "make build   dist/keycloak_pep.wasm (wasm32-wasip1, release) and the kcpep CLI"
 	@echo "make up / make down   start / stop the stack in the background"
 	@echo "make bench   benchmarks (prints figures)"
+	@echo "make oci     dist/oci: an OCI image layout of the filter for Istio (no container engine needed)"
 
 build: wasm
 	cargo build --release --bin kcpep
@@ -52,6 +53,9 @@ demo: $(WASM)
 
 bench: $(WASM)
 	scripts/bench.sh
+
+oci: $(WASM)
+	scripts/oci.sh
 
 clean:
 	rm -rf target dist .run

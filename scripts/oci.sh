@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# make oci: an OCI image layout of the filter, built without a container engine.
+#
+#   dist/oci/   oci-layout, index.json, blobs/sha256/{manifest, config, layer}
+#
+# The image is Istio's "compat" Wasm variant: one layer (application/vnd.oci.image.layer.v1.tar+gzip)
+# holding plugin.wasm, which Istio's image fetcher (pkg/wasm/imagefetcher.go, extractOCIStandardImage)
+# and Envoy Gateway accept. The tar and gzip carry fixed times and owners, so the same .wasm gives
+# the same digests on every machine.
+#
+# Usage: scripts/oci.sh [WASM] [OUT_DIR] [TAG]     (defaults: dist/keycloak_pep.wasm dist/oci <crate version>)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WASM=${1:-dist/keycloak_pep.wasm}
+OUT=${2:-dist/oci}
+TAG=${3:-$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)}
+[ -s "$WASM" ] || { echo "oci: $WASM is missing (make wasm)" >&2; exit 1; }
+python3 - "$WASM" "$OUT" "$TAG" <<'PY'
+import gzip, hashlib, io, json, os, shutil, sys, tarfile
+wasm_path, out, tag = sys.argv[1:4]
+wasm = open(wasm_path, "rb").read()
+
+def blob(data):
+    digest = hashlib.sha256(data).hexdigest()
+    with open(os.path.join(out, "blobs", "sha256", digest), "wb") as f:
+        f.write(data)
+    return {"digest": "sha256:" + digest, "size": len(data)}
+
+shutil.rmtree(out, ignore_errors=True)
+os.makedirs(os.path.join(out, "blobs", "sha256"))
+with open(os.path.join(out, "oci-layout"), "w") as f:
+    json.dump({"imageLayoutVersion": "1.0.0"}, f)
+
+tar_bytes = io.BytesIO()
+with tarfile.open(fileobj=tar_bytes, mode="w", format=tarfile.USTAR_FORMAT) as t:
+    info = tarfile.TarInfo("plugin.wasm")
+    info.size, info.mtime, info.mode, info.uid, info.gid = len(wasm), 0, 0o644, 0, 0
+    info.uname = info.gname = ""
+    t.addfile(info, io.BytesIO(wasm))
+layer_tar = tar_bytes.getvalue()
+gz = io.BytesIO()
+with gzip.GzipFile(fileobj=gz, mode="wb", mtime=0, filename="") as g:
+    g.write(layer_tar)
+layer = blob(gz.getvalue())
+diff_id = "sha256:" + hashlib.sha256(layer_tar).hexdigest()
+
+config = json.dumps({
+    "architecture": "wasm", "os": "wasip1",
+    "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+    "config": {"Labels": {"org.opencontainers.image.title": "keycloak-pep"}},
+}, sort_keys=True, separators=(",", ":")).encode()
+cfg = blob(config)
+manifest = json.dumps({
+    "schemaVersion": 2,
+    "mediaType": "application/vnd.oci.image.manifest.v1+json",
+    "config": dict(mediaType="application/vnd.oci.image.config.v1+json", **cfg),
+    "layers": [dict(mediaType="application/vnd.oci.image.layer.v1.tar+gzip", **layer)],
+    "annotations": {"org.opencontainers.image.title": "keycloak-pep",
+                    "org.opencontainers.image.description": "Keycloak policy enforcer, proxy-wasm filter for Envoy and Istio"},
+}, sort_keys=True, separators=(",", ":")).encode()
+man = blob(manifest)
+with open(os.path.join(out, "index.json"), "w") as f:
+    json.dump({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+               "manifests": [dict(mediaType="application/vnd.oci.image.manifest.v1+json",
+                                  annotations={"org.opencontainers.image.ref.name": tag}, **man)]}, f, indent=1)
+print(f"oci: {out} (tag {tag})")
+print(f"oci: manifest {man['digest']}")
+print(f"oci: plugin.wasm sha256:{hashlib.sha256(wasm).hexdigest()} ({len(wasm)} bytes)")
+print("oci: push with")
+print(f"  oras cp --from-oci-layout {out}:{tag} ghcr.io/OWNER/keycloak-pep:{tag}")
+print(f"  skopeo copy oci:{out}:{tag} docker://ghcr.io/OWNER/keycloak-pep:{tag}")
+print("oci: pin it in a WasmPlugin: url: oci://ghcr.io/OWNER/keycloak-pep@" + man["digest"] +
+      "  (or the tag plus  sha256: " + man["digest"][7:] + ", the image digest Istio checks after pulling)")
+PY
