@@ -973,3 +973,27 @@ fn a_lazily_loaded_path_is_looked_up_once_for_all_workers() {
         .iter()
         .any(|k| k.starts_with("kcpep/v1/pc/bank-api/")));
 }
+
+#[test]
+fn a_body_ended_by_trailers_is_decided_before_it_goes_on() {
+    let mut vm = ready_vm_with(&claims_config(json!({})));
+    let t = token(json!({}));
+    let req = post(&mut vm, "/account/7", &t, &[("x-branch", b"tokyo")]);
+    assert_eq!(
+        vm.request_body(req, br#"{"amount": 5}"#, false).unwrap(),
+        Some(Action::Pause)
+    );
+    // HTTP/2 or gRPC: the stream ends with trailers, not with an end-of-stream data frame
+    assert_eq!(
+        vm.request_trailers(req, &[("grpc-status", "0")]).unwrap(),
+        Some(Action::Pause),
+        "held until Keycloak answers"
+    );
+    assert!(vm.forwarded_body(req).is_empty());
+    let calls = vm.take_callouts();
+    assert_eq!(pushed_claims(&calls[0])["amount"], json!(["5"]));
+    vm.respond(calls[0].token, 403, &[], br#"{"error":"access_denied"}"#)
+        .unwrap();
+    assert_eq!(vm.local_response(req).unwrap().status, 403);
+    assert!(vm.forwarded_body(req).is_empty(), "never forwarded");
+}

@@ -160,8 +160,8 @@ impl Flow {
                 log::debug!(
                     "kcpep allow [{}] {} {}: {}",
                     cfg.client_id,
-                    self.method,
-                    self.path,
+                    host::loggable(self.method.as_bytes()),
+                    host::loggable(crate::request::path_only(&self.path).as_bytes()),
                     a.reason
                 );
                 if in_callback {
@@ -263,7 +263,8 @@ impl Flow {
             self.id,
             cfg.client_id,
             host::loggable(self.method.as_bytes()),
-            host::loggable(self.path.as_bytes()),
+            // without the query: it may carry credentials (`?access_token=`)
+            host::loggable(crate::request::path_only(&self.path).as_bytes()),
             host::loggable(r.path.as_deref().unwrap_or("").as_bytes()),
             host::loggable(r.resource.as_deref().unwrap_or("").as_bytes()),
             host::loggable(r.reason.as_bytes())
@@ -444,9 +445,12 @@ impl HttpContext for Http {
         // the VM's allocator, so fetching headers one by one is slower.
         let headers = hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
         // Headers the filter sets itself are never taken from the client.
+        let mut headers = headers;
         for name in &plugin.own_headers {
             if headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(name)) {
                 abi::set_request_header(name, None);
+                // ...nor seen by claims
+                headers.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
             }
         }
         let get = |name: &str| -> Option<&[u8]> {
@@ -537,7 +541,7 @@ impl HttpContext for Http {
             return Action::Continue;
         }
         let (Some(plugin), Some(mut flow)) = (self.plugin.clone(), self.flow.take()) else {
-            return Action::Continue;
+            return Action::Pause; // never let an undecided body through
         };
         let cfg = &plugin.config.enforcers[flow.enforcer].1;
         if body_size > cfg.proxy.max_body_bytes as usize {
@@ -561,6 +565,36 @@ impl HttpContext for Http {
                 .flatten()
                 .unwrap_or_default(),
         );
+        self.first_step(&plugin, flow, true)
+    }
+
+    /// A body followed by trailers (HTTP/2, gRPC) ends here, not with an end-of-stream data
+    /// frame: decide now. Going on without deciding would forward the buffered request unchecked.
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        if !self.reading_body {
+            return Action::Continue;
+        }
+        let (Some(plugin), Some(mut flow)) = (self.plugin.clone(), self.flow.take()) else {
+            return Action::Pause;
+        };
+        self.reading_body = false;
+        let cfg = &plugin.config.enforcers[flow.enforcer].1;
+        let limit = cfg.proxy.max_body_bytes as usize;
+        flow.body = Some(
+            hostcalls::get_buffer(BufferType::HttpRequestBody, 0, limit.saturating_add(1))
+                .ok()
+                .flatten()
+                .unwrap_or_default(),
+        );
+        if flow.body.as_ref().is_some_and(|b| b.len() > limit) {
+            let step = enforcer::body_too_large(cfg);
+            let applied = flow.apply(&plugin, &self.metrics, step, false);
+            self.flow = Some(flow);
+            return match applied {
+                Applied::Continue => Action::Continue,
+                _ => Action::Pause,
+            };
+        }
         self.first_step(&plugin, flow, true)
     }
 }

@@ -929,6 +929,40 @@ impl Vm {
         Ok(action)
     }
 
+    /// The request's trailers arrive (after body chunks without end of stream): runs
+    /// `on_request_trailers(ctx, n)`. Continue forwards the buffered body (and the trailers) as
+    /// Envoy does. None when the stream is finished or not flowing.
+    pub fn request_trailers(
+        &mut self,
+        req: u32,
+        trailers: &[(&str, &str)],
+    ) -> Result<Option<Action>, Trap> {
+        let failed = self.failed.is_some();
+        let stream = self.stream(req);
+        if stream.finished() || failed || !stream.request_flowing() {
+            return Ok(None);
+        }
+        stream.request_trailers = Slot {
+            map: trailers
+                .iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.as_bytes().to_vec()))
+                .collect(),
+            open: true,
+        };
+        let args = [req as i32, trailers.len() as i32];
+        let action = self
+            .call(req, "proxy_on_request_trailers", &args)?
+            .map_or(Action::Continue, Action::from_i32);
+        let stream = self.stream(req);
+        if action == Action::Continue && stream.local.is_none() {
+            let body = std::mem::take(&mut stream.request_body);
+            stream.forwarded_body.extend(body);
+            stream.body_open = false;
+            stream.request_trailers.open = false;
+        }
+        Ok(Some(action))
+    }
+
     /// The upstream response headers arrive (`:status` is added first): runs
     /// `on_response_headers(ctx, n, end_of_stream)`.
     pub fn response(
