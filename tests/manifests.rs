@@ -203,8 +203,7 @@ fn istio_manifests_fit_together() {
         .all(|(_, e)| e.secret.as_deref() == Some("s")));
     // without the variable the configuration is refused, naming the field
     let err = keycloak_pep::routes::PluginConfig::from_json_env(json.as_bytes(), &|_| None)
-        .err()
-        .expect("refused without the secret");
+        .expect_err("refused without the secret");
     assert!(err.path.ends_with("credentials.secret"), "{err}");
     // every route-name rule names a route Istio generates from the VirtualService
     let routes = istio_route_names(&vs);
