@@ -334,6 +334,19 @@ pub fn needs_body(chain: &[&Provider], form: bool) -> bool {
     chain.iter().any(|p| p.needs_body(form))
 }
 
+/// Whether any path of an enforcer has claims that read the request body (then Envoy needs a
+/// buffer filter after this one on those routes).
+pub fn reads_bodies(cfg: &crate::config::EnforcerConfig) -> bool {
+    let global = cfg.claim_information_point.as_deref();
+    std::iter::once(None)
+        .chain(
+            cfg.paths
+                .iter()
+                .map(|p| p.claim_information_point.as_deref()),
+        )
+        .any(|path| needs_body(&chain(global, path), false))
+}
+
 /// The next thing resolution needs.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Next {

@@ -66,6 +66,11 @@ fn run(args: Vec<String>) -> Result<()> {
                 names.join(", "),
                 cfg.rules.len()
             );
+            for (name, e) in &cfg.enforcers {
+                for note in notes(e) {
+                    println!("note: [{name}] {note}");
+                }
+            }
             Ok(())
         }
         "explain" => {
@@ -170,4 +175,24 @@ fn bench_paths() {
         let ns = start.elapsed().as_nanos() as f64 / iters as f64;
         println!("  {n:>6} literal paths + 4 patterns: {ns:>8.0} ns/lookup ({hits} hits)");
     }
+}
+
+/// What an operator should know about an enforcer that a valid configuration does not say.
+fn notes(e: &keycloak_pep::config::EnforcerConfig) -> Vec<&'static str> {
+    use keycloak_pep::claims;
+    use keycloak_pep::config::OnKeycloakError;
+    let mut out = Vec::new();
+    if claims::reads_bodies(e) {
+        out.push("claims read request bodies: put envoy.filters.http.buffer after the filter on those routes");
+    }
+    if e.proxy.dry_run {
+        out.push("dry-run: nothing is blocked, would-be denials are only logged and counted");
+    }
+    if e.proxy.on_keycloak_error == OnKeycloakError::Allow {
+        out.push("on-keycloak-error allow: requests pass unchecked while Keycloak is unreachable");
+    }
+    if !e.proxy.decision_cache.enabled() {
+        out.push("decision cache off: every request asks Keycloak");
+    }
+    out
 }
