@@ -346,15 +346,7 @@ impl RootContext for Root {
         own_headers.sort();
         own_headers.dedup();
         for (name, cfg) in &config.enforcers {
-            let global = cfg.claim_information_point.as_deref();
-            let reads_body = std::iter::once(None)
-                .chain(
-                    cfg.paths
-                        .iter()
-                        .map(|p| p.claim_information_point.as_deref()),
-                )
-                .any(|path| crate::claims::needs_body(&crate::claims::chain(global, path), false));
-            if reads_body {
+            if crate::claims::reads_bodies(cfg) {
                 // A Wasm filter sees the body only after letting the headers go on (Envoy turns a
                 // paused header phase into "stop all"), so a buffer filter must hold them.
                 log::info!(
