@@ -3,10 +3,19 @@
 #
 #   dist/oci/   oci-layout, index.json, blobs/sha256/{manifest, config, layer}
 #
-# The image is Istio's "compat" Wasm variant: one layer (application/vnd.oci.image.layer.v1.tar+gzip)
-# holding plugin.wasm, which Istio's image fetcher (pkg/wasm/imagefetcher.go, extractOCIStandardImage)
-# and Envoy Gateway accept. The tar and gzip carry fixed times and owners, so the same .wasm gives
-# the same digests on every machine.
+# The format is the Wasm image "compat" variant with OCI media types: an image manifest
+# (application/vnd.oci.image.manifest.v1+json) whose one layer (application/vnd.oci.image.layer.v1.tar+gzip)
+# is a tar.gz holding plugin.wasm. Istio's fetcher (pkg/wasm/imagefetcher.go, PrepareFetch) tries, in
+# order: a Docker manifest whose last layer is a Docker tar.gz with plugin.wasm; this (extractOCIStandardImage);
+# then the "oci" variant, which needs exactly two layers, one of type
+# application/vnd.module.wasm.content.layer.v1+wasm (extractOCIArtifactImage). Envoy Gateway's fetcher
+# (internal/wasm/imagefetcher.go) has the same three branches. It is the shape of an image built
+# `FROM scratch` + `COPY plugin.wasm ./` with OCI media types: a plain OCI image, which registries,
+# oras and skopeo handle like any other.
+#
+# Reproducible: the tar entry has a fixed name, mode, owner and time, and the gzip header no time or
+# name, so the same .wasm gives the same digests, given the same zlib (the compressed bytes are
+# zlib's; another deflate implementation, such as zlib-ng, may compress differently).
 #
 # Usage: scripts/oci.sh [WASM] [OUT_DIR] [TAG]     (defaults: dist/keycloak_pep.wasm dist/oci <crate version>)
 set -euo pipefail
@@ -16,7 +25,7 @@ OUT=${2:-dist/oci}
 TAG=${3:-$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)}
 [ -s "$WASM" ] || { echo "oci: $WASM is missing (make wasm)" >&2; exit 1; }
 python3 - "$WASM" "$OUT" "$TAG" <<'PY'
-import gzip, hashlib, io, json, os, shutil, sys, tarfile
+import gzip, hashlib, io, json, os, shutil, sys, tarfile, zlib
 wasm_path, out, tag = sys.argv[1:4]
 wasm = open(wasm_path, "rb").read()
 
@@ -26,6 +35,8 @@ def blob(data):
         f.write(data)
     return {"digest": "sha256:" + digest, "size": len(data)}
 
+if os.path.isdir(out) and os.listdir(out) and not os.path.exists(os.path.join(out, "oci-layout")):
+    sys.exit(f"oci: {out} exists and is not an OCI layout; not replacing it")
 shutil.rmtree(out, ignore_errors=True)
 os.makedirs(os.path.join(out, "blobs", "sha256"))
 with open(os.path.join(out, "oci-layout"), "w") as f:
@@ -63,12 +74,14 @@ with open(os.path.join(out, "index.json"), "w") as f:
     json.dump({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
                "manifests": [dict(mediaType="application/vnd.oci.image.manifest.v1+json",
                                   annotations={"org.opencontainers.image.ref.name": tag}, **man)]}, f, indent=1)
-print(f"oci: {out} (tag {tag})")
+print(f"oci: {out} (tag {tag}), gzip by zlib {zlib.ZLIB_RUNTIME_VERSION}")
 print(f"oci: manifest {man['digest']}")
 print(f"oci: plugin.wasm sha256:{hashlib.sha256(wasm).hexdigest()} ({len(wasm)} bytes)")
-print("oci: push with")
+print("oci: push with one of")
 print(f"  oras cp --from-oci-layout {out}:{tag} ghcr.io/OWNER/keycloak-pep:{tag}")
 print(f"  skopeo copy oci:{out}:{tag} docker://ghcr.io/OWNER/keycloak-pep:{tag}")
-print("oci: pin it in a WasmPlugin: url: oci://ghcr.io/OWNER/keycloak-pep@" + man["digest"] +
-      "  (or the tag plus  sha256: " + man["digest"][7:] + ", the image digest Istio checks after pulling)")
+print("oci: and pin it in the WasmPlugin (envoy/istio/wasmplugin.yaml), Istio checks it after pulling:")
+print(f"  url: oci://ghcr.io/OWNER/keycloak-pep:{tag}")
+print(f'  sha256: "{man["digest"][len("sha256:"):]}"')
+print(f"  (or url: oci://ghcr.io/OWNER/keycloak-pep@{man['digest']})")
 PY

@@ -1,9 +1,15 @@
-//! The deployment files are checked without running them: envoy/envoy.yaml is accepted by the real
-//! Envoy (`--mode validate`, which also loads the .wasm and runs its on_configure), its plugin
-//! configuration passes the same parser as `kcpep check`, and every file docker-compose mounts exists.
+//! The deployment files are checked without running them: envoy/envoy.yaml and the plain Envoy
+//! example are accepted by the real Envoy (`--mode validate`, which also loads the .wasm and runs
+//! its on_configure), every plugin configuration passes the same parser as `kcpep check`, every
+//! file docker-compose mounts exists, the Istio manifests parse and fit together (route names as
+//! Istio generates them, the Keycloak cluster the ServiceEntry creates, the secrets the VM gets),
+//! and `make oci`'s image layout holds the built module as Istio's image fetcher reads it.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod yaml;
+
 use keycloak_pep::routes::PluginConfig;
+use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -111,103 +117,240 @@ fn envoy_validates_envoy_yaml() {
     );
 }
 
-/// The JSON value of `pluginConfig:` in a WasmPlugin (written as JSON, which YAML accepts).
-fn istio_plugin_config(yaml: &str) -> String {
-    let start = yaml.find("pluginConfig:").expect("pluginConfig") + "pluginConfig:".len();
-    yaml[start..].to_string()
+/// The YAML files of a folder of the repository, sorted.
+fn yaml_files(dir: &str) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root().join(dir))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+        .collect();
+    files.sort();
+    files
 }
 
-/// The Envoy route names Istio generates from a VirtualService's http routes: the route's
-/// `name`, or `<name>.<match name>` for a match with a name (pilot's route translation).
-fn istio_route_names(yaml: &str) -> Vec<String> {
+fn read_yaml(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap();
+    yaml::documents(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The one document of `kind` in a file's documents.
+fn doc<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
+    let found: Vec<&Value> = docs.iter().filter(|d| d["kind"] == kind).collect();
+    assert_eq!(found.len(), 1, "expected one {kind}");
+    found[0]
+}
+
+/// The variables a configuration reads with `${env.NAME}` / `${env.NAME:default}`.
+fn env_names(text: &str) -> Vec<String> {
     let mut names = Vec::new();
-    let mut route: Option<(String, bool)> = None; // (name, has named matches)
-    let mut in_http = false;
-    for line in yaml.lines() {
-        let indent = line.len() - line.trim_start().len();
-        let t = line.trim();
-        if t == "---" || (indent == 0 && !t.is_empty()) {
-            in_http = false;
-        }
-        if indent == 2 && t == "http:" {
-            in_http = true;
-            continue;
-        }
-        if !in_http {
-            continue;
-        }
-        if indent == 4 && t.starts_with("- ") {
-            if let Some((r, false)) = route.take() {
-                names.push(r);
+    let mut rest = text;
+    while let Some(at) = rest.find("${env.") {
+        rest = &rest[at + "${env.".len()..];
+        let end = rest.find(['}', ':']).unwrap();
+        names.push(rest[..end].to_string());
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
+const PYYAML_TO_JSON: &str = "import json, sys, yaml\n\
+    print(json.dumps([d for d in yaml.safe_load_all(open(sys.argv[1])) if d is not None]))";
+
+#[test]
+fn every_deployment_yaml_parses() {
+    // PyYAML (Debian's python3-yaml) reads each file too, when python3 has it: the two readers
+    // must agree, so this test's YAML reader cannot quietly misread a manifest.
+    let pyyaml = Command::new("python3")
+        .args(["-c", "import yaml"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let mut files = yaml_files("envoy/istio");
+    files.extend(yaml_files("envoy/examples"));
+    files.extend(yaml_files("envoy"));
+    assert!(files.len() >= 6, "{files:?}");
+    for f in &files {
+        let docs = read_yaml(f);
+        assert!(
+            !docs.is_empty() && docs.iter().all(Value::is_object),
+            "{}: expected mappings",
+            f.display()
+        );
+        if f.starts_with(root().join("envoy/istio")) {
+            for d in &docs {
+                assert!(
+                    d["apiVersion"].is_string()
+                        && d["kind"].is_string()
+                        && d["metadata"]["name"].is_string()
+                        && d["spec"].is_object(),
+                    "{}: a Kubernetes object needs apiVersion, kind, metadata.name and spec",
+                    f.display()
+                );
             }
-            route = t
-                .strip_prefix("- name: ")
-                .map(|n| (n.trim().to_string(), false));
-        } else if indent == 8 && t.starts_with("- name: ") {
-            if let Some((r, named)) = route.as_mut() {
-                names.push(format!("{r}.{}", t["- name: ".len()..].trim()));
-                *named = true;
-            }
+        }
+        if pyyaml {
+            let out = Command::new("python3")
+                .args(["-c", PYYAML_TO_JSON, f.to_str().unwrap()])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "PyYAML refuses {}: {}",
+                f.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let theirs: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(docs, theirs, "{}: read differently by PyYAML", f.display());
+        } else {
+            eprintln!(
+                "python3 has no yaml module: {} not cross-checked with PyYAML",
+                f.display()
+            );
         }
     }
-    if let Some((r, false)) = route {
-        names.push(r);
+}
+
+/// The names Istio gives the Envoy routes it builds from a VirtualService's http routes
+/// (istio/istio pilot/pkg/networking/core/route/route.go): `TranslateRoute` builds one route per
+/// match and names it `<http route name>`, or `<http route name>.<match name>` when the match
+/// has a name; `BuildHTTPRoutesForVirtualService` builds nothing after a catch-all (an http route
+/// without matches, or a match whose path is prefix `/` or regex `.*` and that has no header or
+/// query match, `IsCatchAllRoute`; method, authority and scheme matches are header matches).
+fn istio_route_names(vs: &Value) -> Vec<String> {
+    let mut names = Vec::new();
+    for http in vs["spec"]["http"].as_array().unwrap() {
+        let name = http["name"].as_str().unwrap_or("");
+        let matches = http["match"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+        if matches.is_empty() {
+            names.push(name.to_string());
+            return names;
+        }
+        for m in matches {
+            names.push(match m["name"].as_str() {
+                Some(n) if !n.is_empty() => format!("{name}.{n}"),
+                _ => name.to_string(),
+            });
+            let headers = [
+                "headers",
+                "withoutHeaders",
+                "queryParams",
+                "method",
+                "authority",
+                "scheme",
+            ]
+            .iter()
+            .any(|k| !m[*k].is_null());
+            let uri = &m["uri"];
+            if !headers && (uri.is_null() || uri["prefix"] == "/" || uri["regex"] == ".*") {
+                return names;
+            }
+        }
     }
     names
 }
 
 #[test]
+fn istio_route_naming_follows_pilot() {
+    let vs = serde_json::json!({"spec": {"http": [
+        {"name": "a", "match": [{"uri": {"prefix": "/a"}}]},
+        {"name": "b", "match": [{"name": "x", "uri": {"exact": "/b"}}, {"uri": {"prefix": "/c"}}]},
+        {"match": [{"name": "y", "uri": {"prefix": "/d"}}]},
+        {"name": "c", "match": [{"name": "all", "method": {"exact": "GET"}}, {"name": "rest"}]},
+        {"name": "never"}
+    ]}});
+    assert_eq!(
+        istio_route_names(&vs),
+        ["a", "b.x", "b", ".y", "c.all", "c.rest"]
+    );
+}
+
+#[test]
 fn istio_manifests_fit_together() {
     let dir = root().join("envoy/istio");
-    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
-    let (plugin, vs, se) = (
-        read("wasmplugin.yaml"),
-        read("virtualservice.yaml"),
-        read("keycloak-serviceentry.yaml"),
+    let plugin_docs = read_yaml(&dir.join("wasmplugin.yaml"));
+    let vs_docs = read_yaml(&dir.join("virtualservice.yaml"));
+    let se_docs = read_yaml(&dir.join("keycloak-serviceentry.yaml"));
+    let plugin = doc(&plugin_docs, "WasmPlugin");
+    let (gateway, vs) = (doc(&vs_docs, "Gateway"), doc(&vs_docs, "VirtualService"));
+    let (se, dr) = (
+        doc(&se_docs, "ServiceEntry"),
+        doc(&se_docs, "DestinationRule"),
     );
-    for (file, text, kinds) in [
-        ("wasmplugin.yaml", &plugin, &["WasmPlugin"][..]),
-        (
-            "virtualservice.yaml",
-            &vs,
-            &["Gateway", "VirtualService"][..],
-        ),
-        (
-            "keycloak-serviceentry.yaml",
-            &se,
-            &["ServiceEntry", "DestinationRule"][..],
-        ),
-    ] {
-        for kind in kinds {
-            assert!(
-                text.contains(&format!("\nkind: {kind}\n")),
-                "{file}: no {kind}"
-            );
-        }
+
+    // the WasmPlugin's values, as istio/api extensions/v1alpha1/wasm.proto defines them
+    assert_eq!(plugin["apiVersion"], "extensions.istio.io/v1alpha1");
+    let spec = &plugin["spec"];
+    assert_eq!(spec["phase"], "AUTHZ");
+    assert_eq!(spec["failStrategy"], "FAIL_CLOSE");
+    assert_eq!(spec["imagePullPolicy"], "IfNotPresent");
+    assert!(spec["url"].as_str().unwrap().starts_with("oci://"));
+    let sha = spec["sha256"]
+        .as_str()
+        .expect("sha256 is a string (digits alone would be read as a number)");
+    assert!(
+        sha.len() == 64 && sha.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
+        "sha256 must match ^[a-f0-9]{{64}}$: {sha}"
+    );
+    // selector or targetRefs, not both; it selects the gateway's pods, all in one namespace
+    assert!(spec["targetRefs"].is_null());
+    assert_eq!(spec["selector"]["matchLabels"], gateway["spec"]["selector"]);
+    for d in [plugin, gateway, vs, se, dr] {
+        assert_eq!(d["metadata"]["namespace"], "bank", "{}", d["kind"]);
+    }
+    assert_eq!(vs["spec"]["gateways"][0], gateway["metadata"]["name"]);
+    assert_eq!(vs["spec"]["hosts"], gateway["spec"]["servers"][0]["hosts"]);
+
+    // pluginConfig reaches the filter as JSON (pilot marshals the Struct)
+    let config = serde_json::to_string(&spec["pluginConfig"]).unwrap();
+    // every ${env.NAME} it reads comes from the proxy's environment, never inline
+    let names = env_names(&config);
+    assert!(names.len() >= 2, "{names:?}");
+    let env = spec["vmConfig"]["env"].as_array().unwrap();
+    for name in &names {
         assert!(
-            !text.contains('\t'),
-            "{file}: tabs are not YAML indentation"
+            env.iter()
+                .any(|e| e["name"] == name.as_str() && e["valueFrom"] == "HOST"),
+            "{name} is not in vmConfig.env with valueFrom: HOST"
         );
     }
-    assert!(plugin.contains("phase: AUTHZ") && plugin.contains("failStrategy: FAIL_CLOSE"));
-    assert!(plugin.contains("valueFrom: HOST"));
-    // the plugin configuration passes the parser `kcpep check` uses, with the secret from the env
-    let json = istio_plugin_config(&plugin);
-    let env = |name: &str| (name == "KCPEP_CLIENT_SECRET").then(|| "s".to_string());
-    let cfg = keycloak_pep::routes::PluginConfig::from_json_env(json.as_bytes(), &env)
+    assert!(env.iter().all(|e| e["value"].is_null()), "no inline values");
+    let readme = std::fs::read_to_string(dir.join("README.md")).unwrap();
+    for name in &names {
+        assert!(
+            readme.contains(name.as_str()),
+            "README.md does not say where {name} comes from"
+        );
+    }
+
+    // the parser `kcpep check` uses, with the secrets in the environment...
+    let secret = |n: &str| {
+        names
+            .iter()
+            .any(|x| x == n)
+            .then(|| format!("secret-of-{n}"))
+    };
+    let cfg = PluginConfig::from_json_env(config.as_bytes(), &secret)
         .unwrap_or_else(|e| panic!("pluginConfig: {e}"));
     assert!(cfg.enforcers.len() >= 2);
-    assert!(cfg
-        .enforcers
-        .iter()
-        .all(|(_, e)| e.secret.as_deref() == Some("s")));
-    // without the variable the configuration is refused, naming the field
-    let err = keycloak_pep::routes::PluginConfig::from_json_env(json.as_bytes(), &|_| None)
-        .expect_err("refused without the secret");
+    for (name, e) in &cfg.enforcers {
+        assert!(
+            e.secret
+                .as_deref()
+                .is_some_and(|s| s.starts_with("secret-of-")),
+            "enforcer {name} has no secret from the environment"
+        );
+    }
+    // ...and without them it is refused, naming the field
+    let err = PluginConfig::from_json_env(config.as_bytes(), &|_| None)
+        .expect_err("refused without the secrets");
     assert!(err.path.ends_with("credentials.secret"), "{err}");
+
     // every route-name rule names a route Istio generates from the VirtualService
-    let routes = istio_route_names(&vs);
-    assert_eq!(routes, ["reports", "accounts.by-id", "accounts.list"]);
+    let routes = istio_route_names(vs);
+    assert_eq!(
+        routes,
+        ["reports", "accounts.by-id", "accounts.list", "other"]
+    );
     let mut used = 0;
     for rule in &cfg.rules {
         if let Some(name) = &rule.route_name {
@@ -216,7 +359,6 @@ fn istio_manifests_fit_together() {
         }
     }
     assert!(used >= 2);
-    // ...and selects as intended
     let pick = |route: &str| {
         cfg.select(Some(route), "bank.example.com", None)
             .map(|i| cfg.enforcers[i].0.as_str())
@@ -224,26 +366,129 @@ fn istio_manifests_fit_together() {
     assert_eq!(pick("reports"), Some("reports"));
     assert_eq!(pick("accounts.by-id"), Some("accounts"));
     assert_eq!(pick("accounts.list"), Some("accounts"), "the default");
-    // the Keycloak cluster is the one the ServiceEntry makes: outbound|<port>||<host>
-    let host = se
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("hosts: [\"")?.strip_suffix("\"]"))
-        .unwrap();
-    let port = se
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("- number: "))
-        .unwrap();
-    let cluster = format!("outbound|{port}||{host}");
+    assert_eq!(pick("other"), Some("accounts"), "the default");
+
+    // Keycloak is the cluster the ServiceEntry creates, outbound|<port>||<host>, plain HTTP from
+    // the filter with TLS originated by the proxy and the certificate's name checked
+    let host = se["spec"]["hosts"][0].as_str().unwrap();
+    let port = &se["spec"]["ports"][0];
+    assert_eq!(port["protocol"], "HTTP");
+    assert_eq!(port["targetPort"], 443);
+    let cluster = format!("outbound|{}||{host}", port["number"]);
+    assert_eq!(dr["spec"]["host"], host);
+    let policy = &dr["spec"]["trafficPolicy"];
+    assert!(policy["connectionPool"].is_object() && policy["outlierDetection"].is_object());
+    let tls = &policy["portLevelSettings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["port"]["number"] == port["number"])
+        .expect("TLS settings for the ServiceEntry's port")["tls"];
+    assert_eq!(tls["mode"], "SIMPLE");
+    assert_eq!(tls["sni"], host);
+    // with `sni` given, Istio checks only the names listed (no auto SAN validation)
+    assert!(tls["subjectAltNames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|n| n == host));
+    assert!(tls["insecureSkipVerify"].is_null());
     for (name, e) in &cfg.enforcers {
         assert_eq!(e.proxy.cluster, cluster, "enforcer {name}");
-        assert_eq!(e.proxy.authority, host);
+        assert_eq!(e.proxy.authority, host, "enforcer {name}");
+        assert_eq!(
+            e.auth_server_url,
+            format!("https://{host}"),
+            "enforcer {name}"
+        );
     }
 }
 
 #[test]
-fn the_plain_envoy_example_validates_and_needs_its_secret() {
+fn the_plain_envoy_example_fits_together() {
+    let docs = read_yaml(&root().join("envoy/examples/envoy-keycloak-tls.yaml"));
+    let boot = &docs[0];
+    let hcm =
+        &boot["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
+    let filters = hcm["http_filters"].as_array().unwrap();
+    assert_eq!(filters.last().unwrap()["name"], "envoy.filters.http.router");
+    let wasm = &filters[0]["typed_config"];
+    assert_eq!(
+        wasm["@type"],
+        "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
+    );
+    let plugin = &wasm["config"];
+    // Envoy's wasm PluginConfig: failure_policy (fail_open is deprecated)
+    assert_eq!(plugin["failure_policy"], "FAIL_CLOSED");
+    assert!(plugin["fail_open"].is_null());
+    let vm = &plugin["vm_config"];
+    assert_eq!(vm["code"]["local"]["filename"], "dist/keycloak_pep.wasm");
+    let config = plugin["configuration"]["value"].as_str().unwrap();
+    let names = env_names(config);
+    assert!(names.len() >= 2, "{names:?}");
+    let keys = vm["environment_variables"]["host_env_keys"]
+        .as_array()
+        .unwrap();
+    for name in &names {
+        assert!(
+            keys.iter().any(|k| k == name.as_str()),
+            "{name} is not in host_env_keys"
+        );
+    }
+    assert!(
+        vm["environment_variables"]["key_values"].is_null(),
+        "no inline values"
+    );
+    let secret = |n: &str| names.iter().any(|x| x == n).then(|| "s".to_string());
+    let cfg =
+        PluginConfig::from_json_env(config.as_bytes(), &secret).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cfg.enforcers.len(), 2);
+    // route-name rules name routes of the route configuration
+    let routes: Vec<&str> = hcm["route_config"]["virtual_hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|vh| vh["routes"].as_array().unwrap())
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    assert!(cfg.rules.iter().any(|r| r.route_name.is_some()));
+    for rule in &cfg.rules {
+        if let Some(name) = &rule.route_name {
+            assert!(routes.contains(&name.as_str()), "no route named {name}");
+        }
+    }
+    // each enforcer's cluster exists and reaches Keycloak over verified TLS
+    let clusters = boot["static_resources"]["clusters"].as_array().unwrap();
+    for (name, e) in &cfg.enforcers {
+        let c = clusters
+            .iter()
+            .find(|c| c["name"] == e.proxy.cluster.as_str())
+            .unwrap_or_else(|| panic!("enforcer {name}: no cluster {}", e.proxy.cluster));
+        let tls = &c["transport_socket"]["typed_config"];
+        assert_eq!(
+            tls["@type"],
+            "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+        );
+        assert_eq!(tls["sni"], e.proxy.authority.as_str());
+        let v = &tls["common_tls_context"]["validation_context"];
+        let ca = v["trusted_ca"]["filename"].as_str().unwrap();
+        assert!(Path::new(ca).exists(), "{ca} (Debian: ca-certificates)");
+        assert_eq!(
+            v["match_typed_subject_alt_names"][0]["matcher"]["exact"],
+            e.proxy.authority.as_str()
+        );
+        assert!(c["outlier_detection"].is_object());
+    }
+}
+
+#[test]
+fn the_plain_envoy_example_validates_and_needs_its_secrets() {
     let envoy = root().join(".cache/venv/bin/envoy");
-    let run = |secret: Option<&str>| {
+    assert!(
+        envoy.exists(),
+        "Envoy is installed by scripts/stack.sh install (make test does it)"
+    );
+    let run = |env: &[(&str, &str)]| {
         let mut c = Command::new(&envoy);
         c.current_dir(root()).args([
             "--mode",
@@ -252,10 +497,11 @@ fn the_plain_envoy_example_validates_and_needs_its_secret() {
             "envoy/examples/envoy-keycloak-tls.yaml",
             "--disable-hot-restart",
         ]);
-        match secret {
-            Some(s) => c.env("KCPEP_CLIENT_SECRET", s),
-            None => c.env_remove("KCPEP_CLIENT_SECRET"),
-        };
+        c.env_remove("KCPEP_CLIENT_SECRET")
+            .env_remove("KCPEP_REPORTS_CLIENT_SECRET");
+        for (k, v) in env {
+            c.env(k, v);
+        }
         let out = c.output().unwrap();
         (
             out.status.success(),
@@ -263,16 +509,22 @@ fn the_plain_envoy_example_validates_and_needs_its_secret() {
                 + &String::from_utf8_lossy(&out.stderr),
         )
     };
-    let (ok, text) = run(Some("from-the-environment"));
+    let (ok, text) = run(&[
+        ("KCPEP_CLIENT_SECRET", "accounts-from-the-environment"),
+        (
+            "KCPEP_REPORTS_CLIENT_SECRET",
+            "reports-from-the-environment",
+        ),
+    ]);
     assert!(ok && text.contains("configured 2 enforcer(s)"), "{text}");
     assert!(
         !text.contains("from-the-environment"),
-        "the secret is never logged"
+        "a secret is never logged"
     );
-    let (ok, text) = run(None);
+    let (ok, text) = run(&[("KCPEP_CLIENT_SECRET", "x")]);
     assert!(!ok);
     assert!(
-        text.contains("enforcers.accounts.credentials.secret: environment variable KCPEP_CLIENT_SECRET is not set"),
+        text.contains("enforcers.reports.credentials.secret: environment variable KCPEP_REPORTS_CLIENT_SECRET is not set"),
         "{text}"
     );
 }
@@ -280,39 +532,69 @@ fn the_plain_envoy_example_validates_and_needs_its_secret() {
 #[test]
 fn oci_layout_holds_the_module_as_istio_reads_it() {
     use sha2::{Digest, Sha256};
-    let out = std::env::temp_dir().join(format!("kcpep-oci-{}", std::process::id()));
+    let sha = |bytes: &[u8]| format!("{:x}", Sha256::digest(bytes));
+    // `make oci` is `scripts/oci.sh` once the module is built; the script is run directly here,
+    // into a temporary folder, so the test neither rebuilds the module nor touches dist/oci
+    let makefile = std::fs::read_to_string(root().join("Makefile")).unwrap();
+    assert!(makefile.contains("oci: $(WASM)\n\tscripts/oci.sh\n"));
     let wasm = root().join("dist/keycloak_pep.wasm");
-    let status = Command::new(root().join("scripts/oci.sh"))
+    assert!(wasm.exists(), "dist/keycloak_pep.wasm: run `make wasm`");
+    let out = std::env::temp_dir().join(format!("kcpep-oci-{}", std::process::id()));
+    let made = Command::new(root().join("scripts/oci.sh"))
         .args([wasm.to_str().unwrap(), out.to_str().unwrap(), "test"])
         .output()
         .unwrap();
-    assert!(status.status.success(), "{status:?}");
+    let printed = String::from_utf8_lossy(&made.stdout).to_string();
+    assert!(made.status.success(), "{made:?}");
     let blob = |digest: &str| {
         let hex = digest.strip_prefix("sha256:").unwrap();
         let bytes = std::fs::read(out.join("blobs/sha256").join(hex)).unwrap();
-        assert_eq!(format!("{:x}", Sha256::digest(&bytes)), hex, "blob {hex}");
+        assert_eq!(sha(&bytes), hex, "blob {hex}");
         bytes
     };
-    let layout: serde_json::Value =
+    let layout: Value =
         serde_json::from_slice(&std::fs::read(out.join("oci-layout")).unwrap()).unwrap();
     assert_eq!(layout["imageLayoutVersion"], "1.0.0");
-    let index: serde_json::Value =
+    let index: Value =
         serde_json::from_slice(&std::fs::read(out.join("index.json")).unwrap()).unwrap();
+    assert_eq!(index["schemaVersion"], 2);
+    assert_eq!(
+        index["mediaType"],
+        "application/vnd.oci.image.index.v1+json"
+    );
+    assert_eq!(index["manifests"].as_array().unwrap().len(), 1);
     let m = &index["manifests"][0];
     assert_eq!(
         m["annotations"]["org.opencontainers.image.ref.name"],
         "test"
     );
-    let manifest_bytes = blob(m["digest"].as_str().unwrap());
+    assert_eq!(m["mediaType"], "application/vnd.oci.image.manifest.v1+json");
+    let manifest_digest = m["digest"].as_str().unwrap();
+    let manifest_bytes = blob(manifest_digest);
     assert_eq!(m["size"], manifest_bytes.len());
-    let manifest: serde_json::Value = serde_json::from_slice(&manifest_bytes).unwrap();
+    // the digest to pin (WasmPlugin sha256) is printed
+    assert!(
+        printed.contains(&format!("manifest {manifest_digest}")),
+        "{printed}"
+    );
+    assert!(
+        printed.contains(&format!("sha256: \"{}\"", &manifest_digest[7..])),
+        "{printed}"
+    );
+    let manifest: Value = serde_json::from_slice(&manifest_bytes).unwrap();
+    assert_eq!(manifest["schemaVersion"], 2);
     assert_eq!(
         manifest["mediaType"],
         "application/vnd.oci.image.manifest.v1+json"
     );
-    let config = blob(manifest["config"]["digest"].as_str().unwrap());
-    assert_eq!(manifest["config"]["size"], config.len());
-    // one layer, tar+gzip, holding plugin.wasm: Istio's "compat" variant
+    assert_eq!(
+        manifest["config"]["mediaType"],
+        "application/vnd.oci.image.config.v1+json"
+    );
+    let config_bytes = blob(manifest["config"]["digest"].as_str().unwrap());
+    assert_eq!(manifest["config"]["size"], config_bytes.len());
+    // one layer, tar+gzip, holding plugin.wasm: the "compat" variant Istio's fetcher reads
+    // (pkg/wasm/imagefetcher.go, extractOCIStandardImage)
     let layers = manifest["layers"].as_array().unwrap();
     assert_eq!(layers.len(), 1);
     assert_eq!(
@@ -321,16 +603,37 @@ fn oci_layout_holds_the_module_as_istio_reads_it() {
     );
     let layer = blob(layers[0]["digest"].as_str().unwrap());
     assert_eq!(layers[0]["size"], layer.len());
+    // no other blobs
+    assert_eq!(
+        std::fs::read_dir(out.join("blobs/sha256")).unwrap().count(),
+        3
+    );
+    // gzip without a time stamp (bytes 4..8) or file name (flag 0x08)
+    assert_eq!(&layer[..3], &[0x1f, 0x8b, 8]);
+    assert_eq!(&layer[4..8], &[0, 0, 0, 0]);
+    assert_eq!(layer[3] & 0x08, 0);
     let layer_path = out.join("layer.tgz");
     std::fs::write(&layer_path, &layer).unwrap();
+    let tar = Command::new("gzip")
+        .args(["-dc", layer_path.to_str().unwrap()])
+        .output()
+        .unwrap()
+        .stdout;
+    // the config's diff_id is the uncompressed layer's digest
+    let config: Value = serde_json::from_slice(&config_bytes).unwrap();
+    assert_eq!(
+        config["rootfs"]["diff_ids"][0],
+        format!("sha256:{}", sha(&tar))
+    );
     let listed = Command::new("tar")
-        .args(["-tzf", layer_path.to_str().unwrap()])
+        .env("TZ", "UTC")
+        .args(["-tvzf", layer_path.to_str().unwrap()])
         .output()
         .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&listed.stdout).trim(),
-        "plugin.wasm"
-    );
+    let listing = String::from_utf8_lossy(&listed.stdout).to_string();
+    assert_eq!(listing.lines().count(), 1, "{listing}");
+    assert!(listing.trim_end().ends_with(" plugin.wasm"), "{listing}");
+    assert!(listing.contains("1970-01-01"), "fixed time: {listing}");
     let extracted = Command::new("tar")
         .args(["-xzOf", layer_path.to_str().unwrap(), "plugin.wasm"])
         .output()
@@ -342,10 +645,11 @@ fn oci_layout_holds_the_module_as_istio_reads_it() {
     );
     // reproducible: the same module gives the same image
     let again = std::env::temp_dir().join(format!("kcpep-oci2-{}", std::process::id()));
-    Command::new(root().join("scripts/oci.sh"))
+    let made = Command::new(root().join("scripts/oci.sh"))
         .args([wasm.to_str().unwrap(), again.to_str().unwrap(), "test"])
         .output()
         .unwrap();
+    assert!(made.status.success());
     assert_eq!(
         std::fs::read(out.join("index.json")).unwrap(),
         std::fs::read(again.join("index.json")).unwrap()
