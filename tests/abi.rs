@@ -997,3 +997,27 @@ fn a_body_ended_by_trailers_is_decided_before_it_goes_on() {
     assert_eq!(vm.local_response(req).unwrap().status, 403);
     assert!(vm.forwarded_body(req).is_empty(), "never forwarded");
 }
+
+#[test]
+fn background_fetch_failures_are_counted_as_keycloak_errors() {
+    let mut vm = vm_with(None);
+    assert!(vm.configure(&config()).unwrap());
+    vm.tick().unwrap();
+    let calls = vm.take_callouts();
+    let discovery = calls
+        .iter()
+        .find(|c| c.header(":path").unwrap().ends_with(b"/uma2-configuration"))
+        .unwrap();
+    vm.respond(discovery.token, 503, &[], b"upstream connect error")
+        .unwrap();
+    let certs = calls
+        .iter()
+        .find(|c| c.header(":path").unwrap().ends_with(b"/certs"))
+        .unwrap();
+    vm.fail_callout(certs.token).unwrap();
+    assert_eq!(vm.metric("kcpep.keycloak.errors"), Some(1));
+    assert_eq!(vm.metric("kcpep.keycloak.timeouts"), Some(1));
+    assert!(vm
+        .histogram("kcpep.keycloak.latency_ms")
+        .is_some_and(|h| h.len() == 2));
+}

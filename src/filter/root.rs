@@ -60,8 +60,8 @@ pub struct Plugin {
 pub struct Root {
     plugin: Option<Rc<Plugin>>,
     metrics: Rc<Metrics>,
-    /// Background callouts: token -> (enforcer, what was fetched, shared-data key).
-    pending: HashMap<u32, (usize, Fetch, String)>,
+    /// Background callouts: token -> (enforcer, what was fetched, shared-data key, sent at).
+    pending: HashMap<u32, (usize, Fetch, String, i64)>,
     /// Callouts of parked requests that had to ask Keycloak themselves.
     flows: HashMap<u32, Flow>,
     settled: bool,
@@ -175,14 +175,14 @@ impl Root {
                             }
                         }
                     }
-                    let in_flight_here = self.pending.values().any(|(_, _, k)| *k == key);
+                    let in_flight_here = self.pending.values().any(|(_, _, k, _)| *k == key);
                     if in_flight_here
                         || !host::take_lease(&shared::lease_key(&key), self.nonce, now)
                     {
                         bg.skip(fetch);
                         continue;
                     }
-                    self.metrics.keycloak_call(&req.path);
+                    let endpoint = self.metrics.keycloak_call(&req.path);
                     match host::dispatch(
                         &cfg.proxy.cluster,
                         &cfg.proxy.authority,
@@ -190,9 +190,10 @@ impl Root {
                         cfg.proxy.timeout_ms,
                     ) {
                         Ok(token) => {
-                            self.pending.insert(token, (i, fetch, key));
+                            self.pending.insert(token, (i, fetch, key, now));
                         }
                         Err(status) => {
+                            self.metrics.keycloak_error(endpoint);
                             log::warn!(
                                 "kcpep: cannot call cluster {} for {}: {:?}",
                                 cfg.proxy.cluster,
@@ -252,7 +253,7 @@ impl Context for Root {
         let Some(plugin) = self.plugin.clone() else {
             return;
         };
-        let Some((i, fetch, key)) = self.pending.remove(&token) else {
+        let Some((i, fetch, key, sent_ms)) = self.pending.remove(&token) else {
             if let Some(flow) = self.flows.remove(&token) {
                 self.flow_answer(&plugin, flow, num_headers, body_size);
             }
@@ -261,6 +262,8 @@ impl Context for Root {
         let mut body = Vec::new();
         let (status, ok) = host::call_answer(num_headers, body_size, &mut body);
         let now = host::now_ms();
+        // Background fetches count as Keycloak calls, errors and latency too.
+        self.metrics.keycloak_answer(ok, status, now - sent_ms);
         let cfg = &plugin.config.enforcers[i].1;
         let mut st = plugin.enforcers[i].borrow_mut();
         let EnforcerState { rt, bg, verified } = &mut *st;
