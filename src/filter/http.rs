@@ -408,6 +408,18 @@ impl Context for Http {
 }
 
 impl Http {
+    /// 413 for a body over `max-body-bytes` (or, in dry-run, go on).
+    fn body_too_large(&mut self, plugin: &Plugin, mut flow: Flow) -> Action {
+        let cfg = &plugin.config.enforcers[flow.enforcer].1;
+        let step = enforcer::body_too_large(cfg);
+        let applied = flow.apply(plugin, &self.metrics, step, false);
+        self.flow = Some(flow);
+        match applied {
+            Applied::Continue => Action::Continue,
+            _ => Action::Pause,
+        }
+    }
+
     /// Applies the first step of a request from a filter callback (headers or body).
     fn first_step(&mut self, plugin: &Plugin, mut flow: Flow, end_of_stream: bool) -> Action {
         let now = host::now_ms();
@@ -546,13 +558,7 @@ impl HttpContext for Http {
         let cfg = &plugin.config.enforcers[flow.enforcer].1;
         if body_size > cfg.proxy.max_body_bytes as usize {
             self.reading_body = false;
-            let step = enforcer::body_too_large(cfg);
-            let applied = flow.apply(&plugin, &self.metrics, step, false);
-            self.flow = Some(flow);
-            return match applied {
-                Applied::Continue => Action::Continue,
-                _ => Action::Pause,
-            };
+            return self.body_too_large(&plugin, flow);
         }
         if !end_of_stream {
             self.flow = Some(flow);
@@ -587,13 +593,7 @@ impl HttpContext for Http {
                 .unwrap_or_default(),
         );
         if flow.body.as_ref().is_some_and(|b| b.len() > limit) {
-            let step = enforcer::body_too_large(cfg);
-            let applied = flow.apply(&plugin, &self.metrics, step, false);
-            self.flow = Some(flow);
-            return match applied {
-                Applied::Continue => Action::Continue,
-                _ => Action::Pause,
-            };
+            return self.body_too_large(&plugin, flow);
         }
         self.first_step(&plugin, flow, true)
     }
