@@ -140,7 +140,7 @@ class Envoy:
 
     def stop(self):
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(signal.SIGTERM)  # JavaEnforcer.stop uses this too
             try:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
@@ -173,14 +173,7 @@ class JavaEnforcer:
         return None  # no proxy in front to count Keycloak requests
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
+        Envoy.stop(self)
 
 
 def wrk(connections, seconds, tok):

@@ -9,6 +9,7 @@ use crate::claims::Cip;
 use crate::forwarded::{Cidr, ProxyHeaders, ProxyTrust};
 use crate::json::{self, ConfigError, Obj, Result};
 use crate::paths::{validate_template, PathMatcher};
+use crate::uri;
 use serde_json::Value;
 use std::rc::Rc;
 
@@ -156,6 +157,8 @@ pub struct EnforcerConfig {
     pub lazy_load_paths: bool,
     pub http_method_as_scope: bool,
     pub on_deny_redirect_to: Option<String>,
+    /// The same page normalized once, to compare request paths with.
+    pub on_deny_normalized: Option<String>,
     pub user_managed_access: bool,
     pub claim_information_point: Option<Rc<Cip>>,
     pub proxy: ProxySettings,
@@ -329,6 +332,7 @@ impl EnforcerConfig {
             path_cache,
             lazy_load_paths,
             http_method_as_scope,
+            on_deny_normalized: on_deny_redirect_to.as_deref().and_then(uri::normalize),
             on_deny_redirect_to,
             user_managed_access,
             claim_information_point,

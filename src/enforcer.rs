@@ -272,6 +272,12 @@ fn dry_run(cfg: &EnforcerConfig, step: Step) -> Step {
     }
 }
 
+/// 503 for a request the shell cannot carry on (a callout answer nobody waits for, a body that
+/// can no longer be read): refused, never let through undecided.
+pub fn cannot_continue(why: &str) -> Step {
+    reply(503, "Authorization service unavailable", why)
+}
+
 /// 413 for a request whose claims need a body larger than `kcpep.max-body-bytes`.
 pub fn body_too_large(cfg: &EnforcerConfig) -> Step {
     dry_run(
@@ -301,8 +307,8 @@ fn decide_inner(
         };
     }
     let normalized = relative_path(cfg, req.path).and_then(|p| uri::normalize(&p));
-    let is_deny_page = match (&normalized, &cfg.on_deny_redirect_to) {
-        (Some(n), Some(deny)) => uri::normalize(deny).as_deref() == Some(n.as_str()),
+    let is_deny_page = match (&normalized, &cfg.on_deny_normalized) {
+        (Some(n), Some(deny)) => n == deny,
         _ => false,
     };
     let configured: Option<Rc<Entry>> = if is_deny_page {

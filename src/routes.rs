@@ -25,6 +25,15 @@ pub struct PluginConfig {
     pub enforcers: Vec<(String, EnforcerConfig)>,
     pub rules: Vec<Rule>,
     pub default: Option<usize>,
+    /// What requests must be asked for, decided once here rather than per request.
+    uses: Uses,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Uses {
+    route_names: bool,
+    path_prefixes: bool,
+    claims: bool,
 }
 
 impl PluginConfig {
@@ -39,11 +48,11 @@ impl PluginConfig {
             .map_err(|e| ConfigError::new("", format!("invalid JSON: {e}")))?;
         if value.get("enforcers").is_none() {
             let single = EnforcerConfig::from_value_env(&value, "", env)?;
-            return Ok(PluginConfig {
-                enforcers: vec![("default".into(), single)],
-                rules: Vec::new(),
-                default: Some(0),
-            });
+            return Ok(Self::new(
+                vec![("default".into(), single)],
+                Vec::new(),
+                Some(0),
+            ));
         }
         let mut o = Obj::new(&value, "")?;
         let mut enforcers = Vec::new();
@@ -106,30 +115,44 @@ impl PluginConfig {
             Some(name) => Some(lookup(&name, "default")?),
         };
         o.finish()?;
-        Ok(PluginConfig {
+        Ok(Self::new(enforcers, rules, default))
+    }
+
+    fn new(
+        enforcers: Vec<(String, EnforcerConfig)>,
+        rules: Vec<Rule>,
+        default: Option<usize>,
+    ) -> Self {
+        let uses = Uses {
+            route_names: rules.iter().any(|r| r.route_name.is_some()),
+            path_prefixes: rules.iter().any(|r| r.path_prefix.is_some()),
+            claims: enforcers.iter().any(|(_, e)| {
+                e.claim_information_point.is_some()
+                    || e.paths.iter().any(|p| p.claim_information_point.is_some())
+            }),
+        };
+        PluginConfig {
             enforcers,
             rules,
             default,
-        })
+            uses,
+        }
     }
 
     /// Whether selection needs Envoy's route name (read only then: it is a host call per request).
     pub fn uses_route_names(&self) -> bool {
-        self.rules.iter().any(|r| r.route_name.is_some())
+        self.uses.route_names
     }
 
     /// Whether any enforcer has a claim information point (then headers, peer, TLS and perhaps
     /// the body are kept for the core; otherwise nothing of that is read).
     pub fn uses_claims(&self) -> bool {
-        self.enforcers.iter().any(|(_, e)| {
-            e.claim_information_point.is_some()
-                || e.paths.iter().any(|p| p.claim_information_point.is_some())
-        })
+        self.uses.claims
     }
 
     /// Whether selection looks at the path (normalized once more per request only then).
     pub fn uses_path_prefixes(&self) -> bool {
-        self.rules.iter().any(|r| r.path_prefix.is_some())
+        self.uses.path_prefixes
     }
 
     /// The enforcer for a request. `path` is the normalized path (None if it did not parse).

@@ -113,15 +113,7 @@ impl Flow {
     /// The next step once Keycloak answered.
     pub fn resume(&mut self, plugin: &Plugin, answer: Answer, now_ms: i64) -> Step {
         let Some(pending) = self.pending.take() else {
-            return enforcer::Step::Reply(enforcer::Reply {
-                status: 503,
-                headers: Vec::new(),
-                body: "Authorization service unavailable".into(),
-                reason: "unexpected callout answer".into(),
-                cache: CacheUse::None,
-                path: None,
-                resource: None,
-            });
+            return enforcer::cannot_continue("unexpected callout answer");
         };
         self.with_core(plugin, |cfg, rt, req, store| {
             enforcer::resume(cfg, rt, req, store, pending, answer, now_ms)
@@ -274,16 +266,9 @@ impl Flow {
     /// A request that waited elsewhere and now needs a body it can no longer read: refused,
     /// never let through unevaluated.
     pub fn body_lost(&mut self, plugin: &Plugin, metrics: &Metrics) {
-        let step = Step::Reply(enforcer::Reply {
-            status: 503,
-            headers: Vec::new(),
-            body: "Authorization service unavailable".into(),
-            reason: "the matched path changed while the request waited and now needs its body"
-                .into(),
-            cache: CacheUse::None,
-            path: None,
-            resource: None,
-        });
+        let step = enforcer::cannot_continue(
+            "the matched path changed while the request waited and now needs its body",
+        );
         self.apply(plugin, metrics, step, true);
     }
 }

@@ -108,71 +108,39 @@ fn body_claims_wait_for_the_body_then_travel_as_claim_token() {
         ("content-type", "application/json"),
         ("x-forwarded-for", "203.0.113.7"),
     ]);
-    let s = go(
-        &c,
-        &mut rt,
-        &mut store,
-        &t,
-        "/branch/transfer",
-        &h,
-        None,
-        None,
-    );
-    assert_eq!(s, Step::ReadBody);
-    let s = go(
-        &c,
-        &mut rt,
-        &mut store,
-        &t,
-        "/branch/transfer",
-        &h,
-        Some(br#"{"amount": 900}"#),
-        None,
-    );
+    // POST /branch/transfer with these headers, this body, and Keycloak's answer to `answer`
+    let mut transfer = |body: Option<&[u8]>, answer: Option<(&Step, u16, &str)>| {
+        go(
+            &c,
+            &mut rt,
+            &mut store,
+            &t,
+            "/branch/transfer",
+            &h,
+            body,
+            answer,
+        )
+    };
+    let amount_900: &[u8] = br#"{"amount": 900}"#;
+    assert_eq!(transfer(None, None), Step::ReadBody);
+    let s = transfer(Some(amount_900), None);
     let claims = pushed(&s);
     assert_eq!(claims["branch"], ["tokyo"]);
     assert_eq!(claims["amount"], ["900"]);
     // global claims too, with the trusted proxy's X-Forwarded-For believed
     assert_eq!(claims["ip"], ["203.0.113.7"]);
-    let done = go(
-        &c,
-        &mut rt,
-        &mut store,
-        &t,
-        "/branch/transfer",
-        &h,
-        Some(br#"{"amount": 900}"#),
-        Some((&s, 200, BRANCH_GRANTED)),
-    );
+    let done = transfer(Some(amount_900), Some((&s, 200, BRANCH_GRANTED)));
     assert!(
         matches!(&done, Step::Allow(a) if a.cache == CacheUse::Stored),
         "{done:?}"
     );
     // same claims: a cache hit; other claims: Keycloak is asked again
-    let again = go(
-        &c,
-        &mut rt,
-        &mut store,
-        &t,
-        "/branch/transfer",
-        &h,
-        Some(br#"{"amount": 900}"#),
-        None,
-    );
+    let again = transfer(Some(amount_900), None);
     assert!(
         matches!(&again, Step::Allow(a) if a.cache == CacheUse::Hit),
         "{again:?}"
     );
-    let other = go(
-        &c,
-        &mut rt,
-        &mut store,
-        &t,
-        "/branch/transfer",
-        &h,
-        Some(br#"{"amount": 5000}"#),
-        None,
-    );
+    let other = transfer(Some(br#"{"amount": 5000}"#), None);
     assert_eq!(pushed(&other)["amount"], ["5000"]);
 }
 
