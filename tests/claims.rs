@@ -161,3 +161,47 @@ fn dry_run_records_denials_without_blocking() {
     assert_eq!(enforcing.status, 403);
     assert_eq!(stat("kcpep.requests.dry_run_denied"), before + 1);
 }
+
+#[test]
+fn every_request_placeholder_reaches_keycloak() {
+    // /branch/echo pushes one claim per placeholder kind; Keycloak grants the owner and returns
+    // the claims it evaluated inside the permission, which reaches the upstream as a header.
+    let tok = user_token("owner");
+    let auth = format!("Bearer {tok}");
+    let r = request(
+        &envoy(),
+        "GET",
+        "/branch/echo?q=a%20b&x=1",
+        &[
+            ("host", b"claims.bank.local"),
+            ("authorization", auth.as_bytes()),
+            ("cookie", b"c=cookie-value; other=1"),
+            ("x-h", b"header-value"),
+        ],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let echoed = r.json();
+    let perms: Value =
+        serde_json::from_str(echoed["headers"]["x-kcpep-permissions"].as_str().unwrap()).unwrap();
+    let claims = &perms[0]["claims"];
+    let one = |name: &str| claims[name].as_array().map(|v| v.to_vec());
+    let want = |v: &[&str]| Some(v.iter().map(|s| Value::from(*s)).collect::<Vec<_>>());
+    assert_eq!(one("method"), want(&["GET"]), "{claims}");
+    assert_eq!(one("uri"), want(&["/branch/echo"]));
+    assert_eq!(one("relative"), want(&["/branch/echo"]));
+    assert_eq!(one("secure"), want(&["false"]));
+    assert_eq!(one("q"), want(&["a b"]));
+    assert_eq!(one("c"), want(&["cookie-value"]));
+    assert_eq!(one("h"), want(&["header-value"]));
+    assert_eq!(one("user"), want(&["owner"]));
+    assert_eq!(one("mixed"), want(&["GET by owner"]));
+    let mut list = one("list").unwrap();
+    list.sort_by_key(|v| v.to_string());
+    assert_eq!(Some(list), want(&["header-value", "static"]));
+    assert_eq!(
+        one("ip"),
+        want(&["127.0.0.1"]),
+        "the global claim, no forwarding header"
+    );
+}

@@ -649,3 +649,22 @@ fn revoking_a_role_takes_effect_when_the_cached_decision_expires() {
     );
     drop(grant);
 }
+
+#[test]
+fn a_lazily_loaded_path_is_looked_up_once_for_both_workers() {
+    // Envoy runs two workers (two Wasm VMs); each request opens a new connection, so both
+    // workers see the path. The first lookup is shared with the other worker through shared data.
+    let tok = user_token("teller");
+    let path = format!(
+        "/reports/shared-{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let before = stat("kcpep.keycloak.calls.resource_set");
+    for _ in 0..12 {
+        assert_eq!(get("affirmative.bank.local", &path, Some(&tok)).status, 200);
+    }
+    assert_eq!(stat("kcpep.keycloak.calls.resource_set") - before, 1);
+}
