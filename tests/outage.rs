@@ -8,7 +8,7 @@ mod common;
 
 use common::*;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn stack(cmd: &str) {
     let script = env("KCPEP_STACK");
@@ -66,14 +66,9 @@ fn keycloak_down_fails_closed_serves_cached_and_stale_allows_and_recovers() {
     );
     assert_eq!(public, 200);
     // Keycloak is ready again (start-keycloak waits for it); the filter recovers without a restart.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut last = 0;
-    while Instant::now() < deadline {
-        last = account("unanimous.bank.local", &uncached);
-        if last == 200 {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    panic!("still {last} 60 s after Keycloak came back");
+    poll_until(
+        "200 again after Keycloak came back",
+        Duration::from_secs(60),
+        || (account("unanimous.bank.local", &uncached) == 200).then_some(()),
+    );
 }

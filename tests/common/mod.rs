@@ -189,3 +189,17 @@ pub fn stat(name: &str) -> i64 {
         })
         .unwrap_or(0)
 }
+
+/// Polls `check` until it yields a value, failing after `timeout`: for states that only time or
+/// another process brings about (a cache entry expiring, Keycloak restarting, a log flush), never
+/// a fixed sleep standing in for them.
+pub fn poll_until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
