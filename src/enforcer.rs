@@ -300,6 +300,10 @@ fn decide_inner(
     store: &mut dyn DecisionStore,
     now_ms: i64,
 ) -> Step {
+    // Before anything else, DISABLED included: what is judged must be what the upstream gets.
+    if let Some(why) = uri::segmentation_hazard(req.path) {
+        return reply(400, "Bad Request", &format!("ambiguous path: {why}"));
+    }
     if cfg.enforcement_mode == EnforcementMode::Disabled {
         return match req.credential {
             Credential::Anonymous => unauthorized(cfg, None),
@@ -336,6 +340,10 @@ fn decide_inner(
                 return redirect(to, "no token");
             }
             return unauthorized(cfg, None);
+        }
+        // RFC 6750 §3.1: no bearer credential offered (Basic, Digest...), no error code.
+        Credential::Malformed(BearerError::NotBearer) => {
+            return with_reason(unauthorized(cfg, None), BearerError::NotBearer.describe())
         }
         Credential::Malformed(e) => return unauthorized(cfg, Some(e.describe())),
         Credential::Invalid(e) => return unauthorized(cfg, Some(e.describe())),
@@ -733,10 +741,15 @@ fn authorize(
     now_ms: i64,
 ) -> Step {
     let (raw, token, entry, method) = (a.raw, a.token, &a.entry, &a.method);
-    if let Some(perms) = token.permissions() {
-        if is_authorized(entry, method, &perms, false, &claims) {
+    // Another resource server's RPT says nothing about this one's resources, even where a
+    // resource has the same name: its permissions count only when it was issued for us.
+    let own_rpt = token
+        .permissions()
+        .filter(|_| token.is_for_audience(&cfg.client_id));
+    if let Some(perms) = &own_rpt {
+        if is_authorized(entry, method, perms, false, &claims) {
             return Step::Allow(Allow {
-                permissions: Some(uma::permissions_header_value(&perms)),
+                permissions: Some(uma::permissions_header_value(perms)),
                 reason: "the token already carries the permission",
                 cache: CacheUse::None,
                 would_deny: None,
@@ -838,7 +851,8 @@ fn authorize(
         response_mode: ResponseMode::Permissions,
         uri_form,
         claims: Some(&claims),
-        rpt: token.permissions().is_some().then_some(raw),
+        // Keycloak merges the RPT's permissions into its answer: only ever our own.
+        rpt: own_rpt.is_some().then_some(raw),
     };
     Step::Call(Box::new(Call {
         request: uma::uma_grant_request(cfg, &grant),
@@ -889,7 +903,9 @@ pub fn method_config(cfg: &EnforcerConfig, entry: &Entry, method: &str) -> Metho
 }
 
 /// Keycloak's `isAuthorized` over a list of permissions. `from_server`: the permissions are
-/// Keycloak's answer to our single-resource request, so an unresolved path accepts its resource.
+/// Keycloak's answer to our single-resource request, so an unresolved path accepts its resource
+/// (by name when it was asked by name). A token's own permissions need the path bound to a
+/// resource id: Keycloak compares ids, and a name is not unique across resource servers.
 pub fn is_authorized(
     entry: &Entry,
     m: &MethodConfig,
@@ -903,7 +919,7 @@ pub fn is_authorized(
             Some(rsid) => {
                 let same = match (&entry.resource.id, &entry.resource.name) {
                     (Some(id), _) => id == rsid,
-                    (None, Some(name)) => p.rsname.as_deref() == Some(name.as_str()),
+                    (None, Some(name)) => from_server && p.rsname.as_deref() == Some(name.as_str()),
                     (None, None) => from_server,
                 };
                 if same {
@@ -1033,6 +1049,17 @@ fn unauthorized(cfg: &EnforcerConfig, error: Option<&str>) -> Step {
         path: None,
         resource: None,
     })
+}
+
+/// The same reply with another reason for the log line.
+fn with_reason(step: Step, why: &str) -> Step {
+    match step {
+        Step::Reply(r) => Step::Reply(Reply {
+            reason: why.to_string(),
+            ..r
+        }),
+        other => other,
+    }
 }
 
 fn forbidden(why: &str) -> Step {

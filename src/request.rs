@@ -73,9 +73,48 @@ pub fn query(path: &str) -> &str {
     q.split('#').next().unwrap_or_default()
 }
 
+/// Whether a client's header `name` stands for the header `own`, which the filter sets itself:
+/// case-insensitive, and `_` counts as `-`, because CGI/WSGI upstreams read `x_kcpep_permissions`
+/// as the same `HTTP_X_KCPEP_PERMISSIONS` variable as `x-kcpep-permissions`.
+pub fn is_spelling_of(own: &str, name: &str) -> bool {
+    own.len() == name.len()
+        && own.bytes().zip(name.bytes()).all(|(a, b)| {
+            let fold = |c: u8| {
+                if c == b'_' {
+                    b'-'
+                } else {
+                    c.to_ascii_lowercase()
+                }
+            };
+            fold(a) == fold(b)
+        })
+}
+
 /// A `:path` without query and fragment (servlet `getRequestURI`: not decoded).
 pub fn path_only(path: &str) -> &str {
     path.split(['?', '#']).next().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod spelling_tests {
+    #[test]
+    fn underscore_and_case_spellings_of_the_filters_own_headers() {
+        for n in [
+            "x-kcpep-permissions",
+            "X-KCPEP-Permissions",
+            "x_kcpep_permissions",
+            "x-kcpep_permissions",
+        ] {
+            assert!(super::is_spelling_of("x-kcpep-permissions", n), "{n}");
+        }
+        for n in [
+            "x-kcpep-permission",
+            "x-kcpep-permissionss",
+            "xkcpep-permissions-",
+        ] {
+            assert!(!super::is_spelling_of("x-kcpep-permissions", n), "{n}");
+        }
+    }
 }
 
 /// Header lines from text pairs (tests).

@@ -44,7 +44,12 @@ pub fn bearer<'a>(values: &[&'a [u8]], max_len: usize) -> Result<Option<&'a str>
     let text = std::str::from_utf8(value).map_err(|_| BearerError::BadSyntax)?;
     let mut parts = text.split_ascii_whitespace();
     let (Some(scheme), Some(token), None) = (parts.next(), parts.next(), parts.next()) else {
-        return Err(if text.trim().is_empty() || !text.contains(' ') {
+        // `Bearer` with no token, or with more than one word, is a broken bearer credential;
+        // anything else (`Basic`, a bare word) offered none.
+        let scheme = text.split_ascii_whitespace().next().unwrap_or_default();
+        return Err(if scheme.eq_ignore_ascii_case("bearer") {
+            BearerError::BadSyntax
+        } else if text.trim().is_empty() || !text.contains(' ') {
             BearerError::NotBearer
         } else {
             BearerError::BadSyntax
@@ -219,6 +224,16 @@ impl Token {
     /// `authorization.permissions` when the token is an RPT.
     pub fn permissions(&self) -> Option<Vec<Permission>> {
         permissions_of(&self.claims)
+    }
+
+    /// Whether `aud` (a string or a list) names this client: an RPT is issued for the resource
+    /// server it was asked for.
+    pub fn is_for_audience(&self, client_id: &str) -> bool {
+        match self.claims.get("aud") {
+            Some(Value::String(a)) => a == client_id,
+            Some(Value::Array(list)) => list.iter().any(|a| a.as_str() == Some(client_id)),
+            _ => false,
+        }
     }
 
     /// A claim by JSON pointer (`/realm_access/roles`).
@@ -475,7 +490,7 @@ pub(crate) mod tests {
             bearer(&[b"Basic dXNlcjpwdw=="], 100),
             Err(BearerError::NotBearer)
         );
-        assert_eq!(bearer(&[b"Bearer"], 100), Err(BearerError::NotBearer));
+        assert_eq!(bearer(&[b"Bearer"], 100), Err(BearerError::BadSyntax));
         assert_eq!(bearer(&[b"Bearer a b"], 100), Err(BearerError::BadSyntax));
         assert_eq!(bearer(&[b"Bearer a,b"], 100), Err(BearerError::BadSyntax));
         assert_eq!(

@@ -440,7 +440,8 @@ pub enum UmaOutcome {
     Granted(Option<Vec<Permission>>),
     /// 403 `access_denied` (`not_authorized` or `request_submitted`).
     Denied,
-    /// 400 `invalid_grant`: the subject token was refused (expired session, revoked...).
+    /// 400 `invalid_grant`, or 400 `unauthorized_client` "Invalid identity": the subject token
+    /// was refused (logged-out session, expired, revoked...). Answered 401, never cached.
     InvalidSubject,
     /// 400 `invalid_resource` / `invalid_scope` / other request errors: Keycloak's enforcer denies.
     Refused(OAuthError),
@@ -461,6 +462,14 @@ pub fn parse_uma_response(status: u16, body: &[u8], mode: ResponseMode) -> UmaOu
             ))
         }
         Err(Failure::Http { error, .. }) if error.error == "invalid_grant" => {
+            return UmaOutcome::InvalidSubject
+        }
+        // What Keycloak answers for a subject token of a logged-out session, or one that expired
+        // within our clock skew: the user's identity, not our client, is refused.
+        Err(Failure::Http { status: 400, error })
+            if error.error == "unauthorized_client"
+                && error.error_description.as_deref() == Some("Invalid identity") =>
+        {
             return UmaOutcome::InvalidSubject
         }
         Err(Failure::Http { error, .. }) => return UmaOutcome::Refused(error),
@@ -768,6 +777,23 @@ mod tests {
             ),
             InvalidSubject
         );
+        // Keycloak 26's answer for the token of a logged-out session
+        assert_eq!(
+            parse_uma_response(
+                400,
+                br#"{"error":"unauthorized_client","error_description":"Invalid identity"}"#,
+                ResponseMode::Permissions
+            ),
+            InvalidSubject
+        );
+        assert!(matches!(
+            parse_uma_response(
+                400,
+                br#"{"error":"unauthorized_client"}"#,
+                ResponseMode::Decision
+            ),
+            Refused(_)
+        ));
         assert!(
             matches!(parse_uma_response(400, br#"{"error":"invalid_resource"}"#, ResponseMode::Decision), Refused(e) if e.error == "invalid_resource")
         );

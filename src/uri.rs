@@ -37,6 +37,73 @@ pub fn normalize(raw: &str) -> Option<String> {
     Some(format!("{prefix}{s}"))
 }
 
+/// Why the upstream might split this path into other segments than the filter judges, if it
+/// might: an encoded or literal slash or backslash (`%2F`, `%5C`, `\`), a dot segment (`..`,
+/// `%2e%2e`, `..;x`) or an empty segment (`//`). The filter decodes and resolves these to match
+/// as Keycloak does, but Envoy forwards `:path` as it is, and an upstream that reads `%2F` as
+/// data, does not resolve dots, or takes `//x` for an authority serves another resource than
+/// the one that was judged. None: every reading gives the segments the filter judges.
+/// (docs/configuration.md, "Paths the filter refuses".)
+pub fn segmentation_hazard(raw: &str) -> Option<&'static str> {
+    let path = strip_query_and_fragment(raw);
+    let path = match split_scheme_authority(path) {
+        Some((_, p)) => p,
+        None => path,
+    };
+    let b = path.as_bytes();
+    if b.contains(&b'\\') {
+        return Some("backslash in the path");
+    }
+    if b.windows(3).any(|w| {
+        w[0] == b'%'
+            && ((w[1] == b'2' && w[2].eq_ignore_ascii_case(&b'f'))
+                || (w[1] == b'5' && w[2].eq_ignore_ascii_case(&b'c')))
+    }) {
+        return Some("encoded slash or backslash in the path");
+    }
+    let body = path.strip_prefix('/').unwrap_or(path);
+    let segs: Vec<&str> = body.split('/').collect();
+    for (i, seg) in segs.iter().enumerate() {
+        if seg.is_empty() && i + 1 < segs.len() {
+            return Some("empty path segment");
+        }
+        // What the segment reads as once decoded and without matrix parameters.
+        let decoded = percent_decode_lossy(seg);
+        let bare = decoded.split(';').next().unwrap_or_default();
+        if bare == "." || bare == ".." {
+            return Some("dot segment in the path");
+        }
+    }
+    None
+}
+
+/// `%HH` decoded once, other bytes kept (no validation: only for spotting dots).
+fn percent_decode_lossy(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.contains('%') {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = (b[i] == b'%')
+            .then(|| s.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match hex {
+            Some(v) => {
+                out.push(v);
+                i += 3;
+            }
+            None => {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+    }
+    std::borrow::Cow::Owned(String::from_utf8_lossy(&out).into_owned())
+}
+
 /// The common case: an absolute path of plain characters with nothing to strip, collapse, resolve
 /// or decode. Normalization would return it unchanged.
 fn is_already_normal(s: &str) -> bool {
@@ -229,7 +296,46 @@ fn percent_decode(s: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::normalize;
+    use super::{normalize, segmentation_hazard};
+
+    #[test]
+    fn paths_whose_segments_could_be_read_otherwise_are_hazards() {
+        for p in [
+            "/account/1/..%2F..%2Fpublic/x",
+            "/account/1/..%2f..%2fpublic/x",
+            "/account/1%2F..%2F..%2Fpublic%2Fx",
+            "/account/1/%2e%2e%2f%2e%2e%2fpublic/x",
+            "/account/1/..%5C..%5Cpublic",
+            "/account/1\\..\\public",
+            "/account/1/../../public/x",
+            "/account/1/%2e%2e/%2E%2E/public/x",
+            "/account/1/.%2e/public",
+            "/account/1/..;x/public",
+            "/account/1/%2e%2e%3bx/public",
+            "/public/./x",
+            "/public/x/.",
+            "//public/account/1",
+            "/public//account",
+            "https://h/a/../b",
+            "/a/..?q=1",
+        ] {
+            assert!(segmentation_hazard(p).is_some(), "{p}");
+        }
+        for p in [
+            "/account/1",
+            "/account/1/",
+            "/account;x=1/1",
+            "/account/%31",
+            "/a/b.c/..d/...",
+            "/a/%252F",
+            "/a?next=/b/../c//d%2F",
+            "/caf%C3%A9",
+            "/",
+            "https://h/a/b",
+        ] {
+            assert_eq!(segmentation_hazard(p), None, "{p}");
+        }
+    }
 
     fn n(s: &str) -> Option<String> {
         normalize(s)

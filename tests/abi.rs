@@ -343,7 +343,7 @@ fn keycloak_answers_become_local_replies() {
 fn rpt_with_the_permission_passes_without_a_callout() {
     let mut vm = ready_vm();
     let rpt = token(
-        json!({"authorization": {"permissions": [{"rsid": "rid-1", "rsname": "View Account Resource", "scopes": ["account:view"]}]}}),
+        json!({"aud": "bank-api", "authorization": {"permissions": [{"rsid": "rid-1", "rsname": "View Account Resource", "scopes": ["account:view"]}]}}),
     );
     let req = get(&mut vm, "/account/1", Some(&bearer(&rpt)), &[]);
     assert!(vm.continued(req));
@@ -372,10 +372,13 @@ fn hostile_bytes_never_crash_the_vm() {
         );
         let r = vm.local_response(req).unwrap();
         assert_eq!(r.status, 401);
-        assert!(
-            String::from_utf8(r.header("www-authenticate").unwrap().to_vec())
-                .unwrap()
-                .contains("invalid_token")
+        let challenge = String::from_utf8(r.header("www-authenticate").unwrap().to_vec()).unwrap();
+        // RFC 6750 §3.1: an error code only when a bearer credential was offered
+        let offered_bearer = auth != b"Basic abc";
+        assert_eq!(
+            challenge.contains("invalid_token"),
+            offered_bearer,
+            "{challenge}"
         );
     }
     let req = vm
@@ -745,8 +748,9 @@ fn body_claims_read_the_body_then_push_every_placeholder_kind() {
             ("x-kcpep-permissions", b"forged"),
         ],
     );
-    // the headers go on (to Envoy's buffer filter) so that the body reaches the filter
-    assert_eq!(vm.action(req), Action::Continue);
+    // the headers are held while the filter reads the body: nothing reaches the upstream
+    // before the decision, whatever route Envoy picked
+    assert_eq!(vm.action(req), Action::Pause);
     assert!(
         vm.take_callouts().is_empty(),
         "nothing asked before the body"
@@ -782,7 +786,10 @@ fn body_claims_read_the_body_then_push_every_placeholder_kind() {
     .unwrap();
     assert!(vm.continued(req));
     assert_eq!(vm.forwarded_body(req), br#"{"amount": 900}"#);
-    // the headers went on before the decision: the permissions travel as filter state only
+    // the headers were held, so the upstream gets the permissions header too
+    assert!(vm
+        .request_header(req, "x-kcpep-permissions")
+        .is_some_and(|h| String::from_utf8_lossy(&h).contains("rid-1")));
     assert!(vm.stream_property(req, &["kcpep.permissions"]).is_some());
     assert!(vm.failed().is_none());
 }
@@ -1020,4 +1027,67 @@ fn background_fetch_failures_are_counted_as_keycloak_errors() {
     assert!(vm
         .histogram("kcpep.keycloak.latency_ms")
         .is_some_and(|h| h.len() == 2));
+}
+
+#[test]
+fn a_body_that_arrives_while_keycloak_is_asked_is_held_until_the_decision() {
+    // Envoy with allow_on_headers_stop_iteration delivers body callbacks to a filter whose
+    // headers are paused; going on from one of them would release the undecided request.
+    let mut vm = ready_vm();
+    for (status, body, forwarded) in [
+        (403, &br#"{"error":"access_denied"}"#[..], false),
+        (
+            200,
+            &br#"[{"rsid":"rid-1","rsname":"View Account Resource"}]"#[..],
+            true,
+        ),
+    ] {
+        let t = token(json!({"jti": status.to_string()})); // each its own decision
+        let auth = bearer(&t);
+        let h: Vec<(&str, &[u8])> = vec![
+            (":method", b"GET"),
+            (":path", b"/account/1"),
+            (":authority", b"bank.local"),
+            (":scheme", b"http"),
+            ("authorization", &auth),
+        ];
+        let req = vm.request_with(&h, false).unwrap();
+        assert_eq!(vm.action(req), Action::Pause);
+        assert_eq!(vm.local_response(req).map(|r| r.status), None);
+        assert_eq!(
+            vm.request_body(req, b"transfer", false).unwrap(),
+            Some(Action::Pause)
+        );
+        assert_eq!(
+            vm.request_body(req, b" all", true).unwrap(),
+            Some(Action::Pause)
+        );
+        assert!(!vm.continued(req), "nothing goes on before the decision");
+        let c = vm.take_callouts().pop().unwrap();
+        vm.respond(c.token, status, &[], body).unwrap();
+        assert_eq!(vm.continued(req), forwarded);
+        let expected: &[u8] = if forwarded { b"transfer all" } else { b"" };
+        assert_eq!(vm.forwarded_body(req), expected);
+    }
+    assert!(vm.failed().is_none());
+}
+
+#[test]
+fn body_claims_hold_the_request_even_where_envoy_would_not_deliver_the_body() {
+    // Without allow_on_headers_stop_iteration Envoy stops every callback while the headers are
+    // paused: the body never comes, and the request waits rather than going on undecided.
+    let mut vm = vm_with(None);
+    vm.without_stop_iteration();
+    assert!(vm.configure(&claims_config(json!({}))).unwrap());
+    answer_background(&mut vm);
+    let t = token(json!({}));
+    let req = post(&mut vm, "/account/7", &t, &[("x-branch", b"tokyo")]);
+    assert_eq!(vm.action(req), Action::Pause);
+    assert_eq!(
+        vm.request_body(req, br#"{"amount": 900}"#, true).unwrap(),
+        None
+    );
+    assert!(!vm.continued(req));
+    assert!(vm.take_callouts().is_empty());
+    assert!(vm.local_response(req).is_none());
 }

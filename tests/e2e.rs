@@ -83,9 +83,21 @@ fn missing_and_malformed_credentials_get_401() {
     let r = get("unanimous.bank.local", "/account/1", None);
     assert_eq!(r.status, 401);
     assert_eq!(r.header("www-authenticate"), Some("Bearer realm=\"bank\""));
+    // RFC 6750 §3.1: another scheme offers no bearer credential, so no error code
+    let r = request(
+        &envoy(),
+        "GET",
+        "/account/1",
+        &[
+            ("host", b"unanimous.bank.local"),
+            ("authorization", b"Basic dXNlcjpwYXNz"),
+        ],
+        b"",
+    );
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header("www-authenticate"), Some("Bearer realm=\"bank\""));
     for auth in [
         &b"Bearer not.a.jwt"[..],
-        b"Basic dXNlcjpwYXNz",
         b"Bearer",
         b"Bearer a b",
         b"Bearer \xff\xfe",

@@ -316,6 +316,7 @@ const CALLOUT_GUEST: &str = r#"
 fn callout_response_resumes_the_paused_request() {
     let module = guest(CALLOUT_GUEST);
     let mut vm = Vm::new(&module).unwrap().allow_clusters(&["keycloak"]);
+    vm.without_stop_iteration();
     vm.configure(b"").unwrap();
     let req = vm
         .request_with(&[GET, (":path", b"/app"), AUTHORITY], false)
@@ -646,4 +647,23 @@ fn built_filter_module_loads() {
     if let Err(e) = Vm::new(module) {
         panic!("the filter module does not load: {e}");
     }
+}
+
+#[test]
+fn with_allow_on_headers_stop_iteration_the_body_reaches_a_paused_filter() {
+    let module = guest(CALLOUT_GUEST);
+    let mut vm = Vm::new(&module).unwrap().allow_clusters(&["keycloak"]);
+    vm.configure(b"").unwrap();
+    let req = vm
+        .request_with(&[GET, (":path", b"/app"), AUTHORITY], false)
+        .unwrap();
+    assert_eq!(vm.action(req), Action::Pause);
+    assert!(!vm.continued(req));
+    // the guest's body callback answers Continue, which in Envoy releases the paused headers
+    assert_eq!(
+        vm.request_body(req, b"abc", true).unwrap(),
+        Some(Action::Continue)
+    );
+    assert!(vm.continued(req));
+    assert_eq!(vm.forwarded_body(req), b"abc");
 }

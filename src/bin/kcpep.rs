@@ -183,7 +183,7 @@ fn notes(e: &keycloak_pep::config::EnforcerConfig) -> Vec<&'static str> {
     use keycloak_pep::config::OnKeycloakError;
     let mut out = Vec::new();
     if claims::reads_bodies(e) {
-        out.push("claims read request bodies: put envoy.filters.http.buffer after the filter on those routes");
+        out.push("claims read request bodies: the filter holds the headers until it has read the body; set allow_on_headers_stop_iteration: true on the Wasm filter (Envoy >= 1.35, Istio: an EnvoyFilter), or those requests wait until Envoy's timeouts");
     }
     if e.proxy.dry_run {
         out.push("dry-run: nothing is blocked, would-be denials are only logged and counted");

@@ -199,6 +199,52 @@ fn bad_tokens_get_401_invalid_token_except_on_disabled_paths() {
         );
         assert_eq!(status(&run(&c, &mut rt, "GET", "/public/x", cred)), 200);
     }
+    // RFC 6750 §3.1: another scheme (Basic) offered no bearer credential, so no error code
+    let s = run(
+        &c,
+        &mut rt,
+        "GET",
+        "/account/1",
+        Credential::Malformed(BearerError::NotBearer),
+    );
+    assert_eq!(status(&s), 401);
+    assert_eq!(
+        header(&s, "www-authenticate"),
+        Some("Bearer realm=\"bank\"")
+    );
+}
+
+#[test]
+fn a_subject_keycloak_refuses_gets_401_and_is_not_cached() {
+    let c = bank();
+    let mut rt = Runtime::new(&c);
+    let t = token(json!({}));
+    let mut store = MemStore::default();
+    let req = RequestFacts {
+        method: "GET",
+        path: "/account/1",
+        credential: valid(&t),
+        view: Default::default(),
+    };
+    for _ in 0..2 {
+        let Step::Call(call) = decide(&c, &mut rt, &req, &mut store, NOW_MS) else {
+            panic!("asks Keycloak each time: the refusal was not cached as a denial")
+        };
+        let body = br#"{"error":"unauthorized_client","error_description":"Invalid identity"}"#;
+        let s = resume(
+            &c,
+            &mut rt,
+            &req,
+            &mut store,
+            call.pending,
+            Answer::Http { status: 400, body },
+            NOW_MS,
+        );
+        assert_eq!(status(&s), 401, "{s:?}");
+        assert!(header(&s, "www-authenticate")
+            .unwrap()
+            .contains("error=\"invalid_token\""));
+    }
 }
 
 #[test]
@@ -368,9 +414,10 @@ fn fail_open_only_when_configured() {
 
 #[test]
 fn rpt_with_permission_needs_no_callout() {
-    let c = bank();
+    let mut c = bank();
+    c.paths[0].id = Some("r1".into()); // bound to its resource id at start
     let mut rt = Runtime::new(&c);
-    let t = token(json!({"authorization": {"permissions": [
+    let t = token(json!({"aud": "bank-api", "authorization": {"permissions": [
         {"rsid": "r1", "rsname": "View Account Resource", "scopes": ["account:view"]}]}}));
     let s = run(&c, &mut rt, "GET", "/account/1", valid(&t));
     assert_eq!(status(&s), 200, "{s:?}");
@@ -382,15 +429,16 @@ fn rpt_with_permission_needs_no_callout() {
     assert_eq!(form_value(call, "rpt").as_deref(), Some(t.raw.as_str()));
     // a permission of another resource does not count
     let other = token(
-        json!({"authorization": {"permissions": [{"rsid": "zz", "rsname": "Other", "scopes": ["account:view"]}]}}),
+        json!({"aud": "bank-api", "authorization": {"permissions": [{"rsid": "zz", "rsname": "Other", "scopes": ["account:view"]}]}}),
     );
     assert_eq!(
         status(&run(&c, &mut rt, "GET", "/account/1", valid(&other))),
         0
     );
     // a scope-only permission grants any path (Keycloak's rule)
-    let scope_only =
-        token(json!({"authorization": {"permissions": [{"scopes": ["account:view"]}]}}));
+    let scope_only = token(
+        json!({"aud": "bank-api", "authorization": {"permissions": [{"scopes": ["account:view"]}]}}),
+    );
     assert_eq!(
         status(&run(&c, &mut rt, "GET", "/account/1", valid(&scope_only))),
         200
@@ -398,10 +446,51 @@ fn rpt_with_permission_needs_no_callout() {
 }
 
 #[test]
+fn another_resource_servers_rpt_or_an_unbound_path_asks_keycloak() {
+    let perms = json!({"permissions": [
+        {"rsid": "r1", "rsname": "View Account Resource", "scopes": ["account:view"]}]});
+    let mut bound = bank();
+    bound.paths[0].id = Some("r1".into());
+    // issued for another resource server, with our very resource id: not ours to accept
+    let foreign = token(json!({"aud": "bank-api-affirmative", "authorization": perms}));
+    let mut rt = Runtime::new(&bound);
+    let Step::Call(call) = run(&bound, &mut rt, "GET", "/account/1", valid(&foreign)) else {
+        panic!()
+    };
+    assert_eq!(
+        form_value(&call, "rpt"),
+        None,
+        "a foreign RPT is not merged"
+    );
+    assert_eq!(form_value(&call, "audience").as_deref(), Some("bank-api"));
+    // ours, but the path is not bound (PAT refused, protection API down): the name alone does
+    // not prove the resource, so Keycloak is asked
+    let ours = token(json!({"aud": ["bank-api", "account"], "authorization": perms}));
+    let unbound = bank();
+    let mut rt = Runtime::new(&unbound);
+    let step = run(&unbound, &mut rt, "GET", "/account/1", valid(&ours));
+    assert!(matches!(step, Step::Call(_)), "{step:?}");
+    // Keycloak's own answer to our by-name question still counts by name
+    let s = answer(
+        &unbound,
+        &mut rt,
+        "GET",
+        "/account/1",
+        &ours,
+        step,
+        200,
+        r#"[{"rsid":"r9","rsname":"View Account Resource","scopes":["account:view"]}]"#,
+    );
+    assert_eq!(status(&s), 200, "{s:?}");
+}
+
+#[test]
 fn path_level_permissive_passes_rpts_without_that_resource() {
     let c = bank();
     let mut rt = Runtime::new(&c);
-    let t = token(json!({"authorization": {"permissions": [{"rsid": "zz", "rsname": "Other"}]}}));
+    let t = token(
+        json!({"aud": "bank-api", "authorization": {"permissions": [{"rsid": "zz", "rsname": "Other"}]}}),
+    );
     assert_eq!(status(&run(&c, &mut rt, "GET", "/soft/x", valid(&t))), 200);
 }
 
@@ -430,7 +519,7 @@ fn unresolved_paths_ask_by_uri() {
     let t = token(json!({}));
     let c = cfg_with(json!({"paths": [{"path": "/things/{id}"}]}));
     let mut rt = Runtime::new(&c);
-    let Step::Call(call) = run(&c, &mut rt, "GET", "/things//7/", valid(&t)) else {
+    let Step::Call(call) = run(&c, &mut rt, "GET", "/things/7/", valid(&t)) else {
         panic!()
     };
     assert_eq!(
@@ -1086,3 +1175,43 @@ fn cache_off_asks_every_time() {
 }
 
 mod cip;
+
+#[test]
+fn paths_the_upstream_could_segment_otherwise_get_400_in_every_mode() {
+    let t = token(json!({}));
+    let hostile = [
+        "/account/1/..%2F..%2Fpublic/x",
+        "/account/1/..%2f..%2fdenied",
+        "/account/1/%2e%2e%2f%2e%2e%2fpublic/x",
+        "/account/1%2F..%2F..%2Fpublic%2Fx",
+        "/account/1/../../public/x",
+        "//public/account/1",
+    ];
+    let redirecting = cfg_with(json!({"on-deny-redirect-to": "/denied", "paths": [
+        {"name": "View Account Resource", "path": "/account/{id}"},
+        {"path": "/public/*", "enforcement-mode": "DISABLED"}]}));
+    let disabled = cfg_with(json!({"enforcement-mode": "DISABLED"}));
+    let permissive = cfg_with(json!({"enforcement-mode": "PERMISSIVE"}));
+    for c in [bank(), redirecting, disabled, permissive] {
+        let mut rt = Runtime::new(&c);
+        for p in hostile {
+            for cred in [Credential::Anonymous, valid(&t)] {
+                let step = run(&c, &mut rt, "GET", p, cred);
+                assert_eq!(status(&step), 400, "{p}: {step:?}");
+            }
+        }
+        // the same resource, spelled so every reader segments it alike, is judged as usual
+        assert_ne!(
+            status(&run(&c, &mut rt, "GET", "/public/x", Credential::Anonymous)),
+            400
+        );
+    }
+    // dry-run never blocks: it lets the request on and says it would have refused it
+    let mut dry = bank();
+    dry.proxy.dry_run = true;
+    let mut rt = Runtime::new(&dry);
+    let Step::Allow(a) = run(&dry, &mut rt, "GET", hostile[0], Credential::Anonymous) else {
+        panic!()
+    };
+    assert_eq!(a.would_deny.map(|r| r.status), Some(400));
+}

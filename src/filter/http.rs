@@ -14,6 +14,7 @@ use crate::uri;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, MapType};
+use std::cell::Cell;
 use std::rc::Rc;
 
 /// The stream property (Envoy filter state `wasm.kcpep.permissions`) with the granted permissions.
@@ -48,6 +49,9 @@ pub struct Flow {
     pub to_service: bool,
     /// This request's memo key (a verified token): where a memoizable allow is remembered.
     pub memo_key: Option<u128>,
+    /// Set once the request is let on or answered; until then its body and trailers are held
+    /// (shared with the HTTP context, which sees the body while the flow may wait in the root).
+    pub decided: Rc<Cell<bool>>,
 }
 
 /// What applying a step did to the stream.
@@ -131,6 +135,7 @@ impl Flow {
         let cfg = &plugin.config.enforcers[self.enforcer].1;
         match step {
             Step::Allow(a) => {
+                self.decided.set(true);
                 metrics.allowed(a.cache);
                 if let (Some(key), Some(until), Some(header)) =
                     (self.memo_key, a.memo_until_ms, &a.permissions)
@@ -162,6 +167,7 @@ impl Flow {
                 Applied::Continue
             }
             Step::Reply(r) => {
+                self.decided.set(true);
                 metrics.denied(r.status, r.cache);
                 self.log_denial(cfg, &r, "kcpep deny");
                 let mut headers: Vec<(&str, &str)> = r
@@ -278,8 +284,12 @@ pub struct Http {
     metrics: Rc<Metrics>,
     flow: Option<Flow>,
     id: u32,
-    /// The headers went on and the body is being buffered for claims.
+    /// The claims need the body: it is being buffered, headers held, to decide at its end.
     reading_body: bool,
+    /// The whole body has arrived (held while the decision was pending).
+    body_ended: bool,
+    /// See [`Flow::decided`].
+    decided: Rc<Cell<bool>>,
 }
 
 impl Http {
@@ -290,6 +300,8 @@ impl Http {
             flow: None,
             id,
             reading_body: false,
+            body_ended: false,
+            decided: Rc::new(Cell::new(false)),
         }
     }
 
@@ -375,29 +387,17 @@ impl Context for Http {
         };
         let applied = flow.on_answer(&plugin, &self.metrics, num_headers, body_size);
         self.flow = Some(flow);
-        match applied {
-            Applied::Wait(key, until) => self.park(&plugin, key, until),
-            Applied::Continue | Applied::Replied => {
-                // Requests on this worker that waited for this very answer go on now.
-                super::root::wake_parked(&plugin, &self.metrics, Some(self.id));
-            }
-            Applied::Called(_) => {}
-            Applied::ReadBody => {
-                // A lazily loaded path whose claims read the body: let the headers on (to the
-                // buffer filter) and decide in the body callback.
-                self.reading_body = true;
-                abi::continue_request();
-            }
-        }
+        self.applied_in_callback(&plugin, applied);
     }
 }
 
 impl Http {
     /// 413 for a body over `max-body-bytes` (or, in dry-run, go on).
-    fn body_too_large(&mut self, plugin: &Plugin, mut flow: Flow) -> Action {
+    fn body_too_large(&mut self, plugin: &Plugin, mut flow: Flow, in_callback: bool) -> Action {
+        self.reading_body = false;
         let cfg = &plugin.config.enforcers[flow.enforcer].1;
         let step = enforcer::body_too_large(cfg);
-        let applied = flow.apply(plugin, &self.metrics, step, false);
+        let applied = flow.apply(plugin, &self.metrics, step, in_callback);
         self.flow = Some(flow);
         match applied {
             Applied::Continue => Action::Continue,
@@ -424,8 +424,68 @@ impl Http {
                 Action::Pause
             }
             Applied::ReadBody => {
+                // The headers are held (StopIteration, which Envoy honours with the Wasm
+                // filter's allow_on_headers_stop_iteration) until the whole body is decided on:
+                // a denied request never reaches the upstream, whatever the route.
                 self.reading_body = true;
-                Action::Continue
+                Action::Pause
+            }
+        }
+    }
+
+    /// The body is complete (`size` bytes at most, read from Envoy's buffer): decide.
+    /// `in_callback`: called from a callout answer, not a stream callback.
+    fn body_ready(
+        &mut self,
+        plugin: &Plugin,
+        mut flow: Flow,
+        size: usize,
+        in_callback: bool,
+    ) -> Action {
+        self.reading_body = false;
+        let limit = plugin.config.enforcers[flow.enforcer]
+            .1
+            .proxy
+            .max_body_bytes as usize;
+        let body = hostcalls::get_buffer(
+            BufferType::HttpRequestBody,
+            0,
+            size.min(limit.saturating_add(1)),
+        )
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+        if body.len() > limit {
+            return self.body_too_large(plugin, flow, in_callback);
+        }
+        flow.body = Some(body);
+        if !in_callback {
+            return self.first_step(plugin, flow, true);
+        }
+        let step = flow.decide(plugin, host::now_ms());
+        let applied = flow.apply(plugin, &self.metrics, step, true);
+        self.flow = Some(flow);
+        self.applied_in_callback(plugin, applied);
+        Action::Pause
+    }
+
+    /// What a step applied outside a stream callback (a callout answer) leaves to do.
+    fn applied_in_callback(&mut self, plugin: &Plugin, applied: Applied) {
+        match applied {
+            Applied::Wait(key, until) => self.park(plugin, key, until),
+            Applied::Continue | Applied::Replied => {
+                // Requests on this worker that waited for this very answer go on now.
+                super::root::wake_parked(plugin, &self.metrics, Some(self.id));
+            }
+            Applied::Called(_) => {}
+            Applied::ReadBody => {
+                // A lazily loaded path whose claims read the body; the headers stay held.
+                if !self.body_ended {
+                    self.reading_body = true;
+                } else if let Some(flow) = self.flow.take() {
+                    // It came while Keycloak was asked: held in Envoy's buffer, read it now.
+                    self.body_ready(plugin, flow, usize::MAX, true);
+                }
             }
         }
     }
@@ -441,14 +501,27 @@ impl HttpContext for Http {
         // One host call for the whole map: each value the host returns costs a call back into
         // the VM's allocator, so fetching headers one by one is slower.
         let headers = hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
-        // Headers the filter sets itself are never taken from the client.
+        // Headers the filter sets itself are never taken from the client, in any spelling an
+        // upstream could read as the same header...
         let mut headers = headers;
-        for name in &plugin.own_headers {
-            if headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(name)) {
+        let own = |k: &str| {
+            plugin
+                .own_headers
+                .iter()
+                .any(|o| crate::request::is_spelling_of(o, k))
+        };
+        if headers.iter().any(|(k, _)| own(k)) {
+            let mut spoofed: Vec<String> = headers
+                .iter()
+                .filter(|(k, _)| own(k))
+                .map(|(k, _)| k.clone())
+                .collect();
+            spoofed.dedup();
+            for name in &spoofed {
                 abi::set_request_header(name, None);
-                // ...nor seen by claims
-                headers.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
             }
+            // ...nor seen by claims
+            headers.retain(|(k, _)| !own(k));
         }
         let get = |name: &str| -> Option<&[u8]> {
             headers
@@ -503,6 +576,7 @@ impl HttpContext for Http {
             // The same token asked the same thing and the decision cache still holds the allow.
             let cfg = &plugin.config.enforcers[enforcer].1;
             self.metrics.allowed(CacheUse::Hit);
+            self.decided.set(true);
             abi::set_request_header(&cfg.proxy.permissions_header, Some(&header));
             abi::set_property(&[PERMISSIONS_PROPERTY], header.as_bytes());
             return Action::Continue;
@@ -529,57 +603,49 @@ impl HttpContext for Http {
             body: None,
             to_service: false,
             memo_key,
+            decided: Rc::clone(&self.decided),
         };
         self.first_step(&plugin, flow, end_of_stream)
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        if !self.reading_body {
+        if self.decided.get() {
             return Action::Continue;
         }
-        let (Some(plugin), Some(mut flow)) = (self.plugin.clone(), self.flow.take()) else {
+        // Undecided: hold the body (Envoy buffers it). Going on would release the held headers.
+        if end_of_stream {
+            self.body_ended = true;
+        }
+        if !self.reading_body {
+            return Action::Pause;
+        }
+        let (Some(plugin), Some(flow)) = (self.plugin.clone(), self.flow.take()) else {
             return Action::Pause; // never let an undecided body through
         };
         let cfg = &plugin.config.enforcers[flow.enforcer].1;
         if body_size > cfg.proxy.max_body_bytes as usize {
-            self.reading_body = false;
-            return self.body_too_large(&plugin, flow);
+            return self.body_too_large(&plugin, flow, false);
         }
         if !end_of_stream {
             self.flow = Some(flow);
             return Action::Pause; // buffer
         }
-        self.reading_body = false;
-        flow.body = Some(
-            hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size)
-                .ok()
-                .flatten()
-                .unwrap_or_default(),
-        );
-        self.first_step(&plugin, flow, true)
+        self.body_ready(&plugin, flow, body_size, false)
     }
 
     /// A body followed by trailers (HTTP/2, gRPC) ends here, not with an end-of-stream data
     /// frame: decide now. Going on without deciding would forward the buffered request unchecked.
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
-        if !self.reading_body {
+        if self.decided.get() {
             return Action::Continue;
         }
-        let (Some(plugin), Some(mut flow)) = (self.plugin.clone(), self.flow.take()) else {
+        self.body_ended = true;
+        if !self.reading_body {
+            return Action::Pause;
+        }
+        let (Some(plugin), Some(flow)) = (self.plugin.clone(), self.flow.take()) else {
             return Action::Pause;
         };
-        self.reading_body = false;
-        let cfg = &plugin.config.enforcers[flow.enforcer].1;
-        let limit = cfg.proxy.max_body_bytes as usize;
-        flow.body = Some(
-            hostcalls::get_buffer(BufferType::HttpRequestBody, 0, limit.saturating_add(1))
-                .ok()
-                .flatten()
-                .unwrap_or_default(),
-        );
-        if flow.body.as_ref().is_some_and(|b| b.len() > limit) {
-            return self.body_too_large(&plugin, flow);
-        }
-        self.first_step(&plugin, flow, true)
+        self.body_ready(&plugin, flow, usize::MAX, false)
     }
 }

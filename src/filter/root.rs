@@ -350,10 +350,10 @@ impl RootContext for Root {
         own_headers.dedup();
         for (name, cfg) in &config.enforcers {
             if crate::claims::reads_bodies(cfg) {
-                // A Wasm filter sees the body only after letting the headers go on (Envoy turns a
-                // paused header phase into "stop all"), so a buffer filter must hold them.
+                // The filter holds the headers while it reads the body; Envoy delivers the body to
+                // a filter that paused its headers only with allow_on_headers_stop_iteration.
                 log::info!(
-                    "kcpep [{name}]: claims read request bodies: put envoy.filters.http.buffer after this filter, or request headers reach the upstream before the decision"
+                    "kcpep [{name}]: claims read request bodies: set allow_on_headers_stop_iteration: true on the Wasm filter (Envoy >= 1.35), or those requests wait for a body until Envoy's timeouts (never forwarded undecided)"
                 );
             }
         }

@@ -81,9 +81,40 @@ pub fn request(
     );
     req.extend_from_slice(body);
     stream.write_all(&req).unwrap();
+    parse_response(&read_response(&mut stream))
+}
+
+/// Reads one response: up to its Content-Length, or its last chunk, or else the connection's
+/// end. (Waiting for the close alone would also wait out Envoy's delayed close, a second per
+/// local reply.)
+fn read_response(stream: &mut TcpStream) -> Vec<u8> {
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).unwrap();
-    parse_response(&raw)
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        if let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+            let body = &raw[split + 4..];
+            let length = head.lines().find_map(|l| {
+                l.strip_prefix("content-length:")
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+            });
+            let chunked = head
+                .lines()
+                .any(|l| l.starts_with("transfer-encoding:") && l.contains("chunked"));
+            let no_body = head.starts_with("http/1.1 204") || head.starts_with("http/1.1 304");
+            match length {
+                Some(n) if body.len() >= n => return raw,
+                None if chunked && body.ends_with(b"0\r\n\r\n") => return raw,
+                None if no_body => return raw,
+                _ => {}
+            }
+        }
+        match stream.read(&mut buf) {
+            Ok(0) => return raw,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("reading the response: {e} (after {} bytes)", raw.len()),
+        }
+    }
 }
 
 fn parse_response(raw: &[u8]) -> Response {

@@ -540,6 +540,11 @@ pub struct Vm {
     started: bool,
     failed: Option<String>,
     next_ctx: u32,
+    /// Envoy's Wasm `allow_on_headers_stop_iteration` (on in the shipped configurations): headers
+    /// paused with StopIteration still let body and trailer callbacks reach the filter. Off, a
+    /// paused header phase stops everything until the filter resumes (proxy-wasm-cpp-host turns
+    /// StopIteration into StopAllIterationAndWatermark).
+    stop_iteration: bool,
 }
 
 impl Vm {
@@ -607,6 +612,7 @@ impl Vm {
             started: false,
             failed: None,
             next_ctx: ROOT_ID + 1,
+            stop_iteration: true,
         })
     }
 
@@ -767,6 +773,11 @@ impl Vm {
 
     /// The request went (or goes) upstream: headers returned Continue or the filter resumed it,
     /// and there was no local reply or reset.
+    /// Models Envoy without `allow_on_headers_stop_iteration` (see [`Vm::stop_iteration`]).
+    pub fn without_stop_iteration(&mut self) {
+        self.stop_iteration = false;
+    }
+
     pub fn continued(&self, req: u32) -> bool {
         self.stream_ref(req).request_flowing()
     }
@@ -892,11 +903,14 @@ impl Vm {
         end_of_stream: bool,
     ) -> Result<Option<Action>, Trap> {
         let failed = self.failed.is_some();
+        let stop_iteration = self.stop_iteration;
         let stream = self.stream(req);
         if stream.finished() || failed {
             return Ok(None);
         }
-        if !stream.request_flowing() {
+        let reaches_filter = stream.request_flowing()
+            || (stop_iteration && stream.headers_action == Some(Action::Pause));
+        if !reaches_filter {
             let held = stream.held_body.get_or_insert_with(Default::default);
             held.0.extend_from_slice(chunk);
             held.1 = end_of_stream;
@@ -925,6 +939,11 @@ impl Vm {
             let body = std::mem::take(&mut stream.request_body);
             stream.forwarded_body.extend(body);
             stream.body_open = false;
+            // Going on from the body callback releases headers paused with StopIteration too.
+            if !stream.request_flowing() {
+                stream.resumed = true;
+                stream.close_maps(StreamType::Request);
+            }
         }
         Ok(action)
     }
@@ -938,8 +957,11 @@ impl Vm {
         trailers: &[(&str, &str)],
     ) -> Result<Option<Action>, Trap> {
         let failed = self.failed.is_some();
+        let stop_iteration = self.stop_iteration;
         let stream = self.stream(req);
-        if stream.finished() || failed || !stream.request_flowing() {
+        let reaches_filter = stream.request_flowing()
+            || (stop_iteration && stream.headers_action == Some(Action::Pause));
+        if stream.finished() || failed || !reaches_filter {
             return Ok(None);
         }
         stream.request_trailers = Slot {
@@ -959,6 +981,10 @@ impl Vm {
             stream.forwarded_body.extend(body);
             stream.body_open = false;
             stream.request_trailers.open = false;
+            if !stream.request_flowing() {
+                stream.resumed = true;
+                stream.close_maps(StreamType::Request);
+            }
         }
         Ok(Some(action))
     }

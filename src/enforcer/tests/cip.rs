@@ -259,7 +259,7 @@ fn http_provider_is_a_callout_before_the_grant() {
 
 #[test]
 fn rpt_permissions_with_claims_are_checked_against_the_request_claims() {
-    let t = token(json!({"authorization": {"permissions": [
+    let t = token(json!({"aud": "bank-api", "authorization": {"permissions": [
         {"rsid": "acc", "rsname": "View Account Resource", "claims": {"ip": ["127.0.0.1"]}}]}}));
     let mut cfg2 = branch_cfg(json!({"trusted-proxies": ["10.0.0.0/8"]}));
     // bind the configured path to the RPT's resource id
