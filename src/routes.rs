@@ -1,11 +1,17 @@
 //! The plugin configuration: one keycloak.json, or several enforcers selected per request by
-//! Envoy route name, host and path prefix.
+//! Envoy route name or virtual host name, host and path prefix.
 //!
 //! Envoy's Wasm filter has no per-route configuration and Istio's WasmPlugin cannot select by
 //! route, so selection lives in the plugin config:
-//! `{"enforcers": {"name": <keycloak.json>, ...}, "routes": [{"route-name"|"host"|"path-prefix", "enforcer"}], "default": "name"}`.
+//! `{"enforcers": {"name": <keycloak.json>, ...}, "routes": [{"route-name"|"virtual-host"|"host"|"path-prefix", "enforcer"}], "default": "name"}`.
 //! Rules are tried in order; the first whose every given condition holds wins. No rule and no
 //! default: the request is refused (fail closed).
+//!
+//! `route-name` and `virtual-host` are what Envoy itself decided for the request, so the enforcer
+//! always belongs to the route the request takes. `host` re-reads the `:authority` with Envoy's
+//! domain syntax and semantics (exact, `*.suffix`, `prefix*`, `*`; the port is part of the
+//! authority, as in Envoy unless it strips ports), so it agrees with Envoy's virtual host choice
+//! only where the rules list the same domains.
 
 use crate::config::EnforcerConfig;
 use crate::json::{self, ConfigError, Obj, Result};
@@ -14,7 +20,10 @@ use serde_json::Value;
 #[derive(Debug, Clone)]
 pub struct Rule {
     pub route_name: Option<String>,
-    /// Lower-case; `*.example.com` matches any subdomain. Without a port, any port matches.
+    /// Envoy's virtual host name (`xds.virtual_host_name`).
+    pub virtual_host: Option<String>,
+    /// Lower-case Envoy domain: exact, `*.example.com` / `*-x.example.com` (suffix), `example.*`
+    /// (prefix), or `*`; matched against the whole authority, port included.
     pub host: Option<String>,
     pub path_prefix: Option<String>,
     pub enforcer: usize,
@@ -32,6 +41,7 @@ pub struct PluginConfig {
 #[derive(Debug, Clone, Copy)]
 struct Uses {
     route_names: bool,
+    virtual_hosts: bool,
     path_prefixes: bool,
     claims: bool,
 }
@@ -91,19 +101,29 @@ impl PluginConfig {
                 let path = json::index("routes", i);
                 let mut r = Obj::new(item, &path)?;
                 let route_name = r.string("route-name")?;
+                let virtual_host = r.string("virtual-host")?;
+                let host_path = r.key_path("host");
                 let host = r.string("host")?.map(|h| h.to_ascii_lowercase());
+                if let Some(h) = &host {
+                    check_domain(h, &host_path)?;
+                }
                 let path_prefix = r.string("path-prefix")?;
                 let enforcer_path = r.key_path("enforcer");
                 let enforcer = lookup(&r.required_string("enforcer")?, &enforcer_path)?;
                 r.finish()?;
-                if route_name.is_none() && host.is_none() && path_prefix.is_none() {
+                if route_name.is_none()
+                    && virtual_host.is_none()
+                    && host.is_none()
+                    && path_prefix.is_none()
+                {
                     return Err(ConfigError::new(
                         &path,
-                        "needs route-name, host or path-prefix",
+                        "needs route-name, virtual-host, host or path-prefix",
                     ));
                 }
                 rules.push(Rule {
                     route_name,
+                    virtual_host,
                     host,
                     path_prefix,
                     enforcer,
@@ -125,6 +145,7 @@ impl PluginConfig {
     ) -> Self {
         let uses = Uses {
             route_names: rules.iter().any(|r| r.route_name.is_some()),
+            virtual_hosts: rules.iter().any(|r| r.virtual_host.is_some()),
             path_prefixes: rules.iter().any(|r| r.path_prefix.is_some()),
             claims: enforcers.iter().any(|(_, e)| {
                 e.claim_information_point.is_some()
@@ -144,6 +165,11 @@ impl PluginConfig {
         self.uses.route_names
     }
 
+    /// Whether selection needs Envoy's virtual host name (`xds.virtual_host_name`, Envoy >= 1.33).
+    pub fn uses_virtual_hosts(&self) -> bool {
+        self.uses.virtual_hosts
+    }
+
     /// Whether any enforcer has a claim information point (then headers, peer, TLS and perhaps
     /// the body are kept for the core; otherwise nothing of that is read).
     pub fn uses_claims(&self) -> bool {
@@ -155,59 +181,76 @@ impl PluginConfig {
         self.uses.path_prefixes
     }
 
-    /// The enforcer for a request. `path` is the normalized path (None if it did not parse).
-    pub fn select(
-        &self,
-        route_name: Option<&str>,
-        authority: &str,
-        path: Option<&str>,
-    ) -> Option<usize> {
-        let authority = authority.to_ascii_lowercase();
+    /// The enforcer for a request.
+    pub fn select(&self, r: &Selector) -> Option<usize> {
+        let authority = r.authority.to_ascii_lowercase();
         self.rules
             .iter()
-            .find(|r| {
-                r.route_name
+            .find(|rule| {
+                rule.route_name
                     .as_deref()
-                    .is_none_or(|n| route_name == Some(n))
-                    && r.host
+                    .is_none_or(|n| r.route_name == Some(n))
+                    && rule
+                        .virtual_host
+                        .as_deref()
+                        .is_none_or(|n| r.virtual_host == Some(n))
+                    && rule
+                        .host
                         .as_deref()
                         .is_none_or(|h| host_matches(h, &authority))
-                    && r.path_prefix
+                    && rule
+                        .path_prefix
                         .as_deref()
-                        .is_none_or(|p| path.is_some_and(|x| prefix_matches(p, x)))
+                        .is_none_or(|p| r.path.is_some_and(|x| prefix_matches(p, x)))
             })
-            .map(|r| r.enforcer)
+            .map(|rule| rule.enforcer)
             .or(self.default)
     }
 }
 
-fn host_matches(rule: &str, authority: &str) -> bool {
-    let host = if rule.contains(':') {
-        authority
+/// What a request offers for enforcer selection.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Selector<'a> {
+    /// Envoy's route name, when some rule uses it.
+    pub route_name: Option<&'a str>,
+    /// Envoy's virtual host name, when some rule uses it.
+    pub virtual_host: Option<&'a str>,
+    /// The `:authority` as the filter sees it (after Envoy's own port stripping, if any).
+    pub authority: &'a str,
+    /// The normalized path (None if it did not parse), when some rule uses a prefix.
+    pub path: Option<&'a str>,
+}
+
+/// Envoy's domain forms: one `*`, at the start or the end, or `*` alone.
+fn check_domain(domain: &str, path: &str) -> Result<()> {
+    let stars = domain.matches('*').count();
+    let ok = domain == "*"
+        || stars == 0
+        || (stars == 1 && domain.len() > 1 && (domain.starts_with('*') || domain.ends_with('*')));
+    if ok {
+        Ok(())
     } else {
-        strip_port(authority)
-    };
-    match rule.strip_prefix("*.") {
-        Some(domain) => {
-            host.len() > domain.len() + 1
-                && host.ends_with(domain)
-                && host[..host.len() - domain.len()].ends_with('.')
-        }
-        None => host == rule,
+        Err(ConfigError::new(
+            path,
+            format!(
+                "\"{domain}\" is not an Envoy domain (one * at the start or the end, or * alone)"
+            ),
+        ))
     }
 }
 
-fn strip_port(authority: &str) -> &str {
-    if authority.starts_with('[') {
-        return authority.split_inclusive(']').next().unwrap_or(authority);
+/// Envoy's virtual host domain match on the whole authority: a wildcard never matches empty.
+fn host_matches(rule: &str, authority: &str) -> bool {
+    if rule == "*" {
+        return true;
     }
-    authority.rsplit_once(':').map_or(authority, |(h, p)| {
-        if p.bytes().all(|b| b.is_ascii_digit()) {
-            h
-        } else {
-            authority
-        }
-    })
+    if let Some(suffix) = rule.strip_prefix('*') {
+        return authority.len() > suffix.len() && authority.ends_with(suffix);
+    }
+    if let Some(prefix) = rule.strip_suffix('*') {
+        return authority.len() > prefix.len() && authority.starts_with(prefix);
+    }
+    authority == rule
 }
 
 /// Segment-aware: `/api` matches `/api` and `/api/x`, not `/apiary`.
@@ -228,56 +271,93 @@ mod tests {
         format!(r#"{{"realm":"bank","auth-server-url":"http://kc","resource":"{client}"}}"#)
     }
 
-    #[test]
-    fn single_keycloak_json_is_the_default() {
-        let p = PluginConfig::from_json(kc("a").as_bytes()).unwrap();
-        assert_eq!(p.select(None, "x", Some("/")), Some(0));
+    fn at<'a>(authority: &'a str, path: Option<&'a str>) -> Selector<'a> {
+        Selector {
+            authority,
+            path,
+            ..Default::default()
+        }
     }
 
     #[test]
-    fn selection_by_route_host_and_prefix() {
+    fn single_keycloak_json_is_the_default() {
+        let p = PluginConfig::from_json(kc("a").as_bytes()).unwrap();
+        assert_eq!(p.select(&at("x", Some("/"))), Some(0));
+    }
+
+    #[test]
+    fn selection_by_route_virtual_host_host_and_prefix() {
         let text = format!(
-            r#"{{"enforcers": {{"u": {}, "a": {}, "p": {}}},
+            r#"{{"enforcers": {{"u": {}, "a": {}, "p": {}, "v": {}}},
                 "routes": [{{"route-name": "accounts-affirmative", "enforcer": "a"}},
+                           {{"virtual-host": "claims", "enforcer": "v"}},
                            {{"host": "unanimous.bank.local", "enforcer": "u"}},
                            {{"host": "*.bank.local", "path-prefix": "/api", "enforcer": "p"}},
-                           {{"host": "affirmative.bank.local:10000", "enforcer": "a"}}],
+                           {{"host": "affirmative.bank.local:10000", "enforcer": "a"}},
+                           {{"host": "ops.bank.local:*", "enforcer": "p"}}],
                 "default": "u"}}"#,
             kc("bank-api"),
             kc("bank-api-affirmative"),
-            kc("x")
+            kc("x"),
+            kc("y")
         );
         let p = PluginConfig::from_json(text.as_bytes()).unwrap();
-        let name = |i: Option<usize>| i.map(|i| p.enforcers[i].0.as_str());
+        let name = |r: Selector| p.select(&r).map(|i| p.enforcers[i].0.as_str());
+        let route = Selector {
+            route_name: Some("accounts-affirmative"),
+            ..at("unanimous.bank.local", Some("/"))
+        };
+        assert_eq!(name(route), Some("a"));
+        // what Envoy decided wins over what the Host header says
+        let vhost = Selector {
+            virtual_host: Some("claims"),
+            ..at("unanimous.bank.local:8443", Some("/"))
+        };
+        assert_eq!(name(vhost), Some("v"));
+        assert_eq!(name(at("Unanimous.Bank.Local", Some("/"))), Some("u"));
+        assert_eq!(name(at("other.bank.local", Some("/api/x"))), Some("p"));
+        assert_eq!(name(at("other.bank.local", Some("/apiary"))), Some("u"));
         assert_eq!(
-            name(p.select(
-                Some("accounts-affirmative"),
-                "unanimous.bank.local",
-                Some("/")
-            )),
+            name(at("affirmative.bank.local:10000", Some("/"))),
             Some("a")
         );
+        // Envoy's semantics: the port is part of the authority unless a rule says otherwise
         assert_eq!(
-            name(p.select(None, "Unanimous.Bank.Local:10000", Some("/"))),
+            name(at("affirmative.bank.local:9999", Some("/"))),
             Some("u")
         );
+        assert_eq!(name(at("affirmative.bank.local", Some("/"))), Some("u"));
+        assert_eq!(name(at("ops.bank.local:1", Some("/"))), Some("p"));
         assert_eq!(
-            name(p.select(None, "other.bank.local", Some("/api/x"))),
-            Some("p")
+            name(at("ops.bank.local", Some("/"))),
+            Some("u"),
+            "* is never empty"
         );
-        assert_eq!(
-            name(p.select(None, "other.bank.local", Some("/apiary"))),
-            Some("u")
-        );
-        assert_eq!(
-            name(p.select(None, "affirmative.bank.local:10000", Some("/"))),
-            Some("a")
-        );
-        assert_eq!(
-            name(p.select(None, "affirmative.bank.local:9999", Some("/"))),
-            Some("u")
-        );
-        assert_eq!(name(p.select(None, "bank.local", None)), Some("u"));
+        // a trailing dot is another name to Envoy too (unless strip_trailing_host_dot)
+        assert_eq!(name(at("unanimous.bank.local.", Some("/"))), Some("u"));
+        assert_eq!(name(at("bank.local", None)), Some("u"));
+    }
+
+    #[test]
+    fn host_rules_follow_envoys_domain_matching() {
+        for (rule, authority, want) in [
+            ("a.com", "a.com", true),
+            ("a.com", "A.COM", false), // select lower-cases; host_matches sees lower case only
+            ("a.com", "a.com:80", false),
+            ("a.com:80", "a.com:80", true),
+            ("*.a.com", "x.a.com", true),
+            ("*.a.com", "x.y.a.com", true),
+            ("*.a.com", ".a.com", false),
+            ("*.a.com", "a.com", false),
+            ("*.a.com", "x.a.com:80", false),
+            ("*-api.a.com", "v1-api.a.com", true),
+            ("a.*", "a.com", true),
+            ("a.com:*", "a.com:8443", true),
+            ("a.com:*", "a.com", false),
+            ("*", "anything:1", true),
+        ] {
+            assert_eq!(host_matches(rule, authority), want, "{rule} vs {authority}");
+        }
     }
 
     #[test]
@@ -287,7 +367,7 @@ mod tests {
             kc("c")
         );
         let p = PluginConfig::from_json(text.as_bytes()).unwrap();
-        assert_eq!(p.select(None, "other", Some("/")), None);
+        assert_eq!(p.select(&at("other", Some("/"))), None);
     }
 
     #[test]
@@ -315,6 +395,16 @@ mod tests {
                 .unwrap_err()
                 .to_string(),
             "route: unknown key (did you mean \"routes\"?)"
+        );
+        let bad = format!(
+            r#"{{"enforcers": {{"u": {}}}, "routes": [{{"host": "a.*.com", "enforcer": "u"}}]}}"#,
+            kc("c")
+        );
+        assert_eq!(
+            PluginConfig::from_json(bad.as_bytes())
+                .unwrap_err()
+                .to_string(),
+            "routes[0].host: \"a.*.com\" is not an Envoy domain (one * at the start or the end, or * alone)"
         );
         let bad = format!(
             r#"{{"enforcers": {{"u": {}}}, "routes": [{{"enforcer": "u"}}]}}"#,

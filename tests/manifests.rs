@@ -8,7 +8,7 @@
 
 mod yaml;
 
-use keycloak_pep::routes::PluginConfig;
+use keycloak_pep::routes::{PluginConfig, Selector};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -50,15 +50,16 @@ fn envoy_yaml_plugin_configuration_is_valid() {
         PluginConfig::from_json_env(configs[0].as_bytes(), &env).unwrap_or_else(|e| panic!("{e}"));
     assert!(cfg.uses_claims());
     assert!(cfg.enforcers.len() >= 2);
-    // the route names the rules select by exist in the route configuration
+    // the route and virtual host names the rules select by exist in the route configuration
     for rule in &cfg.rules {
-        if let Some(name) = &rule.route_name {
+        for name in [&rule.route_name, &rule.virtual_host].into_iter().flatten() {
             assert!(
                 yaml.contains(&format!("- name: {name}\n")),
-                "no Envoy route named {name}"
+                "no Envoy route or virtual host named {name}"
             );
         }
     }
+    assert!(cfg.uses_virtual_hosts());
 }
 
 #[test]
@@ -360,8 +361,12 @@ fn istio_manifests_fit_together() {
     }
     assert!(used >= 2);
     let pick = |route: &str| {
-        cfg.select(Some(route), "bank.example.com", None)
-            .map(|i| cfg.enforcers[i].0.as_str())
+        cfg.select(&Selector {
+            route_name: Some(route),
+            authority: "bank.example.com",
+            ..Default::default()
+        })
+        .map(|i| cfg.enforcers[i].0.as_str())
     };
     assert_eq!(pick("reports"), Some("reports"));
     assert_eq!(pick("accounts.by-id"), Some("accounts"));

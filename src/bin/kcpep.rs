@@ -7,7 +7,7 @@
 use anyhow::{anyhow, bail, Context, Result};
 use keycloak_pep::enforcer::{self, Runtime};
 use keycloak_pep::paths::PathMatcher;
-use keycloak_pep::routes::PluginConfig;
+use keycloak_pep::routes::{PluginConfig, Selector};
 use keycloak_pep::uri;
 use serde_json::json;
 use std::process::ExitCode;
@@ -15,7 +15,7 @@ use std::time::Instant;
 
 const USAGE: &str = "usage:
   kcpep check --config FILE
-  kcpep explain --config FILE [--enforcer NAME] [--host HOST] [--route ROUTE] METHOD PATH
+  kcpep explain --config FILE [--enforcer NAME] [--host HOST] [--route ROUTE] [--virtual-host VHOST] METHOD PATH
   kcpep bench-paths";
 
 fn main() -> ExitCode {
@@ -36,6 +36,7 @@ fn run(args: Vec<String>) -> Result<()> {
     let mut enforcer_name = None;
     let mut host = String::new();
     let mut route = None;
+    let mut vhost = None;
     let mut positional = Vec::new();
     let mut it = rest.iter();
     while let Some(a) = it.next() {
@@ -49,6 +50,7 @@ fn run(args: Vec<String>) -> Result<()> {
             "--enforcer" => enforcer_name = Some(value("--enforcer")?),
             "--host" => host = value("--host")?,
             "--route" => route = Some(value("--route")?),
+            "--virtual-host" => vhost = Some(value("--virtual-host")?),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return Ok(());
@@ -85,7 +87,12 @@ fn run(args: Vec<String>) -> Result<()> {
                     .position(|(name, _)| name == n)
                     .ok_or_else(|| anyhow!("no enforcer named {n}"))?,
                 None => cfg
-                    .select(route.as_deref(), &host, uri::normalize(path).as_deref())
+                    .select(&Selector {
+                        route_name: route.as_deref(),
+                        virtual_host: vhost.as_deref(),
+                        authority: &host,
+                        path: uri::normalize(path).as_deref(),
+                    })
                     .ok_or_else(|| {
                         anyhow!(
                             "no enforcer selected for this request (no rule matched, no default)"

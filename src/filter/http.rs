@@ -534,13 +534,23 @@ impl HttpContext for Http {
         let path = std::str::from_utf8(get(":path").unwrap_or_default())
             .map_or_else(|_| "\u{0}".to_string(), str::to_string);
         let authority = String::from_utf8_lossy(get(":authority").unwrap_or_default()).into_owned();
-        // `xds.route_name` (Istio: the VirtualService http route name), else the older `route_name`.
-        let route_name = if plugin.config.uses_route_names() {
-            [vec!["xds", "route_name"], vec!["route_name"]]
-                .into_iter()
-                .find_map(|p| hostcalls::get_property(p).ok().flatten())
+        // What Envoy decided for the request, read only when some rule selects by it (a host
+        // call each). `xds.route_name` (Istio: the VirtualService http route name), else the
+        // older `route_name`; `xds.virtual_host_name` (Envoy >= 1.33).
+        let property = |paths: &[&[&str]]| {
+            paths
+                .iter()
+                .find_map(|p| hostcalls::get_property(p.to_vec()).ok().flatten())
                 .and_then(|b| String::from_utf8(b).ok())
                 .filter(|s| !s.is_empty())
+        };
+        let route_name = if plugin.config.uses_route_names() {
+            property(&[&["xds", "route_name"], &["route_name"]])
+        } else {
+            None
+        };
+        let virtual_host = if plugin.config.uses_virtual_hosts() {
+            property(&[&["xds", "virtual_host_name"]])
         } else {
             None
         };
@@ -549,11 +559,12 @@ impl HttpContext for Http {
         } else {
             None
         };
-        let Some(enforcer) =
-            plugin
-                .config
-                .select(route_name.as_deref(), &authority, normalized.as_deref())
-        else {
+        let Some(enforcer) = plugin.config.select(&crate::routes::Selector {
+            route_name: route_name.as_deref(),
+            virtual_host: virtual_host.as_deref(),
+            authority: &authority,
+            path: normalized.as_deref(),
+        }) else {
             self.metrics.denied(403, CacheUse::None);
             log::info!(
                 "kcpep deny status=403 request={} reason=\"no enforcer for this route\" route={:?} authority=\"{}\"",
