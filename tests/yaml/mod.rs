@@ -74,7 +74,12 @@ mod tests {
                 json!({"x": null})
             ]
         );
-        for bad in ["a: b\n  c: d\n", "a: {b: 1\n", "a: *nothing\n", "a: 1\na: 2\n"] {
+        for bad in [
+            "a: b\n  c: d\n",
+            "a: {b: 1\n",
+            "a: *nothing\n",
+            "a: 1\na: 2\n",
+        ] {
             assert!(documents(bad).is_err(), "{bad:?} should be refused");
         }
     }
