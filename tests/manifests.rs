@@ -266,6 +266,103 @@ fn istio_route_naming_follows_pilot() {
 }
 
 #[test]
+fn istio_mesh_settings_close_the_ways_past_a_gateway_pep() {
+    let docs = read_yaml(&root().join("envoy/istio/mesh-safety.yaml"));
+    let mesh = &doc(&docs, "IstioOperator")["spec"]["meshConfig"];
+    // istio/api mesh/v1alpha1/config.proto: DECODE_AND_MERGE_SLASHES = normalize_path,
+    // merge_slashes, and %2F/%5C decoded before routing
+    assert_eq!(
+        mesh["pathNormalization"]["normalization"],
+        "DECODE_AND_MERGE_SLASHES"
+    );
+    let format = mesh["accessLogFormat"].as_str().unwrap();
+    assert!(format.contains("%REQ_WITHOUT_QUERY(X-ENVOY-ORIGINAL-PATH?:PATH)%"));
+    assert!(!format.contains("%REQ(:PATH)%") && !format.contains("%REQ(X-ENVOY-ORIGINAL-PATH"));
+    let ef = doc(&docs, "EnvoyFilter");
+    assert_eq!(ef["metadata"]["namespace"], "bank");
+    let patch = &ef["spec"]["configPatches"][0];
+    assert_eq!(patch["match"]["context"], "GATEWAY");
+    let hcm = &patch["patch"]["value"]["typed_config"];
+    assert_eq!(
+        hcm["common_http_protocol_options"]["headers_with_underscores_action"],
+        "REJECT_REQUEST"
+    );
+    assert_eq!(hcm["strip_any_host_port"], true);
+    // it patches the same gateway the WasmPlugin runs in
+    let plugin_docs = read_yaml(&root().join("envoy/istio/wasmplugin.yaml"));
+    assert_eq!(
+        ef["spec"]["workloadSelector"]["labels"],
+        doc(&plugin_docs, "WasmPlugin")["spec"]["selector"]["matchLabels"]
+    );
+}
+
+/// Every shipped Envoy configuration logs paths without their query and carries the settings
+/// that keep a path, a host and a header name from meaning one thing to the filter and another
+/// to the router or the upstream (the tests-only listener of envoy.yaml aside).
+#[test]
+fn shipped_envoy_configurations_use_the_safe_settings() {
+    for file in ["envoy/envoy.yaml", "envoy/examples/envoy-keycloak-tls.yaml"] {
+        let docs = read_yaml(&root().join(file));
+        let listeners = docs[0]["static_resources"]["listeners"].as_array().unwrap();
+        let mut checked = 0;
+        for l in listeners {
+            if l["name"] == "raw-test-only" {
+                continue;
+            }
+            for chain in l["filter_chains"].as_array().unwrap() {
+                for f in chain["filters"].as_array().unwrap() {
+                    let hcm = &f["typed_config"];
+                    let what = format!("{file} listener {}", l["name"]);
+                    assert_eq!(hcm["normalize_path"], true, "{what}");
+                    assert_eq!(hcm["merge_slashes"], true, "{what}");
+                    assert!(
+                        matches!(
+                            hcm["path_with_escaped_slashes_action"].as_str(),
+                            Some(
+                                "UNESCAPE_AND_REDIRECT" | "UNESCAPE_AND_FORWARD" | "REJECT_REQUEST"
+                            )
+                        ),
+                        "{what}"
+                    );
+                    assert_eq!(hcm["strip_any_host_port"], true, "{what}");
+                    assert_eq!(
+                        hcm["common_http_protocol_options"]["headers_with_underscores_action"],
+                        "REJECT_REQUEST",
+                        "{what}"
+                    );
+                    for log in hcm["access_log"].as_array().unwrap() {
+                        let format = &log["typed_config"]["log_format"];
+                        let text = format["text_format_source"]["inline_string"]
+                            .as_str()
+                            .unwrap();
+                        assert!(text.contains("%REQ_WITHOUT_QUERY("), "{what}: {text}");
+                        assert!(
+                            !text.contains("PATH)%")
+                                || !text.contains("%REQ(X-ENVOY-ORIGINAL-PATH")
+                        );
+                        assert_eq!(
+                            format["formatters"][0]["name"], "envoy.formatter.req_without_query",
+                            "{what}"
+                        );
+                    }
+                    for hf in hcm["http_filters"].as_array().unwrap() {
+                        if hf["name"] == "keycloak-pep" {
+                            assert_eq!(
+                                hf["typed_config"]["config"]["allow_on_headers_stop_iteration"],
+                                true,
+                                "{what}"
+                            );
+                        }
+                    }
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked >= 1, "{file}");
+    }
+}
+
+#[test]
 fn istio_manifests_fit_together() {
     let dir = root().join("envoy/istio");
     let plugin_docs = read_yaml(&dir.join("wasmplugin.yaml"));
