@@ -114,7 +114,10 @@ fn run(args: Vec<String>) -> Result<()> {
                 "scopes": e.method.as_ref().map(|m| m.scopes.clone()).unwrap_or_default(),
                 "scopes_enforcement_mode": e.method.as_ref().map(|m| m.scopes_enforcement_mode.as_str()),
                 "lazy_load": ec.lazy_load_paths,
-                "would": would(ec, &e),
+                "would": match uri::segmentation_hazard(path) {
+                    Some(why) => format!("refuse with 400: ambiguous path ({why})"),
+                    None => would(ec, &e),
+                },
             });
             println!("{}", serde_json::to_string_pretty(&out)?);
             Ok(())
