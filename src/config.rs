@@ -256,6 +256,11 @@ impl EnforcerConfig {
 
         let pe_value = o.get("policy-enforcer");
         let pe_path = o.key_path("policy-enforcer");
+        // keycloak-policy-enforcer's flat PolicyEnforcerConfig: the same settings at the top.
+        let flat: Vec<(&'static str, &Value)> = POLICY_ENFORCER_KEYS
+            .iter()
+            .filter_map(|k| o.get(k).map(|v| (*k, v)))
+            .collect();
         let kcpep_value = o.get("kcpep");
         let kcpep_path = o.key_path("kcpep");
         o.finish()?;
@@ -263,62 +268,16 @@ impl EnforcerConfig {
         let default_issuer = format!("{auth_server_url}/realms/{realm}");
         let proxy = parse_proxy(kcpep_value, &kcpep_path, &url.authority, default_issuer)?;
 
-        let empty = Value::Object(Default::default());
-        let mut pe = Obj::new(pe_value.unwrap_or(&empty), &pe_path)?;
-        let enforcement_mode = pe
-            .choice("enforcement-mode", ENFORCEMENT_MODES)?
-            .unwrap_or(EnforcementMode::Enforcing);
-        let mut paths: Vec<PathConfig> = Vec::new();
-        if let Some(items) = pe.array("paths")? {
-            let base = pe.key_path("paths");
-            for (i, item) in items.iter().enumerate() {
-                let pc = parse_path(item, &json::index(&base, i))?;
-                // Keycloak merges entries with the same `path`: methods and scopes are concatenated.
-                if let Some(existing) = paths.iter_mut().find(|p| p.path == pc.path) {
-                    existing.methods.extend(pc.methods);
-                    existing.scopes.extend(pc.scopes);
-                } else {
-                    paths.push(pc);
-                }
-            }
-        }
-        let path_cache = match pe.object("path-cache")? {
-            None => PathCacheConfig::default(),
-            Some(mut pc) => {
-                let lifespan_ms = pc.i64("lifespan")?.unwrap_or(30_000);
-                let max_path = pc.key_path("max-entries");
-                let max_entries = match pc.i64("max-entries")? {
-                    None => 1000,
-                    Some(n) => u32::try_from(n).map_err(|_| {
-                        ConfigError::new(&max_path, "expected a number from 0 to 4294967295")
-                    })?,
-                };
-                pc.finish()?;
-                PathCacheConfig {
-                    configured: true,
-                    lifespan_ms,
-                    max_entries,
-                }
-            }
-        };
-        let lazy_load_paths = pe.bool("lazy-load-paths")?.unwrap_or(false);
-        let http_method_as_scope = pe.bool("http-method-as-scope")?.unwrap_or(false);
-        let on_deny_redirect_to = pe.string("on-deny-redirect-to")?;
-        let user_managed_access = match pe.get("user-managed-access") {
-            None => false,
-            Some(Value::Object(_)) => true,
-            Some(other) => {
-                return Err(ConfigError::new(
-                    &pe.key_path("user-managed-access"),
-                    format!(
-                        "expected an object ({{}} turns it on), found {}",
-                        json::type_name(other)
-                    ),
-                ))
-            }
-        };
-        let claim_information_point = parse_cip(&mut pe)?;
-        pe.finish()?;
+        let PolicyEnforcerSettings {
+            enforcement_mode,
+            paths,
+            path_cache,
+            lazy_load_paths,
+            http_method_as_scope,
+            on_deny_redirect_to,
+            user_managed_access,
+            claim_information_point,
+        } = policy_enforcer_settings(path, &flat, pe_value, &pe_path)?;
 
         let matcher = PathMatcher::new(paths.iter().map(|p| p.path.as_str()));
         Ok(EnforcerConfig {
@@ -354,6 +313,156 @@ impl EnforcerConfig {
     pub fn realm_path(&self) -> String {
         format!("{}/realms/{}", self.base_path, self.realm)
     }
+}
+
+/// The settings Keycloak's `PolicyEnforcerConfig` holds, at the top of the flat form
+/// (keycloak-policy-enforcer) or in the adapter's `policy-enforcer` object.
+const POLICY_ENFORCER_KEYS: &[&str] = &[
+    "enforcement-mode",
+    "paths",
+    "path-cache",
+    "lazy-load-paths",
+    "http-method-as-scope",
+    "on-deny-redirect-to",
+    "user-managed-access",
+    "claim-information-point",
+];
+
+/// What the policy enforcer settings say, wherever they were written.
+struct PolicyEnforcerSettings {
+    enforcement_mode: EnforcementMode,
+    paths: Vec<PathConfig>,
+    path_cache: PathCacheConfig,
+    lazy_load_paths: bool,
+    http_method_as_scope: bool,
+    on_deny_redirect_to: Option<String>,
+    user_managed_access: bool,
+    claim_information_point: Option<Rc<Cip>>,
+}
+
+/// Both forms load as they are; a file may even mix them, as long as no setting is written in
+/// both places with different values (that one is refused, naming the top-level key). Errors
+/// name the field where it was written.
+fn policy_enforcer_settings(
+    top: &str,
+    flat: &[(&'static str, &Value)],
+    nested: Option<&Value>,
+    nested_path: &str,
+) -> Result<PolicyEnforcerSettings> {
+    let mut merged = match nested {
+        None => serde_json::Map::new(),
+        Some(Value::Object(m)) => m.clone(),
+        Some(other) => {
+            return Err(ConfigError::new(
+                nested_path,
+                format!("expected an object, found {}", json::type_name(other)),
+            ))
+        }
+    };
+    for (key, value) in flat {
+        match merged.get(*key) {
+            Some(v) if v != *value => {
+                return Err(ConfigError::new(
+                    &json::join(top, key),
+                    format!(
+                        "also set in {} with another value: write it once, at the top (keycloak-policy-enforcer's format) or in \"policy-enforcer\" (the adapter's)",
+                        json::join(nested_path, key)
+                    ),
+                ))
+            }
+            _ => {
+                merged.insert((*key).to_string(), (*value).clone());
+            }
+        }
+    }
+    let base = if nested.is_some() { nested_path } else { top };
+    let value = Value::Object(merged);
+    read_policy_enforcer(&value, base).map_err(|mut e| {
+        // a key written at the top is named there, even when the nested object exists
+        if nested.is_some() {
+            for (key, _) in flat {
+                let written = json::join(nested_path, key);
+                let in_nested = nested.and_then(|n| n.get(*key)).is_some();
+                if !in_nested
+                    && (e.path == written
+                        || e.path.starts_with(&format!("{written}."))
+                        || e.path.starts_with(&format!("{written}[")))
+                {
+                    e.path = format!("{}{}", json::join(top, key), &e.path[written.len()..]);
+                }
+            }
+        }
+        e
+    })
+}
+
+fn read_policy_enforcer(value: &Value, base: &str) -> Result<PolicyEnforcerSettings> {
+    let mut pe = Obj::new(value, base)?;
+    let enforcement_mode = pe
+        .choice("enforcement-mode", ENFORCEMENT_MODES)?
+        .unwrap_or(EnforcementMode::Enforcing);
+    let mut paths: Vec<PathConfig> = Vec::new();
+    if let Some(items) = pe.array("paths")? {
+        let base = pe.key_path("paths");
+        for (i, item) in items.iter().enumerate() {
+            let pc = parse_path(item, &json::index(&base, i))?;
+            // Keycloak merges entries with the same `path`: methods and scopes are concatenated.
+            if let Some(existing) = paths.iter_mut().find(|p| p.path == pc.path) {
+                existing.methods.extend(pc.methods);
+                existing.scopes.extend(pc.scopes);
+            } else {
+                paths.push(pc);
+            }
+        }
+    }
+    let path_cache = match pe.object("path-cache")? {
+        None => PathCacheConfig::default(),
+        Some(mut pc) => {
+            let lifespan_ms = pc.i64("lifespan")?.unwrap_or(30_000);
+            let max_path = pc.key_path("max-entries");
+            let max_entries = match pc.i64("max-entries")? {
+                None => 1000,
+                Some(n) => u32::try_from(n).map_err(|_| {
+                    ConfigError::new(&max_path, "expected a number from 0 to 4294967295")
+                })?,
+            };
+            pc.finish()?;
+            PathCacheConfig {
+                configured: true,
+                lifespan_ms,
+                max_entries,
+            }
+        }
+    };
+    let lazy_load_paths = pe.bool("lazy-load-paths")?.unwrap_or(false);
+    let http_method_as_scope = pe.bool("http-method-as-scope")?.unwrap_or(false);
+    let on_deny_redirect_to = pe.string("on-deny-redirect-to")?;
+    let user_managed_access = match pe.get("user-managed-access") {
+        None => false,
+        Some(Value::Object(_)) => true,
+        Some(other) => {
+            return Err(ConfigError::new(
+                &pe.key_path("user-managed-access"),
+                format!(
+                    "expected an object ({{}} turns it on), found {}",
+                    json::type_name(other)
+                ),
+            ))
+        }
+    };
+    let claim_information_point = parse_cip(&mut pe)?;
+    pe.finish()?;
+
+    Ok(PolicyEnforcerSettings {
+        enforcement_mode,
+        paths,
+        path_cache,
+        lazy_load_paths,
+        http_method_as_scope,
+        on_deny_redirect_to,
+        user_managed_access,
+        claim_information_point,
+    })
 }
 
 fn parse_path(value: &Value, path: &str) -> Result<PathConfig> {
@@ -677,6 +786,57 @@ mod tests {
             v["policy-enforcer"] = pe;
             assert_eq!(parse(v).unwrap_err().to_string(), want);
         }
+    }
+
+    #[test]
+    fn the_flat_policy_enforcer_config_form_loads_and_may_be_mixed_without_contradiction() {
+        // keycloak-policy-enforcer's PolicyEnforcerConfig: the settings at the top
+        let mut v = minimal();
+        v["enforcement-mode"] = json!("PERMISSIVE");
+        v["lazy-load-paths"] = json!(true);
+        v["paths"] =
+            json!([{"path": "/users/*", "methods": [{"method": "GET", "scopes": ["view"]}]}]);
+        let c = parse(v.clone()).unwrap();
+        assert_eq!(c.enforcement_mode, EnforcementMode::Permissive);
+        assert!(c.lazy_load_paths);
+        assert_eq!(c.paths[0].path, "/users/*");
+        // errors name the field where it is written
+        let mut bad = minimal();
+        bad["paths"] = json!([{"path": "/a"}, {"path": "/a/{id"}]);
+        assert_eq!(
+            parse(bad).unwrap_err().to_string(),
+            "paths[1].path: missing closing '}'"
+        );
+        let mut typo = minimal();
+        typo["lazy-load-path"] = json!(true);
+        assert_eq!(
+            parse(typo).unwrap_err().to_string(),
+            "lazy-load-path: unknown key (did you mean \"lazy-load-paths\"?)"
+        );
+        // a mix: each setting in one place
+        let mut mixed = minimal();
+        mixed["policy-enforcer"] = json!({"lazy-load-paths": true});
+        mixed["paths"] = json!([{"name": "x"}]);
+        assert_eq!(
+            parse(mixed.clone()).unwrap_err().to_string(),
+            "paths[0].path: is required",
+            "named at the top, where it is written"
+        );
+        mixed["paths"] = json!([{"path": "/x"}]);
+        mixed["enforcement-mode"] = json!("ENFORCING");
+        let c = parse(mixed.clone()).unwrap();
+        assert!(c.lazy_load_paths && c.paths.len() == 1);
+        // the same setting twice with the same value is no contradiction; with another, it is
+        mixed["policy-enforcer"]["enforcement-mode"] = json!("ENFORCING");
+        assert!(parse(mixed.clone()).is_ok());
+        mixed["policy-enforcer"]["enforcement-mode"] = json!("DISABLED");
+        let e = parse(mixed).unwrap_err().to_string();
+        assert!(
+            e.starts_with(
+                "enforcement-mode: also set in policy-enforcer.enforcement-mode with another value"
+            ),
+            "{e}"
+        );
     }
 
     #[test]
