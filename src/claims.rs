@@ -416,10 +416,12 @@ fn resolve_values(ts: &[Template], cx: &Context) -> std::result::Result<Vec<Stri
 }
 
 impl HttpProvider {
-    /// The callout: GET with the parameters in the query, anything else POST with a form body;
-    /// a multi-valued header or parameter is repeated.
+    /// The callout as Keycloak's provider sends it: GET with the parameters in the query,
+    /// anything else POST with a form body; a multi-valued header or parameter is repeated; the
+    /// configured headers and nothing else, but for a form body's `Content-Type` when the
+    /// configuration names none (Apache HttpClient adds it only then).
     fn request(&self, cx: &Context) -> std::result::Result<HttpRequest, ResolveError> {
-        let mut headers = vec![("accept".to_string(), "application/json".to_string())];
+        let mut headers = Vec::new();
         for (name, ts) in &self.headers {
             for v in resolve_values(ts, cx)? {
                 headers.push((name.to_ascii_lowercase(), v));
@@ -449,10 +451,12 @@ impl HttpProvider {
                 body: Vec::new(),
             })
         } else {
-            headers.push((
-                "content-type".to_string(),
-                "application/x-www-form-urlencoded".to_string(),
-            ));
+            if !encoded.is_empty() && !headers.iter().any(|(k, _)| k == "content-type") {
+                headers.push((
+                    "content-type".to_string(),
+                    "application/x-www-form-urlencoded".to_string(),
+                ));
+            }
             Ok(HttpRequest {
                 method: "POST",
                 path: self.path.clone(),

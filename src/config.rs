@@ -139,6 +139,9 @@ pub struct ProxySettings {
     pub max_body_bytes: u32,
     /// Evaluate everything, record would-be denials, never block.
     pub dry_run: bool,
+    /// A request without a token on an enforced path: 401 with a Bearer challenge (RFC 6750, the
+    /// default), or 403 as Keycloak's Java enforcer answers (`no-token-status`).
+    pub no_token_status: u16,
 }
 
 /// One enforcer: a whole keycloak.json, validated and compiled.
@@ -612,6 +615,17 @@ fn parse_proxy(
     }
     let max_body_bytes = o.u32("max-body-bytes")?.unwrap_or(64 * 1024);
     let dry_run = o.bool("dry-run")?.unwrap_or(false);
+    let no_token_path = o.key_path("no-token-status");
+    let no_token_status = match o.u32("no-token-status")? {
+        None | Some(401) => 401,
+        Some(403) => 403,
+        Some(other) => return Err(ConfigError::new(
+            &no_token_path,
+            format!(
+                "expected 401 (a Bearer challenge) or 403 (as Keycloak's enforcer), found {other}"
+            ),
+        )),
+    };
     o.finish()?;
     Ok(ProxySettings {
         cluster,
@@ -631,6 +645,7 @@ fn parse_proxy(
         },
         max_body_bytes,
         dry_run,
+        no_token_status,
     })
 }
 
@@ -837,6 +852,19 @@ mod tests {
             ),
             "{e}"
         );
+    }
+
+    #[test]
+    fn no_token_status_is_401_or_403() {
+        let mut v = minimal();
+        v["kcpep"] = json!({"no-token-status": 403});
+        assert_eq!(parse(v.clone()).unwrap().proxy.no_token_status, 403);
+        v["kcpep"] = json!({"no-token-status": 404});
+        assert_eq!(
+            parse(v).unwrap_err().to_string(),
+            "kcpep.no-token-status: expected 401 (a Bearer challenge) or 403 (as Keycloak's enforcer), found 404"
+        );
+        assert_eq!(parse(minimal()).unwrap().proxy.no_token_status, 401);
     }
 
     #[test]

@@ -339,6 +339,9 @@ fn decide_inner(
             if let Some(to) = &cfg.on_deny_redirect_to {
                 return redirect(to, "no token");
             }
+            if cfg.proxy.no_token_status == 403 {
+                return forbidden("no token");
+            }
             return unauthorized(cfg, None);
         }
         // RFC 6750 §3.1: no bearer credential offered (Basic, Digest...), no error code.

@@ -354,6 +354,12 @@ mod tests {
         assert_eq!(r("{request.body['/to/iban']}"), ["X"]);
         assert_eq!(r("{request.body['/tags']}"), ["a", r#"{"k":1}"#]);
         assert_eq!(r("{request.body['/ok']}"), ["true"]);
+        // objects keep the client's key order, as Jackson's tree does in Keycloak
+        let roles = br#"{"roles": [{"roleSpec": 2342, "roleId": 4234}]}"#;
+        assert_eq!(
+            resolve("{request.body['/roles']}", Some(roles)).unwrap(),
+            [r#"{"roleSpec":2342,"roleId":4234}"#]
+        );
         assert_eq!(r("{request.body['/missing']}"), [""]);
         assert_eq!(r("{request.body['/to']}"), [""]);
         assert_eq!(r("{request.body}"), [""]);

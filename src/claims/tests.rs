@@ -133,6 +133,14 @@ fn http_provider_post_form_and_whole_answer() {
     assert_eq!(request.method, "POST");
     assert_eq!(request.path, "/x");
     assert_eq!(String::from_utf8(request.body).unwrap(), "m=POST&s=a&s=b");
+    // Keycloak's provider sends the configured headers and a form body's type, nothing else
+    assert_eq!(
+        request.headers,
+        [(
+            "content-type".to_string(),
+            "application/x-www-form-urlencoded".to_string()
+        )]
+    );
     let Provider::Http(h) = providers[0] else {
         panic!()
     };
@@ -250,4 +258,26 @@ fn digest_depends_on_claims() {
     let b: Claims = [("x".to_string(), vec!["2".to_string()])].into();
     assert_ne!(digest(&a), digest(&b));
     assert_eq!(digest(&a), digest(&a.clone()));
+}
+
+#[test]
+fn a_configured_content_type_is_sent_once() {
+    // seed 000's http example names Content-Type itself
+    let c = cip(
+        json!({"http": {"url": "http://mycompany/claim-provider", "method": "POST",
+        "headers": {"Content-Type": "application/x-www-form-urlencoded",
+                    "header-b": ["header-b-value1", "header-b-value2"]},
+        "parameters": {"param-a": ["param-a-value1", "param-a-value2"]}}}),
+    );
+    let view = RequestView::default();
+    let tok = json!({});
+    let providers = chain(Some(&c), None);
+    let Next::Call { request, .. } = advance(&providers, &cx_with(&view, &tok), &mut Vec::new())
+    else {
+        panic!()
+    };
+    let named = |n: &str| request.headers.iter().filter(|(k, _)| k == n).count();
+    assert_eq!(named("content-type"), 1, "{:?}", request.headers);
+    assert_eq!(named("header-b"), 2);
+    assert_eq!(request.headers.len(), 3, "{:?}", request.headers);
 }

@@ -178,6 +178,23 @@ fn anonymous_requests() {
         status(&run(&c, &mut rt, "GET", "/nowhere", Credential::Anonymous)),
         401
     );
+    // kcpep.no-token-status 403: as Keycloak's enforcer answers; public paths still pass
+    let mut kc = bank();
+    kc.proxy.no_token_status = 403;
+    let mut rt = Runtime::new(&kc);
+    let s = run(&kc, &mut rt, "GET", "/account/1", Credential::Anonymous);
+    assert_eq!(status(&s), 403);
+    assert_eq!(header(&s, "www-authenticate"), None);
+    assert_eq!(
+        status(&run(
+            &kc,
+            &mut rt,
+            "GET",
+            "/public/x",
+            Credential::Anonymous
+        )),
+        200
+    );
 }
 
 #[test]
