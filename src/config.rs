@@ -619,12 +619,14 @@ fn parse_proxy(
     let no_token_status = match o.u32("no-token-status")? {
         None | Some(401) => 401,
         Some(403) => 403,
-        Some(other) => return Err(ConfigError::new(
-            &no_token_path,
-            format!(
+        Some(other) => {
+            return Err(ConfigError::new(
+                &no_token_path,
+                format!(
                 "expected 401 (a Bearer challenge) or 403 (as Keycloak's enforcer), found {other}"
             ),
-        )),
+            ))
+        }
     };
     o.finish()?;
     Ok(ProxySettings {

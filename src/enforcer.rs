@@ -114,10 +114,13 @@ pub struct Call {
 /// The state a request waits in while Keycloak answers.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Pending {
-    /// Lazy path resolution: `resource_set?uri=<path>&matchingUri=true`.
+    /// Lazy path resolution: `resource_set?uri=<path>&matchingUri=true`; for a template path,
+    /// the instance: `resource_set?uri=<path>`, then the parent URI (Keycloak's
+    /// `resolvePathConfig`).
     LazyLoad {
         key: String,
         configured: Option<Rc<Entry>>,
+        lookup: Lookup,
     },
     /// The UMA grant for this path and method.
     Grant {
@@ -136,6 +139,15 @@ pub enum Pending {
     },
     /// A permission ticket for the UMA 401 challenge.
     Ticket,
+}
+
+/// Which server lookup a [`Pending::LazyLoad`] is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// A resource whose URI pattern matches the path (lazy-load-paths, a wildcard's refinement).
+    Matching,
+    /// A resource of this template path's instance: exactly the path; if none, `parent` next.
+    Instance { parent: Option<String> },
 }
 
 /// A claimed decision-cache key.
@@ -354,40 +366,62 @@ fn decide_inner(
     };
 
     // Server refinement (lazy-load-paths or a configured path-cache): unmatched or wildcard paths
-    // are looked up by URI, once per path while the path cache holds the answer.
-    let refine = (cfg.lazy_load_paths || cfg.path_cache.configured)
-        && !configured_disabled
+    // are looked up by URI, once per path while the path cache holds the answer. A template path
+    // is resolved to the resource of its instance the same way (Keycloak's `resolvePathConfig`:
+    // `/v1/tenants/1` is `tenant:1`, with the template's methods and scopes).
+    let template = !configured_disabled
         && configured
             .as_ref()
-            .is_none_or(|e| e.config.path.contains('*'));
+            .is_some_and(|e| e.config.path.contains('{'));
+    let refine = template
+        || ((cfg.lazy_load_paths || cfg.path_cache.configured)
+            && !configured_disabled
+            && configured
+                .as_ref()
+                .is_none_or(|e| e.config.path.contains('*')));
     let entry = match (refine, normalized.as_deref()) {
         (true, Some(key)) => match rt.path_cache.get(key, now_ms) {
             Some(cached) => cached,
             None => {
+                let lookup = match (&configured, template) {
+                    (Some(t), true) => Lookup::Instance {
+                        parent: crate::paths::build_uri_from_template(&t.config.path, key, true)
+                            .filter(|p| p != key),
+                    },
+                    _ => Lookup::Matching,
+                };
                 if let Some(answer) = store.get_path(key, now_ms) {
                     // Another worker asked Keycloak about this path.
                     let (key, answer) = (key.to_string(), answer);
-                    return lazy_loaded(
-                        cfg, rt, req, store, raw, token, key, configured, 200, &answer, false,
-                        now_ms,
-                    );
-                }
-                let Some(pat) = rt.pat.as_deref() else {
-                    return keycloak_unavailable(cfg, "no protection API token");
-                };
-                let q = ResourceQuery {
-                    uri: Some(key.to_string()),
-                    matching_uri: true,
-                    ..Default::default()
-                };
-                return Step::Call(Box::new(Call {
-                    request: uma::resource_query_request(cfg, pat, &q),
-                    service: None,
-                    pending: Pending::LazyLoad {
-                        key: key.to_string(),
+                    let done = LazyAnswer {
+                        key,
                         configured,
-                    },
-                }));
+                        lookup: Lookup::Instance { parent: None },
+                        status: 200,
+                        body: &answer,
+                        share: false,
+                    };
+                    let done = if template {
+                        done
+                    } else {
+                        LazyAnswer {
+                            lookup: Lookup::Matching,
+                            ..done
+                        }
+                    };
+                    return lazy_loaded(cfg, rt, req, store, raw, token, done, now_ms);
+                }
+                match (rt.pat.as_deref(), &lookup) {
+                    (Some(pat), _) => {
+                        return lookup_call(cfg, pat, key, key.to_string(), configured, lookup)
+                    }
+                    // Without a PAT the template's own resource is asked for (by name when it
+                    // is not bound: Keycloak answers for this resource server only).
+                    (None, Lookup::Instance { .. }) => configured,
+                    (None, Lookup::Matching) => {
+                        return keycloak_unavailable(cfg, "no protection API token")
+                    }
+                }
             }
         },
         _ => configured,
@@ -428,10 +462,22 @@ fn resume_inner(
         };
     };
     match pending {
-        Pending::LazyLoad { key, configured } => match answer {
-            Answer::Http { status, body } => lazy_loaded(
-                cfg, rt, req, store, raw, token, key, configured, status, body, true, now_ms,
-            ),
+        Pending::LazyLoad {
+            key,
+            configured,
+            lookup,
+        } => match answer {
+            Answer::Http { status, body } => {
+                let done = LazyAnswer {
+                    key,
+                    configured,
+                    lookup,
+                    status,
+                    body,
+                    share: true,
+                };
+                lazy_loaded(cfg, rt, req, store, raw, token, done, now_ms)
+            }
             Answer::NoAnswer => keycloak_unavailable(cfg, "resource lookup timed out"),
         },
         Pending::Claims {
@@ -570,8 +616,45 @@ fn resume_inner(
     }
 }
 
-/// Keycloak's answer to a lazy path lookup: cache it (per worker, and for the other workers when
-/// it came from Keycloak: `share`) and go on with the path it names.
+/// The protection API lookup for `uri`, on behalf of the request path `key`.
+fn lookup_call(
+    cfg: &EnforcerConfig,
+    pat: &str,
+    key: &str,
+    uri: String,
+    configured: Option<Rc<Entry>>,
+    lookup: Lookup,
+) -> Step {
+    let q = ResourceQuery {
+        uri: Some(uri),
+        matching_uri: lookup == Lookup::Matching,
+        ..Default::default()
+    };
+    Step::Call(Box::new(Call {
+        request: uma::resource_query_request(cfg, pat, &q),
+        service: None,
+        pending: Pending::LazyLoad {
+            key: key.to_string(),
+            configured,
+            lookup,
+        },
+    }))
+}
+
+/// Keycloak's answer to a path lookup, and what it was for.
+struct LazyAnswer<'a> {
+    /// The (normalized) request path the answer is cached under.
+    key: String,
+    configured: Option<Rc<Entry>>,
+    lookup: Lookup,
+    status: u16,
+    body: &'a [u8],
+    /// It came from Keycloak (not from another worker): share it.
+    share: bool,
+}
+
+/// Keycloak's answer to a path lookup: cache it (per worker, and for the other workers when it
+/// came from Keycloak) and go on with the path it names.
 #[allow(clippy::too_many_arguments)]
 fn lazy_loaded(
     cfg: &EnforcerConfig,
@@ -580,17 +663,41 @@ fn lazy_loaded(
     store: &mut dyn DecisionStore,
     raw: &str,
     token: &Token,
-    key: String,
-    configured: Option<Rc<Entry>>,
-    status: u16,
-    body: &[u8],
-    share: bool,
+    a: LazyAnswer,
     now_ms: i64,
 ) -> Step {
+    let LazyAnswer {
+        key,
+        configured,
+        lookup,
+        status,
+        body,
+        share,
+    } = a;
     let resources = match uma::parse_resources(status, body) {
         Ok(r) => r,
         Err(e) => return keycloak_unavailable(cfg, &e.to_string()),
     };
+    if resources.is_empty() {
+        if let Lookup::Instance {
+            parent: Some(parent),
+        } = &lookup
+        {
+            // No resource for the instance itself: its parent's (`/resource/1` for
+            // `/resource/1/test` under `/resource/{id}/*`) grants its sub-resources.
+            if let Some(pat) = rt.pat.as_deref() {
+                return lookup_call(
+                    cfg,
+                    pat,
+                    &key,
+                    parent.clone(),
+                    configured,
+                    Lookup::Instance { parent: None },
+                );
+            }
+            // no PAT any more: the template's own resource, as below
+        }
+    }
     if share && cfg.path_cache.enabled() && cfg.path_cache.max_entries > 0 {
         let expires = match cfg.path_cache.lifespan_ms {
             -1 => i64::MAX,
@@ -606,11 +713,12 @@ fn lazy_loaded(
                 return with_entry(cfg, rt, req, store, raw, token, None, false, now_ms);
             }
             let uri = r.uris.first().cloned().unwrap_or_else(|| key.clone());
-            Some(Rc::new(Entry::from_resource(
-                r,
-                &uri,
-                configured.as_deref(),
-            )))
+            let mut e = Entry::from_resource(r, &uri, configured.as_deref());
+            if let (Lookup::Instance { .. }, Some(t)) = (&lookup, &configured) {
+                // an instance keeps its template's scopes, not its resource's
+                e.config.scopes = t.config.scopes.clone();
+            }
+            Some(Rc::new(e))
         }
     };
     rt.path_cache.put(&key, entry.clone(), now_ms);

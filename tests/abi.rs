@@ -86,6 +86,29 @@ fn ready_vm_with(config: &[u8]) -> Vm {
     vm
 }
 
+/// The callouts the filter made, after answering its template instance lookups (Keycloak's
+/// `resolvePathConfig`: `resource_set?uri=<path>`) with "no such instance", so the template's own
+/// resource is asked for, as these tests expect.
+fn callouts(vm: &mut Vm) -> Vec<host::Callout> {
+    let mut out = Vec::new();
+    loop {
+        let (lookups, rest): (Vec<_>, Vec<_>) = vm.take_callouts().into_iter().partition(|c| {
+            c.header(":path").is_some_and(|p| {
+                let p = String::from_utf8_lossy(p);
+                p.contains("/resource_set?uri=") && !p.contains("matchingUri=true")
+            })
+        });
+        out.extend(rest);
+        if lookups.is_empty() {
+            return out;
+        }
+        for c in lookups {
+            vm.respond(c.token, 200, &[("content-type", "application/json")], b"[]")
+                .unwrap();
+        }
+    }
+}
+
 fn answer_background(vm: &mut Vm) {
     for _ in 0..5 {
         vm.tick().unwrap();
@@ -174,7 +197,7 @@ fn background_fetches_go_to_the_keycloak_cluster() {
     let mut vm = vm_with(None);
     assert!(vm.configure(&config()).unwrap());
     vm.tick().unwrap();
-    let calls = vm.take_callouts();
+    let calls = callouts(&mut vm);
     let paths: Vec<String> = calls
         .iter()
         .map(|c| String::from_utf8(c.header(":path").unwrap().to_vec()).unwrap())
@@ -205,7 +228,7 @@ fn background_fetches_go_to_the_keycloak_cluster() {
     );
     // a tick while they are in flight starts nothing new
     vm.tick().unwrap();
-    assert!(vm.take_callouts().is_empty());
+    assert!(callouts(&mut vm).is_empty());
 }
 
 #[test]
@@ -220,7 +243,7 @@ fn requests_before_the_keys_are_loaded_fail_closed() {
     let req = get(&mut vm, "/account/1", None, &[]);
     assert_eq!(vm.local_response(req).unwrap().status, 401);
     assert!(
-        vm.take_callouts().iter().all(|c| c.header(":path")
+        callouts(&mut vm).iter().all(|c| c.header(":path")
             != Some(b"/realms/bank/protocol/openid-connect/token")
             || c.body == b"grant_type=client_credentials"),
         "no per-request callouts while keys are missing"
@@ -237,7 +260,7 @@ fn no_token_gets_401_bearer_challenge() {
         r.header("www-authenticate"),
         Some(&b"Bearer realm=\"bank\""[..])
     );
-    assert!(vm.take_callouts().is_empty());
+    assert!(callouts(&mut vm).is_empty());
 }
 
 #[test]
@@ -247,7 +270,7 @@ fn uma_grant_is_dispatched_and_the_request_resumed() {
     let spoof: &[(&str, &[u8])] = &[("x-kcpep-permissions", b"[{\"rsname\":\"all\"}]")];
     let req = get(&mut vm, "/account/42?x=1", Some(&bearer(&t)), spoof);
     assert_eq!(vm.action(req), Action::Pause);
-    let calls = vm.take_callouts();
+    let calls = callouts(&mut vm);
     assert_eq!(calls.len(), 1);
     let c = &calls[0];
     assert_eq!(c.cluster, "keycloak");
@@ -321,7 +344,7 @@ fn keycloak_answers_become_local_replies() {
         // a token of its own each time: a decision is cached per token
         let t = token(json!({ "jti": n }));
         let req = get(&mut vm, "/account/1", Some(&bearer(&t)), &[]);
-        let c = vm.take_callouts().pop().unwrap();
+        let c = callouts(&mut vm).pop().unwrap();
         vm.respond(c.token, status, &[], body).unwrap();
         assert_eq!(
             vm.local_response(req).map(|r| r.status),
@@ -333,20 +356,25 @@ fn keycloak_answers_become_local_replies() {
     // a timeout or reset (no response headers) is 503 too
     let t = token(json!({"jti": "timeout"}));
     let req = get(&mut vm, "/account/1", Some(&bearer(&t)), &[]);
-    let c = vm.take_callouts().pop().unwrap();
+    let c = callouts(&mut vm).pop().unwrap();
     vm.fail_callout(c.token).unwrap();
     assert_eq!(vm.local_response(req).unwrap().status, 503);
     assert!(vm.failed().is_none());
 }
 
 #[test]
-fn rpt_with_the_permission_passes_without_a_callout() {
+fn rpt_with_the_permission_passes_without_a_grant() {
     let mut vm = ready_vm();
     let rpt = token(
         json!({"aud": "bank-api", "authorization": {"permissions": [{"rsid": "rid-1", "rsname": "View Account Resource", "scopes": ["account:view"]}]}}),
     );
     let req = get(&mut vm, "/account/1", Some(&bearer(&rpt)), &[]);
+    // the template path's instance is looked up (none: the template's resource, rid-1)...
+    assert!(callouts(&mut vm).is_empty(), "no UMA grant");
     assert!(vm.continued(req));
+    // ...once per path
+    let again = get(&mut vm, "/account/1", Some(&bearer(&rpt)), &[]);
+    assert!(vm.continued(again));
     assert!(vm.take_callouts().is_empty());
     assert!(vm
         .request_header(req, "x-kcpep-permissions")
@@ -419,7 +447,7 @@ fn forged_expired_and_foreign_tokens() {
         let h = String::from_utf8(r.header("www-authenticate").unwrap().to_vec()).unwrap();
         assert!(h.contains(why), "{h}");
     }
-    assert!(vm.take_callouts().is_empty());
+    assert!(callouts(&mut vm).is_empty());
     // no token material in the logs
     assert!(!vm.logs().iter().any(|(_, l)| l.contains(&good[..20])));
 }
@@ -452,7 +480,7 @@ fn a_second_vm_reuses_the_first_vms_documents() {
     assert!(b.configure(&config()).unwrap());
     b.tick().unwrap();
     b.tick().unwrap();
-    let calls = b.take_callouts();
+    let calls = callouts(&mut b);
     assert!(
         calls.is_empty(),
         "VM b fetched again: {:?}",
@@ -460,7 +488,7 @@ fn a_second_vm_reuses_the_first_vms_documents() {
     );
     // and it is ready: its UMA grant uses the shared PAT-bound resource id
     let req = get(&mut b, "/account/1", Some(&bearer(&token(json!({})))), &[]);
-    let c = b.take_callouts().pop().unwrap();
+    let c = callouts(&mut b).pop().unwrap();
     assert!(form(&c.body).contains(&("permission".into(), "rid-1#account:view".into())));
     assert_eq!(b.action(req), Action::Pause);
 }
@@ -525,7 +553,7 @@ fn host_signature_verification_is_detected_and_used() {
     assert_eq!(vm.action(req), Action::Pause, "verified, asking Keycloak");
     assert_eq!(calls.load(Ordering::SeqCst), probes + 1);
     // the same token again: remembered, not verified again
-    let _ = vm.take_callouts();
+    let _ = callouts(&mut vm);
     let req = get(&mut vm, "/account/1", Some(&bearer(&good)), &[]);
     assert_eq!(vm.action(req), Action::Pause);
     assert_eq!(calls.load(Ordering::SeqCst), probes + 1);
@@ -558,7 +586,7 @@ fn decisions_are_cached_in_shared_data_for_all_vms() {
     answer_background(&mut a);
     let t = token(json!({}));
     let req = get(&mut a, "/account/1", Some(&bearer(&t)), &[]);
-    let c = a.take_callouts().pop().unwrap();
+    let c = callouts(&mut a).pop().unwrap();
     a.respond(
         c.token,
         200,
@@ -570,7 +598,7 @@ fn decisions_are_cached_in_shared_data_for_all_vms() {
     // the same question again, on this VM and on another one: no callout
     let req = get(&mut a, "/account/1", Some(&bearer(&t)), &[]);
     assert!(a.continued(req));
-    assert!(a.take_callouts().is_empty());
+    assert!(callouts(&mut a).is_empty());
     assert!(a
         .request_header(req, "x-kcpep-permissions")
         .unwrap()
@@ -580,7 +608,7 @@ fn decisions_are_cached_in_shared_data_for_all_vms() {
     answer_background(&mut b);
     let req = get(&mut b, "/account/1", Some(&bearer(&t)), &[]);
     assert!(b.continued(req), "VM b used VM a's decision");
-    assert!(b.take_callouts().is_empty());
+    assert!(callouts(&mut b).is_empty());
     // the token's digest is stored, never the token
     for key in shared_keys(&shared) {
         let v = shared.lock().unwrap().get(&key).unwrap().0;
@@ -593,7 +621,7 @@ fn decisions_are_cached_in_shared_data_for_all_vms() {
     for i in 0..50 {
         let u = token(json!({"jti": i}));
         get(&mut a, "/account/1", Some(&bearer(&u)), &[]);
-        for c in a.take_callouts() {
+        for c in callouts(&mut a) {
             a.respond(c.token, 403, &[], br#"{"error":"access_denied"}"#)
                 .unwrap();
         }
@@ -630,9 +658,9 @@ fn identical_concurrent_misses_make_one_callout() {
     let first = get(&mut a, "/account/1", Some(&bearer(&t)), &[]);
     let same_vm = get(&mut a, "/account/1", Some(&bearer(&t)), &[]);
     let other_vm = get(&mut b, "/account/1", Some(&bearer(&t)), &[]);
-    let calls = a.take_callouts();
+    let calls = callouts(&mut a);
     assert_eq!(calls.len(), 1, "one UMA call for three requests");
-    assert!(b.take_callouts().is_empty());
+    assert!(callouts(&mut b).is_empty());
     assert_eq!(a.action(same_vm), Action::Pause);
     assert_eq!(b.action(other_vm), Action::Pause);
     assert!(
@@ -662,13 +690,13 @@ fn a_waiter_asks_keycloak_itself_when_the_claim_lapses() {
     let (_shared, mut a, mut b) = two_workers();
     let t = token(json!({}));
     let _stuck = get(&mut a, "/account/1", Some(&bearer(&t)), &[]);
-    assert_eq!(a.take_callouts().len(), 1);
+    assert_eq!(callouts(&mut a).len(), 1);
     let waiting = get(&mut b, "/account/1", Some(&bearer(&t)), &[]);
     b.tick().unwrap();
-    assert!(b.take_callouts().is_empty() && !b.continued(waiting));
+    assert!(callouts(&mut b).is_empty() && !b.continued(waiting));
     b.advance_ms(1_001);
     b.tick().unwrap();
-    let calls = b.take_callouts();
+    let calls = callouts(&mut b);
     assert_eq!(calls.len(), 1, "asks itself after the bound");
     b.respond(calls[0].token, 403, &[], br#"{"error":"access_denied"}"#)
         .unwrap();
@@ -752,7 +780,7 @@ fn body_claims_read_the_body_then_push_every_placeholder_kind() {
     // before the decision, whatever route Envoy picked
     assert_eq!(vm.action(req), Action::Pause);
     assert!(
-        vm.take_callouts().is_empty(),
+        callouts(&mut vm).is_empty(),
         "nothing asked before the body"
     );
     assert_eq!(
@@ -768,7 +796,7 @@ fn body_claims_read_the_body_then_push_every_placeholder_kind() {
         vm.request_body(req, br#"unt": 900}"#, true).unwrap(),
         Some(Action::Pause)
     );
-    let calls = vm.take_callouts();
+    let calls = callouts(&mut vm);
     assert_eq!(calls.len(), 1);
     assert_eq!(calls[0].cluster, "keycloak");
     let claims = pushed_claims(&calls[0]);
@@ -806,7 +834,7 @@ fn forwarded_headers_are_ignored_from_an_untrusted_peer() {
         &[("x-forwarded-for", b"203.0.113.7")],
     );
     vm.request_body(req, b"{}", true).unwrap();
-    let calls = vm.take_callouts();
+    let calls = callouts(&mut vm);
     let claims = pushed_claims(&calls[0]);
     assert_eq!(claims["ip"], json!(["127.0.0.1"]));
     assert_eq!(claims["secure"], json!(["false"]));
@@ -819,8 +847,9 @@ fn a_body_over_the_bound_gets_413_and_a_bad_one_400() {
     let req = post(&mut vm, "/account/7", &t, &[]);
     vm.request_body(req, &[b'x'; 40], false).unwrap();
     vm.request_body(req, &[b'x'; 40], false).unwrap();
+    // held while the template path's instance is looked up; then too large, whatever comes next
+    assert!(callouts(&mut vm).is_empty(), "no grant");
     assert_eq!(vm.local_response(req).unwrap().status, 413);
-    assert!(vm.take_callouts().is_empty());
     let req = post(&mut vm, "/account/7", &t, &[]);
     vm.request_body(req, b"{oops", true).unwrap();
     assert_eq!(vm.local_response(req).unwrap().status, 400);
@@ -828,7 +857,7 @@ fn a_body_over_the_bound_gets_413_and_a_bad_one_400() {
     assert_eq!(vm.metric("kcpep.requests.denied.400"), Some(1));
     // a request without a body decides at once, with an empty one
     let req = get(&mut vm, "/account/7", Some(&bearer(&t)), &[]);
-    let calls = vm.take_callouts();
+    let calls = callouts(&mut vm);
     assert_eq!(calls.len(), 1, "asked at the headers");
     assert!(pushed_claims(&calls[0]).get("amount").is_none());
     assert!(!vm.continued(req));
@@ -841,7 +870,7 @@ fn http_provider_calls_its_cluster_then_keycloak() {
     answer_background(&mut vm);
     let t = token(json!({}));
     let req = get(&mut vm, "/statement", Some(&bearer(&t)), &[]);
-    let calls = vm.take_callouts();
+    let calls = callouts(&mut vm);
     assert_eq!(calls.len(), 1);
     let c = &calls[0];
     assert_eq!(c.cluster, "claims");
@@ -849,7 +878,7 @@ fn http_provider_calls_its_cluster_then_keycloak() {
     assert_eq!(c.header(":path"), Some(&b"/customers?user=u1"[..]));
     vm.respond(c.token, 200, &[], br#"{"status":"active"}"#)
         .unwrap();
-    let calls = vm.take_callouts();
+    let calls = callouts(&mut vm);
     assert_eq!(calls[0].cluster, "keycloak");
     assert_eq!(pushed_claims(&calls[0])["status"], json!(["active"]));
     vm.respond(calls[0].token, 200, &[], br#"[{"rsid":"rid-1"}]"#)
@@ -857,10 +886,10 @@ fn http_provider_calls_its_cluster_then_keycloak() {
     assert!(vm.continued(req));
     // the service failing: 503, Keycloak not asked
     let req = get(&mut vm, "/statement", Some(&bearer(&t)), &[]);
-    let c = vm.take_callouts().remove(0);
+    let c = callouts(&mut vm).remove(0);
     vm.respond(c.token, 500, &[], b"{}").unwrap();
     assert_eq!(vm.local_response(req).unwrap().status, 503);
-    assert!(vm.take_callouts().is_empty());
+    assert!(callouts(&mut vm).is_empty());
     assert_eq!(vm.metric("kcpep.claims.calls"), Some(2));
     assert_eq!(vm.metric("kcpep.claims.errors"), Some(1));
 }
@@ -914,14 +943,14 @@ fn a_repeated_request_is_answered_from_the_memo_until_its_decision_expires() {
     let granted =
         br#"[{"rsid":"rid-1","rsname":"View Account Resource","scopes":["account:view"]}]"#;
     let req = get(&mut vm, "/account/1", Some(&bearer(&t)), &[]);
-    let c = vm.take_callouts().pop().unwrap();
+    let c = callouts(&mut vm).pop().unwrap();
     vm.respond(c.token, 200, &[], granted).unwrap();
     assert!(vm.continued(req));
     let hits = vm.metric("kcpep.cache.hit").unwrap_or(0);
     // same token, method and path: allowed, with the permissions header, counted as a cache hit
     let req = get(&mut vm, "/account/1", Some(&bearer(&t)), &[]);
     assert!(vm.continued(req));
-    assert!(vm.take_callouts().is_empty());
+    assert!(callouts(&mut vm).is_empty());
     assert!(vm.request_header(req, "x-kcpep-permissions").is_some());
     assert_eq!(vm.metric("kcpep.cache.hit"), Some(hits + 1));
     // a forged copy of the token is not the same token
@@ -938,7 +967,7 @@ fn a_repeated_request_is_answered_from_the_memo_until_its_decision_expires() {
     vm.advance_ms(1_001);
     let req = get(&mut vm, "/account/1", Some(&bearer(&t)), &[]);
     assert!(!vm.continued(req));
-    assert_eq!(vm.take_callouts().len(), 1);
+    assert_eq!(callouts(&mut vm).len(), 1);
 }
 
 #[test]
@@ -957,7 +986,7 @@ fn a_lazily_loaded_path_is_looked_up_once_for_all_workers() {
     answer_background(&mut b);
     let t = token(json!({}));
     get(&mut a, "/reports/9", Some(&bearer(&t)), &[]);
-    let lookup = a.take_callouts().pop().unwrap();
+    let lookup = callouts(&mut a).pop().unwrap();
     assert!(String::from_utf8_lossy(lookup.header(":path").unwrap()).contains("uri=/reports/9"));
     a.respond(
         lookup.token,
@@ -966,7 +995,7 @@ fn a_lazily_loaded_path_is_looked_up_once_for_all_workers() {
         br#"[{"_id":"rep","name":"Lazy Report","uris":["/reports/{id}"],"resource_scopes":[{"name":"report:view"}]}]"#,
     )
     .unwrap();
-    assert!(a.take_callouts()[0]
+    assert!(callouts(&mut a)[0]
         .header(":path")
         .unwrap()
         .ends_with(b"/token"));
@@ -997,7 +1026,7 @@ fn a_body_ended_by_trailers_is_decided_before_it_goes_on() {
         "held until Keycloak answers"
     );
     assert!(vm.forwarded_body(req).is_empty());
-    let calls = vm.take_callouts();
+    let calls = callouts(&mut vm);
     assert_eq!(pushed_claims(&calls[0])["amount"], json!(["5"]));
     vm.respond(calls[0].token, 403, &[], br#"{"error":"access_denied"}"#)
         .unwrap();
@@ -1010,7 +1039,7 @@ fn background_fetch_failures_are_counted_as_keycloak_errors() {
     let mut vm = vm_with(None);
     assert!(vm.configure(&config()).unwrap());
     vm.tick().unwrap();
-    let calls = vm.take_callouts();
+    let calls = callouts(&mut vm);
     let discovery = calls
         .iter()
         .find(|c| c.header(":path").unwrap().ends_with(b"/uma2-configuration"))
@@ -1063,7 +1092,7 @@ fn a_body_that_arrives_while_keycloak_is_asked_is_held_until_the_decision() {
             Some(Action::Pause)
         );
         assert!(!vm.continued(req), "nothing goes on before the decision");
-        let c = vm.take_callouts().pop().unwrap();
+        let c = callouts(&mut vm).pop().unwrap();
         vm.respond(c.token, status, &[], body).unwrap();
         assert_eq!(vm.continued(req), forwarded);
         let expected: &[u8] = if forwarded { b"transfer all" } else { b"" };
@@ -1088,6 +1117,6 @@ fn body_claims_hold_the_request_even_where_envoy_would_not_deliver_the_body() {
         None
     );
     assert!(!vm.continued(req));
-    assert!(vm.take_callouts().is_empty());
+    assert!(callouts(&mut vm).is_empty());
     assert!(vm.local_response(req).is_none());
 }

@@ -1232,3 +1232,84 @@ fn paths_the_upstream_could_segment_otherwise_get_400_in_every_mode() {
     };
     assert_eq!(a.would_deny.map(|r| r.status), Some(400));
 }
+
+#[test]
+fn template_paths_ask_for_the_resource_of_their_instance() {
+    // Keycloak's resolvePathConfig: /v1/tenants/1 is the server resource tenant:1 (URI
+    // /v1/tenants/1), asked with the template's method scopes, although no resource is named
+    // "tenant-resource" on the server
+    let t = token(json!({}));
+    let c = cfg_with(
+        json!({"paths": [{"name": "tenant-resource", "path": "/{version}/tenants/{id}",
+        "methods": [{"method": "GET", "scopes": ["admin"]}]},
+        {"path": "/resource/{id}/*", "scopes": ["view"]}]}),
+    );
+    let mut rt = Runtime::new(&c);
+    rt.pat = Some("PAT".into());
+    let s = run(&c, &mut rt, "GET", "/v1/tenants/1", valid(&t));
+    let Step::Call(call) = &s else {
+        panic!("{s:?}")
+    };
+    assert!(
+        call.request
+            .path
+            .contains("resource_set?uri=/v1/tenants/1&")
+            && !call.request.path.contains("matchingUri=true"),
+        "an exact lookup: {}",
+        call.request.path
+    );
+    let s = answer(
+        &c,
+        &mut rt,
+        "GET",
+        "/v1/tenants/1",
+        &t,
+        s,
+        200,
+        r#"[{"_id":"t1","name":"tenant:1","uris":["/v1/tenants/1"],"resource_scopes":[{"name":"admin"},{"name":"other"}]}]"#,
+    );
+    let Step::Call(call) = &s else {
+        panic!("{s:?}")
+    };
+    assert_eq!(form_value(call, "permission").as_deref(), Some("t1#admin"));
+    // cached per path: no second lookup
+    let Step::Call(call) = run(&c, &mut rt, "GET", "/v1/tenants/1", valid(&t)) else {
+        panic!()
+    };
+    assert!(call.request.path.ends_with("/token"));
+    // no instance resource: the parent's (/resource/1 for /resource/1/test) grants it
+    let s = run(&c, &mut rt, "GET", "/resource/1/test", valid(&t));
+    let s = answer(&c, &mut rt, "GET", "/resource/1/test", &t, s, 200, "[]");
+    let Step::Call(call) = &s else {
+        panic!("{s:?}")
+    };
+    assert!(
+        call.request.path.contains("resource_set?uri=/resource/1&"),
+        "{}",
+        call.request.path
+    );
+    let s = answer(
+        &c,
+        &mut rt,
+        "GET",
+        "/resource/1/test",
+        &t,
+        s,
+        200,
+        r#"[{"_id":"r1","name":"resource 1","uris":["/resource/1"]}]"#,
+    );
+    let Step::Call(call) = &s else {
+        panic!("{s:?}")
+    };
+    assert_eq!(form_value(call, "permission").as_deref(), Some("r1#view"));
+    // neither: the template's own resource, by name
+    let s = run(&c, &mut rt, "GET", "/v2/tenants/9", valid(&t));
+    let s = answer(&c, &mut rt, "GET", "/v2/tenants/9", &t, s, 200, "[]");
+    let Step::Call(call) = &s else {
+        panic!("{s:?}")
+    };
+    assert_eq!(
+        form_value(call, "permission").as_deref(),
+        Some("tenant-resource#admin")
+    );
+}

@@ -288,6 +288,8 @@ pub struct Http {
     reading_body: bool,
     /// The whole body has arrived (held while the decision was pending).
     body_ended: bool,
+    /// How much body Envoy holds so far.
+    body_len: usize,
     /// See [`Flow::decided`].
     decided: Rc<Cell<bool>>,
 }
@@ -301,6 +303,7 @@ impl Http {
             id,
             reading_body: false,
             body_ended: false,
+            body_len: 0,
             decided: Rc::new(Cell::new(false)),
         }
     }
@@ -479,12 +482,17 @@ impl Http {
             }
             Applied::Called(_) => {}
             Applied::ReadBody => {
-                // A lazily loaded path whose claims read the body; the headers stay held.
-                if !self.body_ended {
+                // A path resolved by Keycloak whose claims read the body; the headers stay held.
+                let limit = self.flow.as_ref().map_or(0, |f| {
+                    plugin.config.enforcers[f.enforcer].1.proxy.max_body_bytes as usize
+                });
+                if self.body_ended || self.body_len > limit {
+                    // It came (or too much of it) while Keycloak was asked: read it now.
+                    if let Some(flow) = self.flow.take() {
+                        self.body_ready(plugin, flow, usize::MAX, true);
+                    }
+                } else {
                     self.reading_body = true;
-                } else if let Some(flow) = self.flow.take() {
-                    // It came while Keycloak was asked: held in Envoy's buffer, read it now.
-                    self.body_ready(plugin, flow, usize::MAX, true);
                 }
             }
         }
@@ -624,6 +632,7 @@ impl HttpContext for Http {
             return Action::Continue;
         }
         // Undecided: hold the body (Envoy buffers it). Going on would release the held headers.
+        self.body_len = body_size;
         if end_of_stream {
             self.body_ended = true;
         }
