@@ -20,7 +20,10 @@
 #
 # Environment: ENVOY_CONCURRENCY (2), ENVOY_LOG_LEVEL (info), KC_READY_TIMEOUT (180 s),
 #              KCPEP_JAVA_HOME (force a JDK), KEYCLOAK_ADMIN_USER/PASSWORD (admin/admin),
-#              KCPEP_ENVOY_CONFIG (another Envoy config, for debugging only).
+#              KCPEP_ENVOY_CONFIG (another Envoy config, for debugging only),
+#              KCPEP_KEYCLOAK_VERSION (26.7.3; 26.0.8 is kept working),
+#              KCPEP_KEYCLOAK_RELATIVE_PATH (/auth: Keycloak under the legacy context path of seed 001,
+#                --http-relative-path; Envoy then gets envoy.yaml with auth-server-url .../auth).
 # Logs and pid files: .run/{keycloak,echo,claims,envoy}.{log,pid}.
 set -euo pipefail
 
@@ -52,13 +55,17 @@ ENVOY_RAW_PORT=10001     # envoy.yaml's raw-test-only listener
 ENVOY_ADMIN_PORT=9901
 
 KC_URL="http://127.0.0.1:$KC_PORT"
+KC_RELATIVE_PATH="${KCPEP_KEYCLOAK_RELATIVE_PATH:-}"
+case "$KC_RELATIVE_PATH" in ""|/?*) ;; *) KC_RELATIVE_PATH="/$KC_RELATIVE_PATH" ;; esac
+KC_RELATIVE_PATH="${KC_RELATIVE_PATH%/}"
+KC_BASE_URL="$KC_URL$KC_RELATIVE_PATH"   # what auth-server-url names
 ECHO_URL="http://127.0.0.1:$ECHO_PORT"
 CLAIMS_URL="http://127.0.0.1:$CLAIMS_PORT"
 ENVOY_URL="http://127.0.0.1:$ENVOY_PORT"
 ENVOY_RAW_URL="http://127.0.0.1:$ENVOY_RAW_PORT"   # tests only: Envoy's protections off
 ENVOY_ADMIN_URL="http://127.0.0.1:$ENVOY_ADMIN_PORT"
 
-KC_READY_URL="$KC_URL/realms/bank/.well-known/openid-configuration"
+KC_READY_URL="$KC_BASE_URL/realms/bank/.well-known/openid-configuration"
 ECHO_READY_URL="$ECHO_URL/healthz"
 CLAIMS_READY_URL="$CLAIMS_URL/healthz"
 ENVOY_READY_URL="$ENVOY_ADMIN_URL/ready"
@@ -384,7 +391,8 @@ start_keycloak() { # $1 = fresh|keep
     start_bg keycloak "${1:-keep}" "$KC_DIR/bin/kc.sh" start-dev \
       --http-host 127.0.0.1 --http-port "$KC_PORT" \
       --http-management-port "$KC_MGMT_PORT" \
-      --hostname "$KC_URL" \
+      --hostname "$KC_BASE_URL" \
+      ${KC_RELATIVE_PATH:+--http-relative-path "$KC_RELATIVE_PATH"} \
       --features=scripts \
       --import-realm
 }
@@ -421,7 +429,15 @@ start_envoy() {
   check_port_free envoy
   port_in_use "$ENVOY_ADMIN_PORT" && die "port $ENVOY_ADMIN_PORT (envoy admin) is already in use by a process stack.sh did not start"
   port_in_use "$ENVOY_RAW_PORT" && die "port $ENVOY_RAW_PORT (envoy test listener) is already in use by a process stack.sh did not start"
-  start_bg envoy fresh "$ENVOY_BIN" -c "$ENVOY_CONFIG" --disable-hot-restart \
+  local config="$ENVOY_CONFIG"
+  if [ -n "$KC_RELATIVE_PATH" ]; then
+    # The same configuration with Keycloak under its context path.
+    mkdir -p "$RUN"
+    config="$RUN/envoy-relative-path.yaml"
+    sed "s|\"auth-server-url\": \"$KC_URL\"|\"auth-server-url\": \"$KC_BASE_URL\"|" "$ENVOY_CONFIG" > "$config"
+    grep -q "$KC_BASE_URL\"" "$config" || die "could not point $ENVOY_CONFIG at $KC_BASE_URL"
+  fi
+  start_bg envoy fresh "$ENVOY_BIN" -c "$config" --disable-hot-restart \
     --concurrency "${ENVOY_CONCURRENCY:-2}" --log-level "${ENVOY_LOG_LEVEL:-info}"
 }
 
@@ -451,12 +467,12 @@ unlock() {
 print_info() {
   cat <<EOF
 stack: up
-  Keycloak  $KC_URL  (admin console $KC_URL/admin, admin/admin; realm bank)
+  Keycloak  $KC_BASE_URL  ($KC_VERSION; admin console $KC_BASE_URL/admin, admin/admin; realm bank)
   echo      $ECHO_URL
   claims    $CLAIMS_URL
   Envoy     $ENVOY_URL  (Host: unanimous.bank.local | affirmative.bank.local), admin $ENVOY_ADMIN_URL
   logs      $RUN/{keycloak,echo,claims,envoy}.log
-  token:    curl -s -d grant_type=password -d client_id=demo-cli -d username=owner -d password=password $KC_URL/realms/bank/protocol/openid-connect/token
+  token:    curl -s -d grant_type=password -d client_id=demo-cli -d username=owner -d password=password $KC_BASE_URL/realms/bank/protocol/openid-connect/token
   stop:     scripts/stack.sh down   (or: make down)
 EOF
 }
@@ -540,7 +556,7 @@ cmd_test() {
     trap 'exit 143' TERM
   fi
   cmd_up
-  export KCPEP_KEYCLOAK_URL="$KC_URL"
+  export KCPEP_KEYCLOAK_URL="$KC_BASE_URL"
   export KCPEP_ENVOY_URL="$ENVOY_URL"
   export KCPEP_ENVOY_RAW_URL="$ENVOY_RAW_URL"
   export KCPEP_ENVOY_ADMIN="$ENVOY_ADMIN_URL"

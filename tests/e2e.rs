@@ -418,7 +418,10 @@ fn uma_challenge() {
     assert_eq!(r.status, 401);
     let h = r.header("www-authenticate").unwrap();
     assert!(
-        h.starts_with("UMA realm=\"bank\",as_uri=\"http://127.0.0.1:8180/realms/bank\",ticket=\""),
+        h.starts_with(&format!(
+            "UMA realm=\"bank\",as_uri=\"{}/realms/bank\",ticket=\"",
+            keycloak()
+        )),
         "{h}"
     );
     let ticket = h.rsplit("ticket=\"").next().unwrap().trim_end_matches('"');

@@ -55,7 +55,14 @@ pub fn request(
     headers: &[(&str, &[u8])],
     body: &[u8],
 ) -> Response {
-    let hostport = base.trim_start_matches("http://").trim_end_matches('/');
+    // a base may carry a path: Keycloak under its legacy context path (http://host:port/auth)
+    let base = base.trim_start_matches("http://").trim_end_matches('/');
+    let (hostport, prefix) = base.split_once('/').map_or((base, ""), |(h, p)| (h, p));
+    let path = if prefix.is_empty() {
+        path.to_string()
+    } else {
+        format!("/{prefix}{path}")
+    };
     let mut stream =
         TcpStream::connect(hostport).unwrap_or_else(|e| panic!("connect {hostport}: {e}"));
     stream
