@@ -3,13 +3,14 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 WASM := dist/keycloak_pep.wasm
 
-.PHONY: help build wasm test unit abi e2e lint up down demo bench oci clean
+.PHONY: help build wasm test unit abi e2e e2e-matrix lint up down demo bench oci clean
 
 help:
 	@echo "make demo    build the filter, start Keycloak + Envoy + an echo upstream on 127.0.0.1, show allowed/denied requests"
 	@echo "make test    all tests: unit, wasmtime ABI, and end-to-end against the real Keycloak and Envoy"
 	@echo "make build   dist/keycloak_pep.wasm (wasm32-wasip1, release) and the kcpep CLI"
 	@echo "make up / make down   start / stop the stack in the background"
+	@echo "make e2e-matrix   the end-to-end suites against Keycloak 26.7, 26.0 and the /auth path"
 	@echo "make bench   benchmarks (prints figures)"
 	@echo "make oci     dist/oci: an OCI image layout of the filter for Istio (no container engine needed)"
 
@@ -36,6 +37,12 @@ E2E_TESTS := --test contract --test e2e --test claims --test hostile --test outa
 e2e: $(WASM)
 	cargo test --features e2e $(E2E_TESTS) --no-run
 	scripts/stack.sh test -- bash -c 'cargo test --features e2e --test manifests --test contract --test e2e --test claims --test hostile -- --test-threads=1 && cargo test --features e2e --test outage'
+
+# The contract and e2e suites against the newest Keycloak, 26.0.x, and the legacy /auth path.
+e2e-matrix: $(WASM)
+	$(MAKE) e2e
+	KCPEP_KEYCLOAK_VERSION=26.0.8 $(MAKE) e2e
+	KCPEP_KEYCLOAK_RELATIVE_PATH=/auth $(MAKE) e2e
 
 test: $(WASM)
 	cargo test

@@ -165,14 +165,21 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Sends a core-built request to Keycloak.
+/// Sends a core-built request to Keycloak (its path already holds any context path).
 pub fn send(req: &HttpRequest) -> Response {
     let headers: Vec<(&str, &[u8])> = req
         .headers
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_bytes()))
         .collect();
-    request(&keycloak(), req.method, &req.path, &headers, &req.body)
+    let url = keycloak();
+    let origin = url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    request(&origin, req.method, &req.path, &headers, &req.body)
 }
 
 /// A user's access token from the public `demo-cli` client (password grant).
