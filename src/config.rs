@@ -8,7 +8,7 @@ use crate::cache::CacheConfig;
 use crate::claims::Cip;
 use crate::forwarded::{Cidr, ProxyHeaders, ProxyTrust};
 use crate::json::{self, ConfigError, Obj, Result};
-use crate::paths::{validate_template, PathMatcher};
+use crate::paths::{fails_in_keycloak, PathMatcher};
 use crate::uri;
 use serde_json::Value;
 use std::rc::Rc;
@@ -472,7 +472,7 @@ fn parse_path(value: &Value, path: &str) -> Result<PathConfig> {
     let mut o = Obj::new(value, path)?;
     let name = o.string("name")?;
     let p = o.required_string("path")?;
-    if let Err(why) = validate_template(&p) {
+    if let Some(why) = fails_in_keycloak(&p) {
         return Err(ConfigError::new(&o.key_path("path"), why));
     }
     let id = o.string("id")?;
@@ -786,7 +786,7 @@ mod tests {
             (json!({"paths": [{"path": "/a", "scopes": "x"}]}),
              "policy-enforcer.paths[0].scopes: expected an array of strings, found a string"),
             (json!({"paths": [{"name": "x"}]}), "policy-enforcer.paths[0].path: is required"),
-            (json!({"paths": [{"path": "/a/{id"}]}), "policy-enforcer.paths[0].path: missing closing '}'"),
+            (json!({"paths": [{"path": "/a/{id"}]}), "policy-enforcer.paths[0].path: missing closing '}': Keycloak's enforcer fails the requests this pattern is tried on"),
             (json!({"lazy-load-path": true}),
              "policy-enforcer.lazy-load-path: unknown key (did you mean \"lazy-load-paths\"?)"),
             (json!({"path-cache": {"lifespan": "1s"}}),
@@ -822,7 +822,7 @@ mod tests {
         bad["paths"] = json!([{"path": "/a"}, {"path": "/a/{id"}]);
         assert_eq!(
             parse(bad).unwrap_err().to_string(),
-            "paths[1].path: missing closing '}'"
+            "paths[1].path: missing closing '}': Keycloak's enforcer fails the requests this pattern is tried on"
         );
         let mut typo = minimal();
         typo["lazy-load-path"] = json!(true);

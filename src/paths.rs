@@ -288,7 +288,7 @@ pub fn build_uri_from_template(
                 if c == '{' {
                     let open = find_from(&uri, &['{'], last_pattern)?;
                     let close = find_from(&uri, &['}'], last_pattern)?;
-                    if close < open || uri[open + 1..close].contains(&'/') {
+                    if close < open {
                         return None;
                     }
                     uri.splice(open..=close, value.iter().copied());
@@ -328,8 +328,32 @@ fn find_from(hay: &[char], needle: &[char], from: usize) -> Option<usize> {
     (from..=hay.len().saturating_sub(needle.len())).find(|&i| hay[i..].starts_with(needle))
 }
 
-/// Keycloak's `validateTemplate` brace rules (the `*` rules are not enforced: legacy patterns such
-/// as `/api*` still match by prefix in Keycloak, and so here).
+/// Why Keycloak's enforcer would fail requests this pattern is tried on, if it would: its
+/// `buildUriFromTemplate` throws (StringIndexOutOfBoundsException, a 500 for the request) on a `{`
+/// with no `}` after it, and on a stray `}` before a later `{`. Keycloak loads such patterns; the
+/// filter refuses them at load (tests/oracle.rs finds the throws with Keycloak's own matcher).
+/// Every other pattern loads and matches as Keycloak matches it, malformed or not.
+pub fn fails_in_keycloak(path: &str) -> Option<&'static str> {
+    let (mut open, mut stray) = (false, false);
+    for c in path.chars() {
+        match c {
+            '{' if stray => {
+                return Some("a '}' that closes nothing comes before a '{': Keycloak's enforcer fails the requests this pattern is tried on")
+            }
+            '{' => open = true,
+            '}' if open => open = false,
+            '}' => stray = true,
+            _ => {}
+        }
+    }
+    open.then_some(
+        "missing closing '}': Keycloak's enforcer fails the requests this pattern is tried on",
+    )
+}
+
+/// Keycloak's newest matcher's `validateTemplate` brace rules, for `kcpep check`'s warnings:
+/// such a pattern loads in Keycloak's enforcer and here, and matches oddly in both (the `*`
+/// rules are not checked: legacy patterns such as `/api*` still match by prefix).
 pub fn validate_template(path: &str) -> Result<(), &'static str> {
     let mut in_brace = false;
     let mut empty = true;
@@ -487,6 +511,24 @@ mod tests {
         let m = PathMatcher::new(paths.iter().map(String::as_str));
         assert_eq!(m.find("/lit/1999").unwrap().index, 1999);
         assert_eq!(m.find("/lit/x").unwrap().index, 2000);
+    }
+
+    #[test]
+    fn patterns_keycloak_fails_on_are_known() {
+        for p in ["/api/{id", "/{a}/{b", "/api/}/{id}", "/api/{id}}/{x}"] {
+            assert!(fails_in_keycloak(p).is_some(), "{p}");
+        }
+        for p in [
+            "/api/{id}",
+            "/api/{}/foo",
+            "/api/{p1}/foo}/*",
+            "/api/{a/b}/*",
+            "/api/{{id}}",
+            "/api/}",
+            "/api/{id}{x}",
+        ] {
+            assert_eq!(fails_in_keycloak(p), None, "{p}");
+        }
     }
 
     #[test]

@@ -188,21 +188,33 @@ fn bench_paths() {
 }
 
 /// What an operator should know about an enforcer that a valid configuration does not say.
-fn notes(e: &keycloak_pep::config::EnforcerConfig) -> Vec<&'static str> {
+fn notes(e: &keycloak_pep::config::EnforcerConfig) -> Vec<String> {
     use keycloak_pep::claims;
     use keycloak_pep::config::OnKeycloakError;
-    let mut out = Vec::new();
+    let mut out: Vec<String> = Vec::new();
+    for (i, p) in e.paths.iter().enumerate() {
+        if let Err(why) = keycloak_pep::paths::validate_template(&p.path) {
+            out.push(format!(
+                "paths[{i}].path \"{}\": {why} (Keycloak's newest matcher calls it malformed; its enforcer, and this filter, match it anyway, often more widely than it reads: check with kcpep explain)",
+                p.path
+            ));
+        }
+    }
     if claims::reads_bodies(e) {
-        out.push("claims read request bodies: the filter holds the headers until it has read the body; set allow_on_headers_stop_iteration: true on the Wasm filter (Envoy >= 1.35, Istio: an EnvoyFilter), or those requests wait until Envoy's timeouts");
+        out.push("claims read request bodies: the filter holds the headers until it has read the body; set allow_on_headers_stop_iteration: true on the Wasm filter (Envoy >= 1.35, Istio: an EnvoyFilter), or those requests wait until Envoy's timeouts".into());
     }
     if e.proxy.dry_run {
-        out.push("dry-run: nothing is blocked, would-be denials are only logged and counted");
+        out.push(
+            "dry-run: nothing is blocked, would-be denials are only logged and counted".into(),
+        );
     }
     if e.proxy.on_keycloak_error == OnKeycloakError::Allow {
-        out.push("on-keycloak-error allow: requests pass unchecked while Keycloak is unreachable");
+        out.push(
+            "on-keycloak-error allow: requests pass unchecked while Keycloak is unreachable".into(),
+        );
     }
     if !e.proxy.decision_cache.enabled() {
-        out.push("decision cache off: every request asks Keycloak");
+        out.push("decision cache off: every request asks Keycloak".into());
     }
     out
 }
