@@ -32,11 +32,11 @@ unit:
 abi: $(WASM)
 	cargo test --test abi --test host_selftest
 
-E2E_TESTS := --test contract --test e2e --test claims --test hostile --test oracle --test outage --test manifests
+E2E_TESTS := --test contract --test e2e --test claims --test hostile --test replay --test oracle --test outage --test manifests
 
 e2e: $(WASM)
 	cargo test --features e2e $(E2E_TESTS) --no-run
-	scripts/stack.sh test -- bash -c 'cargo test --features e2e --test manifests --test oracle --test contract --test e2e --test claims --test hostile -- --test-threads=1 && cargo test --features e2e --test outage'
+	scripts/stack.sh test -- bash -c 'cargo test --features e2e --test manifests --test oracle --test contract --test e2e --test claims --test hostile --test replay -- --test-threads=1 && cargo test --features e2e --test outage'
 
 # The contract and e2e suites against the newest Keycloak, 26.0.x, and the legacy /auth path.
 e2e-matrix: $(WASM)

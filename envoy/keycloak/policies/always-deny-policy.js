@@ -1,0 +1,2 @@
+// The replayed PolicyEnforcerTest's "Always Deny Policy" (realm authz-test).
+$evaluation.deny();

@@ -1,0 +1,2 @@
+// The replayed PolicyEnforcerTest's "Always Grant Policy" (realm authz-test).
+$evaluation.grant();
