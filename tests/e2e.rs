@@ -20,13 +20,7 @@ fn call(
     token: Option<&str>,
     extra: &[(&str, &[u8])],
 ) -> Response {
-    let auth = token.map(|t| format!("Bearer {t}"));
-    let mut headers: Vec<(&str, &[u8])> = vec![("host", host.as_bytes())];
-    if let Some(a) = &auth {
-        headers.push(("authorization", a.as_bytes()));
-    }
-    headers.extend_from_slice(extra);
-    request(&envoy(), method, path, &headers, b"")
+    send_to(&envoy(), method, host, path, token, extra, b"")
 }
 
 /// The echo upstream's view of the request (only when Envoy forwarded it).

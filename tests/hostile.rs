@@ -44,24 +44,6 @@ fn cluster_stat(cluster: &str, name: &str) -> i64 {
         .unwrap_or(0)
 }
 
-fn send_to(
-    base: &str,
-    method: &str,
-    host: &str,
-    path: &str,
-    token: Option<&str>,
-    extra: &[(&str, &[u8])],
-    body: &[u8],
-) -> Response {
-    let auth = token.map(|t| format!("Bearer {t}"));
-    let mut headers: Vec<(&str, &[u8])> = vec![("host", host.as_bytes())];
-    if let Some(a) = &auth {
-        headers.push(("authorization", a.as_bytes()));
-    }
-    headers.extend_from_slice(extra);
-    request(base, method, path, &headers, body)
-}
-
 /// Sends the request and says whether it reached the upstream (nothing else runs meanwhile:
 /// the e2e binaries run one test at a time).
 fn reaches_upstream(send: impl FnOnce() -> Response) -> (Response, bool) {
@@ -493,15 +475,7 @@ fn the_filters_own_headers_cannot_be_spoofed_in_any_spelling() {
 #[test]
 fn tokens_keycloak_refuses_as_an_identity_get_401_and_are_not_cached() {
     // A token the filter verifies (signature, exp, iss) but whose session was logged out.
-    let body = "grant_type=password&client_id=demo-cli&username=owner&password=password";
-    let r = request(
-        &keycloak(),
-        "POST",
-        "/realms/bank/protocol/openid-connect/token",
-        &[("content-type", b"application/x-www-form-urlencoded")],
-        body.as_bytes(),
-    );
-    let tokens = r.json();
+    let tokens = user_tokens("owner");
     let access = tokens["access_token"].as_str().unwrap().to_string();
     let refresh = tokens["refresh_token"].as_str().unwrap();
     let logout = request(
@@ -537,30 +511,30 @@ fn tokens_keycloak_refuses_as_an_identity_get_401_and_are_not_cached() {
 
 #[test]
 fn a_credential_of_another_scheme_gets_a_challenge_without_an_error_code() {
-    let r = send_to(
-        &envoy(),
-        "GET",
-        "unanimous.bank.local",
-        "/account/1",
-        None,
-        &[("authorization", b"Basic dXNlcjpwYXNzd29yZA==")],
-        b"",
-    );
-    assert_eq!(r.status, 401);
-    assert_eq!(r.header("www-authenticate"), Some("Bearer realm=\"bank\""));
-    // a broken bearer credential still gets invalid_token
-    let r = send_to(
-        &envoy(),
-        "GET",
-        "unanimous.bank.local",
-        "/account/1",
-        None,
-        &[("authorization", b"Bearer")],
-        b"",
-    );
-    assert_eq!(r.status, 401);
-    assert!(r
-        .header("www-authenticate")
-        .unwrap()
-        .contains("invalid_token"));
+    // another scheme: no error code; a broken bearer credential: invalid_token
+    for (auth, error_code) in [
+        (&b"Basic dXNlcjpwYXNzd29yZA=="[..], false),
+        (b"Bearer", true),
+    ] {
+        let extra: [(&str, &[u8]); 1] = [("authorization", auth)];
+        let r = send_to(
+            &envoy(),
+            "GET",
+            "unanimous.bank.local",
+            "/account/1",
+            None,
+            &extra,
+            b"",
+        );
+        assert_eq!(r.status, 401);
+        let challenge = r.header("www-authenticate").unwrap();
+        assert_eq!(
+            challenge.contains("invalid_token"),
+            error_code,
+            "{challenge}"
+        );
+        if !error_code {
+            assert_eq!(challenge, "Bearer realm=\"bank\"");
+        }
+    }
 }

@@ -182,8 +182,8 @@ pub fn send(req: &HttpRequest) -> Response {
     request(&origin, req.method, &req.path, &headers, &req.body)
 }
 
-/// A user's access token from the public `demo-cli` client (password grant).
-pub fn user_token(user: &str) -> String {
+/// A user's token response (access and refresh token) from the public `demo-cli` client.
+pub fn user_tokens(user: &str) -> serde_json::Value {
     let body = format!("grant_type=password&client_id=demo-cli&username={user}&password=password");
     let r = request(
         &keycloak(),
@@ -193,7 +193,34 @@ pub fn user_token(user: &str) -> String {
         body.as_bytes(),
     );
     assert_eq!(r.status, 200, "password grant for {user}: {}", r.text());
-    r.json()["access_token"].as_str().unwrap().to_string()
+    r.json()
+}
+
+/// A user's access token from the public `demo-cli` client (password grant).
+pub fn user_token(user: &str) -> String {
+    user_tokens(user)["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// A request through Envoy (`base`: one of its listeners) to a virtual host, with a bearer token.
+pub fn send_to(
+    base: &str,
+    method: &str,
+    host: &str,
+    path: &str,
+    token: Option<&str>,
+    extra: &[(&str, &[u8])],
+    body: &[u8],
+) -> Response {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut headers: Vec<(&str, &[u8])> = vec![("host", host.as_bytes())];
+    if let Some(a) = &auth {
+        headers.push(("authorization", a.as_bytes()));
+    }
+    headers.extend_from_slice(extra);
+    request(base, method, path, &headers, body)
 }
 
 /// The demo realm's clients: (client id, secret, decision strategy).
