@@ -204,6 +204,60 @@ fn lazy_loaded_path_is_cached_then_its_deleted_resource_denies() {
 }
 
 #[test]
+fn a_deleted_resource_with_the_decision_cache_denies_after_its_lifespan() {
+    // The same change with our decision cache on (3 s here, 30 s by default) and a path cache of
+    // 3 s: Keycloak's enforcer, which asks for every request, denies at once; the filter serves
+    // the cached ALLOW until it expires (the documented delay), then Keycloak's verdict.
+    let s = "nocache-paths-cached";
+    let lifespan = Duration::from_millis(3000);
+    let id = std::process::id();
+    let name = format!("Cached Test Resource {id}");
+    create_granted_resource(&name, &format!("/api/cached-resource-{id}/*"));
+    let path = format!("/api/cached-resource-{id}/test");
+    let t = marta();
+    assert_eq!(get(s, &path, Some(&t)), 200);
+    let cached_at = Instant::now();
+    delete_resource(&name);
+    let status = get(s, &path, Some(&t));
+    if cached_at.elapsed() < lifespan - Duration::from_millis(500) {
+        assert_eq!(status, 200, "served from the decision cache");
+    }
+    let waited = poll_until("the cached decision to expire", lifespan * 4, || {
+        (get(s, &path, Some(&t)) == 403).then(|| cached_at.elapsed())
+    });
+    assert!(
+        waited >= lifespan - Duration::from_millis(100),
+        "{waited:?}"
+    );
+}
+
+#[test]
+fn claims_pushed_with_a_bearer_token_decide_a_withdrawal() {
+    // PolicyEnforcerClaimsTest, testEnforceEntitlementAccessWithClaimsWithBearerToken: the claim
+    // withdrawal.amount comes from a request parameter; the Withdrawal Limit policy grants <= 100
+    let s = "claims";
+    let t = marta();
+    let at = |q: &str| get(s, &format!("/api/bank/account/1/withdrawal{q}"), Some(&t));
+    assert_eq!(at(""), 403, "no amount");
+    assert_eq!(at("?withdrawal.amount=50"), 200);
+    assert_eq!(at("?withdrawal.amount=200"), 403);
+    assert_eq!(at("?withdrawal.amount=50"), 200);
+    assert_eq!(at("?withdrawal.amount=10"), 200);
+}
+
+#[test]
+fn a_template_path_is_decided_by_its_instances_resource() {
+    // Issue #13.2: "tenant-resource" is no server resource; /v1/tenants/1 is tenant:1 (granted to
+    // users), /v1/tenants/2 is tenant:2 (always denied), /v1/tenants/3 has no resource at all
+    let s = "template";
+    let t = marta();
+    assert_eq!(get(s, "/v1/tenants/1", Some(&t)), 200);
+    assert_eq!(get(s, "/v1/tenants/2", Some(&t)), 403);
+    assert_eq!(get(s, "/v1/tenants/3", Some(&t)), 403);
+    assert_eq!(get(s, "/v1/tenants/1", None), 403);
+}
+
+#[test]
 fn using_invalid_token_after_logout() {
     // Keycloak's verdict at once with the cache off; with a cache, after its lifespan
     let lifespan = Duration::from_millis(3000); // envoy.yaml: replay-cache-short
