@@ -245,6 +245,57 @@ fn claims_pushed_with_a_bearer_token_decide_a_withdrawal() {
     assert_eq!(at("?withdrawal.amount=10"), 200);
 }
 
+/// The permission ticket of a UMA challenge (`WWW-Authenticate: UMA ..., ticket="..."`).
+fn ticket(r: &Response) -> String {
+    assert_eq!(r.status, 401, "{}", r.text());
+    let h = r.header("www-authenticate").unwrap();
+    assert!(h.starts_with("UMA realm=\"authz-test\""), "{h}");
+    h.rsplit("ticket=\"")
+        .next()
+        .unwrap()
+        .trim_end_matches('"')
+        .to_string()
+}
+
+/// marta's RPT for a permission ticket (the UMA grant with the ticket, as the Java authz client's
+/// `authorization(user, password).authorize(request)` obtains it).
+fn rpt_for(ticket: &str, access: &str) -> String {
+    let auth = format!("Bearer {access}");
+    let body = format!("grant_type=urn:ietf:params:oauth:grant-type:uma-ticket&ticket={ticket}");
+    let r = request(
+        &keycloak(),
+        "POST",
+        &format!("{REALM}/token"),
+        &[
+            ("authorization", auth.as_bytes()),
+            ("content-type", b"application/x-www-form-urlencoded"),
+        ],
+        body.as_bytes(),
+    );
+    assert_eq!(r.status, 200, "RPT for the ticket: {}", r.text());
+    r.json()["access_token"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn uma_access_with_claims_using_a_bearer_token() {
+    // PolicyEnforcerClaimsTest, testEnforceUMAAccessWithClaimsUsingBearerToken: the challenge's
+    // ticket carries the pushed claims; the RPT for it grants the withdrawal for those claims only
+    let s = "uma-claims";
+    let access = marta();
+    let withdraw = |amount: &str, token: &str, method: &str| {
+        let path = format!("/api/bank/account/1/withdrawal?withdrawal.amount={amount}");
+        call(s, method, &path, Some(token))
+    };
+    let rpt = rpt_for(&ticket(&withdraw("50", &access, "POST")), &access);
+    assert_eq!(withdraw("50", &rpt, "POST").status, 200);
+    assert_ne!(withdraw("200", &rpt, "POST").status, 200, "other claims");
+    assert_eq!(withdraw("50", &rpt, "POST").status, 200);
+    // 10: not what the RPT was granted for; a new ticket, a new RPT
+    let rpt = rpt_for(&ticket(&withdraw("10", &rpt, "POST")), &access);
+    assert_eq!(withdraw("10", &rpt, "POST").status, 200);
+    assert_eq!(withdraw("10", &rpt, "GET").status, 200);
+}
+
 #[test]
 fn a_template_path_is_decided_by_its_instances_resource() {
     // Issue #13.2: "tenant-resource" is no server resource; /v1/tenants/1 is tenant:1 (granted to
