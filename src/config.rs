@@ -214,6 +214,11 @@ const IGNORED_ADAPTER_KEYS: &[&str] = &[
 ];
 
 impl EnforcerConfig {
+    /// Whether a request body of `len` bytes is more than body claims may read (413).
+    pub fn body_over_bound(&self, len: usize) -> bool {
+        len > self.proxy.max_body_bytes as usize
+    }
+
     /// Parses a keycloak.json document.
     pub fn from_json(text: &[u8]) -> Result<Self> {
         let value: Value = serde_json::from_slice(text)
@@ -381,17 +386,17 @@ fn policy_enforcer_settings(
     let base = if nested.is_some() { nested_path } else { top };
     let value = Value::Object(merged);
     read_policy_enforcer(&value, base).map_err(|mut e| {
-        // a key written at the top is named there, even when the nested object exists
-        if nested.is_some() {
-            for (key, _) in flat {
-                let written = json::join(nested_path, key);
-                let in_nested = nested.and_then(|n| n.get(*key)).is_some();
-                if !in_nested
-                    && (e.path == written
-                        || e.path.starts_with(&format!("{written}."))
-                        || e.path.starts_with(&format!("{written}[")))
-                {
-                    e.path = format!("{}{}", json::join(top, key), &e.path[written.len()..]);
+        // A key written at the top is named there, even when the nested object exists (only a
+        // key absent from it can have come from the top: equal values in both were merged).
+        let nested_keys = nested.and_then(Value::as_object);
+        for (key, _) in flat
+            .iter()
+            .filter(|(k, _)| nested_keys.is_some_and(|n| !n.contains_key(*k)))
+        {
+            let written = json::join(nested_path, key);
+            if let Some(rest) = e.path.strip_prefix(&written) {
+                if rest.is_empty() || rest.starts_with(['.', '[']) {
+                    e.path = format!("{}{rest}", json::join(top, key));
                 }
             }
         }

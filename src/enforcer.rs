@@ -383,6 +383,23 @@ fn decide_inner(
         (true, Some(key)) => match rt.path_cache.get(key, now_ms) {
             Some(cached) => cached,
             None => {
+                if let Some(answer) = store.get_path(key, now_ms) {
+                    // Another worker asked Keycloak about this path (its final answer: an
+                    // instance lookup is shared only once it found the resource or gave up).
+                    let done = LazyAnswer {
+                        key: key.to_string(),
+                        configured,
+                        lookup: if template {
+                            Lookup::Instance { parent: None }
+                        } else {
+                            Lookup::Matching
+                        },
+                        status: 200,
+                        body: &answer,
+                        share: false,
+                    };
+                    return lazy_loaded(cfg, rt, req, store, raw, token, done, now_ms);
+                }
                 let lookup = match (&configured, template) {
                     (Some(t), true) => Lookup::Instance {
                         parent: crate::paths::build_uri_from_template(&t.config.path, key, true)
@@ -390,27 +407,6 @@ fn decide_inner(
                     },
                     _ => Lookup::Matching,
                 };
-                if let Some(answer) = store.get_path(key, now_ms) {
-                    // Another worker asked Keycloak about this path.
-                    let (key, answer) = (key.to_string(), answer);
-                    let done = LazyAnswer {
-                        key,
-                        configured,
-                        lookup: Lookup::Instance { parent: None },
-                        status: 200,
-                        body: &answer,
-                        share: false,
-                    };
-                    let done = if template {
-                        done
-                    } else {
-                        LazyAnswer {
-                            lookup: Lookup::Matching,
-                            ..done
-                        }
-                    };
-                    return lazy_loaded(cfg, rt, req, store, raw, token, done, now_ms);
-                }
                 match (rt.pat.as_deref(), &lookup) {
                     (Some(pat), _) => {
                         return lookup_call(cfg, pat, key, key.to_string(), configured, lookup)

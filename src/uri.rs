@@ -46,6 +46,10 @@ pub fn normalize(raw: &str) -> Option<String> {
 /// (docs/configuration.md, "Paths the filter refuses".)
 pub fn segmentation_hazard(raw: &str) -> Option<&'static str> {
     let path = strip_query_and_fragment(raw);
+    if is_already_normal(path) {
+        // the common case, on every request: plain characters, no `%`, `\`, `//` or dot segment
+        return None;
+    }
     let path = match split_scheme_authority(path) {
         Some((_, p)) => p,
         None => path,
@@ -67,41 +71,15 @@ pub fn segmentation_hazard(raw: &str) -> Option<&'static str> {
         if seg.is_empty() && i + 1 < segs.len() {
             return Some("empty path segment");
         }
-        // What the segment reads as once decoded and without matrix parameters.
-        let decoded = percent_decode_lossy(seg);
+        // What the segment reads as once decoded and without matrix parameters (a malformed
+        // escape cannot decode to a dot).
+        let decoded = percent_decode(seg).unwrap_or_default();
         let bare = decoded.split(';').next().unwrap_or_default();
         if bare == "." || bare == ".." {
             return Some("dot segment in the path");
         }
     }
     None
-}
-
-/// `%HH` decoded once, other bytes kept (no validation: only for spotting dots).
-fn percent_decode_lossy(s: &str) -> std::borrow::Cow<'_, str> {
-    if !s.contains('%') {
-        return std::borrow::Cow::Borrowed(s);
-    }
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = (b[i] == b'%')
-            .then(|| s.get(i + 1..i + 3))
-            .flatten()
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match hex {
-            Some(v) => {
-                out.push(v);
-                i += 3;
-            }
-            None => {
-                out.push(b[i]);
-                i += 1;
-            }
-        }
-    }
-    std::borrow::Cow::Owned(String::from_utf8_lossy(&out).into_owned())
 }
 
 /// The common case: an absolute path of plain characters with nothing to strip, collapse, resolve

@@ -484,17 +484,7 @@ fn normalized_paths_cannot_bypass() {
 }
 
 fn keycloak_requests() -> i64 {
-    let r = request(
-        &env("KCPEP_ENVOY_ADMIN"),
-        "GET",
-        "/stats?filter=^cluster.keycloak.upstream_rq_total$",
-        &[],
-        b"",
-    );
-    r.text()
-        .lines()
-        .find_map(|l| l.split_once(": ").and_then(|(_, v)| v.trim().parse().ok()))
-        .unwrap()
+    cluster_stat("keycloak", "upstream_rq_total")
 }
 
 #[test]

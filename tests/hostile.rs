@@ -30,20 +30,6 @@ fn keycloak_requests() -> i64 {
     cluster_stat("keycloak", "upstream_rq_total")
 }
 
-fn cluster_stat(cluster: &str, name: &str) -> i64 {
-    let r = request(
-        &env("KCPEP_ENVOY_ADMIN"),
-        "GET",
-        &format!("/stats?filter=^cluster.{cluster}.{name}$"),
-        &[],
-        b"",
-    );
-    r.text()
-        .lines()
-        .find_map(|l| l.split_once(": ").and_then(|(_, v)| v.trim().parse().ok()))
-        .unwrap_or(0)
-}
-
 /// Sends the request and says whether it reached the upstream (nothing else runs meanwhile:
 /// the e2e binaries run one test at a time).
 fn reaches_upstream(send: impl FnOnce() -> Response) -> (Response, bool) {
@@ -239,21 +225,7 @@ fn a_denied_request_never_reaches_the_upstream_whatever_the_host() {
 
 /// An RPT of `client` for `user` (UMA grant without permissions: everything the user may have).
 fn rpt(user: &str, client: &str) -> String {
-    let access = user_token(user);
-    let auth = format!("Bearer {access}");
-    let body = format!("grant_type=urn:ietf:params:oauth:grant-type:uma-ticket&audience={client}");
-    let r = request(
-        &keycloak(),
-        "POST",
-        "/realms/bank/protocol/openid-connect/token",
-        &[
-            ("authorization", auth.as_bytes()),
-            ("content-type", b"application/x-www-form-urlencoded"),
-        ],
-        body.as_bytes(),
-    );
-    assert_eq!(r.status, 200, "RPT for {user} at {client}: {}", r.text());
-    r.json()["access_token"].as_str().unwrap().to_string()
+    rpt_with("bank", &user_token(user), &format!("audience={client}"))
 }
 
 #[test]

@@ -446,19 +446,14 @@ impl Http {
         in_callback: bool,
     ) -> Action {
         self.reading_body = false;
-        let limit = plugin.config.enforcers[flow.enforcer]
-            .1
-            .proxy
-            .max_body_bytes as usize;
-        let body = hostcalls::get_buffer(
-            BufferType::HttpRequestBody,
-            0,
-            size.min(limit.saturating_add(1)),
-        )
-        .ok()
-        .flatten()
-        .unwrap_or_default();
-        if body.len() > limit {
+        let cfg = &plugin.config.enforcers[flow.enforcer].1;
+        // one byte past the bound is enough to know it is too large
+        let limit = (cfg.proxy.max_body_bytes as usize).saturating_add(1);
+        let body = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size.min(limit))
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        if cfg.body_over_bound(body.len()) {
             return self.body_too_large(plugin, flow, in_callback);
         }
         flow.body = Some(body);
@@ -483,10 +478,12 @@ impl Http {
             Applied::Called(_) => {}
             Applied::ReadBody => {
                 // A path resolved by Keycloak whose claims read the body; the headers stay held.
-                let limit = self.flow.as_ref().map_or(0, |f| {
-                    plugin.config.enforcers[f.enforcer].1.proxy.max_body_bytes as usize
+                let too_much = self.flow.as_ref().is_some_and(|f| {
+                    plugin.config.enforcers[f.enforcer]
+                        .1
+                        .body_over_bound(self.body_len)
                 });
-                if self.body_ended || self.body_len > limit {
+                if self.body_ended || too_much {
                     // It came (or too much of it) while Keycloak was asked: read it now.
                     if let Some(flow) = self.flow.take() {
                         self.body_ready(plugin, flow, usize::MAX, true);
@@ -642,8 +639,10 @@ impl HttpContext for Http {
         let (Some(plugin), Some(flow)) = (self.plugin.clone(), self.flow.take()) else {
             return Action::Pause; // never let an undecided body through
         };
-        let cfg = &plugin.config.enforcers[flow.enforcer].1;
-        if body_size > cfg.proxy.max_body_bytes as usize {
+        if plugin.config.enforcers[flow.enforcer]
+            .1
+            .body_over_bound(body_size)
+        {
             return self.body_too_large(&plugin, flow, false);
         }
         if !end_of_stream {

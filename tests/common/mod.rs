@@ -243,6 +243,40 @@ pub fn expected_allowed(strategy: &str, user: &str) -> bool {
     }
 }
 
+/// An Envoy cluster's counter from the admin (`cluster.<cluster>.<name>`), 0 when absent.
+pub fn cluster_stat(cluster: &str, name: &str) -> i64 {
+    let r = request(
+        &env("KCPEP_ENVOY_ADMIN"),
+        "GET",
+        &format!("/stats?filter=^cluster.{cluster}.{name}$"),
+        &[],
+        b"",
+    );
+    r.text()
+        .lines()
+        .find_map(|l| l.split_once(": ").and_then(|(_, v)| v.trim().parse().ok()))
+        .unwrap_or(0)
+}
+
+/// An RPT from a realm's token endpoint (`realm`: its name): the UMA grant with the user's
+/// access token and `form` (`audience=...`, `ticket=...`).
+pub fn rpt_with(realm: &str, access: &str, form: &str) -> String {
+    let auth = format!("Bearer {access}");
+    let body = format!("grant_type=urn:ietf:params:oauth:grant-type:uma-ticket&{form}");
+    let r = request(
+        &keycloak(),
+        "POST",
+        &format!("/realms/{realm}/protocol/openid-connect/token"),
+        &[
+            ("authorization", auth.as_bytes()),
+            ("content-type", b"application/x-www-form-urlencoded"),
+        ],
+        body.as_bytes(),
+    );
+    assert_eq!(r.status, 200, "RPT ({form}): {}", r.text());
+    r.json()["access_token"].as_str().unwrap().to_string()
+}
+
 /// One of the filter's metrics from Envoy's admin (Envoy lists them as `wasmcustom.<name>`).
 pub fn stat(name: &str) -> i64 {
     let r = request(
