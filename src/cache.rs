@@ -7,7 +7,7 @@
 //! lifespan of their own. Tokens are never stored, only their SHA-256.
 //!
 //! Shared data has no eviction, so the table is fixed: `max-entries` slots addressed by the key's
-//! hash (`kcpep/v1/dc/<client>/<slot>`); a new decision overwrites whatever its slot held. Memory is
+//! hash (`kcpep/v1/dc/<cluster>/<authority>/<realm>/<client>/<slot>`); a new decision overwrites whatever its slot held. Memory is
 //! bounded by `max-entries` x slot size whatever the key cardinality. A slot can also hold a
 //! *pending* marker: the first VM to miss claims the key with CAS, and other requests for it wait
 //! for the answer instead of calling Keycloak themselves (up to a bound).
@@ -77,21 +77,21 @@ pub fn key(
 
 /// The shared-data key counting the slots of a client's table that hold an entry (the "cache
 /// entries in use" gauge): a slot, once written, holds a decision until it is reused.
-pub fn slots_used_key(client: &str) -> String {
-    format!("kcpep/v1/dc-used/{client}")
+pub fn slots_used_key(table: &str) -> String {
+    format!("kcpep/v1/dc-used/{table}")
 }
 
 /// The shared path cache: Keycloak's answers to lazy `resource_set?uri=..&matchingUri=true` lookups,
-/// one per normalized path, in a table of `path-cache.max-entries` slots per client (a new path
-/// overwrites its slot). The value names its path, so a slot reused by another path is a miss.
-pub fn path_slot_key(client: &str, path: &str, slots: u32) -> String {
+/// one per normalized path, in a table of `path-cache.max-entries` slots per realm and client
+/// (`table`, [`crate::config::EnforcerConfig::shared_table`]); enforcers with another size keep
+/// a table of their own. A new path overwrites its slot; the value names its path, so a slot
+/// reused by another path is a miss.
+pub fn path_slot_key(table: &str, path: &str, slots: u32) -> String {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     path.hash(&mut h);
-    format!(
-        "kcpep/v1/pc/{client}/{}",
-        h.finish() % u64::from(slots.max(1))
-    )
+    let slots = u64::from(slots.max(1));
+    format!("kcpep/v1/pc/{table}/{slots}/{}", h.finish() % slots)
 }
 
 /// `expires_ms (8 bytes BE) | path length (4 bytes BE) | path | Keycloak's answer`.
@@ -113,11 +113,11 @@ pub fn decode_path<'v>(path: &str, value: &'v [u8], now_ms: i64) -> Option<&'v [
 }
 
 /// The shared-data key of the slot a decision key lives in.
-pub fn slot_key(client: &str, key: &Key, slots: u32) -> String {
+pub fn slot_key(table: &str, key: &Key, slots: u32) -> String {
     let n = u64::from_be_bytes([
         key[0], key[1], key[2], key[3], key[4], key[5], key[6], key[7],
     ]);
-    format!("kcpep/v1/dc/{client}/{}", n % u64::from(slots.max(1)))
+    format!("kcpep/v1/dc/{table}/{}", n % u64::from(slots.max(1)))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

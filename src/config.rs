@@ -166,6 +166,10 @@ pub struct EnforcerConfig {
     pub claim_information_point: Option<Rc<Cip>>,
     pub proxy: ProxySettings,
     pub matcher: PathMatcher,
+    /// Whose shared tables (decision and path caches) this enforcer reads and writes: one per
+    /// Keycloak, realm and client, so that the same client id in two realms (a common layout for
+    /// tenants) never takes the other realm's resources or decisions.
+    pub shared_table: String,
 }
 
 /// Adapter keys (Java adapters / keycloak.json) that do not apply to a proxy filter.
@@ -288,7 +292,12 @@ impl EnforcerConfig {
         } = policy_enforcer_settings(path, &flat, pe_value, &pe_path)?;
 
         let matcher = PathMatcher::new(paths.iter().map(|p| p.path.as_str()));
+        let shared_table = format!(
+            "{}/{}{}/{realm}/{client_id}",
+            proxy.cluster, proxy.authority, url.path
+        );
         Ok(EnforcerConfig {
+            shared_table,
             realm,
             auth_server_url,
             base_path: url.path,
@@ -709,6 +718,17 @@ mod tests {
         assert_eq!(c.proxy.issuer, "http://kc:8080/realms/bank");
         assert_eq!(c.proxy.cluster, "keycloak");
         assert!(c.loads_paths_from_server());
+    }
+
+    #[test]
+    fn one_client_id_in_two_realms_has_two_shared_tables() {
+        let a = parse(minimal()).unwrap();
+        let mut v = minimal();
+        v["realm"] = json!("tenant-2");
+        let b = parse(v).unwrap();
+        assert_eq!(a.shared_table, "keycloak/kc:8080/bank/bank-api");
+        assert_ne!(a.shared_table, b.shared_table);
+        assert_eq!(a.shared_table, parse(minimal()).unwrap().shared_table);
     }
 
     #[test]

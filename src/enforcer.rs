@@ -148,6 +148,10 @@ pub enum Lookup {
     Matching,
     /// A resource of this template path's instance: exactly the path; if none, `parent` next.
     Instance { parent: Option<String> },
+    /// The instance's last lookup: the resource whose URI pattern the server matches to the path
+    /// (Keycloak's `resolvePathConfig` falls back to `findByMatchingUri`, so a server resource
+    /// that is a template itself, `/{ver}/tenants/1`, is found for `/v1/tenants/1`).
+    InstanceMatching,
 }
 
 /// A claimed decision-cache key.
@@ -390,7 +394,7 @@ fn decide_inner(
                         key: key.to_string(),
                         configured,
                         lookup: if template {
-                            Lookup::Instance { parent: None }
+                            Lookup::InstanceMatching
                         } else {
                             Lookup::Matching
                         },
@@ -413,7 +417,7 @@ fn decide_inner(
                     }
                     // Without a PAT the template's own resource is asked for (by name when it
                     // is not bound: Keycloak answers for this resource server only).
-                    (None, Lookup::Instance { .. }) => configured,
+                    (None, Lookup::Instance { .. } | Lookup::InstanceMatching) => configured,
                     (None, Lookup::Matching) => {
                         return keycloak_unavailable(cfg, "no protection API token")
                     }
@@ -623,7 +627,7 @@ fn lookup_call(
 ) -> Step {
     let q = ResourceQuery {
         uri: Some(uri),
-        matching_uri: lookup == Lookup::Matching,
+        matching_uri: matches!(lookup, Lookup::Matching | Lookup::InstanceMatching),
         ..Default::default()
     };
     Step::Call(Box::new(Call {
@@ -675,24 +679,19 @@ fn lazy_loaded(
         Err(e) => return keycloak_unavailable(cfg, &e.to_string()),
     };
     if resources.is_empty() {
-        if let Lookup::Instance {
-            parent: Some(parent),
-        } = &lookup
-        {
-            // No resource for the instance itself: its parent's (`/resource/1` for
-            // `/resource/1/test` under `/resource/{id}/*`) grants its sub-resources.
-            if let Some(pat) = rt.pat.as_deref() {
-                return lookup_call(
-                    cfg,
-                    pat,
-                    &key,
-                    parent.clone(),
-                    configured,
-                    Lookup::Instance { parent: None },
-                );
-            }
-            // no PAT any more: the template's own resource, as below
+        // No resource for the instance itself: its parent's (`/resource/1` for `/resource/1/test`
+        // under `/resource/{id}/*`) grants its sub-resources; else the server's match.
+        let next = match &lookup {
+            Lookup::Instance {
+                parent: Some(parent),
+            } => Some((parent.clone(), Lookup::Instance { parent: None })),
+            Lookup::Instance { parent: None } => Some((key.clone(), Lookup::InstanceMatching)),
+            Lookup::InstanceMatching | Lookup::Matching => None,
+        };
+        if let (Some((uri, next)), Some(pat)) = (next, rt.pat.as_deref()) {
+            return lookup_call(cfg, pat, &key, uri, configured, next);
         }
+        // nothing found (or no PAT any more): the template's own resource, as below
     }
     if share && cfg.path_cache.enabled() && cfg.path_cache.max_entries > 0 {
         let expires = match cfg.path_cache.lifespan_ms {
@@ -710,7 +709,9 @@ fn lazy_loaded(
             }
             let uri = r.uris.first().cloned().unwrap_or_else(|| key.clone());
             let mut e = Entry::from_resource(r, &uri, configured.as_deref());
-            if let (Lookup::Instance { .. }, Some(t)) = (&lookup, &configured) {
+            if let (Lookup::Instance { .. } | Lookup::InstanceMatching, Some(t)) =
+                (&lookup, &configured)
+            {
                 // an instance keeps its template's scopes, not its resource's
                 e.config.scopes = t.config.scopes.clone();
             }

@@ -1302,8 +1302,36 @@ fn template_paths_ask_for_the_resource_of_their_instance() {
         panic!("{s:?}")
     };
     assert_eq!(form_value(call, "permission").as_deref(), Some("r1#view"));
-    // neither: the template's own resource, by name
+    // no exact resource: the server's match (a server resource that is a template itself)
+    let s = run(&c, &mut rt, "GET", "/v3/tenants/7", valid(&t));
+    let s = answer(&c, &mut rt, "GET", "/v3/tenants/7", &t, s, 200, "[]");
+    let Step::Call(call) = &s else {
+        panic!("{s:?}")
+    };
+    assert!(
+        call.request
+            .path
+            .contains("resource_set?uri=/v3/tenants/7&matchingUri=true&"),
+        "{}",
+        call.request.path
+    );
+    let s = answer(
+        &c,
+        &mut rt,
+        "GET",
+        "/v3/tenants/7",
+        &t,
+        s,
+        200,
+        r#"[{"_id":"t7","name":"tenant:7","uris":["/{ver}/tenants/7"]}]"#,
+    );
+    let Step::Call(call) = &s else {
+        panic!("{s:?}")
+    };
+    assert_eq!(form_value(call, "permission").as_deref(), Some("t7#admin"));
+    // none of them: the template's own resource, by name
     let s = run(&c, &mut rt, "GET", "/v2/tenants/9", valid(&t));
+    let s = answer(&c, &mut rt, "GET", "/v2/tenants/9", &t, s, 200, "[]");
     let s = answer(&c, &mut rt, "GET", "/v2/tenants/9", &t, s, 200, "[]");
     let Step::Call(call) = &s else {
         panic!("{s:?}")

@@ -40,12 +40,16 @@ impl<'a> SharedStore<'a> {
     }
 
     fn path_slot(&self, path: &str) -> String {
-        cache::path_slot_key(&self.cfg.client_id, path, self.cfg.path_cache.max_entries)
+        cache::path_slot_key(
+            &self.cfg.shared_table,
+            path,
+            self.cfg.path_cache.max_entries,
+        )
     }
 
     fn slot(&self, key: &Key) -> String {
         cache::slot_key(
-            &self.cfg.client_id,
+            &self.cfg.shared_table,
             key,
             self.cfg.proxy.decision_cache.max_entries,
         )
@@ -82,7 +86,8 @@ impl DecisionStore for SharedStore<'_> {
         let won = cas.is_some() || matches!(host::shared_get(&slot).0, Some((_, v)) if v == value);
         if won && cas.is_none() {
             // A slot taken into use for the first time.
-            if let Some(n) = host::shared_increment(&cache::slots_used_key(&self.cfg.client_id)) {
+            if let Some(n) = host::shared_increment(&cache::slots_used_key(&self.cfg.shared_table))
+            {
                 super::metrics::set_cache_entries(n);
             }
         }
