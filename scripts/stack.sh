@@ -477,6 +477,26 @@ stack: up
 EOF
 }
 
+# A freshly started Keycloak answers its first token requests slowly (class loading, JIT), more
+# slowly than the filter's callout timeout on a loaded 2-core machine: ask once for each kind the
+# filter will (client credentials, a password grant, a UMA grant) before anything is judged.
+warm_keycloak() {
+  local base token
+  base=$(ready_url keycloak); base=${base%%/realms/*}
+  local tok="$base/realms/authz-test/protocol/openid-connect/token"
+  curl -s -o /dev/null --max-time 60 -d grant_type=client_credentials \
+    -d client_id=resource-server-test -d client_secret=secret "$tok" || true
+  token=$(curl -s --max-time 60 -d grant_type=password -d client_id=public-client-test \
+    -d username=marta -d password=password "$tok" \
+    | sed -n 's/.*"access_token":"\([^"]*\)".*/\1/p') || true
+  if [ -n "$token" ]; then
+    curl -s -o /dev/null --max-time 60 -H "Authorization: Bearer $token" \
+      -d grant_type=urn:ietf:params:oauth:grant-type:uma-ticket -d audience=resource-server-test \
+      -d response_mode=decision "$tok" || true
+  fi
+  say "keycloak warmed up (token, password and UMA grants)"
+}
+
 cmd_up() {
   lock
   if all_up; then
@@ -494,6 +514,7 @@ cmd_up() {
   wait_ready echo "$ECHO_READY_TIMEOUT" || die "echo upstream did not become ready"
   wait_ready claims "$ECHO_READY_TIMEOUT" || die "claim service did not become ready"
   wait_ready keycloak "$KC_READY_TIMEOUT" || die "Keycloak did not become ready"
+  warm_keycloak
   start_envoy
   wait_ready envoy "$ENVOY_READY_TIMEOUT" \
     || die "Envoy did not become ready (if the log says 'Missing or unknown Proxy-Wasm ABI version', $WASM is not a real proxy-wasm module yet: make wasm)"
