@@ -6,8 +6,8 @@ mod common;
 
 use common::*;
 use keycloak_pep::config::EnforcerConfig;
-use keycloak_pep::token::{self, Expectations, Jwks, TokenError};
-use keycloak_pep::uma::{
+use keycloak_pep::keycloak::token::{self, Expectations, Jwks, TokenError};
+use keycloak_pep::keycloak::uma::{
     self, PermissionRequest, ResourceQuery, ResponseMode, UmaGrant, UmaOutcome,
 };
 

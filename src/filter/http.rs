@@ -7,10 +7,11 @@ use super::host;
 use super::metrics::Metrics;
 use super::root::{Parked, Plugin};
 use super::store::SharedStore;
-use crate::enforcer::{self, Answer, CacheUse, Credential, Pending, RequestFacts, Step};
-use crate::request::RequestView;
-use crate::token::{self, BearerError, Expectations, Token, TokenError};
-use crate::uri;
+use crate::enforce::{self, CacheUse, Credential, Pending, RequestFacts, Step};
+use crate::keycloak::token::{self, BearerError, Expectations, Token, TokenError};
+use crate::request::uri;
+use crate::request::view::RequestView;
+use crate::wire::http::Answer;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, MapType};
@@ -63,7 +64,7 @@ pub enum Applied {
     /// A callout (this token) was dispatched by the running context; its answer comes back there.
     Called(u32),
     /// Parked until the decision cache has the answer.
-    Wait(crate::cache::Key, i64),
+    Wait(crate::store::decisions::Key, i64),
     /// The claims need the body: decide again when it is buffered.
     ReadBody,
 }
@@ -85,7 +86,7 @@ impl Flow {
         plugin: &Plugin,
         f: impl FnOnce(
             &crate::config::EnforcerConfig,
-            &mut enforcer::Runtime,
+            &mut enforce::Runtime,
             &RequestFacts,
             &mut SharedStore,
         ) -> R,
@@ -110,17 +111,17 @@ impl Flow {
     /// First (or renewed, after waiting) decision.
     pub fn decide(&mut self, plugin: &Plugin, now_ms: i64) -> Step {
         self.with_core(plugin, |cfg, rt, req, store| {
-            enforcer::decide(cfg, rt, req, store, now_ms)
+            enforce::decide(cfg, rt, req, store, now_ms)
         })
     }
 
     /// The next step once Keycloak answered.
     pub fn resume(&mut self, plugin: &Plugin, answer: Answer, now_ms: i64) -> Step {
         let Some(pending) = self.pending.take() else {
-            return enforcer::cannot_continue("unexpected callout answer");
+            return enforce::cannot_continue("unexpected callout answer");
         };
         self.with_core(plugin, |cfg, rt, req, store| {
-            enforcer::resume(cfg, rt, req, store, pending, answer, now_ms)
+            enforce::resume(cfg, rt, req, store, pending, answer, now_ms)
         })
     }
 
@@ -158,7 +159,7 @@ impl Flow {
                     "kcpep allow [{}] {} {}: {}",
                     cfg.client_id,
                     host::loggable(self.method.as_bytes()),
-                    host::loggable(crate::request::path_only(&self.path).as_bytes()),
+                    host::loggable(crate::request::view::path_only(&self.path).as_bytes()),
                     a.reason
                 );
                 if in_callback {
@@ -254,7 +255,7 @@ impl Flow {
     }
 
     /// One structured line per denial: status, reason, matched path and resource, never a token.
-    fn log_denial(&self, cfg: &crate::config::EnforcerConfig, r: &enforcer::Reply, what: &str) {
+    fn log_denial(&self, cfg: &crate::config::EnforcerConfig, r: &enforce::Reply, what: &str) {
         log::info!(
             "{what} status={} request={} client={} method={} path=\"{}\" matched=\"{}\" resource=\"{}\" reason=\"{}\"",
             r.status,
@@ -262,7 +263,7 @@ impl Flow {
             cfg.client_id,
             host::loggable(self.method.as_bytes()),
             // without the query: it may carry credentials (`?access_token=`)
-            host::loggable(crate::request::path_only(&self.path).as_bytes()),
+            host::loggable(crate::request::view::path_only(&self.path).as_bytes()),
             host::loggable(r.path.as_deref().unwrap_or("").as_bytes()),
             host::loggable(r.resource.as_deref().unwrap_or("").as_bytes()),
             host::loggable(r.reason.as_bytes())
@@ -272,7 +273,7 @@ impl Flow {
     /// A request that waited elsewhere and now needs a body it can no longer read: refused,
     /// never let through unevaluated.
     pub fn body_lost(&mut self, plugin: &Plugin, metrics: &Metrics) {
-        let step = enforcer::cannot_continue(
+        let step = enforce::cannot_continue(
             "the matched path changed while the request waited and now needs its body",
         );
         self.apply(plugin, metrics, step, true);
@@ -354,7 +355,7 @@ impl Http {
     }
 
     /// Hands a waiting flow to the root context, which decides again when the answer is cached.
-    fn park(&mut self, plugin: &Plugin, key: crate::cache::Key, until_ms: i64) {
+    fn park(&mut self, plugin: &Plugin, key: crate::store::decisions::Key, until_ms: i64) {
         if let Some(flow) = self.flow.take() {
             plugin.parked.borrow_mut().push(Parked {
                 flow,
@@ -399,7 +400,7 @@ impl Http {
     fn body_too_large(&mut self, plugin: &Plugin, mut flow: Flow, in_callback: bool) -> Action {
         self.reading_body = false;
         let cfg = &plugin.config.enforcers[flow.enforcer].1;
-        let step = enforcer::body_too_large(cfg);
+        let step = enforce::body_too_large(cfg);
         let applied = flow.apply(plugin, &self.metrics, step, in_callback);
         self.flow = Some(flow);
         match applied {
@@ -513,7 +514,7 @@ impl HttpContext for Http {
             plugin
                 .own_headers
                 .iter()
-                .any(|o| crate::request::is_spelling_of(o, k))
+                .any(|o| crate::request::view::is_spelling_of(o, k))
         };
         if headers.iter().any(|(k, _)| own(k)) {
             let mut spoofed: Vec<String> = headers
@@ -564,7 +565,7 @@ impl HttpContext for Http {
         } else {
             None
         };
-        let Some(enforcer) = plugin.config.select(&crate::routes::Selector {
+        let Some(enforcer) = plugin.config.select(&crate::config::routes::Selector {
             route_name: route_name.as_deref(),
             virtual_host: virtual_host.as_deref(),
             authority: &authority,
@@ -587,7 +588,7 @@ impl HttpContext for Http {
             .collect();
         let now = host::now_ms();
         let (cred, token_id) = Self::check_token(&plugin, enforcer, &auth, now);
-        let memo_key = token_id.map(|id| crate::memo::key(enforcer, id, &method, &path));
+        let memo_key = token_id.map(|id| crate::store::memo::key(enforcer, id, &method, &path));
         if let Some(header) = memo_key.and_then(|k| plugin.memo.borrow().get(k, now).cloned()) {
             // The same token asked the same thing and the decision cache still holds the allow.
             let cfg = &plugin.config.enforcers[enforcer].1;

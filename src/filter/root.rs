@@ -5,12 +5,13 @@
 use super::host;
 use super::http::{Applied, Flow, Http};
 use super::metrics::Metrics;
-use crate::cache;
-use crate::enforcer::{Answer, Runtime};
-use crate::refresh::{Background, Fetch};
-use crate::routes::PluginConfig;
-use crate::shared;
-use crate::token::VerifiedTokens;
+use crate::config::routes::PluginConfig;
+use crate::enforce::Runtime;
+use crate::keycloak::background::{Background, Fetch};
+use crate::keycloak::token::VerifiedTokens;
+use crate::store::decisions;
+use crate::store::documents;
+use crate::wire::http::Answer;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType};
@@ -36,7 +37,7 @@ pub struct EnforcerState {
 /// A request waiting for a decision another request is asking Keycloak for.
 pub struct Parked {
     pub flow: Flow,
-    pub key: cache::Key,
+    pub key: decisions::Key,
     pub until_ms: i64,
 }
 
@@ -54,7 +55,7 @@ pub struct Plugin {
     pub parked: RefCell<Vec<Parked>>,
     pub front: super::store::FrontCache,
     /// Repeated requests straight to their cached allow (see `memo`).
-    pub memo: RefCell<crate::memo::Memo>,
+    pub memo: RefCell<crate::store::memo::Memo>,
 }
 
 pub struct Root {
@@ -100,11 +101,11 @@ pub fn wake_parked(
             let cfg = &plugin.config.enforcers[p.flow.enforcer].1;
             let mut store = super::store::SharedStore::new(cfg, &plugin.front);
             let answered = matches!(
-                cache::lookup(
-                    crate::enforcer::DecisionStore::get(&mut store, &p.key).as_ref(),
+                decisions::lookup(
+                    crate::enforce::DecisionStore::get(&mut store, &p.key).as_ref(),
                     now
                 ),
-                cache::Lookup::Hit(_)
+                decisions::Lookup::Hit(_)
             );
             answered || (from_context.is_none() && now >= p.until_ms)
         });
@@ -152,11 +153,11 @@ impl Root {
                 rounds += 1;
                 let mut from_shared = false;
                 for (fetch, req) in std::mem::take(&mut due) {
-                    let key = shared::doc_key(cfg, fetch, &req);
+                    let key = documents::doc_key(cfg, fetch, &req);
                     // Another VM (or enforcer of the same realm) may have fetched it already.
                     if let Some((_, body)) = host::shared_get(&key).0 {
-                        if let Some((stored_at, doc)) = shared::decode_doc(&body) {
-                            if shared::fresh(fetch, stored_at, doc, now, bg.jwks_forced) {
+                        if let Some((stored_at, doc)) = documents::decode_doc(&body) {
+                            if documents::fresh(fetch, stored_at, doc, now, bg.jwks_forced) {
                                 bg.complete(
                                     cfg,
                                     rt,
@@ -177,7 +178,7 @@ impl Root {
                     }
                     let in_flight_here = self.pending.values().any(|(_, _, k, _)| *k == key);
                     if in_flight_here
-                        || !host::take_lease(&shared::lease_key(&key), self.nonce, now)
+                        || !host::take_lease(&documents::lease_key(&key), self.nonce, now)
                     {
                         bg.skip(fetch);
                         continue;
@@ -271,9 +272,9 @@ impl Context for Root {
         bg.complete(cfg, rt, fetch, host::answer(status, ok, &body), now);
         if ok && status == 200 {
             // Shared with the other VMs; only good answers are stored.
-            host::shared_set(&key, &shared::encode_doc(now, &body));
+            host::shared_set(&key, &documents::encode_doc(now, &body));
         }
-        host::release_lease(&shared::lease_key(&key), self.nonce);
+        host::release_lease(&documents::lease_key(&key), self.nonce);
         if matches!(fetch, Fetch::Jwks) && ok && status == 200 {
             // New key set: tokens verified under the old one are checked again.
             verified.clear();
@@ -349,7 +350,7 @@ impl RootContext for Root {
         own_headers.sort();
         own_headers.dedup();
         for (name, cfg) in &config.enforcers {
-            if crate::claims::reads_bodies(cfg) {
+            if crate::config::claims::reads_bodies(cfg) {
                 // The filter holds the headers while it reads the body; Envoy delivers the body to
                 // a filter that paused its headers only with allow_on_headers_stop_iteration.
                 log::info!(
@@ -375,7 +376,7 @@ impl RootContext for Root {
             host_verify,
             parked: RefCell::new(Vec::new()),
             front: RefCell::new(HashMap::new()),
-            memo: RefCell::new(crate::memo::Memo::new(MEMO_ENTRIES)),
+            memo: RefCell::new(crate::store::memo::Memo::new(MEMO_ENTRIES)),
         }));
         self.settled = false;
         let _ = hostcalls::set_tick_period(TICK_STARTING);

@@ -8,8 +8,9 @@
 //! good answers (HTTP 200) are stored.
 
 use crate::config::EnforcerConfig;
-use crate::refresh::Fetch;
-use crate::uma::{self, HttpRequest};
+use crate::keycloak::background::Fetch;
+use crate::keycloak::uma;
+use crate::wire::http::HttpRequest;
 
 const PREFIX: &str = "kcpep/v1";
 /// How long one VM may hold a fetch lease before another may take over.
@@ -89,7 +90,7 @@ pub fn lease_takeable(current: Option<&[u8]>, owner: u64, now_ms: i64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::refresh::BindStep;
+    use crate::keycloak::background::BindStep;
 
     fn cfg(client: &str) -> EnforcerConfig {
         EnforcerConfig::from_json(

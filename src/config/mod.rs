@@ -4,12 +4,16 @@
 //! accepted and ignored; everything the filter itself needs beyond Keycloak's format lives in one
 //! extra object, `kcpep`, so a plain keycloak.json stays valid. Semantics: keycloak-pep.md §1.1.
 
-use crate::cache::CacheConfig;
-use crate::claims::Cip;
-use crate::forwarded::{Cidr, ProxyHeaders, ProxyTrust};
-use crate::json::{self, ConfigError, Obj, Result};
-use crate::paths::{fails_in_keycloak, PathMatcher};
-use crate::uri;
+pub mod claim_providers;
+pub mod claims;
+pub mod routes;
+
+use crate::config::claims::Cip;
+use crate::request::forwarded::{Cidr, ProxyHeaders, ProxyTrust};
+use crate::request::pattern::{fails_in_keycloak, PathMatcher};
+use crate::request::uri;
+use crate::store::decisions::CacheConfig;
+use crate::wire::json::{self, ConfigError, Obj, Result};
 use serde_json::Value;
 use std::rc::Rc;
 

@@ -1,5 +1,5 @@
 use super::*;
-use crate::request::RequestView;
+use crate::request::view::RequestView;
 use serde_json::json;
 
 fn cip(v: Value) -> Cip {

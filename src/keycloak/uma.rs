@@ -4,45 +4,16 @@
 //! sends with any HTTP client), and a parser turns the status and body back into a typed outcome.
 
 use crate::config::EnforcerConfig;
+use crate::wire::http::{basic_auth, form, get, post_form, query_encode, HttpRequest};
+use crate::wire::permission::{permissions_of, Permission};
+use crate::wire::resource::Resource;
 use base64::Engine;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
 
 pub const UMA_GRANT: &str = "urn:ietf:params:oauth:grant-type:uma-ticket";
 pub const CLAIM_TOKEN_FORMAT_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
-
-/// An HTTP request to Keycloak, relative to the Keycloak cluster (`:authority` comes from config).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HttpRequest {
-    pub method: &'static str,
-    /// Path and query.
-    pub path: String,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
-impl HttpRequest {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// A granted permission as Keycloak writes it in RPTs and `response_mode=permissions` answers.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-pub struct Permission {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rsid: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rsname: Option<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub scopes: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub claims: Option<BTreeMap<String, Vec<String>>>,
-}
 
 /// The realm's endpoints on the Keycloak cluster. Fixed by Keycloak's URL layout; discovery
 /// confirms them (and the issuer) at start.
@@ -68,97 +39,6 @@ impl Endpoints {
     }
 }
 
-/// `application/x-www-form-urlencoded` encoding of one component.
-pub fn form_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'*' => {
-                out.push(b as char)
-            }
-            b' ' => out.push('+'),
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
-}
-
-/// `application/x-www-form-urlencoded` decoding of one component (`+` is a space); malformed
-/// escapes are kept as they are, invalid UTF-8 is replaced.
-pub fn form_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push(h * 16 + l);
-                    i += 2;
-                }
-                _ => out.push(b'%'),
-            },
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn hex(c: u8) -> Option<u8> {
-    (c as char).to_digit(16).map(|d| d as u8)
-}
-
-/// Percent-encoding for a query parameter value (spaces as %20, braces encoded).
-pub fn query_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
-                out.push(b as char)
-            }
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
-}
-
-fn form(pairs: &[(&str, &str)]) -> Vec<u8> {
-    pairs
-        .iter()
-        .map(|(k, v)| format!("{}={}", form_encode(k), form_encode(v)))
-        .collect::<Vec<_>>()
-        .join("&")
-        .into_bytes()
-}
-
-/// RFC 6749 §2.3.1 client authentication: Basic base64(urlenc(id):urlenc(secret)).
-pub fn basic_auth(client_id: &str, secret: &str) -> String {
-    let raw = format!("{}:{}", form_encode(client_id), form_encode(secret));
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(raw)
-    )
-}
-
-fn post_form(path: String, auth: Option<String>, body: Vec<u8>) -> HttpRequest {
-    let mut headers = vec![(
-        "content-type".to_string(),
-        "application/x-www-form-urlencoded".to_string(),
-    )];
-    if let Some(a) = auth {
-        headers.push(("authorization".to_string(), a));
-    }
-    headers.push(("accept".to_string(), "application/json".to_string()));
-    HttpRequest {
-        method: "POST",
-        path,
-        headers,
-        body,
-    }
-}
-
 fn client_auth(cfg: &EnforcerConfig) -> Option<String> {
     cfg.secret.as_deref().map(|s| basic_auth(&cfg.client_id, s))
 }
@@ -169,19 +49,6 @@ pub fn discovery_request(cfg: &EnforcerConfig) -> HttpRequest {
 
 pub fn jwks_request(cfg: &EnforcerConfig) -> HttpRequest {
     get(Endpoints::for_config(cfg).jwks, None)
-}
-
-fn get(path: String, bearer: Option<&str>) -> HttpRequest {
-    let mut headers = vec![("accept".to_string(), "application/json".to_string())];
-    if let Some(t) = bearer {
-        headers.push(("authorization".to_string(), format!("Bearer {t}")));
-    }
-    HttpRequest {
-        method: "GET",
-        path,
-        headers,
-        body: Vec::new(),
-    }
 }
 
 /// The protection API token (PAT): client_credentials with the client's own credentials.
@@ -505,55 +372,6 @@ fn rpt_permissions(rpt: &str) -> Option<Vec<Permission>> {
     permissions_of(&v)
 }
 
-/// `authorization.permissions` of a token's claims.
-pub fn permissions_of(claims: &Value) -> Option<Vec<Permission>> {
-    let perms = claims.get("authorization")?.get("permissions")?;
-    serde_json::from_value(perms.clone()).ok()
-}
-
-/// The granted permissions as the upstream receives them in a header: compact JSON, non-ASCII
-/// escaped so the value is a plain visible-ASCII header value.
-pub fn permissions_header_value(perms: &[Permission]) -> String {
-    let json = serde_json::to_string(perms).unwrap_or_else(|_| "[]".into());
-    let mut out = String::with_capacity(json.len());
-    for c in json.chars() {
-        if c.is_ascii() && !c.is_ascii_control() {
-            out.push(c);
-        } else {
-            let mut buf = [0u16; 2];
-            for unit in c.encode_utf16(&mut buf) {
-                out.push_str(&format!("\\u{unit:04x}"));
-            }
-        }
-    }
-    out
-}
-
-/// A resource of the protection API.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct Resource {
-    #[serde(rename = "_id")]
-    pub id: String,
-    pub name: String,
-    #[serde(default)]
-    pub uris: Vec<String>,
-    #[serde(default, alias = "resource_scopes")]
-    pub scopes: Vec<ScopeRef>,
-    #[serde(default, rename = "type")]
-    pub kind: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct ScopeRef {
-    pub name: String,
-}
-
-impl Resource {
-    pub fn scope_names(&self) -> Vec<String> {
-        self.scopes.iter().map(|s| s.name.clone()).collect()
-    }
-}
-
 pub fn parse_resources(status: u16, body: &[u8]) -> Result<Vec<Resource>, Failure> {
     check_status(status, body)?;
     json_body(body)
@@ -821,20 +639,6 @@ mod tests {
         assert!(
             matches!(parse_uma_response(200, body.as_bytes(), ResponseMode::Rpt), Granted(Some(p)) if p[0].rsid.as_deref() == Some("9"))
         );
-    }
-
-    #[test]
-    fn permissions_header_is_ascii_json() {
-        let p = vec![Permission {
-            rsid: Some("1".into()),
-            rsname: Some("Café".into()),
-            scopes: vec!["v".into()],
-            claims: None,
-        }];
-        let h = permissions_header_value(&p);
-        assert_eq!(h, r#"[{"rsid":"1","rsname":"Caf\u00e9","scopes":["v"]}]"#);
-        let back: Vec<Permission> = serde_json::from_str(&h).unwrap();
-        assert_eq!(back, p);
     }
 
     #[test]

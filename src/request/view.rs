@@ -2,7 +2,7 @@
 //! the claim information point reads (headers, peer address, TLS, body). Borrowed, so a request
 //! without claims pays nothing for it.
 
-use crate::uma;
+use crate::wire::http::form_decode;
 
 /// The request as Keycloak's `HttpRequest` SPI exposes it (keycloak-pep.md §6).
 #[derive(Debug, Clone, Copy, Default)]
@@ -63,7 +63,7 @@ impl<'a> RequestView<'a> {
 pub fn first_param(encoded: &str, name: &str) -> Option<String> {
     encoded.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (uma::form_decode(k) == name).then(|| uma::form_decode(v))
+        (form_decode(k) == name).then(|| form_decode(v))
     })
 }
 

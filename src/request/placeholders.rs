@@ -7,7 +7,7 @@
 //! literally (Keycloak's `replaceAll` breaks on `$` and `\`); and static text keeps its brackets
 //! and braces (Keycloak strips every `[`, `]`, `{`, `}` of a string that has a placeholder).
 
-use crate::request::{self, RequestView};
+use crate::request::view::{self, RequestView};
 use serde_json::Value;
 
 /// One placeholder, already parsed.
@@ -212,9 +212,9 @@ fn resolve_placeholder(ph: &Placeholder, cx: &Context) -> Result<Vec<String>, Re
     Ok(match ph {
         Placeholder::Parameter(name) => {
             // Query first, then a form body (servlet `getParameter`).
-            let from_query = request::first_param(request::query(cx.path), name);
+            let from_query = view::first_param(view::query(cx.path), name);
             let from_form = || match (cx.view.body, cx.view.is_form()) {
-                (Some(body), true) => request::first_param(&String::from_utf8_lossy(body), name),
+                (Some(body), true) => view::first_param(&String::from_utf8_lossy(body), name),
                 _ => None,
             };
             from_query.or_else(from_form).into_iter().collect()
@@ -223,8 +223,8 @@ fn resolve_placeholder(ph: &Placeholder, cx: &Context) -> Result<Vec<String>, Re
         Placeholder::Cookie(name) => cx.view.cookie(name).into_iter().collect(),
         Placeholder::RemoteAddr => one(cx.remote_addr),
         Placeholder::Method => one(cx.method),
-        Placeholder::Uri => one(request::path_only(cx.path)),
-        Placeholder::RelativePath => one(request::path_only(cx.relative_path)),
+        Placeholder::Uri => one(view::path_only(cx.path)),
+        Placeholder::RelativePath => one(view::path_only(cx.relative_path)),
         Placeholder::Secure => one(if cx.secure { "true" } else { "false" }),
         Placeholder::Body(ptr) => {
             let body = cx.view.body.unwrap_or_default();
@@ -286,7 +286,7 @@ mod tests {
     use serde_json::json;
 
     fn headers() -> Vec<(String, Vec<u8>)> {
-        crate::request::lines(&[
+        crate::request::view::lines(&[
             ("x-branch", "tokyo"),
             ("x-multi", "a"),
             ("x-multi", "b"),

@@ -100,7 +100,7 @@ impl PathMatcher {
         self.patterns.is_empty()
     }
 
-    /// Matches an already normalized path (see [`crate::uri::normalize`]).
+    /// Matches an already normalized path (see [`crate::request::uri::normalize`]).
     pub fn find(&self, target: &str) -> Option<Match> {
         let literal = self.literals.get(target).copied();
         let mut scanned = self.scanned.iter().copied().peekable();

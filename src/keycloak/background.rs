@@ -8,10 +8,11 @@
 //! triggers at most one JWKS refetch per 10 s, never one per request.
 
 use crate::config::{EnforcementMode, EnforcerConfig};
-use crate::enforcer::{Answer, Runtime};
-use crate::pathset::PathSet;
-use crate::token::Jwks;
-use crate::uma::{self, HttpRequest, ResourceQuery};
+use crate::enforce::Runtime;
+use crate::keycloak::resources::PathSet;
+use crate::keycloak::token::Jwks;
+use crate::keycloak::uma::{self, ResourceQuery};
+use crate::wire::http::{Answer, HttpRequest};
 
 const JWKS_MAX_AGE_MS: i64 = 10 * 60 * 1000;
 const JWKS_UNKNOWN_KID_MIN_MS: i64 = 10 * 1000;

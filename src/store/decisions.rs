@@ -12,7 +12,7 @@
 //! *pending* marker: the first VM to miss claims the key with CAS, and other requests for it wait
 //! for the answer instead of calling Keycloak themselves (up to a bound).
 
-use crate::uma::Permission;
+use crate::wire::permission::Permission;
 
 /// Decision cache settings (`kcpep.decision-cache`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -238,7 +238,7 @@ pub fn expiry(verdict: &Verdict, now_ms: i64, token_exp_s: i64, cfg: &CacheConfi
 
 /// Permissions as stored for the upstream header.
 pub fn allow(perms: &[Permission]) -> Verdict {
-    Verdict::Allow(crate::uma::permissions_header_value(perms))
+    Verdict::Allow(crate::wire::permission::permissions_header_value(perms))
 }
 
 #[cfg(test)]

@@ -215,7 +215,7 @@ impl ProxyTrust {
 mod tests {
     use super::*;
 
-    use crate::request::lines as h;
+    use crate::request::view::lines as h;
 
     fn trust(kind: ProxyHeaders, nets: &[&str]) -> ProxyTrust {
         ProxyTrust {

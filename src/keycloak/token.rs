@@ -5,8 +5,9 @@
 //! the realm (RS/PS/ES families, never `none` or HMAC), `exp`/`nbf` with a small leeway, `iss`, and
 //! `aud` when configured. Time is passed in, so the checks are deterministic and testable.
 
-use crate::signature::{self, HostCheck};
-use crate::uma::{permissions_of, Permission};
+use crate::keycloak::signature::{self, HostCheck};
+use crate::wire::permission::permissions_of;
+use crate::wire::permission::Permission;
 use base64::Engine;
 use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, JwkSet, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};

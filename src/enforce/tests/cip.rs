@@ -33,7 +33,7 @@ fn branch_cfg(extra_kcpep: Value) -> EnforcerConfig {
     EnforcerConfig::from_value(&v, "").unwrap()
 }
 
-use crate::request::lines as hs;
+use crate::request::view::lines as hs;
 
 #[allow(clippy::too_many_arguments)]
 fn go(

@@ -14,7 +14,7 @@
 //! only where the rules list the same domains.
 
 use crate::config::EnforcerConfig;
-use crate::json::{self, ConfigError, Obj, Result};
+use crate::wire::json::{self, ConfigError, Obj, Result};
 use serde_json::Value;
 
 #[derive(Debug, Clone)]

@@ -6,18 +6,20 @@
 //! A verdict that needs Keycloak is data: [`Step::Call`] carries the exact request and a
 //! [`Pending`] continuation that turns Keycloak's answer into the next step.
 
-use crate::cache;
-use crate::claims::{self, Claims};
+use crate::config::claims::{self, Claims};
 use crate::config::{EnforcementMode, EnforcerConfig, MethodConfig, OnKeycloakError, ScopesMode};
-use crate::pathset::{Entry, PathCache, PathSet};
-use crate::placeholders::Context;
-use crate::request::RequestView;
-use crate::token::{BearerError, Token, TokenError};
-use crate::uma::{
-    self, HttpRequest, Permission, PermissionRequest, ResourceQuery, ResponseMode, UmaGrant,
-    UmaOutcome,
+use crate::keycloak::resources::{Entry, PathCache, PathSet};
+use crate::keycloak::token::{BearerError, Token, TokenError};
+use crate::keycloak::uma::{
+    self, PermissionRequest, ResourceQuery, ResponseMode, UmaGrant, UmaOutcome,
 };
-use crate::uri;
+use crate::request::placeholders::Context;
+use crate::request::uri;
+use crate::request::view::RequestView;
+use crate::store::decisions;
+use crate::wire::http::Answer;
+use crate::wire::http::HttpRequest;
+use crate::wire::permission::{permissions_header_value, Permission};
 use std::rc::Rc;
 
 /// What the shell knows about the request's credential.
@@ -94,7 +96,7 @@ pub enum Step {
     /// Another request is asking Keycloak the same question: decide again when its answer is in
     /// the decision cache (or after `until_ms`, when the claim lapses and this request asks itself).
     Wait {
-        key: cache::Key,
+        key: decisions::Key,
         until_ms: i64,
     },
     /// The claims of this path read the request body: decide again once it is buffered (up to
@@ -157,7 +159,7 @@ pub enum Lookup {
 /// A claimed decision-cache key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claim {
-    pub key: cache::Key,
+    pub key: decisions::Key,
     pub token_exp: i64,
     /// An expired ALLOW of the same key, for stale-on-error.
     pub stale: Option<(String, i64)>,
@@ -165,10 +167,10 @@ pub struct Claim {
 
 /// The decision cache as the enforcer sees it; the shell implements it over shared data.
 pub trait DecisionStore {
-    fn get(&mut self, key: &cache::Key) -> Option<cache::Entry>;
+    fn get(&mut self, key: &decisions::Key) -> Option<decisions::Entry>;
     /// Marks the key as being asked (CAS); false when another request claimed it first.
-    fn claim(&mut self, key: &cache::Key, until_ms: i64) -> bool;
-    fn put(&mut self, key: &cache::Key, entry: cache::Entry);
+    fn claim(&mut self, key: &decisions::Key, until_ms: i64) -> bool;
+    fn put(&mut self, key: &decisions::Key, entry: decisions::Entry);
     /// Keycloak's answer to a lazy path lookup that another worker stored (shared path cache).
     fn get_path(&mut self, _path: &str, _now_ms: i64) -> Option<Vec<u8>> {
         None
@@ -180,20 +182,13 @@ pub trait DecisionStore {
 pub struct NoStore;
 
 impl DecisionStore for NoStore {
-    fn get(&mut self, _: &cache::Key) -> Option<cache::Entry> {
+    fn get(&mut self, _: &decisions::Key) -> Option<decisions::Entry> {
         None
     }
-    fn claim(&mut self, _: &cache::Key, _: i64) -> bool {
+    fn claim(&mut self, _: &decisions::Key, _: i64) -> bool {
         true
     }
-    fn put(&mut self, _: &cache::Key, _: cache::Entry) {}
-}
-
-/// Keycloak's answer to a [`Call`]: status and body, or no answer (reset, timeout).
-#[derive(Debug, Clone, Copy)]
-pub enum Answer<'a> {
-    Http { status: u16, body: &'a [u8] },
-    NoAnswer,
+    fn put(&mut self, _: &decisions::Key, _: decisions::Entry) {}
 }
 
 /// Changing state the shell keeps between requests.
@@ -406,8 +401,12 @@ fn decide_inner(
                 }
                 let lookup = match (&configured, template) {
                     (Some(t), true) => Lookup::Instance {
-                        parent: crate::paths::build_uri_from_template(&t.config.path, key, true)
-                            .filter(|p| p != key),
+                        parent: crate::request::pattern::build_uri_from_template(
+                            &t.config.path,
+                            key,
+                            true,
+                        )
+                        .filter(|p| p != key),
                     },
                     _ => Lookup::Matching,
                 };
@@ -528,13 +527,13 @@ fn resume_inner(
                 Answer::NoAnswer => UmaOutcome::Unavailable("token endpoint timed out".into()),
             };
             // Stores the verdict; returns until when it holds.
-            let remember = |store: &mut dyn DecisionStore, verdict: cache::Verdict| {
+            let remember = |store: &mut dyn DecisionStore, verdict: decisions::Verdict| {
                 let c = cached.as_ref()?;
                 let expires_ms =
-                    cache::expiry(&verdict, now_ms, c.token_exp, &cfg.proxy.decision_cache);
+                    decisions::expiry(&verdict, now_ms, c.token_exp, &cfg.proxy.decision_cache);
                 store.put(
                     &c.key,
-                    cache::Entry::Decided {
+                    decisions::Entry::Decided {
                         verdict,
                         expires_ms,
                     },
@@ -550,8 +549,8 @@ fn resume_inner(
                 UmaOutcome::Granted(perms) => {
                     let perms = perms.unwrap_or_default();
                     if is_authorized(&entry, &method, &perms, true, &claims) {
-                        let header = uma::permissions_header_value(&perms);
-                        let until = remember(store, cache::Verdict::Allow(header.clone()));
+                        let header = permissions_header_value(&perms);
+                        let until = remember(store, decisions::Verdict::Allow(header.clone()));
                         Step::Allow(Allow {
                             permissions: Some(header),
                             reason: "granted by Keycloak",
@@ -560,16 +559,16 @@ fn resume_inner(
                             memo_until_ms: until.filter(|_| claims.is_empty()),
                         })
                     } else {
-                        remember(store, cache::Verdict::Deny);
+                        remember(store, decisions::Verdict::Deny);
                         denied(&method, "Keycloak granted less than required")
                     }
                 }
                 UmaOutcome::Denied => {
-                    remember(store, cache::Verdict::Deny);
+                    remember(store, decisions::Verdict::Deny);
                     denied(&method, "denied by Keycloak policies")
                 }
                 UmaOutcome::Refused(e) => {
-                    remember(store, cache::Verdict::Deny);
+                    remember(store, decisions::Verdict::Deny);
                     denied(
                         &method,
                         &format!("Keycloak refused the request: {}", e.error),
@@ -592,8 +591,8 @@ fn resume_inner(
                             // Put the expired ALLOW back so the next request can be served stale too.
                             store.put(
                                 key,
-                                cache::Entry::Decided {
-                                    verdict: cache::Verdict::Allow(header.clone()),
+                                decisions::Entry::Decided {
+                                    verdict: decisions::Verdict::Allow(header.clone()),
                                     expires_ms: *expires_ms,
                                 },
                             );
@@ -857,7 +856,7 @@ fn authorize(
     if let Some(perms) = &own_rpt {
         if is_authorized(entry, method, perms, false, &claims) {
             return Step::Allow(Allow {
-                permissions: Some(uma::permissions_header_value(perms)),
+                permissions: Some(permissions_header_value(perms)),
                 reason: "the token already carries the permission",
                 cache: CacheUse::None,
                 would_deny: None,
@@ -895,7 +894,7 @@ fn authorize(
             permission.resource.as_deref().unwrap_or("")
         );
         let claims_digest = (!claims.is_empty()).then(|| claims::digest(&claims));
-        let key = cache::key(
+        let key = decisions::key(
             &cfg.client_id,
             &token.digest,
             &what,
@@ -903,10 +902,10 @@ fn authorize(
             claims_digest.as_ref(),
         );
         let found = store.get(&key);
-        match cache::lookup(found.as_ref(), now_ms) {
-            cache::Lookup::Hit(cache::Verdict::Allow(header)) => {
+        match decisions::lookup(found.as_ref(), now_ms) {
+            decisions::Lookup::Hit(decisions::Verdict::Allow(header)) => {
                 let expires = match &found {
-                    Some(cache::Entry::Decided { expires_ms, .. }) => Some(*expires_ms),
+                    Some(decisions::Entry::Decided { expires_ms, .. }) => Some(*expires_ms),
                     _ => None,
                 };
                 return Step::Allow(Allow {
@@ -917,7 +916,7 @@ fn authorize(
                     memo_until_ms: expires.filter(|_| claims.is_empty()),
                 });
             }
-            cache::Lookup::Hit(cache::Verdict::Deny) => {
+            decisions::Lookup::Hit(decisions::Verdict::Deny) => {
                 return match denied(method, "denied by Keycloak policies (cached)") {
                     Step::Reply(r) => Step::Reply(Reply {
                         cache: CacheUse::Hit,
@@ -926,17 +925,17 @@ fn authorize(
                     other => other,
                 };
             }
-            cache::Lookup::Wait => {
+            decisions::Lookup::Wait => {
                 let until_ms = match found {
-                    Some(cache::Entry::Pending { until_ms }) => until_ms,
+                    Some(decisions::Entry::Pending { until_ms }) => until_ms,
                     _ => now_ms,
                 };
                 return Step::Wait { key, until_ms };
             }
-            cache::Lookup::Miss => {
+            decisions::Lookup::Miss => {
                 let stale = match found {
-                    Some(cache::Entry::Decided {
-                        verdict: cache::Verdict::Allow(h),
+                    Some(decisions::Entry::Decided {
+                        verdict: decisions::Verdict::Allow(h),
                         expires_ms,
                     }) => Some((h, expires_ms)),
                     _ => None,
@@ -1137,7 +1136,7 @@ fn reply(status: u16, body: &str, why: &str) -> Step {
 /// Gives up a claim without a decision, so the next request asks Keycloak at once.
 fn release(store: &mut dyn DecisionStore, claim: Option<&Claim>) {
     if let Some(c) = claim {
-        store.put(&c.key, cache::Entry::Pending { until_ms: 0 });
+        store.put(&c.key, decisions::Entry::Pending { until_ms: 0 });
     }
 }
 

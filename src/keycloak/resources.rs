@@ -2,8 +2,8 @@
 //! the server at start, and lazily resolved paths in Keycloak's path cache (keycloak-pep.md §1.2-1.3).
 
 use crate::config::{EnforcementMode, EnforcerConfig, PathCacheConfig, PathConfig};
-use crate::paths::PathMatcher;
-use crate::uma::Resource;
+use crate::request::pattern::PathMatcher;
+use crate::wire::resource::Resource;
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 
@@ -243,7 +243,7 @@ impl PathCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::uma::ScopeRef;
+    use crate::wire::resource::ScopeRef;
 
     fn cfg(pe: &str) -> EnforcerConfig {
         EnforcerConfig::from_json(

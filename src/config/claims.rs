@@ -7,10 +7,10 @@
 //! `http` providers need a callout, so resolution is a small state machine the enforcer drives:
 //! [`advance`] runs providers until one needs the network, [`http_answer`] takes its answer.
 
-use crate::claim_providers::{self, ClaimProvider};
-use crate::json::{self, ConfigError, Obj, Result};
-use crate::placeholders::{self, Context, ResolveError, Template};
-use crate::uma::{self, HttpRequest};
+use crate::config::claim_providers::{self, ClaimProvider};
+use crate::request::placeholders::{self, Context, ResolveError, Template};
+use crate::wire::http::{form_encode, HttpRequest};
+use crate::wire::json::{self, ConfigError, Obj, Result};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -430,11 +430,7 @@ impl HttpProvider {
         let mut pairs = Vec::new();
         for (name, ts) in &self.parameters {
             for v in resolve_values(ts, cx)? {
-                pairs.push(format!(
-                    "{}={}",
-                    uma::form_encode(name),
-                    uma::form_encode(&v)
-                ));
+                pairs.push(format!("{}={}", form_encode(name), form_encode(&v)));
             }
         }
         let encoded = pairs.join("&");

@@ -1,9 +1,9 @@
 //! The outcome table of keycloak-pep.md §1.8, row by row, plus our deliberate changes.
 
 use super::*;
-use crate::request::RequestView;
-use crate::token::tests::{claims, jwks, sign_rs256, ISSUER, NOW};
-use crate::token::{verify, Expectations};
+use crate::keycloak::token::tests::{claims, jwks, sign_rs256, ISSUER, NOW};
+use crate::keycloak::token::{verify, Expectations};
+use crate::request::view::RequestView;
 use serde_json::{json, Value};
 
 const NOW_MS: i64 = NOW * 1000;
@@ -738,31 +738,34 @@ fn strip_prefix_is_the_context_path() {
 /// A decision store in memory, with CAS-like claims.
 #[derive(Default)]
 struct MemStore(
-    std::collections::HashMap<crate::cache::Key, crate::cache::Entry>,
+    std::collections::HashMap<crate::store::decisions::Key, crate::store::decisions::Entry>,
     std::collections::HashMap<String, Vec<u8>>,
 );
 
 impl DecisionStore for MemStore {
-    fn get(&mut self, key: &crate::cache::Key) -> Option<crate::cache::Entry> {
+    fn get(
+        &mut self,
+        key: &crate::store::decisions::Key,
+    ) -> Option<crate::store::decisions::Entry> {
         self.0.get(key).cloned()
     }
     /// Single-threaded: nobody can write between `get` and `claim`.
-    fn claim(&mut self, key: &crate::cache::Key, until_ms: i64) -> bool {
+    fn claim(&mut self, key: &crate::store::decisions::Key, until_ms: i64) -> bool {
         self.0
-            .insert(*key, crate::cache::Entry::Pending { until_ms });
+            .insert(*key, crate::store::decisions::Entry::Pending { until_ms });
         true
     }
-    fn put(&mut self, key: &crate::cache::Key, entry: crate::cache::Entry) {
+    fn put(&mut self, key: &crate::store::decisions::Key, entry: crate::store::decisions::Entry) {
         self.0.insert(*key, entry);
     }
     fn get_path(&mut self, path: &str, now_ms: i64) -> Option<Vec<u8>> {
         let v = self.1.get(path)?;
-        crate::cache::decode_path(path, v, now_ms).map(<[u8]>::to_vec)
+        crate::store::decisions::decode_path(path, v, now_ms).map(<[u8]>::to_vec)
     }
     fn put_path(&mut self, path: &str, answer: &[u8], expires_ms: i64) {
         self.1.insert(
             path.to_string(),
-            crate::cache::encode_path(path, expires_ms, answer),
+            crate::store::decisions::encode_path(path, expires_ms, answer),
         );
     }
 }

@@ -1,0 +1,7 @@
+//! Keycloak, sans-IO.
+
+pub mod background;
+pub mod resources;
+pub mod signature;
+pub mod token;
+pub mod uma;

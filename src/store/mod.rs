@@ -1,0 +1,5 @@
+//! What is remembered.
+
+pub mod decisions;
+pub mod documents;
+pub mod memo;

@@ -1,0 +1,6 @@
+//! Plain data that crosses the core's boundaries.
+
+pub mod http;
+pub mod json;
+pub mod permission;
+pub mod resource;
