@@ -6,7 +6,8 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use keycloak_pep::config::routes::{PluginConfig, Selector};
-use keycloak_pep::enforce::{self, Runtime};
+use keycloak_pep::enforce;
+use keycloak_pep::keycloak::knowledge::Knowledge;
 use keycloak_pep::request::pattern::PathMatcher;
 use keycloak_pep::request::uri;
 use serde_json::json;
@@ -100,7 +101,7 @@ fn run(args: Vec<String>) -> Result<()> {
                     })?,
             };
             let (name, ec) = &cfg.enforcers[index];
-            let rt = Runtime::new(ec);
+            let rt = Knowledge::new(ec);
             let e = enforce::explain(ec, &rt.paths, method, path);
             let out = json!({
                 "enforcer": name,
@@ -189,7 +190,6 @@ fn bench_paths() {
 
 /// What an operator should know about an enforcer that a valid configuration does not say.
 fn notes(e: &keycloak_pep::config::EnforcerConfig) -> Vec<String> {
-    use keycloak_pep::config::claims;
     use keycloak_pep::config::OnKeycloakError;
     let mut out: Vec<String> = Vec::new();
     for (i, p) in e.paths.iter().enumerate() {
@@ -200,7 +200,7 @@ fn notes(e: &keycloak_pep::config::EnforcerConfig) -> Vec<String> {
             ));
         }
     }
-    if claims::reads_bodies(e) {
+    if e.reads_bodies() {
         out.push("claims read request bodies: the filter holds the headers until it has read the body; set allow_on_headers_stop_iteration: true on the Wasm filter (Envoy >= 1.35, Istio: an EnvoyFilter), or those requests wait until Envoy's timeouts".into());
     }
     if e.proxy.dry_run {

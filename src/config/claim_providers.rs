@@ -6,9 +6,9 @@
 //! `fn(&Value, &str) -> Result<Rc<dyn ClaimProvider>>` that validates the config once (errors carry
 //! the JSON path it gets), and one line in `REGISTRY`. `network` below is the worked example.
 
-use crate::config::claims::Claims;
 use crate::request::forwarded::{parse_addr, Cidr};
 use crate::request::placeholders::Context;
+use crate::wire::claims::Claims;
 use crate::wire::json::{self, ConfigError, Result};
 use serde_json::Value;
 use std::rc::Rc;

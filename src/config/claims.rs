@@ -9,15 +9,13 @@
 
 use crate::config::claim_providers::{self, ClaimProvider};
 use crate::request::placeholders::{self, Context, ResolveError, Template};
+use crate::wire::claims::Claims;
 use crate::wire::http::{form_encode, HttpRequest};
 use crate::wire::json::{self, ConfigError, Obj, Result};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::rc::Rc;
-
-/// Claim name -> values, ordered so that the JSON sent and its digest are deterministic.
-pub type Claims = BTreeMap<String, Vec<String>>;
 
 /// One compiled `claim-information-point` object.
 #[derive(Debug, Clone, PartialEq)]
@@ -334,19 +332,6 @@ pub fn needs_body(chain: &[&Provider], form: bool) -> bool {
     chain.iter().any(|p| p.needs_body(form))
 }
 
-/// Whether any path of an enforcer has claims that read the request body (then Envoy must let
-/// the filter hold the headers while it reads it: `allow_on_headers_stop_iteration`).
-pub fn reads_bodies(cfg: &crate::config::EnforcerConfig) -> bool {
-    let global = cfg.claim_information_point.as_deref();
-    std::iter::once(None)
-        .chain(
-            cfg.paths
-                .iter()
-                .map(|p| p.claim_information_point.as_deref()),
-        )
-        .any(|path| needs_body(&chain(global, path), false))
-}
-
 /// The next thing resolution needs.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Next {
@@ -515,13 +500,6 @@ pub fn permission_claims_hold(
             Some(values) if !values.is_empty() => values.iter().all(|v| allowed.contains(v)),
             _ => false,
         })
-}
-
-/// A digest of the claims for the decision-cache key (the JSON is canonical: ordered map).
-pub fn digest(claims: &Claims) -> [u8; 32] {
-    use sha2::{Digest, Sha256};
-    let json = serde_json::to_vec(claims).unwrap_or_default();
-    Sha256::digest(json).into()
 }
 
 #[cfg(test)]

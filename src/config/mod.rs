@@ -12,7 +12,6 @@ use crate::config::claims::Cip;
 use crate::request::forwarded::{Cidr, ProxyHeaders, ProxyTrust};
 use crate::request::pattern::{fails_in_keycloak, PathMatcher};
 use crate::request::uri;
-use crate::store::decisions::CacheConfig;
 use crate::wire::json::{self, ConfigError, Obj, Result};
 use serde_json::Value;
 use std::rc::Rc;
@@ -146,6 +145,37 @@ pub struct ProxySettings {
     /// A request without a token on an enforced path: 401 with a Bearer challenge (RFC 6750, the
     /// default), or 403 as Keycloak's Java enforcer answers (`no-token-status`).
     pub no_token_status: u16,
+}
+
+/// Decision cache settings (`kcpep.decision-cache`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// 0 turns the cache off.
+    pub max_entries: u32,
+    pub allow_lifespan_ms: i64,
+    pub deny_lifespan_ms: i64,
+    /// How long an expired ALLOW may still be served while Keycloak errors or times out (0: never).
+    pub stale_on_error_ms: i64,
+    /// How long a request waits for another request's identical Keycloak call.
+    pub coalesce_wait_ms: i64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            max_entries: 10_000,
+            allow_lifespan_ms: 30_000,
+            deny_lifespan_ms: 5_000,
+            stale_on_error_ms: 0,
+            coalesce_wait_ms: 1_000,
+        }
+    }
+}
+
+impl CacheConfig {
+    pub fn enabled(&self) -> bool {
+        self.max_entries > 0
+    }
 }
 
 /// One enforcer: a whole keycloak.json, validated and compiled.
@@ -319,6 +349,19 @@ impl EnforcerConfig {
             proxy,
             matcher,
         })
+    }
+
+    /// Whether any path of an enforcer has claims that read the request body (then Envoy must let
+    /// the filter hold the headers while it reads it: `allow_on_headers_stop_iteration`).
+    pub fn reads_bodies(&self) -> bool {
+        let global = self.claim_information_point.as_deref();
+        std::iter::once(None)
+            .chain(
+                self.paths
+                    .iter()
+                    .map(|p| p.claim_information_point.as_deref()),
+            )
+            .any(|path| claims::needs_body(&claims::chain(global, path), false))
     }
 
     /// Keycloak loads every server resource at start when no path would be enforced otherwise.

@@ -6,9 +6,10 @@
 //! A verdict that needs Keycloak is data: [`Step::Call`] carries the exact request and a
 //! [`Pending`] continuation that turns Keycloak's answer into the next step.
 
-use crate::config::claims::{self, Claims};
+use crate::config::claims;
 use crate::config::{EnforcementMode, EnforcerConfig, MethodConfig, OnKeycloakError, ScopesMode};
-use crate::keycloak::resources::{Entry, PathCache, PathSet};
+use crate::keycloak::knowledge::Knowledge;
+use crate::keycloak::resources::{Entry, PathSet};
 use crate::keycloak::token::{BearerError, Token, TokenError};
 use crate::keycloak::uma::{
     self, PermissionRequest, ResourceQuery, ResponseMode, UmaGrant, UmaOutcome,
@@ -17,6 +18,7 @@ use crate::request::placeholders::Context;
 use crate::request::uri;
 use crate::request::view::RequestView;
 use crate::store::decisions;
+use crate::wire::claims::{digest, Claims};
 use crate::wire::http::Answer;
 use crate::wire::http::HttpRequest;
 use crate::wire::permission::{permissions_header_value, Permission};
@@ -191,28 +193,6 @@ impl DecisionStore for NoStore {
     fn put(&mut self, _: &decisions::Key, _: decisions::Entry) {}
 }
 
-/// Changing state the shell keeps between requests.
-#[derive(Debug, Clone)]
-pub struct Runtime {
-    pub paths: PathSet,
-    pub path_cache: PathCache,
-    /// The protection API token, when one is held.
-    pub pat: Option<String>,
-    /// The issuer Keycloak announced (for the UMA challenge's `as_uri`).
-    pub issuer: String,
-}
-
-impl Runtime {
-    pub fn new(cfg: &EnforcerConfig) -> Self {
-        Runtime {
-            paths: PathSet::from_config(cfg),
-            path_cache: PathCache::new(cfg.path_cache),
-            pat: None,
-            issuer: cfg.proxy.issuer.clone(),
-        }
-    }
-}
-
 /// What `explain` reports: the path match alone, without any token or server.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Explanation {
@@ -261,7 +241,7 @@ fn relative_path(cfg: &EnforcerConfig, raw: &str) -> Option<String> {
 /// The first step for a request.
 pub fn decide(
     cfg: &EnforcerConfig,
-    rt: &mut Runtime,
+    rt: &mut Knowledge,
     req: &RequestFacts,
     store: &mut dyn DecisionStore,
     now_ms: i64,
@@ -306,7 +286,7 @@ pub fn body_too_large(cfg: &EnforcerConfig) -> Step {
 
 fn decide_inner(
     cfg: &EnforcerConfig,
-    rt: &mut Runtime,
+    rt: &mut Knowledge,
     req: &RequestFacts,
     store: &mut dyn DecisionStore,
     now_ms: i64,
@@ -431,7 +411,7 @@ fn decide_inner(
 /// The next step once Keycloak (or a claim provider) answered a [`Call`].
 pub fn resume(
     cfg: &EnforcerConfig,
-    rt: &mut Runtime,
+    rt: &mut Knowledge,
     req: &RequestFacts,
     store: &mut dyn DecisionStore,
     pending: Pending,
@@ -446,7 +426,7 @@ pub fn resume(
 
 fn resume_inner(
     cfg: &EnforcerConfig,
-    rt: &mut Runtime,
+    rt: &mut Knowledge,
     req: &RequestFacts,
     store: &mut dyn DecisionStore,
     pending: Pending,
@@ -657,7 +637,7 @@ struct LazyAnswer<'a> {
 #[allow(clippy::too_many_arguments)]
 fn lazy_loaded(
     cfg: &EnforcerConfig,
-    rt: &mut Runtime,
+    rt: &mut Knowledge,
     req: &RequestFacts,
     store: &mut dyn DecisionStore,
     raw: &str,
@@ -724,7 +704,7 @@ fn lazy_loaded(
 #[allow(clippy::too_many_arguments)]
 fn with_entry(
     cfg: &EnforcerConfig,
-    rt: &Runtime,
+    rt: &Knowledge,
     req: &RequestFacts,
     store: &mut dyn DecisionStore,
     raw: &str,
@@ -786,7 +766,7 @@ fn claim_chain<'c>(cfg: &'c EnforcerConfig, entry: &'c Entry) -> Vec<&'c claims:
 /// Runs the claim providers from `done.len()` on; a provider that needs its service becomes a call.
 fn resolve_claims(
     cfg: &EnforcerConfig,
-    rt: &Runtime,
+    rt: &Knowledge,
     req: &RequestFacts,
     store: &mut dyn DecisionStore,
     a: Authorize,
@@ -840,7 +820,7 @@ fn resolve_claims(
 /// permissions, the decision cache, else the UMA grant (with the claims pushed).
 fn authorize(
     cfg: &EnforcerConfig,
-    rt: &Runtime,
+    rt: &Knowledge,
     req: &RequestFacts,
     store: &mut dyn DecisionStore,
     a: &Authorize,
@@ -893,7 +873,7 @@ fn authorize(
             method.scopes_enforcement_mode.as_str(),
             permission.resource.as_deref().unwrap_or("")
         );
-        let claims_digest = (!claims.is_empty()).then(|| claims::digest(&claims));
+        let claims_digest = (!claims.is_empty()).then(|| digest(&claims));
         let key = decisions::key(
             &cfg.client_id,
             &token.digest,
@@ -1070,7 +1050,7 @@ fn denied(m: &MethodConfig, why: &str) -> Step {
 /// The UMA challenge: a permission ticket, then 401 `WWW-Authenticate: UMA ...`.
 fn challenge(
     cfg: &EnforcerConfig,
-    rt: &Runtime,
+    rt: &Knowledge,
     entry: &Entry,
     m: &MethodConfig,
     claims: Option<&Claims>,
@@ -1085,7 +1065,7 @@ fn challenge(
     }))
 }
 
-fn challenge_with_ticket(cfg: &EnforcerConfig, rt: &Runtime, answer: Answer) -> Step {
+fn challenge_with_ticket(cfg: &EnforcerConfig, rt: &Knowledge, answer: Answer) -> Step {
     let ticket = match answer {
         Answer::Http { status, body } => uma::parse_ticket(status, body),
         Answer::NoAnswer => return keycloak_unavailable(cfg, "permission endpoint timed out"),

@@ -49,7 +49,13 @@ fn token(extra: Value) -> T {
     T { raw, token }
 }
 
-fn run(cfg: &EnforcerConfig, rt: &mut Runtime, method: &str, path: &str, cred: Credential) -> Step {
+fn run(
+    cfg: &EnforcerConfig,
+    rt: &mut Knowledge,
+    method: &str,
+    path: &str,
+    cred: Credential,
+) -> Step {
     let req = RequestFacts {
         method,
         path,
@@ -101,7 +107,7 @@ fn form_value(call: &Call, key: &str) -> Option<String> {
 #[allow(clippy::too_many_arguments)]
 fn answer(
     cfg: &EnforcerConfig,
-    rt: &mut Runtime,
+    rt: &mut Knowledge,
     method: &str,
     path: &str,
     t: &T,
@@ -135,7 +141,7 @@ fn answer(
 #[test]
 fn global_disabled() {
     let c = cfg_with(json!({"enforcement-mode": "DISABLED"}));
-    let mut rt = Runtime::new(&c);
+    let mut rt = Knowledge::new(&c);
     let s = run(&c, &mut rt, "GET", "/x", Credential::Anonymous);
     assert_eq!(status(&s), 401);
     assert_eq!(
@@ -157,7 +163,7 @@ fn global_disabled() {
 #[test]
 fn anonymous_requests() {
     let c = bank();
-    let mut rt = Runtime::new(&c);
+    let mut rt = Knowledge::new(&c);
     assert_eq!(
         status(&run(
             &c,
@@ -181,7 +187,7 @@ fn anonymous_requests() {
     // kcpep.no-token-status 403: as Keycloak's enforcer answers; public paths still pass
     let mut kc = bank();
     kc.proxy.no_token_status = 403;
-    let mut rt = Runtime::new(&kc);
+    let mut rt = Knowledge::new(&kc);
     let s = run(&kc, &mut rt, "GET", "/account/1", Credential::Anonymous);
     assert_eq!(status(&s), 403);
     assert_eq!(header(&s, "www-authenticate"), None);
@@ -200,7 +206,7 @@ fn anonymous_requests() {
 #[test]
 fn bad_tokens_get_401_invalid_token_except_on_disabled_paths() {
     let c = bank();
-    let mut rt = Runtime::new(&c);
+    let mut rt = Knowledge::new(&c);
     for cred in [
         Credential::Invalid(TokenError::Expired),
         Credential::Invalid(TokenError::BadSignature),
@@ -234,7 +240,7 @@ fn bad_tokens_get_401_invalid_token_except_on_disabled_paths() {
 #[test]
 fn a_subject_keycloak_refuses_gets_401_and_is_not_cached() {
     let c = bank();
-    let mut rt = Runtime::new(&c);
+    let mut rt = Knowledge::new(&c);
     let t = token(json!({}));
     let mut store = MemStore::default();
     let req = RequestFacts {
@@ -267,7 +273,7 @@ fn a_subject_keycloak_refuses_gets_401_and_is_not_cached() {
 #[test]
 fn keys_not_loaded_fails_closed() {
     let c = bank();
-    let mut rt = Runtime::new(&c);
+    let mut rt = Knowledge::new(&c);
     assert_eq!(
         status(&run(
             &c,
@@ -284,14 +290,14 @@ fn keys_not_loaded_fails_closed() {
 fn unmatched_paths_follow_the_global_mode() {
     let t = token(json!({}));
     let c = bank();
-    let mut rt = Runtime::new(&c);
+    let mut rt = Knowledge::new(&c);
     assert_eq!(status(&run(&c, &mut rt, "GET", "/nowhere", valid(&t))), 403);
     let c = cfg_with(json!({"enforcement-mode": "PERMISSIVE", "paths": [{"path": "/a"}]}));
-    let mut rt = Runtime::new(&c);
+    let mut rt = Knowledge::new(&c);
     assert_eq!(status(&run(&c, &mut rt, "GET", "/nowhere", valid(&t))), 200);
     // unparseable paths match nothing
     let c = bank();
-    let mut rt = Runtime::new(&c);
+    let mut rt = Knowledge::new(&c);
     assert_eq!(
         status(&run(&c, &mut rt, "GET", "/account/%zz", valid(&t))),
         403
@@ -302,7 +308,7 @@ fn unmatched_paths_follow_the_global_mode() {
 fn uma_grant_is_built_from_method_config() {
     let t = token(json!({}));
     let c = bank();
-    let mut rt = Runtime::new(&c);
+    let mut rt = Knowledge::new(&c);
     let s = run(&c, &mut rt, "GET", "/account/1?x=y", valid(&t));
     let Step::Call(call) = &s else {
         panic!("{s:?}")
@@ -332,8 +338,8 @@ fn uma_grant_is_built_from_method_config() {
 fn keycloak_answers() {
     let t = token(json!({}));
     let c = bank();
-    let mut rt = Runtime::new(&c);
-    let go = |rt: &mut Runtime, method: &str, st: u16, body: &str| {
+    let mut rt = Knowledge::new(&c);
+    let go = |rt: &mut Knowledge, method: &str, st: u16, body: &str| {
         let s = run(&c, rt, method, "/account/1", valid(&t));
         answer(&c, rt, method, "/account/1", &t, s, st, body)
     };
@@ -421,7 +427,7 @@ fn fail_open_only_when_configured() {
     let v = json!({"realm": "bank", "auth-server-url": "http://kc", "resource": "bank-api",
                    "policy-enforcer": {"paths": [{"path": "/a"}]}, "kcpep": {"on-keycloak-error": "allow"}});
     let c = EnforcerConfig::from_value(&v, "").unwrap();
-    let mut rt = Runtime::new(&c);
+    let mut rt = Knowledge::new(&c);
     let s = run(&c, &mut rt, "GET", "/a", valid(&t));
     assert_eq!(
         status(&answer(&c, &mut rt, "GET", "/a", &t, s, 503, "")),
@@ -433,7 +439,7 @@ fn fail_open_only_when_configured() {
 fn rpt_with_permission_needs_no_callout() {
     let mut c = bank();
     c.paths[0].id = Some("r1".into()); // bound to its resource id at start
-    let mut rt = Runtime::new(&c);
+    let mut rt = Knowledge::new(&c);
     let t = token(json!({"aud": "bank-api", "authorization": {"permissions": [
         {"rsid": "r1", "rsname": "View Account Resource", "scopes": ["account:view"]}]}}));
     let s = run(&c, &mut rt, "GET", "/account/1", valid(&t));
@@ -470,7 +476,7 @@ fn another_resource_servers_rpt_or_an_unbound_path_asks_keycloak() {
     bound.paths[0].id = Some("r1".into());
     // issued for another resource server, with our very resource id: not ours to accept
     let foreign = token(json!({"aud": "bank-api-affirmative", "authorization": perms}));
-    let mut rt = Runtime::new(&bound);
+    let mut rt = Knowledge::new(&bound);
     let Step::Call(call) = run(&bound, &mut rt, "GET", "/account/1", valid(&foreign)) else {
         panic!()
     };
@@ -484,7 +490,7 @@ fn another_resource_servers_rpt_or_an_unbound_path_asks_keycloak() {
     // not prove the resource, so Keycloak is asked
     let ours = token(json!({"aud": ["bank-api", "account"], "authorization": perms}));
     let unbound = bank();
-    let mut rt = Runtime::new(&unbound);
+    let mut rt = Knowledge::new(&unbound);
     let step = run(&unbound, &mut rt, "GET", "/account/1", valid(&ours));
     assert!(matches!(step, Step::Call(_)), "{step:?}");
     // Keycloak's own answer to our by-name question still counts by name
@@ -504,7 +510,7 @@ fn another_resource_servers_rpt_or_an_unbound_path_asks_keycloak() {
 #[test]
 fn path_level_permissive_passes_rpts_without_that_resource() {
     let c = bank();
-    let mut rt = Runtime::new(&c);
+    let mut rt = Knowledge::new(&c);
     let t = token(
         json!({"aud": "bank-api", "authorization": {"permissions": [{"rsid": "zz", "rsname": "Other"}]}}),
     );
@@ -516,7 +522,7 @@ fn http_method_as_scope() {
     let t = token(json!({}));
     let c = cfg_with(json!({"http-method-as-scope": true, "paths": [
         {"name": "R", "path": "/r/*", "methods": [{"method": "GET", "scopes": ["view"]}]}]}));
-    let mut rt = Runtime::new(&c);
+    let mut rt = Knowledge::new(&c);
     let Step::Call(call) = run(&c, &mut rt, "PATCH", "/r/1", valid(&t)) else {
         panic!()
     };
@@ -535,7 +541,7 @@ fn http_method_as_scope() {
 fn unresolved_paths_ask_by_uri() {
     let t = token(json!({}));
     let c = cfg_with(json!({"paths": [{"path": "/things/{id}"}]}));
-    let mut rt = Runtime::new(&c);
+    let mut rt = Knowledge::new(&c);
     let Step::Call(call) = run(&c, &mut rt, "GET", "/things/7/", valid(&t)) else {
         panic!()
     };
@@ -558,7 +564,7 @@ fn on_deny_redirect_to() {
     let t = token(json!({}));
     let c =
         cfg_with(json!({"on-deny-redirect-to": "/denied", "paths": [{"name": "A", "path": "/a"}]}));
-    let mut rt = Runtime::new(&c);
+    let mut rt = Knowledge::new(&c);
     let s = run(&c, &mut rt, "GET", "/nowhere", valid(&t));
     assert_eq!((status(&s), header(&s, "location")), (302, Some("/denied")));
     let s = run(&c, &mut rt, "GET", "/a", Credential::Anonymous);
@@ -602,7 +608,7 @@ fn user_managed_access_challenges_with_a_ticket() {
     let t = token(json!({}));
     let c = cfg_with(json!({"user-managed-access": {}, "paths": [
         {"name": "A", "path": "/a", "id": "rid", "scopes": ["s"]}]}));
-    let mut rt = Runtime::new(&c);
+    let mut rt = Knowledge::new(&c);
     rt.pat = Some("PAT".into());
     let s = run(&c, &mut rt, "GET", "/a", valid(&t));
     let Step::Call(call) = &s else {
@@ -651,7 +657,7 @@ fn lazy_load_resolves_paths_that_exist_only_in_keycloak() {
     let c = cfg_with(
         json!({"lazy-load-paths": true, "paths": [{"path": "/public/*", "enforcement-mode": "DISABLED"}]}),
     );
-    let mut rt = Runtime::new(&c);
+    let mut rt = Knowledge::new(&c);
     assert_eq!(
         status(&run(&c, &mut rt, "GET", "/reports/9", valid(&t))),
         503,
@@ -708,7 +714,7 @@ fn lazy_load_resolves_paths_that_exist_only_in_keycloak() {
 #[test]
 fn explain_reports_the_match() {
     let c = bank();
-    let rt = Runtime::new(&c);
+    let rt = Knowledge::new(&c);
     let e = explain(&c, &rt.paths, "GET", "/account//1;x=y/?q");
     assert_eq!(e.normalized_path.as_deref(), Some("/account/1"));
     assert_eq!(e.entry.unwrap().config.path, "/account/{id}");
@@ -724,7 +730,7 @@ fn strip_prefix_is_the_context_path() {
                    "policy-enforcer": {"paths": [{"path": "/public/*", "enforcement-mode": "DISABLED"}]},
                    "kcpep": {"strip-prefix": "/app"}});
     let c = EnforcerConfig::from_value(&v, "").unwrap();
-    let mut rt = Runtime::new(&c);
+    let mut rt = Knowledge::new(&c);
     assert_eq!(
         status(&run(&c, &mut rt, "GET", "/app/public/x", valid(&t))),
         200
@@ -775,7 +781,7 @@ fn lazily_loaded_paths_are_shared_with_the_other_workers() {
     let t = token(json!({}));
     let c = cfg_with(json!({"lazy-load-paths": true, "path-cache": {"lifespan": 60000}}));
     let mut store = MemStore::default();
-    let (mut a, mut b) = (Runtime::new(&c), Runtime::new(&c));
+    let (mut a, mut b) = (Knowledge::new(&c), Knowledge::new(&c));
     a.pat = Some("PAT".into());
     b.pat = Some("PAT".into());
     let s = step(&c, &mut a, &mut store, &t, "GET", "/reports/9", NOW_MS);
@@ -802,7 +808,7 @@ fn lazily_loaded_paths_are_shared_with_the_other_workers() {
     let s = step(&c, &mut b, &mut store, &t, "GET", "/reports/9", NOW_MS + 1);
     assert!(matches!(s, Step::Wait { .. }), "{s:?}");
     // after the path-cache lifespan, b asks Keycloak again
-    let mut c2 = Runtime::new(&c);
+    let mut c2 = Knowledge::new(&c);
     c2.pat = Some("PAT".into());
     let s = step(
         &c,
@@ -821,7 +827,7 @@ fn lazily_loaded_paths_are_shared_with_the_other_workers() {
 
 fn step(
     c: &EnforcerConfig,
-    rt: &mut Runtime,
+    rt: &mut Knowledge,
     store: &mut MemStore,
     t: &T,
     method: &str,
@@ -840,7 +846,7 @@ fn step(
 #[allow(clippy::too_many_arguments)]
 fn reply(
     c: &EnforcerConfig,
-    rt: &mut Runtime,
+    rt: &mut Knowledge,
     store: &mut MemStore,
     t: &T,
     s: Step,
@@ -877,7 +883,7 @@ const GRANTED: &str =
 #[test]
 fn decisions_are_cached_per_token_and_resource() {
     let c = bank();
-    let mut rt = Runtime::new(&c);
+    let mut rt = Knowledge::new(&c);
     let mut store = MemStore::default();
     let t = token(json!({}));
     let s = step(&c, &mut rt, &mut store, &t, "GET", "/account/1", NOW_MS);
@@ -936,7 +942,7 @@ fn decisions_are_cached_per_token_and_resource() {
 #[test]
 fn cached_entries_never_outlive_the_token() {
     let c = bank();
-    let mut rt = Runtime::new(&c);
+    let mut rt = Knowledge::new(&c);
     let mut store = MemStore::default();
     let t = token(json!({"exp": NOW + 10}));
     let s = step(&c, &mut rt, &mut store, &t, "GET", "/account/1", NOW_MS);
@@ -970,7 +976,7 @@ fn cached_entries_never_outlive_the_token() {
 #[test]
 fn denials_are_cached_shorter() {
     let c = bank();
-    let mut rt = Runtime::new(&c);
+    let mut rt = Knowledge::new(&c);
     let mut store = MemStore::default();
     let t = token(json!({}));
     let s = step(&c, &mut rt, &mut store, &t, "GET", "/account/1", NOW_MS);
@@ -1017,7 +1023,7 @@ fn denials_are_cached_shorter() {
 #[test]
 fn concurrent_identical_misses_wait_for_one_call() {
     let c = bank();
-    let mut rt = Runtime::new(&c);
+    let mut rt = Knowledge::new(&c);
     let mut store = MemStore::default();
     let t = token(json!({}));
     let first = step(&c, &mut rt, &mut store, &t, "GET", "/account/1", NOW_MS);
@@ -1039,7 +1045,7 @@ fn concurrent_identical_misses_wait_for_one_call() {
 #[test]
 fn a_lapsed_claim_lets_waiters_ask_themselves() {
     let c = bank();
-    let mut rt = Runtime::new(&c);
+    let mut rt = Knowledge::new(&c);
     let mut store = MemStore::default();
     let t = token(json!({}));
     let _stuck = step(&c, &mut rt, &mut store, &t, "GET", "/account/1", NOW_MS);
@@ -1076,7 +1082,7 @@ fn stale_on_error_serves_expired_allows_only() {
                                                   "methods": [{"method": "GET", "scopes": ["account:view"]}]}]},
                    "kcpep": {"decision-cache": {"lifespan-ms": 1000, "stale-on-error-ms": 60000}}});
     let c = EnforcerConfig::from_value(&v, "").unwrap();
-    let mut rt = Runtime::new(&c);
+    let mut rt = Knowledge::new(&c);
     let mut store = MemStore::default();
     let t = token(json!({}));
     let s = step(&c, &mut rt, &mut store, &t, "GET", "/account/1", NOW_MS);
@@ -1173,7 +1179,7 @@ fn cache_off_asks_every_time() {
                    "policy-enforcer": {"paths": [{"name": "A", "path": "/account/{id}"}]},
                    "kcpep": {"decision-cache": {"max-entries": 0}}});
     let c = EnforcerConfig::from_value(&v, "").unwrap();
-    let mut rt = Runtime::new(&c);
+    let mut rt = Knowledge::new(&c);
     let mut store = MemStore::default();
     let t = token(json!({}));
     let s = step(&c, &mut rt, &mut store, &t, "GET", "/account/1", NOW_MS);
@@ -1213,7 +1219,7 @@ fn paths_the_upstream_could_segment_otherwise_get_400_in_every_mode() {
     let disabled = cfg_with(json!({"enforcement-mode": "DISABLED"}));
     let permissive = cfg_with(json!({"enforcement-mode": "PERMISSIVE"}));
     for c in [bank(), redirecting, disabled, permissive] {
-        let mut rt = Runtime::new(&c);
+        let mut rt = Knowledge::new(&c);
         for p in hostile {
             for cred in [Credential::Anonymous, valid(&t)] {
                 let step = run(&c, &mut rt, "GET", p, cred);
@@ -1229,7 +1235,7 @@ fn paths_the_upstream_could_segment_otherwise_get_400_in_every_mode() {
     // dry-run never blocks: it lets the request on and says it would have refused it
     let mut dry = bank();
     dry.proxy.dry_run = true;
-    let mut rt = Runtime::new(&dry);
+    let mut rt = Knowledge::new(&dry);
     let Step::Allow(a) = run(&dry, &mut rt, "GET", hostile[0], Credential::Anonymous) else {
         panic!()
     };
@@ -1247,7 +1253,7 @@ fn template_paths_ask_for_the_resource_of_their_instance() {
         "methods": [{"method": "GET", "scopes": ["admin"]}]},
         {"path": "/resource/{id}/*", "scopes": ["view"]}]}),
     );
-    let mut rt = Runtime::new(&c);
+    let mut rt = Knowledge::new(&c);
     rt.pat = Some("PAT".into());
     let s = run(&c, &mut rt, "GET", "/v1/tenants/1", valid(&t));
     let Step::Call(call) = &s else {

@@ -8,6 +8,7 @@ use super::metrics::Metrics;
 use super::root::{Parked, Plugin};
 use super::store::SharedStore;
 use crate::enforce::{self, CacheUse, Credential, Pending, RequestFacts, Step};
+use crate::keycloak::knowledge::Knowledge;
 use crate::keycloak::token::{self, BearerError, Expectations, Token, TokenError};
 use crate::request::uri;
 use crate::request::view::RequestView;
@@ -86,7 +87,7 @@ impl Flow {
         plugin: &Plugin,
         f: impl FnOnce(
             &crate::config::EnforcerConfig,
-            &mut enforce::Runtime,
+            &mut Knowledge,
             &RequestFacts,
             &mut SharedStore,
         ) -> R,

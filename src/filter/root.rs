@@ -6,8 +6,8 @@ use super::host;
 use super::http::{Applied, Flow, Http};
 use super::metrics::Metrics;
 use crate::config::routes::PluginConfig;
-use crate::enforce::Runtime;
 use crate::keycloak::background::{Background, Fetch};
+use crate::keycloak::knowledge::Knowledge;
 use crate::keycloak::token::VerifiedTokens;
 use crate::store::decisions;
 use crate::store::documents;
@@ -29,7 +29,7 @@ pub const TICK_WAITING: Duration = Duration::from_millis(5);
 
 /// One enforcer's changing state in this VM.
 pub struct EnforcerState {
-    pub rt: Runtime,
+    pub rt: Knowledge,
     pub bg: Background,
     pub verified: VerifiedTokens,
 }
@@ -336,7 +336,7 @@ impl RootContext for Root {
             .iter()
             .map(|(_, cfg)| {
                 RefCell::new(EnforcerState {
-                    rt: Runtime::new(cfg),
+                    rt: Knowledge::new(cfg),
                     bg: Background::new(cfg),
                     verified: VerifiedTokens::new(VERIFIED_TOKENS),
                 })
@@ -350,7 +350,7 @@ impl RootContext for Root {
         own_headers.sort();
         own_headers.dedup();
         for (name, cfg) in &config.enforcers {
-            if crate::config::claims::reads_bodies(cfg) {
+            if cfg.reads_bodies() {
                 // The filter holds the headers while it reads the body; Envoy delivers the body to
                 // a filter that paused its headers only with allow_on_headers_stop_iteration.
                 log::info!(

@@ -8,7 +8,7 @@
 //! triggers at most one JWKS refetch per 10 s, never one per request.
 
 use crate::config::{EnforcementMode, EnforcerConfig};
-use crate::enforce::Runtime;
+use crate::keycloak::knowledge::Knowledge;
 use crate::keycloak::resources::PathSet;
 use crate::keycloak::token::Jwks;
 use crate::keycloak::uma::{self, ResourceQuery};
@@ -160,7 +160,7 @@ impl Background {
     pub fn due(
         &mut self,
         cfg: &EnforcerConfig,
-        rt: &Runtime,
+        rt: &Knowledge,
         now_ms: i64,
     ) -> Vec<(Fetch, HttpRequest)> {
         let mut out = Vec::new();
@@ -255,7 +255,7 @@ impl Background {
     pub fn complete(
         &mut self,
         cfg: &EnforcerConfig,
-        rt: &mut Runtime,
+        rt: &mut Knowledge,
         fetch: Fetch,
         answer: Answer,
         now_ms: i64,
@@ -435,7 +435,7 @@ mod tests {
     #[test]
     fn start_fetches_once_and_single_flight() {
         let c = cfg();
-        let mut rt = Runtime::new(&c);
+        let mut rt = Knowledge::new(&c);
         let mut bg = Background::new(&c);
         assert_eq!(
             kinds(&bg.due(&c, &rt, 0)),
@@ -518,7 +518,7 @@ mod tests {
     #[test]
     fn bad_jwks_keeps_the_last_good_copy_and_backs_off() {
         let c = cfg();
-        let mut rt = Runtime::new(&c);
+        let mut rt = Knowledge::new(&c);
         let mut bg = Background::new(&c);
         bg.due(&c, &rt, 0);
         bg.complete(
@@ -570,7 +570,7 @@ mod tests {
     #[test]
     fn unknown_kid_refetch_is_rate_limited() {
         let c = cfg();
-        let mut rt = Runtime::new(&c);
+        let mut rt = Knowledge::new(&c);
         let mut bg = Background::new(&c);
         bg.due(&c, &rt, 0);
         bg.complete(
@@ -591,7 +591,7 @@ mod tests {
     #[test]
     fn pat_is_renewed_before_expiry() {
         let c = cfg();
-        let mut rt = Runtime::new(&c);
+        let mut rt = Knowledge::new(&c);
         let mut bg = Background::new(&c);
         bg.due(&c, &rt, 0);
         bg.complete(
@@ -613,7 +613,7 @@ mod tests {
     #[test]
     fn no_enforced_paths_loads_all_resources() {
         let c = EnforcerConfig::from_json(br#"{"realm":"bank","auth-server-url":"http://kc","resource":"bank-api","credentials":{"secret":"s"}}"#).unwrap();
-        let mut rt = Runtime::new(&c);
+        let mut rt = Knowledge::new(&c);
         let mut bg = Background::new(&c);
         bg.due(&c, &rt, 0);
         bg.complete(

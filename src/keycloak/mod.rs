@@ -1,6 +1,7 @@
 //! Keycloak, sans-IO.
 
 pub mod background;
+pub mod knowledge;
 pub mod resources;
 pub mod signature;
 pub mod token;

@@ -12,38 +12,8 @@
 //! *pending* marker: the first VM to miss claims the key with CAS, and other requests for it wait
 //! for the answer instead of calling Keycloak themselves (up to a bound).
 
+use crate::config::CacheConfig;
 use crate::wire::permission::Permission;
-
-/// Decision cache settings (`kcpep.decision-cache`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CacheConfig {
-    /// 0 turns the cache off.
-    pub max_entries: u32,
-    pub allow_lifespan_ms: i64,
-    pub deny_lifespan_ms: i64,
-    /// How long an expired ALLOW may still be served while Keycloak errors or times out (0: never).
-    pub stale_on_error_ms: i64,
-    /// How long a request waits for another request's identical Keycloak call.
-    pub coalesce_wait_ms: i64,
-}
-
-impl Default for CacheConfig {
-    fn default() -> Self {
-        CacheConfig {
-            max_entries: 10_000,
-            allow_lifespan_ms: 30_000,
-            deny_lifespan_ms: 5_000,
-            stale_on_error_ms: 0,
-            coalesce_wait_ms: 1_000,
-        }
-    }
-}
-
-impl CacheConfig {
-    pub fn enabled(&self) -> bool {
-        self.max_entries > 0
-    }
-}
 
 pub type Key = [u8; 32];
 

@@ -1,5 +1,6 @@
 //! Plain data that crosses the core's boundaries.
 
+pub mod claims;
 pub mod http;
 pub mod json;
 pub mod permission;

@@ -38,7 +38,7 @@ use crate::request::view::lines as hs;
 #[allow(clippy::too_many_arguments)]
 fn go(
     c: &EnforcerConfig,
-    rt: &mut Runtime,
+    rt: &mut Knowledge,
     store: &mut MemStore,
     t: &T,
     path: &str,
@@ -100,7 +100,7 @@ const BRANCH_GRANTED: &str = r#"[{"rsid":"b1","rsname":"Branch Transfer"}]"#;
 #[test]
 fn body_claims_wait_for_the_body_then_travel_as_claim_token() {
     let c = branch_cfg(json!({}));
-    let mut rt = Runtime::new(&c);
+    let mut rt = Knowledge::new(&c);
     let mut store = MemStore::default();
     let t = token(json!({}));
     let h = hs(&[
@@ -147,7 +147,7 @@ fn body_claims_wait_for_the_body_then_travel_as_claim_token() {
 #[test]
 fn paths_without_body_claims_never_ask_for_the_body() {
     let c = branch_cfg(json!({}));
-    let mut rt = Runtime::new(&c);
+    let mut rt = Knowledge::new(&c);
     let t = token(json!({}));
     let s = go(
         &c,
@@ -163,7 +163,7 @@ fn paths_without_body_claims_never_ask_for_the_body() {
     assert_eq!(claims.keys().collect::<Vec<_>>(), ["ip"]);
     // the peer is not believed about X-Forwarded-For unless trusted
     let c = branch_cfg(json!({"trusted-proxies": ["10.0.0.0/8"]}));
-    let mut rt = Runtime::new(&c);
+    let mut rt = Knowledge::new(&c);
     let h = hs(&[("x-forwarded-for", "203.0.113.7")]);
     let s = go(
         &c,
@@ -181,7 +181,7 @@ fn paths_without_body_claims_never_ask_for_the_body() {
 #[test]
 fn a_body_that_is_not_json_is_a_bad_request_naming_the_path() {
     let c = branch_cfg(json!({}));
-    let mut rt = Runtime::new(&c);
+    let mut rt = Knowledge::new(&c);
     let t = token(json!({}));
     let h = hs(&[("content-type", "application/json")]);
     let s = go(
@@ -204,7 +204,7 @@ fn a_body_that_is_not_json_is_a_bad_request_naming_the_path() {
 #[test]
 fn http_provider_is_a_callout_before_the_grant() {
     let c = branch_cfg(json!({}));
-    let mut rt = Runtime::new(&c);
+    let mut rt = Knowledge::new(&c);
     let mut store = MemStore::default();
     let t = token(json!({"preferred_username": "alice"}));
     let s = go(&c, &mut rt, &mut store, &t, "/limits", &[], None, None);
@@ -264,7 +264,7 @@ fn rpt_permissions_with_claims_are_checked_against_the_request_claims() {
     let mut cfg2 = branch_cfg(json!({"trusted-proxies": ["10.0.0.0/8"]}));
     // bind the configured path to the RPT's resource id
     cfg2.paths[3].id = Some("acc".into());
-    let mut rt2 = Runtime::new(&cfg2);
+    let mut rt2 = Knowledge::new(&cfg2);
     let s = go(
         &cfg2,
         &mut rt2,
@@ -283,7 +283,7 @@ fn rpt_permissions_with_claims_are_checked_against_the_request_claims() {
     let h = hs(&[("x-forwarded-for", "198.51.100.1")]);
     let mut cfg3 = branch_cfg(json!({"trusted-proxies": ["127.0.0.1"]}));
     cfg3.paths[3].id = Some("acc".into());
-    let mut rt3 = Runtime::new(&cfg3);
+    let mut rt3 = Knowledge::new(&cfg3);
     let s = go(
         &cfg3,
         &mut rt3,
@@ -300,7 +300,7 @@ fn rpt_permissions_with_claims_are_checked_against_the_request_claims() {
 #[test]
 fn dry_run_lets_denials_through_and_says_what_they_were() {
     let c = branch_cfg(json!({"dry-run": true}));
-    let mut rt = Runtime::new(&c);
+    let mut rt = Knowledge::new(&c);
     let t = token(json!({}));
     let s = go(
         &c,
@@ -326,7 +326,7 @@ fn dry_run_lets_denials_through_and_says_what_they_were() {
     assert!(matches!(&s, Step::Allow(a) if a.would_deny.as_ref().is_some_and(|r| r.status == 401)));
     // without dry-run the same request is refused
     let c = branch_cfg(json!({}));
-    let mut rt = Runtime::new(&c);
+    let mut rt = Knowledge::new(&c);
     assert_eq!(
         status(&go(
             &c,
