@@ -1,4 +1,4 @@
-//! The claim information point (keycloak-pep.md §3): `claim-information-point` objects compiled at
+//! The claim information point (docs/keycloak-enforcer.md §7): `claim-information-point` objects compiled at
 //! configure, and the per-request resolution of their providers into the claims pushed to
 //! Keycloak with the UMA grant.
 //!

@@ -2,7 +2,7 @@
 //!
 //! A user pastes the keycloak.json they already have. Adapter keys that mean nothing to a proxy are
 //! accepted and ignored; everything the filter itself needs beyond Keycloak's format lives in one
-//! extra object, `kcpep`, so a plain keycloak.json stays valid. Semantics: keycloak-pep.md §1.1.
+//! extra object, `kcpep`, so a plain keycloak.json stays valid. Semantics: docs/keycloak-enforcer.md §1.
 
 pub mod claim_providers;
 pub mod claims;
@@ -82,7 +82,7 @@ pub struct PathConfig {
 }
 
 /// Keycloak's `path-cache`. `configured` matters in itself: with it, wildcard and unresolved
-/// matches are refined against the server even without lazy-load-paths (keycloak-pep.md §1.3).
+/// matches are refined against the server even without lazy-load-paths (docs/keycloak-enforcer.md §3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PathCacheConfig {
     pub configured: bool,

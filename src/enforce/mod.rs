@@ -1,5 +1,5 @@
 //! Request facts + what is known -> a verdict, as Keycloak's policy enforcer decides
-//! (keycloak-pep.md §1.4-1.8), with the deliberate changes listed in the README:
+//! (docs/keycloak-enforcer.md §4-5), with the deliberate changes listed in the README:
 //! missing/invalid tokens get 401 (RFC 6750), Keycloak unreachable gets 503 (fail closed), server
 //! lookups never happen for anonymous requests or DISABLED paths, and every token is verified.
 //!

@@ -1,4 +1,4 @@
-//! The outcome table of keycloak-pep.md §1.8, row by row, plus our deliberate changes.
+//! The outcome table of docs/keycloak-enforcer.md §5, row by row, plus our deliberate changes.
 
 use super::*;
 use crate::keycloak::token::tests::{claims, jwks, sign_rs256, ISSUER, NOW};

@@ -1,6 +1,6 @@
 //! Background knowledge an enforcer needs from Keycloak, and when to (re)fetch it: the discovery
 //! document, the realm's JWKS, the protection API token (PAT), and the binding of configured paths
-//! to server resources (keycloak-pep.md §1.2). Sans-IO: [`Background::due`] says what to fetch now,
+//! to server resources (docs/keycloak-enforcer.md §2). Sans-IO: [`Background::due`] says what to fetch now,
 //! [`Background::complete`] takes the answer.
 //!
 //! Rules that keep Keycloak safe from the filter: at most one fetch of each kind in flight, failures

@@ -1,5 +1,5 @@
 //! The enforcer's live set of paths: configured paths bound to server resources, paths loaded from
-//! the server at start, and lazily resolved paths in Keycloak's path cache (keycloak-pep.md §1.2-1.3).
+//! the server at start, and lazily resolved paths in Keycloak's path cache (docs/keycloak-enforcer.md §2-3).
 
 use crate::config::{EnforcementMode, EnforcerConfig, PathCacheConfig, PathConfig};
 use crate::request::pattern::PathMatcher;

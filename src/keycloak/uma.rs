@@ -1,4 +1,4 @@
-//! Requests to Keycloak and the parsing of its answers (keycloak-pep.md §1.6, §2), as plain data.
+//! Requests to Keycloak and the parsing of its answers (docs/keycloak-enforcer.md §4 step 7, §6), as plain data.
 //!
 //! Nothing here performs I/O: a builder returns an [`HttpRequest`] the shell dispatches (or a test
 //! sends with any HTTP client), and a parser turns the status and body back into a typed outcome.

@@ -1,4 +1,4 @@
-//! Who the client is, as seed 003 has Keycloak decide it: `Forwarded` (RFC 7239) or
+//! Who the client is, as Keycloak itself decides it behind a reverse proxy (docs/keycloak-enforcer.md §10): `Forwarded` (RFC 7239) or
 //! `X-Forwarded-For`/`-Proto` are believed only when the connection comes from a trusted proxy;
 //! otherwise the peer address and the connection's own scheme.
 //!

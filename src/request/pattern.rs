@@ -1,4 +1,4 @@
-//! Keycloak's path patterns and its PathMatcher precedence (keycloak-pep.md §4.2-4.3), compiled once.
+//! Keycloak's path patterns and its PathMatcher precedence (docs/keycloak-enforcer.md §8.2-8.3), compiled once.
 //!
 //! Keycloak scans every configured path in order for every request. A literal path (no `*`, no
 //! `{`) can only ever take part when it equals the request path, so literals sit in a hash map and
@@ -426,7 +426,7 @@ mod tests {
         );
     }
 
-    /// The computed precedence table of keycloak-pep.md §4.3.
+    /// The computed precedence of docs/keycloak-enforcer.md §8.3.
     #[test]
     fn precedence_table() {
         let cases: &[(&[&str], &str, &str)] = &[

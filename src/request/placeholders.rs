@@ -1,5 +1,5 @@
 //! Keycloak's claim placeholders (`{request.header['x']}`, `{keycloak.access_token['/sub']}`, ...),
-//! compiled once at configure and resolved per request with Keycloak's rules (keycloak-pep.md §3.1).
+//! compiled once at configure and resolved per request with Keycloak's rules (docs/keycloak-enforcer.md §7).
 //!
 //! Where Keycloak's `PlaceHolders` misbehaves we do not follow it, and say so in the README:
 //! a placeholder Keycloak could never resolve (no resolver, unknown source, missing argument) is a

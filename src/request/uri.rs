@@ -1,4 +1,4 @@
-//! Request-path normalization, as Keycloak's newest PathMatcher does it (keycloak-pep.md §4.1, gen-2).
+//! Request-path normalization, as Keycloak's newest PathMatcher does it (docs/keycloak-enforcer.md §8.1).
 //!
 //! Every path is normalized once per request before matching, caching and the on-deny check, so
 //! `/account;x=1/1`, `/account//1`, `/a/../account/1`, `/account/%31` and `/account/1/` are all

@@ -4,7 +4,7 @@
 
 use crate::wire::http::form_decode;
 
-/// The request as Keycloak's `HttpRequest` SPI exposes it (keycloak-pep.md §6).
+/// The request as Keycloak's `HttpRequest` SPI exposes it (docs/keycloak-enforcer.md §9).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RequestView<'a> {
     /// Header names as the host gives them (Envoy: lower case), one entry per header line.

@@ -1,4 +1,6 @@
-//! What is remembered.
+//! What is remembered between requests and shared between workers: the decision table and its
+//! rules (`decisions`), Keycloak's documents in shared data (`documents`), and the per-worker
+//! shortcut for repeated requests (`memo`).
 
 pub mod decisions;
 pub mod documents;

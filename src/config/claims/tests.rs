@@ -254,7 +254,7 @@ fn granted_claims_must_cover_the_request_claims() {
 
 #[test]
 fn a_configured_content_type_is_sent_once() {
-    // seed 000's http example names Content-Type itself
+    // the http example of tests/fixtures/seed000 names Content-Type itself
     let c = cip(
         json!({"http": {"url": "http://mycompany/claim-provider", "method": "POST",
         "headers": {"Content-Type": "application/x-www-form-urlencoded",
