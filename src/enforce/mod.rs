@@ -6,6 +6,8 @@
 //! A verdict that needs Keycloak is data: [`Step::Call`] carries the exact request and a
 //! [`Pending`] continuation that turns Keycloak's answer into the next step.
 
+pub mod gate;
+
 use crate::config::claims;
 use crate::config::{EnforcementMode, EnforcerConfig, MethodConfig, OnKeycloakError, ScopesMode};
 use crate::keycloak::knowledge::Knowledge;

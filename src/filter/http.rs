@@ -7,7 +7,7 @@ use super::host;
 use super::metrics::Metrics;
 use super::root::{Parked, Plugin};
 use super::store::SharedStore;
-use crate::enforce::{self, CacheUse, Credential, Pending, RequestFacts, Step};
+use crate::enforce::{self, Credential, Pending, RequestFacts, Step};
 use crate::keycloak::knowledge::Knowledge;
 use crate::keycloak::token::{self, BearerError, Expectations, Token, TokenError};
 use crate::request::uri;
@@ -172,15 +172,7 @@ impl Flow {
                 self.decided.set(true);
                 metrics.denied(r.status, r.cache);
                 self.log_denial(cfg, &r, "kcpep deny");
-                let mut headers: Vec<(&str, &str)> = r
-                    .headers
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), v.as_str()))
-                    .collect();
-                if !r.body.is_empty() {
-                    headers.push(("content-type", "text/plain"));
-                }
-                abi::send_response(r.status, &headers, r.body.as_bytes());
+                send(&r);
                 Applied::Replied
             }
             Step::Wait { key, until_ms } => {
@@ -498,10 +490,23 @@ impl Http {
     }
 }
 
+/// Sends a local reply.
+fn send(r: &enforce::Reply) {
+    let mut headers: Vec<(&str, &str)> = r
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    if !r.body.is_empty() {
+        headers.push(("content-type", "text/plain"));
+    }
+    abi::send_response(r.status, &headers, r.body.as_bytes());
+}
+
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let Some(plugin) = self.plugin.clone() else {
-            abi::send_response(503, &[], b"Authorization filter not configured");
+            send(&enforce::gate::not_configured());
             return Action::Pause;
         };
         let claims = plugin.config.uses_claims();
@@ -511,24 +516,14 @@ impl HttpContext for Http {
         // Headers the filter sets itself are never taken from the client, in any spelling an
         // upstream could read as the same header...
         let mut headers = headers;
-        let own = |k: &str| {
-            plugin
-                .own_headers
-                .iter()
-                .any(|o| crate::request::view::is_spelling_of(o, k))
-        };
-        if headers.iter().any(|(k, _)| own(k)) {
-            let mut spoofed: Vec<String> = headers
-                .iter()
-                .filter(|(k, _)| own(k))
-                .map(|(k, _)| k.clone())
-                .collect();
-            spoofed.dedup();
+        let spoofed =
+            enforce::gate::spoofed(&plugin.own_headers, headers.iter().map(|(k, _)| k.as_str()));
+        if !spoofed.is_empty() {
             for name in &spoofed {
                 abi::set_request_header(name, None);
             }
             // ...nor seen by claims
-            headers.retain(|(k, _)| !own(k));
+            headers.retain(|(k, _)| !spoofed.contains(k));
         }
         let get = |name: &str| -> Option<&[u8]> {
             headers
@@ -572,14 +567,17 @@ impl HttpContext for Http {
             authority: &authority,
             path: normalized.as_deref(),
         }) else {
-            self.metrics.denied(403, CacheUse::None);
+            let r = enforce::gate::no_enforcer();
+            self.metrics.denied(r.status, r.cache);
             log::info!(
-                "kcpep deny status=403 request={} reason=\"no enforcer for this route\" route={:?} authority=\"{}\"",
+                "kcpep deny status={} request={} reason=\"{}\" route={:?} authority=\"{}\"",
+                r.status,
                 self.id,
+                r.reason,
                 route_name,
                 host::loggable(authority.as_bytes())
             );
-            abi::send_response(403, &[("content-type", "text/plain")], b"Forbidden");
+            send(&r);
             return Action::Pause;
         };
         let auth: Vec<&[u8]> = headers
@@ -590,15 +588,7 @@ impl HttpContext for Http {
         let now = host::now_ms();
         let (cred, token_id) = Self::check_token(&plugin, enforcer, &auth, now);
         let memo_key = token_id.map(|id| crate::store::memo::key(enforcer, id, &method, &path));
-        if let Some(header) = memo_key.and_then(|k| plugin.memo.borrow().get(k, now).cloned()) {
-            // The same token asked the same thing and the decision cache still holds the allow.
-            let cfg = &plugin.config.enforcers[enforcer].1;
-            self.metrics.allowed(CacheUse::Hit);
-            self.decided.set(true);
-            abi::set_request_header(&cfg.proxy.permissions_header, Some(&header));
-            abi::set_property(&[PERMISSIONS_PROPERTY], header.as_bytes());
-            return Action::Continue;
-        }
+        let memoized = memo_key.and_then(|k| plugin.memo.borrow().get(k, now).cloned());
         let prop = |p: &str| {
             hostcalls::get_property(p.split('.').collect())
                 .ok()
@@ -623,6 +613,13 @@ impl HttpContext for Http {
             memo_key,
             decided: Rc::clone(&self.decided),
         };
+        if let Some(header) = memoized {
+            // answered as the cache hit it stands for
+            let step = Step::Allow(enforce::gate::memo_hit(header.to_string()));
+            let mut flow = flow;
+            flow.apply(&plugin, &self.metrics, step, false);
+            return Action::Continue;
+        }
         self.first_step(&plugin, flow, end_of_stream)
     }
 

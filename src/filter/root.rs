@@ -342,13 +342,7 @@ impl RootContext for Root {
                 })
             })
             .collect();
-        let mut own_headers: Vec<String> = config
-            .enforcers
-            .iter()
-            .map(|(_, c)| c.proxy.permissions_header.clone())
-            .collect();
-        own_headers.sort();
-        own_headers.dedup();
+        let own_headers = crate::enforce::gate::own_headers(&config);
         for (name, cfg) in &config.enforcers {
             if cfg.reads_bodies() {
                 // The filter holds the headers while it reads the body; Envoy delivers the body to
