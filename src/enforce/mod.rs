@@ -567,9 +567,7 @@ fn resume_inner(
                         ..
                     }) = &cached
                     {
-                        if now_ms
-                            < expires_ms.saturating_add(cfg.proxy.decision_cache.stale_on_error_ms)
-                        {
+                        if decisions::stale_usable(*expires_ms, now_ms, &cfg.proxy.decision_cache) {
                             // Put the expired ALLOW back so the next request can be served stale too.
                             store.put(
                                 key,

@@ -14,12 +14,6 @@ pub struct ResourceRef {
     pub name: Option<String>,
 }
 
-impl ResourceRef {
-    pub fn is_known(&self) -> bool {
-        self.id.is_some() || self.name.is_some()
-    }
-}
-
 /// A path the enforcer can match, with the resource it protects.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Entry {
@@ -95,11 +89,6 @@ impl PathSet {
         self.matcher
             .find(normalized)
             .map(|m| &self.entries[m.index])
-    }
-
-    /// Index of the winning entry (for `explain`).
-    pub fn find_index(&self, normalized: &str) -> Option<usize> {
-        self.matcher.find(normalized).map(|m| m.index)
     }
 
     /// Records the server resource a configured path was resolved to at start.

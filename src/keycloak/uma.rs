@@ -64,7 +64,8 @@ pub fn pat_request(cfg: &EnforcerConfig) -> HttpRequest {
     )
 }
 
-/// What `response_mode` to ask the token endpoint for.
+/// What `response_mode` to ask the token endpoint for. The filter asks for `Permissions`; the
+/// other two are Keycloak's other answers, which tests/contract.rs checks against the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResponseMode {
     /// A full RPT (Keycloak's own enforcer).
@@ -294,8 +295,10 @@ pub fn parse_discovery(status: u16, body: &[u8]) -> Result<Discovery, Failure> {
     json_body(body)
 }
 
-/// The path part of an absolute endpoint URL from discovery (we reach Keycloak through a cluster).
-pub fn url_path(url: &str) -> &str {
+/// The path part of an absolute endpoint URL from discovery (test support: the filter reaches
+/// Keycloak through a cluster and builds its paths from the realm, [`Endpoints`]).
+#[cfg(test)]
+fn url_path(url: &str) -> &str {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     rest.find('/').map_or("/", |i| &rest[i..])
 }

@@ -13,7 +13,6 @@
 //! for the answer instead of calling Keycloak themselves (up to a bound).
 
 use crate::config::CacheConfig;
-use crate::wire::permission::Permission;
 
 pub type Key = [u8; 32];
 
@@ -180,19 +179,10 @@ pub fn lookup(entry: Option<&Entry>, now_ms: i64) -> Lookup {
     }
 }
 
-/// A stale ALLOW that may still be served while Keycloak is failing.
-pub fn stale_allow(entry: Option<&Entry>, now_ms: i64, cfg: &CacheConfig) -> Option<String> {
-    match entry {
-        Some(Entry::Decided {
-            verdict: Verdict::Allow(p),
-            expires_ms,
-        }) if cfg.stale_on_error_ms > 0
-            && now_ms < expires_ms.saturating_add(cfg.stale_on_error_ms) =>
-        {
-            Some(p.clone())
-        }
-        _ => None,
-    }
+/// Whether an ALLOW that expired at `expires_ms` may still be served while Keycloak is failing
+/// (`stale-on-error-ms`, off by default). Only allows are kept for this; a denial never is.
+pub fn stale_usable(expires_ms: i64, now_ms: i64, cfg: &CacheConfig) -> bool {
+    cfg.stale_on_error_ms > 0 && now_ms < expires_ms.saturating_add(cfg.stale_on_error_ms)
 }
 
 /// When a fresh decision expires: the earlier of its lifespan and the token's `exp`.
@@ -204,11 +194,6 @@ pub fn expiry(verdict: &Verdict, now_ms: i64, token_exp_s: i64, cfg: &CacheConfi
     now_ms
         .saturating_add(life)
         .min(token_exp_s.saturating_mul(1000))
-}
-
-/// Permissions as stored for the upstream header.
-pub fn allow(perms: &[Permission]) -> Verdict {
-    Verdict::Allow(crate::wire::permission::permissions_header_value(perms))
 }
 
 #[cfg(test)]
@@ -330,22 +315,12 @@ mod tests {
     }
 
     #[test]
-    fn only_allows_go_stale_and_only_for_the_window() {
+    fn allows_go_stale_only_for_the_window() {
         let c = cfg();
-        let allow = Entry::Decided {
-            verdict: Verdict::Allow("p".into()),
-            expires_ms: 100,
-        };
-        let deny = Entry::Decided {
-            verdict: Verdict::Deny,
-            expires_ms: 100,
-        };
-        assert_eq!(stale_allow(Some(&allow), 5_000, &c).as_deref(), Some("p"));
-        assert_eq!(stale_allow(Some(&allow), 10_100, &c), None);
-        assert_eq!(stale_allow(Some(&deny), 500, &c), None);
-        assert_eq!(
-            stale_allow(Some(&allow), 500, &CacheConfig::default()),
-            None,
+        assert!(stale_usable(100, 5_000, &c));
+        assert!(!stale_usable(100, 10_100, &c));
+        assert!(
+            !stale_usable(100, 500, &CacheConfig::default()),
             "off by default"
         );
     }
