@@ -268,6 +268,11 @@ fn dry_run(cfg: &EnforcerConfig, step: Step) -> Step {
 /// 503 for a request the shell cannot carry on (a callout answer nobody waits for, a body that
 /// can no longer be read): refused, never let through undecided.
 pub fn cannot_continue(why: &str) -> Step {
+    unavailable(why)
+}
+
+/// 503: what the filter needs to decide (Keycloak, a claim provider) did not answer (fail closed).
+fn unavailable(why: &str) -> Step {
     reply(503, "Authorization service unavailable", why)
 }
 
@@ -479,11 +484,7 @@ fn resume_inner(
                 Err(_) if h.on_error == claims::OnError::Continue => done.push(Claims::new()),
                 Err(why) => {
                     return tag(
-                        reply(
-                            503,
-                            "Authorization service unavailable",
-                            &format!("claim provider {}: {why}", h.service.cluster),
-                        ),
+                        unavailable(&format!("claim provider {}: {why}", h.service.cluster)),
                         &entry,
                     )
                 }
@@ -805,14 +806,9 @@ fn resolve_claims(
         claims::Next::Failed(claims::Failure::BadRequest(why)) => {
             tag(reply(400, "Bad Request", why), &a.entry)
         }
-        claims::Next::Failed(claims::Failure::Provider(why)) => tag(
-            reply(
-                503,
-                "Authorization service unavailable",
-                &format!("claim provider: {why}"),
-            ),
-            &a.entry,
-        ),
+        claims::Next::Failed(claims::Failure::Provider(why)) => {
+            tag(unavailable(&format!("claim provider: {why}")), &a.entry)
+        }
     }
 }
 
@@ -1176,7 +1172,7 @@ fn access_denied(cfg: &EnforcerConfig, why: &str) -> Step {
 fn keycloak_unavailable(cfg: &EnforcerConfig, why: &str) -> Step {
     match cfg.proxy.on_keycloak_error {
         OnKeycloakError::Allow => allow(None, "Keycloak unavailable, on-keycloak-error allow"),
-        OnKeycloakError::Deny => reply(503, "Authorization service unavailable", why),
+        OnKeycloakError::Deny => unavailable(why),
     }
 }
 
