@@ -7,7 +7,7 @@
 use anyhow::{anyhow, bail, Context, Result};
 use keycloak_pep::config::routes::{PluginConfig, Selector};
 use keycloak_pep::enforce;
-use keycloak_pep::keycloak::knowledge::Knowledge;
+use keycloak_pep::enforce::enforcer::Enforcer;
 use keycloak_pep::request::pattern::PathMatcher;
 use keycloak_pep::request::uri;
 use serde_json::json;
@@ -101,8 +101,7 @@ fn run(args: Vec<String>) -> Result<()> {
                     })?,
             };
             let (name, ec) = &cfg.enforcers[index];
-            let rt = Knowledge::new(ec);
-            let e = enforce::explain(ec, &rt.paths, method, path);
+            let e = Enforcer::new(name.clone(), ec.clone()).explain(method, path);
             let out = json!({
                 "enforcer": name,
                 "client": ec.client_id,

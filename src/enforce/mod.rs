@@ -6,6 +6,7 @@
 //! A verdict that needs Keycloak is data: [`Step::Call`] carries the exact request and a
 //! [`Pending`] continuation that turns Keycloak's answer into the next step.
 
+pub mod enforcer;
 pub mod gate;
 
 use crate::config::claims;

@@ -7,9 +7,9 @@ use super::host;
 use super::metrics::Metrics;
 use super::root::{Parked, Plugin};
 use super::store::SharedStore;
-use crate::enforce::{self, Credential, Pending, RequestFacts, Step};
-use crate::keycloak::knowledge::Knowledge;
-use crate::keycloak::token::{self, BearerError, Expectations, Token, TokenError};
+use crate::enforce::enforcer::Cred;
+use crate::enforce::{self, Pending, RequestFacts, Step};
+use crate::keycloak::token;
 use crate::request::uri;
 use crate::request::view::RequestView;
 use crate::wire::http::Answer;
@@ -21,15 +21,6 @@ use std::rc::Rc;
 
 /// The stream property (Envoy filter state `wasm.kcpep.permissions`) with the granted permissions.
 pub const PERMISSIONS_PROPERTY: &str = "kcpep.permissions";
-
-/// What was learnt of the credential, owned by the request (the core borrows it).
-pub enum Cred {
-    Anonymous,
-    Malformed(BearerError),
-    Invalid(TokenError),
-    Unverifiable,
-    Valid(String, Rc<Token>),
-}
 
 /// The request facts and the state of its conversation with Keycloak.
 pub struct Flow {
@@ -71,49 +62,26 @@ pub enum Applied {
 }
 
 impl Flow {
-    fn credential(&self) -> Credential<'_> {
-        match &self.cred {
-            Cred::Anonymous => Credential::Anonymous,
-            Cred::Malformed(e) => Credential::Malformed(*e),
-            Cred::Invalid(e) => Credential::Invalid(e.clone()),
-            Cred::Unverifiable => Credential::Unverifiable,
-            Cred::Valid(raw, token) => Credential::Valid { raw, token },
-        }
-    }
-
-    /// Runs a core function with this request's facts and its enforcer's state.
-    fn with_core<R>(
-        &self,
-        plugin: &Plugin,
-        f: impl FnOnce(
-            &crate::config::EnforcerConfig,
-            &mut Knowledge,
-            &RequestFacts,
-            &mut SharedStore,
-        ) -> R,
-    ) -> R {
-        let cfg = &plugin.config.enforcers[self.enforcer].1;
-        let mut st = plugin.enforcers[self.enforcer].borrow_mut();
-        let mut store = SharedStore::new(cfg, &plugin.front);
-        let req = RequestFacts {
+    /// This request's facts, as the core reads them.
+    fn facts(&self) -> RequestFacts<'_> {
+        RequestFacts {
             method: &self.method,
             path: &self.path,
-            credential: self.credential(),
+            credential: self.cred.credential(),
             view: RequestView {
                 headers: &self.headers,
                 peer: self.peer.as_deref(),
                 tls: self.tls,
                 body: self.body.as_deref(),
             },
-        };
-        f(cfg, &mut st.rt, &req, &mut store)
+        }
     }
 
     /// First (or renewed, after waiting) decision.
     pub fn decide(&mut self, plugin: &Plugin, now_ms: i64) -> Step {
-        self.with_core(plugin, |cfg, rt, req, store| {
-            enforce::decide(cfg, rt, req, store, now_ms)
-        })
+        let e = &plugin.enforcers[self.enforcer];
+        let mut store = SharedStore::new(&e.config, &plugin.front);
+        e.decide(&self.facts(), &mut store, now_ms)
     }
 
     /// The next step once Keycloak answered.
@@ -121,9 +89,9 @@ impl Flow {
         let Some(pending) = self.pending.take() else {
             return enforce::cannot_continue("unexpected callout answer");
         };
-        self.with_core(plugin, |cfg, rt, req, store| {
-            enforce::resume(cfg, rt, req, store, pending, answer, now_ms)
-        })
+        let e = &plugin.enforcers[self.enforcer];
+        let mut store = SharedStore::new(&e.config, &plugin.front);
+        e.resume(&self.facts(), &mut store, pending, answer, now_ms)
     }
 
     /// Applies a step to this flow's stream, which must be the effective context.
@@ -134,7 +102,7 @@ impl Flow {
         step: Step,
         in_callback: bool,
     ) -> Applied {
-        let cfg = &plugin.config.enforcers[self.enforcer].1;
+        let cfg = &plugin.enforcers[self.enforcer].config;
         match step {
             Step::Allow(a) => {
                 self.decided.set(true);
@@ -302,51 +270,6 @@ impl Http {
         }
     }
 
-    /// Verifies the bearer token, remembering verified tokens by digest until their exp.
-    /// Also returns the token's lookup id when it is valid (the memo key's identity).
-    fn check_token(
-        plugin: &Plugin,
-        enforcer: usize,
-        values: &[&[u8]],
-        now_ms: i64,
-    ) -> (Cred, Option<u128>) {
-        let cfg = &plugin.config.enforcers[enforcer].1;
-        let raw = match token::bearer(values, cfg.proxy.max_token_bytes as usize) {
-            Ok(None) => return (Cred::Anonymous, None),
-            Err(e) => return (Cred::Malformed(e), None),
-            Ok(Some(raw)) => raw.to_string(),
-        };
-        let now = now_ms / 1000;
-        let leeway = i64::from(cfg.proxy.clock_skew_seconds);
-        let mut st = plugin.enforcers[enforcer].borrow_mut();
-        let id = st.verified.id(&raw);
-        if let Some(t) = st.verified.get(id, now, leeway) {
-            return (Cred::Valid(raw, Rc::clone(t)), Some(id));
-        }
-        let Some(jwks) = st.bg.jwks.as_ref() else {
-            return (Cred::Unverifiable, None);
-        };
-        let expect = Expectations {
-            issuer: &cfg.proxy.issuer,
-            audiences: &cfg.proxy.audiences,
-            leeway_seconds: u64::from(cfg.proxy.clock_skew_seconds),
-        };
-        let host: Option<token::HostVerifier> = plugin.host_verify.then_some(&host::host_verify);
-        match token::verify_with(&raw, jwks, &expect, now, host) {
-            Ok(t) => {
-                let t = Rc::new(t);
-                st.verified.insert(id, Rc::clone(&t), now);
-                (Cred::Valid(raw, t), Some(id))
-            }
-            Err(e) => {
-                if matches!(e, TokenError::UnknownKey(_)) {
-                    st.bg.want_jwks();
-                }
-                (Cred::Invalid(e), None)
-            }
-        }
-    }
-
     /// Hands a waiting flow to the root context, which decides again when the answer is cached.
     fn park(&mut self, plugin: &Plugin, key: crate::store::decisions::Key, until_ms: i64) {
         if let Some(flow) = self.flow.take() {
@@ -392,7 +315,7 @@ impl Http {
     /// 413 for a body over `max-body-bytes` (or, in dry-run, go on).
     fn body_too_large(&mut self, plugin: &Plugin, mut flow: Flow, in_callback: bool) -> Action {
         self.reading_body = false;
-        let cfg = &plugin.config.enforcers[flow.enforcer].1;
+        let cfg = &plugin.enforcers[flow.enforcer].config;
         let step = enforce::body_too_large(cfg);
         let applied = flow.apply(plugin, &self.metrics, step, in_callback);
         self.flow = Some(flow);
@@ -440,7 +363,7 @@ impl Http {
         in_callback: bool,
     ) -> Action {
         self.reading_body = false;
-        let cfg = &plugin.config.enforcers[flow.enforcer].1;
+        let cfg = &plugin.enforcers[flow.enforcer].config;
         // one byte past the bound is enough to know it is too large
         let limit = (cfg.proxy.max_body_bytes as usize).saturating_add(1);
         let body = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size.min(limit))
@@ -473,8 +396,8 @@ impl Http {
             Applied::ReadBody => {
                 // A path resolved by Keycloak whose claims read the body; the headers stay held.
                 let too_much = self.flow.as_ref().is_some_and(|f| {
-                    plugin.config.enforcers[f.enforcer]
-                        .1
+                    plugin.enforcers[f.enforcer]
+                        .config
                         .body_over_bound(self.body_len)
                 });
                 if self.body_ended || too_much {
@@ -586,7 +509,8 @@ impl HttpContext for Http {
             .map(|(_, v)| v.as_slice())
             .collect();
         let now = host::now_ms();
-        let (cred, token_id) = Self::check_token(&plugin, enforcer, &auth, now);
+        let host: Option<token::HostVerifier> = plugin.host_verify.then_some(&host::host_verify);
+        let (cred, token_id) = plugin.enforcers[enforcer].check_credential(&auth, now, host);
         let memo_key = token_id.map(|id| crate::store::memo::key(enforcer, id, &method, &path));
         let memoized = memo_key.and_then(|k| plugin.memo.borrow().get(k, now).cloned());
         let prop = |p: &str| {
@@ -638,8 +562,8 @@ impl HttpContext for Http {
         let (Some(plugin), Some(flow)) = (self.plugin.clone(), self.flow.take()) else {
             return Action::Pause; // never let an undecided body through
         };
-        if plugin.config.enforcers[flow.enforcer]
-            .1
+        if plugin.enforcers[flow.enforcer]
+            .config
             .body_over_bound(body_size)
         {
             return self.body_too_large(&plugin, flow, false);

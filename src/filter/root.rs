@@ -6,9 +6,8 @@ use super::host;
 use super::http::{Applied, Flow, Http};
 use super::metrics::Metrics;
 use crate::config::routes::PluginConfig;
-use crate::keycloak::background::{Background, Fetch};
-use crate::keycloak::knowledge::Knowledge;
-use crate::keycloak::token::VerifiedTokens;
+use crate::enforce::enforcer::{Enforcer, Learnt};
+use crate::keycloak::background::Fetch;
 use crate::store::decisions;
 use crate::store::documents;
 use crate::wire::http::Answer;
@@ -20,19 +19,10 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
-/// Verified tokens remembered per enforcer and VM.
-const VERIFIED_TOKENS: usize = 4096;
 const TICK_STARTING: Duration = Duration::from_millis(100);
 const TICK_SETTLED: Duration = Duration::from_millis(1000);
 /// While requests wait for another request's answer.
 pub const TICK_WAITING: Duration = Duration::from_millis(5);
-
-/// One enforcer's changing state in this VM.
-pub struct EnforcerState {
-    pub rt: Knowledge,
-    pub bg: Background,
-    pub verified: VerifiedTokens,
-}
 
 /// A request waiting for a decision another request is asking Keycloak for.
 pub struct Parked {
@@ -47,7 +37,7 @@ const MEMO_ENTRIES: usize = 8 * 1024;
 
 pub struct Plugin {
     pub config: PluginConfig,
-    pub enforcers: Vec<RefCell<EnforcerState>>,
+    pub enforcers: Vec<Enforcer>,
     /// Header names the filter sets itself; a client's copies are removed.
     pub own_headers: Vec<String>,
     /// The host offers a working `verify_signature` (Envoy): RSA checks are done there.
@@ -98,7 +88,7 @@ pub fn wake_parked(
             return Vec::new();
         };
         let (ready, waiting): (Vec<Parked>, Vec<Parked>) = parked.drain(..).partition(|p| {
-            let cfg = &plugin.config.enforcers[p.flow.enforcer].1;
+            let cfg = &plugin.enforcers[p.flow.enforcer].config;
             let mut store = super::store::SharedStore::new(cfg, &plugin.front);
             let answered = matches!(
                 decisions::lookup(
@@ -143,9 +133,14 @@ impl Root {
         };
         let now = host::now_ms();
         let mut all_settled = true;
-        for (i, (_, cfg)) in plugin.config.enforcers.iter().enumerate() {
-            let mut st = plugin.enforcers[i].borrow_mut();
-            let EnforcerState { rt, bg, verified } = &mut *st;
+        for (i, enforcer) in plugin.enforcers.iter().enumerate() {
+            let cfg = &enforcer.config;
+            let mut st = enforcer.learnt();
+            let Learnt {
+                knowledge: rt,
+                background: bg,
+                verified,
+            } = &mut *st;
             // Answers found in shared data can make more fetches due (bindings need the PAT).
             let mut due = bg.due(cfg, rt, now);
             let mut rounds = 0;
@@ -265,9 +260,13 @@ impl Context for Root {
         let now = host::now_ms();
         // Background fetches count as Keycloak calls, errors and latency too.
         self.metrics.keycloak_answer(ok, status, now - sent_ms);
-        let cfg = &plugin.config.enforcers[i].1;
-        let mut st = plugin.enforcers[i].borrow_mut();
-        let EnforcerState { rt, bg, verified } = &mut *st;
+        let cfg = &plugin.enforcers[i].config;
+        let mut st = plugin.enforcers[i].learnt();
+        let Learnt {
+            knowledge: rt,
+            background: bg,
+            verified,
+        } = &mut *st;
         let had_keys = bg.ready();
         bg.complete(cfg, rt, fetch, host::answer(status, ok, &body), now);
         if ok && status == 200 {
@@ -324,26 +323,23 @@ impl RootContext for Root {
             .ok()
             .flatten()
             .unwrap_or_default();
-        let config = match PluginConfig::from_json(&bytes) {
+        let mut config = match PluginConfig::from_json(&bytes) {
             Ok(c) => c,
             Err(e) => {
                 log::error!("kcpep: invalid configuration: {e}");
                 return false;
             }
         };
-        let enforcers = config
-            .enforcers
-            .iter()
-            .map(|(_, cfg)| {
-                RefCell::new(EnforcerState {
-                    rt: Knowledge::new(cfg),
-                    bg: Background::new(cfg),
-                    verified: VerifiedTokens::new(VERIFIED_TOKENS),
-                })
-            })
-            .collect();
         let own_headers = crate::enforce::gate::own_headers(&config);
-        for (name, cfg) in &config.enforcers {
+        // The routing rules stay in `config`; each enforcer becomes one object.
+        let enforcers: Vec<Enforcer> = std::mem::take(&mut config.enforcers)
+            .into_iter()
+            .map(|(name, cfg)| Enforcer::new(name, cfg))
+            .collect();
+        for Enforcer {
+            name, config: cfg, ..
+        } in &enforcers
+        {
             if cfg.reads_bodies() {
                 // The filter holds the headers while it reads the body; Envoy delivers the body to
                 // a filter that paused its headers only with allow_on_headers_stop_iteration.
@@ -355,7 +351,7 @@ impl RootContext for Root {
         let host_verify = host::probe_verify_signature();
         log::info!(
             "kcpep: configured {} enforcer(s); RSA signatures verified {}",
-            config.enforcers.len(),
+            enforcers.len(),
             if host_verify {
                 "by the host (verify_signature)"
             } else {
