@@ -4,12 +4,14 @@
 //! call gets only the request, the store and the time.
 
 use crate::config::EnforcerConfig;
-use crate::enforce::{self, Credential, DecisionStore, Explanation, Pending, RequestFacts, Step};
+use crate::enforce::step::{Credential, Pending, RequestFacts, Step};
+use crate::enforce::{self, Explanation};
 use crate::keycloak::background::Background;
 use crate::keycloak::knowledge::Knowledge;
 use crate::keycloak::token::{
     self, BearerError, Expectations, HostVerifier, Token, TokenError, VerifiedTokens,
 };
+use crate::store::DecisionStore;
 use crate::wire::http::Answer;
 use std::cell::{RefCell, RefMut};
 use std::rc::Rc;

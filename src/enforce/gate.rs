@@ -4,7 +4,8 @@
 //! only carries these out.
 
 use crate::config::routes::PluginConfig;
-use crate::enforce::{Allow, CacheUse, Reply};
+use crate::enforce::step::Reply;
+use crate::enforce::step::{Allow, CacheUse};
 use crate::request::view::is_spelling_of;
 
 /// No (valid) configuration: fail closed.

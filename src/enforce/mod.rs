@@ -8,193 +8,32 @@
 
 pub mod enforcer;
 pub mod gate;
+pub mod replies;
+pub mod step;
 
 use crate::config::claims;
-use crate::config::{EnforcementMode, EnforcerConfig, MethodConfig, OnKeycloakError, ScopesMode};
+use crate::config::{EnforcementMode, EnforcerConfig, MethodConfig, ScopesMode};
+use crate::enforce::replies::{
+    access_denied, allow, challenge_with_ticket, denied, dry_run, forbidden, keycloak_unavailable,
+    redirect, reply, unauthorized, unavailable, with_reason,
+};
+use crate::enforce::step::{
+    Allow, CacheUse, Call, Claim, Credential, Lookup, Pending, Reply, RequestFacts, Step,
+};
 use crate::keycloak::knowledge::Knowledge;
 use crate::keycloak::resources::{Entry, PathSet};
-use crate::keycloak::token::{BearerError, Token, TokenError};
+use crate::keycloak::token::{BearerError, Token};
 use crate::keycloak::uma::{
     self, PermissionRequest, ResourceQuery, ResponseMode, UmaGrant, UmaOutcome,
 };
 use crate::request::placeholders::Context;
 use crate::request::uri;
-use crate::request::view::RequestView;
 use crate::store::decisions;
+use crate::store::DecisionStore;
 use crate::wire::claims::{digest, Claims};
 use crate::wire::http::Answer;
-use crate::wire::http::HttpRequest;
 use crate::wire::permission::{permissions_header_value, Permission};
 use std::rc::Rc;
-
-/// What the shell knows about the request's credential.
-#[derive(Debug, Clone)]
-pub enum Credential<'a> {
-    /// No `Authorization` header.
-    Anonymous,
-    /// An `Authorization` header that is not exactly one Bearer credential.
-    Malformed(BearerError),
-    /// A bearer token that failed verification.
-    Invalid(TokenError),
-    /// A token that cannot be checked yet: the realm's keys are not loaded.
-    Unverifiable,
-    /// A verified token, with its raw form (sent to Keycloak as `subject_token`).
-    Valid { raw: &'a str, token: &'a Token },
-}
-
-/// One request as the enforcer sees it.
-#[derive(Debug, Clone)]
-pub struct RequestFacts<'a> {
-    pub method: &'a str,
-    /// The `:path` pseudo-header (query included; it is dropped by normalization).
-    pub path: &'a str,
-    pub credential: Credential<'a>,
-    /// Headers, peer, TLS and body, for the claim information point (empty without claims).
-    pub view: RequestView<'a>,
-}
-
-/// Let the request through.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Allow {
-    /// The permissions header value for the upstream (none for DISABLED/PERMISSIVE passes).
-    pub permissions: Option<String>,
-    pub reason: &'static str,
-    pub cache: CacheUse,
-    /// Dry-run: the answer the enforcer would have given instead.
-    pub would_deny: Option<Box<Reply>>,
-    /// Until when this exact request (token, method, path) would get this same answer from the
-    /// decision cache; the shell may memoize it (see `memo`). None: do not memoize.
-    pub memo_until_ms: Option<i64>,
-}
-
-/// Whether a verdict came from the decision cache.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CacheUse {
-    /// Not looked up (no Keycloak decision involved, or cache off).
-    None,
-    Hit,
-    /// An expired ALLOW served while Keycloak is failing (stale-on-error).
-    Stale,
-    /// Keycloak was asked and the answer stored.
-    Stored,
-}
-
-/// Answer locally.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reply {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: String,
-    /// For logs and stats; never contains token material.
-    pub reason: String,
-    pub cache: CacheUse,
-    /// The matched path and its resource, for the denial log line.
-    pub path: Option<String>,
-    pub resource: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum Step {
-    Allow(Allow),
-    Reply(Reply),
-    Call(Box<Call>),
-    /// Another request is asking Keycloak the same question: decide again when its answer is in
-    /// the decision cache (or after `until_ms`, when the claim lapses and this request asks itself).
-    Wait {
-        key: decisions::Key,
-        until_ms: i64,
-    },
-    /// The claims of this path read the request body: decide again once it is buffered (up to
-    /// `kcpep.max-body-bytes`; past it, [`body_too_large`]).
-    ReadBody,
-}
-
-/// A request to Keycloak and what to do with its answer.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Call {
-    pub request: HttpRequest,
-    /// `None`: Keycloak. Otherwise an `http` claim provider's service.
-    pub service: Option<claims::Service>,
-    pub pending: Pending,
-}
-
-/// The state a request waits in while Keycloak answers.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Pending {
-    /// Lazy path resolution: `resource_set?uri=<path>&matchingUri=true`; for a template path,
-    /// the instance: `resource_set?uri=<path>`, then the parent URI (Keycloak's
-    /// `resolvePathConfig`).
-    LazyLoad {
-        key: String,
-        configured: Option<Rc<Entry>>,
-        lookup: Lookup,
-    },
-    /// The UMA grant for this path and method.
-    Grant {
-        entry: Rc<Entry>,
-        method: MethodConfig,
-        /// The decision-cache key this request claimed, and what to serve if Keycloak fails.
-        cached: Option<Claim>,
-        /// The claims pushed with the grant (Keycloak checks granted claims against them).
-        claims: Claims,
-    },
-    /// An `http` claim provider's answer; `done` holds the claims of the providers before it.
-    Claims {
-        entry: Rc<Entry>,
-        method: MethodConfig,
-        done: Vec<Claims>,
-    },
-    /// A permission ticket for the UMA 401 challenge.
-    Ticket,
-}
-
-/// Which server lookup a [`Pending::LazyLoad`] is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Lookup {
-    /// A resource whose URI pattern matches the path (lazy-load-paths, a wildcard's refinement).
-    Matching,
-    /// A resource of this template path's instance: exactly the path; if none, `parent` next.
-    Instance { parent: Option<String> },
-    /// The instance's last lookup: the resource whose URI pattern the server matches to the path
-    /// (Keycloak's `resolvePathConfig` falls back to `findByMatchingUri`, so a server resource
-    /// that is a template itself, `/{ver}/tenants/1`, is found for `/v1/tenants/1`).
-    InstanceMatching,
-}
-
-/// A claimed decision-cache key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Claim {
-    pub key: decisions::Key,
-    pub token_exp: i64,
-    /// An expired ALLOW of the same key, for stale-on-error.
-    pub stale: Option<(String, i64)>,
-}
-
-/// The decision cache as the enforcer sees it; the shell implements it over shared data.
-pub trait DecisionStore {
-    fn get(&mut self, key: &decisions::Key) -> Option<decisions::Entry>;
-    /// Marks the key as being asked (CAS); false when another request claimed it first.
-    fn claim(&mut self, key: &decisions::Key, until_ms: i64) -> bool;
-    fn put(&mut self, key: &decisions::Key, entry: decisions::Entry);
-    /// Keycloak's answer to a lazy path lookup that another worker stored (shared path cache).
-    fn get_path(&mut self, _path: &str, _now_ms: i64) -> Option<Vec<u8>> {
-        None
-    }
-    fn put_path(&mut self, _path: &str, _answer: &[u8], _expires_ms: i64) {}
-}
-
-/// No decision cache.
-pub struct NoStore;
-
-impl DecisionStore for NoStore {
-    fn get(&mut self, _: &decisions::Key) -> Option<decisions::Entry> {
-        None
-    }
-    fn claim(&mut self, _: &decisions::Key, _: i64) -> bool {
-        true
-    }
-    fn put(&mut self, _: &decisions::Key, _: decisions::Entry) {}
-}
 
 /// What `explain` reports: the path match alone, without any token or server.
 #[derive(Debug, Clone, PartialEq)]
@@ -250,46 +89,6 @@ pub fn decide(
     now_ms: i64,
 ) -> Step {
     dry_run(cfg, decide_inner(cfg, rt, req, store, now_ms))
-}
-
-/// Dry-run: every answer but "go on" becomes "go on", carrying what it would have been.
-fn dry_run(cfg: &EnforcerConfig, step: Step) -> Step {
-    match step {
-        Step::Reply(r) if cfg.proxy.dry_run => Step::Allow(Allow {
-            permissions: None,
-            reason: "dry-run",
-            cache: r.cache,
-            would_deny: Some(Box::new(r)),
-            memo_until_ms: None,
-        }),
-        other => other,
-    }
-}
-
-/// 503 for a request the shell cannot carry on (a callout answer nobody waits for, a body that
-/// can no longer be read): refused, never let through undecided.
-pub fn cannot_continue(why: &str) -> Step {
-    unavailable(why)
-}
-
-/// 503: what the filter needs to decide (Keycloak, a claim provider) did not answer (fail closed).
-fn unavailable(why: &str) -> Step {
-    reply(503, "Authorization service unavailable", why)
-}
-
-/// 413 for a request whose claims need a body larger than `kcpep.max-body-bytes`.
-pub fn body_too_large(cfg: &EnforcerConfig) -> Step {
-    dry_run(
-        cfg,
-        reply(
-            413,
-            "Payload Too Large",
-            &format!(
-                "request body over kcpep.max-body-bytes ({}) and its claims read it",
-                cfg.proxy.max_body_bytes
-            ),
-        ),
-    )
 }
 
 fn decide_inner(
@@ -1036,14 +835,6 @@ fn scope_ok(m: &MethodConfig, p: &Permission) -> bool {
     }
 }
 
-/// A denial after asking Keycloak; a method with scopes-enforcement-mode DISABLED still passes.
-fn denied(m: &MethodConfig, why: &str) -> Step {
-    if m.scopes_enforcement_mode == ScopesMode::Disabled {
-        return allow(None, "scopes-enforcement-mode DISABLED");
-    }
-    forbidden(why)
-}
-
 /// The UMA challenge: a permission ticket, then 401 `WWW-Authenticate: UMA ...`.
 fn challenge(
     cfg: &EnforcerConfig,
@@ -1062,118 +853,10 @@ fn challenge(
     }))
 }
 
-fn challenge_with_ticket(cfg: &EnforcerConfig, rt: &Knowledge, answer: Answer) -> Step {
-    let ticket = match answer {
-        Answer::Http { status, body } => uma::parse_ticket(status, body),
-        Answer::NoAnswer => return keycloak_unavailable(cfg, "permission endpoint timed out"),
-    };
-    match ticket {
-        Ok(t) => Step::Reply(Reply {
-            status: 401,
-            headers: vec![(
-                "www-authenticate".into(),
-                format!(
-                    "UMA realm=\"{}\",as_uri=\"{}\",ticket=\"{}\"",
-                    cfg.realm, rt.issuer, t
-                ),
-            )],
-            body: "Unauthorized".into(),
-            reason: "UMA challenge".into(),
-            cache: CacheUse::None,
-            path: None,
-            resource: None,
-        }),
-        Err(uma::Failure::Unavailable(why)) => keycloak_unavailable(cfg, &why),
-        Err(e) => forbidden(&format!("no permission ticket: {e}")),
-    }
-}
-
-fn allow(permissions: Option<String>, reason: &'static str) -> Step {
-    Step::Allow(Allow {
-        permissions,
-        reason,
-        cache: CacheUse::None,
-        would_deny: None,
-        memo_until_ms: None,
-    })
-}
-
-fn reply(status: u16, body: &str, why: &str) -> Step {
-    Step::Reply(Reply {
-        status,
-        headers: Vec::new(),
-        body: body.into(),
-        reason: why.to_string(),
-        cache: CacheUse::None,
-        path: None,
-        resource: None,
-    })
-}
-
 /// Gives up a claim without a decision, so the next request asks Keycloak at once.
 fn release(store: &mut dyn DecisionStore, claim: Option<&Claim>) {
     if let Some(c) = claim {
         store.put(&c.key, decisions::Entry::Pending { until_ms: 0 });
-    }
-}
-
-fn unauthorized(cfg: &EnforcerConfig, error: Option<&str>) -> Step {
-    let mut value = format!("Bearer realm=\"{}\"", cfg.realm);
-    if let Some(desc) = error {
-        value.push_str(&format!(
-            ", error=\"invalid_token\", error_description=\"{desc}\""
-        ));
-    }
-    Step::Reply(Reply {
-        status: 401,
-        headers: vec![("www-authenticate".into(), value)],
-        body: "Unauthorized".into(),
-        reason: error.unwrap_or("no token").to_string(),
-        cache: CacheUse::None,
-        path: None,
-        resource: None,
-    })
-}
-
-/// The same reply with another reason for the log line.
-fn with_reason(step: Step, why: &str) -> Step {
-    match step {
-        Step::Reply(r) => Step::Reply(Reply {
-            reason: why.to_string(),
-            ..r
-        }),
-        other => other,
-    }
-}
-
-fn forbidden(why: &str) -> Step {
-    reply(403, "Forbidden", why)
-}
-
-fn redirect(to: &str, why: &str) -> Step {
-    Step::Reply(Reply {
-        status: 302,
-        headers: vec![("location".into(), to.to_string())],
-        body: String::new(),
-        reason: why.to_string(),
-        cache: CacheUse::None,
-        path: None,
-        resource: None,
-    })
-}
-
-/// Keycloak's `handleAccessDenied`: 302 to on-deny-redirect-to, else 403.
-fn access_denied(cfg: &EnforcerConfig, why: &str) -> Step {
-    match &cfg.on_deny_redirect_to {
-        Some(to) => redirect(to, why),
-        None => forbidden(why),
-    }
-}
-
-fn keycloak_unavailable(cfg: &EnforcerConfig, why: &str) -> Step {
-    match cfg.proxy.on_keycloak_error {
-        OnKeycloakError::Allow => allow(None, "Keycloak unavailable, on-keycloak-error allow"),
-        OnKeycloakError::Deny => unavailable(why),
     }
 }
 

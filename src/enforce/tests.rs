@@ -2,7 +2,8 @@
 
 use super::*;
 use crate::keycloak::token::tests::{claims, jwks, sign_rs256, ISSUER, NOW};
-use crate::keycloak::token::{verify, Expectations};
+use crate::keycloak::token::{verify, Expectations, TokenError};
+use crate::store::NoStore;
 use crate::request::view::RequestView;
 use serde_json::{json, Value};
 

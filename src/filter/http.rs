@@ -7,8 +7,10 @@ use super::host;
 use super::metrics::Metrics;
 use super::root::{Parked, Plugin};
 use super::store::SharedStore;
+use crate::enforce;
 use crate::enforce::enforcer::Cred;
-use crate::enforce::{self, Pending, RequestFacts, Step};
+use crate::enforce::replies::{body_too_large, cannot_continue};
+use crate::enforce::step::{Pending, Reply, RequestFacts, Step};
 use crate::keycloak::token;
 use crate::request::uri;
 use crate::request::view::RequestView;
@@ -87,7 +89,7 @@ impl Flow {
     /// The next step once Keycloak answered.
     pub fn resume(&mut self, plugin: &Plugin, answer: Answer, now_ms: i64) -> Step {
         let Some(pending) = self.pending.take() else {
-            return enforce::cannot_continue("unexpected callout answer");
+            return cannot_continue("unexpected callout answer");
         };
         let e = &plugin.enforcers[self.enforcer];
         let mut store = SharedStore::new(&e.config, &plugin.front);
@@ -216,7 +218,7 @@ impl Flow {
     }
 
     /// One structured line per denial: status, reason, matched path and resource, never a token.
-    fn log_denial(&self, cfg: &crate::config::EnforcerConfig, r: &enforce::Reply, what: &str) {
+    fn log_denial(&self, cfg: &crate::config::EnforcerConfig, r: &Reply, what: &str) {
         log::info!(
             "{what} status={} request={} client={} method={} path=\"{}\" matched=\"{}\" resource=\"{}\" reason=\"{}\"",
             r.status,
@@ -234,7 +236,7 @@ impl Flow {
     /// A request that waited elsewhere and now needs a body it can no longer read: refused,
     /// never let through unevaluated.
     pub fn body_lost(&mut self, plugin: &Plugin, metrics: &Metrics) {
-        let step = enforce::cannot_continue(
+        let step = cannot_continue(
             "the matched path changed while the request waited and now needs its body",
         );
         self.apply(plugin, metrics, step, true);
@@ -316,7 +318,7 @@ impl Http {
     fn body_too_large(&mut self, plugin: &Plugin, mut flow: Flow, in_callback: bool) -> Action {
         self.reading_body = false;
         let cfg = &plugin.enforcers[flow.enforcer].config;
-        let step = enforce::body_too_large(cfg);
+        let step = body_too_large(cfg);
         let applied = flow.apply(plugin, &self.metrics, step, in_callback);
         self.flow = Some(flow);
         match applied {
@@ -414,7 +416,7 @@ impl Http {
 }
 
 /// Sends a local reply.
-fn send(r: &enforce::Reply) {
+fn send(r: &Reply) {
     let mut headers: Vec<(&str, &str)> = r
         .headers
         .iter()

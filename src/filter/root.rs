@@ -92,7 +92,7 @@ pub fn wake_parked(
             let mut store = super::store::SharedStore::new(cfg, &plugin.front);
             let answered = matches!(
                 decisions::lookup(
-                    crate::enforce::DecisionStore::get(&mut store, &p.key).as_ref(),
+                    crate::store::DecisionStore::get(&mut store, &p.key).as_ref(),
                     now
                 ),
                 decisions::Lookup::Hit(_)

@@ -2,8 +2,8 @@
 
 use super::host;
 use crate::config::EnforcerConfig;
-use crate::enforce::DecisionStore;
 use crate::store::decisions::{self, Entry, Key};
+use crate::store::DecisionStore;
 use proxy_wasm::hostcalls;
 use std::cell::RefCell;
 use std::collections::HashMap;

@@ -2,6 +2,7 @@
 //! when needed, http providers as callouts, claims in the cache key and in RPT checks, dry-run.
 
 use super::*;
+use crate::enforce::replies::body_too_large;
 
 fn branch_cfg(extra_kcpep: Value) -> EnforcerConfig {
     let mut kcpep = json!({"decision-cache": {"max-entries": 100, "lifespan-ms": 60000},
