@@ -6,12 +6,13 @@
 //! A verdict that needs Keycloak is data: [`Step::Call`] carries the exact request and a
 //! [`Pending`] continuation that turns Keycloak's answer into the next step.
 
+pub mod claims;
 pub mod enforcer;
 pub mod gate;
 pub mod replies;
 pub mod step;
 
-use crate::config::claims;
+use crate::config::claims as cip;
 use crate::config::{EnforcementMode, EnforcerConfig, MethodConfig, ScopesMode};
 use crate::enforce::replies::{
     access_denied, allow, challenge_with_ticket, denied, dry_run, forbidden, keycloak_unavailable,
@@ -272,7 +273,7 @@ fn resume_inner(
             mut done,
         } => {
             let providers = claim_chain(cfg, &entry);
-            let Some(claims::Provider::Http(h)) = providers.get(done.len()) else {
+            let Some(cip::Provider::Http(h)) = providers.get(done.len()) else {
                 return keycloak_unavailable(cfg, "claim provider answer out of order");
             };
             let got = match answer {
@@ -281,7 +282,7 @@ fn resume_inner(
             };
             match got {
                 Ok(c) => done.push(c),
-                Err(_) if h.on_error == claims::OnError::Continue => done.push(Claims::new()),
+                Err(_) if h.on_error == cip::OnError::Continue => done.push(Claims::new()),
                 Err(why) => {
                     return tag(
                         unavailable(&format!("claim provider {}: {why}", h.service.cluster)),
@@ -542,7 +543,7 @@ fn with_entry(
     }
     // Claims are resolved on every request that reaches the permission check, as in Keycloak;
     // the body is read only when this path's claims use it.
-    if req.view.body.is_none() && claims::needs_body(&providers, req.view.is_form()) {
+    if req.view.body.is_none() && cip::needs_body(&providers, req.view.is_form()) {
         return Step::ReadBody;
     }
     resolve_claims(cfg, rt, req, store, a, Vec::new(), now_ms)
@@ -557,8 +558,8 @@ struct Authorize<'a> {
 }
 
 /// The claim providers of a path: the global ones, then the path's.
-fn claim_chain<'c>(cfg: &'c EnforcerConfig, entry: &'c Entry) -> Vec<&'c claims::Provider> {
-    claims::chain(
+fn claim_chain<'c>(cfg: &'c EnforcerConfig, entry: &'c Entry) -> Vec<&'c cip::Provider> {
+    cip::chain(
         cfg.claim_information_point.as_deref(),
         entry.config.claim_information_point.as_deref(),
     )

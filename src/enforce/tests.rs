@@ -3,8 +3,8 @@
 use super::*;
 use crate::keycloak::token::tests::{claims, jwks, sign_rs256, ISSUER, NOW};
 use crate::keycloak::token::{verify, Expectations, TokenError};
-use crate::store::NoStore;
 use crate::request::view::RequestView;
+use crate::store::NoStore;
 use serde_json::{json, Value};
 
 const NOW_MS: i64 = NOW * 1000;

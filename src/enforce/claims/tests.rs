@@ -1,4 +1,5 @@
 use super::*;
+use crate::config::claims::{chain, needs_body, Cip};
 use crate::request::view::RequestView;
 use serde_json::json;
 
