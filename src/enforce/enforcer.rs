@@ -6,13 +6,13 @@
 use crate::config::EnforcerConfig;
 use crate::enforce::step::{Credential, Pending, RequestFacts, Step};
 use crate::enforce::{self, Explanation};
-use crate::keycloak::background::Background;
+use crate::keycloak::background::{Background, Fetch};
 use crate::keycloak::knowledge::Knowledge;
 use crate::keycloak::token::{
     self, BearerError, Expectations, HostVerifier, Token, TokenError, VerifiedTokens,
 };
 use crate::store::DecisionStore;
-use crate::wire::http::Answer;
+use crate::wire::http::{Answer, HttpRequest};
 use std::cell::{RefCell, RefMut};
 use std::rc::Rc;
 
@@ -30,6 +30,25 @@ pub struct Learnt {
     pub knowledge: Knowledge,
     pub background: Background,
     pub verified: VerifiedTokens,
+}
+
+impl Learnt {
+    /// The background fetches due now, as requests to send.
+    pub fn due(&mut self, cfg: &EnforcerConfig, now_ms: i64) -> Vec<(Fetch, HttpRequest)> {
+        self.background.due(cfg, &self.knowledge, now_ms)
+    }
+
+    /// Takes the answer to a background fetch (from Keycloak, or another VM's copy in shared
+    /// data, stored at `at_ms`). A new key set makes every remembered token be verified again.
+    pub fn complete(&mut self, cfg: &EnforcerConfig, fetch: Fetch, answer: Answer, at_ms: i64) {
+        let new_keys =
+            matches!(fetch, Fetch::Jwks) && matches!(answer, Answer::Http { status: 200, .. });
+        self.background
+            .complete(cfg, &mut self.knowledge, fetch, answer, at_ms);
+        if new_keys {
+            self.verified.clear();
+        }
+    }
 }
 
 /// What was learnt of a request's credential, owned by the request (a decision borrows it as a

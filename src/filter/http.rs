@@ -280,7 +280,7 @@ impl Http {
                 key,
                 until_ms,
             });
-            let _ = hostcalls::set_tick_period(super::root::TICK_WAITING);
+            let _ = hostcalls::set_tick_period(super::root::tick_waiting());
         }
     }
 }

@@ -6,8 +6,8 @@ use super::host;
 use super::http::{Applied, Flow, Http};
 use super::metrics::Metrics;
 use crate::config::routes::PluginConfig;
-use crate::enforce::enforcer::{Enforcer, Learnt};
-use crate::keycloak::background::Fetch;
+use crate::enforce::enforcer::Enforcer;
+use crate::keycloak::background::{self, Fetch};
 use crate::store::decisions;
 use crate::store::documents;
 use crate::wire::http::Answer;
@@ -19,10 +19,10 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
-const TICK_STARTING: Duration = Duration::from_millis(100);
-const TICK_SETTLED: Duration = Duration::from_millis(1000);
-/// While requests wait for another request's answer.
-pub const TICK_WAITING: Duration = Duration::from_millis(5);
+/// The timer while requests wait for another request's answer.
+pub fn tick_waiting() -> Duration {
+    Duration::from_millis(background::tick_period_ms(true, false))
+}
 
 /// A request waiting for a decision another request is asking Keycloak for.
 pub struct Parked {
@@ -136,46 +136,33 @@ impl Root {
         for (i, enforcer) in plugin.enforcers.iter().enumerate() {
             let cfg = &enforcer.config;
             let mut st = enforcer.learnt();
-            let Learnt {
-                knowledge: rt,
-                background: bg,
-                verified,
-            } = &mut *st;
             // Answers found in shared data can make more fetches due (bindings need the PAT).
-            let mut due = bg.due(cfg, rt, now);
+            let mut due = st.due(cfg, now);
             let mut rounds = 0;
-            while !due.is_empty() && rounds < 4 {
+            while !due.is_empty() && rounds < background::ROUNDS_PER_TICK {
                 rounds += 1;
                 let mut from_shared = false;
                 for (fetch, req) in std::mem::take(&mut due) {
                     let key = documents::doc_key(cfg, fetch, &req);
                     // Another VM (or enforcer of the same realm) may have fetched it already.
                     if let Some((_, body)) = host::shared_get(&key).0 {
-                        if let Some((stored_at, doc)) = documents::decode_doc(&body) {
-                            if documents::fresh(fetch, stored_at, doc, now, bg.jwks_forced) {
-                                bg.complete(
-                                    cfg,
-                                    rt,
-                                    fetch,
-                                    Answer::Http {
-                                        status: 200,
-                                        body: doc,
-                                    },
-                                    stored_at,
-                                );
-                                if matches!(fetch, Fetch::Jwks) {
-                                    verified.clear();
-                                }
-                                from_shared = true;
-                                continue;
-                            }
+                        if let Some((stored_at, doc)) =
+                            documents::usable(&body, fetch, now, st.background.jwks_forced)
+                        {
+                            let answer = Answer::Http {
+                                status: 200,
+                                body: doc,
+                            };
+                            st.complete(cfg, fetch, answer, stored_at);
+                            from_shared = true;
+                            continue;
                         }
                     }
                     let in_flight_here = self.pending.values().any(|(_, _, k, _)| *k == key);
                     if in_flight_here
                         || !host::take_lease(&documents::lease_key(&key), self.nonce, now)
                     {
-                        bg.skip(fetch);
+                        st.background.skip(fetch);
                         continue;
                     }
                     let endpoint = self.metrics.keycloak_call(&req.path);
@@ -196,32 +183,27 @@ impl Root {
                                 fetch.name(),
                                 status
                             );
-                            bg.complete(cfg, rt, fetch, Answer::NoAnswer, now);
+                            st.complete(cfg, fetch, Answer::NoAnswer, now);
                         }
                     }
                 }
                 if from_shared {
-                    due = bg.due(cfg, rt, now);
+                    due = st.due(cfg, now);
                 }
             }
-            for note in bg.notes.drain(..) {
+            for note in st.background.notes.drain(..) {
                 log::warn!("kcpep [{}]: {note}", cfg.client_id);
             }
-            all_settled &= bg.settled();
+            all_settled &= st.background.settled();
         }
         self.settled = all_settled;
         self.set_tick(&plugin);
     }
 
     fn set_tick(&self, plugin: &Plugin) {
-        let period = if !plugin.parked.borrow().is_empty() || !self.flows.is_empty() {
-            TICK_WAITING
-        } else if self.settled {
-            TICK_SETTLED
-        } else {
-            TICK_STARTING
-        };
-        let _ = hostcalls::set_tick_period(period);
+        let waiting = !plugin.parked.borrow().is_empty() || !self.flows.is_empty();
+        let ms = background::tick_period_ms(waiting, self.settled);
+        let _ = hostcalls::set_tick_period(Duration::from_millis(ms));
     }
 
     fn wake(&mut self) {
@@ -262,26 +244,17 @@ impl Context for Root {
         self.metrics.keycloak_answer(ok, status, now - sent_ms);
         let cfg = &plugin.enforcers[i].config;
         let mut st = plugin.enforcers[i].learnt();
-        let Learnt {
-            knowledge: rt,
-            background: bg,
-            verified,
-        } = &mut *st;
-        let had_keys = bg.ready();
-        bg.complete(cfg, rt, fetch, host::answer(status, ok, &body), now);
+        let had_keys = st.background.ready();
+        st.complete(cfg, fetch, host::answer(status, ok, &body), now);
         if ok && status == 200 {
             // Shared with the other VMs; only good answers are stored.
             host::shared_set(&key, &documents::encode_doc(now, &body));
         }
         host::release_lease(&documents::lease_key(&key), self.nonce);
-        if matches!(fetch, Fetch::Jwks) && ok && status == 200 {
-            // New key set: tokens verified under the old one are checked again.
-            verified.clear();
-            if !had_keys {
-                log::info!("kcpep [{}]: realm keys loaded", cfg.client_id);
-            }
+        if !had_keys && st.background.ready() {
+            log::info!("kcpep [{}]: realm keys loaded", cfg.client_id);
         }
-        for note in bg.notes.drain(..) {
+        for note in st.background.notes.drain(..) {
             log::warn!("kcpep [{}]: {note}", cfg.client_id);
         }
         drop(st);
@@ -369,7 +342,9 @@ impl RootContext for Root {
             memo: RefCell::new(crate::store::memo::Memo::new(MEMO_ENTRIES)),
         }));
         self.settled = false;
-        let _ = hostcalls::set_tick_period(TICK_STARTING);
+        let _ = hostcalls::set_tick_period(Duration::from_millis(background::tick_period_ms(
+            false, false,
+        )));
         true
     }
 

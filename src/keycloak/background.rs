@@ -21,6 +21,22 @@ const BACKOFF_MAX_MS: i64 = 30 * 1000;
 /// Renew the PAT this long before it expires.
 const PAT_MARGIN_MS: i64 = 30 * 1000;
 
+/// How often the shell's timer fires: fast while requests wait for a decision another request
+/// is asking for, fast while the background knowledge is still being fetched, slow once settled.
+pub fn tick_period_ms(requests_waiting: bool, settled: bool) -> u64 {
+    if requests_waiting {
+        5
+    } else if settled {
+        1000
+    } else {
+        100
+    }
+}
+
+/// At most this many rounds of fetches per tick: an answer found in shared data can make the next
+/// fetch due at once (a binding needs the PAT), but a tick never loops on it.
+pub const ROUNDS_PER_TICK: usize = 4;
+
 /// How a configured path gets its server resource id (Keycloak's order).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BindStep {
@@ -409,6 +425,17 @@ fn describe(status: u16, detail: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_timer_is_fast_only_while_something_waits() {
+        assert_eq!(tick_period_ms(true, true), 5, "requests wait for an answer");
+        assert_eq!(
+            tick_period_ms(false, false),
+            100,
+            "knowledge still being fetched"
+        );
+        assert_eq!(tick_period_ms(false, true), 1000, "settled");
+    }
 
     fn cfg() -> EnforcerConfig {
         EnforcerConfig::from_json(

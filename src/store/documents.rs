@@ -50,6 +50,12 @@ pub fn decode_doc(value: &[u8]) -> Option<(i64, &[u8])> {
     Some((at, &value[nl + 1..]))
 }
 
+/// The shared answer to use instead of calling Keycloak, if the stored value is one of ours and
+/// fresh enough: `(stored_at_ms, body)`.
+pub fn usable(stored: &[u8], fetch: Fetch, now_ms: i64, unknown_kid: bool) -> Option<(i64, &[u8])> {
+    decode_doc(stored).filter(|(at, body)| fresh(fetch, *at, body, now_ms, unknown_kid))
+}
+
 /// Is a stored answer good enough to use instead of calling Keycloak?
 pub fn fresh(fetch: Fetch, stored_at_ms: i64, body: &[u8], now_ms: i64, unknown_kid: bool) -> bool {
     let age = now_ms - stored_at_ms;
@@ -90,6 +96,21 @@ pub fn lease_takeable(current: Option<&[u8]>, owner: u64, now_ms: i64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_our_fresh_documents_are_used() {
+        let doc = encode_doc(1_000, b"{}");
+        assert_eq!(
+            usable(&doc, Fetch::Discovery, 2_000, false),
+            Some((1_000, &b"{}"[..]))
+        );
+        assert_eq!(
+            usable(&doc, Fetch::Discovery, 500, false),
+            None,
+            "from the future"
+        );
+        assert_eq!(usable(b"not ours", Fetch::Discovery, 2_000, false), None);
+    }
     use crate::keycloak::background::BindStep;
 
     fn cfg(client: &str) -> EnforcerConfig {
