@@ -299,3 +299,69 @@ fn braces_and_roots_are_read() {
         ["a::b", "a::c::D", "e", "f::g"]
     );
 }
+
+/// The first column of the README's "What is where" table: every path it names.
+fn readme_layout_paths(readme: &str) -> Vec<String> {
+    let start = readme
+        .find("## What is where")
+        .expect("a 'What is where' section");
+    let section = &readme[start..];
+    let end = section[3..].find("\n## ").map_or(section.len(), |i| i + 3);
+    section[..end]
+        .lines()
+        .filter(|l| l.starts_with("| `"))
+        .flat_map(|l| {
+            let first = l.split('|').nth(1).unwrap_or_default();
+            first
+                .split('`')
+                .skip(1)
+                .step_by(2)
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[test]
+fn the_readme_layout_table_matches_the_tree() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let named = readme_layout_paths(&readme);
+    assert!(named.len() > 10, "{named:?}");
+    let mut problems = Vec::new();
+    for p in &named {
+        if !root.join(p.trim_end_matches('/')).exists() {
+            problems.push(format!("README names {p}, which does not exist"));
+        }
+    }
+    // Every folder of src/, every test suite and test folder, every page of docs/ has a row.
+    let covered = |rel: &str| {
+        named.iter().any(|n| {
+            n == rel
+                || (n.ends_with('/') && rel.starts_with(n.as_str()))
+                || (rel.ends_with('/') && n.starts_with(rel))
+        })
+    };
+    let mut wanted = Vec::new();
+    for dir in ["src", "tests", "docs"] {
+        for e in std::fs::read_dir(root.join(dir)).unwrap() {
+            let p = e.unwrap().path();
+            let name = p.file_name().unwrap().to_string_lossy().to_string();
+            let rel = format!("{dir}/{name}");
+            let wanted_here = match dir {
+                "src" => p.is_dir(),
+                "tests" => p.is_dir() || name.ends_with(".rs"),
+                _ => name.ends_with(".md"),
+            };
+            if wanted_here {
+                wanted.push(if p.is_dir() { format!("{rel}/") } else { rel });
+            }
+        }
+    }
+    for w in wanted {
+        if !covered(&w) {
+            problems.push(format!("{w} has no row in the README's 'What is where'"));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
