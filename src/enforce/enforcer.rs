@@ -8,9 +8,8 @@ use crate::enforce::step::{Credential, Pending, RequestFacts, Step};
 use crate::enforce::{self, Explanation};
 use crate::keycloak::background::{Background, Fetch};
 use crate::keycloak::knowledge::Knowledge;
-use crate::keycloak::token::{
-    self, BearerError, Expectations, HostVerifier, Token, TokenError, VerifiedTokens,
-};
+use crate::keycloak::token::{self, BearerError, Expectations, HostVerifier, Token, TokenError};
+use crate::keycloak::verified::VerifiedTokens;
 use crate::store::DecisionStore;
 use crate::wire::http::{Answer, HttpRequest};
 use std::cell::{RefCell, RefMut};

@@ -31,11 +31,12 @@ pub struct Parked {
     pub until_ms: i64,
 }
 
-/// The configuration and state shared by the root context and its requests.
 /// Per-VM memo bound (entries of ~100 bytes plus the permissions header).
 const MEMO_ENTRIES: usize = 8 * 1024;
 
+/// The configuration and state shared by the root context and its requests.
 pub struct Plugin {
+    /// The routing rules (its enforcers moved into `enforcers`, one object each).
     pub config: PluginConfig,
     pub enforcers: Vec<Enforcer>,
     /// Header names the filter sets itself; a client's copies are removed.

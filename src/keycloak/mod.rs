@@ -8,3 +8,4 @@ pub mod resources;
 pub mod signature;
 pub mod token;
 pub mod uma;
+pub mod verified;
