@@ -55,16 +55,9 @@ impl Network {
             Some(Value::Object(map)) if !map.is_empty() => {
                 for (name, v) in map {
                     let nat = json::join(&at, name);
-                    let list: Vec<&Value> = match v {
-                        Value::Array(items) => items.iter().collect(),
-                        other => vec![other],
-                    };
                     let mut cidrs = Vec::new();
-                    for item in list {
-                        let s = item.as_str().ok_or_else(|| {
-                            ConfigError::new(&nat, "expected an address or CIDR string")
-                        })?;
-                        cidrs.push(Cidr::parse(s).map_err(|e| ConfigError::new(&nat, e))?);
+                    for (at, s) in json::one_or_many_strings(v, &nat)? {
+                        cidrs.push(Cidr::parse(s).map_err(|e| ConfigError::new(&at, e))?);
                     }
                     networks.push((name.clone(), cidrs));
                 }

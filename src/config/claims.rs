@@ -9,6 +9,7 @@
 
 use crate::config::claim_providers::{self, ClaimProvider};
 use crate::request::placeholders::Template;
+use crate::wire::http::Url;
 use crate::wire::json::{self, ConfigError, Obj, Result};
 use serde_json::Value;
 use std::fmt;
@@ -122,23 +123,10 @@ impl Cip {
 
 /// A claim's value in config: a string or an array of strings, each a template.
 fn templates(v: &Value, at: &str) -> Result<Vec<Template>> {
-    let one = |s: &Value, at: &str| -> Result<Template> {
-        match s {
-            Value::String(s) => Template::parse(s).map_err(|e| ConfigError::new(at, e)),
-            other => Err(ConfigError::new(
-                at,
-                format!("expected a string, found {}", json::type_name(other)),
-            )),
-        }
-    };
-    match v {
-        Value::Array(items) => items
-            .iter()
-            .enumerate()
-            .map(|(i, s)| one(s, &json::index(at, i)))
-            .collect(),
-        other => Ok(vec![one(other, at)?]),
-    }
+    json::one_or_many_strings(v, at)?
+        .into_iter()
+        .map(|(at, s)| Template::parse(s).map_err(|e| ConfigError::new(&at, e)))
+        .collect()
 }
 
 fn named_templates(v: &Value, at: &str) -> Result<Vec<(String, Vec<Template>)>> {
@@ -161,23 +149,12 @@ fn parse_http(v: &Value, at: &str) -> Result<HttpProvider> {
     let mut o = Obj::new(v, at)?;
     let url = o.required_string("url")?;
     let url_at = o.key_path("url");
-    let (scheme_https, rest) = match (url.strip_prefix("https://"), url.strip_prefix("http://")) {
-        (Some(r), _) => (true, r),
-        (_, Some(r)) => (false, r),
-        _ => {
-            return Err(ConfigError::new(
-                &url_at,
-                format!("expected an http:// or https:// URL, found \"{url}\""),
-            ))
-        }
+    let parsed = Url::parse(&url).map_err(|e| ConfigError::new(&url_at, e.to_string()))?;
+    let (scheme_https, authority) = (parsed.https, parsed.authority);
+    let path = match parsed.rest {
+        "" => "/".to_string(),
+        rest => rest.to_string(),
     };
-    let (authority, path) = match rest.find(['/', '?']) {
-        Some(i) => (&rest[..i], rest[i..].to_string()),
-        None => (rest, "/".to_string()),
-    };
-    if authority.is_empty() {
-        return Err(ConfigError::new(&url_at, "no host in the URL"));
-    }
     let path = if path.starts_with('?') {
         format!("/{path}")
     } else {
@@ -206,27 +183,15 @@ fn parse_http(v: &Value, at: &str) -> Result<HttpProvider> {
             let mut out = Vec::new();
             for (name, ptrs) in map {
                 let at = json::join(&base, name);
-                let list: Vec<&Value> = match ptrs {
-                    Value::Array(items) => items.iter().collect(),
-                    other => vec![other],
-                };
                 let mut pointers = Vec::new();
-                for (i, p) in list.into_iter().enumerate() {
-                    match p.as_str() {
-                        Some(s) if s.starts_with('/') || s.is_empty() => {
-                            pointers.push(s.to_string())
-                        }
-                        _ => {
-                            return Err(ConfigError::new(
-                                &if matches!(ptrs, Value::Array(_)) {
-                                    json::index(&at, i)
-                                } else {
-                                    at.clone()
-                                },
-                                "expected a JSON pointer string such as \"/a/b\"",
-                            ))
-                        }
+                for (at, p) in json::one_or_many_strings(ptrs, &at)? {
+                    if !(p.starts_with('/') || p.is_empty()) {
+                        return Err(ConfigError::new(
+                            &at,
+                            "expected a JSON pointer string such as \"/a/b\"",
+                        ));
                     }
+                    pointers.push(p.to_string());
                 }
                 out.push((name.clone(), pointers));
             }

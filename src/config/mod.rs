@@ -12,6 +12,7 @@ use crate::config::claims::Cip;
 use crate::request::forwarded::{Cidr, ProxyHeaders, ProxyTrust};
 use crate::request::pattern::{fails_in_keycloak, PathMatcher};
 use crate::request::uri;
+use crate::wire::http::Url;
 use crate::wire::json::{self, ConfigError, Obj, Result};
 use serde_json::Value;
 use std::rc::Rc;
@@ -712,29 +713,20 @@ fn parse_proxy(
     })
 }
 
-struct Url {
+struct ServerUrl {
     authority: String,
     path: String,
 }
 
-fn parse_url(url: &str) -> std::result::Result<Url, String> {
-    let rest = url
-        .strip_prefix("https://")
-        .or_else(|| url.strip_prefix("http://"))
-        .ok_or_else(|| format!("expected an http:// or https:// URL, found \"{url}\""))?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, ""),
-    };
-    if authority.is_empty() {
-        return Err(format!("no host in \"{url}\""));
-    }
-    if path.contains(['?', '#']) {
+/// `auth-server-url`: Keycloak's base, with or without a context path, no query.
+fn parse_url(url: &str) -> std::result::Result<ServerUrl, String> {
+    let u = Url::parse(url).map_err(|e| e.to_string())?;
+    if u.rest.contains(['?', '#']) {
         return Err("must not carry a query or fragment".into());
     }
-    Ok(Url {
-        authority: authority.to_string(),
-        path: path.trim_end_matches('/').to_string(),
+    Ok(ServerUrl {
+        authority: u.authority.to_string(),
+        path: u.rest.trim_end_matches('/').to_string(),
     })
 }
 

@@ -13,6 +13,7 @@
 //! for the answer instead of calling Keycloak themselves (up to a bound).
 
 use crate::config::CacheConfig;
+use crate::store::lanes::lanes;
 
 pub type Key = [u8; 32];
 
@@ -27,19 +28,12 @@ pub fn key(
     scopes: &[String],
     claims_digest: Option<&[u8; 32]>,
 ) -> Key {
-    use std::hash::{Hash, Hasher};
     let mut sorted: Vec<&str> = scopes.iter().map(String::as_str).collect();
     sorted.sort_unstable();
+    let parts = (client, token_digest, resource, sorted, claims_digest);
     let mut out = [0u8; 32];
-    for (lane, chunk) in out.chunks_exact_mut(8).enumerate() {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        (lane as u8).hash(&mut h);
-        client.hash(&mut h);
-        token_digest.hash(&mut h);
-        resource.hash(&mut h);
-        sorted.hash(&mut h);
-        claims_digest.hash(&mut h);
-        chunk.copy_from_slice(&h.finish().to_be_bytes());
+    for (chunk, lane) in out.chunks_exact_mut(8).zip(lanes::<4>(&parts)) {
+        chunk.copy_from_slice(&lane.to_be_bytes());
     }
     out
 }
@@ -56,11 +50,9 @@ pub fn slots_used_key(table: &str) -> String {
 /// a table of their own. A new path overwrites its slot; the value names its path, so a slot
 /// reused by another path is a miss.
 pub fn path_slot_key(table: &str, path: &str, slots: u32) -> String {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    path.hash(&mut h);
     let slots = u64::from(slots.max(1));
-    format!("kcpep/v1/pc/{table}/{slots}/{}", h.finish() % slots)
+    let [h] = lanes::<1>(&path);
+    format!("kcpep/v1/pc/{table}/{slots}/{}", h % slots)
 }
 
 /// `expires_ms (8 bytes BE) | path length (4 bytes BE) | path | Keycloak's answer`.

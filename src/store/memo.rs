@@ -4,8 +4,8 @@
 //! exactly what the decision cache would (same verdict, same expiry). Requests with claims are
 //! never memoized (their claims can differ with identical method and path).
 
+use crate::store::lanes::lanes;
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::rc::Rc;
 
 /// Bounded: when full, the whole memo is dropped (it refills from the decision cache).
@@ -17,16 +17,8 @@ pub struct Memo {
 /// The memo key: keyed SipHash over the token's lookup id (itself a keyed hash of the raw
 /// token), the enforcer, the method and the raw `:path`.
 pub fn key(enforcer: usize, token_id: u128, method: &str, path: &str) -> u128 {
-    let lane = |n: u8| {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        n.hash(&mut h);
-        enforcer.hash(&mut h);
-        token_id.hash(&mut h);
-        method.hash(&mut h);
-        path.hash(&mut h);
-        h.finish()
-    };
-    (u128::from(lane(0)) << 64) | u128::from(lane(1))
+    let [a, b] = lanes::<2>(&(enforcer, token_id, method, path));
+    (u128::from(a) << 64) | u128::from(b)
 }
 
 impl Memo {

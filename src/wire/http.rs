@@ -22,6 +22,52 @@ impl HttpRequest {
     }
 }
 
+/// An `http://` or `https://` URL, as far as the filter reads one: the scheme, `host[:port]`, and
+/// what follows (path, query, fragment; maybe empty).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Url<'a> {
+    pub https: bool,
+    pub authority: &'a str,
+    pub rest: &'a str,
+}
+
+/// Why a configured URL is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UrlError {
+    NotHttp(String),
+    NoHost(String),
+}
+
+impl std::fmt::Display for UrlError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UrlError::NotHttp(u) => write!(f, "expected an http:// or https:// URL, found \"{u}\""),
+            UrlError::NoHost(u) => write!(f, "no host in \"{u}\""),
+        }
+    }
+}
+
+impl<'a> Url<'a> {
+    pub fn parse(url: &'a str) -> Result<Url<'a>, UrlError> {
+        let (https, rest) = if let Some(r) = url.strip_prefix("https://") {
+            (true, r)
+        } else if let Some(r) = url.strip_prefix("http://") {
+            (false, r)
+        } else {
+            return Err(UrlError::NotHttp(url.to_string()));
+        };
+        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        if end == 0 {
+            return Err(UrlError::NoHost(url.to_string()));
+        }
+        Ok(Url {
+            https,
+            authority: &rest[..end],
+            rest: &rest[end..],
+        })
+    }
+}
+
 /// `application/x-www-form-urlencoded` encoding of one component.
 pub fn form_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -131,4 +177,28 @@ pub fn get(path: String, bearer: Option<&str>) -> HttpRequest {
 pub enum Answer<'a> {
     Http { status: u16, body: &'a [u8] },
     NoAnswer,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_split_once_for_every_use() {
+        let u = Url::parse("https://kc.example:8443/auth?x").unwrap();
+        assert_eq!(
+            (u.https, u.authority, u.rest),
+            (true, "kc.example:8443", "/auth?x")
+        );
+        let u = Url::parse("http://svc?q=1").unwrap();
+        assert_eq!((u.https, u.authority, u.rest), (false, "svc", "?q=1"));
+        assert_eq!(
+            Url::parse("ftp://x"),
+            Err(UrlError::NotHttp("ftp://x".into()))
+        );
+        assert_eq!(
+            Url::parse("http:///p"),
+            Err(UrlError::NoHost("http:///p".into()))
+        );
+    }
 }

@@ -49,6 +49,26 @@ pub fn index(path: &str, i: usize) -> String {
     format!("{path}[{i}]")
 }
 
+/// A value that may be one string or a list of strings (Keycloak accepts both in claim
+/// configurations): each string with the JSON path it sits at; anything else is refused there.
+pub fn one_or_many_strings<'v>(v: &'v Value, at: &str) -> Result<Vec<(String, &'v str)>> {
+    let one = |v: &'v Value, at: String| match v {
+        Value::String(s) => Ok((at, s.as_str())),
+        other => Err(ConfigError::new(
+            &at,
+            format!("expected a string, found {}", type_name(other)),
+        )),
+    };
+    match v {
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .map(|(i, s)| one(s, index(at, i)))
+            .collect(),
+        other => Ok(vec![one(other, at.to_string())?]),
+    }
+}
+
 pub fn type_name(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
