@@ -13,10 +13,20 @@ use crate::wire::json::{self, ConfigError, Result};
 use serde_json::Value;
 use std::rc::Rc;
 
+/// A provider could not resolve its claims for this request (503 unless `on-error: continue`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderError(pub String);
+
+impl std::fmt::Display for ProviderError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// Resolves claims for one request. Runs synchronously inside the filter, per request: keep it
 /// cheap and never block (a provider that needs the network is an `http` provider).
 pub trait ClaimProvider {
-    fn resolve(&self, cx: &Context) -> std::result::Result<Claims, String>;
+    fn resolve(&self, cx: &Context) -> std::result::Result<Claims, ProviderError>;
 
     /// Whether it reads the request body (then the body is buffered before it runs).
     fn needs_body(&self) -> bool {
@@ -57,7 +67,9 @@ impl Network {
                     let nat = json::join(&at, name);
                     let mut cidrs = Vec::new();
                     for (at, s) in json::one_or_many_strings(v, &nat)? {
-                        cidrs.push(Cidr::parse(s).map_err(|e| ConfigError::new(&at, e))?);
+                        cidrs.push(
+                            Cidr::parse(s).map_err(|e| ConfigError::new(&at, e.to_string()))?,
+                        );
                     }
                     networks.push((name.clone(), cidrs));
                 }
@@ -75,7 +87,7 @@ impl Network {
 }
 
 impl ClaimProvider for Network {
-    fn resolve(&self, cx: &Context) -> std::result::Result<Claims, String> {
+    fn resolve(&self, cx: &Context) -> std::result::Result<Claims, ProviderError> {
         let mut out = Claims::new();
         let Some(ip) = parse_addr(cx.remote_addr) else {
             return Ok(out);

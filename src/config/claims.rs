@@ -125,7 +125,7 @@ impl Cip {
 fn templates(v: &Value, at: &str) -> Result<Vec<Template>> {
     json::one_or_many_strings(v, at)?
         .into_iter()
-        .map(|(at, s)| Template::parse(s).map_err(|e| ConfigError::new(&at, e)))
+        .map(|(at, s)| Template::parse(s).map_err(|e| ConfigError::new(&at, e.to_string())))
         .collect()
 }
 

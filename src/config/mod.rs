@@ -283,7 +283,7 @@ impl EnforcerConfig {
             .required_string("auth-server-url")?
             .trim_end_matches('/')
             .to_string();
-        let url = parse_url(&auth_server_url).map_err(|m| ConfigError::new(&url_path, m))?;
+        let url = parse_url(&auth_server_url, &url_path)?;
         let client_id = o.required_string("resource")?;
         let secret = match o.object("credentials")? {
             None => None,
@@ -665,7 +665,8 @@ fn parse_proxy(
         .iter()
         .enumerate()
         .map(|(i, s)| {
-            Cidr::parse(s).map_err(|e| ConfigError::new(&json::index(&trusted_path, i), e))
+            Cidr::parse(s)
+                .map_err(|e| ConfigError::new(&json::index(&trusted_path, i), e.to_string()))
         })
         .collect::<Result<Vec<_>>>()?;
     if proxy_headers.is_some() && trusted.is_empty() {
@@ -719,10 +720,10 @@ struct ServerUrl {
 }
 
 /// `auth-server-url`: Keycloak's base, with or without a context path, no query.
-fn parse_url(url: &str) -> std::result::Result<ServerUrl, String> {
-    let u = Url::parse(url).map_err(|e| e.to_string())?;
+fn parse_url(url: &str, at: &str) -> Result<ServerUrl> {
+    let u = Url::parse(url).map_err(|e| ConfigError::new(at, e.to_string()))?;
     if u.rest.contains(['?', '#']) {
-        return Err("must not carry a query or fragment".into());
+        return Err(ConfigError::new(at, "must not carry a query or fragment"));
     }
     Ok(ServerUrl {
         authority: u.authority.to_string(),

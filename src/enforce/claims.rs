@@ -3,6 +3,7 @@
 //! claims Keycloak granted a permission for are checked against the request's
 //! (docs/keycloak-enforcer.md §7). The configuration they run from is `config::claims`.
 
+use crate::config::claim_providers::ProviderError;
 use crate::config::claims::{HttpProvider, Provider, Service};
 use crate::request::placeholders::{self, Context, ResolveError, Template};
 use crate::wire::claims::Claims;
@@ -12,18 +13,18 @@ use std::collections::BTreeMap;
 
 /// Why claims could not be resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Failure {
+pub enum ClaimFailure {
     /// The request is not what its claims need (400).
     BadRequest(&'static str),
     /// A provider failed (503 unless it says `on-error: continue`).
     Provider(String),
 }
 
-impl From<ResolveError> for Failure {
+impl From<ResolveError> for ClaimFailure {
     fn from(e: ResolveError) -> Self {
         match e {
             ResolveError::BodyNotJson => {
-                Failure::BadRequest("the request body is not the JSON its claims need")
+                ClaimFailure::BadRequest("the request body is not the JSON its claims need")
             }
         }
     }
@@ -40,7 +41,7 @@ pub enum Next {
         request: HttpRequest,
         service: Service,
     },
-    Failed(Failure),
+    Failed(ClaimFailure),
 }
 
 /// Runs providers from `done.len()` on, until one needs the network or all ran.
@@ -49,7 +50,7 @@ pub fn advance(chain: &[&Provider], cx: &Context, done: &mut Vec<Claims>) -> Nex
         let index = done.len();
         let got = match chain[index] {
             Provider::Claims(list) => resolve_list(list, cx),
-            Provider::Custom(_, p) => p.resolve(cx).map_err(Failure::Provider),
+            Provider::Custom(_, p) => p.resolve(cx).map_err(|e| ClaimFailure::Provider(e.0)),
             Provider::Http(h) => {
                 return match h.request(cx) {
                     Ok(request) => Next::Call {
@@ -78,7 +79,7 @@ pub fn advance(chain: &[&Provider], cx: &Context, done: &mut Vec<Claims>) -> Nex
 fn resolve_list(
     list: &[(String, Vec<Template>)],
     cx: &Context,
-) -> std::result::Result<Claims, Failure> {
+) -> std::result::Result<Claims, ClaimFailure> {
     let mut out = Claims::new();
     for (name, ts) in list {
         let values = resolve_values(ts, cx)?;
@@ -150,17 +151,19 @@ pub fn http_answer(
     h: &HttpProvider,
     status: Option<u16>,
     body: &[u8],
-) -> std::result::Result<Claims, String> {
-    let status = status.ok_or("no answer (timeout or connection failure)")?;
+) -> std::result::Result<Claims, ProviderError> {
+    let fail = |m: &str| ProviderError(m.to_string());
+    let status = status.ok_or_else(|| fail("no answer (timeout or connection failure)"))?;
     if !(200..300).contains(&status) {
-        return Err(format!("answered HTTP {status}"));
+        return Err(ProviderError(format!("answered HTTP {status}")));
     }
-    let doc: Value = serde_json::from_slice(body).map_err(|_| "answered something not JSON")?;
+    let doc: Value =
+        serde_json::from_slice(body).map_err(|_| fail("answered something not JSON"))?;
     let mut out = Claims::new();
     match &h.claims {
         None => {
             let Value::Object(map) = &doc else {
-                return Err("answered JSON that is not an object".into());
+                return Err(fail("answered JSON that is not an object"));
             };
             for (k, v) in map {
                 out.insert(k.clone(), placeholders::json_values(v, None));

@@ -604,10 +604,10 @@ fn resolve_claims(
                 done,
             },
         })),
-        claims::Next::Failed(claims::Failure::BadRequest(why)) => {
+        claims::Next::Failed(claims::ClaimFailure::BadRequest(why)) => {
             tag(reply(400, "Bad Request", why), &a.entry)
         }
-        claims::Next::Failed(claims::Failure::Provider(why)) => {
+        claims::Next::Failed(claims::ClaimFailure::Provider(why)) => {
             tag(unavailable(&format!("claim provider: {why}")), &a.entry)
         }
     }

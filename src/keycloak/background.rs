@@ -302,7 +302,7 @@ impl Background {
             },
             Fetch::Jwks => {
                 let parsed = if status == 200 {
-                    Jwks::parse(body)
+                    Jwks::parse(body).map_err(|e| e.to_string())
                 } else {
                     Err(describe(status, ""))
                 };

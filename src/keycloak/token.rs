@@ -101,11 +101,28 @@ impl std::fmt::Debug for Jwks {
     }
 }
 
+/// Why a key set from Keycloak is not used (the last good one stays).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwksError {
+    NotJwks(String),
+    NoSigningKey,
+}
+
+impl std::fmt::Display for JwksError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JwksError::NotJwks(e) => write!(f, "not a JWKS: {e}"),
+            JwksError::NoSigningKey => write!(f, "JWKS has no usable signing key"),
+        }
+    }
+}
+
 impl Jwks {
     /// Parses a JWKS document; keys for encryption, unknown algorithms and HMAC are skipped.
     /// An error when no usable signing key remains (a 503 page is not a JWKS).
-    pub fn parse(body: &[u8]) -> Result<Jwks, String> {
-        let set: JwkSet = serde_json::from_slice(body).map_err(|e| format!("not a JWKS: {e}"))?;
+    pub fn parse(body: &[u8]) -> Result<Jwks, JwksError> {
+        let set: JwkSet =
+            serde_json::from_slice(body).map_err(|e| JwksError::NotJwks(e.to_string()))?;
         let mut keys = Vec::new();
         for jwk in &set.keys {
             if let Some(k) = usable_key(jwk) {
@@ -113,7 +130,7 @@ impl Jwks {
             }
         }
         if keys.is_empty() {
-            return Err("JWKS has no usable signing key".into());
+            return Err(JwksError::NoSigningKey);
         }
         Ok(Jwks { keys })
     }

@@ -22,8 +22,26 @@ pub struct Cidr {
     bits: u8,
 }
 
+/// Why an address or CIDR block in the configuration is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CidrError {
+    NotAnAddress(String),
+    BadPrefix { text: String, max: u8 },
+}
+
+impl std::fmt::Display for CidrError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CidrError::NotAnAddress(s) => write!(f, "\"{s}\" is not an IP address or CIDR block"),
+            CidrError::BadPrefix { text, max } => {
+                write!(f, "\"{text}\": the prefix length must be 0 to {max}")
+            }
+        }
+    }
+}
+
 impl Cidr {
-    pub fn parse(s: &str) -> Result<Cidr, String> {
+    pub fn parse(s: &str) -> Result<Cidr, CidrError> {
         let (addr, bits) = match s.split_once('/') {
             Some((a, b)) => (a, Some(b)),
             None => (s, None),
@@ -31,7 +49,7 @@ impl Cidr {
         let net: IpAddr = addr
             .trim()
             .parse()
-            .map_err(|_| format!("\"{s}\" is not an IP address or CIDR block"))?;
+            .map_err(|_| CidrError::NotAnAddress(s.to_string()))?;
         let max = if net.is_ipv4() { 32 } else { 128 };
         let bits = match bits {
             None => max,
@@ -40,7 +58,10 @@ impl Cidr {
                 .parse::<u8>()
                 .ok()
                 .filter(|b| *b <= max)
-                .ok_or_else(|| format!("\"{s}\": the prefix length must be 0 to {max}"))?,
+                .ok_or_else(|| CidrError::BadPrefix {
+                    text: s.to_string(),
+                    max,
+                })?,
         };
         Ok(Cidr { net, bits })
     }

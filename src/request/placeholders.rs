@@ -57,6 +57,59 @@ pub struct Context<'a> {
 }
 
 /// A request whose facts cannot be read as the configuration asks.
+/// Why a configured template is refused at load (the caller adds the JSON path).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TemplateError {
+    /// `{x}` without a resolver: Keycloak fails such a value at request time.
+    NotAPlaceholder(String),
+    /// `{request.header}` without `['name']`.
+    NeedsName {
+        inner: String,
+        what: &'static str,
+    },
+    UnknownSource(String),
+    NotAccessToken(String),
+    UnknownResolver {
+        inner: String,
+        resolver: String,
+    },
+    NotAPointer {
+        inner: String,
+        pointer: String,
+    },
+}
+
+impl std::fmt::Display for TemplateError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TemplateError::NotAPlaceholder(inner) => write!(
+                f,
+                "\"{{{inner}}}\" is not a placeholder: expected {{request.<source>}} or {{keycloak.access_token}} (Keycloak fails such a value at request time)"
+            ),
+            TemplateError::NeedsName { inner, what } => write!(
+                f,
+                "{{{inner}}}: needs a {what} name, as in {{request.{what}['name']}}"
+            ),
+            TemplateError::UnknownSource(inner) => write!(
+                f,
+                "{{{inner}}}: unknown request source (known: parameter, header, cookie, remoteAddr, method, uri, relativePath, secure, body)"
+            ),
+            TemplateError::NotAccessToken(inner) => write!(
+                f,
+                "{{{inner}}}: the keycloak resolver knows access_token only"
+            ),
+            TemplateError::UnknownResolver { inner, resolver } => write!(
+                f,
+                "{{{inner}}}: unknown resolver \"{resolver}\" (known: request, keycloak)"
+            ),
+            TemplateError::NotAPointer { inner, pointer } => write!(
+                f,
+                "{{{inner}}}: \"{pointer}\" is not a JSON pointer (it starts with /)"
+            ),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ResolveError {
     /// A JSON body claim, and the body is not JSON.
@@ -65,7 +118,7 @@ pub enum ResolveError {
 
 impl Template {
     /// Parses a template; errors name what is wrong (the caller adds the JSON path).
-    pub fn parse(text: &str) -> Result<Template, String> {
+    pub fn parse(text: &str) -> Result<Template, TemplateError> {
         let mut parts = Vec::new();
         let mut rest = text;
         // Keycloak's `\{(.+?)\}`: a `{`, at least one character, the next `}`.
@@ -142,21 +195,22 @@ impl Template {
     }
 }
 
-fn parse_placeholder(inner: &str) -> Result<Placeholder, String> {
+fn parse_placeholder(inner: &str) -> Result<Placeholder, TemplateError> {
     let Some((resolver, source)) = inner.split_once('.') else {
-        return Err(format!(
-            "\"{{{inner}}}\" is not a placeholder: expected {{request.<source>}} or {{keycloak.access_token}} (Keycloak fails such a value at request time)"
-        ));
+        return Err(TemplateError::NotAPlaceholder(inner.to_string()));
     };
     // The argument: the first `[...]`, quotes removed.
     let arg = source.find('[').and_then(|i| {
         let a = &source[i + 1..];
         a.find(']').map(|j| a[..j].replace('\'', ""))
     });
-    let need = |what: &str| -> Result<String, String> {
-        arg.clone().filter(|a| !a.is_empty()).ok_or_else(|| {
-            format!("{{{inner}}}: needs a {what} name, as in {{request.{what}['name']}}")
-        })
+    let need = |what: &'static str| -> Result<String, TemplateError> {
+        arg.clone()
+            .filter(|a| !a.is_empty())
+            .ok_or_else(|| TemplateError::NeedsName {
+                inner: inner.to_string(),
+                what,
+            })
     };
     match resolver {
         "request" => {
@@ -180,29 +234,27 @@ fn parse_placeholder(inner: &str) -> Result<Placeholder, String> {
             } else if source.starts_with("body") {
                 Placeholder::Body(pointer(arg, inner)?)
             } else {
-                return Err(format!(
-                    "{{{inner}}}: unknown request source (known: parameter, header, cookie, remoteAddr, method, uri, relativePath, secure, body)"
-                ));
+                return Err(TemplateError::UnknownSource(inner.to_string()));
             };
             Ok(ph)
         }
         "keycloak" if source.starts_with("access_token") => {
             Ok(Placeholder::AccessToken(pointer(arg, inner)?))
         }
-        "keycloak" => Err(format!(
-            "{{{inner}}}: the keycloak resolver knows access_token only"
-        )),
-        other => Err(format!(
-            "{{{inner}}}: unknown resolver \"{other}\" (known: request, keycloak)"
-        )),
+        "keycloak" => Err(TemplateError::NotAccessToken(inner.to_string())),
+        other => Err(TemplateError::UnknownResolver {
+            inner: inner.to_string(),
+            resolver: other.to_string(),
+        }),
     }
 }
 
-fn pointer(arg: Option<String>, inner: &str) -> Result<Option<String>, String> {
+fn pointer(arg: Option<String>, inner: &str) -> Result<Option<String>, TemplateError> {
     match arg {
-        Some(p) if !p.is_empty() && !p.starts_with('/') => Err(format!(
-            "{{{inner}}}: \"{p}\" is not a JSON pointer (it starts with /)"
-        )),
+        Some(p) if !p.is_empty() && !p.starts_with('/') => Err(TemplateError::NotAPointer {
+            inner: inner.to_string(),
+            pointer: p,
+        }),
         other => Ok(other.filter(|p| !p.is_empty())),
     }
 }
@@ -401,7 +453,7 @@ mod tests {
             ("{keycloak.id_token}", "access_token only"),
             ("{request.body['amount']}", "not a JSON pointer"),
         ] {
-            let e = Template::parse(t).unwrap_err();
+            let e = Template::parse(t).unwrap_err().to_string();
             assert!(e.contains(want), "{t}: {e}");
         }
     }

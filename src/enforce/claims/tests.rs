@@ -155,9 +155,11 @@ fn http_provider_post_form_and_whole_answer() {
     assert_eq!(all["d"], ["d-value1", "d-value2"]);
     assert!(http_answer(h, Some(500), b"{}")
         .unwrap_err()
+        .0
         .contains("500"));
     assert!(http_answer(h, Some(200), b"<html>")
         .unwrap_err()
+        .0
         .contains("not JSON"));
     assert!(http_answer(h, None, b"").is_err());
 }
@@ -183,7 +185,7 @@ fn body_need_and_bad_body() {
             &cx_with(&view, &tok),
             &mut Vec::new()
         ),
-        Next::Failed(Failure::BadRequest(_))
+        Next::Failed(ClaimFailure::BadRequest(_))
     ));
 }
 
