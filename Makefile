@@ -7,7 +7,7 @@ WASM := dist/keycloak_pep.wasm
 
 help:
 	@echo "make demo    build the filter, start Keycloak + Envoy + an echo upstream on 127.0.0.1, show allowed/denied requests"
-	@echo "make test    all tests: unit, wasmtime ABI, and end-to-end against the real Keycloak and Envoy"
+	@echo "make test    lint, then all tests: unit, wasmtime ABI, and end-to-end against the real Keycloak and Envoy"
 	@echo "make build   dist/keycloak_pep.wasm (wasm32-wasip1, release) and the kcpep CLI"
 	@echo "make up / make down   start / stop the stack in the background"
 	@echo "make e2e-matrix   the end-to-end suites against Keycloak 26.7, 26.0 and the /auth path"
@@ -22,9 +22,12 @@ wasm: $(WASM)
 $(WASM): Cargo.toml $(shell find src -name '*.rs' 2>/dev/null)
 	scripts/build-wasm.sh
 
+# fmt, clippy on the native crate (every target, the e2e suites included) and clippy on the wasm32
+# shell, where clippy.toml's bans on the panicking proxy-wasm getters apply.
 lint:
 	cargo fmt --check
-	cargo clippy --all-targets -- -D warnings
+	cargo clippy --all-targets --features e2e -- -D warnings
+	scripts/clippy-wasm.sh
 
 unit:
 	cargo test --lib --bins
@@ -44,7 +47,7 @@ e2e-matrix: $(WASM)
 	KCPEP_KEYCLOAK_VERSION=26.0.8 $(MAKE) e2e
 	KCPEP_KEYCLOAK_RELATIVE_PATH=/auth $(MAKE) e2e
 
-test: $(WASM)
+test: lint $(WASM)
 	cargo test
 	$(MAKE) e2e
 

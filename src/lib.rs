@@ -1,28 +1,34 @@
 //! keycloak-pep: Keycloak's policy enforcer as a proxy-wasm filter for Envoy and Istio.
 //!
-//! The sans-IO core (everything but `filter`) is plain Rust: configuration, Keycloak's path
-//! semantics, decisions, the UMA protocol and token checks. `filter` is the thin proxy-wasm shell
-//! that moves bytes between Envoy and the core; it only exists in the wasm32 build.
+//! The layers, each importing only those below it (`tests/layers.rs` keeps it so):
+//!
+//! ```text
+//! filter/    the proxy-wasm shell (wasm32 only): moves bytes between Envoy and the core
+//! enforce/   one request -> one step: path, claims, authorize, the reply
+//! store/     what is remembered: the decision table, shared documents, the per-worker memo
+//! keycloak/  Keycloak, sans-IO: the UMA and protection API, tokens and signatures, what an
+//!            enforcer has learnt (keys, PAT, resources) and when to fetch it again
+//! config/    JSON -> immutable compiled configuration: enforcers, plugin routes, claims
+//! request/   what can be said of an incoming request: its path normalized, patterns,
+//!            placeholders, forwarded headers
+//! wire/      plain data crossing boundaries: HTTP requests and answers, permissions, resources
+//! ```
+//!
+//! Everything but `filter/` is plain Rust with no proxy-wasm call, unit-tested natively. How
+//! Keycloak's own enforcer decides, and where this one differs on purpose, is in
+//! docs/keycloak-enforcer.md.
 
-pub mod claim_providers;
-pub mod claims;
-pub mod config;
-pub mod enforcer;
-pub mod forwarded;
-pub mod json;
-pub mod memo;
-pub mod paths;
-pub mod pathset;
-pub mod placeholders;
-pub mod refresh;
+pub mod wire;
+
 pub mod request;
-pub mod routes;
-pub mod token;
-pub mod uma;
-pub mod uri;
 
-pub mod cache;
+pub mod config;
+
+pub mod keycloak;
+
+pub mod store;
+
+pub mod enforce;
+
 #[cfg(target_arch = "wasm32")]
 mod filter;
-pub mod shared;
-pub mod signature;

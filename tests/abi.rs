@@ -520,7 +520,7 @@ fn emulated_verify_signature(
         }
         let (hash, spki, sig, text) = (fields[0], fields[1], fields[2], fields[3]);
         assert_eq!(hash, b"sha256");
-        let pkcs1 = keycloak_pep::signature::rsa_public_key_of_spki(spki)?;
+        let pkcs1 = keycloak_pep::keycloak::signature::rsa_public_key_of_spki(spki)?;
         let key = jsonwebtoken::DecodingKey::from_rsa_der(pkcs1);
         let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sig);
         let ok = jsonwebtoken::crypto::verify(&sig, text, &key, jsonwebtoken::Algorithm::RS256)

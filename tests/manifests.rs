@@ -8,7 +8,7 @@
 
 mod yaml;
 
-use keycloak_pep::routes::{PluginConfig, Selector};
+use keycloak_pep::config::routes::{PluginConfig, Selector};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;

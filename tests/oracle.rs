@@ -7,7 +7,7 @@
 //! malformed (`/api/{}/foo`, a stray `}`, a `/` inside braces): they load and match the same.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use keycloak_pep::paths::{fails_in_keycloak, PathMatcher};
+use keycloak_pep::request::pattern::{fails_in_keycloak, PathMatcher};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};

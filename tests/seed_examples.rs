@@ -3,7 +3,7 @@
 //! leaves out added. Alone, and as one enforcer of a multi-enforcer plugin configuration.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use keycloak_pep::routes::PluginConfig;
+use keycloak_pep::config::routes::PluginConfig;
 use serde_json::{json, Value};
 use std::path::PathBuf;
 

@@ -5,10 +5,11 @@
 //!   kcpep bench-paths                       ns per path lookup for 10, 1,000 and 10,000 paths
 
 use anyhow::{anyhow, bail, Context, Result};
-use keycloak_pep::enforcer::{self, Runtime};
-use keycloak_pep::paths::PathMatcher;
-use keycloak_pep::routes::{PluginConfig, Selector};
-use keycloak_pep::uri;
+use keycloak_pep::config::routes::{PluginConfig, Selector};
+use keycloak_pep::enforce;
+use keycloak_pep::enforce::enforcer::Enforcer;
+use keycloak_pep::request::pattern::PathMatcher;
+use keycloak_pep::request::uri;
 use serde_json::json;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -100,8 +101,7 @@ fn run(args: Vec<String>) -> Result<()> {
                     })?,
             };
             let (name, ec) = &cfg.enforcers[index];
-            let rt = Runtime::new(ec);
-            let e = enforcer::explain(ec, &rt.paths, method, path);
+            let e = Enforcer::new(name.clone(), ec.clone()).explain(method, path);
             let out = json!({
                 "enforcer": name,
                 "client": ec.client_id,
@@ -137,7 +137,7 @@ fn load(path: Option<&str>) -> Result<PluginConfig> {
 }
 
 /// What happens next, in words (offline: no token, no server).
-fn would(cfg: &keycloak_pep::config::EnforcerConfig, e: &enforcer::Explanation) -> String {
+fn would(cfg: &keycloak_pep::config::EnforcerConfig, e: &enforce::Explanation) -> String {
     use keycloak_pep::config::EnforcementMode::*;
     match (&e.entry, e.enforcement_mode) {
         (_, Disabled) => "pass without checks".into(),
@@ -189,18 +189,17 @@ fn bench_paths() {
 
 /// What an operator should know about an enforcer that a valid configuration does not say.
 fn notes(e: &keycloak_pep::config::EnforcerConfig) -> Vec<String> {
-    use keycloak_pep::claims;
     use keycloak_pep::config::OnKeycloakError;
     let mut out: Vec<String> = Vec::new();
     for (i, p) in e.paths.iter().enumerate() {
-        if let Err(why) = keycloak_pep::paths::validate_template(&p.path) {
+        if let Err(why) = keycloak_pep::request::pattern::validate_template(&p.path) {
             out.push(format!(
                 "paths[{i}].path \"{}\": {why} (Keycloak's newest matcher calls it malformed; its enforcer, and this filter, match it anyway, often more widely than it reads: check with kcpep explain)",
                 p.path
             ));
         }
     }
-    if claims::reads_bodies(e) {
+    if e.reads_bodies() {
         out.push("claims read request bodies: the filter holds the headers until it has read the body; set allow_on_headers_stop_iteration: true on the Wasm filter (Envoy >= 1.35, Istio: an EnvoyFilter), or those requests wait until Envoy's timeouts".into());
     }
     if e.proxy.dry_run {

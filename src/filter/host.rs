@@ -1,9 +1,9 @@
 //! Small helpers over proxy-wasm host calls that never panic on request-derived data.
 
-use crate::enforcer::Answer;
-use crate::shared;
-use crate::signature;
-use crate::uma::HttpRequest;
+use crate::keycloak::signature;
+use crate::store::documents;
+use crate::wire::http::Answer;
+use crate::wire::http::HttpRequest;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType, Status};
 use std::time::{Duration, UNIX_EPOCH};
@@ -100,10 +100,10 @@ pub fn shared_set(key: &str, value: &[u8]) {
 /// read back: of two VMs racing on a new key, the one whose value stayed wins.
 pub fn take_lease(key: &str, owner: u64, now_ms: i64) -> bool {
     let (current, cas) = shared_get(key);
-    if !shared::lease_takeable(current.as_ref().map(|(_, v)| v.as_slice()), owner, now_ms) {
+    if !documents::lease_takeable(current.as_ref().map(|(_, v)| v.as_slice()), owner, now_ms) {
         return false;
     }
-    let value = shared::encode_lease(owner, now_ms + shared::LEASE_MS);
+    let value = documents::encode_lease(owner, now_ms + documents::LEASE_MS);
     if hostcalls::set_shared_data(key, Some(&value), cas).is_err() {
         return false;
     }
@@ -112,8 +112,8 @@ pub fn take_lease(key: &str, owner: u64, now_ms: i64) -> bool {
 
 pub fn release_lease(key: &str, owner: u64) {
     if let (Some((_, v)), cas) = shared_get(key) {
-        if shared::decode_lease(&v).is_some_and(|(o, _)| o == owner) {
-            let _ = hostcalls::set_shared_data(key, Some(&shared::encode_lease(owner, 0)), cas);
+        if documents::decode_lease(&v).is_some_and(|(o, _)| o == owner) {
+            let _ = hostcalls::set_shared_data(key, Some(&documents::encode_lease(owner, 0)), cas);
         }
     }
 }

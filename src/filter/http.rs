@@ -7,10 +7,14 @@ use super::host;
 use super::metrics::Metrics;
 use super::root::{Parked, Plugin};
 use super::store::SharedStore;
-use crate::enforcer::{self, Answer, CacheUse, Credential, Pending, RequestFacts, Step};
-use crate::request::RequestView;
-use crate::token::{self, BearerError, Expectations, Token, TokenError};
-use crate::uri;
+use crate::enforce;
+use crate::enforce::enforcer::Cred;
+use crate::enforce::replies::{body_too_large, cannot_continue};
+use crate::enforce::step::{Pending, Reply, RequestFacts, Step};
+use crate::keycloak::token;
+use crate::request::uri;
+use crate::request::view::RequestView;
+use crate::wire::http::Answer;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, MapType};
@@ -19,15 +23,6 @@ use std::rc::Rc;
 
 /// The stream property (Envoy filter state `wasm.kcpep.permissions`) with the granted permissions.
 pub const PERMISSIONS_PROPERTY: &str = "kcpep.permissions";
-
-/// What was learnt of the credential, owned by the request (the core borrows it).
-pub enum Cred {
-    Anonymous,
-    Malformed(BearerError),
-    Invalid(TokenError),
-    Unverifiable,
-    Valid(String, Rc<Token>),
-}
 
 /// The request facts and the state of its conversation with Keycloak.
 pub struct Flow {
@@ -63,65 +58,42 @@ pub enum Applied {
     /// A callout (this token) was dispatched by the running context; its answer comes back there.
     Called(u32),
     /// Parked until the decision cache has the answer.
-    Wait(crate::cache::Key, i64),
+    Wait(crate::store::decisions::Key, i64),
     /// The claims need the body: decide again when it is buffered.
     ReadBody,
 }
 
 impl Flow {
-    fn credential(&self) -> Credential<'_> {
-        match &self.cred {
-            Cred::Anonymous => Credential::Anonymous,
-            Cred::Malformed(e) => Credential::Malformed(*e),
-            Cred::Invalid(e) => Credential::Invalid(e.clone()),
-            Cred::Unverifiable => Credential::Unverifiable,
-            Cred::Valid(raw, token) => Credential::Valid { raw, token },
-        }
-    }
-
-    /// Runs a core function with this request's facts and its enforcer's state.
-    fn with_core<R>(
-        &self,
-        plugin: &Plugin,
-        f: impl FnOnce(
-            &crate::config::EnforcerConfig,
-            &mut enforcer::Runtime,
-            &RequestFacts,
-            &mut SharedStore,
-        ) -> R,
-    ) -> R {
-        let cfg = &plugin.config.enforcers[self.enforcer].1;
-        let mut st = plugin.enforcers[self.enforcer].borrow_mut();
-        let mut store = SharedStore::new(cfg, &plugin.front);
-        let req = RequestFacts {
+    /// This request's facts, as the core reads them.
+    fn facts(&self) -> RequestFacts<'_> {
+        RequestFacts {
             method: &self.method,
             path: &self.path,
-            credential: self.credential(),
+            credential: self.cred.credential(),
             view: RequestView {
                 headers: &self.headers,
                 peer: self.peer.as_deref(),
                 tls: self.tls,
                 body: self.body.as_deref(),
             },
-        };
-        f(cfg, &mut st.rt, &req, &mut store)
+        }
     }
 
     /// First (or renewed, after waiting) decision.
     pub fn decide(&mut self, plugin: &Plugin, now_ms: i64) -> Step {
-        self.with_core(plugin, |cfg, rt, req, store| {
-            enforcer::decide(cfg, rt, req, store, now_ms)
-        })
+        let e = &plugin.enforcers[self.enforcer];
+        let mut store = SharedStore::new(&e.config, &plugin.front);
+        e.decide(&self.facts(), &mut store, now_ms)
     }
 
     /// The next step once Keycloak answered.
     pub fn resume(&mut self, plugin: &Plugin, answer: Answer, now_ms: i64) -> Step {
         let Some(pending) = self.pending.take() else {
-            return enforcer::cannot_continue("unexpected callout answer");
+            return cannot_continue("unexpected callout answer");
         };
-        self.with_core(plugin, |cfg, rt, req, store| {
-            enforcer::resume(cfg, rt, req, store, pending, answer, now_ms)
-        })
+        let e = &plugin.enforcers[self.enforcer];
+        let mut store = SharedStore::new(&e.config, &plugin.front);
+        e.resume(&self.facts(), &mut store, pending, answer, now_ms)
     }
 
     /// Applies a step to this flow's stream, which must be the effective context.
@@ -132,7 +104,7 @@ impl Flow {
         step: Step,
         in_callback: bool,
     ) -> Applied {
-        let cfg = &plugin.config.enforcers[self.enforcer].1;
+        let cfg = &plugin.enforcers[self.enforcer].config;
         match step {
             Step::Allow(a) => {
                 self.decided.set(true);
@@ -158,7 +130,7 @@ impl Flow {
                     "kcpep allow [{}] {} {}: {}",
                     cfg.client_id,
                     host::loggable(self.method.as_bytes()),
-                    host::loggable(crate::request::path_only(&self.path).as_bytes()),
+                    host::loggable(crate::request::view::path_only(&self.path).as_bytes()),
                     a.reason
                 );
                 if in_callback {
@@ -170,15 +142,7 @@ impl Flow {
                 self.decided.set(true);
                 metrics.denied(r.status, r.cache);
                 self.log_denial(cfg, &r, "kcpep deny");
-                let mut headers: Vec<(&str, &str)> = r
-                    .headers
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), v.as_str()))
-                    .collect();
-                if !r.body.is_empty() {
-                    headers.push(("content-type", "text/plain"));
-                }
-                abi::send_response(r.status, &headers, r.body.as_bytes());
+                send(&r);
                 Applied::Replied
             }
             Step::Wait { key, until_ms } => {
@@ -254,7 +218,7 @@ impl Flow {
     }
 
     /// One structured line per denial: status, reason, matched path and resource, never a token.
-    fn log_denial(&self, cfg: &crate::config::EnforcerConfig, r: &enforcer::Reply, what: &str) {
+    fn log_denial(&self, cfg: &crate::config::EnforcerConfig, r: &Reply, what: &str) {
         log::info!(
             "{what} status={} request={} client={} method={} path=\"{}\" matched=\"{}\" resource=\"{}\" reason=\"{}\"",
             r.status,
@@ -262,7 +226,7 @@ impl Flow {
             cfg.client_id,
             host::loggable(self.method.as_bytes()),
             // without the query: it may carry credentials (`?access_token=`)
-            host::loggable(crate::request::path_only(&self.path).as_bytes()),
+            host::loggable(crate::request::view::path_only(&self.path).as_bytes()),
             host::loggable(r.path.as_deref().unwrap_or("").as_bytes()),
             host::loggable(r.resource.as_deref().unwrap_or("").as_bytes()),
             host::loggable(r.reason.as_bytes())
@@ -272,7 +236,7 @@ impl Flow {
     /// A request that waited elsewhere and now needs a body it can no longer read: refused,
     /// never let through unevaluated.
     pub fn body_lost(&mut self, plugin: &Plugin, metrics: &Metrics) {
-        let step = enforcer::cannot_continue(
+        let step = cannot_continue(
             "the matched path changed while the request waited and now needs its body",
         );
         self.apply(plugin, metrics, step, true);
@@ -308,60 +272,15 @@ impl Http {
         }
     }
 
-    /// Verifies the bearer token, remembering verified tokens by digest until their exp.
-    /// Also returns the token's lookup id when it is valid (the memo key's identity).
-    fn check_token(
-        plugin: &Plugin,
-        enforcer: usize,
-        values: &[&[u8]],
-        now_ms: i64,
-    ) -> (Cred, Option<u128>) {
-        let cfg = &plugin.config.enforcers[enforcer].1;
-        let raw = match token::bearer(values, cfg.proxy.max_token_bytes as usize) {
-            Ok(None) => return (Cred::Anonymous, None),
-            Err(e) => return (Cred::Malformed(e), None),
-            Ok(Some(raw)) => raw.to_string(),
-        };
-        let now = now_ms / 1000;
-        let leeway = i64::from(cfg.proxy.clock_skew_seconds);
-        let mut st = plugin.enforcers[enforcer].borrow_mut();
-        let id = st.verified.id(&raw);
-        if let Some(t) = st.verified.get(id, now, leeway) {
-            return (Cred::Valid(raw, Rc::clone(t)), Some(id));
-        }
-        let Some(jwks) = st.bg.jwks.as_ref() else {
-            return (Cred::Unverifiable, None);
-        };
-        let expect = Expectations {
-            issuer: &cfg.proxy.issuer,
-            audiences: &cfg.proxy.audiences,
-            leeway_seconds: u64::from(cfg.proxy.clock_skew_seconds),
-        };
-        let host: Option<token::HostVerifier> = plugin.host_verify.then_some(&host::host_verify);
-        match token::verify_with(&raw, jwks, &expect, now, host) {
-            Ok(t) => {
-                let t = Rc::new(t);
-                st.verified.insert(id, Rc::clone(&t), now);
-                (Cred::Valid(raw, t), Some(id))
-            }
-            Err(e) => {
-                if matches!(e, TokenError::UnknownKey(_)) {
-                    st.bg.want_jwks();
-                }
-                (Cred::Invalid(e), None)
-            }
-        }
-    }
-
     /// Hands a waiting flow to the root context, which decides again when the answer is cached.
-    fn park(&mut self, plugin: &Plugin, key: crate::cache::Key, until_ms: i64) {
+    fn park(&mut self, plugin: &Plugin, key: crate::store::decisions::Key, until_ms: i64) {
         if let Some(flow) = self.flow.take() {
             plugin.parked.borrow_mut().push(Parked {
                 flow,
                 key,
                 until_ms,
             });
-            let _ = hostcalls::set_tick_period(super::root::TICK_WAITING);
+            let _ = hostcalls::set_tick_period(super::root::tick_waiting());
         }
     }
 }
@@ -398,8 +317,8 @@ impl Http {
     /// 413 for a body over `max-body-bytes` (or, in dry-run, go on).
     fn body_too_large(&mut self, plugin: &Plugin, mut flow: Flow, in_callback: bool) -> Action {
         self.reading_body = false;
-        let cfg = &plugin.config.enforcers[flow.enforcer].1;
-        let step = enforcer::body_too_large(cfg);
+        let cfg = &plugin.enforcers[flow.enforcer].config;
+        let step = body_too_large(cfg);
         let applied = flow.apply(plugin, &self.metrics, step, in_callback);
         self.flow = Some(flow);
         match applied {
@@ -446,7 +365,7 @@ impl Http {
         in_callback: bool,
     ) -> Action {
         self.reading_body = false;
-        let cfg = &plugin.config.enforcers[flow.enforcer].1;
+        let cfg = &plugin.enforcers[flow.enforcer].config;
         // one byte past the bound is enough to know it is too large
         let limit = (cfg.proxy.max_body_bytes as usize).saturating_add(1);
         let body = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size.min(limit))
@@ -479,8 +398,8 @@ impl Http {
             Applied::ReadBody => {
                 // A path resolved by Keycloak whose claims read the body; the headers stay held.
                 let too_much = self.flow.as_ref().is_some_and(|f| {
-                    plugin.config.enforcers[f.enforcer]
-                        .1
+                    plugin.enforcers[f.enforcer]
+                        .config
                         .body_over_bound(self.body_len)
                 });
                 if self.body_ended || too_much {
@@ -496,10 +415,23 @@ impl Http {
     }
 }
 
+/// Sends a local reply.
+fn send(r: &Reply) {
+    let mut headers: Vec<(&str, &str)> = r
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    if !r.body.is_empty() {
+        headers.push(("content-type", "text/plain"));
+    }
+    abi::send_response(r.status, &headers, r.body.as_bytes());
+}
+
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let Some(plugin) = self.plugin.clone() else {
-            abi::send_response(503, &[], b"Authorization filter not configured");
+            send(&enforce::gate::not_configured());
             return Action::Pause;
         };
         let claims = plugin.config.uses_claims();
@@ -509,24 +441,14 @@ impl HttpContext for Http {
         // Headers the filter sets itself are never taken from the client, in any spelling an
         // upstream could read as the same header...
         let mut headers = headers;
-        let own = |k: &str| {
-            plugin
-                .own_headers
-                .iter()
-                .any(|o| crate::request::is_spelling_of(o, k))
-        };
-        if headers.iter().any(|(k, _)| own(k)) {
-            let mut spoofed: Vec<String> = headers
-                .iter()
-                .filter(|(k, _)| own(k))
-                .map(|(k, _)| k.clone())
-                .collect();
-            spoofed.dedup();
+        let spoofed =
+            enforce::gate::spoofed(&plugin.own_headers, headers.iter().map(|(k, _)| k.as_str()));
+        if !spoofed.is_empty() {
             for name in &spoofed {
                 abi::set_request_header(name, None);
             }
             // ...nor seen by claims
-            headers.retain(|(k, _)| !own(k));
+            headers.retain(|(k, _)| !spoofed.contains(k));
         }
         let get = |name: &str| -> Option<&[u8]> {
             headers
@@ -564,20 +486,23 @@ impl HttpContext for Http {
         } else {
             None
         };
-        let Some(enforcer) = plugin.config.select(&crate::routes::Selector {
+        let Some(enforcer) = plugin.config.select(&crate::config::routes::Selector {
             route_name: route_name.as_deref(),
             virtual_host: virtual_host.as_deref(),
             authority: &authority,
             path: normalized.as_deref(),
         }) else {
-            self.metrics.denied(403, CacheUse::None);
+            let r = enforce::gate::no_enforcer();
+            self.metrics.denied(r.status, r.cache);
             log::info!(
-                "kcpep deny status=403 request={} reason=\"no enforcer for this route\" route={:?} authority=\"{}\"",
+                "kcpep deny status={} request={} reason=\"{}\" route={:?} authority=\"{}\"",
+                r.status,
                 self.id,
+                r.reason,
                 route_name,
                 host::loggable(authority.as_bytes())
             );
-            abi::send_response(403, &[("content-type", "text/plain")], b"Forbidden");
+            send(&r);
             return Action::Pause;
         };
         let auth: Vec<&[u8]> = headers
@@ -586,17 +511,10 @@ impl HttpContext for Http {
             .map(|(_, v)| v.as_slice())
             .collect();
         let now = host::now_ms();
-        let (cred, token_id) = Self::check_token(&plugin, enforcer, &auth, now);
-        let memo_key = token_id.map(|id| crate::memo::key(enforcer, id, &method, &path));
-        if let Some(header) = memo_key.and_then(|k| plugin.memo.borrow().get(k, now).cloned()) {
-            // The same token asked the same thing and the decision cache still holds the allow.
-            let cfg = &plugin.config.enforcers[enforcer].1;
-            self.metrics.allowed(CacheUse::Hit);
-            self.decided.set(true);
-            abi::set_request_header(&cfg.proxy.permissions_header, Some(&header));
-            abi::set_property(&[PERMISSIONS_PROPERTY], header.as_bytes());
-            return Action::Continue;
-        }
+        let host: Option<token::HostVerifier> = plugin.host_verify.then_some(&host::host_verify);
+        let (cred, token_id) = plugin.enforcers[enforcer].check_credential(&auth, now, host);
+        let memo_key = token_id.map(|id| crate::store::memo::key(enforcer, id, &method, &path));
+        let memoized = memo_key.and_then(|k| plugin.memo.borrow().get(k, now).cloned());
         let prop = |p: &str| {
             hostcalls::get_property(p.split('.').collect())
                 .ok()
@@ -621,6 +539,13 @@ impl HttpContext for Http {
             memo_key,
             decided: Rc::clone(&self.decided),
         };
+        if let Some(header) = memoized {
+            // answered as the cache hit it stands for
+            let step = Step::Allow(enforce::gate::memo_hit(header.to_string()));
+            let mut flow = flow;
+            flow.apply(&plugin, &self.metrics, step, false);
+            return Action::Continue;
+        }
         self.first_step(&plugin, flow, end_of_stream)
     }
 
@@ -639,8 +564,8 @@ impl HttpContext for Http {
         let (Some(plugin), Some(flow)) = (self.plugin.clone(), self.flow.take()) else {
             return Action::Pause; // never let an undecided body through
         };
-        if plugin.config.enforcers[flow.enforcer]
-            .1
+        if plugin.enforcers[flow.enforcer]
+            .config
             .body_over_bound(body_size)
         {
             return self.body_too_large(&plugin, flow, false);

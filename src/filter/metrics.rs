@@ -1,6 +1,6 @@
 //! Envoy stats through proxy-wasm metrics (Envoy lists them in /stats, names starting `kcpep.`).
 
-use crate::enforcer::CacheUse;
+use crate::enforce::step::CacheUse;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
 

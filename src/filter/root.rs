@@ -5,12 +5,12 @@
 use super::host;
 use super::http::{Applied, Flow, Http};
 use super::metrics::Metrics;
-use crate::cache;
-use crate::enforcer::{Answer, Runtime};
-use crate::refresh::{Background, Fetch};
-use crate::routes::PluginConfig;
-use crate::shared;
-use crate::token::VerifiedTokens;
+use crate::config::routes::PluginConfig;
+use crate::enforce::enforcer::Enforcer;
+use crate::keycloak::background::{self, Fetch};
+use crate::store::decisions;
+use crate::store::documents;
+use crate::wire::http::Answer;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType};
@@ -19,34 +19,26 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
-/// Verified tokens remembered per enforcer and VM.
-const VERIFIED_TOKENS: usize = 4096;
-const TICK_STARTING: Duration = Duration::from_millis(100);
-const TICK_SETTLED: Duration = Duration::from_millis(1000);
-/// While requests wait for another request's answer.
-pub const TICK_WAITING: Duration = Duration::from_millis(5);
-
-/// One enforcer's changing state in this VM.
-pub struct EnforcerState {
-    pub rt: Runtime,
-    pub bg: Background,
-    pub verified: VerifiedTokens,
+/// The timer while requests wait for another request's answer.
+pub fn tick_waiting() -> Duration {
+    Duration::from_millis(background::tick_period_ms(true, false))
 }
 
 /// A request waiting for a decision another request is asking Keycloak for.
 pub struct Parked {
     pub flow: Flow,
-    pub key: cache::Key,
+    pub key: decisions::Key,
     pub until_ms: i64,
 }
 
-/// The configuration and state shared by the root context and its requests.
 /// Per-VM memo bound (entries of ~100 bytes plus the permissions header).
 const MEMO_ENTRIES: usize = 8 * 1024;
 
+/// The configuration and state shared by the root context and its requests.
 pub struct Plugin {
+    /// The routing rules (its enforcers moved into `enforcers`, one object each).
     pub config: PluginConfig,
-    pub enforcers: Vec<RefCell<EnforcerState>>,
+    pub enforcers: Vec<Enforcer>,
     /// Header names the filter sets itself; a client's copies are removed.
     pub own_headers: Vec<String>,
     /// The host offers a working `verify_signature` (Envoy): RSA checks are done there.
@@ -54,7 +46,7 @@ pub struct Plugin {
     pub parked: RefCell<Vec<Parked>>,
     pub front: super::store::FrontCache,
     /// Repeated requests straight to their cached allow (see `memo`).
-    pub memo: RefCell<crate::memo::Memo>,
+    pub memo: RefCell<crate::store::memo::Memo>,
 }
 
 pub struct Root {
@@ -97,14 +89,14 @@ pub fn wake_parked(
             return Vec::new();
         };
         let (ready, waiting): (Vec<Parked>, Vec<Parked>) = parked.drain(..).partition(|p| {
-            let cfg = &plugin.config.enforcers[p.flow.enforcer].1;
+            let cfg = &plugin.enforcers[p.flow.enforcer].config;
             let mut store = super::store::SharedStore::new(cfg, &plugin.front);
             let answered = matches!(
-                cache::lookup(
-                    crate::enforcer::DecisionStore::get(&mut store, &p.key).as_ref(),
+                decisions::lookup(
+                    crate::store::DecisionStore::get(&mut store, &p.key).as_ref(),
                     now
                 ),
-                cache::Lookup::Hit(_)
+                decisions::Lookup::Hit(_)
             );
             answered || (from_context.is_none() && now >= p.until_ms)
         });
@@ -142,44 +134,36 @@ impl Root {
         };
         let now = host::now_ms();
         let mut all_settled = true;
-        for (i, (_, cfg)) in plugin.config.enforcers.iter().enumerate() {
-            let mut st = plugin.enforcers[i].borrow_mut();
-            let EnforcerState { rt, bg, verified } = &mut *st;
+        for (i, enforcer) in plugin.enforcers.iter().enumerate() {
+            let cfg = &enforcer.config;
+            let mut st = enforcer.learnt();
             // Answers found in shared data can make more fetches due (bindings need the PAT).
-            let mut due = bg.due(cfg, rt, now);
+            let mut due = st.due(cfg, now);
             let mut rounds = 0;
-            while !due.is_empty() && rounds < 4 {
+            while !due.is_empty() && rounds < background::ROUNDS_PER_TICK {
                 rounds += 1;
                 let mut from_shared = false;
                 for (fetch, req) in std::mem::take(&mut due) {
-                    let key = shared::doc_key(cfg, fetch, &req);
+                    let key = documents::doc_key(cfg, fetch, &req);
                     // Another VM (or enforcer of the same realm) may have fetched it already.
                     if let Some((_, body)) = host::shared_get(&key).0 {
-                        if let Some((stored_at, doc)) = shared::decode_doc(&body) {
-                            if shared::fresh(fetch, stored_at, doc, now, bg.jwks_forced) {
-                                bg.complete(
-                                    cfg,
-                                    rt,
-                                    fetch,
-                                    Answer::Http {
-                                        status: 200,
-                                        body: doc,
-                                    },
-                                    stored_at,
-                                );
-                                if matches!(fetch, Fetch::Jwks) {
-                                    verified.clear();
-                                }
-                                from_shared = true;
-                                continue;
-                            }
+                        if let Some((stored_at, doc)) =
+                            documents::usable(&body, fetch, now, st.background.jwks_forced)
+                        {
+                            let answer = Answer::Http {
+                                status: 200,
+                                body: doc,
+                            };
+                            st.complete(cfg, fetch, answer, stored_at);
+                            from_shared = true;
+                            continue;
                         }
                     }
                     let in_flight_here = self.pending.values().any(|(_, _, k, _)| *k == key);
                     if in_flight_here
-                        || !host::take_lease(&shared::lease_key(&key), self.nonce, now)
+                        || !host::take_lease(&documents::lease_key(&key), self.nonce, now)
                     {
-                        bg.skip(fetch);
+                        st.background.skip(fetch);
                         continue;
                     }
                     let endpoint = self.metrics.keycloak_call(&req.path);
@@ -200,32 +184,27 @@ impl Root {
                                 fetch.name(),
                                 status
                             );
-                            bg.complete(cfg, rt, fetch, Answer::NoAnswer, now);
+                            st.complete(cfg, fetch, Answer::NoAnswer, now);
                         }
                     }
                 }
                 if from_shared {
-                    due = bg.due(cfg, rt, now);
+                    due = st.due(cfg, now);
                 }
             }
-            for note in bg.notes.drain(..) {
+            for note in st.background.notes.drain(..) {
                 log::warn!("kcpep [{}]: {note}", cfg.client_id);
             }
-            all_settled &= bg.settled();
+            all_settled &= st.background.settled();
         }
         self.settled = all_settled;
         self.set_tick(&plugin);
     }
 
     fn set_tick(&self, plugin: &Plugin) {
-        let period = if !plugin.parked.borrow().is_empty() || !self.flows.is_empty() {
-            TICK_WAITING
-        } else if self.settled {
-            TICK_SETTLED
-        } else {
-            TICK_STARTING
-        };
-        let _ = hostcalls::set_tick_period(period);
+        let waiting = !plugin.parked.borrow().is_empty() || !self.flows.is_empty();
+        let ms = background::tick_period_ms(waiting, self.settled);
+        let _ = hostcalls::set_tick_period(Duration::from_millis(ms));
     }
 
     fn wake(&mut self) {
@@ -264,24 +243,19 @@ impl Context for Root {
         let now = host::now_ms();
         // Background fetches count as Keycloak calls, errors and latency too.
         self.metrics.keycloak_answer(ok, status, now - sent_ms);
-        let cfg = &plugin.config.enforcers[i].1;
-        let mut st = plugin.enforcers[i].borrow_mut();
-        let EnforcerState { rt, bg, verified } = &mut *st;
-        let had_keys = bg.ready();
-        bg.complete(cfg, rt, fetch, host::answer(status, ok, &body), now);
+        let cfg = &plugin.enforcers[i].config;
+        let mut st = plugin.enforcers[i].learnt();
+        let had_keys = st.background.ready();
+        st.complete(cfg, fetch, host::answer(status, ok, &body), now);
         if ok && status == 200 {
             // Shared with the other VMs; only good answers are stored.
-            host::shared_set(&key, &shared::encode_doc(now, &body));
+            host::shared_set(&key, &documents::encode_doc(now, &body));
         }
-        host::release_lease(&shared::lease_key(&key), self.nonce);
-        if matches!(fetch, Fetch::Jwks) && ok && status == 200 {
-            // New key set: tokens verified under the old one are checked again.
-            verified.clear();
-            if !had_keys {
-                log::info!("kcpep [{}]: realm keys loaded", cfg.client_id);
-            }
+        host::release_lease(&documents::lease_key(&key), self.nonce);
+        if !had_keys && st.background.ready() {
+            log::info!("kcpep [{}]: realm keys loaded", cfg.client_id);
         }
-        for note in bg.notes.drain(..) {
+        for note in st.background.notes.drain(..) {
             log::warn!("kcpep [{}]: {note}", cfg.client_id);
         }
         drop(st);
@@ -323,33 +297,24 @@ impl RootContext for Root {
             .ok()
             .flatten()
             .unwrap_or_default();
-        let config = match PluginConfig::from_json(&bytes) {
+        let mut config = match PluginConfig::from_json(&bytes) {
             Ok(c) => c,
             Err(e) => {
                 log::error!("kcpep: invalid configuration: {e}");
                 return false;
             }
         };
-        let enforcers = config
-            .enforcers
-            .iter()
-            .map(|(_, cfg)| {
-                RefCell::new(EnforcerState {
-                    rt: Runtime::new(cfg),
-                    bg: Background::new(cfg),
-                    verified: VerifiedTokens::new(VERIFIED_TOKENS),
-                })
-            })
+        let own_headers = crate::enforce::gate::own_headers(&config);
+        // The routing rules stay in `config`; each enforcer becomes one object.
+        let enforcers: Vec<Enforcer> = std::mem::take(&mut config.enforcers)
+            .into_iter()
+            .map(|(name, cfg)| Enforcer::new(name, cfg))
             .collect();
-        let mut own_headers: Vec<String> = config
-            .enforcers
-            .iter()
-            .map(|(_, c)| c.proxy.permissions_header.clone())
-            .collect();
-        own_headers.sort();
-        own_headers.dedup();
-        for (name, cfg) in &config.enforcers {
-            if crate::claims::reads_bodies(cfg) {
+        for Enforcer {
+            name, config: cfg, ..
+        } in &enforcers
+        {
+            if cfg.reads_bodies() {
                 // The filter holds the headers while it reads the body; Envoy delivers the body to
                 // a filter that paused its headers only with allow_on_headers_stop_iteration.
                 log::info!(
@@ -360,7 +325,7 @@ impl RootContext for Root {
         let host_verify = host::probe_verify_signature();
         log::info!(
             "kcpep: configured {} enforcer(s); RSA signatures verified {}",
-            config.enforcers.len(),
+            enforcers.len(),
             if host_verify {
                 "by the host (verify_signature)"
             } else {
@@ -375,10 +340,12 @@ impl RootContext for Root {
             host_verify,
             parked: RefCell::new(Vec::new()),
             front: RefCell::new(HashMap::new()),
-            memo: RefCell::new(crate::memo::Memo::new(MEMO_ENTRIES)),
+            memo: RefCell::new(crate::store::memo::Memo::new(MEMO_ENTRIES)),
         }));
         self.settled = false;
-        let _ = hostcalls::set_tick_period(TICK_STARTING);
+        let _ = hostcalls::set_tick_period(Duration::from_millis(background::tick_period_ms(
+            false, false,
+        )));
         true
     }
 

@@ -1,9 +1,9 @@
 //! The decision cache over proxy-wasm shared data: a fixed table of slots, CAS for claims.
 
 use super::host;
-use crate::cache::{self, Entry, Key};
 use crate::config::EnforcerConfig;
-use crate::enforcer::DecisionStore;
+use crate::store::decisions::{self, Entry, Key};
+use crate::store::DecisionStore;
 use proxy_wasm::hostcalls;
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -40,7 +40,7 @@ impl<'a> SharedStore<'a> {
     }
 
     fn path_slot(&self, path: &str) -> String {
-        cache::path_slot_key(
+        decisions::path_slot_key(
             &self.cfg.shared_table,
             path,
             self.cfg.path_cache.max_entries,
@@ -48,7 +48,7 @@ impl<'a> SharedStore<'a> {
     }
 
     fn slot(&self, key: &Key) -> String {
-        cache::slot_key(
+        decisions::slot_key(
             &self.cfg.shared_table,
             key,
             self.cfg.proxy.decision_cache.max_entries,
@@ -65,7 +65,7 @@ impl DecisionStore for SharedStore<'_> {
         }
         let (value, cas) = host::shared_get(&self.slot(key));
         self.seen = Some((*key, cas));
-        let entry = value.and_then(|(_, v)| cache::decode(key, &v));
+        let entry = value.and_then(|(_, v)| decisions::decode(key, &v));
         if let Some(e) = &entry {
             self.remember(key, e);
         }
@@ -78,7 +78,7 @@ impl DecisionStore for SharedStore<'_> {
             _ => None,
         };
         let slot = self.slot(key);
-        let value = cache::encode(key, &Entry::Pending { until_ms });
+        let value = decisions::encode(key, &Entry::Pending { until_ms });
         if hostcalls::set_shared_data(&slot, Some(&value), cas).is_err() {
             return false;
         }
@@ -86,7 +86,8 @@ impl DecisionStore for SharedStore<'_> {
         let won = cas.is_some() || matches!(host::shared_get(&slot).0, Some((_, v)) if v == value);
         if won && cas.is_none() {
             // A slot taken into use for the first time.
-            if let Some(n) = host::shared_increment(&cache::slots_used_key(&self.cfg.shared_table))
+            if let Some(n) =
+                host::shared_increment(&decisions::slots_used_key(&self.cfg.shared_table))
             {
                 super::metrics::set_cache_entries(n);
             }
@@ -96,18 +97,18 @@ impl DecisionStore for SharedStore<'_> {
 
     fn put(&mut self, key: &Key, entry: Entry) {
         self.remember(key, &entry);
-        host::shared_set(&self.slot(key), &cache::encode(key, &entry));
+        host::shared_set(&self.slot(key), &decisions::encode(key, &entry));
     }
 
     fn get_path(&mut self, path: &str, now_ms: i64) -> Option<Vec<u8>> {
         let value = host::shared_get(&self.path_slot(path)).0?.1;
-        cache::decode_path(path, &value, now_ms).map(<[u8]>::to_vec)
+        decisions::decode_path(path, &value, now_ms).map(<[u8]>::to_vec)
     }
 
     fn put_path(&mut self, path: &str, answer: &[u8], expires_ms: i64) {
         host::shared_set(
             &self.path_slot(path),
-            &cache::encode_path(path, expires_ms, answer),
+            &decisions::encode_path(path, expires_ms, answer),
         );
     }
 }

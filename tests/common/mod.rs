@@ -1,7 +1,7 @@
 //! Shared helpers for the tests that run against the real stack (`scripts/stack.sh test`).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use keycloak_pep::uma::HttpRequest;
+use keycloak_pep::wire::http::HttpRequest;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;

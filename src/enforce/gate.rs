@@ -1,0 +1,98 @@
+//! What the filter answers before, or instead of, an enforcer's decision: a plugin that is not
+//! configured, a route that no rule gives an enforcer, the headers the filter sets itself (never
+//! taken from the client), and a repeated request the per-worker memo already knows. The shell
+//! only carries these out.
+
+use crate::config::routes::PluginConfig;
+use crate::enforce::step::Reply;
+use crate::enforce::step::{Allow, CacheUse};
+use crate::request::view::is_spelling_of;
+
+/// No (valid) configuration: fail closed.
+pub fn not_configured() -> Reply {
+    reply(503, "Authorization filter not configured", "not configured")
+}
+
+/// No routing rule names an enforcer for this request and there is no default: fail closed.
+pub fn no_enforcer() -> Reply {
+    reply(403, "Forbidden", "no enforcer for this route")
+}
+
+/// The headers the filter sets itself, once each: whatever the client sent under these names (in
+/// any spelling an upstream reads as the same, see [`is_spelling_of`]) is removed.
+pub fn own_headers(config: &PluginConfig) -> Vec<String> {
+    let mut own: Vec<String> = config
+        .enforcers
+        .iter()
+        .map(|(_, c)| c.proxy.permissions_header.clone())
+        .collect();
+    own.sort();
+    own.dedup();
+    own
+}
+
+/// The names under which the client sent one of the filter's own headers, each once, in the
+/// order received.
+pub fn spoofed<'a>(own: &[String], received: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for name in received {
+        if own.iter().any(|o| is_spelling_of(o, name)) && !out.iter().any(|n| n == name) {
+            out.push(name.to_string());
+        }
+    }
+    out
+}
+
+/// The same token asked the same thing and the decision cache still holds the allow: the answer
+/// of a cache hit.
+pub fn memo_hit(permissions: String) -> Allow {
+    Allow {
+        permissions: Some(permissions),
+        reason: "decision cache (memoized)",
+        cache: CacheUse::Hit,
+        would_deny: None,
+        memo_until_ms: None,
+    }
+}
+
+fn reply(status: u16, body: &str, reason: &str) -> Reply {
+    Reply {
+        status,
+        headers: Vec::new(),
+        body: body.to_string(),
+        reason: reason.to_string(),
+        cache: CacheUse::None,
+        path: None,
+        resource: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_client_cannot_send_the_filters_own_headers_in_any_spelling() {
+        let own = vec!["x-kcpep-permissions".to_string()];
+        let got = spoofed(
+            &own,
+            [
+                "X-Kcpep-Permissions",
+                "x_kcpep_permissions",
+                "accept",
+                "X-Kcpep-Permissions",
+            ]
+            .into_iter(),
+        );
+        assert_eq!(got, ["X-Kcpep-Permissions", "x_kcpep_permissions"]);
+        assert!(spoofed(&own, ["x-kcpep-permission"].into_iter()).is_empty());
+    }
+
+    #[test]
+    fn answers_before_any_enforcer_fail_closed() {
+        assert_eq!(not_configured().status, 503);
+        assert_eq!(no_enforcer().status, 403);
+        let a = memo_hit("[]".into());
+        assert_eq!((a.cache, a.memo_until_ms), (CacheUse::Hit, None));
+    }
+}

@@ -1,0 +1,155 @@
+//! What one decision step produces, and what it reads: the request's facts, the verdicts (allow,
+//! a local reply), the callouts to make and what they were for.
+
+use crate::config::claims;
+use crate::config::MethodConfig;
+use crate::keycloak::resources::Entry;
+use crate::keycloak::token::{BearerError, Token, TokenError};
+use crate::request::view::RequestView;
+use crate::store::decisions;
+use crate::wire::claims::Claims;
+use crate::wire::http::HttpRequest;
+use std::rc::Rc;
+
+/// What the shell knows about the request's credential.
+#[derive(Debug, Clone)]
+pub enum Credential<'a> {
+    /// No `Authorization` header.
+    Anonymous,
+    /// An `Authorization` header that is not exactly one Bearer credential.
+    Malformed(BearerError),
+    /// A bearer token that failed verification.
+    Invalid(TokenError),
+    /// A token that cannot be checked yet: the realm's keys are not loaded.
+    Unverifiable,
+    /// A verified token, with its raw form (sent to Keycloak as `subject_token`).
+    Valid { raw: &'a str, token: &'a Token },
+}
+
+/// One request as the enforcer sees it.
+#[derive(Debug, Clone)]
+pub struct RequestFacts<'a> {
+    pub method: &'a str,
+    /// The `:path` pseudo-header (query included; it is dropped by normalization).
+    pub path: &'a str,
+    pub credential: Credential<'a>,
+    /// Headers, peer, TLS and body, for the claim information point (empty without claims).
+    pub view: RequestView<'a>,
+}
+
+/// Let the request through.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Allow {
+    /// The permissions header value for the upstream (none for DISABLED/PERMISSIVE passes).
+    pub permissions: Option<String>,
+    pub reason: &'static str,
+    pub cache: CacheUse,
+    /// Dry-run: the answer the enforcer would have given instead.
+    pub would_deny: Option<Box<Reply>>,
+    /// Until when this exact request (token, method, path) would get this same answer from the
+    /// decision cache; the shell may memoize it (see `memo`). None: do not memoize.
+    pub memo_until_ms: Option<i64>,
+}
+
+/// Whether a verdict came from the decision cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheUse {
+    /// Not looked up (no Keycloak decision involved, or cache off).
+    None,
+    Hit,
+    /// An expired ALLOW served while Keycloak is failing (stale-on-error).
+    Stale,
+    /// Keycloak was asked and the answer stored.
+    Stored,
+}
+
+/// Answer locally.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+    /// For logs and stats; never contains token material.
+    pub reason: String,
+    pub cache: CacheUse,
+    /// The matched path and its resource, for the denial log line.
+    pub path: Option<String>,
+    pub resource: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    Allow(Allow),
+    Reply(Reply),
+    Call(Box<Call>),
+    /// Another request is asking Keycloak the same question: decide again when its answer is in
+    /// the decision cache (or after `until_ms`, when the claim lapses and this request asks itself).
+    Wait {
+        key: decisions::Key,
+        until_ms: i64,
+    },
+    /// The claims of this path read the request body: decide again once it is buffered (up to
+    /// `kcpep.max-body-bytes`; past it, [`body_too_large`]).
+    ReadBody,
+}
+
+/// A request to Keycloak and what to do with its answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Call {
+    pub request: HttpRequest,
+    /// `None`: Keycloak. Otherwise an `http` claim provider's service.
+    pub service: Option<claims::Service>,
+    pub pending: Pending,
+}
+
+/// The state a request waits in while Keycloak answers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Pending {
+    /// Lazy path resolution: `resource_set?uri=<path>&matchingUri=true`; for a template path,
+    /// the instance: `resource_set?uri=<path>`, then the parent URI (Keycloak's
+    /// `resolvePathConfig`).
+    LazyLoad {
+        key: String,
+        configured: Option<Rc<Entry>>,
+        lookup: Lookup,
+    },
+    /// The UMA grant for this path and method.
+    Grant {
+        entry: Rc<Entry>,
+        method: MethodConfig,
+        /// The decision-cache key this request claimed, and what to serve if Keycloak fails.
+        cached: Option<Claim>,
+        /// The claims pushed with the grant (Keycloak checks granted claims against them).
+        claims: Claims,
+    },
+    /// An `http` claim provider's answer; `done` holds the claims of the providers before it.
+    Claims {
+        entry: Rc<Entry>,
+        method: MethodConfig,
+        done: Vec<Claims>,
+    },
+    /// A permission ticket for the UMA 401 challenge.
+    Ticket,
+}
+
+/// Which server lookup a [`Pending::LazyLoad`] is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// A resource whose URI pattern matches the path (lazy-load-paths, a wildcard's refinement).
+    Matching,
+    /// A resource of this template path's instance: exactly the path; if none, `parent` next.
+    Instance { parent: Option<String> },
+    /// The instance's last lookup: the resource whose URI pattern the server matches to the path
+    /// (Keycloak's `resolvePathConfig` falls back to `findByMatchingUri`, so a server resource
+    /// that is a template itself, `/{ver}/tenants/1`, is found for `/v1/tenants/1`).
+    InstanceMatching,
+}
+
+/// A claimed decision-cache key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    pub key: decisions::Key,
+    pub token_exp: i64,
+    /// An expired ALLOW of the same key, for stale-on-error.
+    pub stale: Option<(String, i64)>,
+}

@@ -1,0 +1,11 @@
+//! Keycloak, sans-IO: the requests its endpoints take and the answers they give (`uma`), token
+//! and signature checks, what an enforcer has learnt from it (`knowledge`, `resources`), and when
+//! that is fetched again (`background`).
+
+pub mod background;
+pub mod knowledge;
+pub mod resources;
+pub mod signature;
+pub mod token;
+pub mod uma;
+pub mod verified;

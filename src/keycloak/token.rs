@@ -1,0 +1,735 @@
+//! Bearer extraction, JWT verification against the realm's JWKS, and claim access.
+//!
+//! Keycloak's Java enforcer parses tokens without verifying them and trusts its container to have
+//! done so; a proxy filter is the container, so every token is verified here: signature by a key of
+//! the realm (RS/PS/ES families, never `none` or HMAC), `exp`/`nbf` with a small leeway, `iss`, and
+//! `aud` when configured. Time is passed in, so the checks are deterministic and testable.
+
+use crate::keycloak::signature::{self, HostCheck};
+use crate::wire::permission::permissions_of;
+use crate::wire::permission::Permission;
+use base64::Engine;
+use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, JwkSet, KeyAlgorithm, PublicKeyUse};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+/// Why an `Authorization` header is not one usable bearer credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BearerError {
+    Duplicate,
+    NotBearer,
+    BadSyntax,
+    TooLong,
+}
+
+impl BearerError {
+    pub fn describe(self) -> &'static str {
+        match self {
+            BearerError::Duplicate => "more than one Authorization header",
+            BearerError::NotBearer => "Authorization is not a Bearer credential",
+            BearerError::BadSyntax => "malformed Bearer credential",
+            BearerError::TooLong => "token too long",
+        }
+    }
+}
+
+/// Extracts the token from every `Authorization` value of the request (read as bytes).
+/// No header: `Ok(None)`. Exactly one `Bearer <b64token>`: the token. Anything else is malformed.
+pub fn bearer<'a>(values: &[&'a [u8]], max_len: usize) -> Result<Option<&'a str>, BearerError> {
+    let value = match values {
+        [] => return Ok(None),
+        [one] => *one,
+        _ => return Err(BearerError::Duplicate),
+    };
+    let text = std::str::from_utf8(value).map_err(|_| BearerError::BadSyntax)?;
+    let mut parts = text.split_ascii_whitespace();
+    let (Some(scheme), Some(token), None) = (parts.next(), parts.next(), parts.next()) else {
+        // `Bearer` with no token, or with more than one word, is a broken bearer credential;
+        // anything else (`Basic`, a bare word) offered none.
+        let scheme = text.split_ascii_whitespace().next().unwrap_or_default();
+        return Err(if scheme.eq_ignore_ascii_case("bearer") {
+            BearerError::BadSyntax
+        } else if text.trim().is_empty() || !text.contains(' ') {
+            BearerError::NotBearer
+        } else {
+            BearerError::BadSyntax
+        });
+    };
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(BearerError::NotBearer);
+    }
+    if token.len() > max_len {
+        return Err(BearerError::TooLong);
+    }
+    // RFC 6750 b64token
+    let body = token.trim_end_matches('=');
+    if body.is_empty()
+        || !body
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b))
+    {
+        return Err(BearerError::BadSyntax);
+    }
+    Ok(Some(token))
+}
+
+/// SHA-256 of the raw token: the identity of a verified token in caches (never the token itself).
+pub fn digest(raw: &str) -> [u8; 32] {
+    Sha256::digest(raw.as_bytes()).into()
+}
+
+/// One verification key of the realm.
+struct Key {
+    kid: Option<String>,
+    alg: Algorithm,
+    key: DecodingKey,
+    /// DER SubjectPublicKeyInfo of RSA keys, for the host's `verify_signature`.
+    spki: Option<Vec<u8>>,
+}
+
+/// The realm's signing keys, parsed once per JWKS document.
+#[derive(Default)]
+pub struct Jwks {
+    keys: Vec<Key>,
+}
+
+impl std::fmt::Debug for Jwks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kids: Vec<_> = self.keys.iter().map(|k| (&k.kid, k.alg)).collect();
+        f.debug_struct("Jwks").field("keys", &kids).finish()
+    }
+}
+
+/// Why a key set from Keycloak is not used (the last good one stays).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwksError {
+    NotJwks(String),
+    NoSigningKey,
+}
+
+impl std::fmt::Display for JwksError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JwksError::NotJwks(e) => write!(f, "not a JWKS: {e}"),
+            JwksError::NoSigningKey => write!(f, "JWKS has no usable signing key"),
+        }
+    }
+}
+
+impl Jwks {
+    /// Parses a JWKS document; keys for encryption, unknown algorithms and HMAC are skipped.
+    /// An error when no usable signing key remains (a 503 page is not a JWKS).
+    pub fn parse(body: &[u8]) -> Result<Jwks, JwksError> {
+        let set: JwkSet =
+            serde_json::from_slice(body).map_err(|e| JwksError::NotJwks(e.to_string()))?;
+        let mut keys = Vec::new();
+        for jwk in &set.keys {
+            if let Some(k) = usable_key(jwk) {
+                keys.push(k);
+            }
+        }
+        if keys.is_empty() {
+            return Err(JwksError::NoSigningKey);
+        }
+        Ok(Jwks { keys })
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    pub fn has_kid(&self, kid: &str) -> bool {
+        self.keys.iter().any(|k| k.kid.as_deref() == Some(kid))
+    }
+}
+
+fn usable_key(jwk: &Jwk) -> Option<Key> {
+    if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
+        return None;
+    }
+    let family_default = match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) => Algorithm::RS256,
+        AlgorithmParameters::EllipticCurve(_) => Algorithm::ES256,
+        _ => return None,
+    };
+    let alg = match jwk.common.key_algorithm {
+        None => family_default,
+        Some(KeyAlgorithm::RS256) => Algorithm::RS256,
+        Some(KeyAlgorithm::RS384) => Algorithm::RS384,
+        Some(KeyAlgorithm::RS512) => Algorithm::RS512,
+        Some(KeyAlgorithm::PS256) => Algorithm::PS256,
+        Some(KeyAlgorithm::PS384) => Algorithm::PS384,
+        Some(KeyAlgorithm::PS512) => Algorithm::PS512,
+        Some(KeyAlgorithm::ES256) => Algorithm::ES256,
+        Some(KeyAlgorithm::ES384) => Algorithm::ES384,
+        Some(_) => return None,
+    };
+    let key = DecodingKey::from_jwk(jwk).ok()?;
+    let spki = match &jwk.algorithm {
+        AlgorithmParameters::RSA(rsa) => {
+            let b64 = |s: &str| {
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(s.trim_end_matches('='))
+                    .ok()
+            };
+            match (b64(&rsa.n), b64(&rsa.e)) {
+                (Some(n), Some(e)) => Some(signature::rsa_spki(&n, &e)),
+                _ => None,
+            }
+        }
+        _ => None,
+    };
+    Some(Key {
+        kid: jwk.common.key_id.clone(),
+        alg,
+        key,
+        spki,
+    })
+}
+
+/// What a token must satisfy besides its signature.
+#[derive(Debug, Clone)]
+pub struct Expectations<'a> {
+    pub issuer: &'a str,
+    pub audiences: &'a [String],
+    pub leeway_seconds: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenError {
+    Malformed,
+    UnsupportedAlgorithm,
+    UnknownKey(Option<String>),
+    BadSignature,
+    Expired,
+    NotYetValid,
+    WrongIssuer,
+    WrongAudience,
+    WrongType,
+}
+
+impl TokenError {
+    /// The `error_description` of the 401 (no token material in it).
+    pub fn describe(&self) -> &'static str {
+        match self {
+            TokenError::Malformed => "malformed token",
+            TokenError::UnsupportedAlgorithm => "unsupported signature algorithm",
+            TokenError::UnknownKey(_) => "unknown signing key",
+            TokenError::BadSignature => "invalid signature",
+            TokenError::Expired => "token expired",
+            TokenError::NotYetValid => "token not yet valid",
+            TokenError::WrongIssuer => "wrong issuer",
+            TokenError::WrongAudience => "wrong audience",
+            TokenError::WrongType => "not an access token",
+        }
+    }
+}
+
+/// A verified token: its claims, expiry and digest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Token {
+    pub claims: Value,
+    pub exp: i64,
+    pub digest: [u8; 32],
+}
+
+impl Token {
+    /// `authorization.permissions` when the token is an RPT.
+    pub fn permissions(&self) -> Option<Vec<Permission>> {
+        permissions_of(&self.claims)
+    }
+
+    /// Whether `aud` (a string or a list) names this client: an RPT is issued for the resource
+    /// server it was asked for.
+    pub fn is_for_audience(&self, client_id: &str) -> bool {
+        match self.claims.get("aud") {
+            Some(Value::String(a)) => a == client_id,
+            Some(Value::Array(list)) => list.iter().any(|a| a.as_str() == Some(client_id)),
+            _ => false,
+        }
+    }
+
+    /// A claim by JSON pointer (`/realm_access/roles`). For tools and tests (tests/contract.rs
+    /// reads real tokens with it); decisions read the typed fields.
+    pub fn claim(&self, pointer: &str) -> Option<&Value> {
+        self.claims.pointer(pointer)
+    }
+
+    pub fn subject(&self) -> Option<&str> {
+        self.claims.get("sub").and_then(Value::as_str)
+    }
+}
+
+/// The key id of a token, read without verification (to decide whether the JWKS must be refetched).
+pub fn key_id(raw: &str) -> Option<String> {
+    jsonwebtoken::decode_header(raw).ok()?.kid
+}
+
+/// A signature checker offered by the host (Envoy's `verify_signature`); `None`: could not check.
+pub type HostVerifier<'a> = &'a dyn Fn(&HostCheck) -> Option<bool>;
+
+/// Verifies signature and claims. `now` is seconds since the epoch.
+pub fn verify(
+    raw: &str,
+    jwks: &Jwks,
+    expect: &Expectations,
+    now: i64,
+) -> Result<Token, TokenError> {
+    verify_with(raw, jwks, expect, now, None)
+}
+
+/// As [`verify`], letting the host check RSA PKCS#1 signatures when it can.
+pub fn verify_with(
+    raw: &str,
+    jwks: &Jwks,
+    expect: &Expectations,
+    now: i64,
+    host: Option<HostVerifier>,
+) -> Result<Token, TokenError> {
+    let header = jsonwebtoken::decode_header(raw).map_err(|_| TokenError::Malformed)?;
+    if matches!(
+        header.alg,
+        Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512
+    ) || matches!(header.alg, Algorithm::EdDSA)
+    {
+        return Err(TokenError::UnsupportedAlgorithm);
+    }
+    let candidates: Vec<&Key> = jwks
+        .keys
+        .iter()
+        .filter(|k| match &header.kid {
+            Some(kid) => k.kid.as_deref() == Some(kid.as_str()),
+            None => true,
+        })
+        .collect();
+    if candidates.is_empty() {
+        return Err(TokenError::UnknownKey(header.kid));
+    }
+    let mut validation = Validation::new(header.alg);
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
+    validation.validate_aud = false;
+    validation.required_spec_claims.clear();
+    let mut last = TokenError::UnknownKey(header.kid.clone());
+    let mut claims = None;
+    for k in candidates {
+        if k.alg != header.alg {
+            last = TokenError::UnsupportedAlgorithm;
+            continue;
+        }
+        if let (Some(host), Some(spki), Some(hash)) = (host, &k.spki, pkcs1_hash(header.alg)) {
+            match host_check(raw, host, spki, hash) {
+                Some(Ok(c)) => {
+                    claims = Some(c);
+                    break;
+                }
+                Some(Err(e)) => {
+                    last = e;
+                    continue;
+                }
+                None => {} // the host could not tell: verify in wasm
+            }
+        }
+        match jsonwebtoken::decode::<Value>(raw, &k.key, &validation) {
+            Ok(data) => {
+                claims = Some(data.claims);
+                break;
+            }
+            Err(e) => {
+                last = match e.kind() {
+                    jsonwebtoken::errors::ErrorKind::InvalidSignature => TokenError::BadSignature,
+                    jsonwebtoken::errors::ErrorKind::InvalidAlgorithm => {
+                        TokenError::UnsupportedAlgorithm
+                    }
+                    _ => TokenError::Malformed,
+                }
+            }
+        }
+    }
+    let claims = claims.ok_or(last)?;
+    check_claims(claims, expect, now, raw)
+}
+
+fn pkcs1_hash(alg: Algorithm) -> Option<&'static str> {
+    match alg {
+        Algorithm::RS256 => Some("sha256"),
+        Algorithm::RS384 => Some("sha384"),
+        Algorithm::RS512 => Some("sha512"),
+        _ => None,
+    }
+}
+
+/// `Some(Ok(claims))` when the host verified the signature, `Some(Err)` when it refused it or the
+/// token is malformed, `None` when the host could not answer.
+fn host_check(
+    raw: &str,
+    host: HostVerifier,
+    spki: &[u8],
+    hash: &'static str,
+) -> Option<Result<Value, TokenError>> {
+    let (signing_input, sig_b64) = raw.rsplit_once('.')?;
+    let payload_b64 = signing_input.split('.').nth(1)?;
+    let decode = |s: &str| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(s)
+            .ok()
+    };
+    let (Some(sig), Some(payload)) = (decode(sig_b64), decode(payload_b64)) else {
+        return Some(Err(TokenError::Malformed));
+    };
+    let check = HostCheck {
+        hash,
+        public_key: spki,
+        signature: &sig,
+        text: signing_input.as_bytes(),
+    };
+    match host(&check)? {
+        false => Some(Err(TokenError::BadSignature)),
+        true => Some(serde_json::from_slice(&payload).map_err(|_| TokenError::Malformed)),
+    }
+}
+
+fn check_claims(
+    claims: Value,
+    expect: &Expectations,
+    now: i64,
+    raw: &str,
+) -> Result<Token, TokenError> {
+    let leeway = i64::try_from(expect.leeway_seconds).unwrap_or(i64::MAX);
+    let exp = claims
+        .get("exp")
+        .and_then(Value::as_i64)
+        .ok_or(TokenError::Malformed)?;
+    if now > exp.saturating_add(leeway) {
+        return Err(TokenError::Expired);
+    }
+    if let Some(nbf) = claims.get("nbf").and_then(Value::as_i64) {
+        if now.saturating_add(leeway) < nbf {
+            return Err(TokenError::NotYetValid);
+        }
+    }
+    if claims.get("iss").and_then(Value::as_str) != Some(expect.issuer) {
+        return Err(TokenError::WrongIssuer);
+    }
+    if let Some(typ) = claims.get("typ").and_then(Value::as_str) {
+        // Keycloak marks ID and refresh tokens; only access tokens (and RPTs) authorize requests.
+        if !typ.eq_ignore_ascii_case("bearer") {
+            return Err(TokenError::WrongType);
+        }
+    }
+    if !expect.audiences.is_empty() {
+        let ok = match claims.get("aud") {
+            Some(Value::String(a)) => expect.audiences.iter().any(|x| x == a),
+            Some(Value::Array(items)) => items
+                .iter()
+                .filter_map(Value::as_str)
+                .any(|a| expect.audiences.iter().any(|x| x == a)),
+            _ => false,
+        };
+        if !ok {
+            return Err(TokenError::WrongAudience);
+        }
+    }
+    Ok(Token {
+        claims,
+        exp,
+        digest: digest(raw),
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use base64::Engine;
+    use jsonwebtoken::{EncodingKey, Header};
+    use serde_json::json;
+
+    pub const ISSUER: &str = "http://kc/realms/bank";
+    pub const NOW: i64 = 1_800_000_000;
+
+    fn fixture(name: &str) -> Vec<u8> {
+        let p = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read(p).unwrap()
+    }
+
+    pub fn jwks() -> Jwks {
+        Jwks::parse(&fixture("jwks.json")).unwrap()
+    }
+
+    /// Signs claims with the test-only RSA key of tests/fixtures (kid `rsa-1`).
+    pub fn sign_rs256(claims: &Value) -> String {
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(fixture("rsa-private.der.b64"))
+            .unwrap();
+        let mut h = Header::new(Algorithm::RS256);
+        h.kid = Some("rsa-1".into());
+        jsonwebtoken::encode(&h, claims, &EncodingKey::from_rsa_der(&der)).unwrap()
+    }
+
+    fn sign_es256(claims: &Value) -> String {
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(fixture("ec-private.pk8.b64"))
+            .unwrap();
+        let mut h = Header::new(Algorithm::ES256);
+        h.kid = Some("ec-1".into());
+        jsonwebtoken::encode(&h, claims, &EncodingKey::from_ec_der(&der)).unwrap()
+    }
+
+    pub fn claims() -> Value {
+        json!({"iss": ISSUER, "exp": NOW + 300, "iat": NOW, "sub": "u1", "typ": "Bearer",
+               "aud": "account", "realm_access": {"roles": ["user", "account_owner"]}})
+    }
+
+    fn expect() -> Expectations<'static> {
+        Expectations {
+            issuer: ISSUER,
+            audiences: &[],
+            leeway_seconds: 30,
+        }
+    }
+
+    #[test]
+    fn bearer_extraction() {
+        assert_eq!(bearer(&[], 100), Ok(None));
+        assert_eq!(
+            bearer(&[b"Bearer abc.def-_~+/=="], 100),
+            Ok(Some("abc.def-_~+/=="))
+        );
+        assert_eq!(bearer(&[b"bearer  abc"], 100), Ok(Some("abc")));
+        assert_eq!(
+            bearer(&[b"Bearer a", b"Bearer b"], 100),
+            Err(BearerError::Duplicate)
+        );
+        assert_eq!(
+            bearer(&[b"Basic dXNlcjpwdw=="], 100),
+            Err(BearerError::NotBearer)
+        );
+        assert_eq!(bearer(&[b"Bearer"], 100), Err(BearerError::BadSyntax));
+        assert_eq!(bearer(&[b"Bearer a b"], 100), Err(BearerError::BadSyntax));
+        assert_eq!(bearer(&[b"Bearer a,b"], 100), Err(BearerError::BadSyntax));
+        assert_eq!(
+            bearer(&[b"Bearer \xff\xfe"], 100),
+            Err(BearerError::BadSyntax)
+        );
+        assert_eq!(bearer(&[b"Bearer ===="], 100), Err(BearerError::BadSyntax));
+        assert_eq!(bearer(&[b"Bearer abcdef"], 3), Err(BearerError::TooLong));
+    }
+
+    #[test]
+    fn jwks_skips_encryption_keys_and_rejects_garbage() {
+        assert_eq!(jwks().len(), 2);
+        assert!(jwks().has_kid("rsa-1") && !jwks().has_kid("enc-1"));
+        assert!(Jwks::parse(b"upstream connect error").is_err());
+        assert!(Jwks::parse(br#"{"keys":[]}"#).is_err());
+    }
+
+    #[test]
+    fn valid_tokens_verify() {
+        let t = verify(&sign_rs256(&claims()), &jwks(), &expect(), NOW).unwrap();
+        assert_eq!(t.subject(), Some("u1"));
+        assert_eq!(
+            t.claim("/realm_access/roles/1"),
+            Some(&json!("account_owner"))
+        );
+        assert_eq!(t.exp, NOW + 300);
+        let t = verify(&sign_es256(&claims()), &jwks(), &expect(), NOW).unwrap();
+        assert_eq!(t.digest, digest(&sign_es256(&claims())).map(|b| b));
+    }
+
+    #[test]
+    fn one_changed_byte_breaks_the_signature() {
+        let tok = sign_rs256(&claims());
+        let mut bytes = tok.into_bytes();
+        let last = bytes.len() - 5;
+        bytes[last] = if bytes[last] == b'A' { b'B' } else { b'A' };
+        let forged = String::from_utf8(bytes).unwrap();
+        assert_eq!(
+            verify(&forged, &jwks(), &expect(), NOW),
+            Err(TokenError::BadSignature)
+        );
+        // a changed payload with the old signature
+        let tok = sign_rs256(&claims());
+        let parts: Vec<&str> = tok.split('.').collect();
+        let mut c = claims();
+        c["realm_access"]["roles"] = json!(["admin"]);
+        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(c.to_string());
+        let spliced = format!("{}.{}.{}", parts[0], payload, parts[2]);
+        assert_eq!(
+            verify(&spliced, &jwks(), &expect(), NOW),
+            Err(TokenError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn claims_are_checked() {
+        let mut c = claims();
+        c["exp"] = json!(NOW - 31);
+        assert_eq!(
+            verify(&sign_rs256(&c), &jwks(), &expect(), NOW),
+            Err(TokenError::Expired)
+        );
+        c["exp"] = json!(NOW - 29);
+        assert!(
+            verify(&sign_rs256(&c), &jwks(), &expect(), NOW).is_ok(),
+            "within leeway"
+        );
+        let mut c = claims();
+        c["nbf"] = json!(NOW + 100);
+        assert_eq!(
+            verify(&sign_rs256(&c), &jwks(), &expect(), NOW),
+            Err(TokenError::NotYetValid)
+        );
+        let mut c = claims();
+        c["iss"] = json!("http://evil/realms/bank");
+        assert_eq!(
+            verify(&sign_rs256(&c), &jwks(), &expect(), NOW),
+            Err(TokenError::WrongIssuer)
+        );
+        let mut c = claims();
+        c["typ"] = json!("Refresh");
+        assert_eq!(
+            verify(&sign_rs256(&c), &jwks(), &expect(), NOW),
+            Err(TokenError::WrongType)
+        );
+        let mut c = claims();
+        c.as_object_mut().unwrap().remove("exp");
+        assert_eq!(
+            verify(&sign_rs256(&c), &jwks(), &expect(), NOW),
+            Err(TokenError::Malformed)
+        );
+        let auds = vec!["bank-api".to_string()];
+        let e = Expectations {
+            audiences: &auds,
+            ..expect()
+        };
+        assert_eq!(
+            verify(&sign_rs256(&claims()), &jwks(), &e, NOW),
+            Err(TokenError::WrongAudience)
+        );
+        let mut c = claims();
+        c["aud"] = json!(["x", "bank-api"]);
+        assert!(verify(&sign_rs256(&c), &jwks(), &e, NOW).is_ok());
+    }
+
+    #[test]
+    fn none_and_hmac_are_refused() {
+        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let body = b64(&claims().to_string());
+        let none = format!("{}.{}.", b64(r#"{"alg":"none","kid":"rsa-1"}"#), body);
+        assert!(verify(&none, &jwks(), &expect(), NOW).is_err());
+        // HS256 "signed" with the public key's bytes must never verify
+        let hs = jsonwebtoken::encode(
+            &Header {
+                kid: Some("rsa-1".into()),
+                ..Header::new(Algorithm::HS256)
+            },
+            &claims(),
+            &EncodingKey::from_secret(&fixture("jwks.json")),
+        )
+        .unwrap();
+        assert_eq!(
+            verify(&hs, &jwks(), &expect(), NOW),
+            Err(TokenError::UnsupportedAlgorithm)
+        );
+        // an RS256 token presented as ES256 under the RSA kid
+        let tok = sign_rs256(&claims());
+        let parts: Vec<&str> = tok.split('.').collect();
+        let relabeled = format!(
+            "{}.{}.{}",
+            b64(r#"{"alg":"ES256","kid":"rsa-1"}"#),
+            parts[1],
+            parts[2]
+        );
+        assert!(verify(&relabeled, &jwks(), &expect(), NOW).is_err());
+    }
+
+    /// The host path: a verifier standing in for Envoy's `verify_signature` (here jsonwebtoken on
+    /// the PKCS#1 key taken back out of the SPKI the filter built, so the DER is exercised too).
+    #[test]
+    fn host_verifier_is_used_for_rsa_and_its_no_is_final() {
+        let calls = std::cell::Cell::new(0);
+        let host = |c: &HostCheck| -> Option<bool> {
+            calls.set(calls.get() + 1);
+            assert_eq!(c.hash, "sha256");
+            let pkcs1 = signature::rsa_public_key_of_spki(c.public_key)?;
+            let key = DecodingKey::from_rsa_der(pkcs1);
+            let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(c.signature);
+            jsonwebtoken::crypto::verify(&sig, c.text, &key, Algorithm::RS256).ok()
+        };
+        let tok = sign_rs256(&claims());
+        let t = verify_with(&tok, &jwks(), &expect(), NOW, Some(&host)).unwrap();
+        assert_eq!(t.subject(), Some("u1"));
+        assert_eq!(calls.get(), 1);
+        let mut bytes = tok.into_bytes();
+        let i = bytes.len() - 3;
+        bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
+        let forged = String::from_utf8(bytes).unwrap();
+        assert_eq!(
+            verify_with(&forged, &jwks(), &expect(), NOW, Some(&host)),
+            Err(TokenError::BadSignature)
+        );
+        assert_eq!(calls.get(), 2);
+        // a host that cannot answer: verified in wasm
+        let absent = |_: &HostCheck| -> Option<bool> { None };
+        assert!(verify_with(
+            &sign_rs256(&claims()),
+            &jwks(),
+            &expect(),
+            NOW,
+            Some(&absent)
+        )
+        .is_ok());
+        assert_eq!(
+            verify_with(&forged, &jwks(), &expect(), NOW, Some(&absent)),
+            Err(TokenError::BadSignature)
+        );
+        // claims are still checked after a host "yes"
+        let mut c = claims();
+        c["exp"] = json!(NOW - 100);
+        assert_eq!(
+            verify_with(&sign_rs256(&c), &jwks(), &expect(), NOW, Some(&host)),
+            Err(TokenError::Expired)
+        );
+        // EC keys never go to the host
+        let before = calls.get();
+        assert!(verify_with(&sign_es256(&claims()), &jwks(), &expect(), NOW, Some(&host)).is_ok());
+        assert_eq!(calls.get(), before);
+    }
+
+    #[test]
+    fn unknown_kid_and_garbage() {
+        let mut h = Header::new(Algorithm::RS256);
+        h.kid = Some("rotated".into());
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(fixture("rsa-private.der.b64"))
+            .unwrap();
+        let tok = jsonwebtoken::encode(&h, &claims(), &EncodingKey::from_rsa_der(&der)).unwrap();
+        assert_eq!(key_id(&tok).as_deref(), Some("rotated"));
+        assert_eq!(
+            verify(&tok, &jwks(), &expect(), NOW),
+            Err(TokenError::UnknownKey(Some("rotated".into())))
+        );
+        assert_eq!(
+            verify("not-a-jwt", &jwks(), &expect(), NOW),
+            Err(TokenError::Malformed)
+        );
+        assert_eq!(
+            verify("a.b.c", &jwks(), &expect(), NOW),
+            Err(TokenError::Malformed)
+        );
+    }
+
+    #[test]
+    fn rpt_permissions_are_read() {
+        let mut c = claims();
+        c["authorization"] =
+            json!({"permissions": [{"rsid": "r1", "rsname": "A", "scopes": ["s"]}]});
+        let t = verify(&sign_rs256(&c), &jwks(), &expect(), NOW).unwrap();
+        assert_eq!(t.permissions().unwrap()[0].rsid.as_deref(), Some("r1"));
+    }
+}

@@ -1,0 +1,9 @@
+//! Plain data that crosses the core's boundaries: what is sent to Keycloak and what comes back,
+//! the permissions passed upstream, the claims pushed with a decision request, and the JSON
+//! reader that names the path of a bad field.
+
+pub mod claims;
+pub mod http;
+pub mod json;
+pub mod permission;
+pub mod resource;
