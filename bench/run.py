@@ -289,12 +289,20 @@ def main():
         # The ratio that matters (3 vs 2) moves by 10-20 % between single runs on a 2-core machine:
         # cases 2 and 3 run alternately REPEAT times and each figure is the median.
         runs = {"2_noop": [], "3_pep_cache_hit": []}
+        # KCPEP_BENCH_BASELINE_WASM: another build of the filter (an earlier commit's) measured on the
+        # cache-hit path in the same alternation, so a change is compared with what it replaced.
+        baseline = os.environ.get("KCPEP_BENCH_BASELINE_WASM")
+        if baseline:
+            runs["3_baseline_cache_hit"] = []
         for _ in range(REPEAT):
             if wanted("2"):
                 runs["2_noop"].append(run_case("2 no-op proxy-wasm filter", "dist/noop.wasm", {}, None))
             if wanted("3"):
                 runs["3_pep_cache_hit"].append(
                     run_case("3 keycloak-pep, cache hit", "dist/keycloak_pep.wasm", plugin_config(True), owner))
+            if baseline and wanted("3"):
+                runs["3_baseline_cache_hit"].append(
+                    run_case("3 baseline build, cache hit", os.path.abspath(baseline), plugin_config(True), owner))
         for key, rs in runs.items():
             cases[key] = median_of(rs) if rs else skipped
             if len(rs) > 1:
@@ -320,6 +328,10 @@ def main():
         "coalesce_calls": co["keycloak_calls"],
         "wasm_kb": wasm_kb,
     }
+    if "3_baseline_cache_hit" in cases:
+        base = cases["3_baseline_cache_hit"]
+        summary["hit_vs_baseline_rps"] = round(hit["rps"] / base["rps"], 2)
+        summary["hit_vs_baseline_p50_us"] = hit["p50_us"] - base["p50_us"]
     os.makedirs(os.path.join(ROOT, "results"), exist_ok=True)
     path = os.path.join(ROOT, "results", time.strftime("bench-%Y%m%dT%H%M%S.json"))
     with open(path, "w") as f:
