@@ -107,8 +107,6 @@ impl Flow {
         let cfg = &plugin.enforcers[self.enforcer].config;
         match step {
             Step::Allow(a) => {
-                self.decided.set(true);
-                metrics.allowed(a.cache);
                 if let (Some(key), Some(until), Some(header)) =
                     (self.memo_key, a.memo_until_ms, &a.permissions)
                 {
@@ -118,14 +116,7 @@ impl Flow {
                     metrics.dry_run_denied();
                     self.log_denial(cfg, r, "kcpep dry-run would deny");
                 }
-                if let Some(value) = &a.permissions {
-                    // Refused once the headers went on (a body read for claims): then only the
-                    // filter state carries the permissions.
-                    abi::set_request_header(&cfg.proxy.permissions_header, Some(value));
-                    // Envoy keeps it as filter state `wasm.kcpep.permissions` (access logs,
-                    // later filters); proxy-wasm has no way to write dynamic metadata itself.
-                    abi::set_property(&[PERMISSIONS_PROPERTY], value.as_bytes());
-                }
+                let_on(cfg, metrics, &a, &self.decided);
                 log::debug!(
                     "kcpep allow [{}] {} {}: {}",
                     cfg.client_id,
@@ -415,6 +406,26 @@ impl Http {
     }
 }
 
+/// Lets an allowed request on with its permissions: the one way out for a decision, a cache hit
+/// and a memo hit.
+fn let_on(
+    cfg: &crate::config::EnforcerConfig,
+    metrics: &Metrics,
+    a: &enforce::step::Allow,
+    decided: &Cell<bool>,
+) {
+    decided.set(true);
+    metrics.allowed(a.cache);
+    if let Some(value) = &a.permissions {
+        // Refused once the headers went on (a body read for claims): then only the filter state
+        // carries the permissions.
+        abi::set_request_header(&cfg.proxy.permissions_header, Some(value));
+        // Envoy keeps it as filter state `wasm.kcpep.permissions` (access logs, later filters);
+        // proxy-wasm has no way to write dynamic metadata itself.
+        abi::set_property(&[PERMISSIONS_PROPERTY], value.as_bytes());
+    }
+}
+
 /// Sends a local reply.
 fn send(r: &Reply) {
     let mut headers: Vec<(&str, &str)> = r
@@ -514,7 +525,20 @@ impl HttpContext for Http {
         let host: Option<token::HostVerifier> = plugin.host_verify.then_some(&host::host_verify);
         let (cred, token_id) = plugin.enforcers[enforcer].check_credential(&auth, now, host);
         let memo_key = token_id.map(|id| crate::store::memo::key(enforcer, id, &method, &path));
-        let memoized = memo_key.and_then(|k| plugin.memo.borrow().get(k, now).cloned());
+        if let Some(k) = memo_key {
+            let memo = plugin.memo.borrow();
+            if let Some(header) = memo.get(k, now) {
+                // answered as the cache hit it stands for
+                let a = enforce::gate::memo_hit(header.to_string());
+                let_on(
+                    &plugin.enforcers[enforcer].config,
+                    &self.metrics,
+                    &a,
+                    &self.decided,
+                );
+                return Action::Continue;
+            }
+        }
         let prop = |p: &str| {
             hostcalls::get_property(p.split('.').collect())
                 .ok()
@@ -539,13 +563,6 @@ impl HttpContext for Http {
             memo_key,
             decided: Rc::clone(&self.decided),
         };
-        if let Some(header) = memoized {
-            // answered as the cache hit it stands for
-            let step = Step::Allow(enforce::gate::memo_hit(header.to_string()));
-            let mut flow = flow;
-            flow.apply(&plugin, &self.metrics, step, false);
-            return Action::Continue;
-        }
         self.first_step(&plugin, flow, end_of_stream)
     }
 
