@@ -30,7 +30,6 @@ pub fn normalize(raw: &str) -> Option<String> {
         return None;
     }
     let mut s = remove_dot_segments(&s);
-
     if s.len() > 1 && s.ends_with('/') {
         s.pop();
     }
@@ -176,36 +175,32 @@ fn is_valid_uri_path(s: &str) -> bool {
         return false;
     }
     let b = s.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        let c = b[i];
-        if c == b'%' {
-            if i + 2 >= b.len() {
+    let mut chars = s.char_indices();
+    while let Some((i, ch)) = chars.next() {
+        if ch == '%' {
+            if !(b.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                && b.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+            {
                 return false;
             }
-            if !(b[i + 1].is_ascii_hexdigit() && b[i + 2].is_ascii_hexdigit()) {
-                return false;
-            }
-            i += 3;
+            // the two hex digits are ASCII: one char each
+            chars.next();
+            chars.next();
             continue;
         }
-        let ok = c.is_ascii_alphanumeric()
-            || b"-_.!~*'()/:@&=+$,;{}".contains(&c)
-            || (c >= 0x80 && !is_java_space_or_control(s, i));
+        let ok = match u8::try_from(ch) {
+            Ok(c) if c.is_ascii() => {
+                c.is_ascii_alphanumeric() || b"-_.!~*'()/:@&=+$,;{}".contains(&c)
+            }
+            // Java's "other" characters: any non-ASCII but ISO controls (U+0080..U+009F) and
+            // space separators
+            _ => !(ch.is_control() || ch.is_whitespace()),
+        };
         if !ok {
             return false;
         }
-        i += 1;
     }
     true
-}
-
-fn is_java_space_or_control(s: &str, byte_index: usize) -> bool {
-    // Non-ASCII: Java rejects ISO controls (U+0080..U+009F) and space separators.
-    s[byte_index..]
-        .chars()
-        .next()
-        .is_some_and(|ch| ch.is_control() || ch.is_whitespace())
 }
 
 /// Java `URI.normalize()` on a path: `.` segments go, `x/..` pairs go, a `..` that has nothing to
@@ -275,6 +270,16 @@ fn percent_decode(s: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::{normalize, segmentation_hazard};
+
+    #[test]
+    fn non_ascii_paths_normalize_without_a_panic() {
+        // found by the differential corpus (tests/oracle.rs): a multi-byte character used to be
+        // sliced in the middle, a panic that kills the worker's VM
+        assert_eq!(normalize("/res/日本/").as_deref(), Some("/res/日本"));
+        assert_eq!(normalize("/é;x=1/%41").as_deref(), Some("/é/A"));
+        assert_eq!(normalize("/a/\u{85}"), None, "Java refuses an ISO control");
+        assert_eq!(normalize("/a/\u{3000}"), None, "and a space separator");
+    }
 
     #[test]
     fn paths_whose_segments_could_be_read_otherwise_are_hazards() {
