@@ -3,7 +3,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 WASM := dist/keycloak_pep.wasm
 
-.PHONY: help build wasm test unit abi e2e e2e-matrix fuzz-diff lint up down demo bench oci clean
+.PHONY: help build wasm test unit abi e2e e2e-matrix fuzz fuzz-diff lint up down demo bench oci clean
 
 help:
 	@echo "make demo    build the filter, start Keycloak + Envoy + an echo upstream on 127.0.0.1, show allowed/denied requests"
@@ -11,6 +11,7 @@ help:
 	@echo "make build   dist/keycloak_pep.wasm (wasm32-wasip1, release) and the kcpep CLI"
 	@echo "make up / make down   start / stop the stack in the background"
 	@echo "make e2e-matrix   the end-to-end suites against Keycloak 26.7, 26.0 and the /auth path"
+	@echo "make fuzz         every parser under generated input, long (PROPTEST_CASES, 200000)"
 	@echo "make fuzz-diff    path normalization and matching against Keycloak's own matchers, new seeds for KCPEP_FUZZ_MINUTES (10)"
 	@echo "make bench   benchmarks (prints figures)"
 	@echo "make oci     dist/oci: an OCI image layout of the filter for Istio (no container engine needed)"
@@ -41,6 +42,10 @@ E2E_TESTS := --test contract --test e2e --test claims --test hostile --test repl
 e2e: $(WASM)
 	cargo test --features e2e $(E2E_TESTS) --no-run
 	scripts/stack.sh test -- bash -c 'cargo test --features e2e --test manifests --test oracle --test contract --test e2e --test claims --test hostile --test replay -- --test-threads=1 && cargo test --features e2e --test outage'
+
+# tests/fuzz.rs' property runs over every parser, with many more cases than make test gives them.
+fuzz:
+	PROPTEST_CASES=$${PROPTEST_CASES:-200000} cargo test --release --test fuzz
 
 # The differential corpus of tests/oracle.rs (the filter's path normalization and matching against
 # Keycloak's own matchers) with a new seed each round, for KCPEP_FUZZ_MINUTES (10) minutes; stops at

@@ -412,9 +412,15 @@ fn generated(seed: u64, groups: usize, paths_per_group: usize) -> Vec<(Vec<Strin
     let mut rng = StdRng::seed_from_u64(seed);
     (0..groups)
         .map(|_| {
-            let patterns: Vec<String> = (0..rng.gen_range(1..6))
-                .map(|_| pattern(&mut rng))
-                .collect();
+            let mut patterns: Vec<String> = Vec::new();
+            for _ in 0..rng.gen_range(1..6) {
+                // identical paths are one path (both Keycloak's configuration and ours merge
+                // them), so a matcher never sees the same pattern twice
+                let p = pattern(&mut rng);
+                if !patterns.contains(&p) {
+                    patterns.push(p);
+                }
+            }
             let paths = (0..paths_per_group)
                 .map(|_| {
                     let target = patterns.choose(&mut rng).unwrap().clone();
