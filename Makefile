@@ -45,7 +45,7 @@ e2e: $(WASM)
 
 # tests/fuzz.rs' property runs over every parser, with many more cases than make test gives them.
 fuzz:
-	PROPTEST_CASES=$${PROPTEST_CASES:-200000} cargo test --release --test fuzz
+	PROPTEST_CASES=$${PROPTEST_CASES:-200000} cargo test --test fuzz
 
 # The differential corpus of tests/oracle.rs (the filter's path normalization and matching against
 # Keycloak's own matchers) with a new seed each round, for KCPEP_FUZZ_MINUTES (10) minutes; stops at
