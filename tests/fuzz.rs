@@ -124,6 +124,21 @@ fn set(v: &mut Value, at: &[&str], new: Value) {
     }
 }
 
+/// Every parser of Keycloak's answers, on one answer.
+fn every_answer_parser(status: u16, body: &[u8]) {
+    let _ = uma::parse_token_response(status, body);
+    let _ = uma::parse_discovery(status, body);
+    for mode in [
+        ResponseMode::Rpt,
+        ResponseMode::Decision,
+        ResponseMode::Permissions,
+    ] {
+        let _ = uma::parse_uma_response(status, body, mode);
+    }
+    let _ = uma::parse_resources(status, body);
+    let _ = uma::parse_ticket(status, body);
+}
+
 /// Request headers, some of them ones the claims and the forwarded rules read.
 fn headers() -> impl Strategy<Value = Vec<(String, Vec<u8>)>> {
     let name = prop_oneof![
@@ -224,26 +239,13 @@ proptest! {
 
     #[test]
     fn any_keycloak_answer(status in prop_oneof![Just(200u16), Just(400), Just(401), Just(403), any::<u16>()], body in prop::collection::vec(any::<u8>(), 0..200)) {
-        let _ = uma::parse_token_response(status, &body);
-        let _ = uma::parse_discovery(status, &body);
-        for mode in [ResponseMode::Rpt, ResponseMode::Decision, ResponseMode::Permissions] {
-            let _ = uma::parse_uma_response(status, &body, mode);
-        }
-        let _ = uma::parse_resources(status, &body);
-        let _ = uma::parse_ticket(status, &body);
+        every_answer_parser(status, &body);
         let _ = Jwks::parse(&body);
     }
 
     #[test]
     fn any_json_keycloak_answer(status in prop_oneof![Just(200u16), Just(400), Just(403)], v in json_value()) {
-        let body = v.to_string().into_bytes();
-        let _ = uma::parse_token_response(status, &body);
-        let _ = uma::parse_discovery(status, &body);
-        for mode in [ResponseMode::Rpt, ResponseMode::Decision, ResponseMode::Permissions] {
-            let _ = uma::parse_uma_response(status, &body, mode);
-        }
-        let _ = uma::parse_resources(status, &body);
-        let _ = uma::parse_ticket(status, &body);
+        every_answer_parser(status, v.to_string().as_bytes());
         let _ = Jwks::parse(&json!({"keys": [v]}).to_string().into_bytes());
     }
 

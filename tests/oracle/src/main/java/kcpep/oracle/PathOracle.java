@@ -26,7 +26,7 @@ import org.keycloak.common.util.PathMatcher;
  * %2E%2E counts), and the matcher is handed that path without normalizing it again.
  */
 public final class PathOracle {
-    private static final class Matcher extends PathMatcher<String> {
+    private static class Matcher extends PathMatcher<String> {
         private final List<String> patterns;
 
         Matcher(List<String> patterns) {
@@ -45,21 +45,9 @@ public final class PathOracle {
     }
 
     /** Matches the path it is given as it is (the caller normalized it). */
-    private static final class PreNormalized extends PathMatcher<String> {
-        private final List<String> patterns;
-
+    private static final class PreNormalized extends Matcher {
         PreNormalized(List<String> patterns) {
-            this.patterns = patterns;
-        }
-
-        @Override
-        protected String getPath(String entry) {
-            return entry;
-        }
-
-        @Override
-        protected Collection<String> getPaths() {
-            return patterns;
+            super(patterns);
         }
 
         // overrides PathMatcher.normalizeUri where it exists (26.7 and later)
