@@ -1129,6 +1129,46 @@ fn a_lazily_loaded_path_is_looked_up_once_for_all_workers() {
 }
 
 #[test]
+fn one_client_id_in_two_realms_never_shares_a_path_lookup() {
+    // The same client id in two realms (a tenant layout) on one process: realm tenant-2's worker
+    // must ask its own Keycloak realm, not take realm bank's resource (a foreign resource id).
+    let cfg = |realm: &str| {
+        json!({"realm": realm, "auth-server-url": "http://kc:8080", "resource": "bank-api",
+               "credentials": {"secret": "s3cret"},
+               "policy-enforcer": {"lazy-load-paths": true},
+               "kcpep": {"issuer": ISSUER}})
+        .to_string()
+        .into_bytes()
+    };
+    let shared = SharedData::new();
+    let mut a = vm_with(Some(shared.clone()));
+    assert!(a.configure(&cfg("bank")).unwrap());
+    answer_background(&mut a);
+    let mut b = vm_with(Some(shared.clone()));
+    assert!(b.configure(&cfg("tenant-2")).unwrap());
+    answer_background(&mut b);
+    let t = token(json!({}));
+    get(&mut a, "/reports/9", Some(&bearer(&t)), &[]);
+    let lookup = a.take_callouts().pop().unwrap();
+    a.respond(
+        lookup.token,
+        200,
+        &[],
+        br#"[{"_id":"bank-rep","name":"Report","uris":["/reports/{id}"]}]"#,
+    )
+    .unwrap();
+    get(&mut b, "/reports/9", Some(&bearer(&t)), &[]);
+    let lookups: Vec<String> = b
+        .take_callouts()
+        .iter()
+        .map(|c| String::from_utf8_lossy(c.header(":path").unwrap()).into_owned())
+        .filter(|p| p.contains("resource_set"))
+        .collect();
+    assert_eq!(lookups.len(), 1, "tenant-2 asks its own realm: {lookups:?}");
+    assert!(lookups[0].starts_with("/realms/tenant-2/"), "{lookups:?}");
+}
+
+#[test]
 fn a_body_ended_by_trailers_is_decided_before_it_goes_on() {
     let mut vm = ready_vm_with(&claims_config(json!({})));
     let t = token(json!({}));

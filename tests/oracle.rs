@@ -398,6 +398,17 @@ fn mutate(rng: &mut StdRng, p: &str) -> String {
     }
 }
 
+/// At least `min` cases were compared and none differed (the first ones are shown).
+fn agree(cases: usize, min: usize, differ: &[String]) {
+    assert!(cases >= min, "{cases} cases");
+    assert!(
+        differ.is_empty(),
+        "{} of {cases} differ, first ones:\n{}",
+        differ.len(),
+        differ[..differ.len().min(40)].join("\n")
+    );
+}
+
 /// The corpus's seed: fixed in `make test`, so a failure is the same on every machine;
 /// `make fuzz-diff` sets `KCPEP_ORACLE_SEED` to new ones.
 fn seed(default: u64) -> u64 {
@@ -487,13 +498,7 @@ fn generated_paths_normalize_and_match_as_the_newest_keycloak_does() {
         "oracle: seed {seed}, {cases} generated cases, {refused_by_us} of them refused by the filter (400), {} disagreements",
         differ.len()
     );
-    assert!(cases >= 15_000, "{cases} cases");
-    assert!(
-        differ.is_empty(),
-        "{} of {cases} differ, first ones:\n{}",
-        differ.len(),
-        differ[..differ.len().min(40)].join("\n")
-    );
+    agree(cases, 15_000, &differ);
 }
 
 #[test]
@@ -571,11 +576,5 @@ fn generated_paths_match_as_keycloaks_enforcer_matches() {
         "oracle (enforcer): {cases} generated cases, {thrown_cases} where its matcher throws (answered as the newest does), {} disagreements",
         differ.len()
     );
-    assert!(cases >= 10_000, "{cases} cases");
-    assert!(
-        differ.is_empty(),
-        "{} of {cases} differ, first ones:\n{}",
-        differ.len(),
-        differ[..differ.len().min(40)].join("\n")
-    );
+    agree(cases, 10_000, &differ);
 }
