@@ -96,7 +96,7 @@ fn missing_and_malformed_credentials_get_401() {
         b"Bearer a b",
         b"Bearer \xff\xfe",
     ] {
-        let r = request(
+        let r = raw::request(
             &envoy(),
             "GET",
             "/account/1",
@@ -112,7 +112,7 @@ fn missing_and_malformed_credentials_get_401() {
     // two Authorization headers are refused even when both are valid
     let tok = user_token("owner");
     let a = format!("Bearer {tok}");
-    let r = request(
+    let r = raw::request(
         &envoy(),
         "GET",
         "/account/1",

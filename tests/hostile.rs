@@ -8,7 +8,8 @@
 //!
 //! "Never reached the upstream" is counted at Envoy's `upstream` cluster. Each class runs on
 //! envoy.yaml's :10000 listener (the shipped, safe settings) and on its tests-only :10001
-//! listener (Envoy's protections off), where the filter has to hold on its own.
+//! listener (Envoy's protections off), where the filter has to hold on its own. Requests go
+//! through the raw client (`common::raw`): they carry bytes a well-behaved client refuses.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -107,7 +108,7 @@ fn a_path_is_never_judged_one_way_and_forwarded_another() {
         for (host, path, resolved) in hostile {
             for token in [None, Some(plain.as_str())] {
                 let (r, reached) =
-                    reaches_upstream(|| send_to(&base, "GET", host, path, token, &[], b""));
+                    reaches_upstream(|| send_raw_to(&base, "GET", host, path, token, &[], b""));
                 let what = format!("{base} {host} {path} (token: {})", token.is_some());
                 if reached {
                     let forwarded = r.json()["path"].as_str().unwrap_or_default().to_string();
@@ -128,7 +129,7 @@ fn a_path_is_never_judged_one_way_and_forwarded_another() {
     let owner = user_token("owner");
     for base in [envoy(), raw_listener()] {
         let (r, reached) = reaches_upstream(|| {
-            send_to(
+            send_raw_to(
                 &base,
                 "GET",
                 "unanimous.bank.local",
@@ -139,7 +140,7 @@ fn a_path_is_never_judged_one_way_and_forwarded_another() {
             )
         });
         assert!(r.status == 200 && reached, "{base}: {}", r.status);
-        let r = send_to(
+        let r = send_raw_to(
             &base,
             "GET",
             "unanimous.bank.local",
@@ -151,7 +152,7 @@ fn a_path_is_never_judged_one_way_and_forwarded_another() {
         assert_eq!(r.status, 200, "{base}");
     }
     // Envoy's own protection on the shipped listener: the client is sent to the decoded path
-    let r = send_to(
+    let r = send_raw_to(
         &envoy(),
         "GET",
         "unanimous.bank.local",
@@ -166,7 +167,7 @@ fn a_path_is_never_judged_one_way_and_forwarded_another() {
 
 fn transfer(base: &str, host: &str, token: &str, branch: &str, amount: u32) -> Response {
     let body = format!(r#"{{"amount": {amount}}}"#);
-    send_to(
+    send_raw_to(
         base,
         "POST",
         host,
@@ -234,7 +235,7 @@ fn another_resource_servers_rpt_opens_nothing_here() {
     // bank-api (UNANIMOUS) the teller is denied. A resource of the same name, another server.
     let foreign = rpt("teller", "bank-api-affirmative");
     // bound paths: Keycloak is asked for bank-api, which denies
-    let r = send_to(
+    let r = send_raw_to(
         &envoy(),
         "GET",
         "unanimous.bank.local",
@@ -249,7 +250,7 @@ fn another_resource_servers_rpt_opens_nothing_here() {
     // asked with refused credentials, so the request fails closed
     for token in [foreign.clone(), user_token("owner")] {
         let (r, reached) = reaches_upstream(|| {
-            send_to(
+            send_raw_to(
                 &envoy(),
                 "GET",
                 "unbound.bank.local",
@@ -275,7 +276,7 @@ fn another_resource_servers_rpt_opens_nothing_here() {
     let grants = || stat("kcpep.keycloak.calls.token");
     let before = grants();
     let path = format!("/account/rpt{}", std::process::id());
-    let r = send_to(
+    let r = send_raw_to(
         &envoy(),
         "GET",
         "unanimous.bank.local",
@@ -305,7 +306,7 @@ fn no_token_or_secret_reaches_any_log_line() {
                 "redirect.bank.local",
             ] {
                 // refused: a token in the query is not a credential here, but still a live one
-                send_to(
+                send_raw_to(
                     &base,
                     "GET",
                     host,
@@ -315,8 +316,8 @@ fn no_token_or_secret_reaches_any_log_line() {
                     b"",
                 );
                 // accepted, and broken in the ways that get logged as reasons
-                send_to(&base, "GET", host, &marker, Some(t), &[], b"");
-                send_to(
+                send_raw_to(&base, "GET", host, &marker, Some(t), &[], b"");
+                send_raw_to(
                     &base,
                     "GET",
                     host,
@@ -326,7 +327,7 @@ fn no_token_or_secret_reaches_any_log_line() {
                     b"",
                 );
                 let cookie = format!("KEYCLOAK_IDENTITY={t}");
-                send_to(
+                send_raw_to(
                     &base,
                     "GET",
                     host,
@@ -336,7 +337,7 @@ fn no_token_or_secret_reaches_any_log_line() {
                     b"",
                 );
                 let doubled = format!("Bearer {t}");
-                send_to(
+                send_raw_to(
                     &base,
                     "GET",
                     host,
@@ -348,7 +349,7 @@ fn no_token_or_secret_reaches_any_log_line() {
             }
         }
     }
-    send_to(
+    send_raw_to(
         &envoy(),
         "GET",
         "unanimous.bank.local",
@@ -403,7 +404,7 @@ fn the_filters_own_headers_cannot_be_spoofed_in_any_spelling() {
     ];
     // the tests-only listener lets underscores through: the filter strips them itself
     for spoof in spoofs {
-        let r = send_to(
+        let r = send_raw_to(
             &raw_listener(),
             "GET",
             "unanimous.bank.local",
@@ -431,7 +432,7 @@ fn the_filters_own_headers_cannot_be_spoofed_in_any_spelling() {
     }
     // the shipped listener refuses header names with underscores before any filter runs
     let (r, reached) = reaches_upstream(|| {
-        send_to(
+        send_raw_to(
             &envoy(),
             "GET",
             "unanimous.bank.local",
@@ -462,7 +463,7 @@ fn tokens_keycloak_refuses_as_an_identity_get_401_and_are_not_cached() {
     for _ in 0..2 {
         let before = keycloak_requests();
         let path = format!("/account/out{id}");
-        let r = send_to(
+        let r = send_raw_to(
             &envoy(),
             "GET",
             "unanimous.bank.local",
@@ -489,7 +490,7 @@ fn a_credential_of_another_scheme_gets_a_challenge_without_an_error_code() {
         (b"Bearer", true),
     ] {
         let extra: [(&str, &[u8]); 1] = [("authorization", auth)];
-        let r = send_to(
+        let r = send_raw_to(
             &envoy(),
             "GET",
             "unanimous.bank.local",

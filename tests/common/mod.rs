@@ -2,8 +2,6 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use keycloak_pep::wire::http::HttpRequest;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::Duration;
 
 /// The stack's URLs, exported by `scripts/stack.sh test`.
@@ -46,8 +44,10 @@ impl Response {
     }
 }
 
-/// A minimal HTTP/1.1 client (one request per connection) so tests control every byte sent,
-/// including duplicate and non-UTF-8 headers.
+/// One request through ureq (a maintained HTTP/1.1 client): no redirects followed, every status
+/// returned as an answer, a new connection each time (as the stack's restarts need), and the
+/// `host` header as given (the virtual host is the test's choice, not the URL's).
+/// A base may carry a path: Keycloak under its legacy context path (`http://host:port/auth`).
 pub fn request(
     base: &str,
     method: &str,
@@ -55,114 +55,185 @@ pub fn request(
     headers: &[(&str, &[u8])],
     body: &[u8],
 ) -> Response {
-    // a base may carry a path: Keycloak under its legacy context path (http://host:port/auth)
-    let base = base.trim_start_matches("http://").trim_end_matches('/');
-    let (hostport, prefix) = base.split_once('/').map_or((base, ""), |(h, p)| (h, p));
-    let path = if prefix.is_empty() {
-        path.to_string()
+    use ureq::http;
+    static AGENT: std::sync::OnceLock<ureq::Agent> = std::sync::OnceLock::new();
+    let agent = AGENT.get_or_init(|| {
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .allow_non_standard_methods(true)
+            .max_idle_connections(0)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build()
+            .into()
+    });
+    let base = base.trim_end_matches('/');
+    let base = if base.starts_with("http://") {
+        base.to_string()
     } else {
-        format!("/{prefix}{path}")
+        format!("http://{base}")
     };
-    let mut stream =
-        TcpStream::connect(hostport).unwrap_or_else(|e| panic!("connect {hostport}: {e}"));
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    let mut req = Vec::new();
-    req.extend_from_slice(format!("{method} {path} HTTP/1.1\r\n").as_bytes());
-    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
-        req.extend_from_slice(format!("Host: {hostport}\r\n").as_bytes());
-    }
+    let url = format!("{base}{path}");
+    let mut req = http::Request::builder().method(method).uri(&url);
     for (k, v) in headers {
-        req.extend_from_slice(k.as_bytes());
-        req.extend_from_slice(b": ");
-        req.extend_from_slice(v);
-        req.extend_from_slice(b"\r\n");
+        let value = http::HeaderValue::from_bytes(v)
+            .unwrap_or_else(|e| panic!("{k}: {e}: a test that sends such bytes uses raw::request"));
+        req = req.header(*k, value);
     }
-    req.extend_from_slice(
-        format!(
-            "Content-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        )
-        .as_bytes(),
-    );
-    req.extend_from_slice(body);
-    stream.write_all(&req).unwrap();
-    parse_response(&read_response(&mut stream))
-}
-
-/// Reads one response: up to its Content-Length, or its last chunk, or else the connection's
-/// end. (Waiting for the close alone would also wait out Envoy's delayed close, a second per
-/// local reply.)
-fn read_response(stream: &mut TcpStream) -> Vec<u8> {
-    let mut raw = Vec::new();
-    let mut buf = [0u8; 16 * 1024];
-    loop {
-        if let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
-            let body = &raw[split + 4..];
-            let length = head.lines().find_map(|l| {
-                l.strip_prefix("content-length:")
-                    .and_then(|v| v.trim().parse::<usize>().ok())
-            });
-            let chunked = head
-                .lines()
-                .any(|l| l.starts_with("transfer-encoding:") && l.contains("chunked"));
-            let no_body = head.starts_with("http/1.1 204") || head.starts_with("http/1.1 304");
-            match length {
-                Some(n) if body.len() >= n => return raw,
-                None if chunked && body.ends_with(b"0\r\n\r\n") => return raw,
-                None if no_body => return raw,
-                _ => {}
-            }
-        }
-        match stream.read(&mut buf) {
-            Ok(0) => return raw,
-            Ok(n) => raw.extend_from_slice(&buf[..n]),
-            Err(e) => panic!("reading the response: {e} (after {} bytes)", raw.len()),
-        }
-    }
-}
-
-fn parse_response(raw: &[u8]) -> Response {
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("no header end");
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap();
-    let status: u16 = status_line.split(' ').nth(1).unwrap().parse().unwrap();
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let mut body = raw[split + 4..].to_vec();
-    if headers
+    let req = req.body(body.to_vec()).unwrap();
+    let mut r = agent
+        .run(req)
+        .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let headers = r
+        .headers()
         .iter()
-        .any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"))
-    {
-        body = dechunk(&body);
-    }
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let body = r
+        .body_mut()
+        .with_config()
+        .limit(64 * 1024 * 1024)
+        .read_to_vec()
+        .unwrap_or_else(|e| panic!("{method} {url}: reading the body: {e}"));
     Response {
-        status,
+        status: r.status().as_u16(),
         headers,
         body,
     }
 }
 
-fn dechunk(mut b: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Some(eol) = b.windows(2).position(|w| w == b"\r\n") {
-        let size =
-            usize::from_str_radix(String::from_utf8_lossy(&b[..eol]).trim(), 16).unwrap_or(0);
-        if size == 0 {
-            break;
+/// The hostile suites' client, written by hand because no maintained client sends what they
+/// must: bytes outside HTTP's grammar in header values, two `Authorization` headers, paths
+/// with backslashes or raw non-ASCII, bodies on a GET. One request per connection.
+pub mod raw {
+    use super::Response;
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::Duration;
+
+    /// Sends exactly these bytes: the request line, `headers` as given (a `Host` added when
+    /// absent), `Content-Length` and `Connection: close`.
+    pub fn request(
+        base: &str,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &[u8])],
+        body: &[u8],
+    ) -> Response {
+        // a base may carry a path: Keycloak under its legacy context path (http://host:port/auth)
+        let base = base.trim_start_matches("http://").trim_end_matches('/');
+        let (hostport, prefix) = base.split_once('/').map_or((base, ""), |(h, p)| (h, p));
+        let path = if prefix.is_empty() {
+            path.to_string()
+        } else {
+            format!("/{prefix}{path}")
+        };
+        let mut stream =
+            TcpStream::connect(hostport).unwrap_or_else(|e| panic!("connect {hostport}: {e}"));
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut req = Vec::new();
+        req.extend_from_slice(format!("{method} {path} HTTP/1.1\r\n").as_bytes());
+        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+            req.extend_from_slice(format!("Host: {hostport}\r\n").as_bytes());
         }
-        out.extend_from_slice(&b[eol + 2..eol + 2 + size]);
-        b = &b[eol + 2 + size + 2..];
+        for (k, v) in headers {
+            req.extend_from_slice(k.as_bytes());
+            req.extend_from_slice(b": ");
+            req.extend_from_slice(v);
+            req.extend_from_slice(b"\r\n");
+        }
+        req.extend_from_slice(
+            format!(
+                "Content-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
+        );
+        req.extend_from_slice(body);
+        stream.write_all(&req).unwrap();
+        parse_response(&read_response(&mut stream))
     }
-    out
+
+    /// Reads one response: up to its Content-Length, or its last chunk, or else the connection's
+    /// end. (Waiting for the close alone would also wait out Envoy's delayed close, a second per
+    /// local reply.)
+    fn read_response(stream: &mut TcpStream) -> Vec<u8> {
+        let mut raw = Vec::new();
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            if let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+                let body = &raw[split + 4..];
+                let length = head.lines().find_map(|l| {
+                    l.strip_prefix("content-length:")
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                });
+                let chunked = head
+                    .lines()
+                    .any(|l| l.starts_with("transfer-encoding:") && l.contains("chunked"));
+                let no_body = head.starts_with("http/1.1 204") || head.starts_with("http/1.1 304");
+                match length {
+                    Some(n) if body.len() >= n => return raw,
+                    None if chunked && body.ends_with(b"0\r\n\r\n") => return raw,
+                    None if no_body => return raw,
+                    _ => {}
+                }
+            }
+            match stream.read(&mut buf) {
+                Ok(0) => return raw,
+                Ok(n) => raw.extend_from_slice(&buf[..n]),
+                Err(e) => panic!("reading the response: {e} (after {} bytes)", raw.len()),
+            }
+        }
+    }
+
+    fn parse_response(raw: &[u8]) -> Response {
+        let split = raw
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("no header end");
+        let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+        let mut lines = head.split("\r\n");
+        let status_line = lines.next().unwrap();
+        let status: u16 = status_line.split(' ').nth(1).unwrap().parse().unwrap();
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        let mut body = raw[split + 4..].to_vec();
+        if headers
+            .iter()
+            .any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"))
+        {
+            body = dechunk(&body);
+        }
+        Response {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    fn dechunk(mut b: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        while let Some(eol) = b.windows(2).position(|w| w == b"\r\n") {
+            let size =
+                usize::from_str_radix(String::from_utf8_lossy(&b[..eol]).trim(), 16).unwrap_or(0);
+            if size == 0 {
+                break;
+            }
+            out.extend_from_slice(&b[eol + 2..eol + 2 + size]);
+            b = &b[eol + 2 + size + 2..];
+        }
+        out
+    }
 }
 
 /// Sends a core-built request to Keycloak (its path already holds any context path).
@@ -214,13 +285,42 @@ pub fn send_to(
     extra: &[(&str, &[u8])],
     body: &[u8],
 ) -> Response {
+    routed(request, base, method, host, path, token, extra, body)
+}
+
+/// [`send_to`] through the raw client, for bytes ureq would refuse to send.
+pub fn send_raw_to(
+    base: &str,
+    method: &str,
+    host: &str,
+    path: &str,
+    token: Option<&str>,
+    extra: &[(&str, &[u8])],
+    body: &[u8],
+) -> Response {
+    routed(raw::request, base, method, host, path, token, extra, body)
+}
+
+type Client = fn(&str, &str, &str, &[(&str, &[u8])], &[u8]) -> Response;
+
+#[allow(clippy::too_many_arguments)]
+fn routed(
+    client: Client,
+    base: &str,
+    method: &str,
+    host: &str,
+    path: &str,
+    token: Option<&str>,
+    extra: &[(&str, &[u8])],
+    body: &[u8],
+) -> Response {
     let auth = token.map(|t| format!("Bearer {t}"));
     let mut headers: Vec<(&str, &[u8])> = vec![("host", host.as_bytes())];
     if let Some(a) = &auth {
         headers.push(("authorization", a.as_bytes()));
     }
     headers.extend_from_slice(extra);
-    request(base, method, path, &headers, body)
+    client(base, method, path, &headers, body)
 }
 
 /// The demo realm's clients: (client id, secret, decision strategy).
