@@ -48,10 +48,10 @@ fn envoy_yaml_plugin_configuration_is_valid() {
     };
     let cfg =
         PluginConfig::from_json_env(configs[0].as_bytes(), &env).unwrap_or_else(|e| panic!("{e}"));
-    assert!(cfg.uses_claims());
+    assert!(cfg.routes.uses_claims());
     assert!(cfg.enforcers.len() >= 2);
     // the route and virtual host names the rules select by exist in the route configuration
-    for rule in &cfg.rules {
+    for rule in &cfg.routes.rules {
         for name in [&rule.route_name, &rule.virtual_host].into_iter().flatten() {
             assert!(
                 yaml.contains(&format!("- name: {name}\n")),
@@ -59,7 +59,7 @@ fn envoy_yaml_plugin_configuration_is_valid() {
             );
         }
     }
-    assert!(cfg.uses_virtual_hosts());
+    assert!(cfg.routes.uses_virtual_hosts());
 }
 
 #[test]
@@ -451,7 +451,7 @@ fn istio_manifests_fit_together() {
         ["reports", "accounts.by-id", "accounts.list", "other"]
     );
     let mut used = 0;
-    for rule in &cfg.rules {
+    for rule in &cfg.routes.rules {
         if let Some(name) = &rule.route_name {
             assert!(routes.contains(name), "no route named {name} in {routes:?}");
             used += 1;
@@ -459,12 +459,13 @@ fn istio_manifests_fit_together() {
     }
     assert!(used >= 2);
     let pick = |route: &str| {
-        cfg.select(&Selector {
-            route_name: Some(route),
-            authority: "bank.example.com",
-            ..Default::default()
-        })
-        .map(|i| cfg.enforcers[i].0.as_str())
+        cfg.routes
+            .select(&Selector {
+                route_name: Some(route),
+                authority: "bank.example.com",
+                ..Default::default()
+            })
+            .map(|i| cfg.enforcers[i].0.as_str())
     };
     assert_eq!(pick("reports"), Some("reports"));
     assert_eq!(pick("accounts.by-id"), Some("accounts"));
@@ -554,8 +555,8 @@ fn the_plain_envoy_example_fits_together() {
         .flat_map(|vh| vh["routes"].as_array().unwrap())
         .filter_map(|r| r["name"].as_str())
         .collect();
-    assert!(cfg.rules.iter().any(|r| r.route_name.is_some()));
-    for rule in &cfg.rules {
+    assert!(cfg.routes.rules.iter().any(|r| r.route_name.is_some()));
+    for rule in &cfg.routes.rules {
         if let Some(name) = &rule.route_name {
             assert!(routes.contains(&name.as_str()), "no route named {name}");
         }

@@ -67,7 +67,7 @@ fn run(args: Vec<String>) -> Result<()> {
                 "ok: {} enforcer(s) [{}], {} route rule(s)",
                 cfg.enforcers.len(),
                 names.join(", "),
-                cfg.rules.len()
+                cfg.routes.rules.len()
             );
             for (name, e) in &cfg.enforcers {
                 for note in notes(e) {
@@ -88,6 +88,7 @@ fn run(args: Vec<String>) -> Result<()> {
                     .position(|(name, _)| name == n)
                     .ok_or_else(|| anyhow!("no enforcer named {n}"))?,
                 None => cfg
+                    .routes
                     .select(&Selector {
                         route_name: route.as_deref(),
                         virtual_host: vhost.as_deref(),

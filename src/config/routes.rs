@@ -29,9 +29,17 @@ pub struct Rule {
     pub enforcer: usize,
 }
 
+/// The whole plugin configuration: the enforcers and the rules that pick one per request.
+/// The shell keeps `routes` and turns each enforcer into an `Enforcer` object.
 #[derive(Debug, Clone)]
 pub struct PluginConfig {
     pub enforcers: Vec<(String, EnforcerConfig)>,
+    pub routes: Routes,
+}
+
+/// Which enforcer a request gets (indexes into `PluginConfig::enforcers`).
+#[derive(Debug, Clone)]
+pub struct Routes {
     pub rules: Vec<Rule>,
     pub default: Option<usize>,
     /// What requests must be asked for, decided once here rather than per request.
@@ -154,12 +162,16 @@ impl PluginConfig {
         };
         PluginConfig {
             enforcers,
-            rules,
-            default,
-            uses,
+            routes: Routes {
+                rules,
+                default,
+                uses,
+            },
         }
     }
+}
 
+impl Routes {
     /// Whether selection needs Envoy's route name (read only then: it is a host call per request).
     pub fn uses_route_names(&self) -> bool {
         self.uses.route_names
@@ -282,7 +294,7 @@ mod tests {
     #[test]
     fn single_keycloak_json_is_the_default() {
         let p = PluginConfig::from_json(kc("a").as_bytes()).unwrap();
-        assert_eq!(p.select(&at("x", Some("/"))), Some(0));
+        assert_eq!(p.routes.select(&at("x", Some("/"))), Some(0));
     }
 
     #[test]
@@ -302,7 +314,7 @@ mod tests {
             kc("y")
         );
         let p = PluginConfig::from_json(text.as_bytes()).unwrap();
-        let name = |r: Selector| p.select(&r).map(|i| p.enforcers[i].0.as_str());
+        let name = |r: Selector| p.routes.select(&r).map(|i| p.enforcers[i].0.as_str());
         let route = Selector {
             route_name: Some("accounts-affirmative"),
             ..at("unanimous.bank.local", Some("/"))
@@ -367,7 +379,7 @@ mod tests {
             kc("c")
         );
         let p = PluginConfig::from_json(text.as_bytes()).unwrap();
-        assert_eq!(p.select(&at("other", Some("/"))), None);
+        assert_eq!(p.routes.select(&at("other", Some("/"))), None);
     }
 
     #[test]

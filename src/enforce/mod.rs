@@ -9,6 +9,7 @@
 pub mod claims;
 pub mod enforcer;
 pub mod gate;
+pub mod refresh;
 pub mod replies;
 pub mod step;
 

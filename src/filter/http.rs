@@ -445,7 +445,7 @@ impl HttpContext for Http {
             send(&enforce::gate::not_configured());
             return Action::Pause;
         };
-        let claims = plugin.config.uses_claims();
+        let claims = plugin.routes.uses_claims();
         // One host call for the whole map: each value the host returns costs a call back into
         // the VM's allocator, so fetching headers one by one is slower.
         let headers = hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
@@ -482,22 +482,22 @@ impl HttpContext for Http {
                 .and_then(|b| String::from_utf8(b).ok())
                 .filter(|s| !s.is_empty())
         };
-        let route_name = if plugin.config.uses_route_names() {
+        let route_name = if plugin.routes.uses_route_names() {
             property(&[&["xds", "route_name"], &["route_name"]])
         } else {
             None
         };
-        let virtual_host = if plugin.config.uses_virtual_hosts() {
+        let virtual_host = if plugin.routes.uses_virtual_hosts() {
             property(&[&["xds", "virtual_host_name"]])
         } else {
             None
         };
-        let normalized = if plugin.config.uses_path_prefixes() {
+        let normalized = if plugin.routes.uses_path_prefixes() {
             uri::normalize(&path)
         } else {
             None
         };
-        let Some(enforcer) = plugin.config.select(&crate::config::routes::Selector {
+        let Some(enforcer) = plugin.routes.select(&crate::config::routes::Selector {
             route_name: route_name.as_deref(),
             virtual_host: virtual_host.as_deref(),
             authority: &authority,

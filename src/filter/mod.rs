@@ -1,7 +1,8 @@
 //! The proxy-wasm shell: moves bytes between Envoy and the core, decides nothing itself.
 //!
-//! `root` holds one VM's configuration and background knowledge (keys, PAT, resource bindings),
-//! refreshed from its tick; `http` walks one request: facts -> `enforcer::decide` -> callouts ->
+//! `root` holds one VM's configuration and enforcers; on its tick `enforcer::refresh` says which
+//! background fetches to take from shared data or send (root only performs them, through
+//! `enforce::refresh::FetchHost`), and `enforcer::fetched` what their answers change; `http` walks one request: facts -> `enforcer::decide` -> callouts ->
 //! `enforcer::resume` -> continue or local reply.
 //!
 //! Only byte getters are used on request data (clippy.toml forbids the String ones: they panic on

@@ -5,12 +5,12 @@
 use super::host;
 use super::http::{Applied, Flow, Http};
 use super::metrics::Metrics;
-use crate::config::routes::PluginConfig;
+use crate::config::routes::{PluginConfig, Routes};
 use crate::enforce::enforcer::Enforcer;
+use crate::enforce::refresh::FetchHost;
 use crate::keycloak::background::{self, Fetch};
 use crate::store::decisions;
-use crate::store::documents;
-use crate::wire::http::Answer;
+use crate::wire::http::HttpRequest;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType};
@@ -36,8 +36,8 @@ const MEMO_ENTRIES: usize = 8 * 1024;
 
 /// The configuration and state shared by the root context and its requests.
 pub struct Plugin {
-    /// The routing rules (its enforcers moved into `enforcers`, one object each).
-    pub config: PluginConfig,
+    /// Which enforcer a request gets.
+    pub routes: Routes,
     pub enforcers: Vec<Enforcer>,
     /// Header names the filter sets itself; a client's copies are removed.
     pub own_headers: Vec<String>,
@@ -127,6 +127,53 @@ pub fn wake_parked(
     called
 }
 
+/// The shell's side of a refresh: shared data, leases and callouts through the host.
+struct Callouts<'a> {
+    pending: &'a mut HashMap<u32, (usize, Fetch, String, i64)>,
+    metrics: &'a Metrics,
+    nonce: u64,
+    enforcer: usize,
+    cluster: &'a str,
+    authority: &'a str,
+    timeout_ms: u32,
+}
+
+impl FetchHost for Callouts<'_> {
+    fn shared(&mut self, key: &str) -> Option<Vec<u8>> {
+        host::shared_get(key).0.map(|(_, v)| v)
+    }
+
+    fn in_flight(&self, key: &str) -> bool {
+        self.pending.values().any(|(_, _, k, _)| k == key)
+    }
+
+    fn take_lease(&mut self, lease: &str, now_ms: i64) -> bool {
+        host::take_lease(lease, self.nonce, now_ms)
+    }
+
+    fn send(&mut self, fetch: Fetch, key: String, req: &HttpRequest, now_ms: i64) -> bool {
+        let endpoint = self.metrics.keycloak_call(&req.path);
+        match host::dispatch(self.cluster, self.authority, req, self.timeout_ms) {
+            Ok(token) => {
+                self.pending
+                    .insert(token, (self.enforcer, fetch, key, now_ms));
+                true
+            }
+            Err(status) => {
+                self.metrics.keycloak_error(endpoint);
+                log::debug!("kcpep: dispatch to {} refused: {status:?}", self.cluster);
+                false
+            }
+        }
+    }
+}
+
+fn log_notes(client_id: &str, notes: &[String]) {
+    for note in notes {
+        log::warn!("kcpep [{client_id}]: {note}");
+    }
+}
+
 impl Root {
     fn refresh(&mut self) {
         let Some(plugin) = self.plugin.clone() else {
@@ -136,66 +183,18 @@ impl Root {
         let mut all_settled = true;
         for (i, enforcer) in plugin.enforcers.iter().enumerate() {
             let cfg = &enforcer.config;
-            let mut st = enforcer.learnt();
-            // Answers found in shared data can make more fetches due (bindings need the PAT).
-            let mut due = st.due(cfg, now);
-            let mut rounds = 0;
-            while !due.is_empty() && rounds < background::ROUNDS_PER_TICK {
-                rounds += 1;
-                let mut from_shared = false;
-                for (fetch, req) in std::mem::take(&mut due) {
-                    let key = documents::doc_key(cfg, fetch, &req);
-                    // Another VM (or enforcer of the same realm) may have fetched it already.
-                    if let Some((_, body)) = host::shared_get(&key).0 {
-                        if let Some((stored_at, doc)) =
-                            documents::usable(&body, fetch, now, st.background.jwks_forced)
-                        {
-                            let answer = Answer::Http {
-                                status: 200,
-                                body: doc,
-                            };
-                            st.complete(cfg, fetch, answer, stored_at);
-                            from_shared = true;
-                            continue;
-                        }
-                    }
-                    let in_flight_here = self.pending.values().any(|(_, _, k, _)| *k == key);
-                    if in_flight_here
-                        || !host::take_lease(&documents::lease_key(&key), self.nonce, now)
-                    {
-                        st.background.skip(fetch);
-                        continue;
-                    }
-                    let endpoint = self.metrics.keycloak_call(&req.path);
-                    match host::dispatch(
-                        &cfg.proxy.cluster,
-                        &cfg.proxy.authority,
-                        &req,
-                        cfg.proxy.timeout_ms,
-                    ) {
-                        Ok(token) => {
-                            self.pending.insert(token, (i, fetch, key, now));
-                        }
-                        Err(status) => {
-                            self.metrics.keycloak_error(endpoint);
-                            log::warn!(
-                                "kcpep: cannot call cluster {} for {}: {:?}",
-                                cfg.proxy.cluster,
-                                fetch.name(),
-                                status
-                            );
-                            st.complete(cfg, fetch, Answer::NoAnswer, now);
-                        }
-                    }
-                }
-                if from_shared {
-                    due = st.due(cfg, now);
-                }
-            }
-            for note in st.background.notes.drain(..) {
-                log::warn!("kcpep [{}]: {note}", cfg.client_id);
-            }
-            all_settled &= st.background.settled();
+            let mut callouts = Callouts {
+                pending: &mut self.pending,
+                metrics: &self.metrics,
+                nonce: self.nonce,
+                enforcer: i,
+                cluster: &cfg.proxy.cluster,
+                authority: &cfg.proxy.authority,
+                timeout_ms: cfg.proxy.timeout_ms,
+            };
+            let report = enforcer.refresh(&mut callouts, now);
+            log_notes(&cfg.client_id, &report.notes);
+            all_settled &= report.settled;
         }
         self.settled = all_settled;
         self.set_tick(&plugin);
@@ -243,22 +242,17 @@ impl Context for Root {
         let now = host::now_ms();
         // Background fetches count as Keycloak calls, errors and latency too.
         self.metrics.keycloak_answer(ok, status, now - sent_ms);
-        let cfg = &plugin.enforcers[i].config;
-        let mut st = plugin.enforcers[i].learnt();
-        let had_keys = st.background.ready();
-        st.complete(cfg, fetch, host::answer(status, ok, &body), now);
-        if ok && status == 200 {
+        let enforcer = &plugin.enforcers[i];
+        let done = enforcer.fetched(fetch, &key, host::answer(status, ok, &body), now);
+        if let Some(doc) = &done.share {
             // Shared with the other VMs; only good answers are stored.
-            host::shared_set(&key, &documents::encode_doc(now, &body));
+            host::shared_set(&key, doc);
         }
-        host::release_lease(&documents::lease_key(&key), self.nonce);
-        if !had_keys && st.background.ready() {
-            log::info!("kcpep [{}]: realm keys loaded", cfg.client_id);
+        host::release_lease(&done.lease, self.nonce);
+        if done.keys_loaded {
+            log::info!("kcpep [{}]: realm keys loaded", enforcer.config.client_id);
         }
-        for note in st.background.notes.drain(..) {
-            log::warn!("kcpep [{}]: {note}", cfg.client_id);
-        }
-        drop(st);
+        log_notes(&enforcer.config.client_id, &done.report.notes);
         // Follow-up fetches (bindings need the PAT) start right away.
         self.refresh();
     }
@@ -297,7 +291,7 @@ impl RootContext for Root {
             .ok()
             .flatten()
             .unwrap_or_default();
-        let mut config = match PluginConfig::from_json(&bytes) {
+        let config = match PluginConfig::from_json(&bytes) {
             Ok(c) => c,
             Err(e) => {
                 log::error!("kcpep: invalid configuration: {e}");
@@ -305,8 +299,8 @@ impl RootContext for Root {
             }
         };
         let own_headers = crate::enforce::gate::own_headers(&config);
-        // The routing rules stay in `config`; each enforcer becomes one object.
-        let enforcers: Vec<Enforcer> = std::mem::take(&mut config.enforcers)
+        let PluginConfig { enforcers, routes } = config;
+        let enforcers: Vec<Enforcer> = enforcers
             .into_iter()
             .map(|(name, cfg)| Enforcer::new(name, cfg))
             .collect();
@@ -334,7 +328,7 @@ impl RootContext for Root {
         );
         self.metrics = Rc::new(Metrics::define());
         self.plugin = Some(Rc::new(Plugin {
-            config,
+            routes,
             enforcers,
             own_headers,
             host_verify,
