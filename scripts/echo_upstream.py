@@ -7,7 +7,8 @@ exactly what it received, so tests can see what the filter forwarded:
     {"method": "GET",
      "path": "/account/1?x=1",              # raw request target, query included
      "headers": {"host": "...", "x-a": ["1", "2"], ...},   # lower-cased; a list when repeated
-     "body": "..."}                         # request body as text (UTF-8, invalid bytes replaced)
+     "body": "...",                         # request body as text (UTF-8, invalid bytes replaced)
+     "trailers": {"x-t": "1"}}              # chunked bodies' trailers, as headers
 
 When the body is not valid UTF-8, "body_base64" carries the exact bytes as well.
 
@@ -31,6 +32,7 @@ class EchoHandler(BaseHTTPRequestHandler):
         raise AttributeError(name)
 
     def _read_body(self):
+        self.trailers = {}
         if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
             chunks = []
             while True:
@@ -44,6 +46,8 @@ class EchoHandler(BaseHTTPRequestHandler):
                         trailer = self.rfile.readline()
                         if trailer in (b"\r\n", b"\n", b""):
                             break
+                        name, _, value = trailer.decode("latin-1").partition(":")
+                        self.trailers[name.strip().lower()] = value.strip()
                     break
                 chunks.append(self.rfile.read(size))
                 self.rfile.readline()  # CRLF after the chunk
@@ -68,6 +72,7 @@ class EchoHandler(BaseHTTPRequestHandler):
             "path": self.path,
             "headers": headers,
             "body": raw.decode("utf-8", errors="replace"),
+            "trailers": self.trailers,
         }
         try:
             raw.decode("utf-8")

@@ -4,6 +4,7 @@
 #                    KCPEP_KEYCLOAK_VERSION=26.0.8 for the oldest line the project keeps working)
 #   echo upstream    http://127.0.0.1:8081   (scripts/echo_upstream.py)
 #   claim service    http://127.0.0.1:8082   (scripts/claim_service.py, for the http claim provider)
+#   faulty Keycloak  http://127.0.0.1:8083   (scripts/keycloak_faults.py: Keycloak, with faults tests set)
 #   Envoy 1.40.0     http://127.0.0.1:10000  (envoy/envoy.yaml, the keycloak-pep wasm filter), admin :9901
 #                    (and :10001, the tests-only listener with Envoy's path and header protections off)
 #
@@ -24,7 +25,7 @@
 #              KCPEP_KEYCLOAK_VERSION (26.7.3; 26.0.8 is kept working),
 #              KCPEP_KEYCLOAK_RELATIVE_PATH (/auth: Keycloak under the legacy context path of seed 001,
 #                --http-relative-path; Envoy then gets envoy.yaml with auth-server-url .../auth).
-# Logs and pid files: .run/{keycloak,echo,claims,envoy}.{log,pid}.
+# Logs and pid files: .run/{keycloak,echo,claims,faults,envoy}.{log,pid}.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -50,6 +51,7 @@ KC_PORT=8180
 KC_MGMT_PORT=9181        # Keycloak's management interface, moved off the default 9000
 ECHO_PORT=8081
 CLAIMS_PORT=8082
+FAULTS_PORT=8083
 ENVOY_PORT=10000
 ENVOY_RAW_PORT=10001     # envoy.yaml's raw-test-only listener
 ENVOY_ADMIN_PORT=9901
@@ -61,6 +63,7 @@ KC_RELATIVE_PATH="${KC_RELATIVE_PATH%/}"
 KC_BASE_URL="$KC_URL$KC_RELATIVE_PATH"   # what auth-server-url names
 ECHO_URL="http://127.0.0.1:$ECHO_PORT"
 CLAIMS_URL="http://127.0.0.1:$CLAIMS_PORT"
+FAULTS_URL="http://127.0.0.1:$FAULTS_PORT"
 ENVOY_URL="http://127.0.0.1:$ENVOY_PORT"
 ENVOY_RAW_URL="http://127.0.0.1:$ENVOY_RAW_PORT"   # tests only: Envoy's protections off
 ENVOY_ADMIN_URL="http://127.0.0.1:$ENVOY_ADMIN_PORT"
@@ -68,6 +71,7 @@ ENVOY_ADMIN_URL="http://127.0.0.1:$ENVOY_ADMIN_PORT"
 KC_READY_URL="$KC_BASE_URL/realms/bank/.well-known/openid-configuration"
 ECHO_READY_URL="$ECHO_URL/healthz"
 CLAIMS_READY_URL="$CLAIMS_URL/healthz"
+FAULTS_READY_URL="$FAULTS_URL/faults"
 ENVOY_READY_URL="$ENVOY_ADMIN_URL/ready"
 
 KC_READY_TIMEOUT=${KC_READY_TIMEOUT:-180}
@@ -228,6 +232,7 @@ marker() {
     keycloak) echo "keycloak" ;;
     echo) echo "echo_upstream.py" ;;
     claims) echo "claim_service.py" ;;
+    faults) echo "keycloak_faults.py" ;;
     envoy) echo "envoy" ;;
   esac
 }
@@ -237,6 +242,7 @@ ready_url() {
     keycloak) echo "$KC_READY_URL" ;;
     echo) echo "$ECHO_READY_URL" ;;
     claims) echo "$CLAIMS_READY_URL" ;;
+    faults) echo "$FAULTS_READY_URL" ;;
     envoy) echo "$ENVOY_READY_URL" ;;
   esac
 }
@@ -246,6 +252,7 @@ component_port() {
     keycloak) echo "$KC_PORT" ;;
     echo) echo "$ECHO_PORT" ;;
     claims) echo "$CLAIMS_PORT" ;;
+    faults) echo "$FAULTS_PORT" ;;
     envoy) echo "$ENVOY_PORT" ;;
   esac
 }
@@ -417,6 +424,16 @@ start_claims() {
   start_bg claims fresh python3 -u "$ROOT/scripts/claim_service.py" "$CLAIMS_PORT"
 }
 
+start_faults() {
+  if is_running faults; then
+    say "faults already running (pid $(read_pid faults))"
+    return 0
+  fi
+  rm -f "$(pidfile faults)"
+  check_port_free faults
+  KCPEP_KEYCLOAK_UPSTREAM="$KC_URL" start_bg faults fresh python3 -u "$ROOT/scripts/keycloak_faults.py" "$FAULTS_PORT"
+}
+
 start_envoy() {
   if is_running envoy; then
     say "envoy already running (pid $(read_pid envoy))"
@@ -443,7 +460,7 @@ start_envoy() {
 
 all_up() {
   local c
-  for c in keycloak echo claims envoy; do is_running "$c" && is_ready "$c" || return 1; done
+  for c in keycloak echo claims faults envoy; do is_running "$c" && is_ready "$c" || return 1; done
 }
 
 # ---------------------------------------------------------------- locking
@@ -470,8 +487,9 @@ stack: up
   Keycloak  $KC_BASE_URL  ($KC_VERSION; admin console $KC_BASE_URL/admin, admin/admin; realm bank)
   echo      $ECHO_URL
   claims    $CLAIMS_URL
+  faults    $FAULTS_URL  (Keycloak with faults the tests set)
   Envoy     $ENVOY_URL  (Host: unanimous.bank.local | affirmative.bank.local), admin $ENVOY_ADMIN_URL
-  logs      $RUN/{keycloak,echo,claims,envoy}.log
+  logs      $RUN/{keycloak,echo,claims,faults,envoy}.log
   token:    curl -s -d grant_type=password -d client_id=demo-cli -d username=owner -d password=password $KC_BASE_URL/realms/bank/protocol/openid-connect/token
   stop:     scripts/stack.sh down   (or: make down)
 EOF
@@ -511,8 +529,10 @@ cmd_up() {
   if ! is_running keycloak; then start_keycloak fresh; fi
   start_echo
   start_claims
+  start_faults
   wait_ready echo "$ECHO_READY_TIMEOUT" || die "echo upstream did not become ready"
   wait_ready claims "$ECHO_READY_TIMEOUT" || die "claim service did not become ready"
+  wait_ready faults "$ECHO_READY_TIMEOUT" || die "the faulty Keycloak proxy did not become ready"
   wait_ready keycloak "$KC_READY_TIMEOUT" || die "Keycloak did not become ready"
   warm_keycloak
   start_envoy
@@ -526,7 +546,7 @@ cmd_up() {
 cmd_down() {
   lock
   local name any=0
-  for name in envoy claims echo keycloak; do
+  for name in envoy faults claims echo keycloak; do
     if [ -e "$(pidfile "$name")" ]; then any=1; fi
     stop_component "$name"
   done
@@ -536,7 +556,7 @@ cmd_down() {
 
 cmd_status() {
   local name pid state rc=0
-  for name in keycloak echo claims envoy; do
+  for name in keycloak echo claims faults envoy; do
     pid=$(read_pid "$name" || true)
     if is_running "$name"; then
       if is_ready "$name"; then state="running, ready"; else state="running, NOT ready"; rc=1; fi
@@ -583,6 +603,7 @@ cmd_test() {
   export KCPEP_ENVOY_ADMIN="$ENVOY_ADMIN_URL"
   export KCPEP_UPSTREAM_URL="$ECHO_URL"
   export KCPEP_CLAIMS_URL="$CLAIMS_URL"
+  export KCPEP_FAULTS_URL="$FAULTS_URL"
   export KCPEP_STACK="$SELF"
   say "running: $*"
   local rc=0

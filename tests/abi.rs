@@ -316,6 +316,32 @@ fn uma_grant_is_dispatched_and_the_request_resumed() {
 }
 
 #[test]
+fn a_huge_keycloak_answer_is_refused_without_being_copied_into_the_vm() {
+    // The VM's memory never shrinks: a 32 MiB answer read once would stay in every VM that
+    // read it. Over wire::http::MAX_ANSWER_BYTES the answer is not read: 503, as for no answer.
+    let mut vm = ready_vm();
+    let before = vm.memory_size();
+    let t = token(json!({}));
+    let req = get(&mut vm, "/account/42", Some(&bearer(&t)), &[]);
+    let calls = callouts(&mut vm);
+    assert_eq!(calls.len(), 1);
+    let mut huge =
+        br#"[{"rsid":"rid-1","rsname":"View Account Resource","scopes":["account:view"],"pad":""#
+            .to_vec();
+    huge.resize(32 * 1024 * 1024, b'x');
+    huge.extend_from_slice(br#""}]"#);
+    vm.respond(calls[0].token, 200, &[], &huge).unwrap();
+    assert_eq!(vm.local_response(req).map(|r| r.status), Some(503));
+    let grown = vm.memory_size() - before;
+    assert!(
+        grown < 4 * 1024 * 1024,
+        "the VM grew by {} KiB reading the answer",
+        grown / 1024
+    );
+    assert!(vm.failed().is_none());
+}
+
+#[test]
 fn keycloak_answers_become_local_replies() {
     let mut vm = ready_vm();
     for (n, (status, body, want)) in [

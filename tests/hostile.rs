@@ -18,27 +18,6 @@ use common::*;
 use serde_json::Value;
 use std::time::Duration;
 
-fn raw_listener() -> String {
-    env("KCPEP_ENVOY_RAW_URL")
-}
-
-/// Requests Envoy sent to the echo upstream so far.
-fn upstream_requests() -> i64 {
-    cluster_stat("upstream", "upstream_rq_total")
-}
-
-fn keycloak_requests() -> i64 {
-    cluster_stat("keycloak", "upstream_rq_total")
-}
-
-/// Sends the request and says whether it reached the upstream (nothing else runs meanwhile:
-/// the e2e binaries run one test at a time).
-fn reaches_upstream(send: impl FnOnce() -> Response) -> (Response, bool) {
-    let before = upstream_requests();
-    let r = send();
-    (r, upstream_requests() > before)
-}
-
 #[test]
 fn a_path_is_never_judged_one_way_and_forwarded_another() {
     // Each is judged as the public path, or as the on-deny page, once its %2F, %5C, dot or empty

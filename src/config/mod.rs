@@ -117,6 +117,21 @@ pub enum OnKeycloakError {
     Allow,
 }
 
+/// The method-override headers frameworks honour (Express's method-override, Spring's and
+/// Rails' clients, Google's APIs): the default of `kcpep.method-override-headers`.
+pub const DEFAULT_METHOD_OVERRIDE_HEADERS: [&str; 3] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 /// Filter-only settings: the `kcpep` object of a keycloak.json.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProxySettings {
@@ -127,6 +142,9 @@ pub struct ProxySettings {
     pub timeout_ms: u32,
     /// Request header carrying the granted permissions to the upstream.
     pub permissions_header: String,
+    /// Headers an upstream may take as the request's method instead of the real one (lower
+    /// case); a request whose copy names another method is refused (`enforce::gate`).
+    pub method_override_headers: Vec<String>,
     pub on_keycloak_error: OnKeycloakError,
     pub clock_skew_seconds: u32,
     /// Expected `iss`; defaults to `<auth-server-url>/realms/<realm>`.
@@ -606,16 +624,29 @@ fn parse_proxy(
         .string("permissions-header")?
         .unwrap_or_else(|| "x-kcpep-permissions".into())
         .to_ascii_lowercase();
-    if permissions_header.is_empty()
-        || !permissions_header
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
+    if !is_header_name(&permissions_header) {
         return Err(ConfigError::new(
             &header_path,
             "expected an HTTP header name",
         ));
     }
+    let override_path = o.key_path("method-override-headers");
+    let method_override_headers = match o.string_list("method-override-headers")? {
+        None => DEFAULT_METHOD_OVERRIDE_HEADERS
+            .iter()
+            .map(|h| h.to_string())
+            .collect(),
+        Some(list) => {
+            let list: Vec<String> = list.iter().map(|h| h.to_ascii_lowercase()).collect();
+            if let Some(bad) = list.iter().find(|h| !is_header_name(h)) {
+                return Err(ConfigError::new(
+                    &override_path,
+                    format!("expected HTTP header names, not {bad:?}"),
+                ));
+            }
+            list
+        }
+    };
     let on_keycloak_error = o
         .choice(
             "on-keycloak-error",
@@ -697,6 +728,7 @@ fn parse_proxy(
         authority,
         timeout_ms,
         permissions_header,
+        method_override_headers,
         on_keycloak_error,
         clock_skew_seconds,
         issuer,

@@ -43,6 +43,32 @@ pub fn spoofed<'a>(own: &[String], received: impl Iterator<Item = &'a str>) -> V
     out
 }
 
+/// A request that tells the upstream to act as another method than the one it is judged by
+/// (`X-HTTP-Method-Override: DELETE` on a GET): 400, since an upstream that honours the header
+/// would run a method Keycloak was never asked about. A copy naming the request's own method is
+/// harmless and passes. `names`: the enforcer's `method-override-headers` (lower case).
+pub fn method_override<'a>(
+    names: &[String],
+    method: &str,
+    mut headers: impl Iterator<Item = (&'a str, &'a [u8])>,
+) -> Option<Reply> {
+    if names.is_empty() {
+        return None;
+    }
+    headers
+        .find(|(k, v)| {
+            names.iter().any(|n| n.eq_ignore_ascii_case(k))
+                && !std::str::from_utf8(v).is_ok_and(|v| v.trim().eq_ignore_ascii_case(method))
+        })
+        .map(|(k, _)| {
+            reply(
+                400,
+                "Bad Request",
+                &format!("{k} names another method than the request's"),
+            )
+        })
+}
+
 /// The same token asked the same thing and the decision cache still holds the allow: the answer
 /// of a cache hit.
 pub fn memo_hit(permissions: String) -> Allow {
@@ -86,6 +112,36 @@ mod tests {
         );
         assert_eq!(got, ["X-Kcpep-Permissions", "x_kcpep_permissions"]);
         assert!(spoofed(&own, ["x-kcpep-permission"].into_iter()).is_empty());
+    }
+
+    #[test]
+    fn a_method_override_to_another_method_is_refused() {
+        let names: Vec<String> = crate::config::DEFAULT_METHOD_OVERRIDE_HEADERS
+            .iter()
+            .map(|h| h.to_string())
+            .collect();
+        let check = |method: &str, headers: &[(&str, &[u8])]| {
+            method_override(&names, method, headers.iter().copied()).map(|r| r.status)
+        };
+        assert_eq!(
+            check("GET", &[("x-http-method-override", b"DELETE")]),
+            Some(400)
+        );
+        assert_eq!(check("GET", &[("X-HTTP-Method", b"PUT")]), Some(400));
+        assert_eq!(check("POST", &[("x-method-override", b"\xff")]), Some(400));
+        assert_eq!(check("POST", &[("x-method-override", b"")]), Some(400));
+        // the same method, any case: nothing changes upstream
+        assert_eq!(check("GET", &[("x-http-method-override", b"get")]), None);
+        assert_eq!(check("GET", &[("accept", b"DELETE")]), None);
+        // an enforcer whose upstream honours none
+        assert_eq!(
+            method_override(
+                &[],
+                "GET",
+                [("x-http-method-override", &b"DELETE"[..])].into_iter()
+            ),
+            None
+        );
     }
 
     #[test]

@@ -266,7 +266,7 @@ fn resume_inner(
                 };
                 lazy_loaded(cfg, rt, req, store, raw, token, done, now_ms)
             }
-            Answer::NoAnswer => keycloak_unavailable(cfg, "resource lookup timed out"),
+            Answer::NoAnswer => keycloak_unavailable(cfg, "no answer to the resource lookup"),
         },
         Pending::Claims {
             entry,
@@ -309,7 +309,9 @@ fn resume_inner(
                 Answer::Http { status, body } => {
                     uma::parse_uma_response(status, body, ResponseMode::Permissions)
                 }
-                Answer::NoAnswer => UmaOutcome::Unavailable("token endpoint timed out".into()),
+                Answer::NoAnswer => {
+                    UmaOutcome::Unavailable("no answer from the token endpoint".into())
+                }
             };
             // Stores the verdict; returns until when it holds.
             let remember = |store: &mut dyn DecisionStore, verdict: decisions::Verdict| {

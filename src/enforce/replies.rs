@@ -45,7 +45,9 @@ pub(crate) fn denied(m: &MethodConfig, why: &str) -> Step {
 pub(crate) fn challenge_with_ticket(cfg: &EnforcerConfig, rt: &Knowledge, answer: Answer) -> Step {
     let ticket = match answer {
         Answer::Http { status, body } => uma::parse_ticket(status, body),
-        Answer::NoAnswer => return keycloak_unavailable(cfg, "permission endpoint timed out"),
+        Answer::NoAnswer => {
+            return keycloak_unavailable(cfg, "no answer from the permission endpoint")
+        }
     };
     match ticket {
         Ok(t) => Step::Reply(Reply {

@@ -36,7 +36,14 @@ extern "C" {
 
 const OK: u32 = 0;
 const REQUEST_HEADERS: u32 = 0;
+const REQUEST_TRAILERS: u32 = 1;
 const STREAM_REQUEST: u32 = 0;
+
+/// Removes a request trailer; false when Envoy refuses.
+pub fn remove_request_trailer(name: &str) -> bool {
+    // SAFETY: as above.
+    unsafe { proxy_remove_header_map_value(REQUEST_TRAILERS, name.as_ptr(), name.len()) == OK }
+}
 
 /// Sets (or with `None` removes) a request header; false when Envoy refuses.
 pub fn set_request_header(name: &str, value: Option<&str>) -> bool {

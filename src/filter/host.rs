@@ -55,7 +55,7 @@ pub fn call_answer(num_headers: usize, body_size: usize, body: &mut Vec<u8>) -> 
                 .and_then(|s| s.parse::<u16>().ok())
         })
         .unwrap_or(0);
-    if status == 0 {
+    if status == 0 || body_size > crate::wire::http::MAX_ANSWER_BYTES {
         return (0, false);
     }
     *body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)

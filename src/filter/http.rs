@@ -497,13 +497,22 @@ impl HttpContext for Http {
         } else {
             None
         };
-        let Some(enforcer) = plugin.routes.select(&crate::config::routes::Selector {
+        let selected = plugin.routes.select(&crate::config::routes::Selector {
             route_name: route_name.as_deref(),
             virtual_host: virtual_host.as_deref(),
             authority: &authority,
             path: normalized.as_deref(),
-        }) else {
-            let r = enforce::gate::no_enforcer();
+        });
+        let refusal = match selected {
+            None => Some(enforce::gate::no_enforcer()),
+            Some(i) => enforce::gate::method_override(
+                &plugin.enforcers[i].config.proxy.method_override_headers,
+                &method,
+                headers.iter().map(|(k, v)| (k.as_str(), v.as_slice())),
+            ),
+        };
+        let (Some(enforcer), None) = (selected, &refusal) else {
+            let r = refusal.unwrap_or_else(enforce::gate::no_enforcer);
             self.metrics.denied(r.status, r.cache);
             log::info!(
                 "kcpep deny status={} request={} reason=\"{}\" route={:?} authority=\"{}\"",
@@ -597,6 +606,18 @@ impl HttpContext for Http {
     /// A body followed by trailers (HTTP/2, gRPC) ends here, not with an end-of-stream data
     /// frame: decide now. Going on without deciding would forward the buffered request unchecked.
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        // Trailers are headers too for some upstreams (they merge them): the filter's own names
+        // are removed here as from the headers.
+        if let Some(plugin) = &self.plugin {
+            let trailers =
+                hostcalls::get_map_bytes(MapType::HttpRequestTrailers).unwrap_or_default();
+            for name in enforce::gate::spoofed(
+                &plugin.own_headers,
+                trailers.iter().map(|(k, _)| k.as_str()),
+            ) {
+                abi::remove_request_trailer(&name);
+            }
+        }
         if self.decided.get() {
             return Action::Continue;
         }

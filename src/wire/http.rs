@@ -175,9 +175,19 @@ pub fn get(path: String, bearer: Option<&str>) -> HttpRequest {
 /// Keycloak's answer to a [`Call`]: status and body, or no answer (reset, timeout).
 #[derive(Debug, Clone, Copy)]
 pub enum Answer<'a> {
-    Http { status: u16, body: &'a [u8] },
+    Http {
+        status: u16,
+        body: &'a [u8],
+    },
+    /// Timed out, reset, refused by the proxy, or larger than [`MAX_ANSWER_BYTES`].
     NoAnswer,
 }
+
+/// The largest answer read from Keycloak or a claim service. A callout answer is copied into the
+/// VM's memory, which never shrinks: a server answering 32 MiB would leave every VM that read it
+/// 32 MiB larger. Keycloak's largest real answers (a resource-set page, an RPT with many
+/// permissions) stay far below.
+pub const MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;
 
 #[cfg(test)]
 mod tests {

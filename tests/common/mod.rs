@@ -133,11 +133,6 @@ pub mod raw {
         } else {
             format!("/{prefix}{path}")
         };
-        let mut stream =
-            TcpStream::connect(hostport).unwrap_or_else(|e| panic!("connect {hostport}: {e}"));
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .unwrap();
         let mut req = Vec::new();
         req.extend_from_slice(format!("{method} {path} HTTP/1.1\r\n").as_bytes());
         if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
@@ -157,7 +152,20 @@ pub mod raw {
             .as_bytes(),
         );
         req.extend_from_slice(body);
-        stream.write_all(&req).unwrap();
+        request_bytes(hostport, &req, b"")
+    }
+
+    /// Sends `head` then `body` exactly as given (framing included: chunked bodies, trailers)
+    /// to `base` (`host:port` or `http://host:port`) and reads one response.
+    pub fn request_bytes(base: &str, head: &[u8], body: &[u8]) -> Response {
+        let hostport = base.trim_start_matches("http://").trim_end_matches('/');
+        let mut stream =
+            TcpStream::connect(hostport).unwrap_or_else(|e| panic!("connect {hostport}: {e}"));
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        stream.write_all(head).unwrap();
+        stream.write_all(body).unwrap();
         parse_response(&read_response(&mut stream))
     }
 
@@ -356,6 +364,29 @@ pub fn cluster_stat(cluster: &str, name: &str) -> i64 {
         .lines()
         .find_map(|l| l.split_once(": ").and_then(|(_, v)| v.trim().parse().ok()))
         .unwrap_or(0)
+}
+
+/// Envoy's tests-only listener: the same filters and routes with Envoy's protections off.
+pub fn raw_listener() -> String {
+    env("KCPEP_ENVOY_RAW_URL")
+}
+
+/// Requests Envoy sent to the echo upstream so far.
+pub fn upstream_requests() -> i64 {
+    cluster_stat("upstream", "upstream_rq_total")
+}
+
+/// Requests Envoy sent to Keycloak so far (the `keycloak` cluster).
+pub fn keycloak_requests() -> i64 {
+    cluster_stat("keycloak", "upstream_rq_total")
+}
+
+/// Sends the request and says whether it reached the upstream (nothing else runs meanwhile:
+/// the e2e binaries run one test at a time).
+pub fn reaches_upstream(send: impl FnOnce() -> Response) -> (Response, bool) {
+    let before = upstream_requests();
+    let r = send();
+    (r, upstream_requests() > before)
 }
 
 /// An RPT from a realm's token endpoint (`realm`: its name): the UMA grant with the user's

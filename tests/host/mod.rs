@@ -758,6 +758,14 @@ impl Vm {
         memory.data(&self.store)[ptr as usize..(ptr + len) as usize].to_vec()
     }
 
+    /// The guest's linear memory, in bytes (it only ever grows).
+    pub fn memory_size(&mut self) -> usize {
+        self.instance
+            .get_memory(&mut self.store, "memory")
+            .expect("exports memory")
+            .data_size(&self.store)
+    }
+
     /// Why the VM failed (first trap), if it did.
     pub fn failed(&self) -> Option<&str> {
         self.failed.as_deref()
