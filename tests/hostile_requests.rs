@@ -240,6 +240,9 @@ fn account(headers: &[(&str, &[u8])], query: &str) -> (Response, bool) {
     reaches_upstream(|| raw::request(&envoy(), "GET", &path, &all, b""))
 }
 
+/// What is sent, the headers, a query prefix (the token follows it), the expected status.
+type Case<'a> = (&'a str, Vec<(&'a str, Vec<u8>)>, &'a str, u16);
+
 #[test]
 fn credentials_in_every_odd_shape_get_keycloaks_answer_or_401() {
     let tokens = {
@@ -306,7 +309,7 @@ fn credentials_in_every_odd_shape_get_keycloaks_answer_or_401() {
     let huge = "a".repeat(100 * 1024);
 
     let bearer = |t: &str| format!("Bearer {t}");
-    let cases: Vec<(&str, Vec<(&str, Vec<u8>)>, &str, u16)> = vec![
+    let cases: Vec<Case> = vec![
         // the scheme is case-insensitive and any run of spaces separates it (RFC 7235)
         (
             "lower-case scheme",
