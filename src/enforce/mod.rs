@@ -82,6 +82,16 @@ fn relative_path(cfg: &EnforcerConfig, raw: &str) -> Option<String> {
     }
 }
 
+/// One request being judged: what every step of the flow reads (the enforcer's configuration,
+/// the request, the time) and may change (what the enforcer knows, the decision store).
+struct Judge<'a, 'r> {
+    cfg: &'a EnforcerConfig,
+    rt: &'a mut Knowledge,
+    req: &'a RequestFacts<'r>,
+    store: &'a mut dyn DecisionStore,
+    now_ms: i64,
+}
+
 /// The first step for a request.
 pub fn decide(
     cfg: &EnforcerConfig,
@@ -90,16 +100,18 @@ pub fn decide(
     store: &mut dyn DecisionStore,
     now_ms: i64,
 ) -> Step {
-    dry_run(cfg, decide_inner(cfg, rt, req, store, now_ms))
+    let mut j = Judge {
+        cfg,
+        rt,
+        req,
+        store,
+        now_ms,
+    };
+    dry_run(cfg, decide_inner(&mut j))
 }
 
-fn decide_inner(
-    cfg: &EnforcerConfig,
-    rt: &mut Knowledge,
-    req: &RequestFacts,
-    store: &mut dyn DecisionStore,
-    now_ms: i64,
-) -> Step {
+fn decide_inner(j: &mut Judge) -> Step {
+    let (cfg, req, now_ms) = (j.cfg, j.req, j.now_ms);
     // Before anything else, DISABLED included: what is judged must be what the upstream gets.
     if let Some(why) = uri::segmentation_hazard(req.path) {
         return reply(400, "Bad Request", &format!("ambiguous path: {why}"));
@@ -120,7 +132,7 @@ fn decide_inner(
     } else {
         normalized
             .as_deref()
-            .and_then(|n| rt.paths.find(n))
+            .and_then(|n| j.rt.paths.find(n))
             .cloned()
     };
     let configured_disabled = configured
@@ -134,7 +146,7 @@ fn decide_inner(
         Credential::Anonymous => {
             if let (true, Some(entry)) = (cfg.user_managed_access, &configured) {
                 let m = method_config(cfg, entry, req.method);
-                return challenge(cfg, rt, entry, &m, None);
+                return challenge(cfg, j.rt, entry, &m, None);
             }
             if let Some(to) = &cfg.on_deny_redirect_to {
                 return redirect(to, "no token");
@@ -168,10 +180,10 @@ fn decide_inner(
                 .as_ref()
                 .is_none_or(|e| e.config.path.contains('*')));
     let entry = match (refine, normalized.as_deref()) {
-        (true, Some(key)) => match rt.path_cache.get(key, now_ms) {
+        (true, Some(key)) => match j.rt.path_cache.get(key, now_ms) {
             Some(cached) => cached,
             None => {
-                if let Some(answer) = store.get_path(key, now_ms) {
+                if let Some(answer) = j.store.get_path(key, now_ms) {
                     // Another worker asked Keycloak about this path (its final answer: an
                     // instance lookup is shared only once it found the resource or gave up).
                     let done = LazyAnswer {
@@ -186,7 +198,7 @@ fn decide_inner(
                         body: &answer,
                         share: false,
                     };
-                    return lazy_loaded(cfg, rt, req, store, raw, token, done, now_ms);
+                    return lazy_loaded(j, raw, token, done);
                 }
                 let lookup = match (&configured, template) {
                     (Some(t), true) => Lookup::Instance {
@@ -199,7 +211,7 @@ fn decide_inner(
                     },
                     _ => Lookup::Matching,
                 };
-                match (rt.pat.as_deref(), &lookup) {
+                match (j.rt.pat.as_deref(), &lookup) {
                     (Some(pat), _) => {
                         return lookup_call(cfg, pat, key, key.to_string(), configured, lookup)
                     }
@@ -214,7 +226,7 @@ fn decide_inner(
         },
         _ => configured,
     };
-    with_entry(cfg, rt, req, store, raw, token, entry, is_deny_page, now_ms)
+    with_entry(j, raw, token, entry, is_deny_page)
 }
 
 /// The next step once Keycloak (or a claim provider) answered a [`Call`].
@@ -227,25 +239,22 @@ pub fn resume(
     answer: Answer,
     now_ms: i64,
 ) -> Step {
-    dry_run(
+    let mut j = Judge {
         cfg,
-        resume_inner(cfg, rt, req, store, pending, answer, now_ms),
-    )
+        rt,
+        req,
+        store,
+        now_ms,
+    };
+    dry_run(cfg, resume_inner(&mut j, pending, answer))
 }
 
-fn resume_inner(
-    cfg: &EnforcerConfig,
-    rt: &mut Knowledge,
-    req: &RequestFacts,
-    store: &mut dyn DecisionStore,
-    pending: Pending,
-    answer: Answer,
-    now_ms: i64,
-) -> Step {
+fn resume_inner(j: &mut Judge, pending: Pending, answer: Answer) -> Step {
+    let (cfg, req, now_ms) = (j.cfg, j.req, j.now_ms);
     let Credential::Valid { raw, token } = &req.credential else {
         // Only the anonymous UMA challenge asks Keycloak without a token.
         return match pending {
-            Pending::Ticket => challenge_with_ticket(cfg, rt, answer),
+            Pending::Ticket => challenge_with_ticket(cfg, j.rt, answer),
             _ => unauthorized(cfg, None),
         };
     };
@@ -264,7 +273,7 @@ fn resume_inner(
                     body,
                     share: true,
                 };
-                lazy_loaded(cfg, rt, req, store, raw, token, done, now_ms)
+                lazy_loaded(j, raw, token, done)
             }
             Answer::NoAnswer => keycloak_unavailable(cfg, "no answer to the resource lookup"),
         },
@@ -297,7 +306,7 @@ fn resume_inner(
                 entry,
                 method,
             };
-            resolve_claims(cfg, rt, req, store, a, done, now_ms)
+            resolve_claims(j, a, done)
         }
         Pending::Grant {
             entry,
@@ -337,7 +346,7 @@ fn resume_inner(
                     let perms = perms.unwrap_or_default();
                     if is_authorized(&entry, &method, &perms, true, &claims) {
                         let header = permissions_header_value(&perms);
-                        let until = remember(store, decisions::Verdict::Allow(header.clone()));
+                        let until = remember(j.store, decisions::Verdict::Allow(header.clone()));
                         Step::Allow(Allow {
                             permissions: Some(header),
                             reason: "granted by Keycloak",
@@ -346,23 +355,23 @@ fn resume_inner(
                             memo_until_ms: until.filter(|_| claims.is_empty()),
                         })
                     } else {
-                        remember(store, decisions::Verdict::Deny);
+                        remember(j.store, decisions::Verdict::Deny);
                         denied(&method, "Keycloak granted less than required")
                     }
                 }
                 UmaOutcome::Denied => {
-                    remember(store, decisions::Verdict::Deny);
+                    remember(j.store, decisions::Verdict::Deny);
                     denied(&method, "denied by Keycloak policies")
                 }
                 UmaOutcome::Refused(e) => {
-                    remember(store, decisions::Verdict::Deny);
+                    remember(j.store, decisions::Verdict::Deny);
                     denied(
                         &method,
                         &format!("Keycloak refused the request: {}", e.error),
                     )
                 }
                 UmaOutcome::InvalidSubject => {
-                    release(store, cached.as_ref());
+                    release(j.store, cached.as_ref());
                     unauthorized(cfg, Some("token refused by Keycloak"))
                 }
                 UmaOutcome::Unavailable(why) => {
@@ -374,7 +383,7 @@ fn resume_inner(
                     {
                         if decisions::stale_usable(*expires_ms, now_ms, &cfg.proxy.decision_cache) {
                             // Put the expired ALLOW back so the next request can be served stale too.
-                            store.put(
+                            j.store.put(
                                 key,
                                 decisions::Entry::Decided {
                                     verdict: decisions::Verdict::Allow(header.clone()),
@@ -390,13 +399,13 @@ fn resume_inner(
                             });
                         }
                     }
-                    release(store, cached.as_ref());
+                    release(j.store, cached.as_ref());
                     keycloak_unavailable(cfg, &why)
                 }
             };
             tag(step, &entry)
         }
-        Pending::Ticket => challenge_with_ticket(cfg, rt, answer),
+        Pending::Ticket => challenge_with_ticket(cfg, j.rt, answer),
     }
 }
 
@@ -439,17 +448,8 @@ struct LazyAnswer<'a> {
 
 /// Keycloak's answer to a path lookup: cache it (per worker, and for the other workers when it
 /// came from Keycloak) and go on with the path it names.
-#[allow(clippy::too_many_arguments)]
-fn lazy_loaded(
-    cfg: &EnforcerConfig,
-    rt: &mut Knowledge,
-    req: &RequestFacts,
-    store: &mut dyn DecisionStore,
-    raw: &str,
-    token: &Token,
-    a: LazyAnswer,
-    now_ms: i64,
-) -> Step {
+fn lazy_loaded(j: &mut Judge, raw: &str, token: &Token, a: LazyAnswer) -> Step {
+    let (cfg, now_ms) = (j.cfg, j.now_ms);
     let LazyAnswer {
         key,
         configured,
@@ -472,7 +472,7 @@ fn lazy_loaded(
             Lookup::Instance { parent: None } => Some((key.clone(), Lookup::InstanceMatching)),
             Lookup::InstanceMatching | Lookup::Matching => None,
         };
-        if let (Some((uri, next)), Some(pat)) = (next, rt.pat.as_deref()) {
+        if let (Some((uri, next)), Some(pat)) = (next, j.rt.pat.as_deref()) {
             return lookup_call(cfg, pat, &key, uri, configured, next);
         }
         // nothing found (or no PAT any more): the template's own resource, as below
@@ -482,14 +482,14 @@ fn lazy_loaded(
             -1 => i64::MAX,
             l => now_ms.saturating_add(l),
         };
-        store.put_path(&key, body, expires);
+        j.store.put_path(&key, body, expires);
     }
     let entry = match resources.first() {
         None => configured,
         Some(r) => {
-            if configured.is_none() && rt.paths.binds_resource_elsewhere(&r.id) {
+            if configured.is_none() && j.rt.paths.binds_resource_elsewhere(&r.id) {
                 // A resource bound by name to another path is not reachable by its URIs.
-                return with_entry(cfg, rt, req, store, raw, token, None, false, now_ms);
+                return with_entry(j, raw, token, None, false);
             }
             let uri = r.uris.first().cloned().unwrap_or_else(|| key.clone());
             let mut e = Entry::from_resource(r, &uri, configured.as_deref());
@@ -502,22 +502,18 @@ fn lazy_loaded(
             Some(Rc::new(e))
         }
     };
-    rt.path_cache.put(&key, entry.clone(), now_ms);
-    with_entry(cfg, rt, req, store, raw, token, entry, false, now_ms)
+    j.rt.path_cache.put(&key, entry.clone(), now_ms);
+    with_entry(j, raw, token, entry, false)
 }
 
-#[allow(clippy::too_many_arguments)]
 fn with_entry(
-    cfg: &EnforcerConfig,
-    rt: &Knowledge,
-    req: &RequestFacts,
-    store: &mut dyn DecisionStore,
+    j: &mut Judge,
     raw: &str,
     token: &Token,
     entry: Option<Rc<Entry>>,
     is_deny_page: bool,
-    now_ms: i64,
 ) -> Step {
+    let (cfg, req) = (j.cfg, j.req);
     let Some(entry) = entry else {
         if cfg.enforcement_mode == EnforcementMode::Permissive {
             return allow(None, "no path matched, enforcement-mode PERMISSIVE");
@@ -539,17 +535,14 @@ fn with_entry(
     };
     let providers = claim_chain(cfg, &a.entry);
     if providers.is_empty() {
-        return tag(
-            authorize(cfg, rt, req, store, &a, Claims::new(), now_ms),
-            &a.entry,
-        );
+        return tag(authorize(j, &a, Claims::new()), &a.entry);
     }
     // Claims are resolved on every request that reaches the permission check, as in Keycloak;
     // the body is read only when this path's claims use it.
     if req.view.body.is_none() && cip::needs_body(&providers, req.view.is_form()) {
         return Step::ReadBody;
     }
-    resolve_claims(cfg, rt, req, store, a, Vec::new(), now_ms)
+    resolve_claims(j, a, Vec::new())
 }
 
 /// A token-bearing request on a matched, enforced path.
@@ -569,15 +562,8 @@ fn claim_chain<'c>(cfg: &'c EnforcerConfig, entry: &'c Entry) -> Vec<&'c cip::Pr
 }
 
 /// Runs the claim providers from `done.len()` on; a provider that needs its service becomes a call.
-fn resolve_claims(
-    cfg: &EnforcerConfig,
-    rt: &Knowledge,
-    req: &RequestFacts,
-    store: &mut dyn DecisionStore,
-    a: Authorize,
-    mut done: Vec<Claims>,
-    now_ms: i64,
-) -> Step {
+fn resolve_claims(j: &mut Judge, a: Authorize, mut done: Vec<Claims>) -> Step {
+    let (cfg, req) = (j.cfg, j.req);
     let providers = claim_chain(cfg, &a.entry);
     let client = cfg
         .proxy
@@ -595,7 +581,7 @@ fn resolve_claims(
     };
     let next = claims::advance(&providers, &cx, &mut done);
     match next {
-        claims::Next::Done(c) => tag(authorize(cfg, rt, req, store, &a, c, now_ms), &a.entry),
+        claims::Next::Done(c) => tag(authorize(j, &a, c), &a.entry),
         claims::Next::Call {
             request, service, ..
         } => Step::Call(Box::new(Call {
@@ -618,15 +604,8 @@ fn resolve_claims(
 
 /// Keycloak's permission check for a request whose claims are known: the token's own
 /// permissions, the decision cache, else the UMA grant (with the claims pushed).
-fn authorize(
-    cfg: &EnforcerConfig,
-    rt: &Knowledge,
-    req: &RequestFacts,
-    store: &mut dyn DecisionStore,
-    a: &Authorize,
-    claims: Claims,
-    now_ms: i64,
-) -> Step {
+fn authorize(j: &mut Judge, a: &Authorize, claims: Claims) -> Step {
+    let (cfg, req, now_ms) = (j.cfg, j.req, j.now_ms);
     let (raw, token, entry, method) = (a.raw, a.token, &a.entry, &a.method);
     // Another resource server's RPT says nothing about this one's resources, even where a
     // resource has the same name: its permissions count only when it was issued for us.
@@ -648,7 +627,7 @@ fn authorize(
         if method.scopes_enforcement_mode == ScopesMode::Disabled {
             return allow(None, "scopes-enforcement-mode DISABLED");
         }
-        return challenge(cfg, rt, entry, method, Some(&claims));
+        return challenge(cfg, j.rt, entry, method, Some(&claims));
     }
     let resource = entry
         .resource
@@ -681,7 +660,7 @@ fn authorize(
             &method.scopes,
             claims_digest.as_ref(),
         );
-        let found = store.get(&key);
+        let found = j.store.get(&key);
         match decisions::lookup(found.as_ref(), now_ms) {
             decisions::Lookup::Hit(decisions::Verdict::Allow(header)) => {
                 let expires = match &found {
@@ -721,7 +700,7 @@ fn authorize(
                     _ => None,
                 };
                 let until_ms = now_ms + cc.coalesce_wait_ms;
-                if !store.claim(&key, until_ms) {
+                if !j.store.claim(&key, until_ms) {
                     return Step::Wait { key, until_ms };
                 }
                 cached = Some(Claim {
