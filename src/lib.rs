@@ -17,6 +17,10 @@
 //! Everything but `filter/` is plain Rust with no proxy-wasm call, unit-tested natively. How
 //! Keycloak's own enforcer decides, and where this one differs on purpose, is in
 //! docs/keycloak-enforcer.md.
+//!
+//! Public are the modules the shell, the `kcpep` CLI and the tests outside the crate use; the
+//! others are `pub(crate)` (verified tokens, the path table, lanes, refresh, claim resolution and
+//! providers, the JSON reader, the wire's permission, resource and claims types).
 
 pub mod wire;
 

@@ -4,8 +4,8 @@
 //! accepted and ignored; everything the filter itself needs beyond Keycloak's format lives in one
 //! extra object, `kcpep`, so a plain keycloak.json stays valid. Semantics: docs/keycloak-enforcer.md §1.
 
-pub mod claim_providers;
-pub mod claims;
+pub(crate) mod claim_providers;
+pub(crate) mod claims;
 pub mod routes;
 
 use crate::config::claims::Cip;

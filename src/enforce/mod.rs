@@ -6,10 +6,10 @@
 //! A verdict that needs Keycloak is data: [`Step::Call`] carries the exact request and a
 //! [`Pending`] continuation that turns Keycloak's answer into the next step.
 
-pub mod claims;
+pub(crate) mod claims;
 pub mod enforcer;
 pub mod gate;
-pub mod refresh;
+pub(crate) mod refresh;
 pub mod replies;
 pub mod step;
 

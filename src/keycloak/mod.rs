@@ -4,8 +4,8 @@
 
 pub mod background;
 pub mod knowledge;
-pub mod resources;
+pub(crate) mod resources;
 pub mod signature;
 pub mod token;
 pub mod uma;
-pub mod verified;
+pub(crate) mod verified;

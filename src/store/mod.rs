@@ -4,7 +4,7 @@
 
 pub mod decisions;
 pub mod documents;
-pub mod lanes;
+pub(crate) mod lanes;
 pub mod memo;
 
 /// The decision cache as the enforcer sees it; the shell implements it over shared data.

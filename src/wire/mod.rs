@@ -2,8 +2,8 @@
 //! the permissions passed upstream, the claims pushed with a decision request, and the JSON
 //! reader that names the path of a bad field.
 
-pub mod claims;
+pub(crate) mod claims;
 pub mod http;
-pub mod json;
-pub mod permission;
-pub mod resource;
+pub(crate) mod json;
+pub(crate) mod permission;
+pub(crate) mod resource;
