@@ -133,14 +133,7 @@ fn missing_and_malformed_credentials_get_401() {
 
 /// Signs claims with the realm's key (the demo realm imports the test-only key of tests/fixtures).
 fn realm_signed(claims: &Value) -> String {
-    let jwks = request(
-        &keycloak(),
-        "GET",
-        "/realms/bank/protocol/openid-connect/certs",
-        &[],
-        b"",
-    )
-    .json();
+    let jwks = realm_jwks();
     let ours: Value = serde_json::from_str(
         &std::fs::read_to_string(format!(
             "{}/tests/fixtures/jwks.json",

@@ -215,15 +215,7 @@ fn attacker_jwk(kid: &str) -> Value {
 }
 
 fn realm_key() -> Value {
-    let jwks = request(
-        &keycloak(),
-        "GET",
-        "/realms/bank/protocol/openid-connect/certs",
-        &[],
-        b"",
-    )
-    .json();
-    jwks["keys"]
+    realm_jwks()["keys"]
         .as_array()
         .unwrap()
         .iter()
@@ -245,19 +237,7 @@ type Case<'a> = (&'a str, Vec<(&'a str, Vec<u8>)>, &'a str, u16);
 
 #[test]
 fn credentials_in_every_odd_shape_get_keycloaks_answer_or_401() {
-    let tokens = {
-        let body =
-            "grant_type=password&client_id=demo-cli&username=owner&password=password&scope=openid";
-        let r = request(
-            &keycloak(),
-            "POST",
-            "/realms/bank/protocol/openid-connect/token",
-            &[("content-type", b"application/x-www-form-urlencoded")],
-            body.as_bytes(),
-        );
-        assert_eq!(r.status, 200, "{}", r.text());
-        r.json()
-    };
+    let tokens = user_tokens_with("owner", "&scope=openid");
     let access = tokens["access_token"].as_str().unwrap();
     let refresh = tokens["refresh_token"].as_str().unwrap();
     let id_token = tokens["id_token"].as_str().unwrap();

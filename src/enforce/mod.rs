@@ -92,6 +92,24 @@ struct Judge<'a, 'r> {
     now_ms: i64,
 }
 
+impl<'a, 'r> Judge<'a, 'r> {
+    fn new(
+        cfg: &'a EnforcerConfig,
+        rt: &'a mut Knowledge,
+        req: &'a RequestFacts<'r>,
+        store: &'a mut dyn DecisionStore,
+        now_ms: i64,
+    ) -> Self {
+        Judge {
+            cfg,
+            rt,
+            req,
+            store,
+            now_ms,
+        }
+    }
+}
+
 /// The first step for a request.
 pub fn decide(
     cfg: &EnforcerConfig,
@@ -100,14 +118,10 @@ pub fn decide(
     store: &mut dyn DecisionStore,
     now_ms: i64,
 ) -> Step {
-    let mut j = Judge {
+    dry_run(
         cfg,
-        rt,
-        req,
-        store,
-        now_ms,
-    };
-    dry_run(cfg, decide_inner(&mut j))
+        decide_inner(&mut Judge::new(cfg, rt, req, store, now_ms)),
+    )
 }
 
 fn decide_inner(j: &mut Judge) -> Step {
@@ -239,13 +253,7 @@ pub fn resume(
     answer: Answer,
     now_ms: i64,
 ) -> Step {
-    let mut j = Judge {
-        cfg,
-        rt,
-        req,
-        store,
-        now_ms,
-    };
+    let mut j = Judge::new(cfg, rt, req, store, now_ms);
     dry_run(cfg, resume_inner(&mut j, pending, answer))
 }
 

@@ -263,7 +263,13 @@ pub fn send(req: &HttpRequest) -> Response {
 
 /// A user's token response (access and refresh token) from the public `demo-cli` client.
 pub fn user_tokens(user: &str) -> serde_json::Value {
-    let body = format!("grant_type=password&client_id=demo-cli&username={user}&password=password");
+    user_tokens_with(user, "")
+}
+
+/// The same, with more of the grant's form (`&scope=openid` for an ID token too).
+pub fn user_tokens_with(user: &str, form: &str) -> serde_json::Value {
+    let body =
+        format!("grant_type=password&client_id=demo-cli&username={user}&password=password{form}");
     let r = request(
         &keycloak(),
         "POST",
@@ -406,6 +412,18 @@ pub fn rpt_with(realm: &str, access: &str, form: &str) -> String {
     );
     assert_eq!(r.status, 200, "RPT ({form}): {}", r.text());
     r.json()["access_token"].as_str().unwrap().to_string()
+}
+
+/// The bank realm's published keys (JWKS) as Keycloak serves them.
+pub fn realm_jwks() -> serde_json::Value {
+    request(
+        &keycloak(),
+        "GET",
+        "/realms/bank/protocol/openid-connect/certs",
+        &[],
+        b"",
+    )
+    .json()
 }
 
 /// One of the filter's metrics from Envoy's admin (Envoy lists them as `wasmcustom.<name>`).
