@@ -2,13 +2,17 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 WASM := dist/keycloak_pep.wasm
+# The same filter checking token signatures in wasm (hosts without Envoy's verify_signature,
+# RSA-PSS or EdDSA realm keys).
+WASM_RUST_CRYPTO := dist/keycloak_pep_rust_crypto.wasm
 
-.PHONY: help build wasm test unit abi e2e e2e-matrix fuzz fuzz-diff lint up down demo bench oci clean
+.PHONY: help build wasm wasm-rust-crypto test unit abi e2e e2e-matrix fuzz fuzz-diff lint up down demo bench oci clean
 
 help:
 	@echo "make demo    build the filter, start Keycloak + Envoy + an echo upstream on 127.0.0.1, show allowed/denied requests"
 	@echo "make test    lint, then all tests: unit, wasmtime ABI, and end-to-end against the real Keycloak and Envoy"
-	@echo "make build   dist/keycloak_pep.wasm (wasm32-wasip1, release) and the kcpep CLI"
+	@echo "make build   dist/keycloak_pep.wasm (wasm32-wasip1, release; signatures checked by Envoy) and the kcpep CLI"
+	@echo "make wasm-rust-crypto   dist/keycloak_pep_rust_crypto.wasm: signatures checked in wasm (hosts without verify_signature)"
 	@echo "make up / make down   start / stop the stack in the background"
 	@echo "make e2e-matrix   the end-to-end suites against Keycloak 26.7, 26.0 and the /auth path"
 	@echo "make fuzz         every parser under generated input, long (PROPTEST_CASES, 200000)"
@@ -23,6 +27,11 @@ wasm: $(WASM)
 
 $(WASM): Cargo.toml $(shell find src -name '*.rs' 2>/dev/null)
 	scripts/build-wasm.sh
+
+wasm-rust-crypto: $(WASM_RUST_CRYPTO)
+
+$(WASM_RUST_CRYPTO): Cargo.toml $(shell find src -name '*.rs' 2>/dev/null)
+	KCPEP_WASM_FEATURES=rust-crypto scripts/build-wasm.sh Cargo.toml $(WASM_RUST_CRYPTO)
 
 # fmt, clippy on the native crate (every target, the e2e suites included) and clippy on the wasm32
 # shell, where clippy.toml's bans on the panicking proxy-wasm getters apply.

@@ -26,9 +26,17 @@ rustup_lld() {
   [ -x "$lld" ] && echo "$lld"
 }
 
+# The filter's default module checks signatures through the host (no RustCrypto inside);
+# KCPEP_WASM_FEATURES=rust-crypto builds the one that checks them in wasm.
+FEATURE_ARGS=()
+if [ "$MANIFEST" = Cargo.toml ]; then
+  FEATURE_ARGS=(--no-default-features)
+  [ -n "${KCPEP_WASM_FEATURES:-}" ] && FEATURE_ARGS+=(--features "$KCPEP_WASM_FEATURES")
+fi
+
 if have_rustup_target; then
   echo "build-wasm: route 1 (rustup target $TARGET)"
-  cargo build --release --lib --target "$TARGET" --manifest-path "$MANIFEST"
+  cargo build --release --lib --target "$TARGET" --manifest-path "$MANIFEST" ${FEATURE_ARGS[@]+"${FEATURE_ARGS[@]}"}
 else
   if ! have_debian_route && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "build-wasm: installing Debian's rustc-web, cargo-web, rust-web-src, wasi-libc (no wasm32 std in rustup here)"
@@ -41,7 +49,7 @@ else
     RUSTC_BOOTSTRAP=1 RUSTC=/usr/bin/rustc \
     CARGO_TARGET_WASM32_WASIP1_LINKER="$LLD" \
     CARGO_TARGET_WASM32_WASIP1_RUSTFLAGS="-L /usr/lib/wasm32-wasi" \
-      /usr/bin/cargo build --release --lib --target "$TARGET" --manifest-path "$MANIFEST" -Zbuild-std=std,panic_abort
+      /usr/bin/cargo build --release --lib --target "$TARGET" --manifest-path "$MANIFEST" -Zbuild-std=std,panic_abort ${FEATURE_ARGS[@]+"${FEATURE_ARGS[@]}"}
   else
     cat >&2 <<MSG
 build-wasm: no way to build for $TARGET on this machine. Either

@@ -69,7 +69,10 @@ fn vm_with(shared: Option<host::Shared>) -> Vm {
         Some(s) => Vm::with_shared(host::module(), s),
         None => Vm::new(host::module()),
     };
-    let mut vm = vm.unwrap().allow_clusters(&["keycloak"]);
+    // as in Envoy: the default module checks signatures through verify_signature
+    let mut vm = vm.unwrap().allow_clusters(&["keycloak"]).foreign_function(
+        host::envoy_crypto::verify_signature(Arc::new(AtomicU32::new(0))),
+    );
     vm.set_time_ms(NOW_MS);
     vm
 }
@@ -637,55 +640,13 @@ fn a_second_vm_reuses_the_first_vms_documents() {
     assert_eq!(b.action(req), Action::Pause);
 }
 
-/// Envoy's `verify_signature`, emulated natively: decodes the filter's protobuf arguments, checks
-/// the RSA signature with the key taken out of the filter's SPKI, answers a protobuf result.
-fn emulated_verify_signature(
-    calls: Arc<AtomicU32>,
-) -> impl Fn(&str, &[u8]) -> Option<Vec<u8>> + Send + Sync {
-    move |name: &str, args: &[u8]| {
-        if name != "verify_signature" {
-            return None;
-        }
-        calls.fetch_add(1, Ordering::SeqCst);
-        let mut fields: Vec<&[u8]> = Vec::new();
-        let mut i = 0;
-        while i < args.len() {
-            i += 1; // tag
-            let (mut len, mut shift) = (0usize, 0);
-            loop {
-                let b = args[i];
-                i += 1;
-                len |= usize::from(b & 0x7f) << shift;
-                shift += 7;
-                if b & 0x80 == 0 {
-                    break;
-                }
-            }
-            fields.push(&args[i..i + len]);
-            i += len;
-        }
-        let (hash, spki, sig, text) = (fields[0], fields[1], fields[2], fields[3]);
-        assert_eq!(hash, b"sha256");
-        let pkcs1 = keycloak_pep::keycloak::signature::rsa_public_key_of_spki(spki)?;
-        let key = jsonwebtoken::DecodingKey::from_rsa_der(pkcs1);
-        let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sig);
-        let ok = jsonwebtoken::crypto::verify(&sig, text, &key, jsonwebtoken::Algorithm::RS256)
-            .unwrap_or(false);
-        Some(if ok {
-            vec![0x08, 0x01]
-        } else {
-            vec![0x12, 0x03, b'b', b'a', b'd']
-        })
-    }
-}
-
 #[test]
 fn host_signature_verification_is_detected_and_used() {
     let calls = Arc::new(AtomicU32::new(0));
     let mut vm = Vm::new(host::module())
         .unwrap()
         .allow_clusters(&["keycloak"])
-        .foreign_function(emulated_verify_signature(calls.clone()));
+        .foreign_function(host::envoy_crypto::verify_signature(calls.clone()));
     vm.set_time_ms(NOW_MS);
     assert!(vm.configure(&config()).unwrap());
     assert!(vm.log_contains("verified by the host"), "{:?}", vm.logs());
@@ -715,8 +676,13 @@ fn host_signature_verification_is_detected_and_used() {
 }
 
 #[test]
-fn without_the_host_function_tokens_are_verified_in_wasm() {
-    let mut vm = ready_vm();
+fn without_the_host_function_the_rust_crypto_module_verifies_tokens_in_wasm() {
+    let mut vm = Vm::new(host::rust_crypto_module())
+        .unwrap()
+        .allow_clusters(&["keycloak"]);
+    vm.set_time_ms(NOW_MS);
+    assert!(vm.configure(&config()).unwrap());
+    answer_background(&mut vm);
     assert!(vm.log_contains("verified in wasm"));
     let req = get(&mut vm, "/account/1", Some(&bearer(&token(json!({})))), &[]);
     assert_eq!(vm.action(req), Action::Pause);
@@ -1303,4 +1269,122 @@ fn body_claims_hold_the_request_even_where_envoy_would_not_deliver_the_body() {
     assert!(!vm.continued(req));
     assert!(callouts(&mut vm).is_empty());
     assert!(vm.local_response(req).is_none());
+}
+
+#[test]
+fn without_the_host_function_the_default_module_refuses_to_start_and_says_why() {
+    // Envoy always has verify_signature; another proxy-wasm host may not. The default module
+    // carries no signature code, so it cannot verify anything there: it refuses the
+    // configuration (Envoy then fails the filter closed) and names the module that can.
+    let mut vm = Vm::new(host::module())
+        .unwrap()
+        .allow_clusters(&["keycloak"]);
+    vm.set_time_ms(NOW_MS);
+    assert!(!vm.configure(&config()).unwrap());
+    assert!(
+        vm.log_contains("keycloak_pep_rust_crypto.wasm"),
+        "{:?}",
+        vm.logs()
+    );
+}
+
+fn sign_es256(claims: &Value) -> String {
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(fixture("ec-private.pk8.b64"))
+        .unwrap();
+    let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    h.kid = Some("ec-1".into());
+    jsonwebtoken::encode(&h, claims, &jsonwebtoken::EncodingKey::from_ec_der(&der)).unwrap()
+}
+
+#[test]
+fn es256_tokens_are_verified_by_the_host() {
+    // The realm's EC key (ec-1 in the fixtures' JWKS): its SPKI and the token's JOSE signature
+    // converted to DER go to verify_signature; a signature of another key is refused there.
+    let calls = Arc::new(AtomicU32::new(0));
+    let mut vm = Vm::new(host::module())
+        .unwrap()
+        .allow_clusters(&["keycloak"])
+        .foreign_function(host::envoy_crypto::verify_signature(calls.clone()));
+    vm.set_time_ms(NOW_MS);
+    assert!(vm.configure(&config()).unwrap());
+    answer_background(&mut vm);
+    let now = (NOW_MS / 1000) as i64;
+    let claims = json!({"iss": ISSUER, "sub": "u1", "typ": "Bearer", "exp": now + 300, "iat": now});
+    let good = sign_es256(&claims);
+    let before = calls.load(Ordering::SeqCst);
+    let req = get(&mut vm, "/account/1", Some(&bearer(&good)), &[]);
+    assert_eq!(vm.action(req), Action::Pause, "verified, asking Keycloak");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        before + 1,
+        "checked by the host"
+    );
+    // the same claims signed by the RSA key under the EC key's id: refused
+    let (head, rest) = good.split_once('.').unwrap();
+    let (payload, _) = rest.split_once('.').unwrap();
+    let other = sign(&claims);
+    let foreign_sig = other.rsplit_once('.').unwrap().1;
+    let forged = format!("{head}.{payload}.{foreign_sig}");
+    let req = get(&mut vm, "/account/1", Some(&bearer(&forged)), &[]);
+    assert_eq!(vm.local_response(req).unwrap().status, 401);
+    // and a flipped bit in a real ES256 signature
+    let mut flipped = good.into_bytes();
+    let n = flipped.len() - 5;
+    flipped[n] = if flipped[n] == b'A' { b'B' } else { b'A' };
+    let req = get(
+        &mut vm,
+        "/account/1",
+        Some(&bearer(std::str::from_utf8(&flipped).unwrap())),
+        &[],
+    );
+    assert_eq!(vm.local_response(req).unwrap().status, 401);
+}
+
+#[test]
+fn realm_keys_the_host_cannot_check_are_named_with_the_way_out() {
+    // A realm whose keys are RSA-PSS and EdDSA only: the default module cannot check either.
+    // It says so when the keys arrive, names them and the rust-crypto module, and stays closed.
+    let mut vm = vm_with(None);
+    assert!(vm.configure(&config()).unwrap());
+    let mut rsa: Value = serde_json::from_slice(&fixture("jwks.json")).unwrap();
+    let keys = rsa["keys"].as_array_mut().unwrap();
+    keys.retain(|k| k["kty"] == "RSA" && k["use"] != "enc");
+    keys[0]["alg"] = json!("PS256");
+    keys[0]["kid"] = json!("pss-1");
+    keys.push(
+        json!({"kty": "OKP", "crv": "Ed25519", "kid": "ed-1", "use": "sig", "alg": "EdDSA",
+                     "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}),
+    );
+    for _ in 0..5 {
+        vm.tick().unwrap();
+        let calls = vm.take_callouts();
+        if calls.is_empty() {
+            break;
+        }
+        for c in calls {
+            let path = String::from_utf8(c.header(":path").unwrap().to_vec()).unwrap();
+            let body: Vec<u8> = if path.ends_with("/uma2-configuration") {
+                json!({"issuer": ISSUER, "token_endpoint": format!("{ISSUER}/protocol/openid-connect/token"),
+                       "jwks_uri": format!("{ISSUER}/protocol/openid-connect/certs")}).to_string().into_bytes()
+            } else if path.ends_with("/certs") {
+                rsa.to_string().into_bytes()
+            } else if path.ends_with("/token") {
+                br#"{"access_token":"PAT-TOKEN","expires_in":300}"#.to_vec()
+            } else {
+                br#"[{"_id":"rid-1","name":"View Account Resource","uris":["/account/{id}"],"scopes":[{"name":"account:view"}]}]"#.to_vec()
+            };
+            vm.respond(c.token, 200, &[], &body).unwrap();
+        }
+    }
+    assert!(
+        vm.log_contains("pss-1 (PS256)") && vm.log_contains("ed-1 (EdDSA)"),
+        "{:?}",
+        vm.logs()
+    );
+    assert!(vm.log_contains("make wasm-rust-crypto"));
+    let req = get(&mut vm, "/account/1", Some(&bearer(&token(json!({})))), &[]);
+    let status = vm.local_response(req).map(|r| r.status);
+    assert!(matches!(status, Some(401 | 503)), "{status:?}");
+    assert!(vm.failed().is_none());
 }

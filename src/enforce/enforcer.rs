@@ -162,6 +162,8 @@ impl Enforcer {
                 l.verified.insert(id, Rc::clone(&t), now);
                 (Cred::Valid(raw, t), Some(id))
             }
+            // nothing could check it: unverified, never an allow (503)
+            Err(TokenError::NoVerifier) => (Cred::Unverifiable, None),
             Err(e) => {
                 if matches!(e, TokenError::UnknownKey(_)) {
                     l.background.want_jwks();

@@ -176,7 +176,12 @@ fn decide_inner(j: &mut Judge) -> Step {
         }
         Credential::Malformed(e) => return unauthorized(cfg, Some(e.describe())),
         Credential::Invalid(e) => return unauthorized(cfg, Some(e.describe())),
-        Credential::Unverifiable => return keycloak_unavailable(cfg, "realm keys not loaded yet"),
+        Credential::Unverifiable => {
+            return keycloak_unavailable(
+                cfg,
+                "token not verifiable yet (realm keys not loaded, or no signature check)",
+            )
+        }
     };
 
     // Server refinement (lazy-load-paths or a configured path-cache): unmatched or wildcard paths

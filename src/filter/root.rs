@@ -317,8 +317,14 @@ impl RootContext for Root {
             }
         }
         let host_verify = host::probe_verify_signature();
+        if !crate::keycloak::token::can_verify(host_verify) {
+            log::error!(
+                "kcpep: this build checks token signatures through the host's verify_signature, which this host does not offer (Envoy has it; other proxy-wasm hosts may not): use keycloak_pep_rust_crypto.wasm (make wasm-rust-crypto), which checks them in wasm"
+            );
+            return false;
+        }
         log::info!(
-            "kcpep: configured {} enforcer(s); RSA signatures verified {}",
+            "kcpep: configured {} enforcer(s); signatures verified {}",
             enforcers.len(),
             if host_verify {
                 "by the host (verify_signature)"

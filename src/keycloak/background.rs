@@ -308,6 +308,13 @@ impl Background {
                 };
                 match parsed {
                     Ok(jwks) => {
+                        if !jwks.unchecked.is_empty() {
+                            self.notes.push(format!(
+                                "realm keys {} cannot be checked here and tokens they sign get 401: {}",
+                                jwks.unchecked.join(", "),
+                                crate::keycloak::token::UNCHECKED_KEYS_HINT
+                            ));
+                        }
                         self.jwks = Some(jwks);
                         self.jwks_slot.succeed(now_ms);
                     }

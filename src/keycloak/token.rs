@@ -9,8 +9,12 @@ use crate::keycloak::signature::{self, HostCheck};
 use crate::wire::permission::permissions_of;
 use crate::wire::permission::Permission;
 use base64::Engine;
-use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, JwkSet, KeyAlgorithm, PublicKeyUse};
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use jsonwebtoken::jwk::{
+    AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm, PublicKeyUse,
+};
+use jsonwebtoken::Algorithm;
+#[cfg(feature = "rust-crypto")]
+use jsonwebtoken::{DecodingKey, Validation};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -83,15 +87,22 @@ pub fn digest(raw: &str) -> [u8; 32] {
 struct Key {
     kid: Option<String>,
     alg: Algorithm,
+    /// For the in-wasm check (the `rust-crypto` build).
+    #[cfg(feature = "rust-crypto")]
     key: DecodingKey,
-    /// DER SubjectPublicKeyInfo of RSA keys, for the host's `verify_signature`.
+    /// DER SubjectPublicKeyInfo of RSA and EC keys, for the host's `verify_signature`.
     spki: Option<Vec<u8>>,
+    /// The EC key's curve (the JOSE signature's `r` and `s` size).
+    curve: Option<signature::Curve>,
 }
 
 /// The realm's signing keys, parsed once per JWKS document.
 #[derive(Default)]
 pub struct Jwks {
     keys: Vec<Key>,
+    /// Signing keys this build cannot check (RSA-PSS, EdDSA, other curves without the
+    /// `rust-crypto` feature), named for the log.
+    pub unchecked: Vec<String>,
 }
 
 impl std::fmt::Debug for Jwks {
@@ -105,14 +116,25 @@ impl std::fmt::Debug for Jwks {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JwksError {
     NotJwks(String),
-    NoSigningKey,
+    /// No signing key this build can check (those it cannot, named).
+    NoSigningKey(Vec<String>),
 }
+
+/// The way out for realm keys the host cannot check, said wherever they are reported.
+pub const UNCHECKED_KEYS_HINT: &str = "the host's verify_signature checks RS256/384/512 and ES256/384 only; build keycloak_pep_rust_crypto.wasm (make wasm-rust-crypto) to check RSA-PSS and EdDSA keys in wasm, or sign the realm's tokens with an RSA or EC key";
 
 impl std::fmt::Display for JwksError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             JwksError::NotJwks(e) => write!(f, "not a JWKS: {e}"),
-            JwksError::NoSigningKey => write!(f, "JWKS has no usable signing key"),
+            JwksError::NoSigningKey(unchecked) if unchecked.is_empty() => {
+                write!(f, "JWKS has no usable signing key")
+            }
+            JwksError::NoSigningKey(unchecked) => write!(
+                f,
+                "JWKS has no signing key this build can check ({}): {UNCHECKED_KEYS_HINT}",
+                unchecked.join(", ")
+            ),
         }
     }
 }
@@ -124,15 +146,18 @@ impl Jwks {
         let set: JwkSet =
             serde_json::from_slice(body).map_err(|e| JwksError::NotJwks(e.to_string()))?;
         let mut keys = Vec::new();
+        let mut unchecked = Vec::new();
         for jwk in &set.keys {
-            if let Some(k) = usable_key(jwk) {
-                keys.push(k);
+            match usable_key(jwk) {
+                Usable::Yes(k) => keys.push(k),
+                Usable::NotHere(what) => unchecked.push(what),
+                Usable::No => {}
             }
         }
         if keys.is_empty() {
-            return Err(JwksError::NoSigningKey);
+            return Err(JwksError::NoSigningKey(unchecked));
         }
-        Ok(Jwks { keys })
+        Ok(Jwks { keys, unchecked })
     }
 
     pub fn len(&self) -> usize {
@@ -148,14 +173,24 @@ impl Jwks {
     }
 }
 
-fn usable_key(jwk: &Jwk) -> Option<Key> {
+enum Usable {
+    Yes(Key),
+    /// A signing key of an algorithm this build does not check (the key's description).
+    #[cfg_attr(feature = "rust-crypto", allow(dead_code))]
+    NotHere(String),
+    /// Not a signing key (encryption, HMAC, unknown algorithm): skipped silently.
+    No,
+}
+
+fn usable_key(jwk: &Jwk) -> Usable {
     if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
-        return None;
+        return Usable::No;
     }
     let family_default = match &jwk.algorithm {
         AlgorithmParameters::RSA(_) => Algorithm::RS256,
         AlgorithmParameters::EllipticCurve(_) => Algorithm::ES256,
-        _ => return None,
+        AlgorithmParameters::OctetKeyPair(_) => Algorithm::EdDSA,
+        _ => return Usable::No,
     };
     let alg = match jwk.common.key_algorithm {
         None => family_default,
@@ -167,28 +202,56 @@ fn usable_key(jwk: &Jwk) -> Option<Key> {
         Some(KeyAlgorithm::PS512) => Algorithm::PS512,
         Some(KeyAlgorithm::ES256) => Algorithm::ES256,
         Some(KeyAlgorithm::ES384) => Algorithm::ES384,
-        Some(_) => return None,
+        Some(KeyAlgorithm::EdDSA) => Algorithm::EdDSA,
+        Some(_) => return Usable::No,
     };
-    let key = DecodingKey::from_jwk(jwk).ok()?;
-    let spki = match &jwk.algorithm {
-        AlgorithmParameters::RSA(rsa) => {
-            let b64 = |s: &str| {
-                base64::engine::general_purpose::URL_SAFE_NO_PAD
-                    .decode(s.trim_end_matches('='))
-                    .ok()
-            };
-            match (b64(&rsa.n), b64(&rsa.e)) {
-                (Some(n), Some(e)) => Some(signature::rsa_spki(&n, &e)),
+    let b64 = |s: &str| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(s.trim_end_matches('='))
+            .ok()
+    };
+    let (spki, curve) = match &jwk.algorithm {
+        AlgorithmParameters::RSA(rsa) => match (b64(&rsa.n), b64(&rsa.e)) {
+            (Some(n), Some(e)) => (Some(signature::rsa_spki(&n, &e)), None),
+            _ => (None, None),
+        },
+        AlgorithmParameters::EllipticCurve(ec) => {
+            let curve = match (alg, &ec.curve) {
+                (Algorithm::ES256, EllipticCurve::P256) => Some(signature::Curve::P256),
+                (Algorithm::ES384, EllipticCurve::P384) => Some(signature::Curve::P384),
                 _ => None,
-            }
+            };
+            let spki = match (curve, b64(&ec.x), b64(&ec.y)) {
+                (Some(c), Some(x), Some(y)) => signature::ec_spki(c, &x, &y),
+                _ => None,
+            };
+            (spki, curve)
         }
-        _ => None,
+        _ => (None, None),
     };
-    Some(Key {
-        kid: jwk.common.key_id.clone(),
+    let kid = jwk.common.key_id.clone();
+    // The host's verify_signature checks PKCS#1 v1.5 and ECDSA: BoringSSL's EVP_DigestVerify
+    // sets no PSS padding and takes no digest for EdDSA.
+    #[cfg(not(feature = "rust-crypto"))]
+    let host_can = hash_of(alg).is_some() && spki.is_some();
+    #[cfg(feature = "rust-crypto")]
+    let Ok(key) = DecodingKey::from_jwk(jwk) else {
+        return Usable::No;
+    };
+    #[cfg(not(feature = "rust-crypto"))]
+    if !host_can {
+        return Usable::NotHere(format!(
+            "{} ({alg:?})",
+            kid.as_deref().unwrap_or("a key without kid")
+        ));
+    }
+    Usable::Yes(Key {
+        kid,
         alg,
+        #[cfg(feature = "rust-crypto")]
         key,
         spki,
+        curve,
     })
 }
 
@@ -211,6 +274,8 @@ pub enum TokenError {
     WrongIssuer,
     WrongAudience,
     WrongType,
+    /// Nothing here can check the signature (no host function in a build without `rust-crypto`).
+    NoVerifier,
 }
 
 impl TokenError {
@@ -226,6 +291,7 @@ impl TokenError {
             TokenError::WrongIssuer => "wrong issuer",
             TokenError::WrongAudience => "wrong audience",
             TokenError::WrongType => "not an access token",
+            TokenError::NoVerifier => "no signature check available",
         }
     }
 }
@@ -310,11 +376,6 @@ pub fn verify_with(
     if candidates.is_empty() {
         return Err(TokenError::UnknownKey(header.kid));
     }
-    let mut validation = Validation::new(header.alg);
-    validation.validate_exp = false;
-    validation.validate_nbf = false;
-    validation.validate_aud = false;
-    validation.required_spec_claims.clear();
     let mut last = TokenError::UnknownKey(header.kid.clone());
     let mut claims = None;
     for k in candidates {
@@ -322,8 +383,8 @@ pub fn verify_with(
             last = TokenError::UnsupportedAlgorithm;
             continue;
         }
-        if let (Some(host), Some(spki), Some(hash)) = (host, &k.spki, pkcs1_hash(header.alg)) {
-            match host_check(raw, host, spki, hash) {
+        if let (Some(host), Some(spki), Some(hash)) = (host, &k.spki, hash_of(header.alg)) {
+            match host_check(raw, host, spki, hash, k.curve) {
                 Some(Ok(c)) => {
                     claims = Some(c);
                     break;
@@ -332,36 +393,60 @@ pub fn verify_with(
                     last = e;
                     continue;
                 }
-                None => {} // the host could not tell: verify in wasm
+                None => {} // the host could not tell
             }
         }
-        match jsonwebtoken::decode::<Value>(raw, &k.key, &validation) {
-            Ok(data) => {
-                claims = Some(data.claims);
+        match in_wasm_check(raw, k, header.alg) {
+            Ok(c) => {
+                claims = Some(c);
                 break;
             }
-            Err(e) => {
-                last = match e.kind() {
-                    jsonwebtoken::errors::ErrorKind::InvalidSignature => TokenError::BadSignature,
-                    jsonwebtoken::errors::ErrorKind::InvalidAlgorithm => {
-                        TokenError::UnsupportedAlgorithm
-                    }
-                    _ => TokenError::Malformed,
-                }
-            }
+            Err(e) => last = e,
         }
     }
     let claims = claims.ok_or(last)?;
     check_claims(claims, expect, now, raw)
 }
 
-fn pkcs1_hash(alg: Algorithm) -> Option<&'static str> {
+/// The digest the host's `verify_signature` uses for `alg`; None for what it cannot check.
+fn hash_of(alg: Algorithm) -> Option<&'static str> {
     match alg {
-        Algorithm::RS256 => Some("sha256"),
-        Algorithm::RS384 => Some("sha384"),
+        Algorithm::RS256 | Algorithm::ES256 => Some("sha256"),
+        Algorithm::RS384 | Algorithm::ES384 => Some("sha384"),
         Algorithm::RS512 => Some("sha512"),
         _ => None,
     }
+}
+
+/// The signature checked inside the module (the `rust-crypto` build).
+#[cfg(feature = "rust-crypto")]
+fn in_wasm_check(raw: &str, k: &Key, alg: Algorithm) -> Result<Value, TokenError> {
+    let mut validation = Validation::new(alg);
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
+    validation.validate_aud = false;
+    validation.required_spec_claims.clear();
+    match jsonwebtoken::decode::<Value>(raw, &k.key, &validation) {
+        Ok(data) => Ok(data.claims),
+        Err(e) => Err(match e.kind() {
+            jsonwebtoken::errors::ErrorKind::InvalidSignature => TokenError::BadSignature,
+            jsonwebtoken::errors::ErrorKind::InvalidAlgorithm => TokenError::UnsupportedAlgorithm,
+            _ => TokenError::Malformed,
+        }),
+    }
+}
+
+/// Without `rust-crypto` only the host checks signatures: a host that could not answer leaves
+/// the token unverified (503, never an allow).
+#[cfg(not(feature = "rust-crypto"))]
+fn in_wasm_check(_: &str, _: &Key, _: Algorithm) -> Result<Value, TokenError> {
+    Err(TokenError::NoVerifier)
+}
+
+/// Whether tokens can be verified at all: with the `rust-crypto` feature always, else only
+/// through the host's `verify_signature`.
+pub fn can_verify(host_verify: bool) -> bool {
+    host_verify || cfg!(feature = "rust-crypto")
 }
 
 /// `Some(Ok(claims))` when the host verified the signature, `Some(Err)` when it refused it or the
@@ -371,6 +456,7 @@ fn host_check(
     host: HostVerifier,
     spki: &[u8],
     hash: &'static str,
+    curve: Option<signature::Curve>,
 ) -> Option<Result<Value, TokenError>> {
     let (signing_input, sig_b64) = raw.rsplit_once('.')?;
     let payload_b64 = signing_input.split('.').nth(1)?;
@@ -381,6 +467,13 @@ fn host_check(
     };
     let (Some(sig), Some(payload)) = (decode(sig_b64), decode(payload_b64)) else {
         return Some(Err(TokenError::Malformed));
+    };
+    let sig = match curve {
+        None => sig,
+        Some(c) => match signature::jose_to_der(c, &sig) {
+            Some(der) => der,
+            None => return Some(Err(TokenError::BadSignature)),
+        },
     };
     let check = HostCheck {
         hash,
@@ -651,7 +744,7 @@ pub(crate) mod tests {
     /// The host path: a verifier standing in for Envoy's `verify_signature` (here jsonwebtoken on
     /// the PKCS#1 key taken back out of the SPKI the filter built, so the DER is exercised too).
     #[test]
-    fn host_verifier_is_used_for_rsa_and_its_no_is_final() {
+    fn host_verifier_is_used_for_rsa_and_ec_and_its_no_is_final() {
         let calls = std::cell::Cell::new(0);
         let host = |c: &HostCheck| -> Option<bool> {
             calls.set(calls.get() + 1);
@@ -695,10 +788,11 @@ pub(crate) mod tests {
             verify_with(&sign_rs256(&c), &jwks(), &expect(), NOW, Some(&host)),
             Err(TokenError::Expired)
         );
-        // EC keys never go to the host
+        // EC keys go to the host too (with a DER signature); this RSA-only stand-in cannot tell,
+        // so the rust-crypto build checks them in wasm
         let before = calls.get();
         assert!(verify_with(&sign_es256(&claims()), &jwks(), &expect(), NOW, Some(&host)).is_ok());
-        assert_eq!(calls.get(), before);
+        assert_eq!(calls.get(), before + 1);
     }
 
     #[test]

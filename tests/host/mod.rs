@@ -29,6 +29,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod abi;
+pub mod envoy_crypto;
 mod mem;
 mod wasi;
 
@@ -471,9 +472,29 @@ impl HostState {
     }
 }
 
-/// Path of the filter module built by `make wasm`.
+/// Path of the filter module built by `make wasm` (signatures checked by the host).
 pub fn wasm_path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("dist/keycloak_pep.wasm")
+}
+
+/// Path of the module built by `make wasm-rust-crypto` (signatures checked in wasm).
+pub fn rust_crypto_wasm_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("dist/keycloak_pep_rust_crypto.wasm")
+}
+
+/// The rust-crypto module, compiled once per test binary.
+pub fn rust_crypto_module() -> &'static Module {
+    static MODULE: OnceLock<Module> = OnceLock::new();
+    MODULE.get_or_init(|| {
+        let path = rust_crypto_wasm_path();
+        let bytes = std::fs::read(&path).unwrap_or_default();
+        assert!(
+            !bytes.is_empty(),
+            "{} is missing or empty: run `make wasm-rust-crypto` first",
+            path.display()
+        );
+        compile_cached(&bytes)
+    })
 }
 
 pub fn engine() -> &'static Engine {
