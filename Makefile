@@ -43,7 +43,7 @@ lint:
 unit:
 	cargo test --lib --bins
 
-abi: $(WASM)
+abi: $(WASM) $(WASM_RUST_CRYPTO)
 	cargo test --test abi --test host_selftest
 
 E2E_TESTS := --test contract --test e2e --test claims --test hostile --test hostile_requests --test replay --test oracle --test outage --test manifests
@@ -72,7 +72,7 @@ e2e-matrix: $(WASM)
 	KCPEP_KEYCLOAK_VERSION=26.0.8 $(MAKE) e2e
 	KCPEP_KEYCLOAK_RELATIVE_PATH=/auth $(MAKE) e2e
 
-test: lint $(WASM)
+test: lint $(WASM) $(WASM_RUST_CRYPTO)
 	cargo test
 	$(MAKE) e2e
 

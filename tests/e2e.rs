@@ -652,3 +652,40 @@ fn a_lazily_loaded_path_is_looked_up_once_for_both_workers() {
     }
     assert_eq!(stat("kcpep.keycloak.calls.resource_set") - before, 1);
 }
+
+#[test]
+fn es256_tokens_of_the_real_realm_are_verified_by_envoy() {
+    // demo-cli-es256's access tokens are signed with the realm's generated P-256 key: the module
+    // hands Envoy's verify_signature the key's SPKI and the signature as DER.
+    let r = request(
+        &keycloak(),
+        "POST",
+        "/realms/bank/protocol/openid-connect/token",
+        &[("content-type", b"application/x-www-form-urlencoded")],
+        b"grant_type=password&client_id=demo-cli-es256&username=owner&password=password",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let owner = r.json()["access_token"].as_str().unwrap().to_string();
+    let header: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(owner.split('.').next().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(header["alg"], "ES256", "{header}");
+    assert_eq!(
+        get("unanimous.bank.local", "/account/1", Some(&owner)).status,
+        200
+    );
+    // one changed signature byte: refused by the host's check
+    let mut forged = owner.clone().into_bytes();
+    let n = forged.len() - 6;
+    forged[n] = if forged[n] == b'A' { b'B' } else { b'A' };
+    let forged = String::from_utf8(forged).unwrap();
+    let r = get("unanimous.bank.local", "/account/1", Some(&forged));
+    assert_eq!(r.status, 401);
+    assert!(r
+        .header("www-authenticate")
+        .unwrap()
+        .contains("invalid_token"));
+}
