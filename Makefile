@@ -25,12 +25,12 @@ build: wasm
 
 wasm: $(WASM)
 
-$(WASM): Cargo.toml $(shell find src -name '*.rs' 2>/dev/null)
+$(WASM): Cargo.toml scripts/build-wasm.sh $(shell find src -name '*.rs' 2>/dev/null)
 	scripts/build-wasm.sh
 
 wasm-rust-crypto: $(WASM_RUST_CRYPTO)
 
-$(WASM_RUST_CRYPTO): Cargo.toml $(shell find src -name '*.rs' 2>/dev/null)
+$(WASM_RUST_CRYPTO): Cargo.toml scripts/build-wasm.sh $(shell find src -name '*.rs' 2>/dev/null)
 	KCPEP_WASM_FEATURES=rust-crypto scripts/build-wasm.sh Cargo.toml $(WASM_RUST_CRYPTO)
 
 # fmt, clippy on the native crate (every target, the e2e suites included) and clippy on the wasm32

@@ -117,6 +117,7 @@ class Envoy:
         with open(path, "w") as f:
             json.dump(envoy_config(wasm, plugin), f)
         self.log = open(os.path.join(RUN, f"{name}.log"), "w")
+        self.started = time.time()
         self.proc = subprocess.Popen(
             [ENVOY, "-c", path, "--disable-hot-restart", "--base-id", "77", "--concurrency", str(concurrency),
              "--log-level", "warning"], stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
@@ -227,6 +228,85 @@ def run_case(name, wasm, plugin, tok, server=None):
         envoy.stop()
 
 
+def rss_mb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    return None
+
+
+def footprint(owner):
+    """What a sidecar costs before any traffic matters: Envoy's RSS after a warm-up with two
+    workers (no filter, the no-op filter, keycloak-pep), and keycloak-pep's start-up, from
+    Envoy's start to the first enforced request allowed (the module compiled in every VM, the
+    realm's keys and PAT fetched), with 1 and 4 workers."""
+    out = {"rss_mb": {}, "startup_ms": {}}
+    for name, wasm, plugin, tok in (("bare", None, None, None), ("noop", "dist/noop.wasm", {}, None),
+                                    ("pep", "dist/keycloak_pep.wasm", plugin_config(True), owner)):
+        envoy = Envoy(f"rss-{name}", wasm, plugin, concurrency=2)
+        try:
+            wait_until(f"rss {name}: 200", lambda: ok_status(tok) == 200, 60)
+            wrk(16, WARMUP, tok)
+            out["rss_mb"][name] = rss_mb(envoy.proc.pid)
+        finally:
+            envoy.stop()
+    for workers in (1, 4):
+        envoy = Envoy(f"startup-{workers}", "dist/keycloak_pep.wasm", plugin_config(True), concurrency=workers)
+        try:
+            while ok_status(owner) != 200:
+                if time.time() - envoy.started > 60:
+                    sys.exit("bench: keycloak-pep never allowed the first request")
+                time.sleep(0.01)
+            out["startup_ms"][workers] = round((time.time() - envoy.started) * 1000)
+        finally:
+            envoy.stop()
+    rss = out["rss_mb"]
+    print(f"  footprint: Envoy RSS with 2 workers after warm-up: no filter {rss['bare']} MB, no-op filter "
+          f"{rss['noop']} MB, keycloak-pep {rss['pep']} MB; start-up to the first allowed request: "
+          f"{out['startup_ms'][1]} ms (1 worker), {out['startup_ms'][4]} ms (4 workers)", flush=True)
+    return out
+
+
+def chart(cases, path):
+    """results/bench-*.png: throughput and latency per case, side by side."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("bench: no matplotlib here (pip install matplotlib): no chart", flush=True)
+        return None
+    shown = [(k, v) for k, v in cases.items() if not v.get("skipped")]
+    labels = [k.split("_", 1)[1].replace("_", " ") for k, _ in shown]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
+    def scale(ax, values, what):
+        # log only where the cases differ by orders of magnitude (the uncached and Java cases)
+        if max(values) > 20 * max(min(values), 1):
+            ax.set_xscale("log")
+            what += " (log scale)"
+        ax.set_xlabel(what)
+
+    rps = [v["rps"] for _, v in shown]
+    a.barh(labels, rps, color="#3b7dd8")
+    scale(a, rps, "requests per second, 16 connections")
+    a.invert_yaxis()
+    y = range(len(shown))
+    b.barh([i - 0.2 for i in y], [v["p50_us"] for _, v in shown], height=0.4, label="p50", color="#3b7dd8")
+    b.barh([i + 0.2 for i in y], [v["p99_us"] for _, v in shown], height=0.4, label="p99", color="#e07b39")
+    b.set_yticks(list(y))
+    b.set_yticklabels(labels)
+    scale(b, [v["p99_us"] for _, v in shown] + [v["p50_us"] for _, v in shown],
+          "latency, 1 connection, µs")
+    b.invert_yaxis()
+    b.legend()
+    fig.suptitle("make bench: Envoy 1.40, one worker, routes answered by direct_response")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def coalescing():
     envoy = Envoy("coalesce", "dist/keycloak_pep.wasm", plugin_config(True), concurrency=2)
     try:
@@ -318,6 +398,7 @@ def main():
             run_case("5 Keycloak's Java enforcer", None, None, owner, JavaEnforcer("java-enforcer"))
             if wanted("5") and shutil.which("java") and shutil.which("mvn") else skipped)
         co = coalescing() if wanted("c") else {"keycloak_calls": None, "ok": 0, "coalesced": 0}
+        fp = footprint(owner) if wanted("f") else None
     finally:
         if started_stack:
             subprocess.run([STACK, "down"], stdout=subprocess.DEVNULL)
@@ -331,6 +412,10 @@ def main():
         "coalesce_calls": co["keycloak_calls"],
         "wasm_kb": wasm_kb,
     }
+    if fp:
+        summary["rss_delta_mb"] = round(fp["rss_mb"]["pep"] - fp["rss_mb"]["noop"], 1)
+        summary["startup_ms"] = fp["startup_ms"][1]
+        summary["startup_ms_4_workers"] = fp["startup_ms"][4]
     if "3_baseline_cache_hit" in cases:
         base = cases["3_baseline_cache_hit"]
         summary["hit_vs_baseline_rps"] = round(hit["rps"] / base["rps"], 2)
@@ -338,13 +423,16 @@ def main():
     os.makedirs(os.path.join(ROOT, "results"), exist_ok=True)
     path = os.path.join(ROOT, "results", time.strftime("bench-%Y%m%dT%H%M%S.json"))
     with open(path, "w") as f:
-        json.dump({"cases": cases, "coalescing": co, "summary": summary,
+        json.dump({"cases": cases, "coalescing": co, "footprint": fp, "summary": summary,
                    "duration_s": DURATION, "machine_cores": os.cpu_count()}, f, indent=1)
     java = cases["5_java_enforcer"]
     if not java.get("skipped"):
         print(f"bench: Keycloak's Java enforcer {java['rps']} rps, p50 {java['p50_us']} us; "
               f"keycloak-pep cache hit is {hit['rps'] / java['rps']:.1f}x its throughput")
     print(f"bench: saved {os.path.relpath(path, ROOT)}")
+    png = chart(cases, path[:-len(".json")] + ".png")
+    if png:
+        print(f"bench: chart {os.path.relpath(png, ROOT)}")
     print("bench: " + " ".join(f"{k}={v}" for k, v in summary.items()))
 
 

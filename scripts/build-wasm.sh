@@ -30,6 +30,9 @@ rustup_lld() {
 # KCPEP_WASM_FEATURES=rust-crypto builds the one that checks them in wasm.
 FEATURE_ARGS=()
 if [ "$MANIFEST" = Cargo.toml ]; then
+  # Optimized for size: 655 KiB instead of 727 at the same hit-path speed (make bench, alternating
+  # runs: 1.02x the throughput of the opt-level 3 build, +5 us p50); "z" is 601 KiB but 13 % slower.
+  export CARGO_PROFILE_RELEASE_OPT_LEVEL="${CARGO_PROFILE_RELEASE_OPT_LEVEL:-s}"
   FEATURE_ARGS=(--no-default-features)
   [ -n "${KCPEP_WASM_FEATURES:-}" ] && FEATURE_ARGS+=(--features "$KCPEP_WASM_FEATURES")
 fi
