@@ -111,6 +111,11 @@ fn callouts(vm: &mut Vm) -> Vec<host::Callout> {
 }
 
 fn answer_background(vm: &mut Vm) {
+    answer_background_with(vm, &fixture("jwks.json"));
+}
+
+/// Answers the background fetches, the realm's keys with `jwks`.
+fn answer_background_with(vm: &mut Vm, jwks: &[u8]) {
     for _ in 0..5 {
         vm.tick().unwrap();
         let calls = vm.take_callouts();
@@ -123,7 +128,7 @@ fn answer_background(vm: &mut Vm) {
                 json!({"issuer": ISSUER, "token_endpoint": format!("{ISSUER}/protocol/openid-connect/token"),
                        "jwks_uri": format!("{ISSUER}/protocol/openid-connect/certs")}).to_string().into_bytes()
             } else if path.ends_with("/certs") {
-                fixture("jwks.json")
+                jwks.to_vec()
             } else if path.ends_with("/token") {
                 br#"{"access_token":"PAT-TOKEN","expires_in":300}"#.to_vec()
             } else if path.contains("/resource_set?") {
@@ -1356,27 +1361,7 @@ fn realm_keys_the_host_cannot_check_are_named_with_the_way_out() {
         json!({"kty": "OKP", "crv": "Ed25519", "kid": "ed-1", "use": "sig", "alg": "EdDSA",
                      "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}),
     );
-    for _ in 0..5 {
-        vm.tick().unwrap();
-        let calls = vm.take_callouts();
-        if calls.is_empty() {
-            break;
-        }
-        for c in calls {
-            let path = String::from_utf8(c.header(":path").unwrap().to_vec()).unwrap();
-            let body: Vec<u8> = if path.ends_with("/uma2-configuration") {
-                json!({"issuer": ISSUER, "token_endpoint": format!("{ISSUER}/protocol/openid-connect/token"),
-                       "jwks_uri": format!("{ISSUER}/protocol/openid-connect/certs")}).to_string().into_bytes()
-            } else if path.ends_with("/certs") {
-                rsa.to_string().into_bytes()
-            } else if path.ends_with("/token") {
-                br#"{"access_token":"PAT-TOKEN","expires_in":300}"#.to_vec()
-            } else {
-                br#"[{"_id":"rid-1","name":"View Account Resource","uris":["/account/{id}"],"scopes":[{"name":"account:view"}]}]"#.to_vec()
-            };
-            vm.respond(c.token, 200, &[], &body).unwrap();
-        }
-    }
+    answer_background_with(&mut vm, rsa.to_string().as_bytes());
     assert!(
         vm.log_contains("pss-1 (PS256)") && vm.log_contains("ed-1 (EdDSA)"),
         "{:?}",

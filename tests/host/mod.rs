@@ -485,16 +485,18 @@ pub fn rust_crypto_wasm_path() -> PathBuf {
 /// The rust-crypto module, compiled once per test binary.
 pub fn rust_crypto_module() -> &'static Module {
     static MODULE: OnceLock<Module> = OnceLock::new();
-    MODULE.get_or_init(|| {
-        let path = rust_crypto_wasm_path();
-        let bytes = std::fs::read(&path).unwrap_or_default();
-        assert!(
-            !bytes.is_empty(),
-            "{} is missing or empty: run `make wasm-rust-crypto` first",
-            path.display()
-        );
-        compile_cached(&bytes)
-    })
+    MODULE.get_or_init(|| load(&rust_crypto_wasm_path(), "make wasm-rust-crypto"))
+}
+
+/// A built module, compiled (or taken from the compile cache).
+fn load(path: &std::path::Path, builder: &str) -> Module {
+    let bytes = std::fs::read(path).unwrap_or_default();
+    assert!(
+        !bytes.is_empty(),
+        "{} is missing or empty: run `{builder}` first",
+        path.display()
+    );
+    compile_cached(&bytes)
 }
 
 pub fn engine() -> &'static Engine {
@@ -505,16 +507,7 @@ pub fn engine() -> &'static Engine {
 /// The filter module, compiled once per test binary.
 pub fn module() -> &'static Module {
     static MODULE: OnceLock<Module> = OnceLock::new();
-    MODULE.get_or_init(|| {
-        let path = wasm_path();
-        let bytes = std::fs::read(&path).unwrap_or_default();
-        assert!(
-            !bytes.is_empty(),
-            "{} is missing or empty: run `make wasm` first",
-            path.display()
-        );
-        compile_cached(&bytes)
-    })
+    MODULE.get_or_init(|| load(&wasm_path(), "make wasm"))
 }
 
 /// Compiling the filter with the debug build of Cranelift `cargo test` uses takes ~20 s, so
