@@ -69,10 +69,15 @@ fn vm_with(shared: Option<host::Shared>) -> Vm {
         Some(s) => Vm::with_shared(host::module(), s),
         None => Vm::new(host::module()),
     };
-    // as in Envoy: the default module checks signatures through verify_signature
-    let mut vm = vm.unwrap().allow_clusters(&["keycloak"]).foreign_function(
-        host::envoy_crypto::verify_signature(Arc::new(AtomicU32::new(0))),
-    );
+    envoy_like(vm.unwrap(), Arc::new(AtomicU32::new(0)))
+}
+
+/// As in Envoy: the keycloak cluster, the test clock, and verify_signature (its calls counted),
+/// through which the default module checks signatures.
+fn envoy_like(vm: Vm, verify_calls: Arc<AtomicU32>) -> Vm {
+    let mut vm = vm
+        .allow_clusters(&["keycloak"])
+        .foreign_function(host::envoy_crypto::verify_signature(verify_calls));
     vm.set_time_ms(NOW_MS);
     vm
 }
@@ -648,11 +653,7 @@ fn a_second_vm_reuses_the_first_vms_documents() {
 #[test]
 fn host_signature_verification_is_detected_and_used() {
     let calls = Arc::new(AtomicU32::new(0));
-    let mut vm = Vm::new(host::module())
-        .unwrap()
-        .allow_clusters(&["keycloak"])
-        .foreign_function(host::envoy_crypto::verify_signature(calls.clone()));
-    vm.set_time_ms(NOW_MS);
+    let mut vm = envoy_like(Vm::new(host::module()).unwrap(), calls.clone());
     assert!(vm.configure(&config()).unwrap());
     assert!(vm.log_contains("verified by the host"), "{:?}", vm.logs());
     answer_background(&mut vm);
@@ -1307,11 +1308,7 @@ fn es256_tokens_are_verified_by_the_host() {
     // The realm's EC key (ec-1 in the fixtures' JWKS): its SPKI and the token's JOSE signature
     // converted to DER go to verify_signature; a signature of another key is refused there.
     let calls = Arc::new(AtomicU32::new(0));
-    let mut vm = Vm::new(host::module())
-        .unwrap()
-        .allow_clusters(&["keycloak"])
-        .foreign_function(host::envoy_crypto::verify_signature(calls.clone()));
-    vm.set_time_ms(NOW_MS);
+    let mut vm = envoy_like(Vm::new(host::module()).unwrap(), calls.clone());
     assert!(vm.configure(&config()).unwrap());
     answer_background(&mut vm);
     let now = (NOW_MS / 1000) as i64;

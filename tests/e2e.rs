@@ -657,15 +657,13 @@ fn a_lazily_loaded_path_is_looked_up_once_for_both_workers() {
 fn es256_tokens_of_the_real_realm_are_verified_by_envoy() {
     // demo-cli-es256's access tokens are signed with the realm's generated P-256 key: the module
     // hands Envoy's verify_signature the key's SPKI and the signature as DER.
-    let r = request(
-        &keycloak(),
-        "POST",
-        "/realms/bank/protocol/openid-connect/token",
-        &[("content-type", b"application/x-www-form-urlencoded")],
-        b"grant_type=password&client_id=demo-cli-es256&username=owner&password=password",
-    );
-    assert_eq!(r.status, 200, "{}", r.text());
-    let owner = r.json()["access_token"].as_str().unwrap().to_string();
+    let owner = token_grant(
+        "bank",
+        "grant_type=password&client_id=demo-cli-es256&username=owner&password=password",
+    )["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let header: Value = serde_json::from_slice(
         &base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(owner.split('.').next().unwrap())

@@ -243,17 +243,13 @@ fn credentials_in_every_odd_shape_get_keycloaks_answer_or_401() {
     let id_token = tokens["id_token"].as_str().unwrap();
     let claims = payload_of(access);
     let kid = realm_key()["kid"].as_str().unwrap().to_string();
-    let other_realm = {
-        let r = request(
-            &keycloak(),
-            "POST",
-            "/realms/authz-test/protocol/openid-connect/token",
-            &[("content-type", b"application/x-www-form-urlencoded")],
-            b"grant_type=password&client_id=public-client-test&username=marta&password=password",
-        );
-        assert_eq!(r.status, 200, "{}", r.text());
-        r.json()["access_token"].as_str().unwrap().to_string()
-    };
+    let other_realm = token_grant(
+        "authz-test",
+        "grant_type=password&client_id=public-client-test&username=marta&password=password",
+    )["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let alg_none = format!(
         "{}.{}.",
         b64_json(&json!({"alg": "none", "typ": "JWT", "kid": kid})),
@@ -437,15 +433,13 @@ fn keycloak_grants(token: &str, audience: &str) -> bool {
 fn another_clients_token_gets_what_keycloak_says_for_it() {
     // A service account token of another client of the realm: a valid identity, judged by
     // Keycloak's policies like any other. The verdict is asked of Keycloak, then of the filter.
-    let r = request(
-        &keycloak(),
-        "POST",
-        "/realms/bank/protocol/openid-connect/token",
-        &[("content-type", b"application/x-www-form-urlencoded")],
-        b"grant_type=client_credentials&client_id=bank-api-affirmative&client_secret=bank-api-affirmative-secret",
-    );
-    assert_eq!(r.status, 200, "{}", r.text());
-    let service = r.json()["access_token"].as_str().unwrap().to_string();
+    let service = token_grant(
+        "bank",
+        "grant_type=client_credentials&client_id=bank-api-affirmative&client_secret=bank-api-affirmative-secret",
+    )["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let owner = user_token("owner");
     for (who, token) in [
         ("service account", service.as_str()),
@@ -637,7 +631,7 @@ fn bodies_for_claims_that_are_oversized_or_chunked_with_trailers_are_still_judge
     // the claims say (the policy: tokyo up to 1000)
     for (branch, amount, allowed) in [("osaka", 5000, false), ("tokyo", 900, true)] {
         let json = format!(r#"{{"amount": {amount}}}"#);
-        let mut body = format!("{:x}\r\n{json}\r\n0\r\nx-t: 1\r\n\r\n", json.len()).into_bytes();
+        let body = format!("{:x}\r\n{json}\r\n0\r\nx-t: 1\r\n\r\n", json.len()).into_bytes();
         let head = format!(
             "POST /branch/transfer HTTP/1.1\r\nHost: claims.bank.local\r\nAuthorization: {auth}\r\nX-Branch: {branch}\r\nX-Forwarded-For: 203.0.113.7\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
         );
@@ -653,7 +647,6 @@ fn bodies_for_claims_that_are_oversized_or_chunked_with_trailers_are_still_judge
         if allowed {
             assert_eq!(r.json()["body"], json);
         }
-        body.clear();
     }
 }
 

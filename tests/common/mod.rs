@@ -268,16 +268,22 @@ pub fn user_tokens(user: &str) -> serde_json::Value {
 
 /// The same, with more of the grant's form (`&scope=openid` for an ID token too).
 pub fn user_tokens_with(user: &str, form: &str) -> serde_json::Value {
-    let body =
-        format!("grant_type=password&client_id=demo-cli&username={user}&password=password{form}");
+    token_grant(
+        "bank",
+        &format!("grant_type=password&client_id=demo-cli&username={user}&password=password{form}"),
+    )
+}
+
+/// A realm's token endpoint answering `form` (any grant): its JSON, which must be a 200.
+pub fn token_grant(realm: &str, form: &str) -> serde_json::Value {
     let r = request(
         &keycloak(),
         "POST",
-        "/realms/bank/protocol/openid-connect/token",
+        &format!("/realms/{realm}/protocol/openid-connect/token"),
         &[("content-type", b"application/x-www-form-urlencoded")],
-        body.as_bytes(),
+        form.as_bytes(),
     );
-    assert_eq!(r.status, 200, "password grant for {user}: {}", r.text());
+    assert_eq!(r.status, 200, "token grant in {realm}: {}", r.text());
     r.json()
 }
 
