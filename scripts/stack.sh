@@ -297,7 +297,10 @@ wait_ready() { # $1 component, $2 timeout seconds
       say "$name ready after $((now - start)) s ($url)"
       return 0
     fi
-    if ! pid_alive "$pid" "$name"; then
+    # The process was just started by us: whether it lives is kill -0 alone. (Its command line
+    # can be unreadable for an instant while the venv's envoy wrapper execs the real binary,
+    # which once made a live Envoy look dead here.)
+    if [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; then
       warn "$name (pid $pid) exited before becoming ready; last lines of $(logfile "$name"):"
       tail -n 40 "$(logfile "$name")" >&2 || true
       rm -f "$(pidfile "$name")"
