@@ -6,7 +6,7 @@ WASM := dist/keycloak_pep.wasm
 # RSA-PSS or EdDSA realm keys).
 WASM_RUST_CRYPTO := dist/keycloak_pep_rust_crypto.wasm
 
-.PHONY: help build wasm wasm-rust-crypto test unit abi e2e e2e-matrix fuzz fuzz-diff lint up down demo bench oci clean
+.PHONY: help build wasm wasm-rust-crypto test unit abi e2e e2e-matrix fuzz fuzz-diff lint up down demo bench profile oci clean
 
 help:
 	@echo "make demo    build the filter, start Keycloak + Envoy + an echo upstream on 127.0.0.1, show allowed/denied requests"
@@ -18,6 +18,7 @@ help:
 	@echo "make fuzz         every parser under generated input, long (PROPTEST_CASES, 200000)"
 	@echo "make fuzz-diff    path normalization and matching against Keycloak's own matchers, new seeds for KCPEP_FUZZ_MINUTES (10)"
 	@echo "make bench   benchmarks (prints figures)"
+	@echo "make profile where a cache hit spends its time in the module (perf)"
 	@echo "make oci     dist/oci: an OCI image layout of the filter for Istio (no container engine needed)"
 
 build: wasm
@@ -88,6 +89,10 @@ demo: $(WASM)
 
 bench: $(WASM)
 	scripts/bench.sh
+
+# where a cache hit's time goes inside the module (perf, wasmtime's perf map)
+profile:
+	scripts/profile.sh
 
 oci: $(WASM)
 	scripts/oci.sh

@@ -43,8 +43,8 @@ def plugin_config(cache_on):
     return cfg
 
 
-def envoy_config(wasm, plugin):
-    filters = []
+def envoy_config(wasm, plugin, native=None):
+    filters = list(native or [])
     if wasm:
         filters.append({
             "name": "bench-wasm",
@@ -55,7 +55,7 @@ def envoy_config(wasm, plugin):
                     "vm_config": {"vm_id": "bench", "runtime": "envoy.wasm.runtime.v8",
                                   "code": {"local": {"filename": os.path.join(ROOT, wasm)}}},
                     "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue",
-                                      "value": json.dumps(plugin or {})},
+                                      "value": plugin if isinstance(plugin, str) else json.dumps(plugin or {})},
                 },
             },
         })
@@ -111,11 +111,11 @@ def wait_until(what, check, seconds):
 
 
 class Envoy:
-    def __init__(self, name, wasm=None, plugin=None, concurrency=1):
+    def __init__(self, name, wasm=None, plugin=None, concurrency=1, native=None):
         os.makedirs(RUN, exist_ok=True)
         path = os.path.join(RUN, f"{name}.json")
         with open(path, "w") as f:
-            json.dump(envoy_config(wasm, plugin), f)
+            json.dump(envoy_config(wasm, plugin, native), f)
         self.log = open(os.path.join(RUN, f"{name}.log"), "w")
         self.started = time.time()
         self.proc = subprocess.Popen(
@@ -177,8 +177,8 @@ class JavaEnforcer:
         Envoy.stop(self)
 
 
-def wrk(connections, seconds, tok):
-    env = dict(os.environ, KCPEP_TOKEN=tok or "")
+def wrk(connections, seconds, tok, **extra):
+    env = dict(os.environ, KCPEP_TOKEN=tok or "", **extra)
     out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", os.path.join(ROOT, "bench", "wrk.lua"),
                           f"http://127.0.0.1:{PORT}"], env=env, capture_output=True, text=True, check=True).stdout
     line = next(l for l in out.splitlines() if l.startswith("BENCH "))
@@ -266,6 +266,171 @@ def footprint(owner):
           f"{rss['noop']} MB, keycloak-pep {rss['pep']} MB; start-up to the first allowed request: "
           f"{out['startup_ms'][1]} ms (1 worker), {out['startup_ms'][4]} ms (4 workers)", flush=True)
     return out
+
+
+def jwt_authn_filters():
+    """Case 6, the native anchor: what checking a Keycloak token costs in Envoy itself. Envoy's
+    jwt_authn (C++, the realm's keys inline, its JWT cache on) and RBAC allowing account owners
+    by the token's realm roles, on the same route."""
+    _, jwks = get(f"{KEYCLOAK}/realms/bank/protocol/openid-connect/certs")
+    role = {"metadata": {"filter": "envoy.filters.http.jwt_authn",
+                         "path": [{"key": "jwt"}, {"key": "realm_access"}, {"key": "roles"}],
+                         "value": {"list_match": {"one_of": {"string_match": {"exact": "account_owner"}}}}}}
+    return [
+        {"name": "envoy.filters.http.jwt_authn", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+            "providers": {"keycloak": {"issuer": f"{KEYCLOAK}/realms/bank",
+                                       "local_jwks": {"inline_string": jwks.decode()},
+                                       "payload_in_metadata": "jwt",
+                                       "jwt_cache_config": {"jwt_cache_size": 1000}}},
+            "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "keycloak"}}]}},
+        {"name": "envoy.filters.http.rbac", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+            "rules": {"action": "ALLOW", "policies": {"owners": {"permissions": [{"any": True}],
+                                                                 "principals": [role]}}}}},
+    ]
+
+
+# The host-call probe: dist/noop.wasm doing COUNT of one host call per request, against the bare
+# no-op, alternately; (1/rps_probe - 1/rps_noop) / COUNT is what one call costs inside Envoy.
+PROBE_OPS = ("map", "header", "set_header", "set_property", "get_property", "metric", "time")
+PROBE_COUNT = 20
+
+
+def host_call_costs(tok):
+    runs = {op: [] for op in ("",) + PROBE_OPS}
+    for _ in range(REPEAT):
+        for op in runs:
+            envoy = Envoy("probe", "dist/noop.wasm", f"{op}:{PROBE_COUNT}" if op else {})
+            try:
+                wait_until("probe: 200", lambda: ok_status(tok) == 200, 30)
+                wrk(16, 1, tok)
+                runs[op].append(wrk(16, 4, tok)["rps"])
+            finally:
+                envoy.stop()
+    med = {op: sorted(v)[len(v) // 2] for op, v in runs.items()}
+    costs = {op: round((1e6 / med[op] - 1e6 / med[""]) / PROBE_COUNT, 2) for op in PROBE_OPS}
+    print("  host calls inside Envoy, us per call (medians of alternating runs, the same token "
+          "header as case 3): " + ", ".join(f"{op} {c}" for op, c in costs.items()), flush=True)
+    return {"us_per_call": costs, "noop_rps": round(med[""]), "count_per_request": PROBE_COUNT}
+
+
+USERS = int(os.environ.get("KCPEP_BENCH_USERS", "1000"))
+MIX_SECONDS = int(os.environ.get("KCPEP_BENCH_MIX_SECONDS", "60"))
+ROLES = ("account_owner", "bank_teller", "user")
+# The many-users enforcer: five resources of the bank realm, ten (resource, scopes) pairs.
+MIX_PATHS = [
+    {"name": "View Account Resource", "path": "/account/{id}",
+     "methods": [{"method": "GET", "scopes": ["account:view"]}]},
+    {"name": "Transfer Resource", "path": "/transfer/*",
+     "methods": [{"method": "GET", "scopes": ["transfer:view"]}, {"method": "POST", "scopes": ["transfer:create"]},
+                 {"method": "PUT", "scopes": ["transfer:create", "transfer:view"]}]},
+    {"name": "Ops Resource", "path": "/ops/*",
+     "methods": [{"method": "GET", "scopes": ["GET"]}, {"method": "POST", "scopes": ["POST"]},
+                 {"method": "PUT", "scopes": ["GET", "POST"]}]},
+    {"name": "Revocable Resource", "path": "/revocable/*"},
+    {"name": "Branch Statement", "path": "/branch/statement"},
+    {"name": "Lazy Report", "path": "/reports/{id}", "methods": [{"method": "GET", "scopes": ["report:view"]}]},
+]
+# one request per (resource, scopes) pair: 10 decisions per user
+FILL_REQUESTS = ["GET /account/1", "GET /transfer/1", "POST /transfer/1", "PUT /transfer/1", "GET /ops/1",
+                 "POST /ops/1", "PUT /ops/1", "GET /revocable/1", "GET /branch/statement", "GET /reports/1"]
+# 20 requests, most popular first (Zipf-like weights 1/rank)
+MIX_REQUESTS = [f"GET /account/{i}" for i in range(1, 9)] + [
+    "GET /transfer/1", "GET /transfer/2", "POST /transfer/1", "GET /ops/1", "GET /account/9", "GET /transfer/3",
+    "PUT /transfer/2", "GET /ops/2", "POST /ops/1", "GET /revocable/1", "GET /branch/statement", "GET /reports/1"]
+
+
+def admin_call(method, path, body=None, tok=None):
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(f"{KEYCLOAK}/admin/realms/bank{path}", data=data, method=method,
+                                 headers={"Authorization": f"Bearer {tok}", "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def bench_users(n):
+    """n users of the bank realm (bench-0000, ...: a third each account owners, tellers and plain
+    users) and a token of each, from Keycloak. While they are imported and log in the realm
+    hashes passwords with one PBKDF2 iteration (Keycloak's default of 210,000 would take minutes
+    for 1,000 logins on two cores); the realm's policy is put back afterwards."""
+    body = urllib.parse.urlencode({"grant_type": "password", "client_id": "admin-cli",
+                                   "username": os.environ.get("KEYCLOAK_ADMIN_USER", "admin"),
+                                   "password": os.environ.get("KEYCLOAK_ADMIN_PASSWORD", "admin")}).encode()
+    status, raw = get(f"{KEYCLOAK}/realms/master/protocol/openid-connect/token", data=body)
+    if status != 200:
+        sys.exit(f"bench: no admin token: {status}")
+    admin = json.loads(raw)["access_token"]
+    status, raw = admin_call("GET", "", tok=admin)
+    policy = json.loads(raw).get("passwordPolicy") or ""
+    admin_call("PUT", "", {"passwordPolicy": "hashIterations(1)"}, admin)
+    try:
+        users = [{"username": f"bench-{i:04d}", "enabled": True, "email": f"bench-{i:04d}@bank.local",
+                  "emailVerified": True, "firstName": "Bench", "lastName": f"User {i}",
+                  "realmRoles": ["default-roles-bank", ROLES[i % 3]],
+                  "credentials": [{"type": "password", "value": "password", "temporary": False}]}
+                 for i in range(n)]
+        status, raw = admin_call("POST", "/partialImport", {"ifResourceExists": "SKIP", "users": users}, admin)
+        if status != 200:
+            sys.exit(f"bench: cannot import the bench users: {status} {raw[:300]!r}")
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(8) as pool:
+            return list(pool.map(token, (u["username"] for u in users)))
+    finally:
+        admin_call("PUT", "", {"passwordPolicy": policy}, admin)
+
+
+def many_users(tokens):
+    """1,000 users' real tokens over 20 requests with Zipf-like popularity (weights 1/rank for
+    users and requests), two workers, a cold filter, MIX_SECONDS; then every user asks every
+    (resource, scopes) pair once, 10,000 decisions, and Envoy's RSS is read again."""
+    plugin = plugin_config(True)
+    plugin["policy-enforcer"] = {"paths": MIX_PATHS}
+    os.makedirs(RUN, exist_ok=True)
+    files = {}
+    for name, lines in (("tokens", tokens), ("mix", MIX_REQUESTS), ("fill", FILL_REQUESTS)):
+        files[name] = os.path.join(RUN, f"{name}.txt")
+        with open(files[name], "w") as f:
+            f.write("\n".join(lines) + "\n")
+    envoy = Envoy("many-users", "dist/keycloak_pep.wasm", plugin, concurrency=2)
+    stat = lambda n: envoy.stat(f"wasmcustom.kcpep.{n}")
+    try:
+        wait_until("many users: filter ready", lambda: ok_status(tokens[0]) == 200, 60)
+        warm_rss = rss_mb(envoy.proc.pid)
+        before = {n: stat(n) for n in ("cache.hit", "cache.miss", "cache.coalesced", "keycloak.calls.token")}
+        r = wrk(16, MIX_SECONDS, None, KCPEP_TOKENS_FILE=files["tokens"], KCPEP_REQUESTS_FILE=files["mix"])
+        d = {n: stat(n) - v for n, v in before.items()}
+        decided = d["cache.hit"] + d["cache.miss"] + d["cache.coalesced"]
+        lat = wrk(1, 10, None, KCPEP_TOKENS_FILE=files["tokens"], KCPEP_REQUESTS_FILE=files["mix"])
+        mix = {"rps": round(r["rps"]), "p50_us": lat["p50_us"], "p99_us": lat["p99_us"],
+               "p50_us_c16": r["p50_us"], "p99_us_c16": r["p99_us"], "non2xx": r["non2xx"],
+               "hit_ratio": round(d["cache.hit"] / decided, 3) if decided else None,
+               "keycloak_uma_calls_per_s": round(d["keycloak.calls.token"] / MIX_SECONDS, 1),
+               "users": len(tokens), "requests": len(MIX_REQUESTS), "seconds": MIX_SECONDS}
+        print(f"  many users: {len(tokens)} users x {len(MIX_REQUESTS)} requests (Zipf), 2 workers, "
+              f"{MIX_SECONDS} s: {mix['rps']} rps (c16, p50 {r['p50_us']} us, p99 {r['p99_us']} us), "
+              f"c1 p50 {lat['p50_us']} us p99 {lat['p99_us']} us, hit ratio {mix['hit_ratio']}, "
+              f"{mix['keycloak_uma_calls_per_s']} Keycloak token-endpoint calls/s, non-2xx {r['non2xx']} "
+              "(plain users and tellers are denied some)", flush=True)
+        # every (user, pair) once: the decision table fills
+        target = len(tokens) * len(FILL_REQUESTS)
+        deadline, entries, last = time.time() + 300, stat("cache.entries"), -1
+        # until every pair was asked (the table stops growing: some slots are shared by two keys)
+        while entries < target and entries != last and time.time() < deadline:
+            wrk(16, 10, None, KCPEP_TOKENS_FILE=files["tokens"], KCPEP_REQUESTS_FILE=files["fill"],
+                KCPEP_SEQUENTIAL="1")
+            last, entries = entries, stat("cache.entries")
+        fill = {"decisions_in_table": entries, "rss_warm_mb": warm_rss, "rss_mb": rss_mb(envoy.proc.pid),
+                "max_entries": plugin["kcpep"]["decision-cache"]["max-entries"]}
+        fill["rss_growth_mb"] = round(fill["rss_mb"] - warm_rss, 1)
+        print(f"  decision table: {entries} decisions cached (max-entries {fill['max_entries']}): Envoy RSS "
+              f"{warm_rss} MB warm -> {fill['rss_mb']} MB (+{fill['rss_growth_mb']} MB)", flush=True)
+        return mix, fill
+    finally:
+        envoy.stop()
 
 
 def chart(cases, path):
@@ -368,7 +533,7 @@ def main():
         cases = {"1_bare": run_case("1 no filter", None, None, None) if wanted("1") else skipped}
         # The ratio that matters (3 vs 2) moves by 10-20 % between single runs on a 2-core machine:
         # cases 2 and 3 run alternately REPEAT times and each figure is the median.
-        runs = {"2_noop": [], "3_pep_cache_hit": []}
+        runs = {"2_noop": [], "3_pep_cache_hit": [], "6_jwt_authn_rbac": []}
         # KCPEP_BENCH_BASELINE_WASM: another build of the filter (an earlier commit's) measured on the
         # cache-hit path in the same alternation, so a change is compared with what it replaced.
         baseline = os.environ.get("KCPEP_BENCH_BASELINE_WASM")
@@ -386,6 +551,10 @@ def main():
             for run in (order if baseline else [hit]):
                 if wanted("3"):
                     run()
+            if wanted("6"):
+                native = Envoy("jwt-authn", native=jwt_authn_filters())
+                runs["6_jwt_authn_rbac"].append(
+                    run_case("6 jwt_authn + RBAC (native)", None, None, owner, native))
         for key, rs in runs.items():
             cases[key] = median_of(rs) if rs else skipped
             if len(rs) > 1:
@@ -399,6 +568,8 @@ def main():
             if wanted("5") and shutil.which("java") and shutil.which("mvn") else skipped)
         co = coalescing() if wanted("c") else {"keycloak_calls": None, "ok": 0, "coalesced": 0}
         fp = footprint(owner) if wanted("f") else None
+        probe = host_call_costs(owner) if wanted("h") else None
+        mix, fill = many_users(bench_users(USERS)) if wanted("m") else (None, None)
     finally:
         if started_stack:
             subprocess.run([STACK, "down"], stdout=subprocess.DEVNULL)
@@ -416,6 +587,13 @@ def main():
         summary["rss_delta_mb"] = round(fp["rss_mb"]["pep"] - fp["rss_mb"]["noop"], 1)
         summary["startup_ms"] = fp["startup_ms"][1]
         summary["startup_ms_4_workers"] = fp["startup_ms"][4]
+    if not cases["6_jwt_authn_rbac"].get("skipped"):
+        summary["hit_vs_jwt_authn_rps"] = round(hit["rps"] / cases["6_jwt_authn_rbac"]["rps"], 2)
+    if mix:
+        summary["mix_rps"] = mix["rps"]
+        summary["mix_kc_calls_per_s"] = mix["keycloak_uma_calls_per_s"]
+        summary["mix_hit_ratio"] = mix["hit_ratio"]
+        summary["rss_growth_10k_decisions_mb"] = fill["rss_growth_mb"]
     if "3_baseline_cache_hit" in cases:
         base = cases["3_baseline_cache_hit"]
         summary["hit_vs_baseline_rps"] = round(hit["rps"] / base["rps"], 2)
@@ -423,7 +601,8 @@ def main():
     os.makedirs(os.path.join(ROOT, "results"), exist_ok=True)
     path = os.path.join(ROOT, "results", time.strftime("bench-%Y%m%dT%H%M%S.json"))
     with open(path, "w") as f:
-        json.dump({"cases": cases, "coalescing": co, "footprint": fp, "summary": summary,
+        json.dump({"cases": cases, "coalescing": co, "footprint": fp, "host_calls": probe,
+                   "many_users": mix, "decision_table": fill, "summary": summary,
                    "duration_s": DURATION, "machine_cores": os.cpu_count()}, f, indent=1)
     java = cases["5_java_enforcer"]
     if not java.get("skipped"):

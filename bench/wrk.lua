@@ -1,10 +1,55 @@
--- wrk script for make bench: optional bearer token, one summary line as JSON.
+-- wrk script for make bench: one summary line as JSON. By default every request is the same GET
+-- with an optional bearer token (KCPEP_TOKEN). With KCPEP_TOKENS_FILE (a token per line) and
+-- KCPEP_REQUESTS_FILE ("METHOD /path" per line) each request draws a user and a request with
+-- Zipf-like popularity (weight 1/rank); with KCPEP_SEQUENTIAL=1 it walks every (request, user)
+-- pair in order instead, once each per pass.
 local token = os.getenv("KCPEP_TOKEN")
 wrk.method = "GET"
 wrk.path = os.getenv("KCPEP_PATH") or "/account/1"
 wrk.headers["Host"] = "bench.local"
 if token and token ~= "" then
   wrk.headers["Authorization"] = "Bearer " .. token
+end
+
+local tokens_file, requests_file = os.getenv("KCPEP_TOKENS_FILE"), os.getenv("KCPEP_REQUESTS_FILE")
+if tokens_file and requests_file then
+  local tokens, reqs = {}, {}
+  for line in io.lines(tokens_file) do
+    if line ~= "" then tokens[#tokens + 1] = line end
+  end
+  for line in io.lines(requests_file) do
+    local m, p = line:match("^(%S+) (%S+)$")
+    if m then reqs[#reqs + 1] = { m, p } end
+  end
+  -- cumulative 1/rank weights, normalised
+  local function cdf(n)
+    local c, sum = {}, 0
+    for i = 1, n do sum = sum + 1 / i; c[i] = sum end
+    for i = 1, n do c[i] = c[i] / sum end
+    return c
+  end
+  local function draw(c)
+    local r, lo, hi = math.random(), 1, #c
+    while lo < hi do
+      local mid = math.floor((lo + hi) / 2)
+      if c[mid] < r then lo = mid + 1 else hi = mid end
+    end
+    return lo
+  end
+  local user_cdf, request_cdf = cdf(#tokens), cdf(#reqs)
+  local sequential, n = os.getenv("KCPEP_SEQUENTIAL") == "1", 0
+  math.randomseed(os.time())
+  request = function()
+    local u, q
+    if sequential then
+      u, q = n % #tokens + 1, math.floor(n / #tokens) % #reqs + 1
+      n = n + 1
+    else
+      u, q = draw(user_cdf), draw(request_cdf)
+    end
+    return wrk.format(reqs[q][1], reqs[q][2],
+      { ["Host"] = "bench.local", ["Authorization"] = "Bearer " .. tokens[u] })
+  end
 end
 
 done = function(summary, latency, requests)

@@ -1086,6 +1086,79 @@ fn a_repeated_request_is_answered_from_the_memo_until_its_decision_expires() {
     assert_eq!(callouts(&mut vm).len(), 1);
 }
 
+/// `vm` configured, its background fetches answered, after it allowed `t` once on /account/1
+/// (Keycloak granted it).
+fn after_one_grant(vm: Vm, t: &str) -> Vm {
+    let mut vm = envoy_like(vm, Arc::new(AtomicU32::new(0)));
+    assert!(vm.configure(&config()).unwrap());
+    answer_background(&mut vm);
+    let req = get(&mut vm, "/account/1", Some(&bearer(t)), &[]);
+    if let Some(c) = callouts(&mut vm).pop() {
+        let granted =
+            br#"[{"rsid":"rid-1","rsname":"View Account Resource","scopes":["account:view"]}]"#;
+        vm.respond(c.token, 200, &[], granted).unwrap();
+    }
+    assert!(vm.continued(req));
+    vm.finish(req).unwrap();
+    vm
+}
+
+/// What a repeated request costs the host (`make profile` prints it): each host call is a
+/// transition out of the VM, and inside Envoy some cost microseconds (`make bench`, host calls).
+/// A new call on this path must be a deliberate choice, hence the exact list.
+#[test]
+fn a_memo_hit_makes_only_the_host_calls_it_needs() {
+    let t = token(json!({}));
+    let vm = Vm::counting_host_calls(host::module(), SharedData::new()).unwrap();
+    let mut vm = after_one_grant(vm, &t);
+    vm.take_host_calls();
+    let req = get(&mut vm, "/account/1", Some(&bearer(&t)), &[]);
+    assert!(vm.continued(req));
+    let calls = vm.take_host_calls();
+    eprintln!("memo hit: {calls:?}");
+    let expected = [
+        ("proxy_get_current_time_nanoseconds", 1),
+        ("proxy_get_header_map_pairs", 1),
+        // this configuration selects enforcers by route name: `xds.route_name`, `route_name`
+        ("proxy_get_property", 2),
+        // requests allowed, cache hits
+        ("proxy_increment_metric", 2),
+        ("proxy_replace_header_map_value", 1),
+        ("proxy_set_property", 1),
+    ];
+    let expected: std::collections::BTreeMap<String, u64> =
+        expected.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+    assert_eq!(calls, expected);
+    vm.finish(req).unwrap();
+    assert_eq!(
+        vm.take_host_calls().len(),
+        0,
+        "nothing at the end of the stream"
+    );
+}
+
+/// `make profile`: the memo-hit path, many times, in one VM, under `perf record` (with
+/// KCPEP_PERFMAP the guest's compiled functions are named; build the module unstripped).
+#[test]
+#[ignore = "make profile runs it under perf"]
+fn hit_path_profile() {
+    let n: u32 = std::env::var("KCPEP_PROFILE_REQUESTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
+    let t = token(json!({}));
+    let mut vm = after_one_grant(Vm::new(host::module()).unwrap(), &t);
+    let auth = bearer(&t);
+    let started = std::time::Instant::now();
+    for _ in 0..n {
+        let req = get(&mut vm, "/account/1", Some(&auth), &[]);
+        assert!(vm.continued(req));
+        vm.finish(req).unwrap();
+    }
+    let per = started.elapsed().as_secs_f64() * 1e6 / f64::from(n);
+    eprintln!("profile: {n} memo hits, {per:.2} us each under wasmtime (host harness included)");
+}
+
 #[test]
 fn a_lazily_loaded_path_is_looked_up_once_for_all_workers() {
     let cfg = json!({"realm": "bank", "auth-server-url": "http://kc:8080", "resource": "bank-api",

@@ -125,6 +125,17 @@ impl Enforcer {
         enforce::explain(&self.config, &l.knowledge.paths, method, path)
     }
 
+    /// The lookup id of a bearer token verified before and not expired, without copying it: all
+    /// a memo hit needs of the credential. `None`: anything else (ask [`Self::check_credential`]).
+    pub fn verified_id(&self, authorization: &[&[u8]], now_ms: i64) -> Option<u128> {
+        let cfg = &self.config;
+        let raw = token::bearer(authorization, cfg.proxy.max_token_bytes as usize).ok()??;
+        let l = self.learnt.borrow();
+        let id = l.verified.id(raw);
+        let leeway = i64::from(cfg.proxy.clock_skew_seconds);
+        l.verified.get(id, now_ms / 1000, leeway).map(|_| id)
+    }
+
     /// The request's credential from its `Authorization` values: the bearer token verified
     /// against the realm's keys (or found among the tokens verified before, until their `exp`),
     /// with its lookup id when valid (the memo key's identity). An unknown signing key asks for

@@ -4,8 +4,8 @@
 //! only carries these out.
 
 use crate::config::routes::PluginConfig;
+use crate::enforce::step::CacheUse;
 use crate::enforce::step::Reply;
-use crate::enforce::step::{Allow, CacheUse};
 use crate::request::view::is_spelling_of;
 
 /// No (valid) configuration: fail closed.
@@ -67,18 +67,6 @@ pub fn method_override<'a>(
                 &format!("{k} names another method than the request's"),
             )
         })
-}
-
-/// The same token asked the same thing and the decision cache still holds the allow: the answer
-/// of a cache hit.
-pub fn memo_hit(permissions: String) -> Allow {
-    Allow {
-        permissions: Some(permissions),
-        reason: "decision cache (memoized)",
-        cache: CacheUse::Hit,
-        would_deny: None,
-        memo_until_ms: None,
-    }
 }
 
 fn reply(status: u16, body: &str, reason: &str) -> Reply {
@@ -148,7 +136,5 @@ mod tests {
     fn answers_before_any_enforcer_fail_closed() {
         assert_eq!(not_configured().status, 503);
         assert_eq!(no_enforcer().status, 403);
-        let a = memo_hit("[]".into());
-        assert_eq!((a.cache, a.memo_until_ms), (CacheUse::Hit, None));
     }
 }

@@ -16,6 +16,11 @@ extern "C" {
     ) -> u32;
     fn proxy_remove_header_map_value(map_type: u32, key_data: *const u8, key_size: usize) -> u32;
     fn proxy_continue_stream(stream_type: u32) -> u32;
+    fn proxy_get_header_map_pairs(
+        map_type: u32,
+        return_data: *mut *mut u8,
+        return_size: *mut usize,
+    ) -> u32;
     fn proxy_set_property(
         path_data: *const u8,
         path_size: usize,
@@ -38,6 +43,30 @@ const OK: u32 = 0;
 const REQUEST_HEADERS: u32 = 0;
 const REQUEST_TRAILERS: u32 = 1;
 const STREAM_REQUEST: u32 = 0;
+
+/// The request's headers (or trailers) as the host serialized them (see `wire::pairs`), in one
+/// buffer the guest owns; `None` when Envoy refuses (the SDK's getter panics there).
+pub fn request_map(trailers: bool) -> Option<Vec<u8>> {
+    let map_type = if trailers {
+        REQUEST_TRAILERS
+    } else {
+        REQUEST_HEADERS
+    };
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size = 0usize;
+    // SAFETY: the host writes a pointer and a length; the bytes were allocated through this
+    // module's `proxy_on_memory_allocate` (a boxed slice of exactly `size` bytes), so they are
+    // this VM's to own and free, as the SDK's own getter does.
+    unsafe {
+        if proxy_get_header_map_pairs(map_type, &mut data, &mut size) != OK {
+            return None;
+        }
+        if data.is_null() {
+            return Some(Vec::new());
+        }
+        Some(Vec::from_raw_parts(data, size, size))
+    }
+}
 
 /// Removes a request trailer; false when Envoy refuses.
 pub fn remove_request_trailer(name: &str) -> bool {
@@ -86,18 +115,7 @@ pub fn set_property(path: &[&str], value: &[u8]) -> bool {
 
 /// Answers the request locally.
 pub fn send_response(status: u16, headers: &[(&str, &str)], body: &[u8]) -> bool {
-    let mut map = Vec::with_capacity(4 + headers.len() * 12);
-    map.extend_from_slice(&(headers.len() as u32).to_le_bytes());
-    for (k, v) in headers {
-        map.extend_from_slice(&(k.len() as u32).to_le_bytes());
-        map.extend_from_slice(&(v.len() as u32).to_le_bytes());
-    }
-    for (k, v) in headers {
-        map.extend_from_slice(k.as_bytes());
-        map.push(0);
-        map.extend_from_slice(v.as_bytes());
-        map.push(0);
-    }
+    let map = crate::wire::pairs::encode(headers.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())));
     // SAFETY: as above.
     unsafe {
         proxy_send_local_response(

@@ -17,7 +17,7 @@ use crate::request::view::RequestView;
 use crate::wire::http::Answer;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::{Action, BufferType, MapType};
+use proxy_wasm::types::{Action, BufferType};
 use std::cell::Cell;
 use std::rc::Rc;
 
@@ -116,7 +116,13 @@ impl Flow {
                     metrics.dry_run_denied();
                     self.log_denial(cfg, r, "kcpep dry-run would deny");
                 }
-                let_on(cfg, metrics, &a, &self.decided);
+                let_on(
+                    cfg,
+                    metrics,
+                    a.cache,
+                    a.permissions.as_deref(),
+                    &self.decided,
+                );
                 log::debug!(
                     "kcpep allow [{}] {} {}: {}",
                     cfg.client_id,
@@ -411,12 +417,13 @@ impl Http {
 fn let_on(
     cfg: &crate::config::EnforcerConfig,
     metrics: &Metrics,
-    a: &enforce::step::Allow,
+    cache: enforce::step::CacheUse,
+    permissions: Option<&str>,
     decided: &Cell<bool>,
 ) {
     decided.set(true);
-    metrics.allowed(a.cache);
-    if let Some(value) = &a.permissions {
+    metrics.allowed(cache);
+    if let Some(value) = permissions {
         // Refused once the headers went on (a body read for claims): then only the filter state
         // carries the permissions.
         abi::set_request_header(&cfg.proxy.permissions_header, Some(value));
@@ -424,6 +431,12 @@ fn let_on(
         // proxy-wasm has no way to write dynamic metadata itself.
         abi::set_property(&[PERMISSIONS_PROPERTY], value.as_bytes());
     }
+}
+
+/// Header names are tokens (Envoy's codecs refuse others); one that is not UTF-8 cannot be any
+/// name the filter knows.
+fn header_name(k: &[u8]) -> &str {
+    std::str::from_utf8(k).unwrap_or("\u{fffd}")
 }
 
 /// Sends a local reply.
@@ -446,26 +459,28 @@ impl HttpContext for Http {
             return Action::Pause;
         };
         let claims = plugin.routes.uses_claims();
-        // One host call for the whole map: each value the host returns costs a call back into
-        // the VM's allocator, so fetching headers one by one is slower.
-        let headers = hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
+        // One host call for the whole map, read in place (`wire::pairs`): each value fetched on
+        // its own costs a call back into the VM's allocator, and the SDK's getter copies every
+        // name and value into allocations of their own.
+        let raw = abi::request_map(false).unwrap_or_default();
+        let mut headers = crate::wire::pairs::parse(&raw).unwrap_or_default();
+        let name = header_name;
         // Headers the filter sets itself are never taken from the client, in any spelling an
         // upstream could read as the same header...
-        let mut headers = headers;
         let spoofed =
-            enforce::gate::spoofed(&plugin.own_headers, headers.iter().map(|(k, _)| k.as_str()));
+            enforce::gate::spoofed(&plugin.own_headers, headers.iter().map(|(k, _)| name(k)));
         if !spoofed.is_empty() {
-            for name in &spoofed {
-                abi::set_request_header(name, None);
+            for n in &spoofed {
+                abi::set_request_header(n, None);
             }
             // ...nor seen by claims
-            headers.retain(|(k, _)| !spoofed.contains(k));
+            headers.retain(|(k, _)| !spoofed.iter().any(|n| n.as_bytes() == *k));
         }
-        let get = |name: &str| -> Option<&[u8]> {
+        let get = |wanted: &str| -> Option<&[u8]> {
             headers
                 .iter()
-                .find(|(k, _)| k.as_str() == name)
-                .map(|(_, v)| v.as_slice())
+                .find(|(k, _)| *k == wanted.as_bytes())
+                .map(|(_, v)| *v)
         };
         let method = String::from_utf8_lossy(get(":method").unwrap_or_default()).into_owned();
         // A path that is not UTF-8 cannot be a valid URI: it matches nothing (as in Keycloak).
@@ -508,7 +523,7 @@ impl HttpContext for Http {
             Some(i) => enforce::gate::method_override(
                 &plugin.enforcers[i].config.proxy.method_override_headers,
                 &method,
-                headers.iter().map(|(k, v)| (k.as_str(), v.as_slice())),
+                headers.iter().map(|(k, v)| (name(k), *v)),
             ),
         };
         let (Some(enforcer), None) = (selected, &refusal) else {
@@ -527,27 +542,25 @@ impl HttpContext for Http {
         };
         let auth: Vec<&[u8]> = headers
             .iter()
-            .filter(|(k, _)| k.eq_ignore_ascii_case("authorization"))
-            .map(|(_, v)| v.as_slice())
+            .filter(|(k, _)| k.eq_ignore_ascii_case(b"authorization"))
+            .map(|(_, v)| *v)
             .collect();
         let now = host::now_ms();
-        let host: Option<token::HostVerifier> = plugin.host_verify.then_some(&host::host_verify);
-        let (cred, token_id) = plugin.enforcers[enforcer].check_credential(&auth, now, host);
-        let memo_key = token_id.map(|id| crate::store::memo::key(enforcer, id, &method, &path));
-        if let Some(k) = memo_key {
-            let memo = plugin.memo.borrow();
-            if let Some(header) = memo.get(k, now) {
-                // answered as the cache hit it stands for
-                let a = enforce::gate::memo_hit(header.to_string());
-                let_on(
-                    &plugin.enforcers[enforcer].config,
-                    &self.metrics,
-                    &a,
-                    &self.decided,
-                );
+        // A token verified before asking what it asked before: answered from the memo, with no
+        // copy of the token and nothing matched again.
+        let e = &plugin.enforcers[enforcer];
+        let memo_key = |id| crate::store::memo::key(enforcer, id, &method, &path);
+        if let Some(k) = e.verified_id(&auth, now).map(memo_key) {
+            if let Some(header) = plugin.memo.borrow().get(k, now) {
+                // answered as the cache hit it stands for (the value written as stored)
+                let hit = enforce::step::CacheUse::Hit;
+                let_on(&e.config, &self.metrics, hit, Some(header), &self.decided);
                 return Action::Continue;
             }
         }
+        let host: Option<token::HostVerifier> = plugin.host_verify.then_some(&host::host_verify);
+        let (cred, token_id) = e.check_credential(&auth, now, host);
+        let memo_key = token_id.map(memo_key);
         let prop = |p: &str| {
             hostcalls::get_property(p.split('.').collect())
                 .ok()
@@ -566,7 +579,14 @@ impl HttpContext for Http {
                 .flatten()
                 .and_then(|b| String::from_utf8(b).ok()),
             tls: claims && prop("connection.tls_version").is_some_and(|v| !v.is_empty()),
-            headers: if claims { headers } else { Vec::new() },
+            headers: if claims {
+                let owned = headers
+                    .iter()
+                    .map(|(k, v)| (name(k).to_string(), v.to_vec()));
+                owned.collect()
+            } else {
+                Vec::new()
+            },
             body: None,
             to_service: false,
             memo_key,
@@ -609,12 +629,12 @@ impl HttpContext for Http {
         // Trailers are headers too for some upstreams (they merge them): the filter's own names
         // are removed here as from the headers.
         if let Some(plugin) = &self.plugin {
-            let trailers =
-                hostcalls::get_map_bytes(MapType::HttpRequestTrailers).unwrap_or_default();
-            for name in enforce::gate::spoofed(
-                &plugin.own_headers,
-                trailers.iter().map(|(k, _)| k.as_str()),
-            ) {
+            let raw = abi::request_map(true).unwrap_or_default();
+            let trailers = crate::wire::pairs::parse(&raw).unwrap_or_default();
+            let names = trailers
+                .iter()
+                .filter_map(|(k, _)| std::str::from_utf8(k).ok());
+            for name in enforce::gate::spoofed(&plugin.own_headers, names) {
                 abi::remove_request_trailer(&name);
             }
         }

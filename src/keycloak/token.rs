@@ -46,6 +46,17 @@ pub fn bearer<'a>(values: &[&'a [u8]], max_len: usize) -> Result<Option<&'a str>
         [one] => *one,
         _ => return Err(BearerError::Duplicate),
     };
+    // The common case in one pass over the bytes (it runs on every request, cache hits too):
+    // `Bearer` in any case, one space, a well-formed b64token. Anything else takes the full
+    // reading below, which classifies the error.
+    match plain_bearer(value, max_len) {
+        Some(token) => Ok(Some(token)),
+        None => read_bearer(value, max_len),
+    }
+}
+
+/// Any one `Authorization` value, read in full (RFC 6750 section 2.1).
+fn read_bearer(value: &[u8], max_len: usize) -> Result<Option<&str>, BearerError> {
     let text = std::str::from_utf8(value).map_err(|_| BearerError::BadSyntax)?;
     let mut parts = text.split_ascii_whitespace();
     let (Some(scheme), Some(token), None) = (parts.next(), parts.next(), parts.next()) else {
@@ -76,6 +87,32 @@ pub fn bearer<'a>(values: &[&'a [u8]], max_len: usize) -> Result<Option<&'a str>
         return Err(BearerError::BadSyntax);
     }
     Ok(Some(token))
+}
+
+/// RFC 6750 b64token characters, `=` aside (it may only end the token).
+const B64TOKEN: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        t[i] = b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/');
+        i += 1;
+    }
+    t
+};
+
+/// `Bearer <b64token>` exactly (the scheme in any case, one space): the token; else `None`.
+fn plain_bearer(value: &[u8], max_len: usize) -> Option<&str> {
+    let (scheme, token) = value.split_at_checked(7)?;
+    if !scheme[..6].eq_ignore_ascii_case(b"bearer") || scheme[6] != b' ' || token.len() > max_len {
+        return None;
+    }
+    let body_len = token.iter().rposition(|&b| b != b'=')? + 1;
+    if !token[..body_len].iter().all(|&b| B64TOKEN[usize::from(b)]) {
+        return None;
+    }
+    // only ASCII by now
+    std::str::from_utf8(token).ok()
 }
 
 /// SHA-256 of the raw token: the identity of a verified token in caches (never the token itself).
@@ -583,6 +620,23 @@ pub(crate) mod tests {
             issuer: ISSUER,
             audiences: &[],
             leeway_seconds: 30,
+        }
+    }
+
+    proptest::proptest! {
+        /// The one-pass reading of the common case is the full reading's answer, wherever it
+        /// answers: headers near `Bearer <b64token>` (every byte that matters drawn often).
+        #[test]
+        fn the_fast_bearer_reading_agrees_with_the_full_one(
+            scheme in "(Bearer|bearer|BEARER|Bearer_|Basic|Bear|)( |  |\t|)",
+            token in "[A-Za-z0-9._~+/=, \t-]{0,24}",
+            max in 0usize..30,
+        ) {
+            let value = format!("{scheme}{token}");
+            if let Some(fast) = plain_bearer(value.as_bytes(), max) {
+                proptest::prop_assert_eq!(read_bearer(value.as_bytes(), max), Ok(Some(fast)));
+            }
+            proptest::prop_assert_eq!(bearer(&[value.as_bytes()], max), read_bearer(value.as_bytes(), max));
         }
     }
 

@@ -5,5 +5,6 @@
 pub(crate) mod claims;
 pub mod http;
 pub(crate) mod json;
+pub mod pairs;
 pub(crate) mod permission;
 pub(crate) mod resource;

@@ -12,8 +12,17 @@ use wasmtime::{Caller, Extern, Memory};
 
 pub(super) type Cx<'a> = Caller<'a, HostState>;
 
+/// The guest's export `name`: from the calling instance, or (an import called through the
+/// counting wrapper of `Vm::counting_host_calls`, which has no calling instance) the VM's.
+fn export(c: &mut Cx<'_>, name: &str) -> Option<Extern> {
+    c.get_export(name).or_else(|| {
+        let instance = c.data().instance?;
+        instance.get_export(&mut *c, name)
+    })
+}
+
 fn memory(c: &mut Cx<'_>) -> Option<Memory> {
-    c.get_export("memory").and_then(Extern::into_memory)
+    export(c, "memory").and_then(Extern::into_memory)
 }
 
 /// Copies `len` bytes at `ptr` out of guest memory; `None` when out of bounds.
@@ -49,9 +58,8 @@ pub(super) fn write_u64(c: &mut Cx<'_>, ptr: i32, value: u64) -> bool {
 /// `malloc`) and copies `bytes` there. `Ok(None)` when the allocator returned 0; `Err` (a trap)
 /// when the allocator itself trapped.
 pub(super) fn alloc(c: &mut Cx<'_>, bytes: &[u8]) -> wasmtime::Result<Option<u32>> {
-    let Some(func) = c
-        .get_export("proxy_on_memory_allocate")
-        .or_else(|| c.get_export("malloc"))
+    let Some(func) = export(c, "proxy_on_memory_allocate")
+        .or_else(|| export(c, "malloc"))
         .and_then(Extern::into_func)
     else {
         return Err(wasmtime::Error::msg(

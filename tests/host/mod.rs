@@ -41,7 +41,8 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use wasmtime::{
-    Engine, ExternType, Instance, Linker, Module, Store, StoreLimits, StoreLimitsBuilder, Val,
+    Engine, Extern, ExternType, Instance, Linker, Module, Store, StoreLimits, StoreLimitsBuilder,
+    Val,
 };
 
 /// Context id of the (single) root context; HTTP contexts get 2, 3, ...
@@ -410,6 +411,10 @@ struct HostState {
     configuring: bool,
     call_response: Option<CallResponse>,
     deferred: Vec<Deferred>,
+    /// Host calls by import name, when the VM was made with [`Vm::counting_host_calls`].
+    host_calls: BTreeMap<String, u64>,
+    /// The VM's instance, for imports called without a calling instance (counting wrapper).
+    instance: Option<Instance>,
 }
 
 impl HostState {
@@ -474,6 +479,10 @@ impl HostState {
 
 /// Path of the filter module built by `make wasm` (signatures checked by the host).
 pub fn wasm_path() -> PathBuf {
+    // `make profile` points it at an unstripped build (function names for perf)
+    if let Some(path) = std::env::var_os("KCPEP_WASM") {
+        return PathBuf::from(path);
+    }
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("dist/keycloak_pep.wasm")
 }
 
@@ -501,7 +510,14 @@ fn load(path: &std::path::Path, builder: &str) -> Module {
 
 pub fn engine() -> &'static Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
-    ENGINE.get_or_init(Engine::default)
+    ENGINE.get_or_init(|| {
+        let mut config = wasmtime::Config::new();
+        // `make profile`: the compiled guest functions named in /tmp/perf-<pid>.map for perf.
+        if std::env::var_os("KCPEP_PERFMAP").is_some() {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
+        Engine::new(&config).unwrap_or_else(|e| panic!("cannot make the wasmtime engine: {e:?}"))
+    })
 }
 
 /// The filter module, compiled once per test binary.
@@ -568,6 +584,16 @@ impl Vm {
 
     /// A VM whose shared data is `shared` (same vm_id as every other VM given it).
     pub fn with_shared(module: &Module, shared: Shared) -> Result<Vm, Trap> {
+        Vm::make(module, shared, false)
+    }
+
+    /// A VM that counts the guest's host calls by name ([`Vm::take_host_calls`]): what a request
+    /// costs in transitions to the host, which is where Envoy spends its share.
+    pub fn counting_host_calls(module: &Module, shared: Shared) -> Result<Vm, Trap> {
+        Vm::make(module, shared, true)
+    }
+
+    fn make(module: &Module, shared: Shared, count: bool) -> Result<Vm, Trap> {
         let state = HostState {
             shared,
             now_ns: 1_700_000_000_000_000_000,
@@ -617,9 +643,13 @@ impl Vm {
                 "module exports no proxy_on_memory_allocate".into(),
             ));
         }
+        if count {
+            linker = counted(&linker, &mut store).map_err(|e| load_error(format!("{e:?}")))?;
+        }
         let instance = linker
             .instantiate(&mut store, module)
             .map_err(|e| load_error(format!("cannot instantiate: {e:?}")))?;
+        store.data_mut().instance = count.then_some(instance);
         Ok(Vm {
             store,
             instance,
@@ -744,6 +774,11 @@ impl Vm {
     pub fn histogram(&self, name: &str) -> Option<Vec<u64>> {
         let m = self.store.data().metrics.values.get(name)?;
         (m.kind == 2).then(|| m.samples.clone())
+    }
+
+    /// Host calls by import name since the last call (empty unless counting).
+    pub fn take_host_calls(&mut self) -> BTreeMap<String, u64> {
+        std::mem::take(&mut self.state().host_calls)
     }
 
     /// The last tick period the guest set (0 = none).
@@ -1283,4 +1318,29 @@ fn action_ctx(action: &Deferred) -> u32 {
     match action {
         Deferred::Continue(ctx, _) | Deferred::Close(ctx) | Deferred::LocalReply(ctx, _) => *ctx,
     }
+}
+
+/// The same imports, each counting its calls in [`HostState::host_calls`] before it runs.
+fn counted(
+    linker: &Linker<HostState>,
+    store: &mut Store<HostState>,
+) -> wasmtime::Result<Linker<HostState>> {
+    let defined: Vec<(String, String, Extern)> = linker
+        .iter(&mut *store)
+        .map(|(m, n, e)| (m.to_string(), n.to_string(), e))
+        .collect();
+    let mut out = Linker::new(store.engine());
+    for (m, n, e) in defined {
+        let Extern::Func(f) = e else {
+            out.define(&mut *store, &m, &n, e)?;
+            continue;
+        };
+        let ty = f.ty(&*store);
+        let name = n.clone();
+        out.func_new(&m, &n, ty, move |mut c, params, results| {
+            *c.data_mut().host_calls.entry(name.clone()).or_default() += 1;
+            f.call(&mut c, params, results)
+        })?;
+    }
+    Ok(out)
 }

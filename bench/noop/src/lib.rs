@@ -1,27 +1,90 @@
-//! Reads `:path` (bytes getter) and continues.
+//! Reads `:path` (bytes getter) and continues: the floor any proxy-wasm filter pays.
+//!
+//! With a plugin configuration it is also the host-call probe of `make bench` (its "host calls"
+//! part): `op:count,...` makes each request do `count` of those host calls first, so the cost
+//! of one call inside Envoy is measured against the bare no-op. Ops: `map` (the whole request
+//! header map), `header` (one header), `set_header`, `set_property`, `get_property`,
+//! `metric` (increment a counter), `time` (the clock).
+use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType};
+use proxy_wasm::types::{Action, ContextType, MapType, MetricType};
+use std::rc::Rc;
 
 proxy_wasm::main! {{
-    proxy_wasm::set_root_context(|_| Box::new(Root));
+    proxy_wasm::set_root_context(|_| Box::new(Root { ops: Rc::new(Vec::new()), metric: 0 }));
 }}
 
-struct Root;
+#[derive(Clone, Copy)]
+enum Op {
+    Map,
+    Header,
+    SetHeader,
+    SetProperty,
+    GetProperty,
+    Metric,
+    Time,
+}
+
+struct Root {
+    ops: Rc<Vec<(Op, u32)>>,
+    metric: u32,
+}
 impl Context for Root {}
 impl RootContext for Root {
+    fn on_configure(&mut self, _: usize) -> bool {
+        let config = self.get_plugin_configuration().unwrap_or_default();
+        let text = String::from_utf8_lossy(&config);
+        let mut ops = Vec::new();
+        // `{}` (a JSON configuration, as the plain no-op case passes) asks for nothing
+        let list = if text.trim_start().starts_with('{') { "" } else { &text };
+        for item in list.split(',').filter(|s| !s.trim().is_empty()) {
+            let (name, count) = item.trim().split_once(':').unwrap_or((item.trim(), "1"));
+            let op = match name {
+                "map" => Op::Map,
+                "header" => Op::Header,
+                "set_header" => Op::SetHeader,
+                "set_property" => Op::SetProperty,
+                "get_property" => Op::GetProperty,
+                "metric" => Op::Metric,
+                "time" => Op::Time,
+                _ => return false,
+            };
+            ops.push((op, count.parse().unwrap_or(1)));
+        }
+        self.ops = Rc::new(ops);
+        self.metric = hostcalls::define_metric(MetricType::Counter, "probe.calls").unwrap_or(0);
+        true
+    }
     fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Noop))
+        Some(Box::new(Noop { ops: Rc::clone(&self.ops), metric: self.metric }))
     }
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
     }
 }
 
-struct Noop;
+struct Noop {
+    ops: Rc<Vec<(Op, u32)>>,
+    metric: u32,
+}
 impl Context for Noop {}
 impl HttpContext for Noop {
     fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
         let _ = self.get_http_request_header_bytes(":path");
+        const VALUE: &str = r#"[{"rsid":"4f2b8c1e-0d6a-4a51-9a3e-2f1c0b9d7e65","rsname":"View Account Resource","scopes":["account:view"]}]"#;
+        for &(op, count) in self.ops.iter() {
+            for _ in 0..count {
+                match op {
+                    Op::Map => drop(hostcalls::get_map_bytes(MapType::HttpRequestHeaders)),
+                    Op::Header => drop(self.get_http_request_header_bytes("authorization")),
+                    Op::SetHeader => self.set_http_request_header("x-probe", Some(VALUE)),
+                    Op::SetProperty => drop(hostcalls::set_property(vec!["probe.value"], Some(VALUE.as_bytes()))),
+                    Op::GetProperty => drop(hostcalls::get_property(vec!["xds", "route_name"])),
+                    Op::Metric => drop(hostcalls::increment_metric(self.metric, 1)),
+                    Op::Time => drop(hostcalls::get_current_time()),
+                }
+            }
+        }
         Action::Continue
     }
 }
