@@ -533,7 +533,7 @@ def main():
         cases = {"1_bare": run_case("1 no filter", None, None, None) if wanted("1") else skipped}
         # The ratio that matters (3 vs 2) moves by 10-20 % between single runs on a 2-core machine:
         # cases 2 and 3 run alternately REPEAT times and each figure is the median.
-        runs = {"2_noop": [], "3_pep_cache_hit": [], "6_jwt_authn_rbac": []}
+        runs = {"2_noop": [], "3_pep_cache_hit": [], "6_jwt_authn_rbac": [], "7_pep_hit_filter_state_only": []}
         # KCPEP_BENCH_BASELINE_WASM: another build of the filter (an earlier commit's) measured on the
         # cache-hit path in the same alternation, so a change is compared with what it replaced.
         baseline = os.environ.get("KCPEP_BENCH_BASELINE_WASM")
@@ -551,6 +551,12 @@ def main():
             for run in (order if baseline else [hit]):
                 if wanted("3"):
                     run()
+            if wanted("7"):
+                # the permissions only in the filter state (`send-permissions-header: false`)
+                quiet = plugin_config(True)
+                quiet["kcpep"]["send-permissions-header"] = False
+                runs["7_pep_hit_filter_state_only"].append(run_case(
+                    "7 keycloak-pep, hit, no header", "dist/keycloak_pep.wasm", quiet, owner))
             if wanted("6"):
                 native = Envoy("jwt-authn", native=jwt_authn_filters())
                 runs["6_jwt_authn_rbac"].append(
@@ -587,6 +593,10 @@ def main():
         summary["rss_delta_mb"] = round(fp["rss_mb"]["pep"] - fp["rss_mb"]["noop"], 1)
         summary["startup_ms"] = fp["startup_ms"][1]
         summary["startup_ms_4_workers"] = fp["startup_ms"][4]
+    if not cases["7_pep_hit_filter_state_only"].get("skipped"):
+        quiet = cases["7_pep_hit_filter_state_only"]
+        summary["hit_no_header_vs_noop_rps"] = round(quiet["rps"] / noop["rps"], 2)
+        summary["hit_no_header_vs_noop_p50_us"] = quiet["p50_us"] - noop["p50_us"]
     if not cases["6_jwt_authn_rbac"].get("skipped"):
         summary["hit_vs_jwt_authn_rps"] = round(hit["rps"] / cases["6_jwt_authn_rbac"]["rps"], 2)
     if mix:

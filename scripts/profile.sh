@@ -10,7 +10,8 @@ KCPEP_WASM_OPT=0 CARGO_PROFILE_RELEASE_STRIP=false CARGO_TARGET_DIR_WASM=target/
   scripts/build-wasm.sh Cargo.toml dist/keycloak_pep_profile.wasm
 cargo test --release --test abi --no-run 2>/dev/null
 BIN=$(cargo test --release --test abi --no-run --message-format=json 2>/dev/null \
-  | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)
+  | sed -n 's/.*"executable":"\([^"]*\/deps\/abi-[^"]*\)".*/\1/p' | tail -1)
+[ -x "$BIN" ] || { echo "profile: cannot find the ABI test binary" >&2; exit 1; }
 mkdir -p results
 DATA=results/profile-hit.data
 export KCPEP_WASM=dist/keycloak_pep_profile.wasm

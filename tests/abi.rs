@@ -1137,6 +1137,33 @@ fn a_memo_hit_makes_only_the_host_calls_it_needs() {
     );
 }
 
+/// `send-permissions-header: false`: the permissions only in the filter state, one host call
+/// less per hit; a client's copy of the header is still removed.
+#[test]
+fn the_permissions_header_can_be_left_out() {
+    let mut cfg: Value = serde_json::from_slice(&config()).unwrap();
+    cfg["enforcers"]["bank"]["kcpep"]["send-permissions-header"] = json!(false);
+    let mut vm = vm_with(None);
+    assert!(vm.configure(cfg.to_string().as_bytes()).unwrap());
+    answer_background(&mut vm);
+    let t = token(json!({}));
+    let spoof: &[(&str, &[u8])] = &[("x-kcpep-permissions", b"[\"all\"]")];
+    for _ in 0..2 {
+        // the first asks Keycloak, the second is a memo hit
+        let req = get(&mut vm, "/account/1", Some(&bearer(&t)), spoof);
+        if let Some(c) = callouts(&mut vm).pop() {
+            let granted =
+                br#"[{"rsid":"rid-1","rsname":"View Account Resource","scopes":["account:view"]}]"#;
+            vm.respond(c.token, 200, &[], granted).unwrap();
+        }
+        assert!(vm.continued(req));
+        assert_eq!(vm.request_header(req, "x-kcpep-permissions"), None);
+        let state = vm.stream_property(req, &["kcpep.permissions"]).unwrap();
+        assert!(String::from_utf8(state).unwrap().contains("account:view"));
+        vm.finish(req).unwrap();
+    }
+}
+
 /// `make profile`: the memo-hit path, many times, in one VM, under `perf record` (with
 /// KCPEP_PERFMAP the guest's compiled functions are named; build the module unstripped).
 #[test]

@@ -142,6 +142,10 @@ pub struct ProxySettings {
     pub timeout_ms: u32,
     /// Request header carrying the granted permissions to the upstream.
     pub permissions_header: String,
+    /// Whether that header is written (`send-permissions-header`). Off, the permissions are only
+    /// in the filter state; a client's copy of the header is removed all the same. Writing a
+    /// request header is the dearest host call of a cache hit (Envoy clears the route cache).
+    pub send_permissions_header: bool,
     /// Headers an upstream may take as the request's method instead of the real one (lower
     /// case); a request whose copy names another method is refused (`enforce::gate`).
     pub method_override_headers: Vec<String>,
@@ -630,6 +634,7 @@ fn parse_proxy(
             "expected an HTTP header name",
         ));
     }
+    let send_permissions_header = o.bool("send-permissions-header")?.unwrap_or(true);
     let override_path = o.key_path("method-override-headers");
     let method_override_headers = match o.string_list("method-override-headers")? {
         None => DEFAULT_METHOD_OVERRIDE_HEADERS
@@ -728,6 +733,7 @@ fn parse_proxy(
         authority,
         timeout_ms,
         permissions_header,
+        send_permissions_header,
         method_override_headers,
         on_keycloak_error,
         clock_skew_seconds,
@@ -995,6 +1001,17 @@ mod tests {
     }
 
     #[test]
+    fn the_permissions_header_can_be_left_to_the_filter_state() {
+        let mut v = minimal();
+        v["kcpep"] = json!({"send-permissions-header": false});
+        assert!(!parse(v).unwrap().proxy.send_permissions_header);
+        let mut v = minimal();
+        v["kcpep"] = json!({"send-permissions-header": "no"});
+        let e = parse(v).unwrap_err().to_string();
+        assert!(e.contains("kcpep.send-permissions-header"), "{e}");
+    }
+
+    #[test]
     fn kcpep_settings() {
         let mut v = minimal();
         v["kcpep"] = json!({"cluster": "outbound|8080||keycloak.ns.svc.cluster.local",
@@ -1008,6 +1025,7 @@ mod tests {
         );
         assert_eq!(c.proxy.timeout_ms, 500);
         assert_eq!(c.proxy.permissions_header, "x-perms");
+        assert!(c.proxy.send_permissions_header, "on unless turned off");
         assert_eq!(c.proxy.on_keycloak_error, OnKeycloakError::Allow);
         assert_eq!(c.proxy.issuer, "https://id/realms/bank");
         assert_eq!(c.proxy.strip_prefix.as_deref(), Some("/app"));

@@ -426,7 +426,9 @@ fn let_on(
     if let Some(value) = permissions {
         // Refused once the headers went on (a body read for claims): then only the filter state
         // carries the permissions.
-        abi::set_request_header(&cfg.proxy.permissions_header, Some(value));
+        if cfg.proxy.send_permissions_header {
+            abi::set_request_header(&cfg.proxy.permissions_header, Some(value));
+        }
         // Envoy keeps it as filter state `wasm.kcpep.permissions` (access logs, later filters);
         // proxy-wasm has no way to write dynamic metadata itself.
         abi::set_property(&[PERMISSIONS_PROPERTY], value.as_bytes());
