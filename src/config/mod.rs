@@ -143,8 +143,8 @@ pub struct ProxySettings {
     /// Request header carrying the granted permissions to the upstream.
     pub permissions_header: String,
     /// Whether that header is written (`send-permissions-header`). Off, the permissions are only
-    /// in the filter state; a client's copy of the header is removed all the same. Writing a
-    /// request header is the dearest host call of a cache hit (Envoy clears the route cache).
+    /// in the filter state (for upstreams that must not see them); a client's copy of the header
+    /// is removed all the same.
     pub send_permissions_header: bool,
     /// Headers an upstream may take as the request's method instead of the real one (lower
     /// case); a request whose copy names another method is refused (`enforce::gate`).
