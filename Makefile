@@ -6,7 +6,7 @@ WASM := dist/keycloak_pep.wasm
 # RSA-PSS or EdDSA realm keys).
 WASM_RUST_CRYPTO := dist/keycloak_pep_rust_crypto.wasm
 
-.PHONY: help build wasm wasm-rust-crypto test unit abi e2e e2e-matrix fuzz fuzz-diff lint up down demo bench profile oci clean
+.PHONY: help build wasm wasm-rust-crypto test unit abi e2e e2e-matrix fuzz fuzz-diff lint up down demo bench profile soak failover oci clean
 
 help:
 	@echo "make demo    build the filter, start Keycloak + Envoy + an echo upstream on 127.0.0.1, show allowed/denied requests"
@@ -19,6 +19,8 @@ help:
 	@echo "make fuzz-diff    path normalization and matching against Keycloak's own matchers, new seeds for KCPEP_FUZZ_MINUTES (10)"
 	@echo "make bench   benchmarks (prints figures)"
 	@echo "make profile where a cache hit spends its time in the module (perf)"
+	@echo "make soak    production-like load for KCPEP_SOAK_SECONDS (600): 1,000 users, rotating tokens; CSV + PNG in results/"
+	@echo "make failover   two Keycloak nodes on PostgreSQL behind the filter: kill -9 one mid-run, restart it, stop both"
 	@echo "make oci     dist/oci: an OCI image layout of the filter for Istio (no container engine needed)"
 
 build: wasm
@@ -47,11 +49,11 @@ unit:
 abi: $(WASM) $(WASM_RUST_CRYPTO)
 	cargo test --test abi --test host_selftest
 
-E2E_TESTS := --test contract --test e2e --test claims --test hostile --test hostile_requests --test replay --test oracle --test outage --test manifests
+E2E_TESTS := --test contract --test e2e --test claims --test hostile --test hostile_requests --test replay --test reload --test oracle --test outage --test manifests
 
 e2e: $(WASM)
 	cargo test --features e2e $(E2E_TESTS) --no-run
-	scripts/stack.sh test -- bash -c 'cargo test --features e2e --test manifests --test oracle --test contract --test e2e --test claims --test hostile --test hostile_requests --test replay -- --test-threads=1 && cargo test --features e2e --test outage'
+	scripts/stack.sh test -- bash -c 'cargo test --features e2e --test manifests --test oracle --test contract --test e2e --test claims --test hostile --test hostile_requests --test replay --test reload -- --test-threads=1 && cargo test --features e2e --test outage'
 
 # tests/fuzz.rs' property runs over every parser, with many more cases than make test gives them.
 fuzz:
@@ -93,6 +95,14 @@ bench: $(WASM)
 # where a cache hit's time goes inside the module (perf, wasmtime's perf map)
 profile:
 	scripts/profile.sh
+
+# Long runs with stacks of their own (their own ports, never the test stack's): see docs/soak.md and
+# docs/failover.md.
+soak: $(WASM)
+	scripts/soak.sh
+
+failover: $(WASM)
+	scripts/failover.sh
 
 oci: $(WASM)
 	scripts/oci.sh

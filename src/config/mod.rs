@@ -140,6 +140,9 @@ pub struct ProxySettings {
     /// `:authority` sent to Keycloak; defaults to the host of `auth-server-url`.
     pub authority: String,
     pub timeout_ms: u32,
+    /// How many times Envoy may send a Keycloak call that is safe to repeat to another node when
+    /// it never got an answer (refused, reset, or 502/503/504 from a proxy in between).
+    pub keycloak_retries: u32,
     /// Request header carrying the granted permissions to the upstream.
     pub permissions_header: String,
     /// Whether that header is written (`send-permissions-header`). Off, the permissions are only
@@ -227,7 +230,27 @@ pub struct EnforcerConfig {
     /// Keycloak, realm and client, so that the same client id in two realms (a common layout for
     /// tenants) never takes the other realm's resources or decisions.
     pub shared_table: String,
+    /// A digest of this enforcer's whole configuration but its credentials. Decisions are keyed
+    /// by it: shared data outlives a configuration change in Envoy (same `vm_id`), and a decision
+    /// made under other rules (scopes, lifespans, claims, modes) must not answer for the new ones.
+    pub rules_digest: u64,
 }
+
+/// See [`EnforcerConfig::rules_digest`]. A rotated secret changes no decision, so it keeps them.
+fn rules_digest(value: &Value) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut rules = value.clone();
+    if let Some(o) = rules.as_object_mut() {
+        o.remove("credentials");
+    }
+    let mut h = std::hash::DefaultHasher::new();
+    rules.to_string().hash(&mut h);
+    h.finish()
+}
+
+/// More retries than this only add load on a Keycloak that is failing: all tries share one
+/// `timeout-ms`.
+const MAX_KEYCLOAK_RETRIES: u32 = 5;
 
 /// Adapter keys (Java adapters / keycloak.json) that do not apply to a proxy filter.
 const IGNORED_ADAPTER_KEYS: &[&str] = &[
@@ -298,6 +321,7 @@ impl EnforcerConfig {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self> {
         let value = &json::substitute_env(value, path, env)?;
+        let rules_digest = rules_digest(value);
         let mut o = Obj::new(value, path)?;
         let realm = o.required_string("realm")?;
         let url_path = o.key_path("auth-server-url");
@@ -355,6 +379,7 @@ impl EnforcerConfig {
         );
         Ok(EnforcerConfig {
             shared_table,
+            rules_digest,
             realm,
             auth_server_url,
             base_path: url.path,
@@ -635,6 +660,14 @@ fn parse_proxy(
         ));
     }
     let send_permissions_header = o.bool("send-permissions-header")?.unwrap_or(true);
+    let retries_path = o.key_path("keycloak-retries");
+    let keycloak_retries = o.u32("keycloak-retries")?.unwrap_or(2);
+    if keycloak_retries > MAX_KEYCLOAK_RETRIES {
+        return Err(ConfigError::new(
+            &retries_path,
+            format!("at most {MAX_KEYCLOAK_RETRIES}"),
+        ));
+    }
     let override_path = o.key_path("method-override-headers");
     let method_override_headers = match o.string_list("method-override-headers")? {
         None => DEFAULT_METHOD_OVERRIDE_HEADERS
@@ -734,6 +767,7 @@ fn parse_proxy(
         timeout_ms,
         permissions_header,
         send_permissions_header,
+        keycloak_retries,
         method_override_headers,
         on_keycloak_error,
         clock_skew_seconds,
@@ -998,6 +1032,41 @@ mod tests {
             .unwrap_err()
             .to_string()
             .starts_with("invalid JSON"));
+    }
+
+    #[test]
+    fn decisions_are_keyed_by_the_rules_not_by_the_secret() {
+        let a = parse(minimal()).unwrap().rules_digest;
+        assert_eq!(a, parse(minimal()).unwrap().rules_digest);
+        let mut v = minimal();
+        v["credentials"] = json!({"secret": "rotated"});
+        assert_eq!(
+            parse(v).unwrap().rules_digest,
+            a,
+            "a new secret keeps decisions"
+        );
+        let mut v = minimal();
+        v["policy-enforcer"] = json!({"paths": [{"path": "/a", "scopes": ["read"]}]});
+        let b = parse(v.clone()).unwrap().rules_digest;
+        assert_ne!(b, a);
+        v["policy-enforcer"]["paths"][0]["scopes"] = json!(["write"]);
+        assert_ne!(parse(v.clone()).unwrap().rules_digest, b, "a changed scope");
+        v["kcpep"] = json!({"decision-cache": {"lifespan-ms": 1000}});
+        assert_ne!(parse(v).unwrap().rules_digest, b, "a changed lifespan");
+    }
+
+    #[test]
+    fn keycloak_retries_are_bounded() {
+        assert_eq!(parse(minimal()).unwrap().proxy.keycloak_retries, 2);
+        let mut v = minimal();
+        v["kcpep"] = json!({"keycloak-retries": 0});
+        assert_eq!(parse(v).unwrap().proxy.keycloak_retries, 0);
+        let mut v = minimal();
+        v["kcpep"] = json!({"keycloak-retries": 9});
+        assert_eq!(
+            parse(v).unwrap_err().to_string(),
+            "kcpep.keycloak-retries: at most 5"
+        );
     }
 
     #[test]

@@ -668,6 +668,7 @@ fn authorize(j: &mut Judge, a: &Authorize, claims: Claims) -> Step {
         let claims_digest = (!claims.is_empty()).then(|| digest(&claims));
         let key = decisions::key(
             &cfg.client_id,
+            cfg.rules_digest,
             &token.digest,
             &what,
             &method.scopes,

@@ -136,6 +136,8 @@ struct Callouts<'a> {
     cluster: &'a str,
     authority: &'a str,
     timeout_ms: u32,
+    /// Only take what shared data holds; send nothing (see [`Root::adopt_shared`]).
+    offline: bool,
 }
 
 impl FetchHost for Callouts<'_> {
@@ -148,7 +150,7 @@ impl FetchHost for Callouts<'_> {
     }
 
     fn take_lease(&mut self, lease: &str, now_ms: i64) -> bool {
-        host::take_lease(lease, self.nonce, now_ms)
+        !self.offline && host::take_lease(lease, self.nonce, now_ms)
     }
 
     fn send(&mut self, fetch: Fetch, key: String, req: &HttpRequest, now_ms: i64) -> bool {
@@ -176,6 +178,17 @@ fn log_notes(client_id: &str, notes: &[String]) {
 
 impl Root {
     fn refresh(&mut self) {
+        self.refresh_with(false);
+    }
+
+    /// On a configuration change Envoy keeps the VM and its shared data, and starts a new root
+    /// context: it takes the realm keys, PAT and resources other root contexts left in shared
+    /// data at once, or it would answer 503 until its first tick.
+    fn adopt_shared(&mut self) {
+        self.refresh_with(true);
+    }
+
+    fn refresh_with(&mut self, offline: bool) {
         let Some(plugin) = self.plugin.clone() else {
             return;
         };
@@ -191,6 +204,7 @@ impl Root {
                 cluster: &cfg.proxy.cluster,
                 authority: &cfg.proxy.authority,
                 timeout_ms: cfg.proxy.timeout_ms,
+                offline,
             };
             let report = enforcer.refresh(&mut callouts, now);
             log_notes(&cfg.client_id, &report.notes);
@@ -343,6 +357,7 @@ impl RootContext for Root {
             memo: RefCell::new(crate::store::memo::Memo::new(MEMO_ENTRIES)),
         }));
         self.settled = false;
+        self.adopt_shared();
         let _ = hostcalls::set_tick_period(Duration::from_millis(background::tick_period_ms(
             false, false,
         )));

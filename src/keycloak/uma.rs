@@ -43,12 +43,34 @@ fn client_auth(cfg: &EnforcerConfig) -> Option<String> {
     cfg.secret.as_deref().map(|s| basic_auth(&cfg.client_id, s))
 }
 
+/// Envoy's router sends a call again (to another node of the cluster, when it has one) if it
+/// got no answer from Keycloak: the connection was refused or reset, or a proxy in between
+/// answered 502, 503 or 504. Only calls that are safe to repeat ask for it: reads, the PAT and the
+/// UMA grant, which change nothing in Keycloak. All tries share the call's `timeout-ms`.
+fn repeatable(cfg: &EnforcerConfig, mut req: HttpRequest) -> HttpRequest {
+    let retries = cfg.proxy.keycloak_retries;
+    if retries > 0 {
+        req.headers.extend([
+            (
+                "x-envoy-retry-on".to_string(),
+                "connect-failure,refused-stream,reset,retriable-status-codes".to_string(),
+            ),
+            (
+                "x-envoy-retriable-status-codes".to_string(),
+                "502,503,504".to_string(),
+            ),
+            ("x-envoy-max-retries".to_string(), retries.to_string()),
+        ]);
+    }
+    req
+}
+
 pub fn discovery_request(cfg: &EnforcerConfig) -> HttpRequest {
-    get(Endpoints::for_config(cfg).discovery, None)
+    repeatable(cfg, get(Endpoints::for_config(cfg).discovery, None))
 }
 
 pub fn jwks_request(cfg: &EnforcerConfig) -> HttpRequest {
-    get(Endpoints::for_config(cfg).jwks, None)
+    repeatable(cfg, get(Endpoints::for_config(cfg).jwks, None))
 }
 
 /// The protection API token (PAT): client_credentials with the client's own credentials.
@@ -57,10 +79,13 @@ pub fn pat_request(cfg: &EnforcerConfig) -> HttpRequest {
     if cfg.secret.is_none() {
         pairs.push(("client_id", cfg.client_id.as_str()));
     }
-    post_form(
-        Endpoints::for_config(cfg).token,
-        client_auth(cfg),
-        form(&pairs),
+    repeatable(
+        cfg,
+        post_form(
+            Endpoints::for_config(cfg).token,
+            client_auth(cfg),
+            form(&pairs),
+        ),
     )
 }
 
@@ -139,10 +164,13 @@ pub fn uma_grant_request(cfg: &EnforcerConfig, g: &UmaGrant) -> HttpRequest {
     }
     pairs.push(("subject_token", g.subject_token.to_string()));
     let borrowed: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    post_form(
-        Endpoints::for_config(cfg).token,
-        client_auth(cfg),
-        form(&borrowed),
+    repeatable(
+        cfg,
+        post_form(
+            Endpoints::for_config(cfg).token,
+            client_auth(cfg),
+            form(&borrowed),
+        ),
     )
 }
 
@@ -180,7 +208,7 @@ pub fn resource_query_request(cfg: &EnforcerConfig, pat: &str, q: &ResourceQuery
         Endpoints::for_config(cfg).resource_set,
         params.join("&")
     );
-    get(path, Some(pat))
+    repeatable(cfg, get(path, Some(pat)))
 }
 
 /// `POST permission` (PAT): a permission ticket for the UMA 401 challenge.
@@ -423,6 +451,43 @@ mod tests {
             e.permission,
             "/auth/realms/bank/authz/protection/permission"
         );
+    }
+
+    #[test]
+    fn only_calls_safe_to_repeat_ask_envoy_to_retry() {
+        let c = cfg("http://kc");
+        let grant = UmaGrant {
+            subject_token: "t",
+            permissions: Vec::new(),
+            response_mode: ResponseMode::Permissions,
+            uri_form: false,
+            claims: None,
+            rpt: None,
+        };
+        let repeated = [
+            discovery_request(&c),
+            jwks_request(&c),
+            pat_request(&c),
+            uma_grant_request(&c, &grant),
+            resource_query_request(&c, "pat", &ResourceQuery::default()),
+        ];
+        for r in &repeated {
+            assert_eq!(r.header("x-envoy-max-retries"), Some("2"), "{}", r.path);
+            assert_eq!(
+                r.header("x-envoy-retry-on"),
+                Some("connect-failure,refused-stream,reset,retriable-status-codes")
+            );
+            assert_eq!(
+                r.header("x-envoy-retriable-status-codes"),
+                Some("502,503,504")
+            );
+        }
+        // A permission ticket is a new ticket each time: not repeated behind the client's back.
+        let ticket = permission_ticket_request(&c, "pat", "id", &[], None);
+        assert_eq!(ticket.header("x-envoy-retry-on"), None);
+        let mut off = c.clone();
+        off.proxy.keycloak_retries = 0;
+        assert_eq!(jwks_request(&off).header("x-envoy-retry-on"), None);
     }
 
     #[test]

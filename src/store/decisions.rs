@@ -2,8 +2,8 @@
 //! bounded table of shared-data slots, and how concurrent identical misses coalesce.
 //!
 //! Keycloak's Java enforcer asks the token endpoint on every request that carries a plain access
-//! token. Here a decision is remembered per (client, token digest, resource, scopes, claims digest)
-//! until the earlier of the configured lifespan and the token's own `exp`; denials get a shorter
+//! token. Here a decision is remembered per (client, the enforcer's rules digest, token digest,
+//! resource, scopes, claims digest) until the earlier of the configured lifespan and the token's own `exp`; denials get a shorter
 //! lifespan of their own. Tokens are never stored, only their SHA-256.
 //!
 //! Shared data has no eviction, so the table is fixed: `max-entries` slots addressed by the key's
@@ -23,6 +23,7 @@ pub type Key = [u8; 32];
 /// SHA-256 digest, and a valid token must be issued by Keycloak.
 pub fn key(
     client: &str,
+    rules: u64,
     token_digest: &[u8; 32],
     resource: &str,
     scopes: &[String],
@@ -30,7 +31,7 @@ pub fn key(
 ) -> Key {
     let mut sorted: Vec<&str> = scopes.iter().map(String::as_str).collect();
     sorted.sort_unstable();
-    let parts = (client, token_digest, resource, sorted, claims_digest);
+    let parts = (client, rules, token_digest, resource, sorted, claims_digest);
     let mut out = [0u8; 32];
     for (chunk, lane) in out.chunks_exact_mut(8).zip(lanes::<4>(&parts)) {
         chunk.copy_from_slice(&lane.to_be_bytes());
@@ -222,17 +223,22 @@ mod tests {
         let t1 = [1u8; 32];
         let t2 = [2u8; 32];
         let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-        let base = key("c", &t1, "r", &s(&["a", "b"]), None);
-        assert_eq!(base, key("c", &t1, "r", &s(&["b", "a"]), None));
-        assert_ne!(base, key("c", &t2, "r", &s(&["a", "b"]), None));
-        assert_ne!(base, key("d", &t1, "r", &s(&["a", "b"]), None));
-        assert_ne!(base, key("c", &t1, "r2", &s(&["a", "b"]), None));
-        assert_ne!(base, key("c", &t1, "r", &s(&["a"]), None));
-        assert_ne!(base, key("c", &t1, "r", &s(&["a", "b"]), Some(&[9; 32])));
+        let base = key("c", 0, &t1, "r", &s(&["a", "b"]), None);
+        assert_eq!(base, key("c", 0, &t1, "r", &s(&["b", "a"]), None));
+        assert_ne!(base, key("c", 0, &t2, "r", &s(&["a", "b"]), None));
+        assert_ne!(base, key("d", 0, &t1, "r", &s(&["a", "b"]), None));
+        assert_ne!(base, key("c", 0, &t1, "r2", &s(&["a", "b"]), None));
+        assert_ne!(base, key("c", 0, &t1, "r", &s(&["a"]), None));
+        assert_ne!(base, key("c", 0, &t1, "r", &s(&["a", "b"]), Some(&[9; 32])));
+        assert_ne!(
+            base,
+            key("c", 1, &t1, "r", &s(&["a", "b"]), None),
+            "other rules"
+        );
         // no ambiguity between fields
         assert_ne!(
-            key("ab", &t1, "c", &[], None),
-            key("a", &t1, "bc", &[], None)
+            key("ab", 0, &t1, "c", &[], None),
+            key("a", 0, &t1, "bc", &[], None)
         );
     }
 
@@ -240,7 +246,7 @@ mod tests {
     fn slots_are_bounded() {
         let mut seen = std::collections::HashSet::new();
         for i in 0..5000u32 {
-            let k = key("c", &[0; 32], &i.to_string(), &[], None);
+            let k = key("c", 0, &[0; 32], &i.to_string(), &[], None);
             seen.insert(slot_key("c", &k, 64));
         }
         assert_eq!(seen.len(), 64, "5000 keys land in exactly 64 slots");
@@ -248,8 +254,8 @@ mod tests {
 
     #[test]
     fn entries_round_trip_and_other_keys_miss() {
-        let k = key("c", &[1; 32], "r", &[], None);
-        let other = key("c", &[2; 32], "r", &[], None);
+        let k = key("c", 0, &[1; 32], "r", &[], None);
+        let other = key("c", 0, &[2; 32], "r", &[], None);
         for e in [
             Entry::Pending { until_ms: 5 },
             Entry::Decided {

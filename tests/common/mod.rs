@@ -434,8 +434,13 @@ pub fn realm_jwks() -> serde_json::Value {
 
 /// One of the filter's metrics from Envoy's admin (Envoy lists them as `wasmcustom.<name>`).
 pub fn stat(name: &str) -> i64 {
+    stat_at(&env("KCPEP_ENVOY_ADMIN"), name)
+}
+
+/// [`stat`] from another Envoy's admin.
+pub fn stat_at(admin: &str, name: &str) -> i64 {
     let r = request(
-        &env("KCPEP_ENVOY_ADMIN"),
+        admin,
         "GET",
         &format!("/stats?filter=^wasmcustom.{name}$"),
         &[],
