@@ -650,6 +650,22 @@ fn a_second_vm_reuses_the_first_vms_documents() {
     assert_eq!(b.action(req), Action::Pause);
 }
 
+/// Envoy keeps VMs and shared data over a configuration change and configures a new root context:
+/// it must not answer 503 until its first tick while shared data holds what it needs.
+#[test]
+fn a_new_root_context_decides_at_once_with_the_documents_in_shared_data() {
+    let shared = SharedData::new();
+    let mut a = vm_with(Some(shared.clone()));
+    assert!(a.configure(&config()).unwrap());
+    answer_background(&mut a);
+    let mut b = vm_with(Some(shared.clone()));
+    assert!(b.configure(&config()).unwrap());
+    let req = get(&mut b, "/account/1", Some(&bearer(&token(json!({})))), &[]);
+    assert_eq!(b.action(req), Action::Pause, "no tick yet, and no 503");
+    let c = callouts(&mut b).pop().unwrap();
+    assert!(form(&c.body).contains(&("permission".into(), "rid-1#account:view".into())));
+}
+
 #[test]
 fn host_signature_verification_is_detected_and_used() {
     let calls = Arc::new(AtomicU32::new(0));
