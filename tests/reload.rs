@@ -297,6 +297,15 @@ fn rules_seen(teller: &str, owner: &str) -> (u16, u16, u16) {
     )
 }
 
+/// Until an enforcer has its documents (keys, PAT) it answers 503.
+fn wait_for(host: &str, path: &str, token: &str) {
+    poll_until(
+        &format!("{host} answering 200"),
+        Duration::from_secs(30),
+        || (get(host, path, Some(token)).status == 200).then_some(()),
+    );
+}
+
 /// Until the enforcer has its documents (keys, PAT) it answers 503: the first rules are waited for.
 fn wait_for_rules(teller: &str, owner: &str, rules: (u16, u16, u16)) {
     poll_until(&format!("rules {rules:?}"), Duration::from_secs(30), || {
@@ -313,13 +322,11 @@ fn a_new_configuration_is_enforced_without_a_failed_request_and_old_decisions_st
     let owner = user_token("owner");
     let mut envoy = Envoy::start(&plugin(old_rules(), 60_000));
     wait_for_rules(&teller, &owner, OLD);
-    // Decisions in the cache for the two enforcers that do not change their rules, and for the
-    // one that changes only its decision lifespan.
-    assert_eq!(get("steady.local", "/account/1", Some(&owner)).status, 200);
-    assert_eq!(
-        get("cached.local", "/transfer/1", Some(&teller)).status,
-        200
-    );
+    // Decisions in the cache for the enforcer that does not change its rules, and for the one that
+    // changes only its decision lifespan (each on a cluster of its own: ready when its documents
+    // are in).
+    wait_for("steady.local", "/account/1", &owner);
+    wait_for("cached.local", "/transfer/1", &teller);
     let created = envoy.stat("wasm.envoy.wasm.runtime.v8.created");
     let active = envoy.stat("wasm.envoy.wasm.runtime.v8.active");
 
@@ -463,9 +470,7 @@ fn a_configuration_that_fails_to_load_leaves_the_old_one_serving() {
 fn a_refused_connection_is_retried_on_the_other_node() {
     let owner = user_token("owner");
     let envoy = Envoy::start(&plugin(old_rules(), 60_000));
-    poll_until("pair.local answering", Duration::from_secs(30), || {
-        (get("pair.local", "/account/1", Some(&owner)).status == 200).then_some(())
-    });
+    wait_for("pair.local", "/account/1", &owner);
     let retries = envoy.stat("cluster.keycloak-pair.upstream_rq_retry");
     let refused = envoy.stat("cluster.keycloak-pair.upstream_cx_connect_fail");
     let with: Vec<u16> = (0..12)

@@ -3,8 +3,9 @@
 //!
 //! Keycloak's Java enforcer asks the token endpoint on every request that carries a plain access
 //! token. Here a decision is remembered per (client, the enforcer's rules digest, token digest,
-//! resource, scopes, claims digest) until the earlier of the configured lifespan and the token's own `exp`; denials get a shorter
-//! lifespan of their own. Tokens are never stored, only their SHA-256.
+//! resource, scopes, claims digest) until the earlier of the configured lifespan and the token's
+//! own `exp`; denials get a shorter lifespan of their own. Tokens are never stored, only their
+//! SHA-256.
 //!
 //! Shared data has no eviction, so the table is fixed: `max-entries` slots addressed by the key's
 //! hash (`kcpep/v1/dc/<cluster>/<authority>/<realm>/<client>/<slot>`); a new decision overwrites whatever its slot held. Memory is
