@@ -6,14 +6,16 @@ Run through scripts/failover.sh (make failover), which installs what is missing 
 JDK the test stack picks. Everything here is real and on 127.0.0.1, on ports of its own (never the
 test stack's or the benchmark's):
 
-  PostgreSQL 55432                 data .cache/failover/pgdata, a fresh database "keycloak" per run
+  PostgreSQL 55432                 data .cache/failover/pgdata; every run copies a template made
+                                       once (schema + bank-realm.json) into a fresh "keycloak"
   Keycloak node-a 8280 (mgmt 9280)  \\ one Infinispan cluster (jdbc-ping discovery in PostgreSQL,
   Keycloak node-b 8281 (mgmt 9281)  /  JGroups on 7900/7901, FD_SOCK2 on 7950/7951); both issue
                                        tokens for the issuer http://127.0.0.1:8280/realms/bank
   echo upstream 8091                scripts/echo_upstream.py
   Envoy 10200 (admin 9921)          dist/keycloak_pep.wasm, --concurrency 2, --base-id 78; its
                                        cluster "keycloak" lists both nodes (active health checks on
-                                       /health/ready, outlier detection, circuit breakers)
+                                       the realm's discovery document, outlier detection, circuit
+                                       breakers, slow start)
 
 The load: users created for this run through the admin API (partial import), each with a token
 of its own. "Uncached" requests each bring a (token, enforcer) pair the filter has never seen, so
@@ -29,7 +31,8 @@ Phases (requests are counted in the phase in which they started):
   stopping       (transition) both got SIGTERM, until both processes are gone
   both down      nothing answers (KCPEP_FAILOVER_PHASE_SECONDS)
   restarting     (transition) node-b started again, until its /health/ready answers
-  after outage   node-b alone serves again (KCPEP_FAILOVER_PHASE_SECONDS)
+  after outage   node-b alone serves again (KCPEP_FAILOVER_PHASE_SECONDS, longer until the first
+                 correct uncached decision, up to KCPEP_FAILOVER_RECOVERY_WAIT s more)
 
 Targets (PASS/FAIL each; exit status 1 when one fails): with one node down no 503 other than for
 requests in flight at the kill; every decision as Keycloak decided; with both down cached ALLOWs
@@ -106,6 +109,7 @@ CACHED_RATE = env_num("KCPEP_FAILOVER_CACHED_RATE", 30)
 CACHED_USERS = env_num("KCPEP_FAILOVER_CACHED_USERS", 40, int)
 KC_READY_TIMEOUT = env_num("KC_READY_TIMEOUT", 240)
 RECOVERY_TARGET_S = 5.0
+TIMEOUT_MS = env_num("KCPEP_FAILOVER_TIMEOUT_MS", 0, int)
 RECOVERY_WAIT = env_num("KCPEP_FAILOVER_RECOVERY_WAIT", 30)
 RECOVERY_WAIT_RATE = 2
 UNCACHED_WORKERS, CACHED_WORKERS = 6, 3
@@ -615,6 +619,8 @@ def plugin_config():
         # ALLOWs kept for the whole run (never past the token's exp), so the cached ones can be
         # served while both nodes are down; denials keep the default 5 s.
         kcpep["decision-cache"] = dict(kcpep.get("decision-cache", {}), **{"lifespan-ms": 600000})
+        if TIMEOUT_MS:  # the callout timeout, to try another one (the enforcers' own: 2000)
+            kcpep["timeout-ms"] = TIMEOUT_MS
         out[name] = e
     return {"enforcers": out,
             "routes": [{"route-name": "affirmative", "enforcer": "affirmative"},
@@ -839,7 +845,7 @@ def probe_summary(samples, ready):
     return (f"{len(samples)} direct UMA decisions, the first answered {first - ready:.2f} s after /health/ready"
             if first else f"{len(samples)} direct UMA decisions, none answered") + \
         (f", median {lat[len(lat) // 2]:.2f} s, max {lat[-1]:.2f} s, "
-         f"{sum(1 for l in lat if l > 2)} over the filter's 2 s timeout")
+         f"{sum(1 for l in lat if l > (TIMEOUT_MS or 2000) / 1000)} over the filter's {(TIMEOUT_MS or 2000) / 1000:g} s timeout")
 
 
 class Monitor(threading.Thread):
@@ -1310,7 +1316,7 @@ def main():
                      "mtime": time.strftime("%FT%T", time.localtime(os.path.getmtime(WASM)))},
             "settings": {"phase_seconds": PHASE_SECONDS, "kill_hold_s": KILL_HOLD, "uncached_rate": UNCACHED_RATE,
                          "trickle_rate": TRICKLE_RATE, "cached_rate": CACHED_RATE, "cached_users": CACHED_USERS,
-                         "uncached_users": n_main + n_reserve, "killed": "node-a", "restarted_after_outage": "node-b"},
+                         "uncached_users": n_main + n_reserve, "timeout_ms": TIMEOUT_MS or 2000, "killed": "node-a", "restarted_after_outage": "node-b"},
             "events_s": {k: rel(v) for k, v in ev.items()},
             "phases": {p: {k: {str(s): n for s, n in c.items()} for k, c in kinds_.items()}
                        for p, kinds_ in res["counts"].items()},

@@ -5,7 +5,8 @@
 #
 # Usage: scripts/failover.sh            (make failover builds dist/keycloak_pep.wasm first)
 # Environment: KCPEP_FAILOVER_PHASE_SECONDS (10), KCPEP_FAILOVER_KILL_HOLD (5),
-#   KCPEP_FAILOVER_UNCACHED_RATE (8/s), KCPEP_FAILOVER_CACHED_RATE (60/s), KC_READY_TIMEOUT (240 s),
+#   KCPEP_FAILOVER_UNCACHED_RATE (6/s), KCPEP_FAILOVER_TRICKLE_RATE (1/s), KCPEP_FAILOVER_CACHED_RATE
+#   (30/s), KCPEP_FAILOVER_TIMEOUT_MS (the filter's callout timeout; unset: 2000), KC_READY_TIMEOUT (240 s),
 #   KCPEP_PG_BIN (PostgreSQL's bin directory), KCPEP_KEYCLOAK_VERSION (26.7.3, as the test stack).
 # Ports (none of the test stack's or the benchmark's): PostgreSQL 55432, Keycloak 8280/8281
 # (management 9280/9281, JGroups 7900/7901 and 7950/7951), echo 8091, Envoy 10200 (admin 9921).
