@@ -558,6 +558,15 @@ def envoy_stats():
     return out
 
 
+def envoy_heap_mb():
+    """Envoy's own heap (`/memory`, tcmalloc's allocated bytes): shared data lives there; the wasm
+    VMs' linear memory does not, so RSS minus this is mostly the VMs."""
+    status, raw, _ = call("GET", f"http://127.0.0.1:{ENVOY_ADMIN}/memory", timeout=10)
+    if status != 200:
+        raise SoakError(f"Envoy's /memory answered {status}")
+    return round(int(json.loads(raw)["allocated"]) / 1048576, 1)
+
+
 def rss_mb(pid):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -999,7 +1008,7 @@ def main():
     kc_calls0 = s0.get("cluster.keycloak.upstream_rq_total", 0)
     csv_path = os.path.join(RESULTS, f"soak-{stamp}.csv")
     columns = ["t_s", "interval_s", "requests", "rps", "s200", "s302", "s401", "s403", "s_other", "mismatches",
-               "socket_errors", "p50_ms", "p99_ms", "envoy_rss_mb", "cache_slots_in_use", "kc_calls",
+               "socket_errors", "p50_ms", "p99_ms", "envoy_rss_mb", "envoy_heap_mb", "cache_slots_in_use", "kc_calls",
                "kc_calls_per_s", "kc_bound", "kc_bound_per_s", "kc_token_calls_per_s", "kc_resource_set_calls",
                "kc_permission_calls", "kc_certs_calls", "cache_hit", "cache_miss", "cache_coalesced",
                "tokens_refreshed", "valid_tokens", "expired_tokens", "live_decision_keys", "wasm_vm_created",
@@ -1070,6 +1079,7 @@ def main():
             if not alive:
                 envoy_died = True
             rss = rss_mb(envoy.pid) if alive else 0.0
+            heap = envoy_heap_mb() if alive else 0.0
             interval = now - prev_t
             d = lambda k: s.get(k, 0) - prev.get(k, 0)
             kc_calls = d("cluster.keycloak.upstream_rq_total")
@@ -1080,7 +1090,7 @@ def main():
             row = {"t_s": round(now - load_start, 1), "interval_s": round(interval, 2), "requests": sum(counts.values()),
                    "rps": round(sum(counts.values()) / interval, 1), **counts, "mismatches": mism_round,
                    "socket_errors": socket_errors, "p50_ms": round(w["p50_us"] / 1000, 2),
-                   "p99_ms": round(w["p99_us"] / 1000, 2), "envoy_rss_mb": rss,
+                   "p99_ms": round(w["p99_us"] / 1000, 2), "envoy_rss_mb": rss, "envoy_heap_mb": heap,
                    "cache_slots_in_use": s.get("wasmcustom.kcpep.cache.entries", 0), "kc_calls": kc_calls,
                    "kc_calls_per_s": round(kc_calls / interval, 2), "kc_bound": bound_calls,
                    "kc_bound_per_s": round((bound_calls + Bound.background(interval) - Bound.background(0)) / interval, 2),
@@ -1099,7 +1109,7 @@ def main():
             csv.flush()
             say(f"t={row['t_s']:>5.0f}s {row['rps']:>6.1f} rps  200:{counts['s200']} 302:{counts['s302']} "
                 f"401:{counts['s401']} 403:{counts['s403']} other:{counts['s_other']}  unlike Keycloak: {mism_round}  "
-                f"RSS {rss} MB  slots {row['cache_slots_in_use']}  Keycloak {row['kc_calls_per_s']}/s "
+                f"RSS {rss} MB (heap {heap})  slots {row['cache_slots_in_use']}  Keycloak {row['kc_calls_per_s']}/s "
                 f"(bound {row['kc_bound_per_s']}/s)  p50 {row['p50_ms']} ms p99 {row['p99_ms']} ms")
             prev, prev_t = s, now
             # pace the next round towards RPS: each connection waits delay_ms, then its request takes

@@ -399,6 +399,16 @@ impl EnforcerConfig {
         })
     }
 
+    /// Whether the enforcer has a claim information point, globally or on a path (then a token's
+    /// claims can be pushed to Keycloak, and all of them are kept).
+    pub fn has_claim_providers(&self) -> bool {
+        self.claim_information_point.is_some()
+            || self
+                .paths
+                .iter()
+                .any(|p| p.claim_information_point.is_some())
+    }
+
     /// Whether any path of an enforcer has claims that read the request body (then Envoy must let
     /// the filter hold the headers while it reads it: `allow_on_headers_stop_iteration`).
     pub fn reads_bodies(&self) -> bool {

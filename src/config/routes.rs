@@ -155,10 +155,7 @@ impl PluginConfig {
             route_names: rules.iter().any(|r| r.route_name.is_some()),
             virtual_hosts: rules.iter().any(|r| r.virtual_host.is_some()),
             path_prefixes: rules.iter().any(|r| r.path_prefix.is_some()),
-            claims: enforcers.iter().any(|(_, e)| {
-                e.claim_information_point.is_some()
-                    || e.paths.iter().any(|p| p.claim_information_point.is_some())
-            }),
+            claims: enforcers.iter().any(|(_, e)| e.has_claim_providers()),
         };
         PluginConfig {
             enforcers,

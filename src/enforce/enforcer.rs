@@ -169,7 +169,11 @@ impl Enforcer {
         };
         match token::verify_with(&raw, jwks, &expect, now, host) {
             Ok(t) => {
-                let t = Rc::new(t);
+                let t = Rc::new(if cfg.has_claim_providers() {
+                    t
+                } else {
+                    t.keep_decision_claims()
+                });
                 l.verified.insert(id, Rc::clone(&t), now);
                 (Cred::Valid(raw, t), Some(id))
             }
@@ -182,5 +186,47 @@ impl Enforcer {
                 (Cred::Invalid(e), None)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keycloak::token::tests::{claims, jwks, sign_rs256, ISSUER, NOW};
+    use serde_json::{json, Value};
+
+    fn enforcer(cip: bool) -> Enforcer {
+        let mut v = json!({"realm": "bank", "auth-server-url": "http://kc", "resource": "bank-api",
+            "credentials": {"secret": "s"},
+            "policy-enforcer": {"paths": [{"path": "/account/*"}]}});
+        if cip {
+            v["policy-enforcer"]["paths"][0]["claim-information-point"] =
+                json!({"claims": {"roles": "{keycloak.access_token['/realm_access/roles']}"}});
+        }
+        let mut cfg = EnforcerConfig::from_value(&v, "").unwrap();
+        cfg.proxy.issuer = ISSUER.to_string();
+        let e = Enforcer::new("e".into(), cfg);
+        e.learnt().background.jwks = Some(jwks());
+        e
+    }
+
+    fn roles_seen(e: &Enforcer, raw: &str) -> Option<Value> {
+        let header = format!("Bearer {raw}");
+        let (cred, _) = e.check_credential(&[header.as_bytes()], NOW * 1000, None);
+        let Cred::Valid(_, t) = cred else {
+            panic!("not valid")
+        };
+        t.claim("/realm_access/roles").cloned()
+    }
+
+    #[test]
+    fn remembered_tokens_keep_every_claim_only_where_a_claim_provider_may_read_it() {
+        let raw = sign_rs256(&claims());
+        let (with, without) = (enforcer(true), enforcer(false));
+        for round in ["verified", "remembered"] {
+            assert!(roles_seen(&with, &raw).is_some(), "{round}");
+            assert_eq!(roles_seen(&without, &raw), None, "{round}");
+        }
+        assert_eq!(without.learnt().verified.len(), 1);
     }
 }

@@ -110,7 +110,10 @@ impl Flow {
                 if let (Some(key), Some(until), Some(header)) =
                     (self.memo_key, a.memo_until_ms, &a.permissions)
                 {
-                    plugin.memo.borrow_mut().put(key, header, until);
+                    plugin
+                        .memo
+                        .borrow_mut()
+                        .put(key, header, until, host::now_ms());
                 }
                 if let Some(r) = &a.would_deny {
                     metrics.dry_run_denied();

@@ -366,7 +366,21 @@ impl Token {
     pub fn subject(&self) -> Option<&str> {
         self.claims.get("sub").and_then(Value::as_str)
     }
+
+    /// The claims decisions read (`aud`, `sub`, `authorization`) and nothing else: a Keycloak
+    /// access token's claims take about 5 KB parsed, the rest of them is never read by an
+    /// enforcer without a claim information point, and every enforcer of every VM remembers up
+    /// to [`crate::enforce::enforcer::VERIFIED_TOKENS`] tokens.
+    pub fn keep_decision_claims(mut self) -> Token {
+        if let Value::Object(map) = &mut self.claims {
+            map.retain(|k, _| DECISION_CLAIMS.contains(&k.as_str()));
+        }
+        self
+    }
 }
+
+/// What [`Token::keep_decision_claims`] keeps.
+const DECISION_CLAIMS: [&str; 3] = ["aud", "sub", "authorization"];
 
 /// The key id of a token, read without verification (to decide whether the JWKS must be refetched).
 pub fn key_id(raw: &str) -> Option<String> {
@@ -665,6 +679,22 @@ pub(crate) mod tests {
         );
         assert_eq!(bearer(&[b"Bearer ===="], 100), Err(BearerError::BadSyntax));
         assert_eq!(bearer(&[b"Bearer abcdef"], 3), Err(BearerError::TooLong));
+    }
+
+    #[test]
+    fn a_remembered_token_keeps_only_what_decisions_read() {
+        let mut c = claims();
+        c["aud"] = json!(["bank-api", "account"]);
+        c["authorization"] = json!({"permissions": [{"rsname": "r", "scopes": ["s"]}]});
+        let full = verify(&sign_rs256(&c), &jwks(), &expect(), NOW).unwrap();
+        let kept = full.clone().keep_decision_claims();
+        assert_eq!(kept.subject(), Some("u1"));
+        assert!(kept.is_for_audience("bank-api"));
+        assert_eq!(kept.permissions(), full.permissions());
+        assert!(kept.permissions().is_some_and(|p| !p.is_empty()));
+        assert_eq!((kept.exp, kept.digest), (full.exp, full.digest));
+        assert_eq!(kept.claim("/realm_access/roles/1"), None);
+        assert_eq!(kept.claims.as_object().map(|m| m.len()), Some(3));
     }
 
     #[test]

@@ -8,11 +8,17 @@ use crate::store::lanes::lanes;
 use std::collections::HashMap;
 use std::rc::Rc;
 
-/// Bounded: when full, the whole memo is dropped (it refills from the decision cache).
+/// Bounded: when full, the whole memo is dropped (it refills from the decision cache). Expired
+/// entries are swept whenever the memo has doubled since the last sweep, so it holds about the
+/// live allows, not `capacity` dead ones (a wasm VM's memory never shrinks).
 pub struct Memo {
     map: HashMap<u128, (Rc<str>, i64)>,
     capacity: usize,
+    sweep_at: usize,
 }
+
+/// Below this size the memo is never swept before it is full.
+const SWEEP_FLOOR: usize = 64;
 
 /// The memo key: keyed SipHash over the token's lookup id (itself a keyed hash of the raw
 /// token), the enforcer, the method and the raw `:path`.
@@ -26,6 +32,7 @@ impl Memo {
         Memo {
             map: HashMap::new(),
             capacity,
+            sweep_at: SWEEP_FLOOR.min(capacity),
         }
     }
 
@@ -37,12 +44,16 @@ impl Memo {
         }
     }
 
-    pub fn put(&mut self, key: u128, header: &str, until_ms: i64) {
+    pub fn put(&mut self, key: u128, header: &str, until_ms: i64, now_ms: i64) {
         if self.capacity == 0 {
             return;
         }
-        if self.map.len() >= self.capacity {
-            self.map.clear();
+        if self.map.len() >= self.sweep_at {
+            self.map.retain(|_, (_, until)| now_ms < *until);
+            if self.map.len() >= self.capacity {
+                self.map.clear();
+            }
+            self.sweep_at = (self.map.len() * 2).max(SWEEP_FLOOR).min(self.capacity);
         }
         self.map.insert(key, (Rc::from(header), until_ms));
     }
@@ -65,7 +76,7 @@ mod tests {
         let mut m = Memo::new(8);
         let k = key(0, 42, "GET", "/account/1");
         assert!(m.get(k, 0).is_none());
-        m.put(k, "[perms]", 1000);
+        m.put(k, "[perms]", 1000, 0);
         assert_eq!(m.get(k, 999).map(|h| &**h), Some("[perms]"));
         assert!(m.get(k, 1000).is_none());
     }
@@ -84,11 +95,25 @@ mod tests {
     fn bounded() {
         let mut m = Memo::new(3);
         for i in 0..10u128 {
-            m.put(i, "h", 100);
+            m.put(i, "h", 100, 0);
             assert!(m.len() <= 3);
         }
         let mut off = Memo::new(0);
-        off.put(1, "h", 100);
+        off.put(1, "h", 100, 0);
         assert!(off.is_empty());
+    }
+
+    #[test]
+    fn expired_allows_are_swept_long_before_the_memo_is_full() {
+        // 100 live allows (each 1 s), one new every 10 ms for 100 s: never more than twice them.
+        let mut m = Memo::new(8192);
+        let mut most = 0;
+        for i in 0..10_000i64 {
+            let now = i * 10;
+            m.put(i as u128, "h", now + 1000, now);
+            most = most.max(m.len());
+        }
+        assert!(most <= 2 * 100 + 1, "held {most}");
+        assert!(m.len() >= 100, "live allows stay: {}", m.len());
     }
 }
