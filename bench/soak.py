@@ -1008,7 +1008,7 @@ def main():
     kc_calls0 = s0.get("cluster.keycloak.upstream_rq_total", 0)
     csv_path = os.path.join(RESULTS, f"soak-{stamp}.csv")
     columns = ["t_s", "interval_s", "requests", "rps", "s200", "s302", "s401", "s403", "s_other", "mismatches",
-               "socket_errors", "p50_ms", "p99_ms", "envoy_rss_mb", "envoy_heap_mb", "cache_slots_in_use", "kc_calls",
+               "socket_errors", "p50_ms", "p99_ms", "envoy_rss_mb", "envoy_heap_mb", "wasm_memory_mb", "cache_slots_in_use", "kc_calls",
                "kc_calls_per_s", "kc_bound", "kc_bound_per_s", "kc_token_calls_per_s", "kc_resource_set_calls",
                "kc_permission_calls", "kc_certs_calls", "cache_hit", "cache_miss", "cache_coalesced",
                "tokens_refreshed", "valid_tokens", "expired_tokens", "live_decision_keys", "wasm_vm_created",
@@ -1091,6 +1091,7 @@ def main():
                    "rps": round(sum(counts.values()) / interval, 1), **counts, "mismatches": mism_round,
                    "socket_errors": socket_errors, "p50_ms": round(w["p50_us"] / 1000, 2),
                    "p99_ms": round(w["p99_us"] / 1000, 2), "envoy_rss_mb": rss, "envoy_heap_mb": heap,
+                   "wasm_memory_mb": round(s.get("wasmcustom.kcpep.wasm.memory_bytes", 0) / 1048576, 1),
                    "cache_slots_in_use": s.get("wasmcustom.kcpep.cache.entries", 0), "kc_calls": kc_calls,
                    "kc_calls_per_s": round(kc_calls / interval, 2), "kc_bound": bound_calls,
                    "kc_bound_per_s": round((bound_calls + Bound.background(interval) - Bound.background(0)) / interval, 2),
@@ -1109,7 +1110,7 @@ def main():
             csv.flush()
             say(f"t={row['t_s']:>5.0f}s {row['rps']:>6.1f} rps  200:{counts['s200']} 302:{counts['s302']} "
                 f"401:{counts['s401']} 403:{counts['s403']} other:{counts['s_other']}  unlike Keycloak: {mism_round}  "
-                f"RSS {rss} MB (heap {heap})  slots {row['cache_slots_in_use']}  Keycloak {row['kc_calls_per_s']}/s "
+                f"RSS {rss} MB (heap {heap}, wasm {row['wasm_memory_mb']})  slots {row['cache_slots_in_use']}  Keycloak {row['kc_calls_per_s']}/s "
                 f"(bound {row['kc_bound_per_s']}/s)  p50 {row['p50_ms']} ms p99 {row['p99_ms']} ms")
             prev, prev_t = s, now
             # pace the next round towards RPS: each connection waits delay_ms, then its request takes

@@ -1486,3 +1486,24 @@ fn realm_keys_the_host_cannot_check_are_named_with_the_way_out() {
     assert!(matches!(status, Some(401 | 503)), "{status:?}");
     assert!(vm.failed().is_none());
 }
+
+/// `kcpep.wasm.memory_bytes` is the VM's linear memory after a tick, and follows its growth:
+/// the part of Envoy's RSS that is the module's (docs/soak.md reads it).
+#[test]
+fn the_memory_gauge_follows_the_vms_linear_memory() {
+    let mut a = ready_vm();
+    a.tick().unwrap();
+    let first = a.memory_size() as i64;
+    assert_eq!(a.metric("kcpep.wasm.memory_bytes"), Some(first));
+    for i in 0..200 {
+        let u = token(json!({"jti": i, "pad": "x".repeat(2000)}));
+        get(&mut a, "/account/1", Some(&bearer(&u)), &[]);
+        for c in callouts(&mut a) {
+            a.respond(c.token, 403, &[], br#"{"error":"access_denied"}"#)
+                .unwrap();
+        }
+    }
+    a.tick().unwrap();
+    let now = a.memory_size() as i64;
+    assert_eq!(a.metric("kcpep.wasm.memory_bytes"), Some(now));
+}

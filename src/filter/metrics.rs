@@ -42,6 +42,22 @@ pub fn set_cache_entries(n: u64) {
     }
 }
 
+/// The gauge of the wasm memory of all this plugin's VMs, and what this VM has added to it.
+static MEMORY: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+static MEMORY_PAGES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// Adds this VM's growth of linear memory since the last call to `kcpep.wasm.memory_bytes`, so
+/// the gauge is the sum over the VMs (a wasm memory only grows: it is each VM's high-water mark,
+/// the part of Envoy's RSS the module owns).
+pub fn note_memory(pages: u32) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let (id, seen) = (MEMORY.load(Relaxed), MEMORY_PAGES.load(Relaxed));
+    if id != 0 && pages > seen {
+        MEMORY_PAGES.store(pages, Relaxed);
+        let _ = hostcalls::increment_metric(id, i64::from(pages - seen) * 65536);
+    }
+}
+
 fn define(kind: MetricType, name: &str) -> u32 {
     hostcalls::define_metric(kind, name).unwrap_or(0)
 }
@@ -57,6 +73,10 @@ impl Metrics {
         let c = |n: &str| define(MetricType::Counter, &format!("kcpep.{n}"));
         CACHE_ENTRIES.store(
             define(MetricType::Gauge, "kcpep.cache.entries"),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        MEMORY.store(
+            define(MetricType::Gauge, "kcpep.wasm.memory_bytes"),
             std::sync::atomic::Ordering::Relaxed,
         );
         let mut calls = [0; 5];

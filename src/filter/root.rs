@@ -367,6 +367,7 @@ impl RootContext for Root {
     fn on_tick(&mut self) {
         self.wake();
         self.refresh();
+        super::metrics::note_memory(core::arch::wasm32::memory_size(0) as u32);
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {

@@ -373,7 +373,12 @@ impl Token {
     /// to [`crate::enforce::enforcer::VERIFIED_TOKENS`] tokens.
     pub fn keep_decision_claims(mut self) -> Token {
         if let Value::Object(map) = &mut self.claims {
-            map.retain(|k, _| DECISION_CLAIMS.contains(&k.as_str()));
+            // A new map, not `retain`: that would keep the whole token's capacity.
+            let kept: serde_json::Map<String, Value> = std::mem::take(map)
+                .into_iter()
+                .filter(|(k, _)| DECISION_CLAIMS.contains(&k.as_str()))
+                .collect();
+            *map = kept;
         }
         self
     }
