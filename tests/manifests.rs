@@ -6,7 +6,10 @@
 //! and `make oci`'s image layout holds the built module as Istio's image fetcher reads it.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
 mod yaml;
+
+use common::plugin_configs;
 
 use keycloak_pep::config::routes::{PluginConfig, Selector};
 use serde_json::Value;
@@ -15,24 +18,6 @@ use std::process::Command;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The JSON blocks under `value: |` of a YAML file (the plugin configurations).
-fn plugin_configs(yaml: &str) -> Vec<String> {
-    let lines: Vec<&str> = yaml.lines().collect();
-    let mut out = Vec::new();
-    for (i, l) in lines.iter().enumerate() {
-        if l.trim_end().ends_with("value: |") {
-            let indent = l.len() - l.trim_start().len();
-            let block: Vec<&str> = lines[i + 1..]
-                .iter()
-                .take_while(|x| x.trim().is_empty() || x.len() - x.trim_start().len() > indent)
-                .copied()
-                .collect();
-            out.push(block.join("\n"));
-        }
-    }
-    out
 }
 
 #[test]

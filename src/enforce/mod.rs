@@ -9,7 +9,7 @@
 pub(crate) mod claims;
 pub mod enforcer;
 pub mod gate;
-pub(crate) mod refresh;
+pub mod refresh;
 pub mod replies;
 pub mod step;
 

@@ -7,4 +7,4 @@ pub mod http;
 pub(crate) mod json;
 pub mod pairs;
 pub(crate) mod permission;
-pub(crate) mod resource;
+pub mod resource;

@@ -469,3 +469,21 @@ pub fn poll_until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> O
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// The JSON blocks under `value: |` of a YAML file (the plugin configurations).
+pub fn plugin_configs(yaml: &str) -> Vec<String> {
+    let lines: Vec<&str> = yaml.lines().collect();
+    let mut out = Vec::new();
+    for (i, l) in lines.iter().enumerate() {
+        if l.trim_end().ends_with("value: |") {
+            let indent = l.len() - l.trim_start().len();
+            let block: Vec<&str> = lines[i + 1..]
+                .iter()
+                .take_while(|x| x.trim().is_empty() || x.len() - x.trim_start().len() > indent)
+                .copied()
+                .collect();
+            out.push(block.join("\n"));
+        }
+    }
+    out
+}

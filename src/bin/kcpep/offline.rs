@@ -1,140 +1,81 @@
-//! `kcpep`: the filter's core on the command line.
-//!
-//!   kcpep check --config FILE               validate a keycloak.json or plugin configuration
-//!   kcpep explain --config FILE METHOD PATH which configured path, scopes and mode a request maps to
-//!   kcpep bench-paths                       ns per path lookup for 10, 1,000 and 10,000 paths
+//! The offline subcommands: `check`, `explain` and `bench-paths` read only the configuration.
 
-use anyhow::{anyhow, bail, Context, Result};
+use crate::{load, Select};
+use anyhow::{anyhow, Result};
 use keycloak_pep::config::routes::{PluginConfig, Selector};
 use keycloak_pep::enforce;
 use keycloak_pep::enforce::enforcer::Enforcer;
 use keycloak_pep::request::pattern::PathMatcher;
 use keycloak_pep::request::uri;
 use serde_json::json;
-use std::process::ExitCode;
+use std::path::Path;
 use std::time::Instant;
 
-const USAGE: &str = "usage:
-  kcpep check --config FILE
-  kcpep explain --config FILE [--enforcer NAME] [--host HOST] [--route ROUTE] [--virtual-host VHOST] METHOD PATH
-  kcpep bench-paths";
-
-fn main() -> ExitCode {
-    match run(std::env::args().skip(1).collect()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("kcpep: {e:#}");
-            ExitCode::from(1)
+/// `kcpep check`: the configuration loads; what an operator should know about it.
+pub fn check(config: &Path) -> Result<()> {
+    let cfg = load(config)?;
+    let names: Vec<&str> = cfg.enforcers.iter().map(|(n, _)| n.as_str()).collect();
+    println!(
+        "ok: {} enforcer(s) [{}], {} route rule(s)",
+        cfg.enforcers.len(),
+        names.join(", "),
+        cfg.routes.rules.len()
+    );
+    for (name, e) in &cfg.enforcers {
+        for note in notes(e) {
+            println!("note: [{name}] {note}");
         }
+    }
+    Ok(())
+}
+
+/// The enforcer a request goes to: the one named, else the one the route rules select.
+pub fn select(cfg: &PluginConfig, sel: &Select, path: &str) -> Result<usize> {
+    match &sel.enforcer {
+        Some(n) => cfg
+            .enforcers
+            .iter()
+            .position(|(name, _)| name == n)
+            .ok_or_else(|| anyhow!("no enforcer named {n}")),
+        None => cfg
+            .routes
+            .select(&Selector {
+                route_name: sel.route.as_deref(),
+                virtual_host: sel.virtual_host.as_deref(),
+                authority: sel.host.as_deref().unwrap_or(""),
+                path: uri::normalize(path).as_deref(),
+            })
+            .ok_or_else(|| {
+                anyhow!("no enforcer selected for this request (no rule matched, no default)")
+            }),
     }
 }
 
-fn run(args: Vec<String>) -> Result<()> {
-    let Some((cmd, rest)) = args.split_first() else {
-        bail!("{USAGE}");
-    };
-    let mut config = None;
-    let mut enforcer_name = None;
-    let mut host = String::new();
-    let mut route = None;
-    let mut vhost = None;
-    let mut positional = Vec::new();
-    let mut it = rest.iter();
-    while let Some(a) = it.next() {
-        let mut value = |flag: &str| {
-            it.next()
-                .cloned()
-                .ok_or_else(|| anyhow!("{flag} needs a value"))
-        };
-        match a.as_str() {
-            "--config" => config = Some(value("--config")?),
-            "--enforcer" => enforcer_name = Some(value("--enforcer")?),
-            "--host" => host = value("--host")?,
-            "--route" => route = Some(value("--route")?),
-            "--virtual-host" => vhost = Some(value("--virtual-host")?),
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                return Ok(());
-            }
-            _ => positional.push(a.clone()),
-        }
-    }
-    match cmd.as_str() {
-        "check" => {
-            let cfg = load(config.as_deref())?;
-            let names: Vec<&str> = cfg.enforcers.iter().map(|(n, _)| n.as_str()).collect();
-            println!(
-                "ok: {} enforcer(s) [{}], {} route rule(s)",
-                cfg.enforcers.len(),
-                names.join(", "),
-                cfg.routes.rules.len()
-            );
-            for (name, e) in &cfg.enforcers {
-                for note in notes(e) {
-                    println!("note: [{name}] {note}");
-                }
-            }
-            Ok(())
-        }
-        "explain" => {
-            let [method, path] = positional.as_slice() else {
-                bail!("explain needs METHOD PATH\n{USAGE}");
-            };
-            let cfg = load(config.as_deref())?;
-            let index = match &enforcer_name {
-                Some(n) => cfg
-                    .enforcers
-                    .iter()
-                    .position(|(name, _)| name == n)
-                    .ok_or_else(|| anyhow!("no enforcer named {n}"))?,
-                None => cfg
-                    .routes
-                    .select(&Selector {
-                        route_name: route.as_deref(),
-                        virtual_host: vhost.as_deref(),
-                        authority: &host,
-                        path: uri::normalize(path).as_deref(),
-                    })
-                    .ok_or_else(|| {
-                        anyhow!(
-                            "no enforcer selected for this request (no rule matched, no default)"
-                        )
-                    })?,
-            };
-            let (name, ec) = &cfg.enforcers[index];
-            let e = Enforcer::new(name.clone(), ec.clone()).explain(method, path);
-            let out = json!({
-                "enforcer": name,
-                "client": ec.client_id,
-                "method": method,
-                "request_path": path,
-                "normalized_path": e.normalized_path,
-                "path": e.entry.as_ref().map(|x| x.config.path.clone()),
-                "name": e.entry.as_ref().and_then(|x| x.config.name.clone()),
-                "enforcement_mode": e.enforcement_mode.as_str(),
-                "scopes": e.method.as_ref().map(|m| m.scopes.clone()).unwrap_or_default(),
-                "scopes_enforcement_mode": e.method.as_ref().map(|m| m.scopes_enforcement_mode.as_str()),
-                "lazy_load": ec.lazy_load_paths,
-                "would": match uri::segmentation_hazard(path) {
-                    Some(why) => format!("refuse with 400: ambiguous path ({why})"),
-                    None => would(ec, &e),
-                },
-            });
-            println!("{}", serde_json::to_string_pretty(&out)?);
-            Ok(())
-        }
-        "bench-paths" => {
-            bench_paths();
-            Ok(())
-        }
-        _ => bail!("unknown command {cmd}\n{USAGE}"),
-    }
-}
-
-fn load(path: Option<&str>) -> Result<PluginConfig> {
-    let path = path.ok_or_else(|| anyhow!("--config FILE is required"))?;
-    let bytes = std::fs::read(path).with_context(|| format!("reading {path}"))?;
-    PluginConfig::from_json(&bytes).map_err(|e| anyhow!("{path}: {e}"))
+/// `kcpep explain`: which configured path, scopes and mode a request maps to (no server asked).
+pub fn explain(config: &Path, sel: &Select, method: &str, path: &str) -> Result<()> {
+    let cfg = load(config)?;
+    let index = select(&cfg, sel, path)?;
+    let (name, ec) = &cfg.enforcers[index];
+    let e = Enforcer::new(name.clone(), ec.clone()).explain(method, path);
+    let out = json!({
+        "enforcer": name,
+        "client": ec.client_id,
+        "method": method,
+        "request_path": path,
+        "normalized_path": e.normalized_path,
+        "path": e.entry.as_ref().map(|x| x.config.path.clone()),
+        "name": e.entry.as_ref().and_then(|x| x.config.name.clone()),
+        "enforcement_mode": e.enforcement_mode.as_str(),
+        "scopes": e.method.as_ref().map(|m| m.scopes.clone()).unwrap_or_default(),
+        "scopes_enforcement_mode": e.method.as_ref().map(|m| m.scopes_enforcement_mode.as_str()),
+        "lazy_load": ec.lazy_load_paths,
+        "would": match uri::segmentation_hazard(path) {
+            Some(why) => format!("refuse with 400: ambiguous path ({why})"),
+            None => would(ec, &e),
+        },
+    });
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
 }
 
 /// What happens next, in words (offline: no token, no server).
@@ -150,7 +91,7 @@ fn would(cfg: &keycloak_pep::config::EnforcerConfig, e: &enforce::Explanation) -
 }
 
 /// Nanoseconds per lookup (a micro-benchmark, printed, never asserted).
-fn bench_paths() {
+pub fn bench_paths() {
     println!("path lookup (normalize + match), ns per lookup:");
     for n in [10usize, 1_000, 10_000] {
         let mut paths: Vec<String> = (0..n).map(|i| format!("/api/v1/items{i}/detail")).collect();
@@ -189,7 +130,7 @@ fn bench_paths() {
 }
 
 /// What an operator should know about an enforcer that a valid configuration does not say.
-fn notes(e: &keycloak_pep::config::EnforcerConfig) -> Vec<String> {
+pub fn notes(e: &keycloak_pep::config::EnforcerConfig) -> Vec<String> {
     use keycloak_pep::config::OnKeycloakError;
     let mut out: Vec<String> = Vec::new();
     for (i, p) in e.paths.iter().enumerate() {
