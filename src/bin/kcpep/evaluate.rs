@@ -336,7 +336,14 @@ fn print_lines(out: &Value) {
         s(&out["scopes"]),
         s(&out["scopes_enforcement_mode"])
     );
-    println!("token        {}", s(&out["token"]));
+    let t = &out["token"];
+    let mut token = s(&t["check"]);
+    for k in ["kid", "iss", "sub", "azp", "expires_in_s"] {
+        if !t[k].is_null() {
+            token.push_str(&format!(", {k} {}", s(&t[k])));
+        }
+    }
+    println!("token        {token}");
     println!("start-up     {}", s(&out["start_up"]));
     for n in out["notes"].as_array().into_iter().flatten() {
         println!("note         {}", s(n));
