@@ -1507,3 +1507,40 @@ fn the_memory_gauge_follows_the_vms_linear_memory() {
     let now = a.memory_size() as i64;
     assert_eq!(a.metric("kcpep.wasm.memory_bytes"), Some(now));
 }
+
+/// Not a test: prints the wasm memory a VM holds per distinct token (`--ignored --nocapture`;
+/// about 7 minutes, the test's signing is slow). Each token is verified, remembered, asked of
+/// Keycloak (granted) and memoized. 2026-12-02: about 700 B per token until the verified tokens
+/// fill (4,096), then flat (before the claims were trimmed: about 5 KB).
+#[test]
+#[ignore]
+fn print_memory_per_token() {
+    let mut a = ready_vm();
+    let grant = br#"[{"rsid":"r1","rsname":"View Account Resource","scopes":["account:view"]}]"#;
+    let mut at = Vec::new();
+    for i in 0..6000 {
+        let u = token(
+            json!({"jti": format!("{i}"), "sub": format!("user-{i}"), "aud": ["bank-api", "account"],
+            "azp": "demo-cli", "sid": "0a1b2c3d-4e5f-6789-abcd-ef0123456789", "realm_access": {"roles": ["a", "b", "c"]},
+            "preferred_username": format!("soak-{i:04}"), "email": format!("soak-{i:04}@example.com"), "scope": "openid profile email"}),
+        );
+        let id = get(&mut a, "/account/1", Some(&bearer(&u)), &[]);
+        for c in callouts(&mut a) {
+            a.respond(c.token, 200, &[("content-type", "application/json")], grant)
+                .unwrap();
+        }
+        a.finish(id).unwrap();
+        if i % 500 == 0 {
+            at.push((i, a.memory_size()));
+        }
+    }
+    for w in at.windows(2) {
+        let ((i0, m0), (i1, m1)) = (w[0], w[1]);
+        println!(
+            "tokens {i0:>5}..{i1:>5}: memory {:>9} -> {:>9} B, {:>6.0} B per token",
+            m0,
+            m1,
+            (m1 - m0) as f64 / (i1 - i0) as f64
+        );
+    }
+}
