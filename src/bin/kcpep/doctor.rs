@@ -582,7 +582,7 @@ mod tests {
                     Severity::Error,
                     "policy-enforcer.paths[1].methods[0].scopes[0]".into()
                 ),
-                (Severity::Warning, "policy-enforcer.paths".into()),
+                (Severity::Note, "policy-enforcer.paths".into()),
             ]
         );
     }
