@@ -21,7 +21,7 @@ fn text(o: &Output) -> String {
     )
 }
 
-const EXAMPLE: &str = "envoy/keycloak/bank-api.json";
+const EXAMPLE: &str = "envoy/examples/bank-api.json";
 
 #[test]
 fn every_subcommand_has_help_with_the_exit_codes() {

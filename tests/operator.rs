@@ -24,9 +24,9 @@ fn dir() -> PathBuf {
     d
 }
 
-/// The shipped example (envoy/keycloak/bank-api.json) pointed at the stack's Keycloak.
+/// The shipped example (envoy/examples/bank-api.json) pointed at the stack's Keycloak.
 fn example() -> Value {
-    let p = concat!(env!("CARGO_MANIFEST_DIR"), "/envoy/keycloak/bank-api.json");
+    let p = concat!(env!("CARGO_MANIFEST_DIR"), "/envoy/examples/bank-api.json");
     let mut v: Value = serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
     v["auth-server-url"] = keycloak().into();
     v
