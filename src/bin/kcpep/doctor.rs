@@ -109,15 +109,11 @@ pub fn run(o: &Options) -> Result<ExitCode> {
     let cfg = crate::load(&o.config)?;
     let raw: Value = serde_json::from_slice(&std::fs::read(&o.config)?)
         .with_context(|| format!("reading {}", o.config.display()))?;
-    let admin_token = match &o.admin_token_file {
-        Some(f) => Some(
-            std::fs::read_to_string(f)
-                .with_context(|| format!("reading {}", f.display()))?
-                .trim()
-                .to_string(),
-        ),
-        None => None,
-    };
+    let admin_token = o
+        .admin_token_file
+        .as_deref()
+        .map(crate::read_token_file)
+        .transpose()?;
     let chosen: Vec<&(String, EnforcerConfig)> = cfg
         .enforcers
         .iter()

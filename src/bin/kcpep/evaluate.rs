@@ -6,7 +6,7 @@
 
 use crate::keycloak::{now_ms, Exchange, Keycloak};
 use crate::Select;
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, Result};
 use base64::Engine;
 use keycloak_pep::enforce::enforcer::{Cred, Enforcer};
 use keycloak_pep::enforce::step::{RequestFacts, Step};
@@ -47,15 +47,11 @@ pub fn run(o: &Options) -> Result<ExitCode> {
             .ok_or_else(|| anyhow!("--header {h:?}: expected NAME:VALUE"))?;
         headers.push((k.trim().to_ascii_lowercase(), v.trim().as_bytes().to_vec()));
     }
-    let raw_token = match &o.token_file {
-        Some(f) => Some(
-            std::fs::read_to_string(f)
-                .with_context(|| format!("reading {}", f.display()))?
-                .trim()
-                .to_string(),
-        ),
-        None => None,
-    };
+    let raw_token = o
+        .token_file
+        .as_deref()
+        .map(crate::read_token_file)
+        .transpose()?;
     let authorization = raw_token.as_ref().map(|t| format!("Bearer {t}"));
     if let Some(a) = &authorization {
         headers.push(("authorization".into(), a.clone().into_bytes()));

@@ -187,3 +187,11 @@ pub fn load(path: &Path) -> Result<PluginConfig> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     PluginConfig::from_json(&bytes).map_err(|e| anyhow!("{}: {e}", path.display()))
 }
+
+/// A token kept in a file (never on the command line, where `ps` shows it), trimmed.
+pub fn read_token_file(path: &Path) -> Result<String> {
+    Ok(std::fs::read_to_string(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .trim()
+        .to_string())
+}
