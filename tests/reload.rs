@@ -485,7 +485,6 @@ fn a_refused_connection_is_retried_on_the_other_node() {
         envoy.stat("cluster.keycloak-pair.upstream_cx_connect_fail") > refused,
         "the dead node was tried"
     );
-    let refused = envoy.stat("cluster.keycloak-pair-no-retries.upstream_cx_connect_fail");
     let without: Vec<u16> = (0..12)
         .map(|_| get("pair-no-retries.local", "/account/1", Some(&owner)).status)
         .collect();
@@ -497,5 +496,11 @@ fn a_refused_connection_is_retried_on_the_other_node() {
         without.iter().all(|s| *s == 200 || *s == 503),
         "{without:?}"
     );
-    assert!(envoy.stat("cluster.keycloak-pair-no-retries.upstream_cx_connect_fail") > refused);
+    // Counted since start, not over the loop: the enforcer's own start (discovery, PAT) may be
+    // the call that met the dead node, and then the loop's 503s are "not ready yet", with no
+    // new refusal during it (a CI run saw exactly that).
+    assert!(
+        envoy.stat("cluster.keycloak-pair-no-retries.upstream_cx_connect_fail") > 0,
+        "the dead node was tried"
+    );
 }
