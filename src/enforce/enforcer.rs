@@ -15,12 +15,18 @@ use crate::wire::http::{Answer, HttpRequest};
 use std::cell::{RefCell, RefMut};
 use std::rc::Rc;
 
-/// How many verified tokens an enforcer remembers (by digest, until their `exp`).
+/// How many verified tokens an enforcer remembers (by digest, until their `exp`). Enforcers that
+/// share their verified tokens (see [`Enforcer::build_all`]) share a store this many times the
+/// group's size, at most [`VERIFIED_SHARED_MAX`] times.
 pub const VERIFIED_TOKENS: usize = 4096;
+/// The largest multiple of [`VERIFIED_TOKENS`] one shared store holds.
+pub const VERIFIED_SHARED_MAX: usize = 4;
 
 pub struct Enforcer {
     pub name: String,
     pub config: EnforcerConfig,
+    /// A claim information point may read any claim: verified tokens keep them all.
+    keep_all_claims: bool,
     learnt: RefCell<Learnt>,
 }
 
@@ -28,7 +34,12 @@ pub struct Enforcer {
 pub struct Learnt {
     pub knowledge: Knowledge,
     pub background: Background,
-    pub verified: VerifiedTokens,
+    /// Shared with the VM's other enforcers of the same [`VerifyProfile`].
+    pub verified: Rc<RefCell<VerifiedTokens>>,
+    /// The digest of the key set this enforcer verifies with. A token it verifies is remembered
+    /// only when the shared store holds tokens of the same set: one enforcer still on an older
+    /// set must not put tokens signed by a withdrawn key back into the group's store.
+    keys_digest: Option<u64>,
 }
 
 impl Learnt {
@@ -38,14 +49,20 @@ impl Learnt {
     }
 
     /// Takes the answer to a background fetch (from Keycloak, or another VM's copy in shared
-    /// data, stored at `at_ms`). A new key set makes every remembered token be verified again.
+    /// data, stored at `at_ms`). Another key set than the one the remembered tokens were verified
+    /// under makes every one of them be verified again (a key may have been withdrawn); the same
+    /// set, fetched again or by another enforcer of the group, keeps them.
     pub fn complete(&mut self, cfg: &EnforcerConfig, fetch: Fetch, answer: Answer, at_ms: i64) {
-        let new_keys =
-            matches!(fetch, Fetch::Jwks) && matches!(answer, Answer::Http { status: 200, .. });
+        let keys = match (fetch, &answer) {
+            (Fetch::Jwks, Answer::Http { status: 200, body }) => Some(VerifiedTokens::digest(body)),
+            _ => None,
+        };
         self.background
             .complete(cfg, &mut self.knowledge, fetch, answer, at_ms);
-        if new_keys {
-            self.verified.clear();
+        let loaded = self.background.jwks_loaded_at_ms() == Some(at_ms);
+        if let (Some(keys), true) = (keys, loaded) {
+            self.keys_digest = Some(keys);
+            self.verified.borrow_mut().note_keys(keys);
         }
     }
 }
@@ -72,15 +89,81 @@ impl Cred {
     }
 }
 
+/// What makes a token verified for one enforcer verified for another: the same issuer,
+/// audiences and clock skew, keys from the same place, and the same claims kept. Enforcers of one
+/// realm and client differ in their paths and modes, never in this, so a VM with nine enforcers
+/// on one realm verifies (and keeps) each token once, not nine times.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct VerifyProfile {
+    issuer: String,
+    audiences: Vec<String>,
+    clock_skew_seconds: u32,
+    keys_from: (String, String, String),
+    all_claims: bool,
+}
+
+impl VerifyProfile {
+    pub fn of(config: &EnforcerConfig) -> Self {
+        VerifyProfile {
+            issuer: config.proxy.issuer.clone(),
+            audiences: config.proxy.audiences.clone(),
+            clock_skew_seconds: config.proxy.clock_skew_seconds,
+            keys_from: (
+                config.proxy.cluster.clone(),
+                config.proxy.authority.clone(),
+                crate::keycloak::uma::jwks_request(config).path,
+            ),
+            all_claims: config.has_claim_providers(),
+        }
+    }
+}
+
 impl Enforcer {
+    /// An enforcer with a verified-token store of its own.
     pub fn new(name: String, config: EnforcerConfig) -> Self {
+        let verified = Rc::new(RefCell::new(VerifiedTokens::new(VERIFIED_TOKENS)));
+        Enforcer::with_verified(name, config, verified)
+    }
+
+    /// A VM's enforcers, those of one [`VerifyProfile`] sharing one verified-token store.
+    pub fn build_all(configs: impl IntoIterator<Item = (String, EnforcerConfig)>) -> Vec<Self> {
+        let configs: Vec<(String, EnforcerConfig)> = configs.into_iter().collect();
+        let profiles: Vec<VerifyProfile> =
+            configs.iter().map(|(_, c)| VerifyProfile::of(c)).collect();
+        let mut stores: std::collections::HashMap<&VerifyProfile, Rc<RefCell<VerifiedTokens>>> =
+            std::collections::HashMap::new();
+        for p in &profiles {
+            if !stores.contains_key(p) {
+                let members = profiles.iter().filter(|q| *q == p).count();
+                let capacity = VERIFIED_TOKENS * members.min(VERIFIED_SHARED_MAX);
+                stores.insert(p, Rc::new(RefCell::new(VerifiedTokens::new(capacity))));
+            }
+        }
+        let shared: Vec<Rc<RefCell<VerifiedTokens>>> = profiles
+            .iter()
+            .filter_map(|p| stores.get(p).map(Rc::clone))
+            .collect();
+        configs
+            .into_iter()
+            .zip(shared)
+            .map(|((name, config), verified)| Enforcer::with_verified(name, config, verified))
+            .collect()
+    }
+
+    fn with_verified(
+        name: String,
+        config: EnforcerConfig,
+        verified: Rc<RefCell<VerifiedTokens>>,
+    ) -> Self {
         let learnt = Learnt {
             knowledge: Knowledge::new(&config),
             background: Background::new(&config),
-            verified: VerifiedTokens::new(VERIFIED_TOKENS),
+            verified,
+            keys_digest: None,
         };
         Enforcer {
             name,
+            keep_all_claims: config.has_claim_providers(),
             config,
             learnt: RefCell::new(learnt),
         }
@@ -131,9 +214,10 @@ impl Enforcer {
         let cfg = &self.config;
         let raw = token::bearer(authorization, cfg.proxy.max_token_bytes as usize).ok()??;
         let l = self.learnt.borrow();
-        let id = l.verified.id(raw);
+        let verified = l.verified.borrow();
+        let id = verified.id(raw);
         let leeway = i64::from(cfg.proxy.clock_skew_seconds);
-        l.verified.get(id, now_ms / 1000, leeway).map(|_| id)
+        verified.get(id, now_ms / 1000, leeway).map(|_| id)
     }
 
     /// The request's credential from its `Authorization` values: the bearer token verified
@@ -155,8 +239,10 @@ impl Enforcer {
         let now = now_ms / 1000;
         let leeway = i64::from(cfg.proxy.clock_skew_seconds);
         let mut l = self.learnt.borrow_mut();
-        let id = l.verified.id(&raw);
-        if let Some(t) = l.verified.get(id, now, leeway) {
+        let verified = Rc::clone(&l.verified);
+        let mut verified = verified.borrow_mut();
+        let id = verified.id(&raw);
+        if let Some(t) = verified.get(id, now, leeway) {
             return (Cred::Valid(raw, Rc::clone(t)), Some(id));
         }
         let Some(jwks) = l.background.jwks.as_ref() else {
@@ -169,12 +255,14 @@ impl Enforcer {
         };
         match token::verify_with(&raw, jwks, &expect, now, host) {
             Ok(t) => {
-                let t = Rc::new(if cfg.has_claim_providers() {
+                let t = Rc::new(if self.keep_all_claims {
                     t
                 } else {
                     t.keep_decision_claims()
                 });
-                l.verified.insert(id, Rc::clone(&t), now);
+                if verified.keys_digest() == l.keys_digest {
+                    verified.insert(id, Rc::clone(&t), now);
+                }
                 (Cred::Valid(raw, t), Some(id))
             }
             // nothing could check it: unverified, never an allow (503)
@@ -227,6 +315,59 @@ mod tests {
             assert!(roles_seen(&with, &raw).is_some(), "{round}");
             assert_eq!(roles_seen(&without, &raw), None, "{round}");
         }
-        assert_eq!(without.learnt().verified.len(), 1);
+        assert_eq!(without.learnt().verified.borrow().len(), 1);
+    }
+
+    /// A token verified by one enforcer is known to another only when a verification there could
+    /// not have had another outcome: same issuer, audiences, skew, keys and claims kept.
+    #[test]
+    fn enforcers_share_verified_tokens_only_within_one_verify_profile() {
+        let raw = sign_rs256(&claims());
+        let header = format!("Bearer {raw}");
+        let cfg = |cip: bool, audiences: &[&str]| {
+            let mut c = enforcer(cip).config;
+            c.proxy.audiences = audiences.iter().map(|a| a.to_string()).collect();
+            c
+        };
+        let all = Enforcer::build_all([
+            ("a".to_string(), cfg(false, &[])),
+            ("same".to_string(), cfg(false, &[])),
+            ("other-audience".to_string(), cfg(false, &["bank-api"])),
+            ("claims".to_string(), cfg(true, &[])),
+        ]);
+        for e in &all {
+            e.learnt().background.jwks = Some(jwks());
+        }
+        let (cred, id) = all[0].check_credential(&[header.as_bytes()], NOW * 1000, None);
+        assert!(matches!(cred, Cred::Valid(..)) && id.is_some());
+        let known: Vec<bool> = all
+            .iter()
+            .map(|e| e.verified_id(&[header.as_bytes()], NOW * 1000).is_some())
+            .collect();
+        assert_eq!(known, [true, true, false, false]);
+        assert_eq!(all[1].learnt().verified.borrow().len(), 1);
+        // A new key set seen by one of them makes the group verify again.
+        let answer = Answer::Http {
+            status: 200,
+            body: include_bytes!("../../tests/fixtures/jwks.json"),
+        };
+        let load = |e: &Enforcer| {
+            let cfg = e.config.clone();
+            e.learnt().complete(&cfg, Fetch::Jwks, answer, NOW * 1000);
+        };
+        load(&all[1]);
+        assert_eq!(all[0].verified_id(&[header.as_bytes()], NOW * 1000), None);
+        // The other one, still on the keys it had, verifies but does not remember for the group.
+        let (cred, _) = all[0].check_credential(&[header.as_bytes()], NOW * 1000, None);
+        assert!(matches!(cred, Cred::Valid(..)));
+        assert_eq!(all[1].verified_id(&[header.as_bytes()], NOW * 1000), None);
+        // Once it loads the same set, the group's store is kept and shared again.
+        load(&all[1]);
+        load(&all[0]);
+        all[0].check_credential(&[header.as_bytes()], NOW * 1000, None);
+        load(&all[0]);
+        assert!(all[1]
+            .verified_id(&[header.as_bytes()], NOW * 1000)
+            .is_some());
     }
 }

@@ -314,10 +314,7 @@ impl RootContext for Root {
         };
         let own_headers = crate::enforce::gate::own_headers(&config);
         let PluginConfig { enforcers, routes } = config;
-        let enforcers: Vec<Enforcer> = enforcers
-            .into_iter()
-            .map(|(name, cfg)| Enforcer::new(name, cfg))
-            .collect();
+        let enforcers: Vec<Enforcer> = Enforcer::build_all(enforcers);
         for Enforcer {
             name, config: cfg, ..
         } in &enforcers

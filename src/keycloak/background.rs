@@ -163,6 +163,11 @@ impl Background {
         self.jwks.is_some()
     }
 
+    /// When the realm's keys were last loaded (a JWKS document taken, not merely answered).
+    pub fn jwks_loaded_at_ms(&self) -> Option<i64> {
+        self.jwks_slot.ok_at_ms
+    }
+
     /// A token named a key we do not have: refetch soon (rate-limited).
     pub fn want_jwks(&mut self) {
         self.jwks_wanted = true;

@@ -17,6 +17,8 @@ pub struct VerifiedTokens {
     capacity: usize,
     /// The size at which expired entries are swept next.
     sweep_at: usize,
+    /// The digest of the key set (JWKS document) the tokens were verified under.
+    keys_digest: Option<u64>,
     keys: (
         std::collections::hash_map::RandomState,
         std::collections::hash_map::RandomState,
@@ -29,6 +31,7 @@ impl VerifiedTokens {
             map: std::collections::HashMap::new(),
             capacity,
             sweep_at: SWEEP_FLOOR.min(capacity),
+            keys_digest: None,
             keys: Default::default(),
         }
     }
@@ -68,9 +71,31 @@ impl VerifiedTokens {
         self.map.is_empty()
     }
 
-    /// Forget everything (the realm's keys changed).
+    /// Forget everything.
     pub fn clear(&mut self) {
         self.map.clear();
+    }
+
+    /// The digest [`Self::note_keys`] compares, of a JWKS document as Keycloak sent it.
+    pub fn digest(jwks_document: &[u8]) -> u64 {
+        use std::hash::{DefaultHasher, Hash, Hasher};
+        let mut h = DefaultHasher::new();
+        jwks_document.hash(&mut h);
+        h.finish()
+    }
+
+    /// The key set the remembered tokens were verified under.
+    pub fn keys_digest(&self) -> Option<u64> {
+        self.keys_digest
+    }
+
+    /// The realm's key set was (re)loaded: when it is not the one the remembered tokens were
+    /// verified under, forget them all (a key may have been withdrawn).
+    pub fn note_keys(&mut self, digest: u64) {
+        if self.keys_digest != Some(digest) {
+            self.map.clear();
+            self.keys_digest = Some(digest);
+        }
     }
 }
 
