@@ -109,7 +109,9 @@ CACHED_RATE = env_num("KCPEP_FAILOVER_CACHED_RATE", 30)
 CACHED_USERS = env_num("KCPEP_FAILOVER_CACHED_USERS", 40, int)
 KC_READY_TIMEOUT = env_num("KC_READY_TIMEOUT", 240)
 RECOVERY_TARGET_S = 5.0
-TIMEOUT_MS = env_num("KCPEP_FAILOVER_TIMEOUT_MS", 0, int)
+# The enforcers' callout timeout: 5000, what docs/operations.md recommends in front of a
+# cluster (above Infinispan's pause after a node crash); 0 keeps the enforcers' own (2000).
+TIMEOUT_MS = env_num("KCPEP_FAILOVER_TIMEOUT_MS", 5000, int)
 RECOVERY_WAIT = env_num("KCPEP_FAILOVER_RECOVERY_WAIT", 30)
 RECOVERY_WAIT_RATE = 2
 UNCACHED_WORKERS, CACHED_WORKERS = 6, 3
@@ -619,7 +621,7 @@ def plugin_config():
         # ALLOWs kept for the whole run (never past the token's exp), so the cached ones can be
         # served while both nodes are down; denials keep the default 5 s.
         kcpep["decision-cache"] = dict(kcpep.get("decision-cache", {}), **{"lifespan-ms": 600000})
-        if TIMEOUT_MS:  # the callout timeout, to try another one (the enforcers' own: 2000)
+        if TIMEOUT_MS:  # the callout timeout (0: the enforcers' own, 2000)
             kcpep["timeout-ms"] = TIMEOUT_MS
         out[name] = e
     return {"enforcers": out,

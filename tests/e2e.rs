@@ -687,3 +687,172 @@ fn es256_tokens_of_the_real_realm_are_verified_by_envoy() {
         .unwrap()
         .contains("invalid_token"));
 }
+
+/// Envoy's Prometheus page as (name, labels, value) samples and `# TYPE` lines (name, kind).
+struct Prometheus {
+    types: Vec<(String, String)>,
+    samples: Vec<(String, String, f64)>,
+}
+
+impl Prometheus {
+    fn read() -> Prometheus {
+        let r = request(
+            &env("KCPEP_ENVOY_ADMIN"),
+            "GET",
+            "/stats/prometheus",
+            &[],
+            b"",
+        );
+        assert_eq!(r.status, 200);
+        let (mut types, mut samples) = (vec![], vec![]);
+        for line in r.text().lines() {
+            if let Some(t) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = t.split_once(' ').unwrap();
+                types.push((name.to_string(), kind.to_string()));
+            } else if !line.starts_with('#') && !line.is_empty() {
+                let (series, value) = line.rsplit_once(' ').unwrap();
+                let (name, labels) = match series.split_once('{') {
+                    Some((n, l)) => (n, l.trim_end_matches('}')),
+                    None => (series, ""),
+                };
+                samples.push((name.to_string(), labels.to_string(), value.parse().unwrap()));
+            }
+        }
+        Prometheus { types, samples }
+    }
+
+    fn value(&self, name: &str) -> f64 {
+        self.samples
+            .iter()
+            .find(|(n, _, _)| n == name)
+            .map(|(_, _, v)| *v)
+            .unwrap_or_else(|| panic!("{name} is not on /stats/prometheus"))
+    }
+}
+
+/// A name Prometheus accepts: `[a-zA-Z_:][a-zA-Z0-9_:]*`.
+fn prometheus_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+}
+
+#[test]
+fn prometheus_lists_every_kcpep_metric_and_the_counters_move() {
+    // Every metric the filter defines, as Envoy's own /stats lists it.
+    let stats = request(
+        &env("KCPEP_ENVOY_ADMIN"),
+        "GET",
+        "/stats?filter=^wasmcustom\\.kcpep\\.",
+        &[],
+        b"",
+    )
+    .text();
+    let ours: Vec<String> = stats
+        .lines()
+        .filter_map(|l| l.split_once(':').map(|(n, _)| n.to_string()))
+        .collect();
+    assert!(ours.len() >= 20, "the filter's metrics: {ours:?}");
+    let before = Prometheus::read();
+    for stat in &ours {
+        let name = stat.trim_start_matches("wasmcustom.").replace('.', "_");
+        assert!(prometheus_name(&name), "{name}");
+        assert!(
+            before.types.iter().any(|(n, _)| *n == name),
+            "{stat} is not on /stats/prometheus as {name}"
+        );
+    }
+    let kinds: Vec<&str> = before
+        .types
+        .iter()
+        .filter(|(n, _)| n.starts_with("kcpep_"))
+        .map(|(_, k)| k.as_str())
+        .collect();
+    assert!(
+        kinds.contains(&"counter") && kinds.contains(&"gauge"),
+        "{kinds:?}"
+    );
+
+    // Traffic: an allow, a 401, a 403, and a lazily loaded path (a Keycloak call).
+    let teller = user_token("teller");
+    let plain = user_token("plain");
+    assert_eq!(
+        get("affirmative.bank.local", "/account/1", Some(&teller)).status,
+        200
+    );
+    assert_eq!(
+        get("affirmative.bank.local", "/account/1", None).status,
+        401
+    );
+    assert_eq!(
+        get("affirmative.bank.local", "/account/1", Some(&plain)).status,
+        403
+    );
+    let unique = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let path = format!("/reports/prometheus-{unique}");
+    assert_eq!(
+        get("affirmative.bank.local", &path, Some(&teller)).status,
+        200
+    );
+
+    // Counters move at once; histograms when Envoy next merges them (its flush interval).
+    let after = Prometheus::read();
+    for counter in [
+        "kcpep_requests_allowed",
+        "kcpep_requests_denied_401",
+        "kcpep_requests_denied_403",
+        "kcpep_keycloak_calls_resource_set",
+    ] {
+        assert!(
+            after.value(counter) > before.value(counter),
+            "{counter}: {} then {}",
+            before.value(counter),
+            after.value(counter)
+        );
+    }
+    let count = "kcpep_keycloak_latency_ms_count";
+    let after = poll_until(
+        "the Keycloak latency histogram to count the new calls",
+        std::time::Duration::from_secs(15),
+        || {
+            let p = Prometheus::read();
+            (p.value(count) > before.value(count)).then_some(p)
+        },
+    );
+    assert!(after
+        .types
+        .iter()
+        .any(|(n, k)| n == "kcpep_keycloak_latency_ms" && k == "histogram"));
+    let buckets: Vec<(f64, f64)> = after
+        .samples
+        .iter()
+        .filter(|(n, _, _)| n == "kcpep_keycloak_latency_ms_bucket")
+        .map(|(_, labels, v)| {
+            let le = labels
+                .strip_prefix("le=\"")
+                .and_then(|l| l.strip_suffix('"'))
+                .unwrap_or_else(|| panic!("a bucket without le: {labels}"));
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().unwrap()
+            };
+            (le, *v)
+        })
+        .collect();
+    assert!(buckets.len() >= 5, "{buckets:?}");
+    assert!(
+        buckets
+            .windows(2)
+            .all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1),
+        "buckets ascend and are cumulative: {buckets:?}"
+    );
+    assert_eq!(buckets.last().map(|b| b.0), Some(f64::INFINITY));
+    assert_eq!(buckets.last().map(|b| b.1), Some(after.value(count)));
+    assert!(after.value("kcpep_keycloak_latency_ms_sum") > 0.0);
+}

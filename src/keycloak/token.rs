@@ -439,20 +439,7 @@ pub fn verify_with(
             last = TokenError::UnsupportedAlgorithm;
             continue;
         }
-        if let (Some(host), Some(spki), Some(hash)) = (host, &k.spki, hash_of(header.alg)) {
-            match host_check(raw, host, spki, hash, k.curve) {
-                Some(Ok(c)) => {
-                    claims = Some(c);
-                    break;
-                }
-                Some(Err(e)) => {
-                    last = e;
-                    continue;
-                }
-                None => {} // the host could not tell
-            }
-        }
-        match in_wasm_check(raw, k, header.alg) {
+        match signed_by(raw, k, host) {
             Ok(c) => {
                 claims = Some(c);
                 break;
@@ -462,6 +449,64 @@ pub fn verify_with(
     }
     let claims = claims.ok_or(last)?;
     check_claims(claims, expect, now, raw)
+}
+
+/// The claims of a JWS when `k` signed it: the host checks it where it can, else the module
+/// (the `rust-crypto` build).
+fn signed_by(raw: &str, k: &Key, host: Option<HostVerifier>) -> Result<Value, TokenError> {
+    if let (Some(host), Some(spki), Some(hash)) = (host, &k.spki, hash_of(k.alg)) {
+        // `None`: the host could not tell
+        if let Some(result) = host_check(raw, host, spki, hash, k.curve) {
+            return result;
+        }
+    }
+    in_wasm_check(raw, k, k.alg)
+}
+
+/// The claims of a JWS signed with `alg` by the one public key `jwk` (a DPoP proof carries the
+/// key that signed it). Only asymmetric algorithms this build checks; `alg` must fit the key.
+pub fn verify_signed_by_jwk(
+    raw: &str,
+    jwk: &Jwk,
+    alg: Algorithm,
+    host: Option<HostVerifier>,
+) -> Result<Value, TokenError> {
+    let key_alg = match alg {
+        Algorithm::RS256 => KeyAlgorithm::RS256,
+        Algorithm::RS384 => KeyAlgorithm::RS384,
+        Algorithm::RS512 => KeyAlgorithm::RS512,
+        Algorithm::PS256 => KeyAlgorithm::PS256,
+        Algorithm::PS384 => KeyAlgorithm::PS384,
+        Algorithm::PS512 => KeyAlgorithm::PS512,
+        Algorithm::ES256 => KeyAlgorithm::ES256,
+        Algorithm::ES384 => KeyAlgorithm::ES384,
+        Algorithm::EdDSA => KeyAlgorithm::EdDSA,
+        _ => return Err(TokenError::UnsupportedAlgorithm),
+    };
+    let fits = match (&jwk.algorithm, alg) {
+        (AlgorithmParameters::RSA(_), Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512)
+        | (AlgorithmParameters::RSA(_), Algorithm::PS256 | Algorithm::PS384 | Algorithm::PS512) => {
+            true
+        }
+        (AlgorithmParameters::EllipticCurve(ec), Algorithm::ES256) => {
+            ec.curve == EllipticCurve::P256
+        }
+        (AlgorithmParameters::EllipticCurve(ec), Algorithm::ES384) => {
+            ec.curve == EllipticCurve::P384
+        }
+        (AlgorithmParameters::OctetKeyPair(_), Algorithm::EdDSA) => true,
+        _ => false,
+    };
+    if !fits {
+        return Err(TokenError::UnsupportedAlgorithm);
+    }
+    let mut jwk = jwk.clone();
+    jwk.common.key_algorithm = Some(key_alg);
+    jwk.common.public_key_use = None;
+    match usable_key(&jwk) {
+        Usable::Yes(k) if k.alg == alg => signed_by(raw, &k, host),
+        _ => Err(TokenError::UnsupportedAlgorithm),
+    }
 }
 
 /// The digest the host's `verify_signature` uses for `alg`; None for what it cannot check.
