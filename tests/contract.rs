@@ -234,6 +234,7 @@ fn real_tokens_verify_and_one_changed_byte_does_not() {
         issuer: &cfg.proxy.issuer,
         audiences: &[],
         leeway_seconds: 30,
+        dpop: false,
     };
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -222,7 +222,7 @@ proptest! {
     #[test]
     fn any_token_text(raw in any::<String>(), h in "[A-Za-z0-9_-]{0,80}", p in "[A-Za-z0-9_-]{0,80}", s in "[A-Za-z0-9_-]{0,80}") {
         let keys = jwks();
-        let expect = Expectations { issuer: "http://kc:8080/realms/bank", audiences: &[], leeway_seconds: 30 };
+        let expect = Expectations { issuer: "http://kc:8080/realms/bank", audiences: &[], leeway_seconds: 30 , dpop: false};
         let _ = token::verify(&raw, &keys, &expect, NOW);
         let _ = token::verify(&format!("{h}.{p}.{s}"), &keys, &expect, NOW);
         let _ = token::key_id(&raw);
@@ -233,7 +233,7 @@ proptest! {
         use base64::Engine;
         let b64 = |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
         let raw = format!("{}.{}.c2ln", b64(&hdr), b64(&payload));
-        let expect = Expectations { issuer: "http://kc:8080/realms/bank", audiences: &[], leeway_seconds: 30 };
+        let expect = Expectations { issuer: "http://kc:8080/realms/bank", audiences: &[], leeway_seconds: 30 , dpop: false};
         let _ = token::verify(&raw, &jwks(), &expect, NOW);
     }
 

@@ -171,6 +171,46 @@ pub struct ProxySettings {
     /// A request without a token on an enforced path: 401 with a Bearer challenge (RFC 6750, the
     /// default), or 403 as Keycloak's Java enforcer answers (`no-token-status`).
     pub no_token_status: u16,
+    /// Whether sender-constrained tokens (DPoP, certificate-bound) must come with their proof.
+    pub sender_constraint: SenderConstraint,
+    pub dpop: DpopSettings,
+}
+
+/// `kcpep.sender-constraint`: what the filter does with a token's `cnf` binding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SenderConstraint {
+    /// The binding is not checked: DPoP-bound tokens (`typ` DPoP) are refused as not access
+    /// tokens, certificate-bound ones are taken as bearer tokens (the behaviour before it existed).
+    Off,
+    /// A token with `cnf.jkt` needs its DPoP proof, one with `cnf.x5t#S256` its certificate.
+    IfBound,
+    /// As `IfBound`, and a token without a binding is refused.
+    Required,
+}
+
+/// `kcpep.dpop`: the proof window (Keycloak's defaults) and the DPoP scheme for unbound tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DpopSettings {
+    pub proof_lifetime_s: u32,
+    pub clock_skew_s: u32,
+    /// Whether a token without `cnf.jkt` may be sent with the `DPoP` scheme (RFC 9449 §7.1 lets a
+    /// resource server accept it; refused by default, as Keycloak's own endpoints refuse it).
+    pub accept_unbound_tokens: bool,
+    /// Slots of the replay table (shared by the VM's workers and enforcers; the largest setting
+    /// of them is used). A proof takes a slot for lifetime + skew seconds; keep the table under
+    /// half full: slots >= 2 x proofs per second x (lifetime + skew).
+    pub replay_slots: u32,
+}
+
+impl Default for DpopSettings {
+    fn default() -> Self {
+        DpopSettings {
+            proof_lifetime_s: crate::keycloak::dpop::DEFAULT_LIFETIME_S,
+            clock_skew_s: crate::keycloak::dpop::DEFAULT_SKEW_S,
+            accept_unbound_tokens: false,
+            replay_slots: 32_768,
+        }
+    }
 }
 
 /// Decision cache settings (`kcpep.decision-cache`).
@@ -770,8 +810,52 @@ fn parse_proxy(
             ))
         }
     };
+    let sender_constraint = o
+        .choice(
+            "sender-constraint",
+            &[
+                ("off", SenderConstraint::Off),
+                ("if-bound", SenderConstraint::IfBound),
+                ("required", SenderConstraint::Required),
+            ],
+        )?
+        .unwrap_or(SenderConstraint::Off);
+    let dpop = match o.object("dpop")? {
+        None => DpopSettings::default(),
+        Some(mut d) => {
+            let def = DpopSettings::default();
+            let lifetime_path = d.key_path("proof-lifetime-seconds");
+            let parsed = DpopSettings {
+                proof_lifetime_s: d
+                    .u32("proof-lifetime-seconds")?
+                    .unwrap_or(def.proof_lifetime_s),
+                clock_skew_s: d.u32("clock-skew-seconds")?.unwrap_or(def.clock_skew_s),
+                accept_unbound_tokens: d
+                    .bool("accept-unbound-tokens")?
+                    .unwrap_or(def.accept_unbound_tokens),
+                replay_slots: d.u32("replay-slots")?.unwrap_or(def.replay_slots),
+            };
+            let slots_path = d.key_path("replay-slots");
+            d.finish()?;
+            if parsed.proof_lifetime_s == 0 || parsed.proof_lifetime_s > 3600 {
+                return Err(ConfigError::new(
+                    &lifetime_path,
+                    "expected 1 to 3600 seconds",
+                ));
+            }
+            if !(64..=1 << 20).contains(&parsed.replay_slots) {
+                return Err(ConfigError::new(
+                    &slots_path,
+                    "expected 64 to 1048576 slots",
+                ));
+            }
+            parsed
+        }
+    };
     o.finish()?;
     Ok(ProxySettings {
+        sender_constraint,
+        dpop,
         cluster,
         authority,
         timeout_ms,

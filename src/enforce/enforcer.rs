@@ -3,7 +3,8 @@
 //! fetch schedule, the tokens it verified). `decide`, `resume` and `explain` are its methods; each
 //! call gets only the request, the store and the time.
 
-use crate::config::EnforcerConfig;
+use crate::config::{EnforcerConfig, SenderConstraint};
+use crate::enforce::binding::{self, Presented, Refusal};
 use crate::enforce::step::{Credential, Pending, RequestFacts, Step};
 use crate::enforce::{self, Explanation};
 use crate::keycloak::background::{Background, Fetch};
@@ -11,6 +12,7 @@ use crate::keycloak::knowledge::Knowledge;
 use crate::keycloak::token::{self, BearerError, Expectations, HostVerifier, Token, TokenError};
 use crate::keycloak::verified::VerifiedTokens;
 use crate::store::DecisionStore;
+use crate::store::{FirstUse, ReplayGuard};
 use crate::wire::http::{Answer, HttpRequest};
 use std::cell::{RefCell, RefMut};
 use std::rc::Rc;
@@ -74,6 +76,8 @@ pub enum Cred {
     Malformed(BearerError),
     Invalid(TokenError),
     Unverifiable,
+    /// A valid token whose binding (DPoP proof, client certificate) failed.
+    Refused(Refusal),
     Valid(String, Rc<Token>),
 }
 
@@ -84,6 +88,7 @@ impl Cred {
             Cred::Malformed(e) => Credential::Malformed(*e),
             Cred::Invalid(e) => Credential::Invalid(e.clone()),
             Cred::Unverifiable => Credential::Unverifiable,
+            Cred::Refused(r) => Credential::Refused(*r),
             Cred::Valid(raw, token) => Credential::Valid { raw, token },
         }
     }
@@ -100,6 +105,8 @@ pub struct VerifyProfile {
     clock_skew_seconds: u32,
     keys_from: (String, String, String),
     all_claims: bool,
+    /// Whether DPoP-typed tokens are access tokens here (they are verified differently).
+    dpop: bool,
 }
 
 impl VerifyProfile {
@@ -114,6 +121,7 @@ impl VerifyProfile {
                 crate::keycloak::uma::jwks_request(config).path,
             ),
             all_claims: config.has_claim_providers(),
+            dpop: config.proxy.sender_constraint != SenderConstraint::Off,
         }
     }
 }
@@ -217,43 +225,121 @@ impl Enforcer {
         let verified = l.verified.borrow();
         let id = verified.id(raw);
         let leeway = i64::from(cfg.proxy.clock_skew_seconds);
-        verified.get(id, now_ms / 1000, leeway).map(|_| id)
+        let t = verified.get(id, now_ms / 1000, leeway)?;
+        // a bound token is checked with its proof on every request
+        let shortcut =
+            cfg.proxy.sender_constraint == SenderConstraint::Off || !binding::is_bound(t);
+        shortcut.then_some(id)
     }
 
-    /// The request's credential from its `Authorization` values: the bearer token verified
-    /// against the realm's keys (or found among the tokens verified before, until their `exp`),
-    /// with its lookup id when valid (the memo key's identity). An unknown signing key asks for
-    /// the realm's keys again.
+    /// The request's credential from its `Authorization` values: the token verified against the
+    /// realm's keys (or found among the tokens verified before, until their `exp`), its binding
+    /// checked where `sender-constraint` asks (`binding`: what came with it; `None` is nothing,
+    /// so a bound token is refused), with its lookup id when valid and unbound (the memo key's
+    /// identity: a bound token is checked on every request). An unknown signing key asks for the
+    /// realm's keys again.
     pub fn check_credential(
         &self,
         authorization: &[&[u8]],
         now_ms: i64,
         host: Option<HostVerifier>,
+        binding: Option<Binding<'_>>,
     ) -> (Cred, Option<u128>) {
         let cfg = &self.config;
-        let raw = match token::bearer(authorization, cfg.proxy.max_token_bytes as usize) {
-            Ok(None) => return (Cred::Anonymous, None),
-            Err(e) => return (Cred::Malformed(e), None),
-            Ok(Some(raw)) => raw.to_string(),
+        let mode = cfg.proxy.sender_constraint;
+        let max = cfg.proxy.max_token_bytes as usize;
+        let (scheme, raw) =
+            match token::credential(authorization, max, mode != SenderConstraint::Off) {
+                Ok(None) => return (Cred::Anonymous, None),
+                Err(e) => return (Cred::Malformed(e), None),
+                Ok(Some((scheme, raw))) => (scheme, raw.to_string()),
+            };
+        let (token, id) = match self.verified_token(&raw, now_ms, host) {
+            Ok(found) => found,
+            Err(cred) => return (cred, None),
         };
+        if mode == SenderConstraint::Off {
+            return (Cred::Valid(raw, token), Some(id));
+        }
+        let no_proofs: [&[u8]; 0] = [];
+        let (presented, replay) = match binding {
+            Some(b) => (
+                Presented {
+                    scheme,
+                    proofs: b.proofs,
+                    method: b.method,
+                    url: b.url,
+                    client_cert_sha256: b.client_cert_sha256,
+                },
+                Some(b.replay),
+            ),
+            None => (
+                Presented {
+                    scheme,
+                    proofs: &no_proofs,
+                    method: "",
+                    url: "",
+                    client_cert_sha256: None,
+                },
+                None,
+            ),
+        };
+        let checked = binding::check(
+            mode,
+            &cfg.proxy.dpop,
+            &token,
+            &raw,
+            &presented,
+            now_ms / 1000,
+            host,
+        );
+        let first = match (checked, replay) {
+            (Err(r), _) => return (Cred::Refused(r), None),
+            (Ok(None), _) => FirstUse::First,
+            (Ok(Some(proof)), Some(replay)) => replay.first_use(
+                &proof.replay_key,
+                proof.usable_until.saturating_mul(1000),
+                now_ms,
+            ),
+            (Ok(Some(_)), None) => FirstUse::Full,
+        };
+        match first {
+            FirstUse::First => {
+                let memo = (!binding::is_bound(&token)).then_some(id);
+                (Cred::Valid(raw, token), memo)
+            }
+            FirstUse::Replayed => (Cred::Refused(Refusal::replayed()), None),
+            FirstUse::Full => (Cred::Refused(Refusal::replay_table_full()), None),
+        }
+    }
+
+    /// A token verified now or before, with its lookup id; else what the credential is.
+    fn verified_token(
+        &self,
+        raw: &str,
+        now_ms: i64,
+        host: Option<HostVerifier>,
+    ) -> Result<(Rc<Token>, u128), Cred> {
+        let cfg = &self.config;
         let now = now_ms / 1000;
         let leeway = i64::from(cfg.proxy.clock_skew_seconds);
         let mut l = self.learnt.borrow_mut();
         let verified = Rc::clone(&l.verified);
         let mut verified = verified.borrow_mut();
-        let id = verified.id(&raw);
+        let id = verified.id(raw);
         if let Some(t) = verified.get(id, now, leeway) {
-            return (Cred::Valid(raw, Rc::clone(t)), Some(id));
+            return Ok((Rc::clone(t), id));
         }
         let Some(jwks) = l.background.jwks.as_ref() else {
-            return (Cred::Unverifiable, None);
+            return Err(Cred::Unverifiable);
         };
         let expect = Expectations {
             issuer: &cfg.proxy.issuer,
             audiences: &cfg.proxy.audiences,
             leeway_seconds: u64::from(cfg.proxy.clock_skew_seconds),
+            dpop: cfg.proxy.sender_constraint != SenderConstraint::Off,
         };
-        match token::verify_with(&raw, jwks, &expect, now, host) {
+        match token::verify_with(raw, jwks, &expect, now, host) {
             Ok(t) => {
                 let t = Rc::new(if self.keep_all_claims {
                     t
@@ -263,18 +349,29 @@ impl Enforcer {
                 if verified.keys_digest() == l.keys_digest {
                     verified.insert(id, Rc::clone(&t), now);
                 }
-                (Cred::Valid(raw, t), Some(id))
+                Ok((t, id))
             }
             // nothing could check it: unverified, never an allow (503)
-            Err(TokenError::NoVerifier) => (Cred::Unverifiable, None),
+            Err(TokenError::NoVerifier) => Err(Cred::Unverifiable),
             Err(e) => {
                 if matches!(e, TokenError::UnknownKey(_)) {
                     l.background.want_jwks();
                 }
-                (Cred::Invalid(e), None)
+                Err(Cred::Invalid(e))
             }
         }
     }
+}
+
+/// What came with a request's token, for its binding: the `DPoP` header values, the request's
+/// method and URL as the client used them, the connection's client certificate, and the table
+/// that remembers proofs across workers.
+pub struct Binding<'a> {
+    pub proofs: &'a [&'a [u8]],
+    pub method: &'a str,
+    pub url: &'a str,
+    pub client_cert_sha256: Option<[u8; 32]>,
+    pub replay: &'a mut dyn ReplayGuard,
 }
 
 #[cfg(test)]
@@ -300,7 +397,7 @@ mod tests {
 
     fn roles_seen(e: &Enforcer, raw: &str) -> Option<Value> {
         let header = format!("Bearer {raw}");
-        let (cred, _) = e.check_credential(&[header.as_bytes()], NOW * 1000, None);
+        let (cred, _) = e.check_credential(&[header.as_bytes()], NOW * 1000, None, None);
         let Cred::Valid(_, t) = cred else {
             panic!("not valid")
         };
@@ -338,7 +435,7 @@ mod tests {
         for e in &all {
             e.learnt().background.jwks = Some(jwks());
         }
-        let (cred, id) = all[0].check_credential(&[header.as_bytes()], NOW * 1000, None);
+        let (cred, id) = all[0].check_credential(&[header.as_bytes()], NOW * 1000, None, None);
         assert!(matches!(cred, Cred::Valid(..)) && id.is_some());
         let known: Vec<bool> = all
             .iter()
@@ -358,16 +455,186 @@ mod tests {
         load(&all[1]);
         assert_eq!(all[0].verified_id(&[header.as_bytes()], NOW * 1000), None);
         // The other one, still on the keys it had, verifies but does not remember for the group.
-        let (cred, _) = all[0].check_credential(&[header.as_bytes()], NOW * 1000, None);
+        let (cred, _) = all[0].check_credential(&[header.as_bytes()], NOW * 1000, None, None);
         assert!(matches!(cred, Cred::Valid(..)));
         assert_eq!(all[1].verified_id(&[header.as_bytes()], NOW * 1000), None);
         // Once it loads the same set, the group's store is kept and shared again.
         load(&all[1]);
         load(&all[0]);
-        all[0].check_credential(&[header.as_bytes()], NOW * 1000, None);
+        all[0].check_credential(&[header.as_bytes()], NOW * 1000, None, None);
         load(&all[0]);
         assert!(all[1]
             .verified_id(&[header.as_bytes()], NOW * 1000)
             .is_some());
+    }
+
+    fn bound_enforcer(mode: &str, accept_unbound: bool) -> Enforcer {
+        let mut e = enforcer(false);
+        let v = json!({"realm": "bank", "auth-server-url": "http://kc", "resource": "bank-api",
+            "credentials": {"secret": "s"},
+            "kcpep": {"sender-constraint": mode, "issuer": ISSUER,
+                      "dpop": {"accept-unbound-tokens": accept_unbound}},
+            "policy-enforcer": {"paths": [{"path": "/account/*"}]}});
+        e.config = EnforcerConfig::from_value(&v, "").unwrap();
+        let e = Enforcer::new("e".into(), e.config);
+        e.learnt().background.jwks = Some(jwks());
+        e
+    }
+
+    const URL: &str = "https://bank.example/account/1";
+
+    /// A token bound to the test client's key (`cnf.jkt`), and a proof for `url` with `jti`.
+    fn dpop_token() -> String {
+        let mut c = claims();
+        c["typ"] = json!("DPoP");
+        c["cnf"] = json!({"jkt": crate::keycloak::dpop::tests::client_thumbprint()});
+        sign_rs256(&c)
+    }
+
+    fn proof(token: &str, jti: &str, url: &str) -> String {
+        crate::keycloak::dpop::tests::proof_for(token, "GET", url, jti, NOW)
+    }
+
+    fn presented(
+        e: &Enforcer,
+        scheme: &str,
+        token: &str,
+        proofs: &[&str],
+        replay: &mut crate::store::LocalReplay,
+    ) -> (Cred, Option<u128>) {
+        let header = format!("{scheme} {token}");
+        let proofs: Vec<&[u8]> = proofs.iter().map(|p| p.as_bytes()).collect();
+        let binding = Binding {
+            proofs: &proofs,
+            method: "GET",
+            url: URL,
+            client_cert_sha256: None,
+            replay,
+        };
+        e.check_credential(&[header.as_bytes()], NOW * 1000, None, Some(binding))
+    }
+
+    fn refusal(c: &Cred) -> Option<&'static str> {
+        match c {
+            Cred::Refused(r) => Some(r.counter),
+            Cred::Valid(..) => None,
+            _ => Some("not a binding refusal"),
+        }
+    }
+
+    #[test]
+    fn a_dpop_bound_token_passes_only_with_a_fresh_proof_every_time() {
+        let e = bound_enforcer("if-bound", false);
+        let mut replay = crate::store::LocalReplay::default();
+        let tok = dpop_token();
+        for round in ["verified", "remembered"] {
+            let jti = format!("jti-{round}");
+            let (cred, memo) = presented(&e, "DPoP", &tok, &[&proof(&tok, &jti, URL)], &mut replay);
+            assert_eq!(refusal(&cred), None, "{round}");
+            assert_eq!(memo, None, "a bound token never takes the memo");
+            // the memo's shortcut refuses it too
+            assert_eq!(
+                e.verified_id(&[format!("Bearer {tok}").as_bytes()], NOW * 1000),
+                None
+            );
+            let (cred, _) = presented(&e, "DPoP", &tok, &[&proof(&tok, &jti, URL)], &mut replay);
+            assert_eq!(refusal(&cred), Some("replay"), "{round}");
+        }
+        let cases: [(&str, Vec<String>, &str); 5] = [
+            (
+                "Bearer",
+                vec![proof(&tok, "b", URL)],
+                "dpop_token_as_bearer",
+            ),
+            ("DPoP", vec![], "missing"),
+            (
+                "DPoP",
+                vec![proof(&tok, "c", "https://bank.example/other")],
+                "htu",
+            ),
+            ("DPoP", vec![proof("another token", "d", URL)], "ath"),
+            (
+                "DPoP",
+                vec![proof(&tok, "e", URL), proof(&tok, "f", URL)],
+                "multiple",
+            ),
+        ];
+        for (scheme, proofs, why) in cases {
+            let proofs: Vec<&str> = proofs.iter().map(String::as_str).collect();
+            let (cred, _) = presented(&e, scheme, &tok, &proofs, &mut replay);
+            assert_eq!(refusal(&cred), Some(why), "{scheme} {why}");
+        }
+        // off: the binding is not checked and a DPoP-typed token is no access token
+        let off = bound_enforcer("off", false);
+        let (cred, _) = presented(&off, "Bearer", &tok, &[], &mut replay);
+        assert!(matches!(cred, Cred::Invalid(TokenError::WrongType)));
+    }
+
+    #[test]
+    fn unbound_tokens_follow_the_mode() {
+        let plain = sign_rs256(&claims());
+        let mut replay = crate::store::LocalReplay::default();
+        let if_bound = bound_enforcer("if-bound", false);
+        let (cred, memo) = presented(&if_bound, "Bearer", &plain, &[], &mut replay);
+        assert_eq!(refusal(&cred), None);
+        assert!(memo.is_some(), "an unbound token keeps the memo");
+        let (cred, _) = presented(
+            &if_bound,
+            "DPoP",
+            &plain,
+            &[&proof(&plain, "u1", URL)],
+            &mut replay,
+        );
+        assert_eq!(refusal(&cred), Some("unbound_token_as_dpop"));
+        let accepting = bound_enforcer("if-bound", true);
+        let (cred, _) = presented(
+            &accepting,
+            "DPoP",
+            &plain,
+            &[&proof(&plain, "u2", URL)],
+            &mut replay,
+        );
+        assert_eq!(refusal(&cred), None);
+        let (cred, _) = presented(&accepting, "DPoP", &plain, &[], &mut replay);
+        assert_eq!(
+            refusal(&cred),
+            Some("missing"),
+            "the DPoP scheme still needs its proof"
+        );
+        let required = bound_enforcer("required", false);
+        let (cred, _) = presented(&required, "Bearer", &plain, &[], &mut replay);
+        assert_eq!(refusal(&cred), Some("unbound"));
+    }
+
+    #[test]
+    fn a_certificate_bound_token_needs_its_certificate() {
+        use base64::Engine;
+        let cert = [9u8; 32];
+        let mut c = claims();
+        c["cnf"] =
+            json!({"x5t#S256": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(cert)});
+        let tok = sign_rs256(&c);
+        let e = bound_enforcer("if-bound", false);
+        let header = format!("Bearer {tok}");
+        let with = |digest: Option<[u8; 32]>| {
+            let mut replay = crate::store::LocalReplay::default();
+            let binding = Binding {
+                proofs: &[],
+                method: "GET",
+                url: URL,
+                client_cert_sha256: digest,
+                replay: &mut replay,
+            };
+            let (cred, _) =
+                e.check_credential(&[header.as_bytes()], NOW * 1000, None, Some(binding));
+            refusal(&cred)
+        };
+        assert_eq!(with(Some(cert)), None);
+        assert_eq!(with(Some([8u8; 32])), Some("certificate_mismatch"));
+        assert_eq!(with(None), Some("certificate_missing"));
+        // Off: taken as a bearer token (the behaviour before sender constraints)
+        let off = bound_enforcer("off", false);
+        let (cred, _) = off.check_credential(&[header.as_bytes()], NOW * 1000, None, None);
+        assert_eq!(refusal(&cred), None);
     }
 }

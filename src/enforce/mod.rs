@@ -6,6 +6,7 @@
 //! A verdict that needs Keycloak is data: [`Step::Call`] carries the exact request and a
 //! [`Pending`] continuation that turns Keycloak's answer into the next step.
 
+pub mod binding;
 pub(crate) mod claims;
 pub mod enforcer;
 pub mod gate;
@@ -176,6 +177,7 @@ fn decide_inner(j: &mut Judge) -> Step {
         }
         Credential::Malformed(e) => return unauthorized(cfg, Some(e.describe())),
         Credential::Invalid(e) => return unauthorized(cfg, Some(e.describe())),
+        Credential::Refused(r) => return replies::binding_refused(cfg, r),
         Credential::Unverifiable => {
             return keycloak_unavailable(
                 cfg,

@@ -110,6 +110,23 @@ pub(crate) fn unauthorized(cfg: &EnforcerConfig, error: Option<&str>) -> Step {
     })
 }
 
+/// A token whose sender constraint failed: 401 with the DPoP or Bearer challenge RFC 9449 and
+/// RFC 6750 give.
+pub(crate) fn binding_refused(cfg: &EnforcerConfig, r: &crate::enforce::binding::Refusal) -> Step {
+    Step::Reply(Reply {
+        status: 401,
+        headers: vec![(
+            "www-authenticate".into(),
+            crate::enforce::binding::challenge(r, &cfg.realm),
+        )],
+        body: "Unauthorized".into(),
+        reason: r.reason.to_string(),
+        cache: CacheUse::None,
+        path: None,
+        resource: None,
+    })
+}
+
 /// The same reply with another reason for the log line.
 pub(crate) fn with_reason(step: Step, why: &str) -> Step {
     match step {

@@ -22,6 +22,9 @@ pub enum Credential<'a> {
     Invalid(TokenError),
     /// A token that cannot be checked yet: the realm's keys are not loaded.
     Unverifiable,
+    /// A valid token whose sender constraint failed (no or a bad DPoP proof, another client
+    /// certificate): 401 with the refusal's challenge.
+    Refused(crate::enforce::binding::Refusal),
     /// A verified token, with its raw form (sent to Keycloak as `subject_token`).
     Valid { raw: &'a str, token: &'a Token },
 }

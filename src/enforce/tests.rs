@@ -45,6 +45,7 @@ fn token(extra: Value) -> T {
         issuer: ISSUER,
         audiences: &[],
         leeway_seconds: 30,
+        dpop: false,
     };
     let token = verify(&raw, &jwks(), &e, NOW).unwrap();
     T { raw, token }

@@ -7,6 +7,7 @@ use super::host;
 use super::metrics::Metrics;
 use super::root::{Parked, Plugin};
 use super::store::SharedStore;
+use crate::config::SenderConstraint;
 use crate::enforce;
 use crate::enforce::enforcer::Cred;
 use crate::enforce::replies::{body_too_large, cannot_continue};
@@ -564,7 +565,51 @@ impl HttpContext for Http {
             }
         }
         let host: Option<token::HostVerifier> = plugin.host_verify.then_some(&host::host_verify);
-        let (cred, token_id) = e.check_credential(&auth, now, host);
+        let (cred, token_id) = if e.config.proxy.sender_constraint == SenderConstraint::Off {
+            e.check_credential(&auth, now, host, None)
+        } else {
+            // What a binding is checked against: the DPoP proofs, the URL as the client used
+            // it (the scheme from the connection or a trusted proxy), the client certificate.
+            let proofs: Vec<&[u8]> = headers
+                .iter()
+                .filter(|(k, _)| k.eq_ignore_ascii_case(b"dpop"))
+                .map(|(_, v)| *v)
+                .collect();
+            let prop = |p: &[&str]| hostcalls::get_property(p.to_vec()).ok().flatten();
+            let peer = prop(&["source", "address"]).and_then(|b| String::from_utf8(b).ok());
+            let tls = prop(&["connection", "tls_version"]).is_some_and(|v| !v.is_empty());
+            let owned: Vec<(String, Vec<u8>)> = if e.config.proxy.proxy_trust.headers.is_some() {
+                headers
+                    .iter()
+                    .map(|(k, v)| (name(k).to_string(), v.to_vec()))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let secure = e
+                .config
+                .proxy
+                .proxy_trust
+                .client(peer.as_deref(), tls, &owned)
+                .secure;
+            let url = crate::enforce::binding::request_url(secure, &authority, &path);
+            let cert = prop(&["connection", "sha256_peer_certificate_digest"])
+                .and_then(|hex| crate::enforce::binding::certificate_digest(&hex));
+            let mut replay = super::store::SharedReplay {
+                slots: plugin.replay_slots,
+            };
+            let binding = crate::enforce::enforcer::Binding {
+                proofs: &proofs,
+                method: &method,
+                url: &url,
+                client_cert_sha256: cert,
+                replay: &mut replay,
+            };
+            e.check_credential(&auth, now, host, Some(binding))
+        };
+        if let Cred::Refused(r) = &cred {
+            self.metrics.binding_refused(r.counter);
+        }
         let memo_key = token_id.map(memo_key);
         let prop = |p: &str| {
             hostcalls::get_property(p.split('.').collect())

@@ -26,6 +26,8 @@ pub struct Metrics {
     errors: u32,
     timeouts: u32,
     latency: u32,
+    /// `kcpep.binding.<reason>`: refused sender constraints, per reason.
+    binding: Vec<(&'static str, u32)>,
 }
 
 const ENDPOINTS: [&str; 5] = ["token", "resource_set", "permission", "certs", "discovery"];
@@ -103,6 +105,19 @@ impl Metrics {
             errors: c("keycloak.errors"),
             timeouts: c("keycloak.timeouts"),
             latency: define(MetricType::Histogram, "kcpep.keycloak.latency_ms"),
+            binding: crate::enforce::binding::Refusal::counters()
+                .into_iter()
+                .map(|n| (n, c(&format!("binding.{n}"))))
+                .collect(),
+        }
+    }
+
+    /// A token's sender constraint refused, for `reason` (a [`Refusal`]'s counter name).
+    ///
+    /// [`Refusal`]: crate::enforce::binding::Refusal
+    pub fn binding_refused(&self, reason: &str) {
+        if let Some((_, id)) = self.binding.iter().find(|(n, _)| *n == reason) {
+            inc(*id);
         }
     }
 

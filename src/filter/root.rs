@@ -47,6 +47,8 @@ pub struct Plugin {
     pub front: super::store::FrontCache,
     /// Repeated requests straight to their cached allow (see `memo`).
     pub memo: RefCell<crate::store::memo::Memo>,
+    /// Slots of the DPoP replay table (0: no enforcer checks bindings).
+    pub replay_slots: u32,
 }
 
 pub struct Root {
@@ -343,6 +345,13 @@ impl RootContext for Root {
                 "in wasm"
             }
         );
+        let replay_slots = enforcers
+            .iter()
+            .filter(|e| e.config.proxy.sender_constraint != crate::config::SenderConstraint::Off)
+            .map(|e| e.config.proxy.dpop.replay_slots)
+            .max()
+            .unwrap_or(0);
+        super::store::create_replay_slots(replay_slots);
         self.metrics = Rc::new(Metrics::define());
         self.plugin = Some(Rc::new(Plugin {
             routes,
@@ -352,6 +361,7 @@ impl RootContext for Root {
             parked: RefCell::new(Vec::new()),
             front: RefCell::new(HashMap::new()),
             memo: RefCell::new(crate::store::memo::Memo::new(MEMO_ENTRIES)),
+            replay_slots,
         }));
         self.settled = false;
         self.adopt_shared();

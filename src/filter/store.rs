@@ -112,3 +112,55 @@ impl DecisionStore for SharedStore<'_> {
         );
     }
 }
+
+/// The DPoP replay table over shared data (rules in `store::replay`). Envoy's CAS is exact only
+/// for keys that exist, so the slots are made at configure ([`create_replay_slots`]); a proof
+/// then takes its slot with a CAS write, and of two workers racing with the same proof one write
+/// fails and that worker finds the proof on reading again.
+pub struct SharedReplay {
+    pub slots: u32,
+}
+
+/// Makes the replay table's slots that do not exist yet (each VM at configure; the first one
+/// makes them, the others find them).
+pub fn create_replay_slots(slots: u32) {
+    for n in 0..slots {
+        let key = format!("kcpep.jti.vm.{n}");
+        if let (None, None) = host::shared_get(&key) {
+            host::shared_set(&key, b"");
+        }
+    }
+}
+
+impl crate::store::ReplayGuard for SharedReplay {
+    fn first_use(&mut self, key: &[u8; 32], until_ms: i64, now_ms: i64) -> crate::store::FirstUse {
+        use crate::store::replay::{self, Slot};
+        use crate::store::FirstUse;
+        let names = replay::slot_keys("vm", key, self.slots);
+        let value = replay::encode(key, until_ms);
+        for _ in 0..4 {
+            let read: Vec<(Slot, Option<u32>)> = names
+                .iter()
+                .map(|n| {
+                    let (v, cas) = host::shared_get(n);
+                    (
+                        replay::read(v.as_ref().map(|(_, v)| v.as_slice()), key, now_ms),
+                        cas,
+                    )
+                })
+                .collect();
+            if read.iter().any(|(s, _)| *s == Slot::Same) {
+                return FirstUse::Replayed;
+            }
+            let Some((i, (_, cas))) = read.iter().enumerate().find(|(_, (s, _))| *s == Slot::Free)
+            else {
+                return FirstUse::Full;
+            };
+            match hostcalls::set_shared_data(&names[i], Some(&value), *cas) {
+                Ok(()) => return FirstUse::First,
+                Err(_) => continue, // another worker wrote the slot first: read again
+            }
+        }
+        FirstUse::Full
+    }
+}

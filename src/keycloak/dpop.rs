@@ -31,8 +31,9 @@ pub struct Expected<'a> {
     pub htu: &'a str,
     /// The access token the proof must name (`ath`).
     pub access_token: &'a str,
-    /// `cnf.jkt` of the access token: the thumbprint of the key that must have signed the proof.
-    pub jkt: &'a str,
+    /// `cnf.jkt` of the access token: the thumbprint of the key that must have signed the proof
+    /// (`None`: an unbound token with the DPoP scheme, where the configuration accepts it).
+    pub jkt: Option<&'a str>,
     pub now: i64,
     pub lifetime_s: u32,
     pub skew_s: u32,
@@ -242,6 +243,18 @@ impl Url {
     }
 }
 
+/// The proof algorithms this build checks (the `algs` of a DPoP challenge): the host's
+/// `verify_signature` checks PKCS#1 RSA and ECDSA; RSA-PSS and EdDSA need the `rust-crypto` build.
+pub fn algorithms() -> &'static [&'static str] {
+    if cfg!(feature = "rust-crypto") {
+        &[
+            "ES256", "ES384", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "EdDSA",
+        ]
+    } else {
+        &["ES256", "ES384", "RS256", "RS384", "RS512"]
+    }
+}
+
 /// Checks the request's `DPoP` header values against what the request and its token imply.
 pub fn check(
     values: &[&[u8]],
@@ -332,8 +345,10 @@ pub fn check(
         }
         Some(_) => {}
     }
-    if thumbprint(jwk_value).as_deref() != Some(expected.jkt) {
-        return Err(ProofError::WrongKey);
+    if let Some(jkt) = expected.jkt {
+        if thumbprint(jwk_value).as_deref() != Some(jkt) {
+            return Err(ProofError::WrongKey);
+        }
     }
     let mut h = Sha256::new();
     h.update(jti.as_bytes());
@@ -444,6 +459,20 @@ pub(crate) mod tests {
 
     const NOW: i64 = 1_800_000_000;
     const URL: &str = "https://bank.example/account/1";
+
+    /// The thumbprint of the test client's key (a token's `cnf.jkt`).
+    pub(crate) fn client_thumbprint() -> String {
+        thumbprint(&client_jwk()).unwrap()
+    }
+
+    /// A good proof by the test client for a request and a token.
+    pub(crate) fn proof_for(token: &str, method: &str, url: &str, jti: &str, iat: i64) -> String {
+        sign(
+            &json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": client_jwk()}),
+            &json!({"jti": jti, "htm": method, "htu": url, "iat": iat,
+                    "ath": access_token_hash(token)}),
+        )
+    }
     const TOKEN: &str = "eyJ.access.token";
 
     fn header() -> Value {
@@ -460,7 +489,7 @@ pub(crate) mod tests {
             method: "GET",
             htu: URL,
             access_token: TOKEN,
-            jkt,
+            jkt: Some(jkt),
             now: NOW,
             lifetime_s: DEFAULT_LIFETIME_S,
             skew_s: DEFAULT_SKEW_S,

@@ -55,15 +55,50 @@ pub fn bearer<'a>(values: &[&'a [u8]], max_len: usize) -> Result<Option<&'a str>
     }
 }
 
+/// How a token was presented: `Bearer` (RFC 6750) or `DPoP` (RFC 9449 §7.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Bearer,
+    DPoP,
+}
+
+/// As [`bearer`], and when `dpop` also `DPoP <token>` (the scheme in any case): the token and
+/// the scheme it came with.
+pub fn credential<'a>(
+    values: &[&'a [u8]],
+    max_len: usize,
+    dpop: bool,
+) -> Result<Option<(Scheme, &'a str)>, BearerError> {
+    if let ([one], true) = (values, dpop) {
+        let word = one
+            .split(|b| b.is_ascii_whitespace())
+            .next()
+            .unwrap_or_default();
+        if word.eq_ignore_ascii_case(b"dpop") {
+            return read_credential(one, max_len, "dpop").map(|t| t.map(|t| (Scheme::DPoP, t)));
+        }
+    }
+    bearer(values, max_len).map(|t| t.map(|t| (Scheme::Bearer, t)))
+}
+
 /// Any one `Authorization` value, read in full (RFC 6750 section 2.1).
 fn read_bearer(value: &[u8], max_len: usize) -> Result<Option<&str>, BearerError> {
+    read_credential(value, max_len, "bearer")
+}
+
+/// One `Authorization` value of `scheme` (lower case) with a b64token.
+fn read_credential<'a>(
+    value: &'a [u8],
+    max_len: usize,
+    scheme_name: &str,
+) -> Result<Option<&'a str>, BearerError> {
     let text = std::str::from_utf8(value).map_err(|_| BearerError::BadSyntax)?;
     let mut parts = text.split_ascii_whitespace();
     let (Some(scheme), Some(token), None) = (parts.next(), parts.next(), parts.next()) else {
         // `Bearer` with no token, or with more than one word, is a broken bearer credential;
         // anything else (`Basic`, a bare word) offered none.
         let scheme = text.split_ascii_whitespace().next().unwrap_or_default();
-        return Err(if scheme.eq_ignore_ascii_case("bearer") {
+        return Err(if scheme.eq_ignore_ascii_case(scheme_name) {
             BearerError::BadSyntax
         } else if text.trim().is_empty() || !text.contains(' ') {
             BearerError::NotBearer
@@ -71,7 +106,7 @@ fn read_bearer(value: &[u8], max_len: usize) -> Result<Option<&str>, BearerError
             BearerError::BadSyntax
         });
     };
-    if !scheme.eq_ignore_ascii_case("bearer") {
+    if !scheme.eq_ignore_ascii_case(scheme_name) {
         return Err(BearerError::NotBearer);
     }
     if token.len() > max_len {
@@ -298,6 +333,9 @@ pub struct Expectations<'a> {
     pub issuer: &'a str,
     pub audiences: &'a [String],
     pub leeway_seconds: u64,
+    /// Whether a DPoP-bound access token (`typ` DPoP) is an access token here: only where the
+    /// binding is checked (`sender-constraint` other than `off`).
+    pub dpop: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -367,7 +405,7 @@ impl Token {
         self.claims.get("sub").and_then(Value::as_str)
     }
 
-    /// The claims decisions read (`aud`, `sub`, `authorization`) and nothing else: a Keycloak
+    /// The claims decisions read (`aud`, `sub`, `authorization`, `cnf`) and nothing else: a Keycloak
     /// access token's claims take about 5 KB parsed, the rest of them is never read by an
     /// enforcer without a claim information point, and every enforcer of every VM remembers up
     /// to [`crate::enforce::enforcer::VERIFIED_TOKENS`] tokens.
@@ -384,8 +422,9 @@ impl Token {
     }
 }
 
-/// What [`Token::keep_decision_claims`] keeps.
-const DECISION_CLAIMS: [&str; 3] = ["aud", "sub", "authorization"];
+/// What [`Token::keep_decision_claims`] keeps: `cnf` too, the binding checked on every request
+/// (a remembered token without it would pass as unbound).
+const DECISION_CLAIMS: [&str; 4] = ["aud", "sub", "authorization", "cnf"];
 
 /// The key id of a token, read without verification (to decide whether the JWKS must be refetched).
 pub fn key_id(raw: &str) -> Option<String> {
@@ -612,7 +651,8 @@ fn check_claims(
     }
     if let Some(typ) = claims.get("typ").and_then(Value::as_str) {
         // Keycloak marks ID and refresh tokens; only access tokens (and RPTs) authorize requests.
-        if !typ.eq_ignore_ascii_case("bearer") {
+        let access = typ.eq_ignore_ascii_case("bearer") || (expect.dpop && typ == "DPoP");
+        if !access {
             return Err(TokenError::WrongType);
         }
     }
@@ -684,6 +724,7 @@ pub(crate) mod tests {
             issuer: ISSUER,
             audiences: &[],
             leeway_seconds: 30,
+            dpop: false,
         }
     }
 

@@ -52,7 +52,10 @@ pub fn run(o: &Options) -> Result<ExitCode> {
         .as_deref()
         .map(crate::read_token_file)
         .transpose()?;
-    let authorization = raw_token.as_ref().map(|t| format!("Bearer {t}"));
+    // A DPoP proof given with --header DPoP:... goes with the DPoP scheme.
+    let has_proof = headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("dpop"));
+    let scheme = if has_proof { "DPoP" } else { "Bearer" };
+    let authorization = raw_token.as_ref().map(|t| format!("{scheme} {t}"));
     if let Some(a) = &authorization {
         headers.push(("authorization".into(), a.clone().into_bytes()));
     }
@@ -70,7 +73,28 @@ pub fn run(o: &Options) -> Result<ExitCode> {
     let start_calls = log.len();
     let explained = enforcer.explain(&o.method, &o.path);
     let auth: Vec<&[u8]> = authorization.iter().map(|a| a.as_bytes()).collect();
-    let (cred, _) = enforcer.check_credential(&auth, now_ms(), None);
+    let proofs: Vec<&[u8]> = headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("dpop"))
+        .map(|(_, v)| v.as_slice())
+        .collect();
+    let authority = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("host"))
+        .map_or_else(
+            || "localhost".to_string(),
+            |(_, v)| String::from_utf8_lossy(v).into_owned(),
+        );
+    let url = keycloak_pep::enforce::binding::request_url(false, &authority, &o.path);
+    let mut replay = keycloak_pep::store::LocalReplay::default();
+    let binding = keycloak_pep::enforce::enforcer::Binding {
+        proofs: &proofs,
+        method: &o.method,
+        url: &url,
+        client_cert_sha256: None,
+        replay: &mut replay,
+    };
+    let (cred, _) = enforcer.check_credential(&auth, now_ms(), None, Some(binding));
     let token_trace = token_trace(&cred, raw_token.as_deref());
 
     let view = RequestView {
@@ -165,6 +189,7 @@ fn token_trace(cred: &Cred, raw: Option<&str>) -> Value {
         Cred::Malformed(e) => json!({"check": format!("malformed: {e:?}")}),
         Cred::Invalid(e) => json!({"check": format!("invalid: {}", e.describe()), "kid": kid}),
         Cred::Unverifiable => json!({"check": "not verifiable (no realm keys)", "kid": kid}),
+        Cred::Refused(r) => json!({"check": format!("binding refused: {}", r.reason), "kid": kid}),
         Cred::Valid(_, t) => {
             let c = unverified_claims(raw.unwrap_or_default());
             json!({
