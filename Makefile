@@ -49,11 +49,11 @@ unit:
 abi: $(WASM) $(WASM_RUST_CRYPTO)
 	cargo test --test abi --test host_selftest
 
-E2E_TESTS := --test contract --test e2e --test claims --test hostile --test hostile_requests --test replay --test reload --test oracle --test outage --test manifests --test operator
+E2E_TESTS := --test contract --test e2e --test claims --test hostile --test hostile_requests --test replay --test reload --test oracle --test outage --test manifests --test operator --test binding
 
 e2e: $(WASM)
 	cargo test --features e2e $(E2E_TESTS) --no-run
-	scripts/stack.sh test -- bash -c 'cargo test --features e2e --test manifests --test oracle --test contract --test e2e --test claims --test hostile --test hostile_requests --test replay --test reload --test operator -- --test-threads=1 && cargo test --features e2e --test outage'
+	scripts/stack.sh test -- bash -c 'cargo test --features e2e --test manifests --test oracle --test contract --test e2e --test claims --test hostile --test hostile_requests --test replay --test reload --test operator --test binding -- --test-threads=1 && cargo test --features e2e --test outage'
 
 # tests/fuzz.rs' property runs over every parser, with many more cases than make test gives them.
 fuzz:

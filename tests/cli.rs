@@ -103,3 +103,35 @@ fn a_refused_configuration_exits_1_with_its_json_path() {
     assert_eq!(o.status.code(), Some(1));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn check_explains_the_sender_constraint_and_refuses_a_bad_one() {
+    let dir = std::env::temp_dir().join(format!("kcpep-cli-sc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(EXAMPLE).unwrap()).unwrap();
+    let file = dir.join("sc.json");
+    let check = |v: &serde_json::Value| {
+        std::fs::write(&file, v.to_string()).unwrap();
+        kcpep(&["check", "--config", file.to_str().unwrap()])
+    };
+    let plain = check(&v);
+    assert!(
+        !text(&plain).contains("sender-constraint"),
+        "{}",
+        text(&plain)
+    );
+    v["kcpep"]["sender-constraint"] = "if-bound".into();
+    let o = check(&v);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        text(&o).contains("sender-constraint if-bound: a cnf.jkt token needs the DPoP scheme"),
+        "{}",
+        text(&o)
+    );
+    v["kcpep"]["dpop"] = serde_json::json!({"replay-slots": 3});
+    let o = check(&v);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("kcpep.dpop.replay-slots"), "{}", text(&o));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

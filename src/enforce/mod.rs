@@ -38,6 +38,10 @@ use crate::wire::http::Answer;
 use crate::wire::permission::{permissions_header_value, Permission};
 use std::rc::Rc;
 
+/// Why a DPoP-bound token with a valid proof still gets 403 from a decision that needs Keycloak.
+pub const DPOP_NOT_EVALUATED: &str =
+    "Keycloak does not evaluate permissions for DPoP-bound tokens (UMA grant: Invalid identity)";
+
 /// What `explain` reports: the path match alone, without any token or server.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Explanation {
@@ -387,7 +391,16 @@ fn resume_inner(j: &mut Judge, pending: Pending, answer: Answer) -> Step {
                 }
                 UmaOutcome::InvalidSubject => {
                     release(j.store, cached.as_ref());
-                    unauthorized(cfg, Some("token refused by Keycloak"))
+                    let dpop_bound = matches!(&j.req.credential,
+                        Credential::Valid { token, .. } if binding::bindings(token).0.is_some());
+                    if dpop_bound {
+                        // Keycloak (26.7) evaluates no permission for a DPoP-bound access token,
+                        // whoever asks and with whatever proof (docs/configuration.md): the token
+                        // and its proof are good, so this is no 401, and nothing is granted.
+                        forbidden(DPOP_NOT_EVALUATED)
+                    } else {
+                        unauthorized(cfg, Some("token refused by Keycloak"))
+                    }
                 }
                 UmaOutcome::Unavailable(why) => {
                     if let Some(Claim {

@@ -157,5 +157,37 @@ pub fn notes(e: &keycloak_pep::config::EnforcerConfig) -> Vec<String> {
     if !e.proxy.decision_cache.enabled() {
         out.push("decision cache off: every request asks Keycloak".into());
     }
+    out.extend(sender_constraint_note(&e.proxy));
     out
+}
+
+/// What `sender-constraint` does with this enforcer's tokens (docs/configuration.md).
+fn sender_constraint_note(p: &keycloak_pep::config::ProxySettings) -> Option<String> {
+    use keycloak_pep::config::SenderConstraint;
+    let d = &p.dpop;
+    let dpop = format!(
+        "DPoP proofs: iat within {} s (+{} s skew), each taken once across the VM's workers ({} replay slots); the URL's scheme is {}",
+        d.proof_lifetime_s,
+        d.clock_skew_s,
+        d.replay_slots,
+        if p.proxy_trust.headers.is_some() {
+            "the connection's, or X-Forwarded-Proto/Forwarded from trusted-proxies"
+        } else {
+            "the connection's (behind a TLS-terminating proxy set proxy-headers and trusted-proxies)"
+        }
+    );
+    let unbound_dpop = if d.accept_unbound_tokens {
+        "an unbound token may come with the DPoP scheme and a valid proof"
+    } else {
+        "an unbound token with the DPoP scheme is refused"
+    };
+    match p.sender_constraint {
+        SenderConstraint::Off => None,
+        SenderConstraint::IfBound => Some(format!(
+            "sender-constraint if-bound: a cnf.jkt token needs the DPoP scheme and its proof, a cnf.x5t#S256 token its client certificate; unbound tokens are bearer tokens and {unbound_dpop}. {dpop}. Keycloak 26.7 evaluates no permission for DPoP-bound tokens: with a good proof, paths that need a decision answer 403"
+        )),
+        SenderConstraint::Required => Some(format!(
+            "sender-constraint required: tokens without a binding are refused; a cnf.jkt token needs the DPoP scheme and its proof, a cnf.x5t#S256 token its client certificate; {unbound_dpop}. {dpop}. Keycloak 26.7 evaluates no permission for DPoP-bound tokens: with a good proof, paths that need a decision answer 403"
+        )),
+    }
 }

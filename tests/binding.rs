@@ -1,0 +1,381 @@
+//! Sender-constrained tokens through the real Envoy and Keycloak: DPoP-bound tokens from the
+//! realm's `demo-cli-dpop` client (Keycloak makes them at its token endpoint, with a proof), sent
+//! to the `dpop` enforcer (`sender-constraint: if-bound`, envoy/envoy.yaml). Every proof here is
+//! made by the test, as a client would, with its own P-256 key.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use base64::Engine;
+use common::*;
+use p256::ecdsa::signature::Signer;
+use p256::ecdsa::{Signature, SigningKey};
+use serde_json::{json, Value};
+use sha2::Digest;
+
+const HOST: &str = "dpop.bank.local";
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// A client's DPoP key.
+struct Client {
+    key: SigningKey,
+}
+
+impl Client {
+    fn new() -> Client {
+        Client {
+            key: SigningKey::random(&mut rand::thread_rng()),
+        }
+    }
+
+    fn jwk(&self) -> Value {
+        let point = self.key.verifying_key().to_encoded_point(false);
+        json!({"kty": "EC", "crv": "P-256",
+               "x": b64(point.x().unwrap()), "y": b64(point.y().unwrap())})
+    }
+
+    /// RFC 7638, for the EC key: `{"crv","kty","x","y"}` in that order.
+    fn thumbprint(&self) -> String {
+        let j = self.jwk();
+        let canonical = format!(
+            r#"{{"crv":"P-256","kty":"EC","x":"{}","y":"{}"}}"#,
+            j["x"].as_str().unwrap(),
+            j["y"].as_str().unwrap()
+        );
+        b64(&sha2::Sha256::digest(canonical.as_bytes()))
+    }
+
+    fn sign(&self, header: &Value, claims: &Value) -> String {
+        let input = format!(
+            "{}.{}",
+            b64(header.to_string().as_bytes()),
+            b64(claims.to_string().as_bytes())
+        );
+        let sig: Signature = self.key.sign(input.as_bytes());
+        format!("{input}.{}", b64(&sig.to_bytes()))
+    }
+
+    fn header(&self) -> Value {
+        json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": self.jwk()})
+    }
+
+    /// A proof for `method url`, naming `token` (`ath`) when given.
+    fn proof(&self, method: &str, url: &str, token: Option<&str>) -> String {
+        self.proof_with(method, url, token, |_, _| {})
+    }
+
+    fn proof_with(
+        &self,
+        method: &str,
+        url: &str,
+        token: Option<&str>,
+        change: impl FnOnce(&mut Value, &mut Value),
+    ) -> String {
+        let mut header = self.header();
+        let mut claims = json!({"jti": jti(), "htm": method, "htu": url, "iat": now()});
+        if let Some(t) = token {
+            claims["ath"] = json!(b64(&sha2::Sha256::digest(t.as_bytes())));
+        }
+        change(&mut header, &mut claims);
+        self.sign(&header, &claims)
+    }
+
+    /// A DPoP-bound access token of `user` from Keycloak (password grant of `demo-cli-dpop`,
+    /// with a proof for the token endpoint).
+    fn token(&self, user: &str) -> String {
+        let path = "/realms/bank/protocol/openid-connect/token";
+        let proof = self.proof("POST", &format!("{}{path}", keycloak()), None);
+        let form = format!(
+            "grant_type=password&client_id=demo-cli-dpop&username={user}&password=password"
+        );
+        let r = request(
+            &keycloak(),
+            "POST",
+            path,
+            &[
+                ("content-type", b"application/x-www-form-urlencoded"),
+                ("dpop", proof.as_bytes()),
+            ],
+            form.as_bytes(),
+        );
+        assert_eq!(r.status, 200, "token of {user}: {}", r.text());
+        let body = r.json();
+        assert_eq!(body["token_type"], "DPoP", "Keycloak bound it: {body}");
+        body["access_token"].as_str().unwrap().to_string()
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+fn jti() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+fn claims_of(token: &str) -> Value {
+    let payload = token.split('.').nth(1).unwrap();
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+/// The URL Envoy's client used: the test listener is plain HTTP, the host the virtual host.
+fn url(path: &str) -> String {
+    format!("http://{HOST}{path}")
+}
+
+/// `GET path` with `Authorization: <scheme> <token>` and the given `DPoP` headers.
+fn get(scheme: &str, token: &str, proofs: &[&str], path: &str) -> Response {
+    let auth = format!("{scheme} {token}");
+    let mut headers: Vec<(&str, &[u8])> = vec![("authorization", auth.as_bytes())];
+    for p in proofs {
+        headers.push(("dpop", p.as_bytes()));
+    }
+    send_to(&envoy(), "GET", HOST, path, None, &headers, b"")
+}
+
+/// The refusal the filter gave: its status, and the challenge's scheme and error.
+fn refusal(r: &Response) -> (u16, String) {
+    let challenge = r.header("www-authenticate").unwrap_or_default().to_string();
+    let scheme = challenge.split(' ').next().unwrap_or_default().to_string();
+    let error = challenge
+        .split("error=\"")
+        .nth(1)
+        .and_then(|e| e.split('"').next())
+        .unwrap_or_default();
+    (r.status, format!("{scheme} {error}"))
+}
+
+/// What Keycloak itself says when asked for the decision with this token as the subject (the
+/// filter's own request, sent directly): the oracle for the filter's answer to a good proof.
+fn keycloak_decision(token: &str) -> (u16, Value) {
+    let auth = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("bank-api:bank-api-secret")
+    );
+    let form = format!(
+        "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Auma-ticket&audience=bank-api&permission=View+Account+Resource%23account%3Aview&response_mode=decision&subject_token={token}"
+    );
+    let r = request(
+        &keycloak(),
+        "POST",
+        "/realms/bank/protocol/openid-connect/token",
+        &[
+            ("authorization", auth.as_bytes()),
+            ("content-type", b"application/x-www-form-urlencoded"),
+        ],
+        form.as_bytes(),
+    );
+    (r.status, r.json())
+}
+
+#[test]
+fn keycloak_binds_the_token_to_the_clients_key() {
+    let client = Client::new();
+    let token = client.token("owner");
+    let c = claims_of(&token);
+    assert_eq!(c["typ"], "DPoP");
+    assert_eq!(c["cnf"]["jkt"], client.thumbprint());
+}
+
+#[test]
+fn a_bound_token_with_a_good_proof_gets_what_keycloak_decides() {
+    let client = Client::new();
+    let token = client.token("owner");
+    let before = stat("kcpep.keycloak.calls.token");
+    let proof = client.proof("GET", &url("/account/1"), Some(&token));
+    let r = get("DPoP", &token, &[&proof], "/account/1");
+    let (status, body) = keycloak_decision(&token);
+    if status == 200 {
+        // a Keycloak that evaluates DPoP-bound tokens: its decision, through the filter
+        let allowed = body["result"] == json!(true);
+        assert_eq!(r.status, if allowed { 200 } else { 403 }, "{}", r.text());
+    } else {
+        // Keycloak 26.7 refuses the subject token whatever the proof (docs/configuration.md)
+        assert_eq!(
+            (status, body["error_description"].as_str()),
+            (400, Some("Invalid identity")),
+            "{body}"
+        );
+        assert_eq!(r.status, 403, "{}", r.text());
+        assert_eq!(r.header("www-authenticate"), None);
+    }
+    assert!(
+        stat("kcpep.keycloak.calls.token") > before,
+        "the proof passed: the filter asked Keycloak"
+    );
+}
+
+/// What is sent (scheme, proofs) and the refusal expected (status, challenge).
+type Case<'a> = (&'a str, &'a str, Vec<String>, (u16, String));
+
+#[test]
+fn every_broken_proof_is_refused_before_keycloak_is_asked() {
+    let client = Client::new();
+    let other = Client::new();
+    let token = client.token("owner");
+    let u = url("/account/1");
+    let before = stat("kcpep.keycloak.calls.token");
+    let refused_before = stat("kcpep.binding.iat");
+    let proof_error = (401, "DPoP invalid_dpop_proof".to_string());
+    let cases: Vec<Case> = vec![
+        (
+            "as Bearer",
+            "Bearer",
+            vec![client.proof("GET", &u, Some(&token))],
+            (401, "DPoP invalid_token".into()),
+        ),
+        ("no proof", "DPoP", vec![], proof_error.clone()),
+        (
+            "another method",
+            "DPoP",
+            vec![client.proof("POST", &u, Some(&token))],
+            proof_error.clone(),
+        ),
+        (
+            "another URL",
+            "DPoP",
+            vec![client.proof("GET", &url("/account/2"), Some(&token))],
+            proof_error.clone(),
+        ),
+        (
+            "an old iat",
+            "DPoP",
+            vec![client.proof_with("GET", &u, Some(&token), |_, c| {
+                c["iat"] = json!(now() - 120)
+            })],
+            proof_error.clone(),
+        ),
+        (
+            "another key",
+            "DPoP",
+            vec![other.proof("GET", &u, Some(&token))],
+            proof_error.clone(),
+        ),
+        (
+            "a wrong ath",
+            "DPoP",
+            vec![client.proof("GET", &u, Some("another token"))],
+            proof_error.clone(),
+        ),
+        (
+            "alg none",
+            "DPoP",
+            vec![{
+                let h = json!({"typ": "dpop+jwt", "alg": "none", "jwk": client.jwk()});
+                let c = json!({"jti": jti(), "htm": "GET", "htu": u, "iat": now(),
+                               "ath": b64(&sha2::Sha256::digest(token.as_bytes()))});
+                format!(
+                    "{}.{}.",
+                    b64(h.to_string().as_bytes()),
+                    b64(c.to_string().as_bytes())
+                )
+            }],
+            proof_error.clone(),
+        ),
+        (
+            "a private key in the proof",
+            "DPoP",
+            vec![client.proof_with("GET", &u, Some(&token), |h, _| {
+                h["jwk"]["d"] = json!(b64(&client.key.to_bytes()))
+            })],
+            proof_error.clone(),
+        ),
+        (
+            "two proofs",
+            "DPoP",
+            vec![
+                client.proof("GET", &u, Some(&token)),
+                client.proof("GET", &u, Some(&token)),
+            ],
+            proof_error.clone(),
+        ),
+    ];
+    for (what, scheme, proofs, expected) in &cases {
+        let proofs: Vec<&str> = proofs.iter().map(String::as_str).collect();
+        let r = get(scheme, &token, &proofs, "/account/1");
+        assert_eq!(&refusal(&r), expected, "{what}: {} {}", r.status, r.text());
+    }
+    assert_eq!(
+        stat("kcpep.keycloak.calls.token"),
+        before,
+        "no broken proof reached Keycloak"
+    );
+    assert!(
+        stat("kcpep.binding.iat") > refused_before,
+        "counted by reason"
+    );
+}
+
+/// Envoy's per-worker connection counters of the main listener.
+fn per_worker() -> Vec<i64> {
+    let r = request(
+        &env("KCPEP_ENVOY_ADMIN"),
+        "GET",
+        "/stats?filter=^listener\\.127\\.0\\.0\\.1_10000\\.worker_[0-9]+\\.downstream_cx_total$",
+        &[],
+        b"",
+    );
+    r.text()
+        .lines()
+        .filter_map(|l| l.split_once(": ").and_then(|(_, v)| v.trim().parse().ok()))
+        .collect()
+}
+
+#[test]
+fn a_proof_is_taken_once_on_every_worker() {
+    let client = Client::new();
+    let token = client.token("owner");
+    let proof = client.proof("GET", &url("/account/1"), Some(&token));
+    let first = get("DPoP", &token, &[&proof], "/account/1");
+    assert_ne!(first.status, 401, "the first use: {}", first.text());
+    let workers_before = per_worker();
+    assert!(workers_before.len() >= 2, "two workers: {workers_before:?}");
+    // Each request is a new connection; both workers get some of them.
+    let mut rounds = 0;
+    loop {
+        let r = get("DPoP", &token, &[&proof], "/account/1");
+        assert_eq!(
+            refusal(&r),
+            (401, "DPoP invalid_dpop_proof".to_string()),
+            "a replay: {}",
+            r.text()
+        );
+        rounds += 1;
+        let now: Vec<i64> = per_worker();
+        let both = now.iter().zip(&workers_before).all(|(n, b)| n > b);
+        if both && rounds >= 4 {
+            break;
+        }
+        assert!(
+            rounds < 64,
+            "the replays never reached both workers: {now:?}"
+        );
+    }
+}
+
+#[test]
+fn an_unbound_token_is_taken_as_bearer_and_refused_with_the_dpop_scheme() {
+    let plain = user_token("owner");
+    let r = get("Bearer", &plain, &[], "/account/1");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let client = Client::new();
+    let proof = client.proof("GET", &url("/account/1"), Some(&plain));
+    let r = get("DPoP", &plain, &[&proof], "/account/1");
+    assert_eq!(
+        refusal(&r),
+        (401, "DPoP invalid_token".to_string()),
+        "{}",
+        r.text()
+    );
+}
