@@ -5,6 +5,8 @@ The `http` claim provider of the demo realm's /branch/statement path asks it abo
 
     GET /customers?user=<name>   -> 200 {"status": "active", "segment": ["retail"]}
 
+GET /calls tells how many calls it answered and the trace headers of the last one.
+
 Tests change its answers (nothing else does):
 
     PUT /state {"user": "owner", "status": "frozen"}        that customer's status
@@ -52,6 +54,9 @@ class Handler(BaseHTTPRequestHandler):
         user = (urllib.parse.parse_qs(url.query).get("user") or [""])[0]
         with LOCK:
             CALLS["count"] += 1
+            # the trace context of the last call (W3C, B3): a claims callout carries its request's
+            CALLS["trace"] = {h: self.headers.get(h) for h in ("traceparent", "tracestate", "b3", "x-b3-traceid")
+                              if self.headers.get(h)}
             s = dict(STATE.get(user, {}))
         status = s.get("http_status", 200)
         if status != 200:

@@ -11,7 +11,8 @@ has set a fault for:
     PUT /faults {"pat": "status500"}   the client credentials grant (the PAT)
     PUT /faults {"resources": "huge"}  the protection API's resource set
     DELETE /faults                     forward everything again
-    GET /faults                        the faults set and the calls seen per kind
+    GET /faults                        the faults set, the calls seen per kind, and the trace
+                                       headers (W3C, B3) of the last call of each kind
 
 Faults: garbage (200, bytes that are not JSON), truncated (200, JSON cut short), html (200, a
 login page), empty (200, no body), huge (200, 32 MiB of JSON), slow (the real answer after
@@ -34,7 +35,9 @@ SLOW_SECONDS = float(os.environ.get("KCPEP_FAULT_SLOW_SECONDS", "5"))
 KINDS = ("uma", "jwks", "pat", "resources")
 FAULTS = ("garbage", "truncated", "html", "empty", "huge", "slow", "status500", "status502", "reset")
 
-STATE = {"faults": {}, "calls": {k: 0 for k in KINDS + ("other",)}}
+STATE = {"faults": {}, "calls": {k: 0 for k in KINDS + ("other",)}, "traces": {}}
+TRACE_HEADERS = ("traceparent", "tracestate", "b3", "x-b3-traceid", "x-b3-spanid",
+                 "x-b3-parentspanid", "x-b3-sampled", "x-b3-flags")
 LOCK = threading.Lock()
 
 
@@ -115,6 +118,7 @@ class Handler(BaseHTTPRequestHandler):
         kind = kind_of(method, self.path.split("?")[0], body)
         with LOCK:
             STATE["calls"][kind] += 1
+            STATE["traces"][kind] = {h: self.headers.get(h) for h in TRACE_HEADERS if self.headers.get(h)}
             fault = STATE["faults"].get(kind)
         if fault is None:
             return self._forward(method, body)

@@ -132,6 +132,23 @@ fn http_provider_answers_flip_the_decision() {
     assert!(stat("kcpep.claims.calls") >= calls_before + 4);
     let served = request(&env("KCPEP_CLAIMS_URL"), "GET", "/calls", &[], b"").json();
     assert!(served["count"].as_i64().unwrap() >= 4);
+    // a claims callout carries the trace context of the request it is for
+    let traceparent = format!("00-{:032x}-00f067aa0ba902b7-01", rand::random::<u128>());
+    let auth = format!("Bearer {tok}");
+    let r = request(
+        &envoy(),
+        "GET",
+        "/branch/statement",
+        &[
+            ("host", b"claims.bank.local"),
+            ("authorization", auth.as_bytes()),
+            ("traceparent", traceparent.as_bytes()),
+        ],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let served = request(&env("KCPEP_CLAIMS_URL"), "GET", "/calls", &[], b"").json();
+    assert_eq!(served["trace"]["traceparent"], traceparent.as_str(), "{served}");
 }
 
 #[test]

@@ -794,3 +794,35 @@ fn generated_path_tricks_reach_the_upstream_only_as_the_path_that_was_judged() {
         "no generated path reached the upstream: the generator is broken"
     );
 }
+
+#[test]
+fn a_keycloak_call_carries_the_trace_context_of_its_request() {
+    let tok = user_token("owner");
+    faulty_ready(&tok);
+    // a fresh trace: the faulty enforcer asks Keycloak on every request (no decision cache)
+    let trace_id = format!("{:032x}", rand::random::<u128>());
+    let traceparent = format!("00-{trace_id}-00f067aa0ba902b7-01");
+    let r = send_to(
+        &envoy(),
+        "GET",
+        "faulty.bank.local",
+        "/account/1",
+        Some(&tok),
+        &[
+            ("traceparent", traceparent.as_bytes()),
+            ("tracestate", b"kcpep=t1"),
+            ("x-b3-traceid", trace_id.as_bytes()),
+        ],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = request(&faults_url(), "GET", "/faults", &[], b"").json();
+    let uma = &seen["traces"]["uma"];
+    assert_eq!(uma["traceparent"], traceparent.as_str(), "{seen}");
+    assert_eq!(uma["tracestate"], "kcpep=t1");
+    assert_eq!(uma["x-b3-traceid"], trace_id.as_str());
+    // a request without one sends none (no stale context from another request)
+    assert_eq!(faulty(&tok).status, 200);
+    let seen = request(&faults_url(), "GET", "/faults", &[], b"").json();
+    assert_eq!(seen["traces"]["uma"], serde_json::json!({}), "{seen}");
+}

@@ -17,18 +17,20 @@ pub fn now_ms() -> i64 {
 }
 
 /// Dispatches a Keycloak request through the configured cluster.
+/// `trace`: the trace context of the request the call is for (none for background fetches).
 pub fn dispatch(
     cluster: &str,
     authority: &str,
     req: &HttpRequest,
     timeout_ms: u32,
+    trace: &[(String, String)],
 ) -> Result<u32, Status> {
     let mut headers: Vec<(&str, &str)> = vec![
         (":method", req.method),
         (":path", req.path.as_str()),
         (":authority", authority),
     ];
-    for (k, v) in &req.headers {
+    for (k, v) in req.headers.iter().chain(trace) {
         headers.push((k.as_str(), v.as_str()));
     }
     let body = (!req.body.is_empty()).then_some(req.body.as_slice());

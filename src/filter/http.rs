@@ -48,6 +48,8 @@ pub struct Flow {
     /// Set once the request is let on or answered; until then its body and trailers are held
     /// (shared with the HTTP context, which sees the body while the flow may wait in the root).
     pub decided: Rc<Cell<bool>>,
+    /// The request's trace context, copied onto its callouts (`wire::http::trace_context`).
+    pub trace: Vec<(String, String)>,
 }
 
 /// What applying a step did to the stream.
@@ -177,7 +179,7 @@ impl Flow {
                 } else {
                     Some(metrics.keycloak_call(&call.request.path))
                 };
-                match host::dispatch(cluster, authority, &call.request, timeout_ms) {
+                match host::dispatch(cluster, authority, &call.request, timeout_ms, &self.trace) {
                     Ok(token) => {
                         self.pending = Some(call.pending);
                         self.sent_ms = host::now_ms();
@@ -641,6 +643,7 @@ impl HttpContext for Http {
             to_service: false,
             memo_key,
             decided: Rc::clone(&self.decided),
+            trace: crate::wire::http::trace_context(headers.iter().map(|(k, v)| (*k, *v))),
         };
         self.first_step(&plugin, flow, end_of_stream)
     }

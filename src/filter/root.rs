@@ -157,7 +157,7 @@ impl FetchHost for Callouts<'_> {
 
     fn send(&mut self, fetch: Fetch, key: String, req: &HttpRequest, now_ms: i64) -> bool {
         let endpoint = self.metrics.keycloak_call(&req.path);
-        match host::dispatch(self.cluster, self.authority, req, self.timeout_ms) {
+        match host::dispatch(self.cluster, self.authority, req, self.timeout_ms, &[]) {
             Ok(token) => {
                 self.pending
                     .insert(token, (self.enforcer, fetch, key, now_ms));

@@ -13,6 +13,45 @@ pub struct HttpRequest {
     pub body: Vec<u8>,
 }
 
+/// The trace context headers a callout carries from the request that caused it: W3C Trace
+/// Context and B3 (single and multi-header), so a trace shows the Keycloak call inside the request.
+pub const TRACE_HEADERS: [&str; 8] = [
+    "traceparent",
+    "tracestate",
+    "b3",
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-parentspanid",
+    "x-b3-sampled",
+    "x-b3-flags",
+];
+
+/// The longest trace header value copied (W3C `tracestate` is at most 512 bytes); a longer or
+/// non-ASCII value is not copied.
+pub const MAX_TRACE_VALUE: usize = 512;
+
+/// The request's trace context headers (first value of each; names in lower case as HTTP/2 and
+/// Envoy give them), to copy onto its callouts.
+pub fn trace_context<'a>(
+    headers: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for (k, v) in headers {
+        let Some(name) = TRACE_HEADERS.iter().find(|n| n.as_bytes().eq_ignore_ascii_case(k)) else {
+            continue;
+        };
+        if out.iter().any(|(n, _)| n == name) || v.len() > MAX_TRACE_VALUE {
+            continue;
+        }
+        if let Ok(value) = std::str::from_utf8(v) {
+            if value.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+                out.push((name.to_string(), value.to_string()));
+            }
+        }
+    }
+    out
+}
+
 impl HttpRequest {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
@@ -191,6 +230,28 @@ pub const MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn trace_context_is_copied_and_bounded() {
+        let long = "x".repeat(MAX_TRACE_VALUE + 1);
+        let headers: Vec<(&[u8], &[u8])> = vec![
+            (b"traceparent", b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            (b"TraceParent", b"00-ffffffffffffffffffffffffffffffff-00f067aa0ba902b7-01"),
+            (b"x-b3-traceid", b"80f198ee56343ba864fe8b2a57d3eff7"),
+            (b"tracestate", long.as_bytes()),
+            (b"b3", b"bad\x01value"),
+            (b"authorization", b"Bearer secret"),
+        ];
+        let got = trace_context(headers.into_iter());
+        assert_eq!(
+            got,
+            vec![
+                ("traceparent".to_string(), "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_string()),
+                ("x-b3-traceid".to_string(), "80f198ee56343ba864fe8b2a57d3eff7".to_string()),
+            ]
+        );
+    }
+
     use super::*;
 
     #[test]
