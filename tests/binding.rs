@@ -379,3 +379,102 @@ fn an_unbound_token_is_taken_as_bearer_and_refused_with_the_dpop_scheme() {
         r.text()
     );
 }
+
+/// The status and `WWW-Authenticate` of `GET /account/1` on the dpop enforcer with a bearer token.
+fn bearer_get(token: &str) -> Response {
+    send_to(&envoy(), "GET", HOST, "/account/1", Some(token), &[], b"")
+}
+
+/// Posts a logout token to the filter's back-channel logout endpoint, as Keycloak does.
+fn post_logout(logout_token: &str) -> Response {
+    let body = format!("logout_token={logout_token}");
+    request(
+        &envoy(),
+        "POST",
+        "/kcpep/backchannel-logout",
+        &[
+            ("host", b"127.0.0.1:10000"),
+            ("content-type", b"application/x-www-form-urlencoded"),
+        ],
+        body.as_bytes(),
+    )
+}
+
+#[test]
+fn a_backchannel_logout_from_keycloak_ends_the_session_on_every_worker_within_a_second() {
+    let tokens = user_tokens("owner");
+    let token = tokens["access_token"].as_str().unwrap().to_string();
+    let sid = claims_of(&token)["sid"].as_str().map(str::to_string);
+    assert!(sid.is_some(), "Keycloak's access token names its session");
+    // Allowed, and cached for five minutes (the dpop enforcer's lifespan), on both workers.
+    let before = per_worker();
+    let mut rounds = 0;
+    while !per_worker().iter().zip(&before).all(|(n, b)| n > b) {
+        assert_eq!(bearer_get(&token).status, 200);
+        rounds += 1;
+        assert!(rounds < 64, "never reached both workers");
+    }
+    // A forged logout token (signed by another key) ends nothing.
+    let forged = {
+        use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(include_str!("fixtures/attacker-rsa-private.der.b64").trim())
+            .unwrap();
+        let claims = json!({"iss": format!("{}/realms/bank", keycloak()), "aud": "demo-cli",
+            "iat": now(), "jti": jti(), "sid": sid, "sub": claims_of(&token)["sub"],
+            "events": {"http://schemas.openid.net/event/backchannel-logout": {}}});
+        let mut h = Header::new(Algorithm::RS256);
+        // the realm's key id, so only the signature is wrong
+        let header: Value = serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(token.split('.').next().unwrap())
+                .unwrap(),
+        )
+        .unwrap();
+        h.kid = header["kid"].as_str().map(str::to_string);
+        encode(&h, &claims, &EncodingKey::from_rsa_der(&der)).unwrap()
+    };
+    let r = post_logout(&forged);
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.json()["error"], "invalid_request");
+    assert_eq!(bearer_get(&token).status, 200, "a forged logout changed nothing");
+    // The user is logged out through Keycloak's admin API: Keycloak posts the logout token.
+    let sub = claims_of(&token)["sub"].as_str().unwrap().to_string();
+    let admin = format!("Bearer {}", admin_token());
+    let r = request(
+        &keycloak(),
+        "POST",
+        &format!("/admin/realms/bank/users/{sub}/logout"),
+        &[("authorization", admin.as_bytes())],
+        b"",
+    );
+    assert_eq!(r.status, 204, "{}", r.text());
+    let logged_out = std::time::Instant::now();
+    // Within a second every worker refuses it; after that, every request on both.
+    let before = per_worker();
+    let mut last_200 = None;
+    loop {
+        let r = bearer_get(&token);
+        match r.status {
+            200 => last_200 = Some(logged_out.elapsed()),
+            401 => {}
+            other => panic!("{other}: {}", r.text()),
+        }
+        let both = per_worker().iter().zip(&before).all(|(n, b)| n > b);
+        if logged_out.elapsed() > std::time::Duration::from_millis(1500) && both {
+            break;
+        }
+    }
+    if let Some(t) = last_200 {
+        assert!(t < std::time::Duration::from_secs(1), "served {t:?} after the logout");
+    }
+    let r = bearer_get(&token);
+    assert_eq!(r.status, 401);
+    assert!(
+        r.header("www-authenticate").unwrap_or_default().contains("session logged out"),
+        "{:?}",
+        r.header("www-authenticate")
+    );
+    // A new login of the same user is served.
+    assert_eq!(bearer_get(&user_token("owner")).status, 200);
+}

@@ -148,7 +148,11 @@ fn http_provider_answers_flip_the_decision() {
     );
     assert_eq!(r.status, 200, "{}", r.text());
     let served = request(&env("KCPEP_CLAIMS_URL"), "GET", "/calls", &[], b"").json();
-    assert_eq!(served["trace"]["traceparent"], traceparent.as_str(), "{served}");
+    assert_eq!(
+        served["trace"]["traceparent"],
+        traceparent.as_str(),
+        "{served}"
+    );
 }
 
 #[test]

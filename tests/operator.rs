@@ -38,17 +38,6 @@ fn write(name: &str, v: &Value) -> String {
     p.to_string_lossy().into_owned()
 }
 
-fn admin_token() -> String {
-    let r = request(
-        &keycloak(),
-        "POST",
-        "/realms/master/protocol/openid-connect/token",
-        &[("content-type", b"application/x-www-form-urlencoded")],
-        b"grant_type=password&client_id=admin-cli&username=admin&password=admin",
-    );
-    r.json()["access_token"].as_str().unwrap().to_string()
-}
-
 /// `doctor --json`: the exit code and the findings as (severity, path, message).
 fn doctor(config: &Value, extra: &[&str]) -> (i32, Vec<(String, String, String)>, Value) {
     let file = write("doctor.json", config);

@@ -182,14 +182,7 @@ struct Admin {
 
 impl Admin {
     fn new() -> Self {
-        let r = request(
-            &keycloak(),
-            "POST",
-            "/realms/master/protocol/openid-connect/token",
-            &[("content-type", b"application/x-www-form-urlencoded")],
-            b"grant_type=password&client_id=admin-cli&username=admin&password=admin",
-        );
-        let auth = format!("Bearer {}", r.json()["access_token"].as_str().unwrap());
+        let auth = format!("Bearer {}", admin_token());
         let mut admin = Admin {
             base: String::new(),
             auth,

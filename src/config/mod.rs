@@ -174,6 +174,21 @@ pub struct ProxySettings {
     /// Whether sender-constrained tokens (DPoP, certificate-bound) must come with their proof.
     pub sender_constraint: SenderConstraint,
     pub dpop: DpopSettings,
+    /// The back-channel logout endpoint the filter answers itself (`backchannel-logout`).
+    pub backchannel_logout: Option<BackchannelLogout>,
+}
+
+/// `kcpep.backchannel-logout`: where Keycloak posts logout tokens, and what they must say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackchannelLogout {
+    /// The request path (exact, query aside) answered by the filter, never forwarded.
+    pub path: String,
+    /// The clients whose "Backchannel logout URL" points here (`aud` of the logout token).
+    pub audiences: Vec<String>,
+    /// How old a logout token's `iat` may be.
+    pub max_age_s: u32,
+    /// How long an ended session is remembered: at least the realm's longest token lifespan.
+    pub remember_s: u32,
 }
 
 /// `kcpep.sender-constraint`: what the filter does with a token's `cnf` binding.
@@ -399,7 +414,15 @@ impl EnforcerConfig {
         o.finish()?;
 
         let default_issuer = format!("{auth_server_url}/realms/{realm}");
-        let proxy = parse_proxy(kcpep_value, &kcpep_path, &url.authority, default_issuer)?;
+        let mut proxy = parse_proxy(kcpep_value, &kcpep_path, &url.authority, default_issuer)?;
+        if let Some(b) = proxy
+            .backchannel_logout
+            .as_mut()
+            .filter(|b| b.audiences.is_empty())
+        {
+            // Keycloak sends the logout token to the client whose URL this is: by default this one
+            b.audiences = vec![client_id.clone()];
+        }
 
         let PolicyEnforcerSettings {
             enforcement_mode,
@@ -852,8 +875,30 @@ fn parse_proxy(
             parsed
         }
     };
+    let backchannel_logout = match o.object("backchannel-logout")? {
+        None => None,
+        Some(mut b) => {
+            let path_path = b.key_path("path");
+            let path = b.string("path")?.unwrap_or_default();
+            if !path.starts_with('/') || path.contains(['?', '#']) {
+                return Err(ConfigError::new(
+                    &path_path,
+                    "expected the request path Keycloak posts logout tokens to, like \"/kcpep/backchannel-logout\"",
+                ));
+            }
+            let parsed = BackchannelLogout {
+                path,
+                audiences: b.string_list("audiences")?.unwrap_or_default(),
+                max_age_s: b.u32("max-age-seconds")?.unwrap_or(60),
+                remember_s: b.u32("remember-seconds")?.unwrap_or(3600),
+            };
+            b.finish()?;
+            Some(parsed)
+        }
+    };
     o.finish()?;
     Ok(ProxySettings {
+        backchannel_logout,
         sender_constraint,
         dpop,
         cluster,

@@ -5,15 +5,19 @@
 
 use crate::config::{EnforcerConfig, SenderConstraint};
 use crate::enforce::binding::{self, Presented, Refusal};
+use crate::enforce::step::{CacheUse, Reply};
 use crate::enforce::step::{Credential, Pending, RequestFacts, Step};
 use crate::enforce::{self, Explanation};
 use crate::keycloak::background::{Background, Fetch};
 use crate::keycloak::knowledge::Knowledge;
+use crate::keycloak::logout::{self, LogoutError};
 use crate::keycloak::token::{self, BearerError, Expectations, HostVerifier, Token, TokenError};
 use crate::keycloak::verified::VerifiedTokens;
+use crate::store::logouts::{self, Ended, Logouts};
 use crate::store::DecisionStore;
 use crate::store::{FirstUse, ReplayGuard};
 use crate::wire::http::{Answer, HttpRequest};
+use sha2::Digest;
 use std::cell::{RefCell, RefMut};
 use std::rc::Rc;
 
@@ -30,6 +34,8 @@ pub struct Enforcer {
     /// A claim information point may read any claim: verified tokens keep them all.
     keep_all_claims: bool,
     learnt: RefCell<Learnt>,
+    /// The sessions that ended (back-channel logout), shared by the VM's enforcers.
+    logouts: Rc<RefCell<Logouts>>,
 }
 
 /// What the enforcer has learnt; changes between requests.
@@ -130,7 +136,7 @@ impl Enforcer {
     /// An enforcer with a verified-token store of its own.
     pub fn new(name: String, config: EnforcerConfig) -> Self {
         let verified = Rc::new(RefCell::new(VerifiedTokens::new(VERIFIED_TOKENS)));
-        Enforcer::with_verified(name, config, verified)
+        Enforcer::with_verified(name, config, verified, Rc::default())
     }
 
     /// A VM's enforcers, those of one [`VerifyProfile`] sharing one verified-token store.
@@ -151,10 +157,13 @@ impl Enforcer {
             .iter()
             .filter_map(|p| stores.get(p).map(Rc::clone))
             .collect();
+        let logouts: Rc<RefCell<Logouts>> = Rc::default();
         configs
             .into_iter()
             .zip(shared)
-            .map(|((name, config), verified)| Enforcer::with_verified(name, config, verified))
+            .map(|((name, config), verified)| {
+                Enforcer::with_verified(name, config, verified, Rc::clone(&logouts))
+            })
             .collect()
     }
 
@@ -162,6 +171,7 @@ impl Enforcer {
         name: String,
         config: EnforcerConfig,
         verified: Rc<RefCell<VerifiedTokens>>,
+        logouts: Rc<RefCell<Logouts>>,
     ) -> Self {
         let learnt = Learnt {
             knowledge: Knowledge::new(&config),
@@ -174,6 +184,7 @@ impl Enforcer {
             keep_all_claims: config.has_claim_providers(),
             config,
             learnt: RefCell::new(learnt),
+            logouts,
         }
     }
 
@@ -226,6 +237,9 @@ impl Enforcer {
         let id = verified.id(raw);
         let leeway = i64::from(cfg.proxy.clock_skew_seconds);
         let t = verified.get(id, now_ms / 1000, leeway)?;
+        if self.logouts.borrow().ended(&cfg.proxy.issuer, t) {
+            return None;
+        }
         // a bound token is checked with its proof on every request
         let shortcut =
             cfg.proxy.sender_constraint == SenderConstraint::Off || !binding::is_bound(t);
@@ -258,6 +272,9 @@ impl Enforcer {
             Ok(found) => found,
             Err(cred) => return (cred, None),
         };
+        if self.logouts.borrow().ended(&cfg.proxy.issuer, &token) {
+            return (Cred::Invalid(TokenError::LoggedOut), None);
+        }
         if mode == SenderConstraint::Off {
             return (Cred::Valid(raw, token), Some(id));
         }
@@ -313,6 +330,69 @@ impl Enforcer {
         }
     }
 
+    /// The sessions that ended, shared by the VM's enforcers (the shell adds what other workers
+    /// took from the shared ring).
+    pub fn logouts(&self) -> &Rc<RefCell<Logouts>> {
+        &self.logouts
+    }
+
+    /// A request to this enforcer's back-channel logout endpoint: the reply (200, or 400 with
+    /// the reason) and the records of what ended, already noted here, for the shell to share.
+    pub fn backchannel_logout(
+        &self,
+        content_type: Option<&str>,
+        body: &[u8],
+        now_ms: i64,
+        host: Option<HostVerifier>,
+        replay: &mut dyn ReplayGuard,
+    ) -> (Reply, Vec<(Ended, i64, i64)>) {
+        let cfg = &self.config;
+        let Some(settings) = &cfg.proxy.backchannel_logout else {
+            return (logout_reply(Err(LogoutError::NoToken)), Vec::new());
+        };
+        let checked = logout::token_of(content_type, body).and_then(|raw| {
+            let l = self.learnt.borrow();
+            let jwks = l
+                .background
+                .jwks
+                .as_ref()
+                .ok_or(LogoutError::NotVerifiable)?;
+            let expected = logout::Expected {
+                issuer: &cfg.proxy.issuer,
+                audiences: &settings.audiences,
+                now: now_ms / 1000,
+                max_age_s: i64::from(settings.max_age_s),
+                leeway_s: i64::from(cfg.proxy.clock_skew_seconds),
+            };
+            logout::verify(&raw, jwks, &expected, host)
+        });
+        let done = checked.and_then(|l| {
+            let key: [u8; 32] = sha2::Sha256::digest(format!("logout\n{}", l.jti)).into();
+            let until_ms =
+                now_ms + i64::from(settings.max_age_s + cfg.proxy.clock_skew_seconds) * 1000;
+            match replay.first_use(&key, until_ms, now_ms) {
+                FirstUse::First => Ok(l),
+                _ => Err(LogoutError::Replayed),
+            }
+        });
+        let mut records = Vec::new();
+        if let Ok(l) = &done {
+            let until = now_ms + i64::from(settings.remember_s) * 1000;
+            for (kind, value) in [("sid", &l.sid), ("sub", &l.sub)] {
+                // a logout token with a sid ends that session; one without, every session of sub
+                if kind == "sub" && l.sid.is_some() {
+                    continue;
+                }
+                if let Some(v) = value {
+                    let ended = logouts::identity(&cfg.proxy.issuer, kind, v);
+                    self.logouts.borrow_mut().note(ended, now_ms, until, now_ms);
+                    records.push((ended, now_ms, until));
+                }
+            }
+        }
+        (logout_reply(done.map(|_| ())), records)
+    }
+
     /// A token verified now or before, with its lookup id; else what the credential is.
     fn verified_token(
         &self,
@@ -360,6 +440,36 @@ impl Enforcer {
                 Err(Cred::Invalid(e))
             }
         }
+    }
+}
+
+/// 200 with no body, or 400 `invalid_request` (OpenID Back-Channel Logout §2.8); never cached.
+fn logout_reply(result: Result<(), LogoutError>) -> Reply {
+    let no_store = ("cache-control".to_string(), "no-store".to_string());
+    match result {
+        Ok(()) => Reply {
+            status: 200,
+            headers: vec![no_store],
+            body: String::new(),
+            reason: "back-channel logout".into(),
+            cache: CacheUse::None,
+            path: None,
+            resource: None,
+        },
+        Err(e) => Reply {
+            status: 400,
+            headers: vec![
+                no_store,
+                ("content-type".to_string(), "application/json".to_string()),
+            ],
+            body:
+                serde_json::json!({"error": "invalid_request", "error_description": e.describe()})
+                    .to_string(),
+            reason: format!("back-channel logout refused: {}", e.describe()),
+            cache: CacheUse::None,
+            path: None,
+            resource: None,
+        },
     }
 }
 
@@ -636,5 +746,78 @@ mod tests {
         let off = bound_enforcer("off", false);
         let (cred, _) = off.check_credential(&[header.as_bytes()], NOW * 1000, None, None);
         assert_eq!(refusal(&cred), None);
+    }
+
+    #[test]
+    fn a_backchannel_logout_ends_the_sessions_tokens_for_every_enforcer_of_the_vm() {
+        let v = json!({"realm": "bank", "auth-server-url": "http://kc", "resource": "bank-api",
+            "credentials": {"secret": "s"},
+            "kcpep": {"issuer": ISSUER, "backchannel-logout": {"path": "/logout"}},
+            "policy-enforcer": {"paths": [{"path": "/account/*"}]}});
+        let cfg = EnforcerConfig::from_value(&v, "").unwrap();
+        let mut other = cfg.clone();
+        other.proxy.backchannel_logout = None;
+        let all = Enforcer::build_all([("a".to_string(), cfg), ("b".to_string(), other)]);
+        for e in &all {
+            e.learnt().background.jwks = Some(jwks());
+        }
+        let mut c = claims();
+        c["sid"] = json!("session-1");
+        let access = sign_rs256(&c);
+        let header = format!("Bearer {access}");
+        let valid = |e: &Enforcer| {
+            matches!(
+                e.check_credential(&[header.as_bytes()], NOW * 1000, None, None)
+                    .0,
+                Cred::Valid(..)
+            )
+        };
+        assert!(valid(&all[0]) && valid(&all[1]));
+        assert!(all[1]
+            .verified_id(&[header.as_bytes()], NOW * 1000)
+            .is_some());
+        let logout = |claims: &Value, replay: &mut crate::store::LocalReplay| {
+            let body = format!("logout_token={}", sign_rs256(claims));
+            all[0].backchannel_logout(
+                Some("application/x-www-form-urlencoded"),
+                body.as_bytes(),
+                NOW * 1000 + 1000,
+                None,
+                replay,
+            )
+        };
+        let mut replay = crate::store::LocalReplay::default();
+        let lt = json!({"iss": ISSUER, "aud": "bank-api", "iat": NOW, "jti": "lt-1",
+                        "sid": "session-1", "sub": "u1",
+                        "events": {crate::keycloak::logout::EVENT: {}}});
+        // for another client: refused, nothing ends
+        let mut foreign = lt.clone();
+        foreign["aud"] = json!("demo-cli");
+        let (reply, ended) = logout(&foreign, &mut replay);
+        assert_eq!((reply.status, ended.len()), (400, 0), "{}", reply.body);
+        assert!(valid(&all[1]));
+        let (reply, ended) = logout(&lt, &mut replay);
+        assert_eq!((reply.status, ended.len()), (200, 1), "{}", reply.body);
+        for e in &all {
+            let (cred, _) = e.check_credential(&[header.as_bytes()], NOW * 1000, None, None);
+            assert!(
+                matches!(cred, Cred::Invalid(TokenError::LoggedOut)),
+                "{}",
+                e.name
+            );
+            assert_eq!(
+                e.verified_id(&[header.as_bytes()], NOW * 1000),
+                None,
+                "no memo shortcut"
+            );
+        }
+        // the same logout token again: 400
+        assert_eq!(logout(&lt, &mut replay).0.status, 400);
+        // a token of a new session of the same user still works
+        let mut newer = claims();
+        newer["sid"] = json!("session-2");
+        let fresh = format!("Bearer {}", sign_rs256(&newer));
+        let (cred, _) = all[1].check_credential(&[fresh.as_bytes()], NOW * 1000, None, None);
+        assert!(matches!(cred, Cred::Valid(..)));
     }
 }

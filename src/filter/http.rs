@@ -259,6 +259,9 @@ pub struct Http {
     body_len: usize,
     /// See [`Flow::decided`].
     decided: Rc<Cell<bool>>,
+    /// A back-channel logout request to this enforcer's endpoint: its body is read and answered
+    /// here (never forwarded); the `content-type` it came with.
+    logout: Option<(usize, Option<String>)>,
 }
 
 impl Http {
@@ -272,7 +275,46 @@ impl Http {
             body_ended: false,
             body_len: 0,
             decided: Rc::new(Cell::new(false)),
+            logout: None,
         }
+    }
+
+    /// Answers a back-channel logout request whose body is complete, and shares what ended.
+    fn answer_logout(
+        &mut self,
+        plugin: &Plugin,
+        enforcer: usize,
+        content_type: Option<&str>,
+        size: usize,
+    ) {
+        let body = hostcalls::get_buffer(
+            BufferType::HttpRequestBody,
+            0,
+            size.min(crate::keycloak::logout::MAX_BODY_BYTES + 1),
+        )
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+        let host: Option<token::HostVerifier> = plugin.host_verify.then_some(&host::host_verify);
+        let mut replay = super::store::SharedReplay {
+            slots: plugin.replay_slots,
+        };
+        let e = &plugin.enforcers[enforcer];
+        let (reply, ended) =
+            e.backchannel_logout(content_type, &body, host::now_ms(), host, &mut replay);
+        for (id, at_ms, until_ms) in &ended {
+            super::store::publish_logout(id, *at_ms, *until_ms);
+        }
+        log::info!(
+            "kcpep [{}] back-channel logout status={} request={} reason=\"{}\" ended={}",
+            e.name,
+            reply.status,
+            self.id,
+            reply.reason,
+            ended.len()
+        );
+        self.decided.set(true);
+        send(&reply);
     }
 
     /// Hands a waiting flow to the root context, which decides again when the answer is cached.
@@ -548,6 +590,19 @@ impl HttpContext for Http {
             send(&r);
             return Action::Pause;
         };
+        if let Some(b) = &plugin.enforcers[enforcer].config.proxy.backchannel_logout {
+            if crate::request::view::path_only(&path) == b.path {
+                // Keycloak's logout token: answered here once its body is in, never forwarded.
+                let content_type =
+                    get("content-type").map(|v| String::from_utf8_lossy(v).into_owned());
+                if method != "POST" || end_of_stream {
+                    self.answer_logout(&plugin, enforcer, content_type.as_deref(), 0);
+                    return Action::Pause;
+                }
+                self.logout = Some((enforcer, content_type));
+                return Action::Pause;
+            }
+        }
         let auth: Vec<&[u8]> = headers
             .iter()
             .filter(|(k, _)| k.eq_ignore_ascii_case(b"authorization"))
@@ -652,6 +707,14 @@ impl HttpContext for Http {
         if self.decided.get() {
             return Action::Continue;
         }
+        if let Some((enforcer, content_type)) = self.logout.clone() {
+            if end_of_stream || body_size > crate::keycloak::logout::MAX_BODY_BYTES {
+                if let Some(plugin) = self.plugin.clone() {
+                    self.answer_logout(&plugin, enforcer, content_type.as_deref(), body_size);
+                }
+            }
+            return Action::Pause;
+        }
         // Undecided: hold the body (Envoy buffers it). Going on would release the held headers.
         self.body_len = body_size;
         if end_of_stream {
@@ -695,6 +758,15 @@ impl HttpContext for Http {
             return Action::Continue;
         }
         self.body_ended = true;
+        if let Some((enforcer, content_type)) = self.logout.clone() {
+            if let Some(plugin) = self.plugin.clone() {
+                let size = self
+                    .body_len
+                    .max(crate::keycloak::logout::MAX_BODY_BYTES + 1);
+                self.answer_logout(&plugin, enforcer, content_type.as_deref(), size);
+            }
+            return Action::Pause;
+        }
         if !self.reading_body {
             return Action::Pause;
         }

@@ -47,9 +47,16 @@ pub struct Plugin {
     pub front: super::store::FrontCache,
     /// Repeated requests straight to their cached allow (see `memo`).
     pub memo: RefCell<crate::store::memo::Memo>,
-    /// Slots of the DPoP replay table (0: no enforcer checks bindings).
+    /// Slots of the replay table (DPoP proofs, logout tokens; 0: no enforcer needs it).
     pub replay_slots: u32,
+    /// Some enforcer answers back-channel logouts: the VM reads the shared ring of logouts on
+    /// every tick (at most [`LOGOUT_TICK_MS`] apart).
+    pub logout_endpoint: bool,
 }
+
+/// The longest tick while back-channel logout is configured: every worker stops serving a
+/// logged-out session within about this long.
+pub const LOGOUT_TICK_MS: u64 = 250;
 
 pub struct Root {
     plugin: Option<Rc<Plugin>>,
@@ -218,7 +225,10 @@ impl Root {
 
     fn set_tick(&self, plugin: &Plugin) {
         let waiting = !plugin.parked.borrow().is_empty() || !self.flows.is_empty();
-        let ms = background::tick_period_ms(waiting, self.settled);
+        let mut ms = background::tick_period_ms(waiting, self.settled);
+        if plugin.logout_endpoint {
+            ms = ms.min(LOGOUT_TICK_MS);
+        }
         let _ = hostcalls::set_tick_period(Duration::from_millis(ms));
     }
 
@@ -345,12 +355,15 @@ impl RootContext for Root {
                 "in wasm"
             }
         );
+        let logout_endpoint = enforcers
+            .iter()
+            .any(|e| e.config.proxy.backchannel_logout.is_some());
         let replay_slots = enforcers
             .iter()
             .filter(|e| e.config.proxy.sender_constraint != crate::config::SenderConstraint::Off)
             .map(|e| e.config.proxy.dpop.replay_slots)
             .max()
-            .unwrap_or(0);
+            .unwrap_or(if logout_endpoint { 1024 } else { 0 });
         super::store::create_replay_slots(replay_slots);
         self.metrics = Rc::new(Metrics::define());
         self.plugin = Some(Rc::new(Plugin {
@@ -362,6 +375,7 @@ impl RootContext for Root {
             front: RefCell::new(HashMap::new()),
             memo: RefCell::new(crate::store::memo::Memo::new(MEMO_ENTRIES)),
             replay_slots,
+            logout_endpoint,
         }));
         self.settled = false;
         self.adopt_shared();
@@ -374,6 +388,14 @@ impl RootContext for Root {
     fn on_tick(&mut self) {
         self.wake();
         self.refresh();
+        if let Some(e) = self
+            .plugin
+            .as_ref()
+            .filter(|p| p.logout_endpoint)
+            .and_then(|p| p.enforcers.first())
+        {
+            super::store::read_logouts(&mut e.logouts().borrow_mut(), host::now_ms());
+        }
         super::metrics::note_memory(core::arch::wasm32::memory_size(0) as u32);
     }
 

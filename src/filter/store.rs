@@ -164,3 +164,40 @@ impl crate::store::ReplayGuard for SharedReplay {
         FirstUse::Full
     }
 }
+
+/// Writes an ended session to the shared ring of logouts (`store::logouts`); every VM reads it
+/// on its next tick.
+pub fn publish_logout(ended: &crate::store::logouts::Ended, at_ms: i64, until_ms: i64) {
+    use crate::store::logouts;
+    if let Some(seq) = host::shared_increment(logouts::SEQ_KEY) {
+        host::shared_set(
+            &logouts::slot_key(seq),
+            &logouts::encode(seq, ended, at_ms, until_ms),
+        );
+    }
+}
+
+/// Takes the ring's records this VM has not seen into its [`Logouts`]; stops at a record not
+/// written yet (its sequence number taken, its slot not), to read it next time.
+///
+/// [`Logouts`]: crate::store::logouts::Logouts
+pub fn read_logouts(logouts: &mut crate::store::logouts::Logouts, now_ms: i64) {
+    use crate::store::logouts;
+    let seq = match host::shared_get(logouts::SEQ_KEY).0 {
+        Some((_, v)) => <[u8; 8]>::try_from(v.as_slice()).map_or(0, u64::from_le_bytes),
+        None => return,
+    };
+    let from = logouts.seen_seq.max(seq.saturating_sub(logouts::RING)) + 1;
+    for n in from..=seq {
+        let record = host::shared_get(&logouts::slot_key(n))
+            .0
+            .and_then(|(_, v)| logouts::decode(&v));
+        match record {
+            Some((s, ended, at_ms, until_ms)) if s == n => {
+                logouts.note(ended, at_ms, until_ms, now_ms);
+                logouts.seen_seq = n;
+            }
+            _ => return,
+        }
+    }
+}

@@ -5,6 +5,7 @@
 pub mod background;
 pub mod dpop;
 pub mod knowledge;
+pub mod logout;
 pub(crate) mod resources;
 pub mod signature;
 pub mod token;

@@ -349,6 +349,8 @@ pub enum TokenError {
     WrongIssuer,
     WrongAudience,
     WrongType,
+    /// Its session ended (back-channel logout) after the token was issued.
+    LoggedOut,
     /// Nothing here can check the signature (no host function in a build without `rust-crypto`).
     NoVerifier,
 }
@@ -366,6 +368,7 @@ impl TokenError {
             TokenError::WrongIssuer => "wrong issuer",
             TokenError::WrongAudience => "wrong audience",
             TokenError::WrongType => "not an access token",
+            TokenError::LoggedOut => "session logged out",
             TokenError::NoVerifier => "no signature check available",
         }
     }
@@ -424,7 +427,8 @@ impl Token {
 
 /// What [`Token::keep_decision_claims`] keeps: `cnf` too, the binding checked on every request
 /// (a remembered token without it would pass as unbound).
-const DECISION_CLAIMS: [&str; 4] = ["aud", "sub", "authorization", "cnf"];
+/// `sid` and `iat` for back-channel logout (a session ended before the token was issued).
+const DECISION_CLAIMS: [&str; 6] = ["aud", "sub", "authorization", "cnf", "sid", "iat"];
 
 /// The key id of a token, read without verification (to decide whether the JWKS must be refetched).
 pub fn key_id(raw: &str) -> Option<String> {
@@ -452,6 +456,17 @@ pub fn verify_with(
     now: i64,
     host: Option<HostVerifier>,
 ) -> Result<Token, TokenError> {
+    let claims = signed_claims(raw, jwks, host)?;
+    check_claims(claims, expect, now, raw)
+}
+
+/// The claims of a JWS signed by one of the realm's keys (any JWT the realm issues: access
+/// tokens, logout tokens), nothing else checked.
+pub fn signed_claims(
+    raw: &str,
+    jwks: &Jwks,
+    host: Option<HostVerifier>,
+) -> Result<Value, TokenError> {
     let header = jsonwebtoken::decode_header(raw).map_err(|_| TokenError::Malformed)?;
     if matches!(
         header.alg,
@@ -486,8 +501,7 @@ pub fn verify_with(
             Err(e) => last = e,
         }
     }
-    let claims = claims.ok_or(last)?;
-    check_claims(claims, expect, now, raw)
+    claims.ok_or(last)
 }
 
 /// The claims of a JWS when `k` signed it: the host checks it where it can, else the module

@@ -5,6 +5,7 @@
 pub mod decisions;
 pub mod documents;
 pub(crate) mod lanes;
+pub mod logouts;
 pub mod memo;
 pub mod replay;
 

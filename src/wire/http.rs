@@ -37,7 +37,10 @@ pub fn trace_context<'a>(
 ) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = Vec::new();
     for (k, v) in headers {
-        let Some(name) = TRACE_HEADERS.iter().find(|n| n.as_bytes().eq_ignore_ascii_case(k)) else {
+        let Some(name) = TRACE_HEADERS
+            .iter()
+            .find(|n| n.as_bytes().eq_ignore_ascii_case(k))
+        else {
             continue;
         };
         if out.iter().any(|(n, _)| n == name) || v.len() > MAX_TRACE_VALUE {
@@ -235,8 +238,14 @@ mod tests {
     fn trace_context_is_copied_and_bounded() {
         let long = "x".repeat(MAX_TRACE_VALUE + 1);
         let headers: Vec<(&[u8], &[u8])> = vec![
-            (b"traceparent", b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
-            (b"TraceParent", b"00-ffffffffffffffffffffffffffffffff-00f067aa0ba902b7-01"),
+            (
+                b"traceparent",
+                b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ),
+            (
+                b"TraceParent",
+                b"00-ffffffffffffffffffffffffffffffff-00f067aa0ba902b7-01",
+            ),
             (b"x-b3-traceid", b"80f198ee56343ba864fe8b2a57d3eff7"),
             (b"tracestate", long.as_bytes()),
             (b"b3", b"bad\x01value"),
@@ -246,8 +255,14 @@ mod tests {
         assert_eq!(
             got,
             vec![
-                ("traceparent".to_string(), "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_string()),
-                ("x-b3-traceid".to_string(), "80f198ee56343ba864fe8b2a57d3eff7".to_string()),
+                (
+                    "traceparent".to_string(),
+                    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_string()
+                ),
+                (
+                    "x-b3-traceid".to_string(),
+                    "80f198ee56343ba864fe8b2a57d3eff7".to_string()
+                ),
             ]
         );
     }

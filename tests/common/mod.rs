@@ -420,6 +420,19 @@ pub fn rpt_with(realm: &str, access: &str, form: &str) -> String {
     r.json()["access_token"].as_str().unwrap().to_string()
 }
 
+/// An access token of Keycloak's admin (master realm, `admin-cli`), for the admin API.
+pub fn admin_token() -> String {
+    let r = request(
+        &keycloak(),
+        "POST",
+        "/realms/master/protocol/openid-connect/token",
+        &[("content-type", b"application/x-www-form-urlencoded")],
+        b"grant_type=password&client_id=admin-cli&username=admin&password=admin",
+    );
+    assert_eq!(r.status, 200, "admin token: {}", r.text());
+    r.json()["access_token"].as_str().unwrap().to_string()
+}
+
 /// The bank realm's published keys (JWKS) as Keycloak serves them.
 pub fn realm_jwks() -> serde_json::Value {
     request(
