@@ -372,7 +372,7 @@ impl RootContext for Root {
             own_headers,
             host_verify,
             parked: RefCell::new(Vec::new()),
-            front: RefCell::new(HashMap::new()),
+            front: Default::default(),
             memo: RefCell::new(crate::store::memo::Memo::new(MEMO_ENTRIES)),
             replay_slots,
             logout_endpoint,

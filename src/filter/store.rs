@@ -9,9 +9,39 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 
 /// This VM's copy of decisions it has seen: a decided entry never changes until it expires, so
-/// reading it here saves the shared-data lock and copy on every cache hit.
-pub type FrontCache = RefCell<HashMap<Key, (Entry, i64)>>;
+/// reading it here saves the shared-data lock and copy on every cache hit. Expired entries are
+/// swept whenever the map has doubled since the last sweep, so it holds about the live decisions
+/// (at most twice as many), not `FRONT_MAX` dead ones: a VM's memory never shrinks.
+#[derive(Default)]
+pub struct FrontCache {
+    map: RefCell<HashMap<Key, (Entry, i64)>>,
+    sweep_at: std::cell::Cell<usize>,
+}
 const FRONT_MAX: usize = 16 * 1024;
+const FRONT_SWEEP_FLOOR: usize = 64;
+
+impl FrontCache {
+    fn get(&self, key: &Key, now_ms: i64) -> Option<Entry> {
+        self.map
+            .borrow()
+            .get(key)
+            .filter(|(_, expires_ms)| now_ms < *expires_ms)
+            .map(|(e, _)| e.clone())
+    }
+
+    fn put(&self, key: &Key, entry: &Entry, expires_ms: i64, now_ms: i64) {
+        let mut map = self.map.borrow_mut();
+        if map.len() >= self.sweep_at.get().max(FRONT_SWEEP_FLOOR) {
+            map.retain(|_, (_, e)| *e > now_ms);
+            if map.len() >= FRONT_MAX {
+                map.clear();
+            }
+            self.sweep_at
+                .set((map.len() * 2).clamp(FRONT_SWEEP_FLOOR, FRONT_MAX));
+        }
+        map.insert(*key, (entry.clone(), expires_ms));
+    }
+}
 
 pub struct SharedStore<'a> {
     cfg: &'a EnforcerConfig,
@@ -31,11 +61,7 @@ impl<'a> SharedStore<'a> {
 
     fn remember(&self, key: &Key, entry: &Entry) {
         if let Entry::Decided { expires_ms, .. } = entry {
-            let mut front = self.front.borrow_mut();
-            if front.len() >= FRONT_MAX {
-                front.clear();
-            }
-            front.insert(*key, (entry.clone(), *expires_ms));
+            self.front.put(key, entry, *expires_ms, host::now_ms());
         }
     }
 
@@ -58,10 +84,8 @@ impl<'a> SharedStore<'a> {
 
 impl DecisionStore for SharedStore<'_> {
     fn get(&mut self, key: &Key) -> Option<Entry> {
-        if let Some((entry, expires_ms)) = self.front.borrow().get(key) {
-            if host::now_ms() < *expires_ms {
-                return Some(entry.clone());
-            }
+        if let Some(entry) = self.front.get(key, host::now_ms()) {
+            return Some(entry);
         }
         let (value, cas) = host::shared_get(&self.slot(key));
         self.seen = Some((*key, cas));
