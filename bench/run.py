@@ -25,6 +25,9 @@ PORT, ADMIN = 10100, 9911
 DURATION = int(os.environ.get("KCPEP_BENCH_SECONDS", "8"))
 WARMUP = 2
 REPEAT = int(os.environ.get("KCPEP_BENCH_REPEAT", "3"))
+# Proofs made for case 8 before each of its runs (split in three for the warm-up, throughput and
+# latency runs): more than a run sends, so none is sent twice.
+DPOP_PROOFS = int(os.environ.get("KCPEP_BENCH_DPOP_PROOFS", str(3 * 6000 * max(DURATION, WARMUP))))
 
 ENFORCER = {
     "realm": "bank",
@@ -41,6 +44,46 @@ def plugin_config(cache_on):
     cache = {"max-entries": 10000, "lifespan-ms": 300000} if cache_on else {"max-entries": 0}
     cfg["kcpep"] = {"cluster": "keycloak", "decision-cache": cache}
     return cfg
+
+
+def dpop_plugin_config():
+    """Case 8: the cache-hit configuration with sender constraints on, and an unbound token sent
+    with the DPoP scheme and a new proof on every request (`accept-unbound-tokens`): each request
+    costs the proof's checks and signature verification, the decision is a cache hit. Keycloak
+    26.7 evaluates no permission for DPoP-bound tokens (docs/configuration.md), so a bound token
+    could not reach the cache-hit path at all. The proofs are made before the run: their window
+    is long enough to outlast it."""
+    cfg = plugin_config(True)
+    cfg["kcpep"]["sender-constraint"] = "if-bound"
+    # a window that outlasts making the proofs and the three runs; every proof of it is remembered,
+    # so the replay table holds them all at under half full
+    cfg["kcpep"]["dpop"] = {"accept-unbound-tokens": True, "proof-lifetime-seconds": 120,
+                            "replay-slots": 1 << 19}
+    return cfg
+
+
+def dpop_proofs(tok, n, path):
+    """`n` DPoP proofs of one P-256 key for `GET http://bench.local/account/1` naming `tok`, one
+    per line in `path` (Python's cryptography, ES256)."""
+    import base64
+    import hashlib
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+    b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+    key = ec.generate_private_key(ec.SECP256R1())
+    pub = key.public_key().public_numbers()
+    jwk = {"kty": "EC", "crv": "P-256", "x": b64(pub.x.to_bytes(32, "big")), "y": b64(pub.y.to_bytes(32, "big"))}
+    header = b64(json.dumps({"typ": "dpop+jwt", "alg": "ES256", "jwk": jwk}, separators=(",", ":")).encode())
+    ath = b64(hashlib.sha256(tok.encode()).digest())
+    with open(path, "w") as f:
+        for _ in range(n):
+            claims = {"jti": os.urandom(12).hex(), "htm": "GET", "htu": "http://bench.local/account/1",
+                      "iat": int(time.time()), "ath": ath}
+            signing_input = header + "." + b64(json.dumps(claims, separators=(",", ":")).encode())
+            r, sig_s = decode_dss_signature(key.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256())))
+            f.write(signing_input + "." + b64(r.to_bytes(32, "big") + sig_s.to_bytes(32, "big")) + "\n")
+    return path
 
 
 def envoy_config(wasm, plugin, native=None):
@@ -209,14 +252,17 @@ def median_of(results):
     return out
 
 
-def run_case(name, wasm, plugin, tok, server=None):
+def run_case(name, wasm, plugin, tok, server=None, proofs=None):
     envoy = server or Envoy(name, wasm, plugin)
     try:
         # The filter fetches its keys and PAT first; the case starts once requests pass.
         wait_until(f"{name}: 200 from the filter", lambda: ok_status(tok) == 200, 60)
-        wrk(16, WARMUP, tok)
-        thr = wrk(16, DURATION, tok)
-        lat = wrk(1, DURATION, tok)
+        # Case 8: each wrk run takes its own slice of the proofs (a proof is taken once).
+        slices = iter(range(3))
+        extra = lambda: {"KCPEP_PROOFS_FILE": proofs, "KCPEP_PROOFS_SLICE": f"{next(slices)}/3"} if proofs else {}
+        wrk(16, WARMUP, tok, **extra())
+        thr = wrk(16, DURATION, tok, **extra())
+        lat = wrk(1, DURATION, tok, **extra())
         calls = envoy.stat("cluster.keycloak.upstream_rq_total")
         result = {"rps": round(thr["rps"]), "p50_us": lat["p50_us"], "p99_us": lat["p99_us"],
                   "rps_c1": round(lat["rps"]), "non2xx": thr["non2xx"] + lat["non2xx"],
@@ -533,7 +579,8 @@ def main():
         cases = {"1_bare": run_case("1 no filter", None, None, None) if wanted("1") else skipped}
         # The ratio that matters (3 vs 2) moves by 10-20 % between single runs on a 2-core machine:
         # cases 2 and 3 run alternately REPEAT times and each figure is the median.
-        runs = {"2_noop": [], "3_pep_cache_hit": [], "6_jwt_authn_rbac": [], "7_pep_hit_filter_state_only": []}
+        runs = {"2_noop": [], "3_pep_cache_hit": [], "6_jwt_authn_rbac": [], "7_pep_hit_filter_state_only": [],
+                "8_pep_dpop_proof_hit": []}
         # KCPEP_BENCH_BASELINE_WASM: another build of the filter (an earlier commit's) measured on the
         # cache-hit path in the same alternation, so a change is compared with what it replaced.
         baseline = os.environ.get("KCPEP_BENCH_BASELINE_WASM")
@@ -557,6 +604,12 @@ def main():
                 quiet["kcpep"]["send-permissions-header"] = False
                 runs["7_pep_hit_filter_state_only"].append(run_case(
                     "7 keycloak-pep, hit, no header", "dist/keycloak_pep.wasm", quiet, owner))
+            if wanted("8"):
+                # every request a new DPoP proof: enough for the busiest run of the three
+                proofs = dpop_proofs(owner, DPOP_PROOFS, os.path.join(RUN, "dpop-proofs.txt"))
+                runs["8_pep_dpop_proof_hit"].append(run_case(
+                    "8 keycloak-pep, DPoP proof, hit", "dist/keycloak_pep.wasm", dpop_plugin_config(), owner,
+                    proofs=proofs))
             if wanted("6"):
                 native = Envoy("jwt-authn", native=jwt_authn_filters())
                 runs["6_jwt_authn_rbac"].append(
@@ -597,6 +650,10 @@ def main():
         quiet = cases["7_pep_hit_filter_state_only"]
         summary["hit_no_header_vs_noop_rps"] = round(quiet["rps"] / noop["rps"], 2)
         summary["hit_no_header_vs_noop_p50_us"] = quiet["p50_us"] - noop["p50_us"]
+    if not cases["8_pep_dpop_proof_hit"].get("skipped"):
+        d = cases["8_pep_dpop_proof_hit"]
+        summary["dpop_hit_vs_hit_rps"] = round(d["rps"] / hit["rps"], 2)
+        summary["dpop_hit_vs_hit_p50_us"] = d["p50_us"] - hit["p50_us"]
     if not cases["6_jwt_authn_rbac"].get("skipped"):
         summary["hit_vs_jwt_authn_rps"] = round(hit["rps"] / cases["6_jwt_authn_rbac"]["rps"], 2)
     if mix:

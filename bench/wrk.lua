@@ -11,6 +11,26 @@ if token and token ~= "" then
   wrk.headers["Authorization"] = "Bearer " .. token
 end
 
+-- Case 8 of make bench: KCPEP_PROOFS_FILE has a DPoP proof per line; this run sends slice K of N
+-- (KCPEP_PROOFS_SLICE "K/N"), one proof per request, the token with the DPoP scheme.
+local proofs_file = os.getenv("KCPEP_PROOFS_FILE")
+if proofs_file and proofs_file ~= "" then
+  local all = {}
+  for line in io.lines(proofs_file) do
+    if line ~= "" then all[#all + 1] = line end
+  end
+  local k, n = (os.getenv("KCPEP_PROOFS_SLICE") or "0/1"):match("^(%d+)/(%d+)$")
+  k, n = tonumber(k), tonumber(n)
+  local per = math.floor(#all / n)
+  local first, i = k * per, 0
+  request = function()
+    local proof = all[first + (i % per) + 1]
+    i = i + 1
+    return wrk.format("GET", wrk.path, {
+      ["Host"] = "bench.local", ["Authorization"] = "DPoP " .. token, ["DPoP"] = proof })
+  end
+end
+
 local tokens_file, requests_file = os.getenv("KCPEP_TOKENS_FILE"), os.getenv("KCPEP_REQUESTS_FILE")
 if tokens_file and requests_file then
   local tokens, reqs = {}, {}
