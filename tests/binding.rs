@@ -437,7 +437,11 @@ fn a_backchannel_logout_from_keycloak_ends_the_session_on_every_worker_within_a_
     let r = post_logout(&forged);
     assert_eq!(r.status, 400, "{}", r.text());
     assert_eq!(r.json()["error"], "invalid_request");
-    assert_eq!(bearer_get(&token).status, 200, "a forged logout changed nothing");
+    assert_eq!(
+        bearer_get(&token).status,
+        200,
+        "a forged logout changed nothing"
+    );
     // The user is logged out through Keycloak's admin API: Keycloak posts the logout token.
     let sub = claims_of(&token)["sub"].as_str().unwrap().to_string();
     let admin = format!("Bearer {}", admin_token());
@@ -466,12 +470,17 @@ fn a_backchannel_logout_from_keycloak_ends_the_session_on_every_worker_within_a_
         }
     }
     if let Some(t) = last_200 {
-        assert!(t < std::time::Duration::from_secs(1), "served {t:?} after the logout");
+        assert!(
+            t < std::time::Duration::from_secs(1),
+            "served {t:?} after the logout"
+        );
     }
     let r = bearer_get(&token);
     assert_eq!(r.status, 401);
     assert!(
-        r.header("www-authenticate").unwrap_or_default().contains("session logged out"),
+        r.header("www-authenticate")
+            .unwrap_or_default()
+            .contains("session logged out"),
         "{:?}",
         r.header("www-authenticate")
     );

@@ -312,12 +312,7 @@ pub fn check(
         TokenError::NoVerifier => ProofError::NoVerifier,
         _ => ProofError::Algorithm,
     })?;
-    let text = |k: &str| {
-        claims
-            .get(k)
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-    };
+    let text = |k: &str| token::text_claim(&claims, k);
     let (Some(jti), Some(htm), Some(htu), Some(iat)) = (
         text("jti"),
         text("htm"),

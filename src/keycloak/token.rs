@@ -641,6 +641,26 @@ fn host_check(
     }
 }
 
+/// Whether `aud` (a string or a list) names one of `audiences`.
+pub fn names_audience(claims: &Value, audiences: &[String]) -> bool {
+    match claims.get("aud") {
+        Some(Value::String(a)) => audiences.iter().any(|x| x == a),
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .any(|a| audiences.iter().any(|x| x == a)),
+        _ => false,
+    }
+}
+
+/// A claim that is a non-empty string.
+pub fn text_claim<'v>(claims: &'v Value, name: &str) -> Option<&'v str> {
+    claims
+        .get(name)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+}
+
 fn check_claims(
     claims: Value,
     expect: &Expectations,
@@ -670,18 +690,8 @@ fn check_claims(
             return Err(TokenError::WrongType);
         }
     }
-    if !expect.audiences.is_empty() {
-        let ok = match claims.get("aud") {
-            Some(Value::String(a)) => expect.audiences.iter().any(|x| x == a),
-            Some(Value::Array(items)) => items
-                .iter()
-                .filter_map(Value::as_str)
-                .any(|a| expect.audiences.iter().any(|x| x == a)),
-            _ => false,
-        };
-        if !ok {
-            return Err(TokenError::WrongAudience);
-        }
+    if !expect.audiences.is_empty() && !names_audience(&claims, expect.audiences) {
+        return Err(TokenError::WrongAudience);
     }
     Ok(Token {
         claims,
