@@ -426,8 +426,13 @@ fn the_filters_own_headers_cannot_be_spoofed_in_any_spelling() {
 
 #[test]
 fn tokens_keycloak_refuses_as_an_identity_get_401_and_are_not_cached() {
-    // A token the filter verifies (signature, exp, iss) but whose session was logged out.
-    let tokens = user_tokens("owner");
+    // A token the filter verifies (signature, exp, iss) but whose session was logged out. From
+    // demo-cli-es256, which has no back-channel logout URL (demo-cli's would tell the filter, and
+    // it would refuse the token itself: tests/binding.rs).
+    let tokens = token_grant(
+        "bank",
+        "grant_type=password&client_id=demo-cli-es256&username=owner&password=password",
+    );
     let access = tokens["access_token"].as_str().unwrap().to_string();
     let refresh = tokens["refresh_token"].as_str().unwrap();
     let logout = request(
@@ -435,7 +440,7 @@ fn tokens_keycloak_refuses_as_an_identity_get_401_and_are_not_cached() {
         "POST",
         "/realms/bank/protocol/openid-connect/logout",
         &[("content-type", b"application/x-www-form-urlencoded")],
-        format!("client_id=demo-cli&refresh_token={refresh}").as_bytes(),
+        format!("client_id=demo-cli-es256&refresh_token={refresh}").as_bytes(),
     );
     assert_eq!(logout.status, 204, "{}", logout.text());
     let id = std::process::id();

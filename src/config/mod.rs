@@ -203,6 +203,11 @@ pub enum SenderConstraint {
     Required,
 }
 
+/// Keycloak's default DPoP proof lifetime (s), its `DPoPUtil`'s.
+pub const DPOP_DEFAULT_LIFETIME_S: u32 = 10;
+/// Keycloak's default allowed clock skew for DPoP proofs (s).
+pub const DPOP_DEFAULT_SKEW_S: u32 = 15;
+
 /// `kcpep.dpop`: the proof window (Keycloak's defaults) and the DPoP scheme for unbound tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DpopSettings {
@@ -220,8 +225,8 @@ pub struct DpopSettings {
 impl Default for DpopSettings {
     fn default() -> Self {
         DpopSettings {
-            proof_lifetime_s: crate::keycloak::dpop::DEFAULT_LIFETIME_S,
-            clock_skew_s: crate::keycloak::dpop::DEFAULT_SKEW_S,
+            proof_lifetime_s: DPOP_DEFAULT_LIFETIME_S,
+            clock_skew_s: DPOP_DEFAULT_SKEW_S,
             accept_unbound_tokens: false,
             replay_slots: 32_768,
         }

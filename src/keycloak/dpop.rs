@@ -14,10 +14,9 @@ use jsonwebtoken::Algorithm;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-/// Keycloak's default proof lifetime (s).
-pub const DEFAULT_LIFETIME_S: u32 = 10;
-/// Keycloak's default allowed clock skew for proofs (s).
-pub const DEFAULT_SKEW_S: u32 = 15;
+pub use crate::config::{
+    DPOP_DEFAULT_LIFETIME_S as DEFAULT_LIFETIME_S, DPOP_DEFAULT_SKEW_S as DEFAULT_SKEW_S,
+};
 /// The largest proof read: a proof carries one public key (an RSA 4096 key is about 700 bytes
 /// of base64url); anything much larger is not a proof.
 pub const MAX_PROOF_BYTES: usize = 8192;
