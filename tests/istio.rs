@@ -10,7 +10,7 @@
 mod yaml;
 
 use serde_json::{Map, Value};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 
@@ -78,22 +78,6 @@ fn validate(files: &[PathBuf]) -> Verdict {
     }
 }
 
-/// The YAML files of envoy/istio/, sorted.
-fn istio_files() -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(root().join("envoy/istio"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
-        .collect();
-    files.sort();
-    files
-}
-
-fn read_yaml(path: &Path) -> Vec<Value> {
-    let text = std::fs::read_to_string(path).unwrap();
-    yaml::documents(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
 /// A folder of this test's own under the system's temporary folder, emptied.
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("kcpep-istio-{}-{name}", std::process::id()));
@@ -104,14 +88,14 @@ fn scratch(name: &str) -> PathBuf {
 
 #[test]
 fn every_shipped_istio_manifest_passes_istios_validation() {
-    let files = istio_files();
+    let files = yaml::files("envoy/istio");
     assert!(files.len() >= 4, "{files:?}");
     let verdict = validate(&files);
     let text = verdict.text();
     assert!(verdict.success, "Istio refused a shipped manifest:\n{text}");
     let lines: Vec<&str> = verdict.stdout.lines().collect();
     // One verdict per document: none skipped, none refused, no warning but EnvoyFilter's.
-    let documents: usize = files.iter().map(|f| read_yaml(f).len()).sum();
+    let documents: usize = files.iter().map(|f| yaml::read(f).len()).sum();
     assert_eq!(lines.len(), documents, "{text}");
     for line in &lines {
         assert!(
@@ -140,7 +124,7 @@ fn every_shipped_istio_manifest_passes_istios_validation() {
 /// passes; the WasmPlugin layout under the TrafficExtension kind does not.
 #[test]
 fn the_wasmplugin_as_a_traffic_extension_passes() {
-    let docs = read_yaml(&root().join("envoy/istio/wasmplugin.yaml"));
+    let docs = yaml::read(&root().join("envoy/istio/wasmplugin.yaml"));
     assert_eq!(docs.len(), 1);
     let plugin = &docs[0];
     assert_eq!(plugin["kind"], "WasmPlugin");

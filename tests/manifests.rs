@@ -103,22 +103,6 @@ fn envoy_validates_envoy_yaml() {
     );
 }
 
-/// The YAML files of a folder of the repository, sorted.
-fn yaml_files(dir: &str) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(root().join(dir))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
-        .collect();
-    files.sort();
-    files
-}
-
-fn read_yaml(path: &Path) -> Vec<Value> {
-    let text = std::fs::read_to_string(path).unwrap();
-    yaml::documents(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
 /// The one document of `kind` in a file's documents.
 fn doc<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
     let found: Vec<&Value> = docs.iter().filter(|d| d["kind"] == kind).collect();
@@ -151,12 +135,12 @@ fn every_deployment_yaml_parses() {
         .args(["-c", "import yaml"])
         .output()
         .is_ok_and(|o| o.status.success());
-    let mut files = yaml_files("envoy/istio");
-    files.extend(yaml_files("envoy/examples"));
-    files.extend(yaml_files("envoy"));
+    let mut files = yaml::files("envoy/istio");
+    files.extend(yaml::files("envoy/examples"));
+    files.extend(yaml::files("envoy"));
     assert!(files.len() >= 6, "{files:?}");
     for f in &files {
-        let docs = read_yaml(f);
+        let docs = yaml::read(f);
         assert!(
             !docs.is_empty() && docs.iter().all(Value::is_object),
             "{}: expected mappings",
@@ -252,7 +236,7 @@ fn istio_route_naming_follows_pilot() {
 
 #[test]
 fn istio_mesh_settings_close_the_ways_past_a_gateway_pep() {
-    let docs = read_yaml(&root().join("envoy/istio/mesh-safety.yaml"));
+    let docs = yaml::read(&root().join("envoy/istio/mesh-safety.yaml"));
     let mesh = &doc(&docs, "IstioOperator")["spec"]["meshConfig"];
     // istio/api mesh/v1alpha1/config.proto: DECODE_AND_MERGE_SLASHES = normalize_path,
     // merge_slashes, and %2F/%5C decoded before routing
@@ -274,7 +258,7 @@ fn istio_mesh_settings_close_the_ways_past_a_gateway_pep() {
     );
     assert_eq!(hcm["strip_any_host_port"], true);
     // it patches the same gateway the WasmPlugin runs in
-    let plugin_docs = read_yaml(&root().join("envoy/istio/wasmplugin.yaml"));
+    let plugin_docs = yaml::read(&root().join("envoy/istio/wasmplugin.yaml"));
     assert_eq!(
         ef["spec"]["workloadSelector"]["labels"],
         doc(&plugin_docs, "WasmPlugin")["spec"]["selector"]["matchLabels"]
@@ -287,7 +271,7 @@ fn istio_mesh_settings_close_the_ways_past_a_gateway_pep() {
 #[test]
 fn shipped_envoy_configurations_use_the_safe_settings() {
     for file in ["envoy/envoy.yaml", "envoy/examples/envoy-keycloak-tls.yaml"] {
-        let docs = read_yaml(&root().join(file));
+        let docs = yaml::read(&root().join(file));
         let listeners = docs[0]["static_resources"]["listeners"].as_array().unwrap();
         let mut checked = 0;
         for l in listeners {
@@ -351,9 +335,9 @@ fn shipped_envoy_configurations_use_the_safe_settings() {
 #[test]
 fn istio_manifests_fit_together() {
     let dir = root().join("envoy/istio");
-    let plugin_docs = read_yaml(&dir.join("wasmplugin.yaml"));
-    let vs_docs = read_yaml(&dir.join("virtualservice.yaml"));
-    let se_docs = read_yaml(&dir.join("keycloak-serviceentry.yaml"));
+    let plugin_docs = yaml::read(&dir.join("wasmplugin.yaml"));
+    let vs_docs = yaml::read(&dir.join("virtualservice.yaml"));
+    let se_docs = yaml::read(&dir.join("keycloak-serviceentry.yaml"));
     let plugin = doc(&plugin_docs, "WasmPlugin");
     let (gateway, vs) = (doc(&vs_docs, "Gateway"), doc(&vs_docs, "VirtualService"));
     let (se, dr) = (
@@ -495,7 +479,7 @@ fn istio_manifests_fit_together() {
 
 #[test]
 fn the_plain_envoy_example_fits_together() {
-    let docs = read_yaml(&root().join("envoy/examples/envoy-keycloak-tls.yaml"));
+    let docs = yaml::read(&root().join("envoy/examples/envoy-keycloak-tls.yaml"));
     let boot = &docs[0];
     let hcm =
         &boot["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
