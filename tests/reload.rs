@@ -471,6 +471,18 @@ fn a_refused_connection_is_retried_on_the_other_node() {
     let owner = user_token("owner");
     let envoy = Envoy::start(&plugin(old_rules(), 60_000));
     wait_for("pair.local", "/account/1", &owner);
+    // Both workers ready (the first 200 came from one; the other may still be starting and
+    // answer 503, as a CI run saw): eight 200s in a row, new connections each.
+    let mut in_a_row = 0;
+    poll_until(
+        "both workers serving pair.local",
+        Duration::from_secs(30),
+        || {
+            let ok = get("pair.local", "/account/1", Some(&owner)).status == 200;
+            in_a_row = if ok { in_a_row + 1 } else { 0 };
+            (in_a_row >= 8).then_some(())
+        },
+    );
     let retries = envoy.stat("cluster.keycloak-pair.upstream_rq_retry");
     let refused = envoy.stat("cluster.keycloak-pair.upstream_cx_connect_fail");
     let with: Vec<u16> = (0..12)
