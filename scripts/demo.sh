@@ -96,6 +96,29 @@ row owner claims.bank.local "osaka, 900" "$(transfer claims.bank.local osaka 900
 row owner claims.bank.local "tokyo, 5000" "$(transfer claims.bank.local tokyo 5000)" 403 "claim amount=5000 from the JSON body: over the limit"
 row owner untrusted.bank.local "tokyo, 900" "$(transfer untrusted.bank.local tokyo 900)" 403 "127.0.0.1 is no trusted proxy here: ip=127.0.0.1, X-Forwarded-For ignored"
 
+# Sender-constrained tokens (RFC 9449): demo-cli-dpop's tokens are bound to the client's key
+# (cnf.jkt); the dpop.bank.local enforcer wants each request signed with that key (a DPoP proof).
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+PY="$ROOT/.cache/venv/bin/python"
+[ -x "$PY" ] || PY=python3
+"$PY" -c 'import cryptography' 2>/dev/null || "$PY" -m pip install -q cryptography >&2 \
+  || die "could not install the Python package cryptography (the demo's DPoP client needs it)"
+DPOP_KEY="$ROOT/.run/demo-dpop-key.pem"
+dpop() { "$PY" "$ROOT/scripts/dpop_client.py" --key "$DPOP_KEY" --keycloak "$KC" "$@"; }
+dpop_get() { # $1 path, $2 scheme, $3 token, $4 proof (may be empty)
+  local args=(-s -o /dev/null -w '%{http_code}' --max-time 20 -H "Host: dpop.bank.local" -H "Authorization: $2 $3")
+  [ -n "$4" ] && args+=(-H "DPoP: $4")
+  curl "${args[@]}" "$ENVOY$1" || echo "000"
+}
+dpop_tok=$(dpop token owner) || die "could not get a DPoP-bound token for owner"
+me_proof=$(dpop proof GET http://dpop.bank.local/me "$dpop_tok")
+echo
+printf '%-7s %-24s %-14s %-4s %-12s %s\n' USER HOST "DPoP" HTTP CHECK WHY
+row owner dpop.bank.local "GET /me" "$(dpop_get /me DPoP "$dpop_tok" "$me_proof")" 200 "DPoP token + proof signed by its key (cnf.jkt, htm, htu, ath, iat): allowed (PERMISSIVE, /me has no resource)"
+row owner dpop.bank.local "no proof" "$(dpop_get /me Bearer "$dpop_tok" "")" 401 "the same token as a plain Bearer token, as if copied from a log: refused (invalid_token)"
+row owner dpop.bank.local "replayed" "$(dpop_get /me DPoP "$dpop_tok" "$me_proof")" 401 "the same proof again: its jti was taken (invalid_dpop_proof)"
+row owner dpop.bank.local "GET /account/1" "$(dpop_get /account/1 DPoP "$dpop_tok" "$(dpop proof GET http://dpop.bank.local/account/1 "$dpop_tok")")" 403 "a good proof, but Keycloak 26.7 evaluates no permission for a DPoP-bound token (docs/configuration.md)"
+
 echo
 if [ "$mismatches" -gt 0 ]; then
   echo "demo: $mismatches result(s) differ from the expected ones."

@@ -216,6 +216,42 @@ fn a_bound_token_with_a_good_proof_gets_what_keycloak_decides() {
     );
 }
 
+#[test]
+fn a_path_without_a_resource_takes_the_token_and_its_proof_alone() {
+    // The dpop enforcer is PERMISSIVE and /me has no resource: nothing is asked of Keycloak, so a
+    // good proof is all it takes (what `make demo` shows), and the binding is checked all the same.
+    let client = Client::new();
+    let token = client.token("owner");
+    let before = stat("kcpep.keycloak.calls.token");
+    let proof = client.proof("GET", &url("/me"), Some(&token));
+    let r = get("DPoP", &token, &[&proof], "/me");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = get("DPoP", &token, &[&proof], "/me");
+    assert_eq!(
+        refusal(&r),
+        (401, "DPoP invalid_dpop_proof".into()),
+        "replayed"
+    );
+    let r = get("Bearer", &token, &[], "/me");
+    assert_eq!(refusal(&r), (401, "DPoP invalid_token".into()), "as Bearer");
+    let r = get(
+        "DPoP",
+        &token,
+        &[&Client::new().proof("GET", &url("/me"), Some(&token))],
+        "/me",
+    );
+    assert_eq!(
+        refusal(&r),
+        (401, "DPoP invalid_dpop_proof".into()),
+        "another key"
+    );
+    assert_eq!(
+        stat("kcpep.keycloak.calls.token"),
+        before,
+        "Keycloak not asked"
+    );
+}
+
 /// What is sent (scheme, proofs) and the refusal expected (status, challenge).
 type Case<'a> = (&'a str, &'a str, Vec<String>, (u16, String));
 

@@ -246,6 +246,9 @@ pub struct CacheConfig {
     pub coalesce_wait_ms: i64,
 }
 
+/// The largest `decision-cache.max-entries`.
+pub const MAX_DECISION_SLOTS: u32 = 1 << 20;
+
 impl Default for CacheConfig {
     fn default() -> Self {
         CacheConfig {
@@ -787,6 +790,7 @@ fn parse_proxy(
             let ms = |c: &mut Obj, key: &'static str, default: i64| -> Result<i64> {
                 Ok(c.u32(key)?.map_or(default, i64::from))
             };
+            let entries_path = c.key_path("max-entries");
             let parsed = CacheConfig {
                 max_entries: c.u32("max-entries")?.unwrap_or(d.max_entries),
                 allow_lifespan_ms: ms(&mut c, "lifespan-ms", d.allow_lifespan_ms)?,
@@ -795,6 +799,14 @@ fn parse_proxy(
                 coalesce_wait_ms: ms(&mut c, "coalesce-wait-ms", d.coalesce_wait_ms)?,
             };
             c.finish()?;
+            // Every slot is made at configure (filter::store::reserve_slots): a bound keeps that
+            // a start-up cost, not a hang.
+            if parsed.max_entries > MAX_DECISION_SLOTS {
+                return Err(ConfigError::new(
+                    &entries_path,
+                    "expected 0 to 1048576 slots",
+                ));
+            }
             parsed
         }
     };
@@ -1148,6 +1160,21 @@ mod tests {
             "kcpep.no-token-status: expected 401 (a Bearer challenge) or 403 (as Keycloak's enforcer), found 404"
         );
         assert_eq!(parse(minimal()).unwrap().proxy.no_token_status, 401);
+    }
+
+    #[test]
+    fn the_decision_table_is_bounded() {
+        let mut v = minimal();
+        v["kcpep"] = json!({"decision-cache": {"max-entries": 1 << 20}});
+        assert_eq!(
+            parse(v.clone()).unwrap().proxy.decision_cache.max_entries,
+            MAX_DECISION_SLOTS
+        );
+        v["kcpep"] = json!({"decision-cache": {"max-entries": (1 << 20) + 1}});
+        assert_eq!(
+            parse(v).unwrap_err().to_string(),
+            "kcpep.decision-cache.max-entries: expected 0 to 1048576 slots"
+        );
     }
 
     #[test]

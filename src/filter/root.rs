@@ -365,6 +365,7 @@ impl RootContext for Root {
             .max()
             .unwrap_or(if logout_endpoint { 1024 } else { 0 });
         super::store::create_replay_slots(replay_slots);
+        super::store::create_decision_slots(enforcers.iter().map(|e| &e.config));
         self.metrics = Rc::new(Metrics::define());
         self.plugin = Some(Rc::new(Plugin {
             routes,

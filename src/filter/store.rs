@@ -46,8 +46,9 @@ impl FrontCache {
 pub struct SharedStore<'a> {
     cfg: &'a EnforcerConfig,
     front: &'a FrontCache,
-    /// The CAS seen by the last `get`, for the claim that may follow.
-    seen: Option<(Key, Option<u32>)>,
+    /// The CAS seen by the last `get`, for the claim that may follow, and whether the slot held
+    /// no decision yet (the "slots in use" gauge counts such a slot when it is claimed).
+    seen: Option<(Key, Option<u32>, bool)>,
 }
 
 impl<'a> SharedStore<'a> {
@@ -88,7 +89,8 @@ impl DecisionStore for SharedStore<'_> {
             return Some(entry);
         }
         let (value, cas) = host::shared_get(&self.slot(key));
-        self.seen = Some((*key, cas));
+        let unused = value.as_ref().is_none_or(|(_, v)| v.is_empty());
+        self.seen = Some((*key, cas, unused));
         let entry = value.and_then(|(_, v)| decisions::decode(key, &v));
         if let Some(e) = &entry {
             self.remember(key, e);
@@ -97,18 +99,19 @@ impl DecisionStore for SharedStore<'_> {
     }
 
     fn claim(&mut self, key: &Key, until_ms: i64) -> bool {
-        let cas = match self.seen {
-            Some((k, cas)) if k == *key => cas,
-            _ => None,
+        let (cas, unused) = match self.seen {
+            Some((k, cas, unused)) if k == *key => (cas, unused),
+            _ => (None, true),
         };
         let slot = self.slot(key);
         let value = decisions::encode(key, &Entry::Pending { until_ms });
         if hostcalls::set_shared_data(&slot, Some(&value), cas).is_err() {
             return false;
         }
-        // A new slot accepts any CAS: of two racing writers, the one whose value stayed wins.
+        // The slots exist from configure ([`reserve_slots`]), so the CAS is exact; a slot that
+        // does not (another build's table) accepts any CAS: the writer whose value stayed wins.
         let won = cas.is_some() || matches!(host::shared_get(&slot).0, Some((_, v)) if v == value);
-        if won && cas.is_none() {
+        if won && unused {
             // A slot taken into use for the first time.
             if let Some(n) =
                 host::shared_increment(&decisions::slots_used_key(&self.cfg.shared_table))
@@ -145,14 +148,32 @@ pub struct SharedReplay {
     pub slots: u32,
 }
 
-/// Makes the replay table's slots that do not exist yet (each VM at configure; the first one
-/// makes them, the others find them).
-pub fn create_replay_slots(slots: u32) {
-    for n in 0..slots {
-        let key = format!("kcpep.jti.vm.{n}");
+/// Makes the slots of a fixed shared table that do not exist yet, empty (each VM at configure; the
+/// first one makes them, the others find them). Two reasons: Envoy's CAS is exact only for keys
+/// that exist, and the host's memory for the table's keys is taken at start, not as the table
+/// fills under load (the soak's RSS criterion measures growth after the first minute).
+pub fn reserve_slots(keys: impl Iterator<Item = String>) {
+    for key in keys {
         if let (None, None) = host::shared_get(&key) {
             host::shared_set(&key, b"");
         }
+    }
+}
+
+/// The DPoP replay table's slots ([`reserve_slots`]).
+pub fn create_replay_slots(slots: u32) {
+    reserve_slots((0..slots).map(|n| format!("kcpep.jti.vm.{n}")));
+}
+
+/// The decision tables' slots of these enforcers, each table once ([`reserve_slots`]).
+pub fn create_decision_slots<'c>(configs: impl Iterator<Item = &'c EnforcerConfig>) {
+    let mut done = std::collections::HashSet::new();
+    for cfg in configs {
+        let slots = cfg.proxy.decision_cache.max_entries;
+        if slots == 0 || !done.insert((cfg.shared_table.as_str(), slots)) {
+            continue;
+        }
+        reserve_slots(decisions::slot_keys(&cfg.shared_table, slots));
     }
 }
 

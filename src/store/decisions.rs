@@ -9,7 +9,8 @@
 //!
 //! Shared data has no eviction, so the table is fixed: `max-entries` slots addressed by the key's
 //! hash (`kcpep/v1/dc/<cluster>/<authority>/<realm>/<client>/<slot>`); a new decision overwrites whatever its slot held. Memory is
-//! bounded by `max-entries` x slot size whatever the key cardinality. A slot can also hold a
+//! bounded by `max-entries` x slot size whatever the key cardinality; the slots are made, empty, at
+//! configure, so their keys' memory is taken at start and CAS is exact. A slot can also hold a
 //! *pending* marker: the first VM to miss claims the key with CAS, and other requests for it wait
 //! for the answer instead of calling Keycloak themselves (up to a bound).
 
@@ -80,7 +81,16 @@ pub fn slot_key(table: &str, key: &Key, slots: u32) -> String {
     let n = u64::from_be_bytes([
         key[0], key[1], key[2], key[3], key[4], key[5], key[6], key[7],
     ]);
-    format!("kcpep/v1/dc/{table}/{}", n % u64::from(slots.max(1)))
+    slot_name(table, n % u64::from(slots.max(1)))
+}
+
+fn slot_name(table: &str, n: u64) -> String {
+    format!("kcpep/v1/dc/{table}/{n}")
+}
+
+/// Every slot key of a table of `slots` slots, the ones [`slot_key`] gives.
+pub fn slot_keys(table: &str, slots: u32) -> impl Iterator<Item = String> + '_ {
+    (0..u64::from(slots.max(1))).map(move |n| slot_name(table, n))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -210,6 +220,16 @@ mod tests {
         assert_eq!(decode_path("/reports/7", &v[..10], 0), None);
         assert!(path_slot_key("c", "/a", 10).starts_with("kcpep/v1/pc/c/"));
         assert_eq!(path_slot_key("c", "/a", 10), path_slot_key("c", "/a", 10));
+    }
+
+    #[test]
+    fn the_reserved_slots_are_the_ones_keys_land_in() {
+        let all: std::collections::HashSet<String> = slot_keys("t", 50).collect();
+        assert_eq!(all.len(), 50);
+        for n in 0..200u8 {
+            let k = key("c", 1, &[n; 32], "r", &[], None);
+            assert!(all.contains(&slot_key("t", &k, 50)), "key {n}");
+        }
     }
 
     fn cfg() -> CacheConfig {
