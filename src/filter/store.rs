@@ -162,19 +162,12 @@ pub fn reserve_slots(keys: impl Iterator<Item = String>) {
 
 /// The DPoP replay table's slots ([`reserve_slots`]).
 pub fn create_replay_slots(slots: u32) {
-    reserve_slots((0..slots).map(|n| format!("kcpep.jti.vm.{n}")));
+    reserve_slots(crate::store::replay::all_slot_keys("vm", slots));
 }
 
-/// The decision tables' slots of these enforcers, each table once ([`reserve_slots`]).
-pub fn create_decision_slots<'c>(configs: impl Iterator<Item = &'c EnforcerConfig>) {
-    let mut done = std::collections::HashSet::new();
-    for cfg in configs {
-        let slots = cfg.proxy.decision_cache.max_entries;
-        if slots == 0 || !done.insert((cfg.shared_table.as_str(), slots)) {
-            continue;
-        }
-        reserve_slots(decisions::slot_keys(&cfg.shared_table, slots));
-    }
+/// The decision tables' slots of these enforcers ([`reserve_slots`]).
+pub fn create_decision_slots<'c>(configs: impl Iterator<Item = &'c EnforcerConfig> + 'c) {
+    reserve_slots(decisions::reserved_slot_keys(configs));
 }
 
 impl crate::store::ReplayGuard for SharedReplay {

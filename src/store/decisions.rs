@@ -93,6 +93,20 @@ pub fn slot_keys(table: &str, slots: u32) -> impl Iterator<Item = String> + '_ {
     (0..u64::from(slots.max(1))).map(move |n| slot_name(table, n))
 }
 
+/// The slot keys of these enforcers' decision tables, each table once (enforcers of one client
+/// share it), to make at configure.
+pub fn reserved_slot_keys<'c>(
+    configs: impl Iterator<Item = &'c crate::config::EnforcerConfig> + 'c,
+) -> impl Iterator<Item = String> + 'c {
+    let mut done = std::collections::HashSet::new();
+    configs
+        .filter(move |cfg| {
+            let slots = cfg.proxy.decision_cache.max_entries;
+            slots > 0 && done.insert((cfg.shared_table.as_str(), slots))
+        })
+        .flat_map(|cfg| slot_keys(&cfg.shared_table, cfg.proxy.decision_cache.max_entries))
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     /// Allowed, with the permissions header value for the upstream.
@@ -230,6 +244,28 @@ mod tests {
             let k = key("c", 1, &[n; 32], "r", &[], None);
             assert!(all.contains(&slot_key("t", &k, 50)), "key {n}");
         }
+    }
+
+    #[test]
+    fn each_table_is_reserved_once() {
+        let config = |client: &str, entries: u32| {
+            crate::config::EnforcerConfig::from_value(
+                &serde_json::json!({"realm": "r", "auth-server-url": "http://kc", "resource": client,
+                    "credentials": {"secret": "s"},
+                    "kcpep": {"decision-cache": {"max-entries": entries}}}),
+                "",
+            )
+            .unwrap()
+        };
+        let (a, a2, b, off) = (
+            config("a", 3),
+            config("a", 3),
+            config("b", 2),
+            config("c", 0),
+        );
+        let keys: Vec<String> = reserved_slot_keys([&a, &a2, &b, &off].into_iter()).collect();
+        assert_eq!(keys.len(), 5, "{keys:?}");
+        assert!(keys.contains(&slot_name(&b.shared_table, 1)));
     }
 
     fn cfg() -> CacheConfig {

@@ -13,7 +13,16 @@ pub const PROBES: usize = 4;
 pub fn slot_keys(table: &str, key: &[u8; 32], slots: u32) -> [String; PROBES] {
     let slots = u64::from(slots.max(1));
     let hashes: [u64; PROBES] = lanes(key);
-    hashes.map(|h| format!("kcpep.jti.{table}.{}", h % slots))
+    hashes.map(|h| slot_name(table, h % slots))
+}
+
+fn slot_name(table: &str, n: u64) -> String {
+    format!("kcpep.jti.{table}.{n}")
+}
+
+/// Every slot key of a table of `slots` slots (the ones [`slot_keys`] gives), to make at configure.
+pub fn all_slot_keys(table: &str, slots: u32) -> impl Iterator<Item = String> + '_ {
+    (0..u64::from(slots)).map(move |n| slot_name(table, n))
 }
 
 /// What a slot holds: the first 16 bytes of the key and until when (ms) the proof is usable.
@@ -52,6 +61,17 @@ pub fn read(value: Option<&[u8]>, key: &[u8; 32], now_ms: i64) -> Slot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_table_made_at_configure_holds_every_slot_a_proof_may_take() {
+        let all: std::collections::HashSet<String> = all_slot_keys("vm", 64).collect();
+        assert_eq!(all.len(), 64);
+        for n in 0..100u8 {
+            for k in slot_keys("vm", &[n; 32], 64) {
+                assert!(all.contains(&k), "{k}");
+            }
+        }
+    }
 
     #[test]
     fn a_slot_is_free_until_a_live_proof_takes_it() {
