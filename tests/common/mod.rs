@@ -81,9 +81,13 @@ pub fn request(
         req = req.header(*k, value);
     }
     let req = req.body(body.to_vec()).unwrap();
-    let mut r = agent
+    let r = agent
         .run(req)
         .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    response(r, method, &url)
+}
+
+fn response(mut r: ureq::http::Response<ureq::Body>, method: &str, url: &str) -> Response {
     let headers = r
         .headers()
         .iter()
@@ -105,6 +109,50 @@ pub fn request(
         headers,
         body,
     }
+}
+
+/// The stack's test CA and certificates (scripts/test-pki.sh): `KCPEP_PKI/<name>.pem|.key`.
+pub fn pki(file: &str) -> Vec<u8> {
+    let path = std::path::Path::new(&env("KCPEP_PKI")).join(file);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// One request over HTTPS to `base` (`https://host:port[/path]`), trusting only the stack's test
+/// CA, presenting the client certificate `client` of that CA (`client-a`, ...) when given. A
+/// refused handshake (a listener that requires a certificate) is an `Err`, not a panic.
+pub fn tls_request(
+    base: &str,
+    client: Option<&str>,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &[u8])],
+    body: &[u8],
+) -> Result<Response, String> {
+    use ureq::http;
+    use ureq::tls::{Certificate, ClientCert, PrivateKey, RootCerts, TlsConfig};
+    let ca = Certificate::from_pem(&pki("ca.pem")).unwrap();
+    let mut tls = TlsConfig::builder().root_certs(RootCerts::new_with_certs(&[ca]));
+    if let Some(name) = client {
+        let cert = Certificate::from_pem(&pki(&format!("{name}.pem"))).unwrap();
+        let key = PrivateKey::from_pem(&pki(&format!("{name}.key"))).unwrap();
+        tls = tls.client_cert(Some(ClientCert::new_with_certs(&[cert], key)));
+    }
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .tls_config(tls.build())
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .max_idle_connections(0)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into();
+    let url = format!("{}{path}", base.trim_end_matches('/'));
+    let mut req = http::Request::builder().method(method).uri(&url);
+    for (k, v) in headers {
+        req = req.header(*k, http::HeaderValue::from_bytes(v).unwrap());
+    }
+    let req = req.body(body.to_vec()).unwrap();
+    let r = agent.run(req).map_err(|e| format!("{method} {url}: {e}"))?;
+    Ok(response(r, method, &url))
 }
 
 /// The hostile suites' client, written by hand because no maintained client sends what they
