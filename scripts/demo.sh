@@ -119,6 +119,26 @@ row owner dpop.bank.local "no proof" "$(dpop_get /me Bearer "$dpop_tok" "")" 401
 row owner dpop.bank.local "replayed" "$(dpop_get /me DPoP "$dpop_tok" "$me_proof")" 401 "the same proof again: its jti was taken (invalid_dpop_proof)"
 row owner dpop.bank.local "GET /account/1" "$(dpop_get /account/1 DPoP "$dpop_tok" "$(dpop proof GET http://dpop.bank.local/account/1 "$dpop_tok")")" 403 "a good proof, but Keycloak 26.7 evaluates no permission for a DPoP-bound token (docs/configuration.md)"
 
+# Certificate-bound tokens (RFC 8705): demo-cli-mtls's tokens come from Keycloak's HTTPS port over a
+# connection with a client certificate (the test CA of .run/pki) and are bound to it (cnf.x5t#S256);
+# Envoy's :10443 listener requires a client certificate and the filter compares the two.
+PKI="$ROOT/.run/pki"
+mtls_tok=$(curl -s --max-time 20 --cacert "$PKI/ca.pem" --cert "$PKI/client-a.pem" --key "$PKI/client-a.key" \
+  -d grant_type=password -d client_id=demo-cli-mtls -d username=owner -d password=password \
+  "${KCPEP_KEYCLOAK_TLS_URL:-https://127.0.0.1:8543}/realms/bank/protocol/openid-connect/token" \
+  | sed -n 's/.*"access_token":"\([^"]*\)".*/\1/p')
+[ -n "$mtls_tok" ] || die "could not get a certificate-bound token for owner from Keycloak's HTTPS port"
+mtls_get() { # $1 client certificate (client-a | client-b)
+  curl -s -o /dev/null -w '%{http_code}' --max-time 20 --cacert "$PKI/ca.pem" \
+    --cert "$PKI/$1.pem" --key "$PKI/$1.key" -H "Host: dpop.bank.local" \
+    -H "Authorization: Bearer $mtls_tok" "${KCPEP_ENVOY_TLS_URL:-https://127.0.0.1:10443}/account/1"
+}
+echo
+printf '%-7s %-24s %-14s %-4s %-12s %s\n' USER HOST "CERTIFICATE" HTTP CHECK WHY
+row owner dpop.bank.local "client-a" "$(mtls_get client-a)" 200 "token bound to client-a's certificate, on client-a's connection: Keycloak decides (allowed)"
+row owner dpop.bank.local "client-b" "$(mtls_get client-b)" 401 "the same token on another client certificate's connection: refused before Keycloak is asked"
+row owner dpop.bank.local "none (http)" "$(status_of dpop.bank.local /account/1 "$mtls_tok")" 401 "the same token over plain HTTP, as if copied from a log: refused"
+
 echo
 if [ "$mismatches" -gt 0 ]; then
   echo "demo: $mismatches result(s) differ from the expected ones."
