@@ -194,7 +194,7 @@ docker-stack: up (compose project $PROJECT)
   echo      $ECHO_URL    claims $CLAIMS_URL    faults $FAULTS_URL
   Envoy     $ENVOY_URL  (raw $ENVOY_RAW_URL), admin $ENVOY_ADMIN_URL; log $ENVOY_LOG
   logs:     docker-compose -p $PROJECT -f $COMPOSE_FILE logs SERVICE
-  stop:     docker/stack.sh down
+  stop:     $([ "$OFFSET" = 0 ] || echo "KCPEP_DOCKER_PORT_OFFSET=$OFFSET ")docker/stack.sh down
 EOF
 }
 
