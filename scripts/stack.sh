@@ -369,24 +369,11 @@ prepare_keycloak_import() {
   rm -f "$KC_DIR/data/import/"*.json
   cp "$REALM_DIR"/*.json "$KC_DIR/data/import/"
   # The realm's JavaScript policies (they read the claims keycloak-pep pushes) are a provider jar:
-  # a zip of envoy/keycloak/policies, no compilation. Rewritten only when its content changes, so
+  # a zip of envoy/keycloak/policies, no compilation (scripts/policies-jar.py, also behind
+  # `make policies-jar` for the compose stack). Rewritten only when its content changes, so
   # Keycloak does not rebuild itself on every start.
-  python3 - "$REALM_DIR/policies" "$KC_DIR/providers/kcpep-policies.jar" <<'PY'
-import io, os, sys, zipfile
-src, out = sys.argv[1], sys.argv[2]
-buf = io.BytesIO()
-with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-    for root, _, files in sorted(os.walk(src)):
-        for f in sorted(files):
-            path = os.path.join(root, f)
-            info = zipfile.ZipInfo(os.path.relpath(path, src), date_time=(2020, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_DEFLATED
-            z.writestr(info, open(path, "rb").read())
-data = buf.getvalue()
-if not os.path.exists(out) or open(out, "rb").read() != data:
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    open(out, "wb").write(data)
-PY
+  python3 "$ROOT/scripts/policies-jar.py" "$REALM_DIR/policies" "$KC_DIR/providers/kcpep-policies.jar" \
+    || die "could not build the policies provider jar"
 }
 
 start_keycloak() { # $1 = fresh|keep
