@@ -96,9 +96,11 @@ e2e-matrix: $(WASM)
 	KCPEP_KEYCLOAK_VERSION=26.0.8 $(MAKE) e2e
 	KCPEP_KEYCLOAK_RELATIVE_PATH=/auth $(MAKE) e2e
 
+# The compose stack last: scripts/stack.sh test has taken the native stack down (same ports).
 test: lint $(WASM) $(WASM_RUST_CRYPTO)
 	cargo test
 	$(MAKE) e2e
+	$(MAKE) test-docker
 
 up: $(WASM)
 	scripts/stack.sh up

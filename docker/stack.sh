@@ -37,7 +37,7 @@ KC_READY_TIMEOUT=${KC_READY_TIMEOUT:-600}
 READY_TIMEOUT=${READY_TIMEOUT:-30}
 
 # The ports of envoy/docker-compose.yaml and envoy/envoy.yaml (scripts/stack.sh's).
-BASE_PORTS=(8180 9181 8081 8082 8083 10000 10001 9901)
+BASE_PORTS=(8180 9181 8081 8082 8083 10000 10001 9901 8543 10443)
 p() { echo $(($1 + OFFSET)); }
 KC_URL="http://127.0.0.1:$(p 8180)"
 ECHO_URL="http://127.0.0.1:$(p 8081)"
@@ -46,6 +46,9 @@ FAULTS_URL="http://127.0.0.1:$(p 8083)"
 ENVOY_URL="http://127.0.0.1:$(p 10000)"
 ENVOY_RAW_URL="http://127.0.0.1:$(p 10001)"
 ENVOY_ADMIN_URL="http://127.0.0.1:$(p 9901)"
+KC_TLS_URL="https://127.0.0.1:$(p 8543)"
+ENVOY_TLS_URL="https://127.0.0.1:$(p 10443)"
+PKI="$RUN/pki"
 
 say() { echo "docker-stack: $*"; }
 warn() { echo "docker-stack: $*" >&2; }
@@ -175,10 +178,11 @@ cmd_up() {
   docker info >/dev/null 2>&1 || die "no Docker daemon (docker/dockerd.sh start)"
   [ -s "$WASM" ] || die "$WASM is missing: make wasm"
   python3 "$ROOT/scripts/policies-jar.py" envoy/keycloak/policies "$JAR" || die "could not build $JAR"
+  "$ROOT/scripts/test-pki.sh" "$PKI" || die "could not make the test CA in $PKI"
   [ -n "$(compose ps -q 2>/dev/null)" ] || check_ports_free
   local t0=$SECONDS i
   # Envoy waits for Keycloak's healthcheck (depends_on: service_healthy), so this returns when
-  # Keycloak's management interface says ready and Envoy has been started.
+  # Keycloak answers the bank realm's discovery and Envoy has been started.
   say "compose -p $PROJECT -f $COMPOSE_FILE up -d (Keycloak first: a first start takes minutes)"
   compose up -d || { compose logs --no-color --tail 40 keycloak >&2 || true; die "compose up failed"; }
   for ((i = 0; i < ${#CHECKS[@]}; i += 2)); do
@@ -245,6 +249,9 @@ cmd_test() {
   export KCPEP_CLAIMS_URL="$CLAIMS_URL"
   export KCPEP_FAULTS_URL="$FAULTS_URL"
   export KCPEP_STACK="$SELF"
+  export KCPEP_KEYCLOAK_TLS_URL="$KC_TLS_URL"
+  export KCPEP_ENVOY_TLS_URL="$ENVOY_TLS_URL"
+  export KCPEP_PKI="$PKI"
   export KCPEP_DOCKER_PORT_OFFSET="$OFFSET" DOCKER
   say "running: $*"
   "$@" || rc=$?
