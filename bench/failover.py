@@ -58,7 +58,6 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-import zipfile
 from concurrent.futures import ThreadPoolExecutor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -367,18 +366,15 @@ class Postgres:
 
 
 def policies_jar_bytes():
-    """The realm's JavaScript policies as a provider jar, as scripts/stack.sh builds it."""
-    import io
-    src = os.path.join(REALM_DIR, "policies")
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-        for root, _, files in sorted(os.walk(src)):
-            for f in sorted(files):
-                path = os.path.join(root, f)
-                info = zipfile.ZipInfo(os.path.relpath(path, src), date_time=(2020, 1, 1, 0, 0, 0))
-                info.compress_type = zipfile.ZIP_DEFLATED
-                z.writestr(info, open(path, "rb").read())
-    return buf.getvalue()
+    """The realm's JavaScript policies as a provider jar: what scripts/policies-jar.py writes for
+    scripts/stack.sh and the compose stack."""
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "kcpep-policies.jar")
+        subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "policies-jar.py"),
+                        os.path.join(REALM_DIR, "policies"), out], check=True)
+        with open(out, "rb") as fh:
+            return fh.read()
 
 
 BUILD_OPTIONS = ["--db=postgres", "--health-enabled=true", "--features=scripts"]

@@ -17,7 +17,6 @@ import base64
 import bisect
 import hashlib
 import http.client
-import io
 import json
 import math
 import os
@@ -32,7 +31,6 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-import zipfile
 from concurrent.futures import ThreadPoolExecutor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -262,24 +260,11 @@ def prepare_keycloak():
     os.makedirs(os.path.join(KC_DIR, "data", "import"))
     with open(os.path.join(KC_DIR, "data", "import", "bank-realm.json"), "w") as f:
         json.dump(soak_realm(), f)
-    # the realm's JavaScript policies as a provider jar (as scripts/stack.sh builds it), rewritten
-    # only when it changes so Keycloak does not rebuild itself
-    src = os.path.join(REALM_DIR, "policies")
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-        for root, _, files in sorted(os.walk(src)):
-            for name in sorted(files):
-                path = os.path.join(root, name)
-                info = zipfile.ZipInfo(os.path.relpath(path, src), date_time=(2020, 1, 1, 0, 0, 0))
-                info.compress_type = zipfile.ZIP_DEFLATED
-                with open(path, "rb") as fh:
-                    z.writestr(info, fh.read())
-    jar = os.path.join(KC_DIR, "providers", "kcpep-policies.jar")
-    data = buf.getvalue()
-    if not os.path.exists(jar) or open(jar, "rb").read() != data:
-        os.makedirs(os.path.dirname(jar), exist_ok=True)
-        with open(jar, "wb") as f:
-            f.write(data)
+    # the realm's JavaScript policies as a provider jar (scripts/policies-jar.py, as scripts/stack.sh),
+    # rewritten only when it changes so Keycloak does not rebuild itself
+    subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "policies-jar.py"),
+                    os.path.join(REALM_DIR, "policies"),
+                    os.path.join(KC_DIR, "providers", "kcpep-policies.jar")], check=True)
 
 
 def java_env():
