@@ -61,7 +61,7 @@ abi: $(WASM) $(WASM_RUST_CRYPTO)
 
 E2E_TESTS := --test contract --test e2e --test claims --test hostile --test hostile_requests --test replay --test reload --test oracle --test outage --test manifests --test operator --test binding
 
-e2e: $(WASM)
+e2e: $(WASM) $(POLICIES_JAR)
 	cargo test --features e2e $(E2E_TESTS) --no-run
 	scripts/stack.sh test -- bash -c 'cargo test --features e2e --test manifests --test oracle --test contract --test e2e --test claims --test hostile --test hostile_requests --test replay --test reload --test operator --test binding -- --test-threads=1 && cargo test --features e2e --test outage'
 

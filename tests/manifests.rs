@@ -64,7 +64,7 @@ fn docker_compose_mounts_exist() {
             let p = dir.join(host);
             assert!(
                 Path::new(&p).exists(),
-                "docker-compose mounts {host}, which does not exist (run `make wasm` for dist/)"
+                "docker-compose mounts {host}, which does not exist (`make wasm policies-jar` makes dist/)"
             );
             mounts += 1;
         }
