@@ -1085,6 +1085,9 @@ fn a_repeated_request_is_answered_from_the_memo_until_its_decision_expires() {
     let c = callouts(&mut vm).pop().unwrap();
     vm.respond(c.token, 200, &[], granted).unwrap();
     assert!(vm.continued(req));
+    // the request's UMA grant is a grant; the token endpoint also served the background's PAT
+    assert_eq!(vm.metric("kcpep.keycloak.grants"), Some(1));
+    assert_eq!(vm.metric("kcpep.keycloak.calls.token"), Some(2));
     let hits = vm.metric("kcpep.cache.hit").unwrap_or(0);
     // same token, method and path: allowed, with the permissions header, counted as a cache hit
     let req = get(&mut vm, "/account/1", Some(&bearer(&t)), &[]);

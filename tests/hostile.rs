@@ -252,7 +252,7 @@ fn another_resource_servers_rpt_opens_nothing_here() {
     // this server's own RPT still passes on its own, without asking Keycloak
     let own = rpt("owner", "bank-api");
     // (the template path's instance lookup goes to the protection API; no UMA grant follows)
-    let grants = || stat("kcpep.keycloak.calls.token");
+    let grants = || stat("kcpep.keycloak.grants");
     let before = grants();
     let path = format!("/account/rpt{}", std::process::id());
     let r = send_raw_to(

@@ -177,7 +177,7 @@ impl Flow {
                     metrics.claim_call();
                     None
                 } else {
-                    Some(metrics.keycloak_call(&call.request.path))
+                    Some(metrics.request_call(&call.request.path))
                 };
                 match host::dispatch(cluster, authority, &call.request, timeout_ms, &self.trace) {
                     Ok(token) => {

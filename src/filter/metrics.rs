@@ -23,6 +23,10 @@ pub struct Metrics {
     cache_stale: u32,
     cache_coalesced: u32,
     calls: [u32; 5],
+    /// `kcpep.keycloak.grants`: token-endpoint calls a request made (UMA grants), apart from
+    /// the PAT the background keeps fresh, so "was Keycloak asked for this request" has a
+    /// counter that nothing else moves.
+    grants: u32,
     errors: u32,
     timeouts: u32,
     latency: u32,
@@ -102,6 +106,7 @@ impl Metrics {
             cache_stale: c("cache.stale"),
             cache_coalesced: c("cache.coalesced"),
             calls,
+            grants: c("keycloak.grants"),
             errors: c("keycloak.errors"),
             timeouts: c("keycloak.timeouts"),
             latency: define(MetricType::Histogram, "kcpep.keycloak.latency_ms"),
@@ -186,6 +191,18 @@ impl Metrics {
             4
         };
         inc(self.calls[i]);
+        i
+    }
+
+    /// A Keycloak call a request made (not the background's): counted as [`keycloak_call`], and
+    /// a token-endpoint one as a grant too.
+    ///
+    /// [`keycloak_call`]: Metrics::keycloak_call
+    pub fn request_call(&self, path: &str) -> usize {
+        let i = self.keycloak_call(path);
+        if i == 0 {
+            inc(self.grants);
+        }
         i
     }
 
