@@ -7,6 +7,7 @@ Envoy's keycloak cluster). Prints figures, saves JSON under results/, asserts no
 import http.client
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -182,6 +183,16 @@ class Envoy:
                 return int(value)
         return 0
 
+    def stats_by_prefix(self, prefix):
+        """The counters under `prefix` that are not 0, by the rest of their name."""
+        _, raw = get(f"http://127.0.0.1:{ADMIN}/stats?filter=^{re.escape(prefix)}")
+        out = {}
+        for line in raw.decode().splitlines():
+            key, _, value = line.partition(": ")
+            if key.startswith(prefix) and value.strip().isdigit() and int(value) > 0:
+                out[key[len(prefix):]] = int(value)
+        return out
+
     def stop(self):
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)  # JavaEnforcer.stop uses this too
@@ -267,8 +278,13 @@ def run_case(name, wasm, plugin, tok, server=None, proofs=None):
         result = {"rps": round(thr["rps"]), "p50_us": lat["p50_us"], "p99_us": lat["p99_us"],
                   "rps_c1": round(lat["rps"]), "non2xx": thr["non2xx"] + lat["non2xx"],
                   "socket_errors": thr["socket_errors"] + lat["socket_errors"], "keycloak_requests": calls}
+        refused = ""
+        if proofs:
+            # why a proof was refused, if one was (the filter's counters per reason)
+            result["proofs_refused"] = envoy.stats_by_prefix("wasmcustom.kcpep.binding.")
+            refused = f"  proofs refused {result['proofs_refused'] or 'none'}"
         print(f"  {name:<28} {result['rps']:>8} rps (c16)   p50 {result['p50_us']:>6} us  p99 {result['p99_us']:>6} us (c1)"
-              f"   non-2xx {result['non2xx']}  Keycloak requests {calls}", flush=True)
+              f"   non-2xx {result['non2xx']}  Keycloak requests {calls}{refused}", flush=True)
         return result
     finally:
         envoy.stop()

@@ -1554,3 +1554,120 @@ fn print_memory_per_token() {
         );
     }
 }
+
+/// The bank enforcer with DPoP-bound tokens enforced and a replay table of `slots` slots.
+fn dpop_config(slots: u32) -> Vec<u8> {
+    let mut c: Value = serde_json::from_slice(&config()).unwrap();
+    c["enforcers"]["bank"]["kcpep"]["sender-constraint"] = json!("if-bound");
+    c["enforcers"]["bank"]["kcpep"]["dpop"] = json!({"replay-slots": slots});
+    c.to_string().into_bytes()
+}
+
+/// A client's P-256 key: its RFC 7638 thumbprint, and proofs for `GET http://bank.local{path}`.
+struct DpopKey(p256::ecdsa::SigningKey);
+
+impl DpopKey {
+    fn b64(bytes: &[u8]) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    fn xy(&self) -> (String, String) {
+        let p = self.0.verifying_key().to_encoded_point(false);
+        (Self::b64(p.x().unwrap()), Self::b64(p.y().unwrap()))
+    }
+
+    fn thumbprint(&self) -> String {
+        use sha2::Digest;
+        let (x, y) = self.xy();
+        let canonical = format!(r#"{{"crv":"P-256","kty":"EC","x":"{x}","y":"{y}"}}"#);
+        Self::b64(&sha2::Sha256::digest(canonical.as_bytes()))
+    }
+
+    fn proof(&self, path: &str, token: &str, jti: &str) -> String {
+        use p256::ecdsa::signature::Signer;
+        use sha2::Digest;
+        let (x, y) = self.xy();
+        let header = json!({"typ": "dpop+jwt", "alg": "ES256",
+                            "jwk": {"kty": "EC", "crv": "P-256", "x": x, "y": y}});
+        let claims = json!({"jti": jti, "htm": "GET", "htu": format!("http://bank.local{path}"),
+                            "iat": NOW_MS / 1000,
+                            "ath": Self::b64(&sha2::Sha256::digest(token.as_bytes()))});
+        let input = format!(
+            "{}.{}",
+            Self::b64(header.to_string().as_bytes()),
+            Self::b64(claims.to_string().as_bytes())
+        );
+        let sig: p256::ecdsa::Signature = self.0.sign(input.as_bytes());
+        format!("{input}.{}", Self::b64(&sig.to_bytes()))
+    }
+}
+
+#[test]
+fn a_dpop_proof_is_taken_once_across_workers_and_a_full_table_refuses() {
+    let shared = SharedData::new();
+    let mut workers = [0, 1].map(|_| {
+        let mut vm = vm_with(Some(shared.clone()));
+        assert!(vm.configure(&dpop_config(64)).unwrap());
+        answer_background(&mut vm);
+        vm
+    });
+    let key = DpopKey(p256::ecdsa::SigningKey::random(&mut rand::thread_rng()));
+    let t = token(json!({"cnf": {"jkt": key.thumbprint()}}));
+    let send = |vm: &mut Vm, jti: &str| {
+        let proof = key.proof("/account/1", &t, jti);
+        let auth = format!("DPoP {t}");
+        get(
+            vm,
+            "/account/1",
+            Some(auth.as_bytes()),
+            &[("dpop", proof.as_bytes())],
+        )
+    };
+    // the first proof passes on worker 0 (Keycloak grants; the decision is cached)
+    let [a, b] = &mut workers;
+    let req = send(a, "first");
+    let c = callouts(a).pop().expect("a UMA grant");
+    let granted =
+        br#"[{"rsid":"rid-1","rsname":"View Account Resource","scopes":["account:view"]}]"#;
+    a.respond(c.token, 200, &[], granted).unwrap();
+    assert!(a.continued(req));
+    // the same proof on worker 1: a replay, refused before Keycloak is asked
+    let req = send(b, "first");
+    let r = b.local_response(req).expect("refused");
+    assert_eq!(r.status, 401);
+    let challenge = String::from_utf8_lossy(r.header("www-authenticate").unwrap()).to_string();
+    assert!(challenge.starts_with("DPoP "), "{challenge}");
+    assert!(
+        challenge.contains("error=\"invalid_dpop_proof\""),
+        "{challenge}"
+    );
+    assert_eq!(b.metric("kcpep.binding.replay"), Some(1));
+    assert!(callouts(b).is_empty());
+    // 99 new proofs, alternating workers, into a table of 64 slots: the table takes what it
+    // holds (two choices of 8 buckets of 8: nearly all of it) and refuses the rest, forgetting
+    // none of the proofs it took
+    let (mut taken, mut refused) = (1, 0);
+    for n in 0..99 {
+        let vm = &mut workers[n % 2];
+        let req = send(vm, &format!("proof-{n}"));
+        if vm.continued(req) {
+            taken += 1;
+        } else {
+            let r = vm.local_response(req).expect("allowed or refused");
+            assert_eq!(r.status, 401);
+            refused += 1;
+        }
+    }
+    assert_eq!(taken + refused, 100);
+    assert!((56..=64).contains(&taken), "{taken} proofs taken");
+    let full: i64 = workers
+        .iter()
+        .map(|vm| vm.metric("kcpep.binding.replay_table_full").unwrap_or(0))
+        .sum();
+    assert_eq!(full, refused);
+    for n in 0..99 {
+        let vm = &mut workers[(n + 1) % 2];
+        let req = send(vm, &format!("proof-{n}"));
+        assert!(!vm.continued(req), "proof-{n} taken twice");
+    }
+}

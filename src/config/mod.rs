@@ -217,8 +217,9 @@ pub struct DpopSettings {
     /// resource server accept it; refused by default, as Keycloak's own endpoints refuse it).
     pub accept_unbound_tokens: bool,
     /// Slots of the replay table (shared by the VM's workers and enforcers; the largest setting
-    /// of them is used). A proof takes a slot for lifetime + skew seconds; keep the table under
-    /// half full: slots >= 2 x proofs per second x (lifetime + skew).
+    /// of them is used). A proof takes a slot for lifetime + skew seconds; the table refuses
+    /// none until two thirds full (`store::replay`): slots >= 2 x proofs per second x
+    /// (lifetime + skew) leaves a margin.
     pub replay_slots: u32,
 }
 

@@ -141,9 +141,9 @@ impl DecisionStore for SharedStore<'_> {
 }
 
 /// The DPoP replay table over shared data (rules in `store::replay`). Envoy's CAS is exact only
-/// for keys that exist, so the slots are made at configure ([`create_replay_slots`]); a proof
-/// then takes its slot with a CAS write, and of two workers racing with the same proof one write
-/// fails and that worker finds the proof on reading again.
+/// for keys that exist, so the buckets are made at configure ([`create_replay_slots`]); a proof
+/// then goes into its bucket with a CAS write, and of two workers racing for a bucket one write
+/// fails and that worker reads again (finding the proof, if it was the same one).
 pub struct SharedReplay {
     pub slots: u32,
 }
@@ -160,9 +160,9 @@ pub fn reserve_slots(keys: impl Iterator<Item = String>) {
     }
 }
 
-/// The DPoP replay table's slots ([`reserve_slots`]).
+/// The DPoP replay table's buckets ([`reserve_slots`]).
 pub fn create_replay_slots(slots: u32) {
-    reserve_slots(crate::store::replay::all_slot_keys("vm", slots));
+    reserve_slots(crate::store::replay::all_bucket_keys("vm", slots));
 }
 
 /// The decision tables' slots of these enforcers ([`reserve_slots`]).
@@ -172,31 +172,23 @@ pub fn create_decision_slots<'c>(configs: impl Iterator<Item = &'c EnforcerConfi
 
 impl crate::store::ReplayGuard for SharedReplay {
     fn first_use(&mut self, key: &[u8; 32], until_ms: i64, now_ms: i64) -> crate::store::FirstUse {
-        use crate::store::replay::{self, Slot};
+        use crate::store::replay::{self, Plan};
         use crate::store::FirstUse;
-        let names = replay::slot_keys("vm", key, self.slots);
-        let value = replay::encode(key, until_ms);
+        let names = replay::bucket_keys("vm", key, self.slots);
+        // a few rounds of CAS races lost to other workers, then fail closed
         for _ in 0..4 {
-            let read: Vec<(Slot, Option<u32>)> = names
-                .iter()
-                .map(|n| {
-                    let (v, cas) = host::shared_get(n);
-                    (
-                        replay::read(v.as_ref().map(|(_, v)| v.as_slice()), key, now_ms),
-                        cas,
-                    )
-                })
-                .collect();
-            if read.iter().any(|(s, _)| *s == Slot::Same) {
-                return FirstUse::Replayed;
-            }
-            let Some((i, (_, cas))) = read.iter().enumerate().find(|(_, (s, _))| *s == Slot::Free)
-            else {
-                return FirstUse::Full;
-            };
-            match hostcalls::set_shared_data(&names[i], Some(&value), *cas) {
-                Ok(()) => return FirstUse::First,
-                Err(_) => continue, // another worker wrote the slot first: read again
+            let read = names.clone().map(|n| host::shared_get(&n));
+            let values = [0, 1].map(|i| read[i].0.as_ref().map(|(_, v)| v.as_slice()));
+            match replay::plan(values, key, until_ms, now_ms) {
+                Plan::Replayed => return FirstUse::Replayed,
+                Plan::Full => return FirstUse::Full,
+                Plan::Write { bucket, value } => {
+                    if hostcalls::set_shared_data(&names[bucket], Some(&value), read[bucket].1)
+                        .is_ok()
+                    {
+                        return FirstUse::First;
+                    }
+                }
             }
         }
         FirstUse::Full
