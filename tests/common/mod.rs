@@ -55,36 +55,46 @@ pub fn request(
     headers: &[(&str, &[u8])],
     body: &[u8],
 ) -> Response {
-    use ureq::http;
     static AGENT: std::sync::OnceLock<ureq::Agent> = std::sync::OnceLock::new();
-    let agent = AGENT.get_or_init(|| {
-        ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .max_redirects(0)
-            .allow_non_standard_methods(true)
-            .max_idle_connections(0)
-            .timeout_global(Some(Duration::from_secs(30)))
-            .build()
-            .into()
-    });
+    let agent = AGENT.get_or_init(|| agent_config().build().into());
     let base = base.trim_end_matches('/');
     let base = if base.starts_with("http://") {
         base.to_string()
     } else {
         format!("http://{base}")
     };
-    let url = format!("{base}{path}");
-    let mut req = http::Request::builder().method(method).uri(&url);
+    agent_send(agent, method, &format!("{base}{path}"), headers, body)
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The test clients' settings: statuses are answers, redirects are not followed, a connection
+/// per request, 30 s at most.
+fn agent_config() -> ureq::config::ConfigBuilder<ureq::typestate::AgentScope> {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .allow_non_standard_methods(true)
+        .max_idle_connections(0)
+        .timeout_global(Some(Duration::from_secs(30)))
+}
+
+fn agent_send(
+    agent: &ureq::Agent,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &[u8])],
+    body: &[u8],
+) -> Result<Response, String> {
+    use ureq::http;
+    let mut req = http::Request::builder().method(method).uri(url);
     for (k, v) in headers {
         let value = http::HeaderValue::from_bytes(v)
             .unwrap_or_else(|e| panic!("{k}: {e}: a test that sends such bytes uses raw::request"));
         req = req.header(*k, value);
     }
-    let req = req.body(body.to_vec()).unwrap();
-    let r = agent
-        .run(req)
-        .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
-    response(r, method, &url)
+    let req = req.body(body.to_vec()).map_err(|e| e.to_string())?;
+    let r = agent.run(req).map_err(|e| format!("{method} {url}: {e}"))?;
+    Ok(response(r, method, url))
 }
 
 fn response(mut r: ureq::http::Response<ureq::Body>, method: &str, url: &str) -> Response {
@@ -128,7 +138,6 @@ pub fn tls_request(
     headers: &[(&str, &[u8])],
     body: &[u8],
 ) -> Result<Response, String> {
-    use ureq::http;
     use ureq::tls::{Certificate, ClientCert, PrivateKey, RootCerts, TlsConfig};
     let ca = Certificate::from_pem(&pki("ca.pem")).unwrap();
     let mut tls = TlsConfig::builder().root_certs(RootCerts::new_with_certs(&[ca]));
@@ -137,22 +146,14 @@ pub fn tls_request(
         let key = PrivateKey::from_pem(&pki(&format!("{name}.key"))).unwrap();
         tls = tls.client_cert(Some(ClientCert::new_with_certs(&[cert], key)));
     }
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .tls_config(tls.build())
-        .http_status_as_error(false)
-        .max_redirects(0)
-        .max_idle_connections(0)
-        .timeout_global(Some(Duration::from_secs(30)))
-        .build()
-        .into();
-    let url = format!("{}{path}", base.trim_end_matches('/'));
-    let mut req = http::Request::builder().method(method).uri(&url);
-    for (k, v) in headers {
-        req = req.header(*k, http::HeaderValue::from_bytes(v).unwrap());
-    }
-    let req = req.body(body.to_vec()).unwrap();
-    let r = agent.run(req).map_err(|e| format!("{method} {url}: {e}"))?;
-    Ok(response(r, method, &url))
+    let agent: ureq::Agent = agent_config().tls_config(tls.build()).build().into();
+    agent_send(
+        &agent,
+        method,
+        &format!("{}{path}", base.trim_end_matches('/')),
+        headers,
+        body,
+    )
 }
 
 /// The hostile suites' client, written by hand because no maintained client sends what they
