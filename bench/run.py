@@ -282,7 +282,8 @@ def run_case(name, wasm, plugin, tok, server=None, proofs=None):
         if proofs:
             # why a proof was refused, if one was (the filter's counters per reason)
             result["proofs_refused"] = envoy.stats_by_prefix("wasmcustom.kcpep.binding.")
-            refused = f"  proofs refused {result['proofs_refused'] or 'none'}"
+            ran = [round(r["duration_us"] / 1e6, 1) for r in (thr, lat)]
+            refused = f"  proofs refused {result['proofs_refused'] or 'none'}, ran {ran[0]} s / {ran[1]} s"
         print(f"  {name:<28} {result['rps']:>8} rps (c16)   p50 {result['p50_us']:>6} us  p99 {result['p99_us']:>6} us (c1)"
               f"   non-2xx {result['non2xx']}  Keycloak requests {calls}{refused}", flush=True)
         return result
