@@ -229,7 +229,7 @@ impl Default for DpopSettings {
             proof_lifetime_s: DPOP_DEFAULT_LIFETIME_S,
             clock_skew_s: DPOP_DEFAULT_SKEW_S,
             accept_unbound_tokens: false,
-            replay_slots: 32_768,
+            replay_slots: 131_072,
         }
     }
 }
