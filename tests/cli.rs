@@ -129,6 +129,12 @@ fn check_explains_the_sender_constraint_and_refuses_a_bad_one() {
         "{}",
         text(&o)
     );
+    // the table's capacity: 131072 slots / 2 / (10 s + 15 s)
+    assert!(
+        text(&o).contains("(131072 replay slots: up to about 2621 proofs per second"),
+        "{}",
+        text(&o)
+    );
     v["kcpep"]["dpop"] = serde_json::json!({"replay-slots": 3});
     let o = check(&v);
     assert_eq!(o.status.code(), Some(1));

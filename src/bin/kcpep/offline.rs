@@ -166,10 +166,12 @@ fn sender_constraint_note(p: &keycloak_pep::config::ProxySettings) -> Option<Str
     use keycloak_pep::config::SenderConstraint;
     let d = &p.dpop;
     let dpop = format!(
-        "DPoP proofs: iat within {} s (+{} s skew), each taken once across the VM's workers ({} replay slots); the URL's scheme is {}",
+        "DPoP proofs: iat within {} s (+{} s skew), each taken once across the VM's workers ({} replay slots: up to about {} proofs per second, more are refused); the URL's scheme is {}",
         d.proof_lifetime_s,
         d.clock_skew_s,
         d.replay_slots,
+        // docs/configuration.md's sizing: slots >= 2 x proofs per second x (lifetime + skew)
+        u64::from(d.replay_slots) / 2 / u64::from((d.proof_lifetime_s + d.clock_skew_s).max(1)),
         if p.proxy_trust.headers.is_some() {
             "the connection's, or X-Forwarded-Proto/Forwarded from trusted-proxies"
         } else {
