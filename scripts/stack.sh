@@ -403,18 +403,8 @@ start_keycloak() { # $1 = fresh|keep
       --https-port "$KC_TLS_PORT" \
       --https-certificate-file "$PKI/keycloak.pem" --https-certificate-key-file "$PKI/keycloak.key" \
       --https-client-auth request --truststore-paths "$PKI/ca.pem" \
-      --features="$(keycloak_features)" \
+      --features=scripts \
       --import-realm
-}
-
-# The realm's JavaScript policies need `scripts`. DPoP is supported (on by default) from Keycloak
-# 26.4 and a preview feature before it, so the 26.0 line of `make e2e-matrix` turns it on.
-keycloak_features() {
-  if [ "$(printf '%s\n%s\n' "$KC_VERSION" 26.4 | sort -V | head -1)" = 26.4 ]; then
-    echo scripts
-  else
-    echo scripts,dpop
-  fi
 }
 
 start_echo() {

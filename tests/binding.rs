@@ -103,11 +103,7 @@ impl Client {
         );
         assert_eq!(r.status, 200, "token of {user}: {}", r.text());
         let body = r.json();
-        // (the body holds the tokens: only its type is shown)
-        assert_eq!(
-            body["token_type"], "DPoP",
-            "Keycloak bound the token (Keycloak before 26.4 needs its dpop feature)"
-        );
+        assert_eq!(body["token_type"], "DPoP", "Keycloak bound it: {body}");
         body["access_token"].as_str().unwrap().to_string()
     }
 }
