@@ -86,6 +86,14 @@ impl Client {
     /// A DPoP-bound access token of `user` from Keycloak (password grant of `demo-cli-dpop`,
     /// with a proof for the token endpoint).
     fn token(&self, user: &str) -> String {
+        let body = self.grant(user);
+        // (the body holds the tokens: only its type is shown)
+        assert_eq!(body["token_type"], "DPoP", "Keycloak bound the token");
+        body["access_token"].as_str().unwrap().to_string()
+    }
+
+    /// Keycloak's answer to `user`'s password grant with a proof.
+    fn grant(&self, user: &str) -> Value {
         let path = "/realms/bank/protocol/openid-connect/token";
         let proof = self.proof("POST", &format!("{}{path}", keycloak()), None);
         let form = format!(
@@ -102,10 +110,28 @@ impl Client {
             form.as_bytes(),
         );
         assert_eq!(r.status, 200, "token of {user}: {}", r.text());
-        let body = r.json();
-        assert_eq!(body["token_type"], "DPoP", "Keycloak bound it: {body}");
-        body["access_token"].as_str().unwrap().to_string()
+        r.json()
     }
+}
+
+/// Whether this Keycloak issues DPoP-bound tokens: a supported feature, on by default, from
+/// 26.4. Before, it is a preview feature whose token endpoint fails every UMA grant with a
+/// plain bearer token in 26.0 (an NPE in `DPoPUtil`: docs/configuration.md), so the 26.0 line of
+/// `make e2e-matrix` runs without it: there Keycloak must ignore the proof and issue a plain
+/// bearer token, and the tests that need bound tokens from Keycloak end after checking that.
+fn keycloak_binds_dpop() -> bool {
+    if keycloak_version() >= (26, 4) {
+        return true;
+    }
+    let body = Client::new().grant("owner");
+    assert_eq!(
+        body["token_type"],
+        "Bearer",
+        "Keycloak {:?} without its dpop feature",
+        keycloak_version()
+    );
+    assert!(claims_of(body["access_token"].as_str().unwrap())["cnf"].is_null());
+    false
 }
 
 fn now() -> i64 {
@@ -181,6 +207,9 @@ fn keycloak_decision(token: &str) -> (u16, Value) {
 
 #[test]
 fn keycloak_binds_the_token_to_the_clients_key() {
+    if !keycloak_binds_dpop() {
+        return;
+    }
     let client = Client::new();
     let token = client.token("owner");
     let c = claims_of(&token);
@@ -190,6 +219,9 @@ fn keycloak_binds_the_token_to_the_clients_key() {
 
 #[test]
 fn a_bound_token_with_a_good_proof_gets_what_keycloak_decides() {
+    if !keycloak_binds_dpop() {
+        return;
+    }
     let client = Client::new();
     let token = client.token("owner");
     let before = stat("kcpep.keycloak.grants");
@@ -218,6 +250,9 @@ fn a_bound_token_with_a_good_proof_gets_what_keycloak_decides() {
 
 #[test]
 fn a_path_without_a_resource_takes_the_token_and_its_proof_alone() {
+    if !keycloak_binds_dpop() {
+        return;
+    }
     // The dpop enforcer is PERMISSIVE and /me has no resource: nothing is asked of Keycloak, so a
     // good proof is all it takes (what `make demo` shows), and the binding is checked all the same.
     let client = Client::new();
@@ -253,6 +288,9 @@ type Case<'a> = (&'a str, &'a str, Vec<String>, (u16, String));
 
 #[test]
 fn every_broken_proof_is_refused_before_keycloak_is_asked() {
+    if !keycloak_binds_dpop() {
+        return;
+    }
     let client = Client::new();
     let other = Client::new();
     let token = client.token("owner");
@@ -366,6 +404,9 @@ fn per_worker() -> Vec<i64> {
 
 #[test]
 fn a_proof_is_taken_once_on_every_worker() {
+    if !keycloak_binds_dpop() {
+        return;
+    }
     let client = Client::new();
     let token = client.token("owner");
     let proof = client.proof("GET", &url("/account/1"), Some(&token));

@@ -482,6 +482,29 @@ pub fn admin_token() -> String {
     r.json()["access_token"].as_str().unwrap().to_string()
 }
 
+/// The running Keycloak's (major, minor) version, from its admin API's server info.
+pub fn keycloak_version() -> (u32, u32) {
+    static VERSION: std::sync::OnceLock<(u32, u32)> = std::sync::OnceLock::new();
+    *VERSION.get_or_init(|| {
+        let bearer = format!("Bearer {}", admin_token());
+        let r = request(
+            &keycloak(),
+            "GET",
+            "/admin/serverinfo",
+            &[("authorization", bearer.as_bytes())],
+            b"",
+        );
+        assert_eq!(r.status, 200, "server info: {}", r.text());
+        let info = r.json();
+        let v = info["systemInfo"]["version"].as_str().unwrap_or_default();
+        let mut parts = v.split('.').map(|p| p.parse::<u32>().ok());
+        match (parts.next().flatten(), parts.next().flatten()) {
+            (Some(major), Some(minor)) => (major, minor),
+            _ => panic!("Keycloak's version {v:?}"),
+        }
+    })
+}
+
 /// The bank realm's published keys (JWKS) as Keycloak serves them.
 pub fn realm_jwks() -> serde_json::Value {
     request(
