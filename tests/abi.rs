@@ -772,6 +772,24 @@ fn decisions_are_cached_in_shared_data_for_all_vms() {
     assert!(slots <= 51 && slots > 0, "{slots}");
     // the "entries in use" gauge counts exactly the slots holding an entry
     assert_eq!(a.metric("kcpep.cache.entries"), Some(slots as i64));
+    // ...of every table: a decision of the other enforcer (its own table) adds to it
+    a.set_property(&["xds", "route_name"], b"other-route");
+    let req = get(&mut a, "/x", Some(&bearer(&t)), &[]);
+    for c in callouts(&mut a) {
+        a.respond(c.token, 403, &[], br#"{"error":"access_denied"}"#)
+            .unwrap();
+    }
+    assert!(a.local_response(req).is_some() || a.continued(req));
+    let used = |prefix: &str| {
+        shared_keys(&shared)
+            .into_iter()
+            .filter(|k| k.starts_with(prefix))
+            .filter(|k| !shared.lock().unwrap().get(k).unwrap().0.is_empty())
+            .count()
+    };
+    let other = used("kcpep/v1/dc/") - slots;
+    assert_eq!(other, 1, "the other enforcer's decision took a slot of its table");
+    assert_eq!(a.metric("kcpep.cache.entries"), Some(slots as i64 + 1));
 }
 
 /// Two ready VMs sharing one shared-data store, as two Envoy workers do.

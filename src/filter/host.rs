@@ -149,13 +149,21 @@ pub fn host_verify(check: &signature::HostCheck) -> Option<bool> {
 }
 
 /// Adds one to a little-endian u64 counter in shared data (CAS, a few tries); the new value.
+/// A counter [`shared_increment`] keeps (0 when absent).
+pub fn shared_counter(key: &str) -> u64 {
+    counter_value(shared_get(key).0)
+}
+
+fn counter_value(value: Option<(u32, Vec<u8>)>) -> u64 {
+    value
+        .and_then(|(_, v)| <[u8; 8]>::try_from(v.as_slice()).ok())
+        .map_or(0, u64::from_le_bytes)
+}
+
 pub fn shared_increment(key: &str) -> Option<u64> {
     for _ in 0..4 {
         let (current, cas) = shared_get(key);
-        let n = current
-            .and_then(|(_, v)| <[u8; 8]>::try_from(v.as_slice()).ok())
-            .map_or(0, u64::from_le_bytes)
-            + 1;
+        let n = counter_value(current) + 1;
         if hostcalls::set_shared_data(key, Some(&n.to_le_bytes()), cas).is_ok() {
             return Some(n);
         }

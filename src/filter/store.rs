@@ -111,13 +111,16 @@ impl DecisionStore for SharedStore<'_> {
         // The slots exist from configure ([`reserve_slots`]), so the CAS is exact; a slot that
         // does not (another build's table) accepts any CAS: the writer whose value stayed wins.
         let won = cas.is_some() || matches!(host::shared_get(&slot).0, Some((_, v)) if v == value);
-        if won && unused {
-            // A slot taken into use for the first time.
-            if let Some(n) =
-                host::shared_increment(&decisions::slots_used_key(&self.cfg.shared_table))
-            {
-                super::metrics::set_cache_entries(n);
-            }
+        let used = decisions::slots_used_key(&self.cfg.shared_table);
+        if won && unused && host::shared_increment(&used).is_some() {
+            // A slot taken into use for the first time: the gauge is the sum over the tables.
+            let total = TABLES.with_borrow(|tables| {
+                tables
+                    .iter()
+                    .map(|t| host::shared_counter(&decisions::slots_used_key(t)))
+                    .sum()
+            });
+            super::metrics::set_cache_entries(total);
         }
         won
     }
@@ -165,8 +168,18 @@ pub fn create_replay_slots(slots: u32) {
     reserve_slots(crate::store::replay::all_bucket_keys("vm", slots));
 }
 
+thread_local! {
+    /// This configuration's decision tables: the "entries in use" gauge is the sum of their
+    /// counts (one gauge for all of them, so no table's count hides another's).
+    static TABLES: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+}
+
 /// The decision tables' slots of these enforcers ([`reserve_slots`]).
-pub fn create_decision_slots<'c>(configs: impl Iterator<Item = &'c EnforcerConfig> + 'c) {
+pub fn create_decision_slots<'c>(configs: impl Iterator<Item = &'c EnforcerConfig> + Clone + 'c) {
+    let mut tables: Vec<String> = configs.clone().map(|c| c.shared_table.clone()).collect();
+    tables.sort();
+    tables.dedup();
+    TABLES.set(tables);
     reserve_slots(decisions::reserved_slot_keys(configs));
 }
 
