@@ -788,7 +788,10 @@ fn decisions_are_cached_in_shared_data_for_all_vms() {
             .count()
     };
     let other = used("kcpep/v1/dc/") - slots;
-    assert_eq!(other, 1, "the other enforcer's decision took a slot of its table");
+    assert_eq!(
+        other, 1,
+        "the other enforcer's decision took a slot of its table"
+    );
     assert_eq!(a.metric("kcpep.cache.entries"), Some(slots as i64 + 1));
 }
 

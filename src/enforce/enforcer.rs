@@ -473,6 +473,56 @@ fn logout_reply(result: Result<(), LogoutError>) -> Reply {
     }
 }
 
+/// The connection a request came on, as the host reports it.
+pub struct Connection<'a> {
+    /// The peer's address (`source.address`).
+    pub peer: Option<&'a str>,
+    /// Whether the connection is TLS.
+    pub tls: bool,
+    /// The client certificate's SHA-256 in hex (Envoy's `sha256_peer_certificate_digest`).
+    pub certificate_sha256_hex: Option<&'a [u8]>,
+}
+
+impl Enforcer {
+    /// What a request's binding is checked against, from the request and its connection: the
+    /// URL as the client used it (the scheme from the connection, or from a trusted proxy's
+    /// headers; no query or fragment) and the client certificate's digest.
+    pub fn client_view(
+        &self,
+        conn: &Connection,
+        headers: &[(String, Vec<u8>)],
+        authority: &str,
+        path: &str,
+    ) -> (String, Option<[u8; 32]>) {
+        let secure = self
+            .config
+            .proxy
+            .proxy_trust
+            .client(conn.peer, conn.tls, headers)
+            .secure;
+        let cert = conn
+            .certificate_sha256_hex
+            .and_then(binding::certificate_digest);
+        (binding::request_url(secure, authority, path), cert)
+    }
+
+    /// Whether the proxy's trust settings read the request's headers at all (so the shell need
+    /// not copy them for [`client_view`](Enforcer::client_view)).
+    pub fn reads_forwarding_headers(&self) -> bool {
+        self.config.proxy.proxy_trust.headers.is_some()
+    }
+
+    /// Whether `path` (query and all, as requested) is this enforcer's back-channel logout
+    /// endpoint, which the filter answers itself.
+    pub fn is_backchannel_logout(&self, path: &str) -> bool {
+        self.config
+            .proxy
+            .backchannel_logout
+            .as_ref()
+            .is_some_and(|b| crate::request::view::path_only(path) == b.path)
+    }
+}
+
 /// What came with a request's token, for its binding: the `DPoP` header values, the request's
 /// method and URL as the client used them, the connection's client certificate, and the table
 /// that remembers proofs across workers.
@@ -512,6 +562,56 @@ mod tests {
             panic!("not valid")
         };
         t.claim("/realm_access/roles").cloned()
+    }
+
+    #[test]
+    fn the_url_a_binding_names_is_the_clients_own() {
+        let direct = enforcer(false);
+        let conn = |peer, tls, cert| Connection {
+            peer: Some(peer),
+            tls,
+            certificate_sha256_hex: cert,
+        };
+        let fwd = vec![("x-forwarded-proto".to_string(), b"https".to_vec())];
+        let hex = "ab".repeat(32);
+        // the connection's scheme, no query; a forwarding header from an untrusted peer is
+        // nobody's word
+        assert_eq!(
+            direct.client_view(&conn("10.0.0.1:5", false, None), &fwd, "h", "/a?q=1#f"),
+            ("http://h/a".to_string(), None)
+        );
+        assert_eq!(
+            direct.client_view(
+                &conn("10.0.0.1:5", true, Some(hex.as_bytes())),
+                &[],
+                "h",
+                "/a"
+            ),
+            ("https://h/a".to_string(), Some([0xab; 32]))
+        );
+        assert!(!direct.reads_forwarding_headers());
+        let mut cfg = direct.config.clone();
+        let v = json!({"realm": "bank", "auth-server-url": "http://kc", "resource": "bank-api",
+            "credentials": {"secret": "s"}, "policy-enforcer": {},
+            "kcpep": {"proxy-headers": "xforwarded", "trusted-proxies": ["10.0.0.0/8"],
+                      "backchannel-logout": {"path": "/kcpep/logout"}}});
+        let parsed = EnforcerConfig::from_value(&v, "").unwrap();
+        cfg.proxy.proxy_trust = parsed.proxy.proxy_trust.clone();
+        cfg.proxy.backchannel_logout = parsed.proxy.backchannel_logout.clone();
+        let behind = Enforcer::new("b".into(), cfg);
+        assert!(behind.reads_forwarding_headers());
+        // a trusted proxy's X-Forwarded-Proto is the client's scheme; another peer's is not
+        let plain = conn("10.1.2.3:80", false, None);
+        assert_eq!(behind.client_view(&plain, &fwd, "h", "/a").0, "https://h/a");
+        let outside = conn("192.0.2.1:80", false, None);
+        assert_eq!(
+            behind.client_view(&outside, &fwd, "h", "/a").0,
+            "http://h/a"
+        );
+        // the logout endpoint, whatever the query; no endpoint unless configured
+        assert!(behind.is_backchannel_logout("/kcpep/logout?x=1"));
+        assert!(!behind.is_backchannel_logout("/kcpep/logout/more"));
+        assert!(!direct.is_backchannel_logout("/kcpep/logout"));
     }
 
     #[test]

@@ -590,18 +590,15 @@ impl HttpContext for Http {
             send(&r);
             return Action::Pause;
         };
-        if let Some(b) = &plugin.enforcers[enforcer].config.proxy.backchannel_logout {
-            if crate::request::view::path_only(&path) == b.path {
-                // Keycloak's logout token: answered here once its body is in, never forwarded.
-                let content_type =
-                    get("content-type").map(|v| String::from_utf8_lossy(v).into_owned());
-                if method != "POST" || end_of_stream {
-                    self.answer_logout(&plugin, enforcer, content_type.as_deref(), 0);
-                    return Action::Pause;
-                }
-                self.logout = Some((enforcer, content_type));
+        if plugin.enforcers[enforcer].is_backchannel_logout(&path) {
+            // Keycloak's logout token: answered here once its body is in, never forwarded.
+            let content_type = get("content-type").map(|v| String::from_utf8_lossy(v).into_owned());
+            if method != "POST" || end_of_stream {
+                self.answer_logout(&plugin, enforcer, content_type.as_deref(), 0);
                 return Action::Pause;
             }
+            self.logout = Some((enforcer, content_type));
+            return Action::Pause;
         }
         let auth: Vec<&[u8]> = headers
             .iter()
@@ -634,8 +631,13 @@ impl HttpContext for Http {
                 .collect();
             let prop = |p: &[&str]| hostcalls::get_property(p.to_vec()).ok().flatten();
             let peer = prop(&["source", "address"]).and_then(|b| String::from_utf8(b).ok());
-            let tls = prop(&["connection", "tls_version"]).is_some_and(|v| !v.is_empty());
-            let owned: Vec<(String, Vec<u8>)> = if e.config.proxy.proxy_trust.headers.is_some() {
+            let cert_hex = prop(&["connection", "sha256_peer_certificate_digest"]);
+            let conn = crate::enforce::enforcer::Connection {
+                peer: peer.as_deref(),
+                tls: prop(&["connection", "tls_version"]).is_some_and(|v| !v.is_empty()),
+                certificate_sha256_hex: cert_hex.as_deref(),
+            };
+            let owned: Vec<(String, Vec<u8>)> = if e.reads_forwarding_headers() {
                 headers
                     .iter()
                     .map(|(k, v)| (name(k).to_string(), v.to_vec()))
@@ -643,15 +645,7 @@ impl HttpContext for Http {
             } else {
                 Vec::new()
             };
-            let secure = e
-                .config
-                .proxy
-                .proxy_trust
-                .client(peer.as_deref(), tls, &owned)
-                .secure;
-            let url = crate::enforce::binding::request_url(secure, &authority, &path);
-            let cert = prop(&["connection", "sha256_peer_certificate_digest"])
-                .and_then(|hex| crate::enforce::binding::certificate_digest(&hex));
+            let (url, cert) = e.client_view(&conn, &owned, &authority, &path);
             let mut replay = super::store::SharedReplay {
                 slots: plugin.replay_slots,
             };
