@@ -49,6 +49,13 @@ t=$SECONDS
 docker/build-images.sh
 step "images" "$t"
 
+# The containers take the native stack's ports (127.0.0.1, host network): a stack left up by
+# 'make demo' or 'make up' is stopped first, and said so.
+if scripts/stack.sh status 2>/dev/null | grep -q ' running'; then
+  say "the native stack (scripts/stack.sh: 'make demo' or 'make up') holds the ports the containers use: stopping it; 'make up' starts it again"
+  scripts/stack.sh down
+fi
+
 t=$SECONDS
 rc=0
 docker/stack.sh test -- "$@" || rc=$?

@@ -522,9 +522,22 @@ warm_keycloak() {
   say "keycloak warmed up (token, password and UMA grants)"
 }
 
+# Whether the running Envoy started before the module or its configuration last changed (a stack
+# left up by 'make demo' must not test yesterday's filter).
+envoy_stale() {
+  local started; started=$(pidfile envoy)
+  [ -e "$started" ] && { [ "$WASM" -nt "$started" ] || [ "$ENVOY_CONFIG" -nt "$started" ]; }
+}
+
 cmd_up() {
   lock
   if all_up; then
+    if envoy_stale; then
+      say "envoy started before $WASM or $ENVOY_CONFIG last changed: restarting it"
+      stop_component envoy
+      start_envoy
+      wait_ready envoy "$ENVOY_READY_TIMEOUT" || die "Envoy did not become ready"
+    fi
     say "already up (keycloak pid $(read_pid keycloak), echo pid $(read_pid echo), envoy pid $(read_pid envoy)); nothing to do"
     unlock
     return 0

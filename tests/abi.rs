@@ -1576,11 +1576,15 @@ fn print_memory_per_token() {
     }
 }
 
-/// The bank enforcer with DPoP-bound tokens enforced and a replay table of `slots` slots.
+/// The bank enforcer with DPoP-bound tokens enforced and a replay table of `slots` slots (every
+/// enforcer says so: the VM's table is the largest any of them asks for), one key allowed all
+/// of it.
 fn dpop_config(slots: u32) -> Vec<u8> {
     let mut c: Value = serde_json::from_slice(&config()).unwrap();
     c["enforcers"]["bank"]["kcpep"]["sender-constraint"] = json!("if-bound");
-    c["enforcers"]["bank"]["kcpep"]["dpop"] = json!({"replay-slots": slots});
+    for (_, e) in c["enforcers"].as_object_mut().unwrap() {
+        e["kcpep"]["dpop"] = json!({"replay-slots": slots, "replay-share-percent": 100});
+    }
     c.to_string().into_bytes()
 }
 
@@ -1681,9 +1685,14 @@ fn a_dpop_proof_is_taken_once_across_workers_and_a_full_table_refuses() {
     }
     assert_eq!(taken + refused, 100);
     assert!((56..=64).contains(&taken), "{taken} proofs taken");
+    // refused as the table full, or (this one key holding every slot, its share being all of
+    // them) as the key over its share
     let full: i64 = workers
         .iter()
-        .map(|vm| vm.metric("kcpep.binding.replay_table_full").unwrap_or(0))
+        .flat_map(|vm| {
+            ["replay_table_full", "replay_key_share"]
+                .map(|c| vm.metric(&format!("kcpep.binding.{c}")).unwrap_or(0))
+        })
         .sum();
     assert_eq!(full, refused);
     for n in 0..99 {

@@ -283,6 +283,84 @@ fn a_path_without_a_resource_takes_the_token_and_its_proof_alone() {
     assert_eq!(stat("kcpep.keycloak.grants"), before, "Keycloak not asked");
 }
 
+/// The port of a base URL (`http://127.0.0.1:10000` -> `10000`).
+fn port_of(base: &str) -> String {
+    base.trim_end_matches('/')
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// RFC 9449 §4.3: a proof's `htu` is the URL the client used, port included, with the scheme's
+/// default port written or not; a proof for another port of the same host is another URL. On
+/// both listeners: plain HTTP (:10000) and mutual TLS (:10443, https).
+#[test]
+fn a_proof_names_the_port_the_client_used() {
+    if !keycloak_binds_dpop() {
+        return;
+    }
+    let client = Client::new();
+    let token = client.token("owner");
+    let auth = format!("DPoP {token}");
+    let plain = |host: &str, htu: &str| {
+        let proof = client.proof("GET", htu, Some(&token));
+        let headers: [(&str, &[u8]); 2] = [
+            ("authorization", auth.as_bytes()),
+            ("dpop", proof.as_bytes()),
+        ];
+        send_to(&envoy(), "GET", host, "/me", None, &headers, b"")
+    };
+    let with_port = format!("{HOST}:{}", port_of(&envoy()));
+    let r = plain(&with_port, &format!("http://{with_port}/me"));
+    assert_eq!(r.status, 200, "the port the client used: {}", r.text());
+    let r = plain(&with_port, &format!("http://{HOST}/me"));
+    assert_eq!(
+        refusal(&r),
+        (401, "DPoP invalid_dpop_proof".into()),
+        "a proof for port 80, the request on {with_port}"
+    );
+    let r = plain(&format!("{HOST}:80"), &format!("http://{HOST}/me"));
+    assert_eq!(r.status, 200, "the default port written out: {}", r.text());
+    let r = plain(HOST, &format!("http://{with_port}/me"));
+    assert_eq!(
+        refusal(&r),
+        (401, "DPoP invalid_dpop_proof".into()),
+        "a proof for {with_port}, the request on port 80"
+    );
+    let tls_base = env("KCPEP_ENVOY_TLS_URL");
+    let tls = |host: &str, htu: &str| {
+        let proof = client.proof("GET", htu, Some(&token));
+        let headers: [(&str, &[u8]); 3] = [
+            ("host", host.as_bytes()),
+            ("authorization", auth.as_bytes()),
+            ("dpop", proof.as_bytes()),
+        ];
+        tls_request(&tls_base, Some("client-a"), "GET", "/me", &headers, b"").unwrap()
+    };
+    let with_port = format!("{HOST}:{}", port_of(&tls_base));
+    let r = tls(&with_port, &format!("https://{with_port}/me"));
+    assert_eq!(r.status, 200, "https on {with_port}: {}", r.text());
+    for htu in [
+        format!("https://{HOST}/me"),
+        format!("http://{with_port}/me"),
+    ] {
+        let r = tls(&with_port, &htu);
+        assert_eq!(
+            refusal(&r),
+            (401, "DPoP invalid_dpop_proof".into()),
+            "{htu} for a request to https://{with_port}/me"
+        );
+    }
+    let r = tls(&format!("{HOST}:443"), &format!("https://{HOST}/me"));
+    assert_eq!(
+        r.status,
+        200,
+        "https's default port written out: {}",
+        r.text()
+    );
+}
+
 /// What is sent (scheme, proofs) and the refusal expected (status, challenge).
 type Case<'a> = (&'a str, &'a str, Vec<String>, (u16, String));
 
@@ -708,4 +786,203 @@ fn a_certificate_bound_token_from_another_connection_is_refused() {
     let plain = user_token("owner");
     let r = mtls_get(Some("client-b"), &plain, "/me").unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
+}
+
+/// RFC 8705 §3 and closed defaults: an enforcer that says nothing of sender constraints (the
+/// stack's UNANIMOUS one) holds a certificate-bound token to its certificate all the same.
+#[test]
+fn a_certificate_bound_token_is_held_to_its_certificate_by_default() {
+    let token = mtls_token("owner", "client-a");
+    let host = "unanimous.bank.local";
+    let r = send_to(&envoy(), "GET", host, "/account/1", Some(&token), &[], b"");
+    assert_eq!(
+        refusal(&r),
+        (401, "Bearer invalid_token".into()),
+        "over plain HTTP: {}",
+        r.text()
+    );
+    let auth = format!("Bearer {token}");
+    let headers: [(&str, &[u8]); 2] = [
+        ("host", host.as_bytes()),
+        ("authorization", auth.as_bytes()),
+    ];
+    let r = tls_request(
+        &env("KCPEP_ENVOY_TLS_URL"),
+        Some("client-a"),
+        "GET",
+        "/account/1",
+        &headers,
+        b"",
+    )
+    .unwrap();
+    let want = if expected_allowed("UNANIMOUS", "owner") {
+        200
+    } else {
+        403
+    };
+    assert_eq!(r.status, want, "on its own connection: {}", r.text());
+}
+
+// ---- logout tokens (OpenID Back-Channel Logout 1.0) and the once-only tables
+
+const LOGOUT_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
+
+/// A logout token for `token`'s session, signed with the realm's key (the bank realm imports
+/// the test-only key of tests/fixtures), as Keycloak would post it; `exp` as given.
+fn logout_token_for(token: &str, exp: i64) -> String {
+    let c = claims_of(token);
+    realm_signed(&json!({
+        "iss": format!("{}/realms/bank", keycloak()), "aud": "demo-cli", "iat": now(),
+        "exp": exp, "jti": jti(), "sid": c["sid"], "sub": c["sub"], "typ": "Logout",
+        "events": {LOGOUT_EVENT: {}}
+    }))
+}
+
+/// Every `Content-Type` value of a response.
+fn content_types(r: &Response) -> Vec<&str> {
+    r.headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+        .map(|(_, v)| v.as_str())
+        .collect()
+}
+
+/// §2.6: a logout token is validated as an ID token is, `exp` included when present. A
+/// realm-signed one past its `exp` ends nothing (400, in JSON with exactly that one type); the
+/// same token in date ends the session (the control: the test's signing is the realm's).
+#[test]
+fn an_expired_logout_token_ends_nothing() {
+    let token = user_token("owner");
+    assert_eq!(bearer_get(&token).status, 200);
+    let r = post_logout(&logout_token_for(&token, now() - 60));
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.json()["error_description"], "logout token expired");
+    assert_eq!(
+        content_types(&r),
+        ["application/json"],
+        "one type, the body's"
+    );
+    assert_eq!(
+        bearer_get(&token).status,
+        200,
+        "an expired logout token ended the session"
+    );
+    let r = post_logout(&logout_token_for(&token, now() + 60));
+    assert_eq!(r.status, 200, "{}", r.text());
+    poll_until(
+        "the session ended on the worker asked",
+        std::time::Duration::from_secs(5),
+        || (bearer_get(&token).status == 401).then_some(()),
+    );
+}
+
+const FLOOD_ADMIN: u16 = 9942;
+const FLOOD_LISTENER: u16 = 10410;
+
+/// An Envoy of this test's own whose proof table is tiny (64 slots; one key may hold 10 % of
+/// them, 6 live proofs), so one client can try to fill it: the stack's table is sized for
+/// production and shared by every test.
+fn flood_envoy() -> common::own_envoy::OwnEnvoy {
+    use common::own_envoy::{cluster, keycloak_address, OwnEnvoy, Setup};
+    let (_, kc_port) = keycloak_address();
+    let plugin = json!({
+        "realm": "bank", "auth-server-url": keycloak(), "resource": "bank-api",
+        "credentials": {"secret": "bank-api-secret"},
+        "policy-enforcer": {"enforcement-mode": "PERMISSIVE", "paths": [
+            {"name": "View Account Resource", "path": "/account/{id}",
+             "methods": [{"method": "GET", "scopes": ["account:view"]}]}]},
+        "kcpep": {"cluster": "keycloak",
+                  "dpop": {"replay-slots": 64, "replay-share-percent": 10},
+                  "backchannel-logout": {"path": "/kcpep/backchannel-logout",
+                                         "audiences": ["demo-cli"]}}
+    });
+    OwnEnvoy::start(
+        Setup {
+            name: "flood",
+            admin: FLOOD_ADMIN,
+            listener: FLOOD_LISTENER,
+            base_id: 81,
+            clusters: vec![
+                cluster("keycloak", &[kc_port]),
+                cluster("upstream", &[8081]),
+            ],
+        },
+        &plugin,
+    )
+}
+
+/// One client sending fresh, valid proofs of its own token as fast as it can is refused alone,
+/// once it holds its share of the proof table: another DPoP client is still served, and
+/// Keycloak's logout tokens, in a table of their own, still end sessions. The counter names the
+/// limit that refused.
+#[test]
+fn one_client_flooding_proofs_is_refused_alone() {
+    if !keycloak_binds_dpop() {
+        return;
+    }
+    let envoy = flood_envoy();
+    let base = envoy.url();
+    let host = format!("{HOST}:{FLOOD_LISTENER}");
+    let me = format!("http://{host}/me");
+    let dpop_get = |client: &Client, token: &str| {
+        let proof = client.proof("GET", &me, Some(token));
+        let auth = format!("DPoP {token}");
+        let headers: [(&str, &[u8]); 2] = [
+            ("authorization", auth.as_bytes()),
+            ("dpop", proof.as_bytes()),
+        ];
+        send_to(&base, "GET", &host, "/me", None, &headers, b"")
+    };
+    let (flooder, other) = (Client::new(), Client::new());
+    let (flooder_token, other_token) = (flooder.token("owner"), other.token("teller"));
+    let session = user_token("plain");
+    let bearer = |token: &str| send_to(&base, "GET", &host, "/me", Some(token), &[], b"");
+    assert_eq!(bearer(&session).status, 200);
+    let share = "kcpep.binding.replay_key_share";
+    let full = "kcpep.binding.replay_table_full";
+    let (share_before, full_before) = (
+        stat_at(&envoy.admin(), share),
+        stat_at(&envoy.admin(), full),
+    );
+    let mut statuses = Vec::new();
+    for _ in 0..40 {
+        statuses.push(dpop_get(&flooder, &flooder_token).status);
+    }
+    let served = statuses.iter().filter(|s| **s == 200).count();
+    assert_eq!(served, 6, "the flooder's share of 64 slots: {statuses:?}");
+    assert!(statuses[6..].iter().all(|s| *s == 401), "{statuses:?}");
+    let r = dpop_get(&flooder, &flooder_token);
+    assert_eq!(refusal(&r), (401, "DPoP invalid_dpop_proof".into()));
+    assert!(
+        r.header("www-authenticate")
+            .unwrap_or_default()
+            .contains("replay-share-percent"),
+        "{:?}",
+        r.header("www-authenticate")
+    );
+    assert_eq!(stat_at(&envoy.admin(), share) - share_before, 35);
+    assert_eq!(
+        stat_at(&envoy.admin(), full),
+        full_before,
+        "the table never filled"
+    );
+    // the other client, meanwhile
+    for n in 0..5 {
+        let r = dpop_get(&other, &other_token);
+        assert_eq!(r.status, 200, "the other client's proof {n}: {}", r.text());
+    }
+    // and Keycloak's logout of a session
+    let r = request(
+        &base,
+        "POST",
+        "/kcpep/backchannel-logout",
+        &[("content-type", b"application/x-www-form-urlencoded")],
+        format!("logout_token={}", logout_token_for(&session, now() + 60)).as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    poll_until(
+        "the logged-out session refused",
+        std::time::Duration::from_secs(5),
+        || (bearer(&session).status == 401).then_some(()),
+    );
 }

@@ -115,23 +115,43 @@ fn check_explains_the_sender_constraint_and_refuses_a_bad_one() {
         std::fs::write(&file, v.to_string()).unwrap();
         kcpep(&["check", "--config", file.to_str().unwrap()])
     };
-    let plain = check(&v);
-    assert!(
-        !text(&plain).contains("sender-constraint"),
-        "{}",
-        text(&plain)
-    );
-    v["kcpep"]["sender-constraint"] = "if-bound".into();
+    // bindings are checked by default; turning that off loads, with a warning
     let o = check(&v);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(
-        text(&o).contains("sender-constraint if-bound: a cnf.jkt token needs the DPoP scheme"),
+        text(&o).contains(
+            "sender-constraint if-bound (the default): a cnf.jkt token needs the DPoP scheme"
+        ),
         "{}",
         text(&o)
     );
-    // the table's capacity: 131072 slots / 2 / (10 s + 15 s)
+    assert!(!text(&o).contains("warning:"), "{}", text(&o));
+    // the table's capacity: 131072 slots / 2 / (10 s + 15 s); one key's share: 10 %
     assert!(
         text(&o).contains("(131072 replay slots: up to about 2621 proofs per second"),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        text(&o).contains("at most 10 % of them, about 524 a second"),
+        "{}",
+        text(&o)
+    );
+    v["kcpep"]["sender-constraint"] = "off".into();
+    let o = check(&v);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let out = text(&o);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("warning: [") && l.contains("sender-constraint off")),
+        "{out}"
+    );
+    v["kcpep"]["sender-constraint"] = "if-bound".into();
+    v["kcpep"]["dpop"] = serde_json::json!({"replay-share-percent": 0});
+    let o = check(&v);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o).contains("kcpep.dpop.replay-share-percent"),
         "{}",
         text(&o)
     );

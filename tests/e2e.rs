@@ -131,41 +131,6 @@ fn missing_and_malformed_credentials_get_401() {
     );
 }
 
-/// Signs claims with the realm's key (the demo realm imports the test-only key of tests/fixtures).
-fn realm_signed(claims: &Value) -> String {
-    let jwks = realm_jwks();
-    let ours: Value = serde_json::from_str(
-        &std::fs::read_to_string(format!(
-            "{}/tests/fixtures/jwks.json",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .unwrap(),
-    )
-    .unwrap();
-    let n = ours["keys"][0]["n"].as_str().unwrap();
-    let kid = jwks["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|k| k["n"] == n && k["use"] == "sig")
-        .expect("the realm signs with the fixture key")["kid"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let der = base64::engine::general_purpose::STANDARD
-        .decode(
-            std::fs::read(format!(
-                "{}/tests/fixtures/rsa-private.der.b64",
-                env!("CARGO_MANIFEST_DIR")
-            ))
-            .unwrap(),
-        )
-        .unwrap();
-    let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
-    h.kid = Some(kid);
-    jsonwebtoken::encode(&h, claims, &jsonwebtoken::EncodingKey::from_rsa_der(&der)).unwrap()
-}
-
 fn payload(token: &str) -> Value {
     let p = token.split('.').nth(1).unwrap();
     serde_json::from_slice(

@@ -256,7 +256,10 @@ fn istio_mesh_settings_close_the_ways_past_a_gateway_pep() {
         hcm["common_http_protocol_options"]["headers_with_underscores_action"],
         "REJECT_REQUEST"
     );
-    assert_eq!(hcm["strip_any_host_port"], true);
+    // the port stays in :authority (Istio matches virtual hosts without it), where a DPoP
+    // proof's htu needs it
+    assert!(hcm.get("strip_any_host_port").is_none());
+    assert_eq!(hcm["strip_trailing_host_dot"], true);
     // it patches the same gateway the WasmPlugin runs in
     let plugin_docs = yaml::read(&root().join("envoy/istio/wasmplugin.yaml"));
     assert_eq!(
@@ -293,7 +296,15 @@ fn shipped_envoy_configurations_use_the_safe_settings() {
                         ),
                         "{what}"
                     );
-                    assert_eq!(hcm["strip_any_host_port"], true, "{what}");
+                    // the port stays in :authority for a DPoP proof's htu; virtual hosts are
+                    // matched without it, as the filter's host rules are
+                    assert!(hcm.get("strip_any_host_port").is_none(), "{what}");
+                    let routes = if hcm["route_config"].is_null() {
+                        panic!("{what}: no inline route_config")
+                    } else {
+                        &hcm["route_config"]
+                    };
+                    assert_eq!(routes["ignore_port_in_host_matching"], true, "{what}");
                     assert_eq!(
                         hcm["common_http_protocol_options"]["headers_with_underscores_action"],
                         "REJECT_REQUEST",

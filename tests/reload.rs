@@ -10,10 +10,9 @@
 
 mod common;
 
-use common::{poll_until, request, user_token, Response};
+use common::own_envoy::{cluster, keycloak_address, OwnEnvoy, Setup};
+use common::{poll_until, user_token, Response};
 use serde_json::{json, Value};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,33 +22,8 @@ const ADMIN: u16 = 9941;
 /// Nothing listens here: the "first node" of the pair cluster, refusing every connection.
 const DEAD_PORT: u16 = 8189;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
 fn listener_url() -> String {
     format!("http://127.0.0.1:{LISTENER}")
-}
-
-/// `host:port` of the stack's Keycloak, from its URL (which may carry the `/auth` path).
-fn keycloak_address() -> (String, u16) {
-    let url = common::keycloak();
-    let rest = url.trim_start_matches("http://");
-    let authority = rest.split('/').next().unwrap();
-    let (host, port) = authority.split_once(':').unwrap_or((authority, "80"));
-    (host.to_string(), port.parse().unwrap())
-}
-
-fn cluster(name: &str, ports: &[u16]) -> Value {
-    let (host, _) = keycloak_address();
-    let endpoints: Vec<Value> = ports
-        .iter()
-        .map(|p| json!({"endpoint": {"address": {"socket_address": {"address": host, "port_value": p}}}}))
-        .collect();
-    json!({
-        "name": name, "type": "STATIC", "connect_timeout": "1s", "lb_policy": "ROUND_ROBIN",
-        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": endpoints}]}
-    })
 }
 
 /// One enforcer of the bank realm's UNANIMOUS client on its own Envoy cluster (so its Keycloak
@@ -132,156 +106,27 @@ fn new_rules() -> Value {
     )
 }
 
-fn listener(plugin: &Value, version: u32) -> Value {
-    let wasm = root().join("dist/keycloak_pep.wasm");
-    let filter = json!({
-        "name": "keycloak-pep",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-            "config": {
-                "name": "keycloak-pep",
-                "failure_policy": "FAIL_CLOSED",
-                "vm_config": {
-                    "vm_id": "keycloak-pep",
-                    "runtime": "envoy.wasm.runtime.v8",
-                    "code": {"local": {"filename": wasm}}
-                },
-                "configuration": {
-                    "@type": "type.googleapis.com/google.protobuf.StringValue",
-                    "value": plugin.to_string()
-                }
-            }
-        }
-    });
-    let hcm = json!({
-        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-        "stat_prefix": "reload",
-        "route_config": {"name": "all", "virtual_hosts": [
-            {"name": "all", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}]}
-        ]},
-        "http_filters": [filter, {"name": "envoy.filters.http.router", "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]
-    });
-    json!({
-        "version_info": version.to_string(),
-        "resources": [{
-            "@type": "type.googleapis.com/envoy.config.listener.v3.Listener",
-            "name": "reload",
-            "address": {"socket_address": {"address": "127.0.0.1", "port_value": LISTENER}},
-            "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}]
-        }]
-    })
-}
-
-/// Envoy with a file-based listener; killed when dropped.
-struct Envoy {
-    child: Child,
-    dir: PathBuf,
-    version: u32,
-}
-
-impl Envoy {
-    fn start(plugin: &Value) -> Envoy {
-        let dir = root().join(".run/reload-test");
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join("lds")).unwrap();
-        let (_, kc_port) = keycloak_address();
-        let bootstrap = json!({
-            "node": {"id": "kcpep-reload", "cluster": "kcpep"},
-            "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": ADMIN}}},
-            "dynamic_resources": {"lds_config": {"resource_api_version": "V3", "path_config_source": {
-                "path": dir.join("lds/listener.json"),
-                "watched_directory": {"path": dir.join("lds")}
-            }}},
-            "static_resources": {"clusters": [
+/// This file's own Envoy: its clusters (several names for Keycloak, so each enforcer's calls
+/// are counted apart; a pair whose first node refuses every connection) and the plugin.
+fn start(plugin: &Value) -> OwnEnvoy {
+    let (_, kc_port) = keycloak_address();
+    OwnEnvoy::start(
+        Setup {
+            name: "reload",
+            admin: ADMIN,
+            listener: LISTENER,
+            base_id: 80,
+            clusters: vec![
                 cluster("keycloak", &[kc_port]),
                 cluster("keycloak-steady", &[kc_port]),
                 cluster("keycloak-cached", &[kc_port]),
                 cluster("keycloak-pair", &[DEAD_PORT, kc_port]),
                 cluster("keycloak-pair-no-retries", &[DEAD_PORT, kc_port]),
                 cluster("upstream", &[8081]),
-            ]}
-        });
-        std::fs::write(dir.join("bootstrap.json"), bootstrap.to_string()).unwrap();
-        let mut envoy = Envoy {
-            child: Command::new(root().join(".cache/venv/bin/envoy"))
-                .current_dir(root())
-                .args([
-                    "--disable-hot-restart",
-                    "--base-id",
-                    "80",
-                    "--concurrency",
-                    "2",
-                ])
-                .args(["-l", "info", "--drain-time-s", "2"])
-                .arg("-c")
-                .arg(dir.join("bootstrap.json"))
-                .stdout(Stdio::null())
-                // Envoy's own log goes to stderr unbuffered (--log-path is flushed late).
-                .stderr(std::fs::File::create(dir.join("envoy.log")).unwrap())
-                .spawn()
-                .expect("Envoy from .cache/venv (scripts/stack.sh install)"),
-            dir,
-            version: 0,
-        };
-        envoy.swap(plugin);
-        poll_until("the reload Envoy serving", Duration::from_secs(60), || {
-            if let Ok(Some(status)) = envoy.child.try_wait() {
-                panic!("Envoy exited ({status}): {}", envoy.log());
-            }
-            let up = std::net::TcpStream::connect(("127.0.0.1", ADMIN)).is_ok();
-            let ready = up && request(&envoy.admin(), "GET", "/ready", &[], b"").status == 200;
-            (ready && envoy.stat("listener_manager.total_listeners_active") == 1).then_some(())
-        });
-        envoy
-    }
-
-    fn admin(&self) -> String {
-        format!("http://127.0.0.1:{ADMIN}")
-    }
-
-    /// Writes a new listener file and moves it into place: Envoy's watched directory sees the
-    /// move (a file written in place could be read half-written).
-    fn swap(&mut self, plugin: &Value) {
-        self.version += 1;
-        let tmp = self.dir.join("listener.json.tmp");
-        std::fs::write(&tmp, listener(plugin, self.version).to_string()).unwrap();
-        std::fs::rename(&tmp, self.dir.join("lds/listener.json")).unwrap();
-    }
-
-    fn stat(&self, name: &str) -> i64 {
-        let r = request(
-            &self.admin(),
-            "GET",
-            &format!("/stats?filter=^{name}$"),
-            &[],
-            b"",
-        );
-        r.text()
-            .lines()
-            .find_map(|l| l.split_once(": ").and_then(|(_, v)| v.trim().parse().ok()))
-            .unwrap_or(0)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("envoy.log")).unwrap_or_default()
-    }
-
-    /// Waits for Envoy to have taken (or refused) the listener version just written.
-    fn wait_lds(&self, counter: &str, before: i64) {
-        poll_until(
-            &format!("listener_manager.lds.{counter}"),
-            Duration::from_secs(20),
-            || (self.stat(&format!("listener_manager.lds.{counter}")) > before).then_some(()),
-        );
-    }
-}
-
-impl Drop for Envoy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+            ],
+        },
+        plugin,
+    )
 }
 
 fn get(host: &str, path: &str, token: Option<&str>) -> Response {
@@ -320,7 +165,7 @@ const NEW: (u16, u16, u16) = (403, 200, 200);
 fn a_new_configuration_is_enforced_without_a_failed_request_and_old_decisions_stay_behind() {
     let teller = user_token("teller");
     let owner = user_token("owner");
-    let mut envoy = Envoy::start(&plugin(old_rules(), 60_000));
+    let mut envoy = start(&plugin(old_rules(), 60_000));
     wait_for_rules(&teller, &owner, OLD);
     // Decisions in the cache for the enforcer that does not change its rules, and for the one that
     // changes only its decision lifespan (each on a cluster of its own: ready when its documents
@@ -426,7 +271,7 @@ fn a_new_configuration_is_enforced_without_a_failed_request_and_old_decisions_st
 fn a_configuration_that_fails_to_load_leaves_the_old_one_serving() {
     let teller = user_token("teller");
     let owner = user_token("owner");
-    let mut envoy = Envoy::start(&plugin(old_rules(), 60_000));
+    let mut envoy = start(&plugin(old_rules(), 60_000));
     wait_for_rules(&teller, &owner, OLD);
     let rejected = envoy.stat("listener_manager.lds.update_rejected");
     let mut bad = new_rules();
@@ -469,7 +314,7 @@ fn a_configuration_that_fails_to_load_leaves_the_old_one_serving() {
 #[test]
 fn a_refused_connection_is_retried_on_the_other_node() {
     let owner = user_token("owner");
-    let envoy = Envoy::start(&plugin(old_rules(), 60_000));
+    let envoy = start(&plugin(old_rules(), 60_000));
     wait_for("pair.local", "/account/1", &owner);
     // Both workers ready (the first 200 came from one; the other may still be starting and
     // answer 503, as a CI run saw): eight 200s in a row, new connections each.

@@ -195,9 +195,10 @@ pub struct BackchannelLogout {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SenderConstraint {
     /// The binding is not checked: DPoP-bound tokens (`typ` DPoP) are refused as not access
-    /// tokens, certificate-bound ones are taken as bearer tokens (the behaviour before it existed).
+    /// tokens, certificate-bound ones are taken as bearer tokens. Only as an explicit choice.
     Off,
-    /// A token with `cnf.jkt` needs its DPoP proof, one with `cnf.x5t#S256` its certificate.
+    /// A token with `cnf.jkt` needs its DPoP proof, one with `cnf.x5t#S256` its certificate
+    /// (the default: RFC 8705 §3 and RFC 9449 §7 ask a resource server to check the binding).
     IfBound,
     /// As `IfBound`, and a token without a binding is refused.
     Required,
@@ -221,6 +222,9 @@ pub struct DpopSettings {
     /// none until two thirds full (`store::replay`): slots >= 2 x proofs per second x
     /// (lifetime + skew) leaves a margin.
     pub replay_slots: u32,
+    /// The share of the replay table (percent) one owner's live proofs may take: the key its
+    /// token is bound to, or the token itself. A client flooding valid proofs is refused alone.
+    pub replay_share_percent: u32,
 }
 
 impl Default for DpopSettings {
@@ -230,6 +234,7 @@ impl Default for DpopSettings {
             clock_skew_s: DPOP_DEFAULT_SKEW_S,
             accept_unbound_tokens: false,
             replay_slots: 131_072,
+            replay_share_percent: 10,
         }
     }
 }
@@ -860,7 +865,7 @@ fn parse_proxy(
                 ("required", SenderConstraint::Required),
             ],
         )?
-        .unwrap_or(SenderConstraint::Off);
+        .unwrap_or(SenderConstraint::IfBound);
     let dpop = match o.object("dpop")? {
         None => DpopSettings::default(),
         Some(mut d) => {
@@ -875,8 +880,12 @@ fn parse_proxy(
                     .bool("accept-unbound-tokens")?
                     .unwrap_or(def.accept_unbound_tokens),
                 replay_slots: d.u32("replay-slots")?.unwrap_or(def.replay_slots),
+                replay_share_percent: d
+                    .u32("replay-share-percent")?
+                    .unwrap_or(def.replay_share_percent),
             };
             let slots_path = d.key_path("replay-slots");
+            let share_path = d.key_path("replay-share-percent");
             d.finish()?;
             if parsed.proof_lifetime_s == 0 || parsed.proof_lifetime_s > 3600 {
                 return Err(ConfigError::new(
@@ -889,6 +898,9 @@ fn parse_proxy(
                     &slots_path,
                     "expected 64 to 1048576 slots",
                 ));
+            }
+            if !(1..=100).contains(&parsed.replay_share_percent) {
+                return Err(ConfigError::new(&share_path, "expected 1 to 100 percent"));
             }
             parsed
         }

@@ -42,6 +42,9 @@ pub struct PluginConfig {
 pub struct Routes {
     pub rules: Vec<Rule>,
     pub default: Option<usize>,
+    /// `host` rules compare the authority without its port, as Envoy's
+    /// `ignore_port_in_host_matching` (which Istio sets on every route configuration) does.
+    pub ignore_port: bool,
     /// What requests must be asked for, decided once here rather than per request.
     uses: Uses,
 }
@@ -70,6 +73,7 @@ impl PluginConfig {
                 vec![("default".into(), single)],
                 Vec::new(),
                 Some(0),
+                false,
             ));
         }
         let mut o = Obj::new(&value, "")?;
@@ -142,14 +146,16 @@ impl PluginConfig {
             None => None,
             Some(name) => Some(lookup(&name, "default")?),
         };
+        let ignore_port = o.bool("ignore-port-in-host-matching")?.unwrap_or(false);
         o.finish()?;
-        Ok(Self::new(enforcers, rules, default))
+        Ok(Self::new(enforcers, rules, default, ignore_port))
     }
 
     fn new(
         enforcers: Vec<(String, EnforcerConfig)>,
         rules: Vec<Rule>,
         default: Option<usize>,
+        ignore_port: bool,
     ) -> Self {
         let uses = Uses {
             route_names: rules.iter().any(|r| r.route_name.is_some()),
@@ -162,6 +168,7 @@ impl PluginConfig {
             routes: Routes {
                 rules,
                 default,
+                ignore_port,
                 uses,
             },
         }
@@ -192,7 +199,12 @@ impl Routes {
 
     /// The enforcer for a request.
     pub fn select(&self, r: &Selector) -> Option<usize> {
-        let authority = r.authority.to_ascii_lowercase();
+        let authority = if self.ignore_port {
+            without_port(r.authority)
+        } else {
+            r.authority
+        };
+        let authority = authority.to_ascii_lowercase();
         self.rules
             .iter()
             .find(|rule| {
@@ -245,6 +257,21 @@ fn check_domain(domain: &str, path: &str) -> Result<()> {
                 "\"{domain}\" is not an Envoy domain (one * at the start or the end, or * alone)"
             ),
         ))
+    }
+}
+
+/// The authority without its port (`[v6]:443` -> `[v6]`), as Envoy cuts it for
+/// `ignore_port_in_host_matching`: a port is digits after the last `:` outside brackets.
+pub fn without_port(authority: &str) -> &str {
+    match authority.rfind(':') {
+        Some(i)
+            if !authority[i..].contains(']')
+                && authority[i + 1..].bytes().all(|b| b.is_ascii_digit())
+                && (authority.starts_with('[') || !authority[..i].contains(':')) =>
+        {
+            &authority[..i]
+        }
+        _ => authority,
     }
 }
 
@@ -367,6 +394,36 @@ mod tests {
         ] {
             assert_eq!(host_matches(rule, authority), want, "{rule} vs {authority}");
         }
+    }
+
+    #[test]
+    fn ignoring_the_port_matches_as_envoys_ignore_port_in_host_matching() {
+        for (authority, want) in [
+            ("a.com:8443", "a.com"),
+            ("a.com", "a.com"),
+            ("[::1]:80", "[::1]"),
+            ("[::1]", "[::1]"),
+            ("a.com:x", "a.com:x"),
+            ("::1", "::1"),
+        ] {
+            assert_eq!(without_port(authority), want, "{authority}");
+        }
+        let text = format!(
+            r#"{{"enforcers": {{"u": {0}, "a": {0}}}, "ignore-port-in-host-matching": true,
+                "routes": [{{"host": "affirmative.bank.local", "enforcer": "a"}}], "default": "u"}}"#,
+            kc("c")
+        );
+        let p = PluginConfig::from_json(text.as_bytes()).unwrap();
+        let name = |s| p.routes.select(&s).map(|i| p.enforcers[i].0.as_str());
+        assert_eq!(name(at("affirmative.bank.local:10000", None)), Some("a"));
+        assert_eq!(name(at("Affirmative.Bank.Local", None)), Some("a"));
+        assert_eq!(name(at("other.bank.local:10000", None)), Some("u"));
+        let bad = text.replace(": true", ": 1");
+        let e = PluginConfig::from_json(bad.as_bytes()).unwrap_err();
+        assert!(
+            e.to_string().contains("ignore-port-in-host-matching"),
+            "{e}"
+        );
     }
 
     #[test]

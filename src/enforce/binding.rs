@@ -68,6 +68,16 @@ impl Refusal {
         }
     }
 
+    /// The proof's owner (its key, or its token) holds its share of the replay table already.
+    pub fn over_share() -> Refusal {
+        Refusal {
+            dpop_challenge: true,
+            error: "invalid_dpop_proof",
+            reason: "DPoP proofs of this key over its share of the replay table (dpop.replay-share-percent)",
+            counter: "replay_key_share",
+        }
+    }
+
     /// Every counter a refusal may increment, once.
     pub fn counters() -> Vec<&'static str> {
         let mut all: Vec<&'static str> = ProofError::COUNTERS.to_vec();
@@ -76,8 +86,9 @@ impl Refusal {
     }
 }
 
-const TOKEN_COUNTERS: [&str; 6] = [
+const TOKEN_COUNTERS: [&str; 7] = [
     "replay_table_full",
+    "replay_key_share",
     "dpop_token_as_bearer",
     "unbound_token_as_dpop",
     "unbound",

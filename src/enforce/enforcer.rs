@@ -315,6 +315,7 @@ impl Enforcer {
             (Ok(None), _) => FirstUse::First,
             (Ok(Some(proof)), Some(replay)) => replay.first_use(
                 &proof.replay_key,
+                &proof.owner,
                 proof.usable_until.saturating_mul(1000),
                 now_ms,
             ),
@@ -327,6 +328,7 @@ impl Enforcer {
             }
             FirstUse::Replayed => (Cred::Refused(Refusal::replayed()), None),
             FirstUse::Full => (Cred::Refused(Refusal::replay_table_full()), None),
+            FirstUse::OverShare => (Cred::Refused(Refusal::over_share()), None),
         }
     }
 
@@ -370,13 +372,18 @@ impl Enforcer {
             let key: [u8; 32] = sha2::Sha256::digest(format!("logout\n{}", l.jti)).into();
             let until_ms =
                 now_ms + i64::from(settings.max_age_s + cfg.proxy.clock_skew_seconds) * 1000;
-            match replay.first_use(&key, until_ms, now_ms) {
-                FirstUse::First => Ok(l),
-                _ => Err(LogoutError::Replayed),
+            match replay.first_logout(&key, until_ms, now_ms) {
+                FirstUse::Replayed => Err(LogoutError::Replayed),
+                // a logout is never refused for want of space: ending a session twice is
+                // harmless, keeping a logged-out session alive is not
+                FirstUse::Full => Ok((l, false)),
+                _ => Ok((l, true)),
             }
         });
         let mut records = Vec::new();
-        if let Ok(l) = &done {
+        let mut remembered = true;
+        if let Ok((l, kept)) = &done {
+            remembered = *kept;
             let until = now_ms + i64::from(settings.remember_s) * 1000;
             for (kind, value) in [("sid", &l.sid), ("sub", &l.sub)] {
                 // a logout token with a sid ends that session; one without, every session of sub
@@ -390,7 +397,13 @@ impl Enforcer {
                 }
             }
         }
-        (logout_reply(done.map(|_| ())), records)
+        let mut reply = logout_reply(done.map(|_| ()));
+        if !remembered {
+            reply
+                .reason
+                .push_str(" (its jti not remembered: the logout table is full)");
+        }
+        (reply, records)
     }
 
     /// A token verified now or before, with its lookup id; else what the credential is.

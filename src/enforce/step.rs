@@ -80,6 +80,25 @@ pub struct Reply {
     pub resource: Option<String>,
 }
 
+impl Reply {
+    /// The headers as sent: the reply's own, and `content-type: text/plain` for a body that
+    /// names no type of its own, so a reply carries exactly one `Content-Type`, its body's.
+    pub fn wire_headers(&self) -> Vec<(&str, &str)> {
+        let mut headers: Vec<(&str, &str)> = self
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let typed = headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("content-type"));
+        if !self.body.is_empty() && !typed {
+            headers.push(("content-type", "text/plain"));
+        }
+        headers
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Step {
     Allow(Allow),
@@ -155,4 +174,40 @@ pub struct Claim {
     pub token_exp: i64,
     /// An expired ALLOW of the same key, for stale-on-error.
     pub stale: Option<(String, i64)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(headers: &[(&str, &str)], body: &str) -> Reply {
+        Reply {
+            status: 400,
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            body: body.into(),
+            reason: String::new(),
+            cache: CacheUse::None,
+            path: None,
+            resource: None,
+        }
+    }
+
+    fn content_types(r: &Reply) -> Vec<String> {
+        r.wire_headers()
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+            .map(|(_, v)| v.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn a_reply_has_exactly_the_content_type_of_its_body() {
+        let json = reply(&[("Content-Type", "application/json")], "{}");
+        assert_eq!(content_types(&json), ["application/json"]);
+        assert_eq!(content_types(&reply(&[], "Forbidden")), ["text/plain"]);
+        assert!(content_types(&reply(&[], "")).is_empty());
+    }
 }

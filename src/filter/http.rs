@@ -296,9 +296,7 @@ impl Http {
         .flatten()
         .unwrap_or_default();
         let host: Option<token::HostVerifier> = plugin.host_verify.then_some(&host::host_verify);
-        let mut replay = super::store::SharedReplay {
-            slots: plugin.replay_slots,
-        };
+        let mut replay = super::store::shared_replay(plugin.replay);
         let e = &plugin.enforcers[enforcer];
         let (reply, ended) =
             e.backchannel_logout(content_type, &body, host::now_ms(), host, &mut replay);
@@ -491,15 +489,7 @@ fn header_name(k: &[u8]) -> &str {
 
 /// Sends a local reply.
 fn send(r: &Reply) {
-    let mut headers: Vec<(&str, &str)> = r
-        .headers
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    if !r.body.is_empty() {
-        headers.push(("content-type", "text/plain"));
-    }
-    abi::send_response(r.status, &headers, r.body.as_bytes());
+    abi::send_response(r.status, &r.wire_headers(), r.body.as_bytes());
 }
 
 impl HttpContext for Http {
@@ -646,9 +636,7 @@ impl HttpContext for Http {
                 Vec::new()
             };
             let (url, cert) = e.client_view(&conn, &owned, &authority, &path);
-            let mut replay = super::store::SharedReplay {
-                slots: plugin.replay_slots,
-            };
+            let mut replay = super::store::shared_replay(plugin.replay);
             let binding = crate::enforce::enforcer::Binding {
                 proofs: &proofs,
                 method: &method,

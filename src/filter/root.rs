@@ -47,8 +47,8 @@ pub struct Plugin {
     pub front: super::store::FrontCache,
     /// Repeated requests straight to their cached allow (see `memo`).
     pub memo: RefCell<crate::store::memo::Memo>,
-    /// Slots of the replay table (DPoP proofs, logout tokens; 0: no enforcer needs it).
-    pub replay_slots: u32,
+    /// The once-only tables: DPoP proofs and logout tokens (`store::replay::Layout`).
+    pub replay: crate::store::replay::Layout,
     /// Some enforcer answers back-channel logouts: the VM reads the shared ring of logouts on
     /// every tick (at most [`LOGOUT_TICK_MS`] apart).
     pub logout_endpoint: bool,
@@ -338,6 +338,12 @@ impl RootContext for Root {
                     "kcpep [{name}]: claims read request bodies: set allow_on_headers_stop_iteration: true on the Wasm filter (Envoy >= 1.35), or those requests wait for a body until Envoy's timeouts (never forwarded undecided)"
                 );
             }
+            if let Some(b) = &cfg.proxy.backchannel_logout {
+                log::info!(
+                    "kcpep [{name}]: back-channel logout at {}: its body is read with the headers held; set allow_on_headers_stop_iteration: true on the Wasm filter (Envoy >= 1.35), or Keycloak's logout requests wait until Envoy's timeouts",
+                    b.path
+                );
+            }
         }
         let host_verify = host::probe_verify_signature();
         if !crate::keycloak::token::can_verify(host_verify) {
@@ -358,13 +364,8 @@ impl RootContext for Root {
         let logout_endpoint = enforcers
             .iter()
             .any(|e| e.config.proxy.backchannel_logout.is_some());
-        let replay_slots = enforcers
-            .iter()
-            .filter(|e| e.config.proxy.sender_constraint != crate::config::SenderConstraint::Off)
-            .map(|e| e.config.proxy.dpop.replay_slots)
-            .max()
-            .unwrap_or(if logout_endpoint { 1024 } else { 0 });
-        super::store::create_replay_slots(replay_slots);
+        let replay = crate::store::replay::Layout::of(enforcers.iter().map(|e| &e.config));
+        super::store::create_replay_slots(&replay);
         super::store::create_decision_slots(enforcers.iter().map(|e| &e.config));
         self.metrics = Rc::new(Metrics::define());
         self.plugin = Some(Rc::new(Plugin {
@@ -375,7 +376,7 @@ impl RootContext for Root {
             parked: RefCell::new(Vec::new()),
             front: Default::default(),
             memo: RefCell::new(crate::store::memo::Memo::new(MEMO_ENTRIES)),
-            replay_slots,
+            replay,
             logout_endpoint,
         }));
         self.settled = false;

@@ -143,12 +143,30 @@ impl DecisionStore for SharedStore<'_> {
     }
 }
 
-/// The DPoP replay table over shared data (rules in `store::replay`). Envoy's CAS is exact only
-/// for keys that exist, so the buckets are made at configure ([`create_replay_slots`]); a proof
-/// then goes into its bucket with a CAS write, and of two workers racing for a bucket one write
-/// fails and that worker reads again (finding the proof, if it was the same one).
-pub struct SharedReplay {
-    pub slots: u32,
+/// Envoy's shared data as the once-only tables' store (rules and races in `store::replay`).
+/// Envoy's CAS is exact only for keys that exist, so the tables' keys are made at configure
+/// ([`create_replay_slots`]).
+pub struct SharedCas;
+
+/// The once-only tables (DPoP proofs, logout tokens) over Envoy's shared data.
+pub fn shared_replay(
+    layout: crate::store::replay::Layout,
+) -> crate::store::replay::Tables<SharedCas> {
+    crate::store::replay::Tables {
+        layout,
+        store: SharedCas,
+    }
+}
+
+impl crate::store::replay::Cas for SharedCas {
+    fn read(&mut self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        let (value, cas) = host::shared_get(key);
+        (value.map(|(_, v)| v), cas)
+    }
+
+    fn write(&mut self, key: &str, value: &[u8], version: Option<u32>) -> bool {
+        hostcalls::set_shared_data(key, Some(value), version).is_ok()
+    }
 }
 
 /// Makes the slots of a fixed shared table that do not exist yet, empty (each VM at configure; the
@@ -163,9 +181,9 @@ pub fn reserve_slots(keys: impl Iterator<Item = String>) {
     }
 }
 
-/// The DPoP replay table's buckets ([`reserve_slots`]).
-pub fn create_replay_slots(slots: u32) {
-    reserve_slots(crate::store::replay::all_bucket_keys("vm", slots));
+/// The once-only tables' keys ([`reserve_slots`]).
+pub fn create_replay_slots(layout: &crate::store::replay::Layout) {
+    reserve_slots(layout.slot_keys());
 }
 
 thread_local! {
@@ -181,31 +199,6 @@ pub fn create_decision_slots<'c>(configs: impl Iterator<Item = &'c EnforcerConfi
     tables.dedup();
     TABLES.set(tables);
     reserve_slots(decisions::reserved_slot_keys(configs));
-}
-
-impl crate::store::ReplayGuard for SharedReplay {
-    fn first_use(&mut self, key: &[u8; 32], until_ms: i64, now_ms: i64) -> crate::store::FirstUse {
-        use crate::store::replay::{self, Plan};
-        use crate::store::FirstUse;
-        let names = replay::bucket_keys("vm", key, self.slots);
-        // a few rounds of CAS races lost to other workers, then fail closed
-        for _ in 0..4 {
-            let read = names.clone().map(|n| host::shared_get(&n));
-            let values = [0, 1].map(|i| read[i].0.as_ref().map(|(_, v)| v.as_slice()));
-            match replay::plan(values, key, until_ms, now_ms) {
-                Plan::Replayed => return FirstUse::Replayed,
-                Plan::Full => return FirstUse::Full,
-                Plan::Write { bucket, value } => {
-                    if hostcalls::set_shared_data(&names[bucket], Some(&value), read[bucket].1)
-                        .is_ok()
-                    {
-                        return FirstUse::First;
-                    }
-                }
-            }
-        }
-        FirstUse::Full
-    }
 }
 
 /// Writes an ended session to the shared ring of logouts (`store::logouts`); every VM reads it

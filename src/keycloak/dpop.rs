@@ -46,6 +46,10 @@ pub struct Proof {
     pub replay_key: [u8; 32],
     /// Until when (s) the proof could be accepted, so until when its `jti` must be remembered.
     pub usable_until: i64,
+    /// Whose proof it is, for the replay table's share per owner: SHA-256 of the key's
+    /// thumbprint for a bound token, of the access token for an unbound one (whose proofs any
+    /// key may sign, so a fresh key per proof must not make a fresh owner).
+    pub owner: [u8; 32],
 }
 
 /// Why a proof is refused; each is reported as `invalid_dpop_proof` (RFC 9449 §7.1).
@@ -339,11 +343,15 @@ pub fn check(
         }
         Some(_) => {}
     }
-    if let Some(jkt) = expected.jkt {
-        if thumbprint(jwk_value).as_deref() != Some(jkt) {
-            return Err(ProofError::WrongKey);
+    let owner: [u8; 32] = match expected.jkt {
+        Some(jkt) => {
+            if thumbprint(jwk_value).as_deref() != Some(jkt) {
+                return Err(ProofError::WrongKey);
+            }
+            Sha256::digest(jkt.as_bytes()).into()
         }
-    }
+        None => Sha256::digest(expected.access_token.as_bytes()).into(),
+    };
     let mut h = Sha256::new();
     h.update(jti.as_bytes());
     h.update(b"\n");
@@ -351,6 +359,7 @@ pub fn check(
     Ok(Proof {
         replay_key: h.finalize().into(),
         usable_until: iat.saturating_add(lifetime).saturating_add(skew),
+        owner,
     })
 }
 

@@ -41,6 +41,7 @@ pub enum LogoutError {
     Issuer,
     Audience,
     Stale,
+    Expired,
     Event,
     Nonce,
     NoJti,
@@ -57,6 +58,7 @@ impl LogoutError {
             LogoutError::Issuer => "logout token from another issuer",
             LogoutError::Audience => "logout token for another client",
             LogoutError::Stale => "logout token iat too old or in the future",
+            LogoutError::Expired => "logout token expired",
             LogoutError::Event => "not a back-channel logout event",
             LogoutError::Nonce => "logout token carries a nonce",
             LogoutError::NoJti => "logout token without jti",
@@ -113,6 +115,14 @@ pub fn verify(
                 .saturating_sub(expected.max_age_s + expected.leeway_s)
     {
         return Err(LogoutError::Stale);
+    }
+    // validated as an ID token is (§2.6 step 3): `exp`, when present, with the same leeway
+    match claims.get("exp") {
+        None => {}
+        Some(exp) => match exp.as_i64() {
+            Some(exp) if exp.saturating_add(expected.leeway_s) >= expected.now => {}
+            _ => return Err(LogoutError::Expired),
+        },
     }
     if !claims
         .get("events")
@@ -196,6 +206,11 @@ mod tests {
         );
         assert_eq!(with("iat", json!(NOW - 70)), Err(LogoutError::Stale));
         assert_eq!(with("iat", json!(NOW + 10)), Err(LogoutError::Stale));
+        // `exp` is optional; when present it is checked with the leeway (5 s here)
+        assert_eq!(with("exp", json!(NOW - 6)), Err(LogoutError::Expired));
+        assert_eq!(with("exp", json!("never")), Err(LogoutError::Expired));
+        assert!(with("exp", json!(NOW - 4)).is_ok());
+        assert!(with("exp", json!(NOW + 60)).is_ok());
         assert_eq!(
             with("events", json!({"other": {}})),
             Err(LogoutError::Event)

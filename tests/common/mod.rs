@@ -1,6 +1,8 @@
 //! Shared helpers for the tests that run against the real stack (`scripts/stack.sh test`).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod own_envoy;
+
 use keycloak_pep::wire::http::HttpRequest;
 use std::time::Duration;
 
@@ -571,4 +573,40 @@ pub fn plugin_configs(yaml: &str) -> Vec<String> {
         }
     }
     out
+}
+
+/// Signs claims with the realm's key (the demo realm imports the test-only key of tests/fixtures).
+pub fn realm_signed(claims: &serde_json::Value) -> String {
+    use base64::Engine;
+    let jwks = realm_jwks();
+    let ours: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(format!(
+            "{}/tests/fixtures/jwks.json",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let n = ours["keys"][0]["n"].as_str().unwrap();
+    let kid = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["n"] == n && k["use"] == "sig")
+        .expect("the realm signs with the fixture key")["kid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(
+            std::fs::read(format!(
+                "{}/tests/fixtures/rsa-private.der.b64",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+            .unwrap(),
+        )
+        .unwrap();
+    let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    h.kid = Some(kid);
+    jsonwebtoken::encode(&h, claims, &jsonwebtoken::EncodingKey::from_rsa_der(&der)).unwrap()
 }

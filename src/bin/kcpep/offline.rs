@@ -22,6 +22,9 @@ pub fn check(config: &Path) -> Result<()> {
         cfg.routes.rules.len()
     );
     for (name, e) in &cfg.enforcers {
+        for warning in warnings(e) {
+            println!("warning: [{name}] {warning}");
+        }
         for note in notes(e) {
             println!("note: [{name}] {note}");
         }
@@ -149,6 +152,9 @@ pub fn notes(e: &keycloak_pep::config::EnforcerConfig) -> Vec<String> {
             "dry-run: nothing is blocked, would-be denials are only logged and counted".into(),
         );
     }
+    if let Some(b) = &e.proxy.backchannel_logout {
+        out.push(format!("back-channel logout at {}: the filter reads the logout token with the headers held; set allow_on_headers_stop_iteration: true on the Wasm filter (Envoy >= 1.35, Istio: an EnvoyFilter), or Keycloak's logout requests wait until Envoy's timeouts", b.path));
+    }
     if e.proxy.on_keycloak_error == OnKeycloakError::Allow {
         out.push(
             "on-keycloak-error allow: requests pass unchecked while Keycloak is unreachable".into(),
@@ -161,17 +167,34 @@ pub fn notes(e: &keycloak_pep::config::EnforcerConfig) -> Vec<String> {
     out
 }
 
+/// Settings that open what the defaults keep closed: the configuration loads, but says so.
+pub fn warnings(e: &keycloak_pep::config::EnforcerConfig) -> Vec<String> {
+    use keycloak_pep::config::SenderConstraint;
+    let mut out = Vec::new();
+    if e.proxy.sender_constraint == SenderConstraint::Off {
+        out.push(
+            "sender-constraint off: a certificate-bound token (cnf.x5t#S256) is taken as a bearer token on any connection, so one copied from a log works here; DPoP-bound tokens are refused (the default, if-bound, checks every binding)"
+                .into(),
+        );
+    }
+    out
+}
+
 /// What `sender-constraint` does with this enforcer's tokens (docs/configuration.md).
 fn sender_constraint_note(p: &keycloak_pep::config::ProxySettings) -> Option<String> {
     use keycloak_pep::config::SenderConstraint;
     let d = &p.dpop;
     let dpop = format!(
-        "DPoP proofs: iat within {} s (+{} s skew), each taken once across the VM's workers ({} replay slots: up to about {} proofs per second, more are refused); the URL's scheme is {}",
+        "DPoP proofs: iat within {} s (+{} s skew), each taken once across the VM's workers ({} replay slots: up to about {} proofs per second, more are refused; one key's or token's proofs take at most {} % of them, about {} a second, and past that only its own are refused); the URL (scheme, host, port, path) is compared with the one the client used, the scheme {}",
         d.proof_lifetime_s,
         d.clock_skew_s,
         d.replay_slots,
         // docs/configuration.md's sizing: slots >= 2 x proofs per second x (lifetime + skew)
         u64::from(d.replay_slots) / 2 / u64::from((d.proof_lifetime_s + d.clock_skew_s).max(1)),
+        d.replay_share_percent,
+        u64::from(d.replay_slots) * u64::from(d.replay_share_percent)
+            / 100
+            / u64::from((d.proof_lifetime_s + d.clock_skew_s).max(1)),
         if p.proxy_trust.headers.is_some() {
             "the connection's, or X-Forwarded-Proto/Forwarded from trusted-proxies"
         } else {
@@ -186,7 +209,7 @@ fn sender_constraint_note(p: &keycloak_pep::config::ProxySettings) -> Option<Str
     match p.sender_constraint {
         SenderConstraint::Off => None,
         SenderConstraint::IfBound => Some(format!(
-            "sender-constraint if-bound: a cnf.jkt token needs the DPoP scheme and its proof, a cnf.x5t#S256 token its client certificate; unbound tokens are bearer tokens and {unbound_dpop}. {dpop}. Keycloak 26.7 evaluates no permission for DPoP-bound tokens: with a good proof, paths that need a decision answer 403"
+            "sender-constraint if-bound (the default): a cnf.jkt token needs the DPoP scheme and its proof, a cnf.x5t#S256 token its client certificate; unbound tokens are bearer tokens and {unbound_dpop}. {dpop}. Keycloak 26.7 evaluates no permission for DPoP-bound tokens: with a good proof, paths that need a decision answer 403"
         )),
         SenderConstraint::Required => Some(format!(
             "sender-constraint required: tokens without a binding are refused; a cnf.jkt token needs the DPoP scheme and its proof, a cnf.x5t#S256 token its client certificate; {unbound_dpop}. {dpop}. Keycloak 26.7 evaluates no permission for DPoP-bound tokens: with a good proof, paths that need a decision answer 403"
