@@ -798,8 +798,7 @@ fn a_certificate_bound_token_is_held_to_its_certificate_by_default() {
     assert_eq!(
         refusal(&r),
         (401, "Bearer invalid_token".into()),
-        "over plain HTTP: {}",
-        r.text()
+        "over plain HTTP (the echo's answer would hold the token: not shown)"
     );
     let auth = format!("Bearer {token}");
     let headers: [(&str, &[u8]); 2] = [
@@ -820,7 +819,7 @@ fn a_certificate_bound_token_is_held_to_its_certificate_by_default() {
     } else {
         403
     };
-    assert_eq!(r.status, want, "on its own connection: {}", r.text());
+    assert_eq!(r.status, want, "on its own connection");
 }
 
 // ---- logout tokens (OpenID Back-Channel Logout 1.0) and the once-only tables
