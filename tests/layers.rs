@@ -114,6 +114,112 @@ fn crate_paths(code: &str) -> Vec<String> {
     out
 }
 
+/// Every path written relative to the module `module` of a file: after `self::` and `super::`
+/// (resolved against the module the text is in, inline `mod x { .. }` blocks included, so a test
+/// module's `use super::*` is its own file), and after a child module's bare name (`use
+/// http::Http;` in `filter/mod.rs`), as full paths from the crate root.
+fn relative_paths(code: &str, module: &str, modules: &BTreeSet<String>) -> Vec<String> {
+    let b = code.as_bytes();
+    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+    let base: Vec<String> = if module == "lib" {
+        Vec::new()
+    } else {
+        module.split("::").map(str::to_string).collect()
+    };
+    let mut inline: Vec<(String, usize)> = Vec::new();
+    let mut pending_mod: Option<String> = None;
+    let (mut depth, mut i) = (0usize, 0usize);
+    let mut out = Vec::new();
+    while i < b.len() {
+        let c = b[i];
+        if c == b'{' {
+            depth += 1;
+            if let Some(m) = pending_mod.take() {
+                inline.push((m, depth));
+            }
+            i += 1;
+            continue;
+        }
+        if c == b'}' {
+            if inline.last().is_some_and(|(_, d)| *d == depth) {
+                inline.pop();
+            }
+            depth = depth.saturating_sub(1);
+            i += 1;
+            continue;
+        }
+        if c == b';' {
+            pending_mod = None;
+        }
+        let starts_word = ident(c) && (i == 0 || !(ident(b[i - 1]) || b[i - 1] == b':'));
+        if !starts_word {
+            i += 1;
+            continue;
+        }
+        let end = (i..b.len()).find(|&j| !ident(b[j])).unwrap_or(b.len());
+        let word = &code[i..end];
+        let here: Vec<String> = base
+            .iter()
+            .cloned()
+            .chain(inline.iter().map(|(m, _)| m.clone()))
+            .collect();
+        if word == "mod" {
+            let rest = code[end..].trim_start();
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            if !name.is_empty() && rest[name.len()..].trim_start().starts_with('{') {
+                pending_mod = Some(name);
+            }
+            i = end;
+            continue;
+        }
+        if !code[end..].starts_with("::") || matches!(word, "crate" | "keycloak_pep") {
+            i = end;
+            continue;
+        }
+        let (mut at, mut up) = (i, 0usize);
+        let mut is_self = false;
+        while code[at..].starts_with("super::") {
+            up += 1;
+            at += "super::".len();
+        }
+        if up == 0 && code[at..].starts_with("self::") {
+            is_self = true;
+            at += "self::".len();
+        }
+        let mut prefix: Vec<String> = here.clone();
+        if up > 0 {
+            prefix.truncate(prefix.len().saturating_sub(up));
+        } else if !is_self {
+            // a bare name: a child module of this one, or not ours to read
+            let child = here
+                .iter()
+                .cloned()
+                .chain([word.to_string()])
+                .collect::<Vec<_>>()
+                .join("::");
+            if !modules.contains(&child) {
+                i = end;
+                continue;
+            }
+        }
+        let (paths, used) = parse_tree(&code[at..]);
+        for p in paths {
+            let full: Vec<String> = prefix
+                .iter()
+                .cloned()
+                .chain([p])
+                .filter(|s| !s.is_empty())
+                .collect();
+            out.push(full.join("::"));
+        }
+        i = at + used.max(1);
+    }
+    out
+}
+
 /// Parses `a::b::{c, d::e}` at the start of `s`: the expanded paths and the bytes consumed.
 fn parse_tree(s: &str) -> (Vec<String>, usize) {
     let b = s.as_bytes();
@@ -182,7 +288,11 @@ fn check(files: &[(String, String)]) -> Vec<String> {
             ));
             continue;
         };
-        for p in crate_paths(&code_only(text)) {
+        let code = code_only(text);
+        let paths = crate_paths(&code)
+            .into_iter()
+            .chain(relative_paths(&code, &from, &modules));
+        for p in paths {
             let Some(to) = target(&p, &modules) else {
                 continue;
             };
@@ -290,6 +400,39 @@ fn the_check_sees_an_upward_import_and_a_cycle() {
     assert_eq!(problems.len(), 2, "{problems:#?}");
     assert!(problems[0].contains("src/wire/a.rs: `enforce::Step` reaches up from wire to enforce"));
     assert_eq!(problems[1], "import cycle: config::b <-> config::c");
+}
+
+#[test]
+fn relative_paths_are_read_and_a_cycle_through_them_is_seen() {
+    let f = |p: &str, t: &str| (p.to_string(), t.to_string());
+    let files = vec![
+        f("filter/mod.rs", "mod http; mod root; use http::Http;"),
+        f(
+            "filter/http.rs",
+            "use super::root::Plugin;\n#[cfg(test)]\nmod tests { use super::*; fn t() { super::super::root::f() } }",
+        ),
+        f("filter/root.rs", "pub struct Plugin; fn g() { self::inner::h(); super::http::Http::new() }"),
+        f("filter/root/inner.rs", "pub fn h() {}"),
+    ];
+    let problems = check(&files);
+    assert_eq!(
+        problems,
+        ["import cycle: filter::http <-> filter::root"],
+        "{problems:#?}"
+    );
+    let modules: BTreeSet<String> = files.iter().map(|(p, _)| module_of(p)).collect();
+    assert_eq!(
+        relative_paths(&files[0].1, "filter", &modules),
+        ["filter::http::Http"]
+    );
+    assert_eq!(
+        relative_paths(&files[1].1, "filter::http", &modules),
+        ["filter::root::Plugin", "filter::http", "filter::root::f"]
+    );
+    assert_eq!(
+        relative_paths(&files[2].1, "filter::root", &modules),
+        ["filter::root::inner::h", "filter::http::Http::new"]
+    );
 }
 
 #[test]

@@ -5,25 +5,118 @@
 use super::abi;
 use super::host;
 use super::metrics::Metrics;
-use super::root::{Parked, Plugin};
 use super::store::SharedStore;
+use crate::config::routes::Routes;
 use crate::config::SenderConstraint;
 use crate::enforce;
 use crate::enforce::enforcer::Cred;
+use crate::enforce::enforcer::Enforcer;
 use crate::enforce::replies::{body_too_large, cannot_continue};
 use crate::enforce::step::{Pending, Reply, RequestFacts, Step};
+use crate::keycloak::background;
 use crate::keycloak::token;
 use crate::request::uri;
 use crate::request::view::RequestView;
+use crate::store::decisions;
 use crate::wire::http::Answer;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType};
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
+use std::time::Duration;
 
 /// The stream property (Envoy filter state `wasm.kcpep.permissions`) with the granted permissions.
 pub const PERMISSIONS_PROPERTY: &str = "kcpep.permissions";
+
+/// The timer while requests wait for another request's answer.
+pub fn tick_waiting() -> Duration {
+    Duration::from_millis(background::tick_period_ms(true, false))
+}
+
+/// A request waiting for a decision another request is asking Keycloak for.
+pub struct Parked {
+    pub flow: Flow,
+    pub key: decisions::Key,
+    pub until_ms: i64,
+}
+
+/// The configuration and state shared by the root context and its requests.
+pub struct Plugin {
+    /// Which enforcer a request gets.
+    pub routes: Routes,
+    pub enforcers: Vec<Enforcer>,
+    /// Header names the filter sets itself; a client's copies are removed.
+    pub own_headers: Vec<String>,
+    /// The host offers a working `verify_signature` (Envoy): RSA checks are done there.
+    pub host_verify: bool,
+    pub parked: RefCell<Vec<Parked>>,
+    pub front: super::store::FrontCache,
+    /// Repeated requests straight to their cached allow (see `memo`).
+    pub memo: RefCell<crate::store::memo::Memo>,
+    /// The once-only tables: DPoP proofs and logout tokens (`store::replay::Layout`).
+    pub replay: crate::store::replay::Layout,
+    /// Some enforcer answers back-channel logouts: the VM reads the shared ring of logouts on
+    /// every tick (at most [`LOGOUT_TICK_MS`] apart).
+    pub logout_endpoint: bool,
+}
+
+/// The longest tick while back-channel logout is configured: every worker stops serving a
+/// logged-out session within about this long.
+pub const LOGOUT_TICK_MS: u64 = 250;
+
+/// Decides again for parked requests whose answer is in the decision cache, or (from the root
+/// context only) whose wait is over. From an HTTP context (`from_context`) only answered ones
+/// wake: that context must not dispatch callouts for other requests. Returns the flows that
+/// dispatched a callout, by token.
+pub fn wake_parked(
+    plugin: &Plugin,
+    metrics: &Metrics,
+    from_context: Option<u32>,
+) -> Vec<(u32, Flow)> {
+    let now = host::now_ms();
+    let ready: Vec<Parked> = {
+        let Ok(mut parked) = plugin.parked.try_borrow_mut() else {
+            return Vec::new();
+        };
+        let (ready, waiting): (Vec<Parked>, Vec<Parked>) = parked.drain(..).partition(|p| {
+            let cfg = &plugin.enforcers[p.flow.enforcer].config;
+            let mut store = super::store::SharedStore::new(cfg, &plugin.front);
+            let answered = matches!(
+                decisions::lookup(
+                    crate::store::DecisionStore::get(&mut store, &p.key).as_ref(),
+                    now
+                ),
+                decisions::Lookup::Hit(_)
+            );
+            answered || (from_context.is_none() && now >= p.until_ms)
+        });
+        *parked = waiting;
+        ready
+    };
+    let mut called = Vec::new();
+    for mut p in ready {
+        if hostcalls::set_effective_context(p.flow.id).is_err() {
+            continue; // the stream is gone
+        }
+        let step = p.flow.decide(plugin, now);
+        match p.flow.apply(plugin, metrics, step, true) {
+            Applied::Continue | Applied::Replied => {}
+            // Only when the path changed under a waiting request (path cache expiry).
+            Applied::ReadBody => p.flow.body_lost(plugin, metrics),
+            Applied::Called(token) => called.push((token, p.flow)),
+            Applied::Wait(key, until_ms) => plugin.parked.borrow_mut().push(Parked {
+                flow: p.flow,
+                key,
+                until_ms,
+            }),
+        }
+    }
+    if let Some(id) = from_context {
+        let _ = hostcalls::set_effective_context(id);
+    }
+    called
+}
 
 /// The request facts and the state of its conversation with Keycloak.
 pub struct Flow {
@@ -323,7 +416,7 @@ impl Http {
                 key,
                 until_ms,
             });
-            let _ = hostcalls::set_tick_period(super::root::tick_waiting());
+            let _ = hostcalls::set_tick_period(tick_waiting());
         }
     }
 }
@@ -435,7 +528,7 @@ impl Http {
             Applied::Wait(key, until) => self.park(plugin, key, until),
             Applied::Continue | Applied::Replied => {
                 // Requests on this worker that waited for this very answer go on now.
-                super::root::wake_parked(plugin, &self.metrics, Some(self.id));
+                wake_parked(plugin, &self.metrics, Some(self.id));
             }
             Applied::Called(_) => {}
             Applied::ReadBody => {

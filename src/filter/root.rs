@@ -3,13 +3,12 @@
 //! carries the requests that wait for another request's identical Keycloak call.
 
 use super::host;
-use super::http::{Applied, Flow, Http};
+use super::http::{wake_parked, Applied, Flow, Http, Parked, Plugin, LOGOUT_TICK_MS};
 use super::metrics::Metrics;
-use crate::config::routes::{PluginConfig, Routes};
+use crate::config::routes::PluginConfig;
 use crate::enforce::enforcer::Enforcer;
 use crate::enforce::refresh::FetchHost;
 use crate::keycloak::background::{self, Fetch};
-use crate::store::decisions;
 use crate::wire::http::HttpRequest;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -19,44 +18,8 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
-/// The timer while requests wait for another request's answer.
-pub fn tick_waiting() -> Duration {
-    Duration::from_millis(background::tick_period_ms(true, false))
-}
-
-/// A request waiting for a decision another request is asking Keycloak for.
-pub struct Parked {
-    pub flow: Flow,
-    pub key: decisions::Key,
-    pub until_ms: i64,
-}
-
 /// Per-VM memo bound (entries of ~100 bytes plus the permissions header).
 const MEMO_ENTRIES: usize = 8 * 1024;
-
-/// The configuration and state shared by the root context and its requests.
-pub struct Plugin {
-    /// Which enforcer a request gets.
-    pub routes: Routes,
-    pub enforcers: Vec<Enforcer>,
-    /// Header names the filter sets itself; a client's copies are removed.
-    pub own_headers: Vec<String>,
-    /// The host offers a working `verify_signature` (Envoy): RSA checks are done there.
-    pub host_verify: bool,
-    pub parked: RefCell<Vec<Parked>>,
-    pub front: super::store::FrontCache,
-    /// Repeated requests straight to their cached allow (see `memo`).
-    pub memo: RefCell<crate::store::memo::Memo>,
-    /// The once-only tables: DPoP proofs and logout tokens (`store::replay::Layout`).
-    pub replay: crate::store::replay::Layout,
-    /// Some enforcer answers back-channel logouts: the VM reads the shared ring of logouts on
-    /// every tick (at most [`LOGOUT_TICK_MS`] apart).
-    pub logout_endpoint: bool,
-}
-
-/// The longest tick while back-channel logout is configured: every worker stops serving a
-/// logged-out session within about this long.
-pub const LOGOUT_TICK_MS: u64 = 250;
 
 pub struct Root {
     plugin: Option<Rc<Plugin>>,
@@ -81,59 +44,6 @@ impl Default for Root {
             nonce: host::random_u64(),
         }
     }
-}
-
-/// Decides again for parked requests whose answer is in the decision cache, or (from the root
-/// context only) whose wait is over. From an HTTP context (`from_context`) only answered ones
-/// wake: that context must not dispatch callouts for other requests. Returns the flows that
-/// dispatched a callout, by token.
-pub fn wake_parked(
-    plugin: &Plugin,
-    metrics: &Metrics,
-    from_context: Option<u32>,
-) -> Vec<(u32, Flow)> {
-    let now = host::now_ms();
-    let ready: Vec<Parked> = {
-        let Ok(mut parked) = plugin.parked.try_borrow_mut() else {
-            return Vec::new();
-        };
-        let (ready, waiting): (Vec<Parked>, Vec<Parked>) = parked.drain(..).partition(|p| {
-            let cfg = &plugin.enforcers[p.flow.enforcer].config;
-            let mut store = super::store::SharedStore::new(cfg, &plugin.front);
-            let answered = matches!(
-                decisions::lookup(
-                    crate::store::DecisionStore::get(&mut store, &p.key).as_ref(),
-                    now
-                ),
-                decisions::Lookup::Hit(_)
-            );
-            answered || (from_context.is_none() && now >= p.until_ms)
-        });
-        *parked = waiting;
-        ready
-    };
-    let mut called = Vec::new();
-    for mut p in ready {
-        if hostcalls::set_effective_context(p.flow.id).is_err() {
-            continue; // the stream is gone
-        }
-        let step = p.flow.decide(plugin, now);
-        match p.flow.apply(plugin, metrics, step, true) {
-            Applied::Continue | Applied::Replied => {}
-            // Only when the path changed under a waiting request (path cache expiry).
-            Applied::ReadBody => p.flow.body_lost(plugin, metrics),
-            Applied::Called(token) => called.push((token, p.flow)),
-            Applied::Wait(key, until_ms) => plugin.parked.borrow_mut().push(Parked {
-                flow: p.flow,
-                key,
-                until_ms,
-            }),
-        }
-    }
-    if let Some(id) = from_context {
-        let _ = hostcalls::set_effective_context(id);
-    }
-    called
 }
 
 /// The shell's side of a refresh: shared data, leases and callouts through the host.

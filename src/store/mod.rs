@@ -9,36 +9,7 @@ pub mod logouts;
 pub mod memo;
 pub mod replay;
 
-/// The first use of a DPoP proof or a logout token, across workers (a proof's `jti` and URL, see
-/// [`crate::keycloak::dpop::Proof::replay_key`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FirstUse {
-    First,
-    Replayed,
-    /// Every slot the proof could take holds another live proof: it cannot be remembered, so it
-    /// is refused (fail closed). `dpop.replay-slots` sizes the table.
-    Full,
-    /// The proof's owner (its key, or its token) holds its share of the table already
-    /// (`dpop.replay-share-percent`): refused, and no one else is.
-    OverShare,
-}
-
-/// Remembers proofs and logout tokens until they could no longer be accepted anyway, each in a
-/// table of its own (`replay`).
-pub trait ReplayGuard {
-    /// A DPoP proof of `owner` (see [`crate::keycloak::dpop::Proof::owner`]).
-    fn first_use(
-        &mut self,
-        key: &[u8; 32],
-        owner: &[u8; 32],
-        until_ms: i64,
-        now_ms: i64,
-    ) -> FirstUse;
-    /// A logout token's `jti`.
-    fn first_logout(&mut self, key: &[u8; 32], until_ms: i64, now_ms: i64) -> FirstUse;
-}
-
-pub use replay::LocalReplay;
+pub use replay::{FirstUse, LocalReplay, ReplayGuard};
 
 /// The decision cache as the enforcer sees it; the shell implements it over shared data.
 pub trait DecisionStore {
