@@ -9,6 +9,7 @@
 pub mod binding;
 pub(crate) mod claims;
 pub mod enforcer;
+pub mod events;
 pub mod gate;
 pub mod refresh;
 pub mod replies;

@@ -11,6 +11,7 @@ use crate::config::SenderConstraint;
 use crate::enforce;
 use crate::enforce::enforcer::Cred;
 use crate::enforce::enforcer::Enforcer;
+use crate::enforce::events::{Endpoint, Event};
 use crate::enforce::replies::{body_too_large, cannot_continue};
 use crate::enforce::step::{Pending, Reply, RequestFacts, Step};
 use crate::keycloak::background;
@@ -212,7 +213,7 @@ impl Flow {
                         .put(key, header, until, host::now_ms());
                 }
                 if let Some(r) = &a.would_deny {
-                    metrics.dry_run_denied();
+                    metrics.record(Event::DryRunDenied);
                     self.log_denial(cfg, r, "kcpep dry-run would deny");
                 }
                 let_on(
@@ -236,13 +237,16 @@ impl Flow {
             }
             Step::Reply(r) => {
                 self.decided.set(true);
-                metrics.denied(r.status, r.cache);
+                metrics.record(Event::Denied {
+                    status: r.status,
+                    cache: r.cache,
+                });
                 self.log_denial(cfg, &r, "kcpep deny");
                 send(&r);
                 Applied::Replied
             }
             Step::Wait { key, until_ms } => {
-                metrics.coalesced();
+                metrics.record(Event::Coalesced);
                 Applied::Wait(key, until_ms)
             }
             Step::ReadBody => Applied::ReadBody,
@@ -251,7 +255,7 @@ impl Flow {
                     cached: Some(_), ..
                 } = &call.pending
                 {
-                    metrics.cache_miss();
+                    metrics.record(Event::CacheMiss);
                 }
                 let (cluster, authority, timeout_ms) = match &call.service {
                     None => (
@@ -266,12 +270,14 @@ impl Flow {
                     ),
                 };
                 self.to_service = call.service.is_some();
-                let endpoint = if self.to_service {
-                    metrics.claim_call();
-                    None
+                metrics.record(if self.to_service {
+                    Event::ClaimCall
                 } else {
-                    Some(metrics.request_call(&call.request.path))
-                };
+                    Event::KeycloakCall {
+                        path_endpoint: Endpoint::of_path(&call.request.path),
+                        by_request: true,
+                    }
+                });
                 match host::dispatch(cluster, authority, &call.request, timeout_ms, &self.trace) {
                     Ok(token) => {
                         self.pending = Some(call.pending);
@@ -279,10 +285,14 @@ impl Flow {
                         Applied::Called(token)
                     }
                     Err(status) => {
-                        match endpoint {
-                            Some(e) => metrics.keycloak_error(e),
-                            None => metrics.claim_answer(false, 0),
-                        }
+                        metrics.record(if self.to_service {
+                            Event::ClaimAnswer {
+                                ok: false,
+                                status: 0,
+                            }
+                        } else {
+                            Event::KeycloakNotSent
+                        });
                         log::warn!("kcpep: cannot call cluster {cluster}: {status:?}");
                         self.pending = Some(call.pending);
                         let next = self.resume(plugin, Answer::NoAnswer, host::now_ms());
@@ -304,11 +314,15 @@ impl Flow {
         let mut body = Vec::new();
         let (status, ok) = host::call_answer(num_headers, body_size, &mut body);
         let now = host::now_ms();
-        if self.to_service {
-            metrics.claim_answer(ok, status);
+        metrics.record(if self.to_service {
+            Event::ClaimAnswer { ok, status }
         } else {
-            metrics.keycloak_answer(ok, status, now - self.sent_ms);
-        }
+            Event::KeycloakAnswer {
+                ok,
+                status,
+                latency_ms: now - self.sent_ms,
+            }
+        });
         let step = self.resume(plugin, host::answer(status, ok, &body), now);
         self.apply(plugin, metrics, step, true)
     }
@@ -561,7 +575,7 @@ fn let_on(
     decided: &Cell<bool>,
 ) {
     decided.set(true);
-    metrics.allowed(cache);
+    metrics.record(Event::Allowed(cache));
     if let Some(value) = permissions {
         // Refused once the headers went on (a body read for claims): then only the filter state
         // carries the permissions.
@@ -661,7 +675,10 @@ impl HttpContext for Http {
         };
         let (Some(enforcer), None) = (selected, &refusal) else {
             let r = refusal.unwrap_or_else(enforce::gate::no_enforcer);
-            self.metrics.denied(r.status, r.cache);
+            self.metrics.record(Event::Denied {
+                status: r.status,
+                cache: r.cache,
+            });
             log::info!(
                 "kcpep deny status={} request={} reason=\"{}\" route={:?} authority=\"{}\"",
                 r.status,
@@ -740,7 +757,7 @@ impl HttpContext for Http {
             e.check_credential(&auth, now, host, Some(binding))
         };
         if let Cred::Refused(r) = &cred {
-            self.metrics.binding_refused(r.counter);
+            self.metrics.record(Event::BindingRefused(r.counter));
         }
         let memo_key = token_id.map(memo_key);
         let prop = |p: &str| {

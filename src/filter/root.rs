@@ -7,6 +7,7 @@ use super::http::{wake_parked, Applied, Flow, Http, Parked, Plugin, LOGOUT_TICK_
 use super::metrics::Metrics;
 use crate::config::routes::PluginConfig;
 use crate::enforce::enforcer::Enforcer;
+use crate::enforce::events::{Endpoint, Event};
 use crate::enforce::refresh::FetchHost;
 use crate::keycloak::background::{self, Fetch};
 use crate::wire::http::HttpRequest;
@@ -73,7 +74,10 @@ impl FetchHost for Callouts<'_> {
     }
 
     fn send(&mut self, fetch: Fetch, key: String, req: &HttpRequest, now_ms: i64) -> bool {
-        let endpoint = self.metrics.keycloak_call(&req.path);
+        self.metrics.record(Event::KeycloakCall {
+            path_endpoint: Endpoint::of_path(&req.path),
+            by_request: false,
+        });
         match host::dispatch(self.cluster, self.authority, req, self.timeout_ms, &[]) {
             Ok(token) => {
                 self.pending
@@ -81,7 +85,7 @@ impl FetchHost for Callouts<'_> {
                 true
             }
             Err(status) => {
-                self.metrics.keycloak_error(endpoint);
+                self.metrics.record(Event::KeycloakNotSent);
                 log::debug!("kcpep: dispatch to {} refused: {status:?}", self.cluster);
                 false
             }
@@ -177,7 +181,11 @@ impl Context for Root {
         let (status, ok) = host::call_answer(num_headers, body_size, &mut body);
         let now = host::now_ms();
         // Background fetches count as Keycloak calls, errors and latency too.
-        self.metrics.keycloak_answer(ok, status, now - sent_ms);
+        self.metrics.record(Event::KeycloakAnswer {
+            ok,
+            status,
+            latency_ms: now - sent_ms,
+        });
         let enforcer = &plugin.enforcers[i];
         let done = enforcer.fetched(fetch, &key, host::answer(status, ok, &body), now);
         if let Some(doc) = &done.share {
