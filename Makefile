@@ -59,22 +59,25 @@ unit:
 abi: $(WASM) $(WASM_RUST_CRYPTO)
 	cargo test --test abi --test host_selftest
 
-E2E_TESTS := --test contract --test e2e --test claims --test hostile --test hostile_requests --test replay --test reload --test oracle --test outage --test manifests --test operator --test binding
+# The suites that run against the real stack, listed once. They run on one thread; outage runs
+# after them (it stops and starts Keycloak). manifests and reload check the native configuration
+# with an Envoy of their own, so the containers' run (make test-docker) leaves them out.
+STACK_SUITES := binding claims contract e2e hostile hostile_requests manifests operator oracle reload replay
+HOST_ONLY_SUITES := manifests reload
+DOCKER_SUITES := $(filter-out $(HOST_ONLY_SUITES),$(STACK_SUITES))
+suites = $(addprefix --test ,$(1))
 
 e2e: $(WASM) $(POLICIES_JAR)
-	cargo test --features e2e $(E2E_TESTS) --no-run
-	scripts/stack.sh test -- bash -c 'cargo test --features e2e --test manifests --test oracle --test contract --test e2e --test claims --test hostile --test hostile_requests --test replay --test reload --test operator --test binding -- --test-threads=1 && cargo test --features e2e --test outage'
+	cargo test --features e2e $(call suites,$(STACK_SUITES) outage) --no-run
+	scripts/stack.sh test -- bash -c 'cargo test --features e2e $(call suites,$(STACK_SUITES)) -- --test-threads=1 && cargo test --features e2e --test outage'
 
 # The e2e suites against envoy/docker-compose.yaml's containers (docker/README.md): Debian's Docker
 # engine and docker-compose installed when missing (root), dockerd started (and stopped after, if
 # this started it), the images built locally (docker/build-images.sh, skipped when present), then
-# docker/stack.sh test. manifests and reload are left out: they run an Envoy binary of their own on
-# the host (.cache/venv, scripts/stack.sh install), which is not the containers' stack.
-E2E_DOCKER_TESTS := --test oracle --test contract --test e2e --test claims --test hostile --test hostile_requests --test replay --test operator --test binding
-
+# docker/stack.sh test.
 test-docker: $(WASM) $(POLICIES_JAR)
-	cargo test --features e2e $(E2E_DOCKER_TESTS) --test outage --no-run
-	docker/test-docker.sh bash -c 'cargo test --features e2e $(E2E_DOCKER_TESTS) -- --test-threads=1 && cargo test --features e2e --test outage'
+	cargo test --features e2e $(call suites,$(DOCKER_SUITES) outage) --no-run
+	docker/test-docker.sh bash -c 'cargo test --features e2e $(call suites,$(DOCKER_SUITES)) -- --test-threads=1 && cargo test --features e2e --test outage'
 
 # tests/fuzz.rs' property runs over every parser, with many more cases than make test gives them.
 fuzz:
