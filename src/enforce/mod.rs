@@ -6,6 +6,7 @@
 //! A verdict that needs Keycloak is data: [`Step::Call`] carries the exact request and a
 //! [`Pending`] continuation that turns Keycloak's answer into the next step.
 
+pub mod arrival;
 pub mod binding;
 pub(crate) mod claims;
 pub mod enforcer;

@@ -6,17 +6,14 @@ use super::abi;
 use super::host;
 use super::metrics::Metrics;
 use super::store::SharedStore;
-use crate::config::routes::Routes;
-use crate::config::SenderConstraint;
 use crate::enforce;
+use crate::enforce::arrival::{header_name, Arrival, Filter, Properties, Request};
 use crate::enforce::enforcer::Cred;
-use crate::enforce::enforcer::Enforcer;
 use crate::enforce::events::{Endpoint, Event};
 use crate::enforce::replies::{body_too_large, cannot_continue};
 use crate::enforce::step::{Pending, Reply, RequestFacts, Step};
 use crate::keycloak::background;
 use crate::keycloak::token;
-use crate::request::uri;
 use crate::request::view::RequestView;
 use crate::store::decisions;
 use crate::wire::http::Answer;
@@ -44,19 +41,12 @@ pub struct Parked {
 
 /// The configuration and state shared by the root context and its requests.
 pub struct Plugin {
-    /// Which enforcer a request gets.
-    pub routes: Routes,
-    pub enforcers: Vec<Enforcer>,
-    /// Header names the filter sets itself; a client's copies are removed.
-    pub own_headers: Vec<String>,
+    /// The enforcers, their routes and what they share (the core's).
+    pub filter: Filter,
     /// The host offers a working `verify_signature` (Envoy): RSA checks are done there.
     pub host_verify: bool,
     pub parked: RefCell<Vec<Parked>>,
     pub front: super::store::FrontCache,
-    /// Repeated requests straight to their cached allow (see `memo`).
-    pub memo: RefCell<crate::store::memo::Memo>,
-    /// The once-only tables: DPoP proofs and logout tokens (`store::replay::Layout`).
-    pub replay: crate::store::replay::Layout,
     /// Some enforcer answers back-channel logouts: the VM reads the shared ring of logouts on
     /// every tick (at most [`LOGOUT_TICK_MS`] apart).
     pub logout_endpoint: bool,
@@ -81,7 +71,7 @@ pub fn wake_parked(
             return Vec::new();
         };
         let (ready, waiting): (Vec<Parked>, Vec<Parked>) = parked.drain(..).partition(|p| {
-            let cfg = &plugin.enforcers[p.flow.enforcer].config;
+            let cfg = &plugin.filter.enforcers[p.flow.enforcer].config;
             let mut store = super::store::SharedStore::new(cfg, &plugin.front);
             let answered = matches!(
                 decisions::lookup(
@@ -178,7 +168,7 @@ impl Flow {
 
     /// First (or renewed, after waiting) decision.
     pub fn decide(&mut self, plugin: &Plugin, now_ms: i64) -> Step {
-        let e = &plugin.enforcers[self.enforcer];
+        let e = &plugin.filter.enforcers[self.enforcer];
         let mut store = SharedStore::new(&e.config, &plugin.front);
         e.decide(&self.facts(), &mut store, now_ms)
     }
@@ -188,7 +178,7 @@ impl Flow {
         let Some(pending) = self.pending.take() else {
             return cannot_continue("unexpected callout answer");
         };
-        let e = &plugin.enforcers[self.enforcer];
+        let e = &plugin.filter.enforcers[self.enforcer];
         let mut store = SharedStore::new(&e.config, &plugin.front);
         e.resume(&self.facts(), &mut store, pending, answer, now_ms)
     }
@@ -201,13 +191,14 @@ impl Flow {
         step: Step,
         in_callback: bool,
     ) -> Applied {
-        let cfg = &plugin.enforcers[self.enforcer].config;
+        let cfg = &plugin.filter.enforcers[self.enforcer].config;
         match step {
             Step::Allow(a) => {
                 if let (Some(key), Some(until), Some(header)) =
                     (self.memo_key, a.memo_until_ms, &a.permissions)
                 {
                     plugin
+                        .filter
                         .memo
                         .borrow_mut()
                         .put(key, header, until, host::now_ms());
@@ -403,8 +394,8 @@ impl Http {
         .flatten()
         .unwrap_or_default();
         let host: Option<token::HostVerifier> = plugin.host_verify.then_some(&host::host_verify);
-        let mut replay = super::store::shared_replay(plugin.replay);
-        let e = &plugin.enforcers[enforcer];
+        let mut replay = super::store::shared_replay(plugin.filter.replay);
+        let e = &plugin.filter.enforcers[enforcer];
         let (reply, ended) =
             e.backchannel_logout(content_type, &body, host::now_ms(), host, &mut replay);
         for (id, at_ms, until_ms) in &ended {
@@ -467,7 +458,7 @@ impl Http {
     /// 413 for a body over `max-body-bytes` (or, in dry-run, go on).
     fn body_too_large(&mut self, plugin: &Plugin, mut flow: Flow, in_callback: bool) -> Action {
         self.reading_body = false;
-        let cfg = &plugin.enforcers[flow.enforcer].config;
+        let cfg = &plugin.filter.enforcers[flow.enforcer].config;
         let step = body_too_large(cfg);
         let applied = flow.apply(plugin, &self.metrics, step, in_callback);
         self.flow = Some(flow);
@@ -515,7 +506,7 @@ impl Http {
         in_callback: bool,
     ) -> Action {
         self.reading_body = false;
-        let cfg = &plugin.enforcers[flow.enforcer].config;
+        let cfg = &plugin.filter.enforcers[flow.enforcer].config;
         // one byte past the bound is enough to know it is too large
         let limit = (cfg.proxy.max_body_bytes as usize).saturating_add(1);
         let body = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size.min(limit))
@@ -548,7 +539,7 @@ impl Http {
             Applied::ReadBody => {
                 // A path resolved by Keycloak whose claims read the body; the headers stay held.
                 let too_much = self.flow.as_ref().is_some_and(|f| {
-                    plugin.enforcers[f.enforcer]
+                    plugin.filter.enforcers[f.enforcer]
                         .config
                         .body_over_bound(self.body_len)
                 });
@@ -588,12 +579,6 @@ fn let_on(
     }
 }
 
-/// Header names are tokens (Envoy's codecs refuse others); one that is not UTF-8 cannot be any
-/// name the filter knows.
-fn header_name(k: &[u8]) -> &str {
-    std::str::from_utf8(k).unwrap_or("\u{fffd}")
-}
-
 /// Sends a local reply.
 fn send(r: &Reply) {
     abi::send_response(r.status, &r.wire_headers(), r.body.as_bytes());
@@ -605,194 +590,115 @@ impl HttpContext for Http {
             send(&enforce::gate::not_configured());
             return Action::Pause;
         };
-        let claims = plugin.routes.uses_claims();
         // One host call for the whole map, read in place (`wire::pairs`): each value fetched on
         // its own costs a call back into the VM's allocator, and the SDK's getter copies every
         // name and value into allocations of their own.
         let raw = abi::request_map(false).unwrap_or_default();
         let mut headers = crate::wire::pairs::parse(&raw).unwrap_or_default();
-        let name = header_name;
         // Headers the filter sets itself are never taken from the client, in any spelling an
-        // upstream could read as the same header...
-        let spoofed =
-            enforce::gate::spoofed(&plugin.own_headers, headers.iter().map(|(k, _)| name(k)));
+        // upstream could read as the same header, nor seen by anything after.
+        let spoofed = plugin.filter.spoofed(&headers);
         if !spoofed.is_empty() {
             for n in &spoofed {
                 abi::set_request_header(n, None);
             }
-            // ...nor seen by claims
             headers.retain(|(k, _)| !spoofed.iter().any(|n| n.as_bytes() == *k));
         }
-        let get = |wanted: &str| -> Option<&[u8]> {
-            headers
-                .iter()
-                .find(|(k, _)| *k == wanted.as_bytes())
-                .map(|(_, v)| *v)
+        let req = Request {
+            headers: &headers,
+            end_of_stream,
         };
-        let method = String::from_utf8_lossy(get(":method").unwrap_or_default()).into_owned();
-        // A path that is not UTF-8 cannot be a valid URI: it matches nothing (as in Keycloak).
-        let path = std::str::from_utf8(get(":path").unwrap_or_default())
-            .map_or_else(|_| "\u{0}".to_string(), str::to_string);
-        let authority = String::from_utf8_lossy(get(":authority").unwrap_or_default()).into_owned();
-        // What Envoy decided for the request, read only when some rule selects by it (a host
-        // call each). `xds.route_name` (Istio: the VirtualService http route name), else the
-        // older `route_name`; `xds.virtual_host_name` (Envoy >= 1.33).
-        let property = |paths: &[&[&str]]| {
-            paths
-                .iter()
-                .find_map(|p| hostcalls::get_property(p.to_vec()).ok().flatten())
-                .and_then(|b| String::from_utf8(b).ok())
-                .filter(|s| !s.is_empty())
-        };
-        let route_name = if plugin.routes.uses_route_names() {
-            property(&[&["xds", "route_name"], &["route_name"]])
-        } else {
-            None
-        };
-        let virtual_host = if plugin.routes.uses_virtual_hosts() {
-            property(&[&["xds", "virtual_host_name"]])
-        } else {
-            None
-        };
-        let normalized = if plugin.routes.uses_path_prefixes() {
-            uri::normalize(&path)
-        } else {
-            None
-        };
-        let selected = plugin.routes.select(&crate::config::routes::Selector {
-            route_name: route_name.as_deref(),
-            virtual_host: virtual_host.as_deref(),
-            authority: &authority,
-            path: normalized.as_deref(),
-        });
-        let refusal = match selected {
-            None => Some(enforce::gate::no_enforcer()),
-            Some(i) => enforce::gate::method_override(
-                &plugin.enforcers[i].config.proxy.method_override_headers,
-                &method,
-                headers.iter().map(|(k, v)| (name(k), *v)),
-            ),
-        };
-        let (Some(enforcer), None) = (selected, &refusal) else {
-            let r = refusal.unwrap_or_else(enforce::gate::no_enforcer);
-            self.metrics.record(Event::Denied {
-                status: r.status,
-                cache: r.cache,
-            });
-            log::info!(
-                "kcpep deny status={} request={} reason=\"{}\" route={:?} authority=\"{}\"",
-                r.status,
-                self.id,
-                r.reason,
-                route_name,
-                host::loggable(authority.as_bytes())
-            );
-            send(&r);
-            return Action::Pause;
-        };
-        if plugin.enforcers[enforcer].is_backchannel_logout(&path) {
-            // Keycloak's logout token: answered here once its body is in, never forwarded.
-            let content_type = get("content-type").map(|v| String::from_utf8_lossy(v).into_owned());
-            if method != "POST" || end_of_stream {
-                self.answer_logout(&plugin, enforcer, content_type.as_deref(), 0);
-                return Action::Pause;
-            }
-            self.logout = Some((enforcer, content_type));
-            return Action::Pause;
-        }
-        let auth: Vec<&[u8]> = headers
-            .iter()
-            .filter(|(k, _)| k.eq_ignore_ascii_case(b"authorization"))
-            .map(|(_, v)| *v)
-            .collect();
-        let now = host::now_ms();
-        // A token verified before asking what it asked before: answered from the memo, with no
-        // copy of the token and nothing matched again.
-        let e = &plugin.enforcers[enforcer];
-        let memo_key = |id| crate::store::memo::key(enforcer, id, &method, &path);
-        if let Some(k) = e.verified_id(&auth, now).map(memo_key) {
-            if let Some(header) = plugin.memo.borrow().get(k, now) {
-                // answered as the cache hit it stands for (the value written as stored)
-                let hit = enforce::step::CacheUse::Hit;
-                let_on(&e.config, &self.metrics, hit, Some(header), &self.decided);
-                return Action::Continue;
-            }
-        }
         let host: Option<token::HostVerifier> = plugin.host_verify.then_some(&host::host_verify);
-        let (cred, token_id) = if e.config.proxy.sender_constraint == SenderConstraint::Off {
-            e.check_credential(&auth, now, host, None)
-        } else {
-            // What a binding is checked against: the DPoP proofs, the URL as the client used
-            // it (the scheme from the connection or a trusted proxy), the client certificate.
-            let proofs: Vec<&[u8]> = headers
-                .iter()
-                .filter(|(k, _)| k.eq_ignore_ascii_case(b"dpop"))
-                .map(|(_, v)| *v)
-                .collect();
-            let prop = |p: &[&str]| hostcalls::get_property(p.to_vec()).ok().flatten();
-            let peer = prop(&["source", "address"]).and_then(|b| String::from_utf8(b).ok());
-            let cert_hex = prop(&["connection", "sha256_peer_certificate_digest"]);
-            let conn = crate::enforce::enforcer::Connection {
-                peer: peer.as_deref(),
-                tls: prop(&["connection", "tls_version"]).is_some_and(|v| !v.is_empty()),
-                certificate_sha256_hex: cert_hex.as_deref(),
-            };
-            let owned: Vec<(String, Vec<u8>)> = if e.reads_forwarding_headers() {
-                headers
-                    .iter()
-                    .map(|(k, v)| (name(k).to_string(), v.to_vec()))
-                    .collect()
-            } else {
-                Vec::new()
-            };
-            let (url, cert) = e.client_view(&conn, &owned, &authority, &path);
-            let mut replay = super::store::shared_replay(plugin.replay);
-            let binding = crate::enforce::enforcer::Binding {
-                proofs: &proofs,
-                method: &method,
-                url: &url,
-                client_cert_sha256: cert,
-                replay: &mut replay,
-            };
-            e.check_credential(&auth, now, host, Some(binding))
-        };
-        if let Cred::Refused(r) = &cred {
-            self.metrics.record(Event::BindingRefused(r.counter));
+        let now = host::now_ms();
+        match plugin
+            .filter
+            .arrive(&req, &HostProperties, super::store::SharedCas, host, now)
+        {
+            Arrival::Reply { reply, route_name } => {
+                self.metrics.record(Event::Denied {
+                    status: reply.status,
+                    cache: reply.cache,
+                });
+                let (_, _, authority) = req.line();
+                log::info!(
+                    "kcpep deny status={} request={} reason=\"{}\" route={:?} authority=\"{}\"",
+                    reply.status,
+                    self.id,
+                    reply.reason,
+                    route_name,
+                    host::loggable(authority.as_bytes())
+                );
+                send(&reply);
+                Action::Pause
+            }
+            Arrival::Logout {
+                enforcer,
+                content_type,
+                now,
+            } => {
+                if now {
+                    self.answer_logout(&plugin, enforcer, content_type.as_deref(), 0);
+                } else {
+                    self.logout = Some((enforcer, content_type));
+                }
+                Action::Pause
+            }
+            Arrival::Memo {
+                enforcer,
+                permissions,
+            } => {
+                // answered as the cache hit it stands for (the value written as stored)
+                let cfg = &plugin.filter.enforcers[enforcer].config;
+                let hit = enforce::step::CacheUse::Hit;
+                let_on(cfg, &self.metrics, hit, Some(&permissions), &self.decided);
+                Action::Continue
+            }
+            Arrival::Decide {
+                enforcer,
+                method,
+                path,
+                cred,
+                memo_key,
+            } => {
+                if let Cred::Refused(r) = &cred {
+                    self.metrics.record(Event::BindingRefused(r.counter));
+                }
+                let claims = plugin.filter.routes.uses_claims();
+                let prop = |p: &str| {
+                    hostcalls::get_property(p.split('.').collect())
+                        .ok()
+                        .flatten()
+                };
+                let flow = Flow {
+                    id: self.id,
+                    enforcer,
+                    method,
+                    path,
+                    cred,
+                    pending: None,
+                    sent_ms: 0,
+                    peer: claims
+                        .then(|| prop("source.address"))
+                        .flatten()
+                        .and_then(|b| String::from_utf8(b).ok()),
+                    tls: claims && prop("connection.tls_version").is_some_and(|v| !v.is_empty()),
+                    headers: if claims {
+                        let owned = headers
+                            .iter()
+                            .map(|(k, v)| (header_name(k).to_string(), v.to_vec()));
+                        owned.collect()
+                    } else {
+                        Vec::new()
+                    },
+                    body: None,
+                    to_service: false,
+                    memo_key,
+                    decided: Rc::clone(&self.decided),
+                    trace: crate::wire::http::trace_context(headers.iter().map(|(k, v)| (*k, *v))),
+                };
+                self.first_step(&plugin, flow, end_of_stream)
+            }
         }
-        let memo_key = token_id.map(memo_key);
-        let prop = |p: &str| {
-            hostcalls::get_property(p.split('.').collect())
-                .ok()
-                .flatten()
-        };
-        let flow = Flow {
-            id: self.id,
-            enforcer,
-            method,
-            path,
-            cred,
-            pending: None,
-            sent_ms: 0,
-            peer: claims
-                .then(|| prop("source.address"))
-                .flatten()
-                .and_then(|b| String::from_utf8(b).ok()),
-            tls: claims && prop("connection.tls_version").is_some_and(|v| !v.is_empty()),
-            headers: if claims {
-                let owned = headers
-                    .iter()
-                    .map(|(k, v)| (name(k).to_string(), v.to_vec()));
-                owned.collect()
-            } else {
-                Vec::new()
-            },
-            body: None,
-            to_service: false,
-            memo_key,
-            decided: Rc::clone(&self.decided),
-            trace: crate::wire::http::trace_context(headers.iter().map(|(k, v)| (*k, *v))),
-        };
-        self.first_step(&plugin, flow, end_of_stream)
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
@@ -818,7 +724,7 @@ impl HttpContext for Http {
         let (Some(plugin), Some(flow)) = (self.plugin.clone(), self.flow.take()) else {
             return Action::Pause; // never let an undecided body through
         };
-        if plugin.enforcers[flow.enforcer]
+        if plugin.filter.enforcers[flow.enforcer]
             .config
             .body_over_bound(body_size)
         {
@@ -842,7 +748,7 @@ impl HttpContext for Http {
             let names = trailers
                 .iter()
                 .filter_map(|(k, _)| std::str::from_utf8(k).ok());
-            for name in enforce::gate::spoofed(&plugin.own_headers, names) {
+            for name in enforce::gate::spoofed(&plugin.filter.own_headers, names) {
                 abi::remove_request_trailer(&name);
             }
         }
@@ -866,5 +772,46 @@ impl HttpContext for Http {
             return Action::Pause;
         };
         self.body_ready(&plugin, flow, usize::MAX, false)
+    }
+}
+
+/// What Envoy tells of a request beyond its headers, read as the core asks for it.
+struct HostProperties;
+
+impl HostProperties {
+    fn get(paths: &[&[&str]]) -> Option<Vec<u8>> {
+        paths
+            .iter()
+            .find_map(|p| hostcalls::get_property(p.to_vec()).ok().flatten())
+    }
+
+    fn text(paths: &[&[&str]]) -> Option<String> {
+        Self::get(paths)
+            .and_then(|b| String::from_utf8(b).ok())
+            .filter(|s| !s.is_empty())
+    }
+}
+
+impl Properties for HostProperties {
+    // `xds.route_name` (Istio: the VirtualService http route name), else the older
+    // `route_name`; `xds.virtual_host_name` (Envoy >= 1.33).
+    fn route_name(&self) -> Option<String> {
+        Self::text(&[&["xds", "route_name"], &["route_name"]])
+    }
+
+    fn virtual_host(&self) -> Option<String> {
+        Self::text(&[&["xds", "virtual_host_name"]])
+    }
+
+    fn peer(&self) -> Option<String> {
+        Self::text(&[&["source", "address"]])
+    }
+
+    fn tls(&self) -> bool {
+        Self::get(&[&["connection", "tls_version"]]).is_some_and(|v| !v.is_empty())
+    }
+
+    fn certificate_sha256_hex(&self) -> Option<Vec<u8>> {
+        Self::get(&[&["connection", "sha256_peer_certificate_digest"]])
     }
 }

@@ -6,6 +6,7 @@ use super::host;
 use super::http::{wake_parked, Applied, Flow, Http, Parked, Plugin, LOGOUT_TICK_MS};
 use super::metrics::Metrics;
 use crate::config::routes::PluginConfig;
+use crate::enforce::arrival::Filter;
 use crate::enforce::enforcer::Enforcer;
 use crate::enforce::events::{Endpoint, Event};
 use crate::enforce::refresh::FetchHost;
@@ -117,7 +118,7 @@ impl Root {
         };
         let now = host::now_ms();
         let mut all_settled = true;
-        for (i, enforcer) in plugin.enforcers.iter().enumerate() {
+        for (i, enforcer) in plugin.filter.enforcers.iter().enumerate() {
             let cfg = &enforcer.config;
             let mut callouts = Callouts {
                 pending: &mut self.pending,
@@ -186,7 +187,7 @@ impl Context for Root {
             status,
             latency_ms: now - sent_ms,
         });
-        let enforcer = &plugin.enforcers[i];
+        let enforcer = &plugin.filter.enforcers[i];
         let done = enforcer.fetched(fetch, &key, host::answer(status, ok, &body), now);
         if let Some(doc) = &done.share {
             // Shared with the other VMs; only good answers are stored.
@@ -287,14 +288,16 @@ impl RootContext for Root {
         super::store::create_decision_slots(enforcers.iter().map(|e| &e.config));
         self.metrics = Rc::new(Metrics::define());
         self.plugin = Some(Rc::new(Plugin {
-            routes,
-            enforcers,
-            own_headers,
+            filter: Filter {
+                routes,
+                enforcers,
+                own_headers,
+                memo: RefCell::new(crate::store::memo::Memo::new(MEMO_ENTRIES)),
+                replay,
+            },
             host_verify,
             parked: RefCell::new(Vec::new()),
             front: Default::default(),
-            memo: RefCell::new(crate::store::memo::Memo::new(MEMO_ENTRIES)),
-            replay,
             logout_endpoint,
         }));
         self.settled = false;
@@ -312,7 +315,7 @@ impl RootContext for Root {
             .plugin
             .as_ref()
             .filter(|p| p.logout_endpoint)
-            .and_then(|p| p.enforcers.first())
+            .and_then(|p| p.filter.enforcers.first())
         {
             super::store::read_logouts(&mut e.logouts().borrow_mut(), host::now_ms());
         }
