@@ -443,12 +443,12 @@ fn braces_and_roots_are_read() {
     );
 }
 
-/// The first column of the README's "What is where" table: every path it names.
-fn readme_layout_paths(readme: &str) -> Vec<String> {
-    let start = readme
+/// The first column of docs/architecture.md's "What is where" table: every path it names.
+fn architecture_layout_paths(page: &str) -> Vec<String> {
+    let start = page
         .find("## What is where")
         .expect("a 'What is where' section");
-    let section = &readme[start..];
+    let section = &page[start..];
     let end = section[3..].find("\n## ").map_or(section.len(), |i| i + 3);
     section[..end]
         .lines()
@@ -466,15 +466,17 @@ fn readme_layout_paths(readme: &str) -> Vec<String> {
 }
 
 #[test]
-fn the_readme_layout_table_matches_the_tree() {
+fn the_architecture_layout_table_matches_the_tree() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
-    let named = readme_layout_paths(&readme);
+    let page = std::fs::read_to_string(root.join("docs/architecture.md")).unwrap();
+    let named = architecture_layout_paths(&page);
     assert!(named.len() > 10, "{named:?}");
     let mut problems = Vec::new();
     for p in &named {
         if !root.join(p.trim_end_matches('/')).exists() {
-            problems.push(format!("README names {p}, which does not exist"));
+            problems.push(format!(
+                "docs/architecture.md names {p}, which does not exist"
+            ));
         }
     }
     // Every folder of src/, every test suite and test folder, every page of docs/ has a row.
@@ -503,7 +505,9 @@ fn the_readme_layout_table_matches_the_tree() {
     }
     for w in wanted {
         if !covered(&w) {
-            problems.push(format!("{w} has no row in the README's 'What is where'"));
+            problems.push(format!(
+                "{w} has no row in docs/architecture.md's 'What is where'"
+            ));
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
