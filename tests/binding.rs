@@ -650,29 +650,6 @@ fn certificate_thumbprint(name: &str) -> String {
     b64(&sha2::Sha256::digest(cert.der()))
 }
 
-/// The password grant of `demo-cli-mtls` on Keycloak's HTTPS port, over a connection presenting
-/// `client`'s certificate (or none).
-fn mtls_grant(user: &str, client: Option<&str>) -> Response {
-    let form =
-        format!("grant_type=password&client_id=demo-cli-mtls&username={user}&password=password");
-    tls_request(
-        &env("KCPEP_KEYCLOAK_TLS_URL"),
-        client,
-        "POST",
-        "/realms/bank/protocol/openid-connect/token",
-        &[("content-type", b"application/x-www-form-urlencoded")],
-        form.as_bytes(),
-    )
-    .unwrap()
-}
-
-/// A token of `user` bound to `client`'s certificate.
-fn mtls_token(user: &str, client: &str) -> String {
-    let r = mtls_grant(user, Some(client));
-    assert_eq!(r.status, 200, "token of {user}: {}", r.text());
-    r.json()["access_token"].as_str().unwrap().to_string()
-}
-
 /// `GET path` with a Bearer token through Envoy's mutual-TLS listener, presenting `client`'s
 /// certificate; `Err` when the TLS handshake is refused.
 fn mtls_get(client: Option<&str>, token: &str, path: &str) -> Result<Response, String> {

@@ -277,3 +277,180 @@ fn evaluate_gives_seed_002_verdicts_as_envoy_does() {
     }
     assert_eq!(compared, 2 * 5 * 5);
 }
+
+/// `kcpep evaluate` on the whole plugin configuration of the stack's Envoy, the enforcer picked
+/// by the route rules as Envoy's filter picks it (`--host`, and `--route` for Envoy's route
+/// name): its status for `method path` on `host`, and its output.
+fn evaluate_routed(
+    config: &str,
+    host: &str,
+    route: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    headers: &[&str],
+) -> (u16, Value) {
+    let mut args = vec![
+        "evaluate", "--config", config, "--host", host, "--route", route, "--json",
+    ];
+    let tf = dir().join("routed.token");
+    if let Some(t) = token {
+        std::fs::write(&tf, t).unwrap();
+        args.extend(["--token-file", tf.to_str().unwrap()]);
+    }
+    for h in headers {
+        args.extend(["--header", h]);
+    }
+    args.extend([method, path]);
+    // the claims enforcers read their secret from the VM's environment (envoy.yaml sets it)
+    let o = Command::new(env!("CARGO_BIN_EXE_kcpep"))
+        .args(&args)
+        .env("KCPEP_BANK_API_SECRET", "bank-api-secret")
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let out: Value = serde_json::from_slice(&o.stdout).unwrap();
+    (out["result"]["status"].as_u64().unwrap() as u16, out)
+}
+
+/// A request: host, Envoy's route name there, method, path, token, extra headers.
+type Case<'a> = (
+    &'a str,
+    &'a str,
+    &'a str,
+    &'a str,
+    Option<&'a str>,
+    Vec<&'a str>,
+);
+
+/// The requests Envoy's filter answers before an enforcer's flow (the logout endpoint, a method
+/// override, a certificate-bound token off its connection, a copy of the filter's own header, a
+/// repeated request the memo answers), and routing by the rules themselves: `kcpep evaluate` on
+/// the stack's whole plugin configuration gives what Envoy gives.
+#[test]
+fn evaluate_answers_what_envoy_answers_before_any_enforcers_flow() {
+    let yaml =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/envoy/envoy.yaml")).unwrap();
+    let mut full: Value = serde_json::from_str(&plugin_configs(&yaml)[0]).unwrap();
+    for (_, e) in full["enforcers"].as_object_mut().unwrap() {
+        if e["auth-server-url"].as_str() == Some("http://127.0.0.1:8180") {
+            e["auth-server-url"] = keycloak().into();
+        }
+    }
+    let config = write("full.json", &full);
+    let owner = user_token("owner");
+    let teller = user_token("teller");
+    let bound = mtls_token("owner", "client-a");
+    let cases: Vec<Case> = vec![
+        // the back-channel logout endpoint, without a logout token: 400 from the filter itself
+        (
+            "127.0.0.1:10000",
+            "default",
+            "POST",
+            "/kcpep/backchannel-logout",
+            None,
+            vec![],
+        ),
+        // a method override naming another method: 400 before anything is asked
+        (
+            "unanimous.bank.local",
+            "unanimous",
+            "GET",
+            "/account/1",
+            Some(&owner),
+            vec!["X-HTTP-Method-Override: DELETE"],
+        ),
+        // a certificate-bound token over plain HTTP: 401, its binding checked by default
+        (
+            "unanimous.bank.local",
+            "unanimous",
+            "GET",
+            "/account/1",
+            Some(&bound),
+            vec![],
+        ),
+        // a client's copy of the filter's own header changes nothing
+        (
+            "unanimous.bank.local",
+            "unanimous",
+            "GET",
+            "/account/1",
+            Some(&teller),
+            vec!["X-Kcpep-Permissions: [{\"rsname\":\"View Account Resource\"}]"],
+        ),
+        // routed by the rules: the route name, then a host rule
+        (
+            "affirmative.bank.local",
+            "affirmative",
+            "GET",
+            "/account/1",
+            Some(&teller),
+            vec![],
+        ),
+        (
+            "unanimous.bank.local",
+            "unanimous",
+            "GET",
+            "/account/1",
+            Some(&teller),
+            vec![],
+        ),
+        (
+            "unanimous.bank.local:10000",
+            "unanimous",
+            "GET",
+            "/account/1",
+            Some(&owner),
+            vec![],
+        ),
+    ];
+    for (host, route, method, path, token, headers) in &cases {
+        let (predicted, trace) =
+            evaluate_routed(&config, host, route, method, path, *token, headers);
+        let extra: Vec<(String, Vec<u8>)> = headers
+            .iter()
+            .map(|h| {
+                let (k, v) = h.split_once(':').unwrap();
+                (k.trim().to_ascii_lowercase(), v.trim().as_bytes().to_vec())
+            })
+            .collect();
+        let extra: Vec<(&str, &[u8])> = extra
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_slice()))
+            .collect();
+        let mut through_envoy = send_to(&envoy(), method, host, path, *token, &extra, b"");
+        // a repeated request: the memo answers it in Envoy, with the same status
+        if through_envoy.status == 200 {
+            through_envoy = send_to(&envoy(), method, host, path, *token, &extra, b"");
+        }
+        assert_eq!(
+            predicted, through_envoy.status,
+            "{host} {method} {path} {headers:?}: {trace}"
+        );
+        if path.contains("backchannel-logout") {
+            assert_eq!(predicted, 400);
+            let said = through_envoy.json()["error_description"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            assert!(
+                trace["result"]["reason"].as_str().unwrap().contains(&said),
+                "{said} vs {trace}"
+            );
+        }
+        if let Some(t) = token {
+            assert!(!trace.to_string().contains(t), "the token is never printed");
+        }
+    }
+    // what each case is, as Keycloak's policies and the filter's rules say
+    let statuses: Vec<u16> = cases
+        .iter()
+        .map(|(h, r, m, p, t, hs)| evaluate_routed(&config, h, r, m, p, *t, hs).0)
+        .collect();
+    assert_eq!(statuses, [400, 400, 401, 403, 200, 403, 200]);
+}

@@ -105,6 +105,23 @@ pub fn header_name(k: &[u8]) -> &str {
 }
 
 impl Filter {
+    /// The VM's filter from its configuration: the enforcers built (sharing verified tokens
+    /// where they verify alike), the headers the filter owns, the once-only tables' layout, and
+    /// a memo of `memo_entries`.
+    pub fn new(config: crate::config::routes::PluginConfig, memo_entries: usize) -> Filter {
+        let own_headers = gate::own_headers(&config);
+        let crate::config::routes::PluginConfig { enforcers, routes } = config;
+        let enforcers = Enforcer::build_all(enforcers);
+        let replay = Layout::of(enforcers.iter().map(|e| &e.config));
+        Filter {
+            routes,
+            enforcers,
+            own_headers,
+            memo: std::cell::RefCell::new(Memo::new(memo_entries)),
+            replay,
+        }
+    }
+
     /// The client's headers that the filter sets itself, in every spelling an upstream could
     /// read as the same: the shell removes them before anything reads the request.
     pub fn spoofed(&self, headers: &[(&[u8], &[u8])]) -> Vec<String> {

@@ -243,12 +243,10 @@ impl RootContext for Root {
                 return false;
             }
         };
-        let own_headers = crate::enforce::gate::own_headers(&config);
-        let PluginConfig { enforcers, routes } = config;
-        let enforcers: Vec<Enforcer> = Enforcer::build_all(enforcers);
+        let filter = Filter::new(config, MEMO_ENTRIES);
         for Enforcer {
             name, config: cfg, ..
-        } in &enforcers
+        } in &filter.enforcers
         {
             if cfg.reads_bodies() {
                 // The filter holds the headers while it reads the body; Envoy delivers the body to
@@ -273,28 +271,22 @@ impl RootContext for Root {
         }
         log::info!(
             "kcpep: configured {} enforcer(s); signatures verified {}",
-            enforcers.len(),
+            filter.enforcers.len(),
             if host_verify {
                 "by the host (verify_signature)"
             } else {
                 "in wasm"
             }
         );
-        let logout_endpoint = enforcers
+        let logout_endpoint = filter
+            .enforcers
             .iter()
             .any(|e| e.config.proxy.backchannel_logout.is_some());
-        let replay = crate::store::replay::Layout::of(enforcers.iter().map(|e| &e.config));
-        super::store::create_replay_slots(&replay);
-        super::store::create_decision_slots(enforcers.iter().map(|e| &e.config));
+        super::store::create_replay_slots(&filter.replay);
+        super::store::create_decision_slots(filter.enforcers.iter().map(|e| &e.config));
         self.metrics = Rc::new(Metrics::define());
         self.plugin = Some(Rc::new(Plugin {
-            filter: Filter {
-                routes,
-                enforcers,
-                own_headers,
-                memo: RefCell::new(crate::store::memo::Memo::new(MEMO_ENTRIES)),
-                replay,
-            },
+            filter,
             host_verify,
             parked: RefCell::new(Vec::new()),
             front: Default::default(),

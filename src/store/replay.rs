@@ -341,6 +341,16 @@ pub trait Cas {
     fn write(&mut self, key: &str, value: &[u8], version: Option<u32>) -> bool;
 }
 
+impl<C: Cas> Cas for &mut C {
+    fn read(&mut self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        (**self).read(key)
+    }
+
+    fn write(&mut self, key: &str, value: &[u8], version: Option<u32>) -> bool {
+        (**self).write(key, value, version)
+    }
+}
+
 /// A [`Cas`] in this process's memory: the CLI's and the tests'.
 #[derive(Debug, Default)]
 pub struct Memory {

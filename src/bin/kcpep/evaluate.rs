@@ -8,11 +8,14 @@ use crate::keycloak::{now_ms, Exchange, Keycloak};
 use crate::Select;
 use anyhow::{anyhow, Result};
 use base64::Engine;
-use keycloak_pep::enforce::enforcer::{Cred, Enforcer};
+use keycloak_pep::enforce::arrival::{Arrival, Filter, Properties, Request};
+use keycloak_pep::enforce::enforcer::Cred;
+use keycloak_pep::enforce::step::Reply;
 use keycloak_pep::enforce::step::{RequestFacts, Step};
 use keycloak_pep::keycloak::token;
 use keycloak_pep::request::view::RequestView;
 use keycloak_pep::store::decisions::{Entry, Key, Verdict};
+use keycloak_pep::store::replay::Memory;
 use keycloak_pep::store::DecisionStore;
 use keycloak_pep::wire::http::{form_decode, HttpRequest};
 use serde_json::{json, Value};
@@ -36,10 +39,17 @@ const MAX_CALLS: usize = 16;
 
 pub fn run(o: &Options) -> Result<ExitCode> {
     let cfg = crate::load(&o.config)?;
-    let index = crate::offline::select(&cfg, &o.select, &o.path)?;
-    let (name, ec) = &cfg.enforcers[index];
-    let enforcer = Enforcer::new(name.clone(), ec.clone());
-    let kc = Keycloak::for_enforcer(ec, o.timeout_s)?;
+    let mut filter = Filter::new(cfg, 16);
+    if let Some(n) = &o.select.enforcer {
+        // the enforcer named: the route rules are not asked
+        let i = filter
+            .enforcers
+            .iter()
+            .position(|e| &e.name == n)
+            .ok_or_else(|| anyhow!("no enforcer named {n}"))?;
+        filter.routes.rules.clear();
+        filter.routes.default = Some(i);
+    }
     let mut headers: Vec<(String, Vec<u8>)> = Vec::new();
     for h in &o.headers {
         let (k, v) = h
@@ -47,6 +57,14 @@ pub fn run(o: &Options) -> Result<ExitCode> {
             .ok_or_else(|| anyhow!("--header {h:?}: expected NAME:VALUE"))?;
         headers.push((k.trim().to_ascii_lowercase(), v.trim().as_bytes().to_vec()));
     }
+    // The Host: --host, else a Host header, else localhost (Envoy's :authority).
+    let authority = o.select.host.clone().unwrap_or_else(|| {
+        headers.iter().find(|(k, _)| k == "host").map_or_else(
+            || "localhost".into(),
+            |(_, v)| String::from_utf8_lossy(v).into_owned(),
+        )
+    });
+    headers.retain(|(k, _)| k != "host");
     let raw_token = o
         .token_file
         .as_deref()
@@ -59,9 +77,45 @@ pub fn run(o: &Options) -> Result<ExitCode> {
     if let Some(a) = &authorization {
         headers.push(("authorization".into(), a.clone().into_bytes()));
     }
+    // what the filter removes before anything reads the request
+    let received: Vec<(&[u8], &[u8])> = headers
+        .iter()
+        .map(|(k, v)| (k.as_bytes(), v.as_slice()))
+        .collect();
+    let spoofed = filter.spoofed(&received);
+    drop(received);
+    headers.retain(|(k, _)| !spoofed.iter().any(|n| n == k));
+    let mut wire: Vec<(&[u8], &[u8])> = vec![
+        (b":method", o.method.as_bytes()),
+        (b":path", o.path.as_bytes()),
+        (b":authority", authority.as_bytes()),
+    ];
+    wire.extend(headers.iter().map(|(k, v)| (k.as_bytes(), v.as_slice())));
+    let req = Request {
+        headers: &wire,
+        end_of_stream: true,
+    };
+    let props = Connection {
+        route: o.select.route.clone(),
+        virtual_host: o.select.virtual_host.clone(),
+    };
+    let mut shared = Memory::default();
+    // Routing first: the enforcer it picks is the one whose Keycloak is asked at start-up (until
+    // then no token can be verified, so nothing is remembered of this first pass).
+    let index = match filter.arrive(&req, &props, &mut shared, None, now_ms()) {
+        Arrival::Reply { reply, route_name } => {
+            return answered_before_any_enforcer(o, &reply, route_name, &headers);
+        }
+        Arrival::Logout { enforcer, .. }
+        | Arrival::Memo { enforcer, .. }
+        | Arrival::Decide { enforcer, .. } => enforcer,
+    };
+    let enforcer = &filter.enforcers[index];
+    let (name, ec) = (&enforcer.name, &enforcer.config);
+    let kc = Keycloak::for_enforcer(ec, o.timeout_s)?;
 
     let mut log = Vec::new();
-    let notes = kc.warm_up(&enforcer, &mut log, 8);
+    let notes = kc.warm_up(enforcer, &mut log, 8);
     if !log.iter().any(|e| e.status.is_some()) {
         let why = log
             .first()
@@ -72,29 +126,26 @@ pub fn run(o: &Options) -> Result<ExitCode> {
     }
     let start_calls = log.len();
     let explained = enforcer.explain(&o.method, &o.path);
-    let auth: Vec<&[u8]> = authorization.iter().map(|a| a.as_bytes()).collect();
-    let proofs: Vec<&[u8]> = headers
-        .iter()
-        .filter(|(k, _)| k.eq_ignore_ascii_case("dpop"))
-        .map(|(_, v)| v.as_slice())
-        .collect();
-    let authority = headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("host"))
-        .map_or_else(
-            || "localhost".to_string(),
-            |(_, v)| String::from_utf8_lossy(v).into_owned(),
-        );
-    let url = keycloak_pep::enforce::binding::request_url(false, &authority, &o.path);
-    let mut replay = keycloak_pep::store::LocalReplay::default();
-    let binding = keycloak_pep::enforce::enforcer::Binding {
-        proofs: &proofs,
-        method: &o.method,
-        url: &url,
-        client_cert_sha256: None,
-        replay: &mut replay,
+    let cred = match filter.arrive(&req, &props, &mut shared, None, now_ms()) {
+        Arrival::Decide { cred, .. } => cred,
+        Arrival::Logout { content_type, .. } => {
+            // the filter answers its back-channel logout endpoint itself; evaluate sends no body
+            let mut replay = keycloak_pep::store::LocalReplay::default();
+            let (reply, _) = enforcer.backchannel_logout(
+                content_type.as_deref(),
+                b"",
+                now_ms(),
+                None,
+                &mut replay,
+            );
+            return answered_before_any_enforcer(o, &reply, None, &headers);
+        }
+        Arrival::Memo { .. } | Arrival::Reply { .. } => {
+            return Err(anyhow!(
+                "the request was routed otherwise once Keycloak was asked"
+            ));
+        }
     };
-    let (cred, _) = enforcer.check_credential(&auth, now_ms(), None, Some(binding));
     let token_trace = token_trace(&cred, raw_token.as_deref());
 
     let view = RequestView {
@@ -276,6 +327,64 @@ fn request_trace(req: &HttpRequest, ex: Option<&Exchange>) -> Value {
         "error": ex.and_then(|e| e.error.clone()),
         "ms": ex.map(|e| e.ms),
     })
+}
+
+/// What evaluate tells the core of the connection: the route and virtual host names given, a
+/// plain-HTTP client on the loopback address, no client certificate.
+struct Connection {
+    route: Option<String>,
+    virtual_host: Option<String>,
+}
+
+impl Properties for Connection {
+    fn route_name(&self) -> Option<String> {
+        self.route.clone()
+    }
+    fn virtual_host(&self) -> Option<String> {
+        self.virtual_host.clone()
+    }
+    fn peer(&self) -> Option<String> {
+        Some("127.0.0.1".into())
+    }
+    fn tls(&self) -> bool {
+        false
+    }
+    fn certificate_sha256_hex(&self) -> Option<Vec<u8>> {
+        None
+    }
+}
+
+/// A request the filter answers before any enforcer's flow (no enforcer for it, a method
+/// override, the back-channel logout endpoint): its answer, as Envoy's client would get it.
+fn answered_before_any_enforcer(
+    o: &Options,
+    r: &Reply,
+    route_name: Option<String>,
+    headers: &[(String, Vec<u8>)],
+) -> Result<ExitCode> {
+    let out = json!({
+        "enforcer": Value::Null,
+        "request": {"method": o.method, "path": o.path,
+                    "headers": headers.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>()},
+        "route": route_name,
+        "result": {
+            "status": r.status,
+            "verdict": if r.status == 200 { "answered by the filter" } else { "deny" },
+            "reason": r.reason,
+        },
+    });
+    if o.json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!("request      {} {}", o.method, o.path);
+        println!(
+            "verdict      {} {} ({}), before any enforcer's flow",
+            r.status,
+            out["result"]["verdict"].as_str().unwrap_or_default(),
+            r.reason
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// An empty decision cache that says what the core did with it.
