@@ -51,7 +51,9 @@ step "images" "$t"
 
 # The containers take the native stack's ports (127.0.0.1, host network): a stack left up by
 # 'make demo' or 'make up' is stopped first, and said so.
-if scripts/stack.sh status 2>/dev/null | grep -q ' running'; then
+# (the status read whole first: under pipefail, grep -q closing the pipe early would fail the test)
+native=$(scripts/stack.sh status 2>/dev/null || true)
+if grep -q ' running' <<<"$native"; then
   say "the native stack (scripts/stack.sh: 'make demo' or 'make up') holds the ports the containers use: stopping it; 'make up' starts it again"
   scripts/stack.sh down
 fi
