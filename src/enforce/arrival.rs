@@ -248,3 +248,174 @@ impl Filter {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::routes::PluginConfig;
+    use crate::keycloak::token::tests::{claims, jwks, sign_rs256, ISSUER, NOW};
+    use crate::store::replay::Memory;
+    use serde_json::json;
+
+    /// Two enforcers of the bank realm: `bank` on host bank.local (with a back-channel logout
+    /// endpoint and the method-override check), `other` as the default.
+    fn filter() -> Filter {
+        let kc = |logout: bool| {
+            let mut v = json!({"realm": "bank", "auth-server-url": "http://kc",
+                "resource": "bank-api", "credentials": {"secret": "s"},
+                "policy-enforcer": {"paths": [{"path": "/account/*"}]}});
+            if logout {
+                v["kcpep"] = json!({"backchannel-logout": {"path": "/logout"}});
+            }
+            v
+        };
+        let text = json!({"enforcers": {"bank": kc(true), "other": kc(false)},
+            "routes": [{"host": "bank.local", "enforcer": "bank"}], "default": "other",
+            "ignore-port-in-host-matching": true});
+        let mut f = Filter::new(
+            PluginConfig::from_json(text.to_string().as_bytes()).unwrap(),
+            64,
+        );
+        for e in &mut f.enforcers {
+            let mut c = e.config.clone();
+            c.proxy.issuer = ISSUER.to_string();
+            *e = Enforcer::new(e.name.clone(), c);
+            e.learnt().background.jwks = Some(jwks());
+        }
+        f
+    }
+
+    struct Plain;
+
+    impl Properties for Plain {
+        fn route_name(&self) -> Option<String> {
+            None
+        }
+        fn virtual_host(&self) -> Option<String> {
+            None
+        }
+        fn peer(&self) -> Option<String> {
+            Some("10.0.0.1:5".into())
+        }
+        fn tls(&self) -> bool {
+            false
+        }
+        fn certificate_sha256_hex(&self) -> Option<Vec<u8>> {
+            None
+        }
+    }
+
+    fn arrive(f: &Filter, headers: &[(&str, &str)], end_of_stream: bool) -> Arrival {
+        let pairs: Vec<(&[u8], &[u8])> = headers
+            .iter()
+            .map(|(k, v)| (k.as_bytes(), v.as_bytes()))
+            .collect();
+        let req = Request {
+            headers: &pairs,
+            end_of_stream,
+        };
+        f.arrive(&req, &Plain, Memory::default(), None, NOW * 1000)
+    }
+
+    #[test]
+    fn the_route_the_gate_and_the_logout_endpoint_answer_before_any_flow() {
+        let f = filter();
+        let on =
+            |host, method, path| vec![(":method", method), (":path", path), (":authority", host)];
+        // the host rule, with the port ignored; anything else goes to the default
+        let Arrival::Decide { enforcer, cred, .. } =
+            arrive(&f, &on("bank.local:8443", "GET", "/account/1"), true)
+        else {
+            panic!("decided by the flow")
+        };
+        assert_eq!((enforcer, matches!(cred, Cred::Anonymous)), (0, true));
+        assert!(matches!(
+            arrive(&f, &on("elsewhere", "GET", "/account/1"), true),
+            Arrival::Decide { enforcer: 1, .. }
+        ));
+        // a method override naming another method
+        let mut h = on("bank.local", "GET", "/account/1");
+        h.push(("x-http-method-override", "DELETE"));
+        let Arrival::Reply { reply, .. } = arrive(&f, &h, true) else {
+            panic!("answered")
+        };
+        assert_eq!(reply.status, 400);
+        // the logout endpoint: at once without a body to come, else once it is in
+        let mut post = on("bank.local", "POST", "/logout?x=1");
+        post.push(("content-type", "application/x-www-form-urlencoded"));
+        assert!(matches!(
+            arrive(&f, &post, false),
+            Arrival::Logout {
+                enforcer: 0,
+                now: false,
+                content_type: Some(_)
+            }
+        ));
+        assert!(matches!(
+            arrive(&f, &on("bank.local", "GET", "/logout"), true),
+            Arrival::Logout { now: true, .. }
+        ));
+        // not the other enforcer's
+        assert!(matches!(
+            arrive(&f, &on("elsewhere", "POST", "/logout"), true),
+            Arrival::Decide { enforcer: 1, .. }
+        ));
+        // the filter's own header, in another spelling, is the client's copy
+        let mut spoof: Vec<(&[u8], &[u8])> =
+            vec![(b":path", b"/"), (b"X_Kcpep_Permissions", b"[]")];
+        spoof.push((b"x-kcpep-permissions", b"[]"));
+        assert_eq!(
+            f.spoofed(&spoof),
+            ["X_Kcpep_Permissions", "x-kcpep-permissions"]
+        );
+    }
+
+    #[test]
+    fn a_repeated_request_of_a_verified_token_is_answered_from_the_memo() {
+        let f = filter();
+        let raw = sign_rs256(&claims());
+        let auth = format!("Bearer {raw}");
+        let h = vec![
+            (":method", "GET"),
+            (":path", "/account/1"),
+            (":authority", "bank.local"),
+            ("authorization", auth.as_str()),
+        ];
+        // first: the flow decides, and names the memo key its allow may take
+        let Arrival::Decide { cred, memo_key, .. } = arrive(&f, &h, true) else {
+            panic!("decided by the flow")
+        };
+        assert!(matches!(cred, Cred::Valid(..)));
+        let key = memo_key.expect("a verified, unbound token has a memo key");
+        f.memo
+            .borrow_mut()
+            .put(key, "[granted]", NOW * 1000 + 60_000, NOW * 1000);
+        // again: the memo answers, with the permissions as stored
+        let Arrival::Memo {
+            enforcer,
+            permissions,
+        } = arrive(&f, &h, true)
+        else {
+            panic!("answered from the memo")
+        };
+        assert_eq!((enforcer, &*permissions), (0, "[granted]"));
+        // another method or path is another question
+        let mut other = h.clone();
+        other[0] = (":method", "DELETE");
+        assert!(matches!(arrive(&f, &other, true), Arrival::Decide { .. }));
+        // and a token bound to a key never takes the shortcut
+        let mut c = claims();
+        c["cnf"] = json!({"jkt": "abc"});
+        let bound = format!("Bearer {}", sign_rs256(&c));
+        let mut b = h.clone();
+        b[3] = ("authorization", bound.as_str());
+        let Arrival::Decide { cred, memo_key, .. } = arrive(&f, &b, true) else {
+            panic!("decided by the flow")
+        };
+        assert!(
+            matches!(cred, Cred::Refused(_)),
+            "as Bearer without a proof"
+        );
+        assert_eq!(memo_key, None);
+    }
+}
