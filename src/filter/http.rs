@@ -46,7 +46,7 @@ pub struct Plugin {
     /// The host offers a working `verify_signature` (Envoy): RSA checks are done there.
     pub host_verify: bool,
     pub parked: RefCell<Vec<Parked>>,
-    pub front: super::store::FrontCache,
+    pub front: crate::store::front::FrontCache,
     /// Some enforcer answers back-channel logouts: the VM reads the shared ring of logouts on
     /// every tick (at most [`LOGOUT_TICK_MS`] apart).
     pub logout_endpoint: bool,
@@ -73,14 +73,8 @@ pub fn wake_parked(
         let (ready, waiting): (Vec<Parked>, Vec<Parked>) = parked.drain(..).partition(|p| {
             let cfg = &plugin.filter.enforcers[p.flow.enforcer].config;
             let mut store = super::store::SharedStore::new(cfg, &plugin.front);
-            let answered = matches!(
-                decisions::lookup(
-                    crate::store::DecisionStore::get(&mut store, &p.key).as_ref(),
-                    now
-                ),
-                decisions::Lookup::Hit(_)
-            );
-            answered || (from_context.is_none() && now >= p.until_ms)
+            let found = crate::store::DecisionStore::get(&mut store, &p.key);
+            decisions::wakes(found.as_ref(), now, p.until_ms, from_context.is_none())
         });
         *parked = waiting;
         ready

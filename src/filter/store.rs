@@ -3,45 +3,10 @@
 use super::host;
 use crate::config::EnforcerConfig;
 use crate::store::decisions::{self, Entry, Key};
+use crate::store::front::FrontCache;
 use crate::store::DecisionStore;
 use proxy_wasm::hostcalls;
 use std::cell::RefCell;
-use std::collections::HashMap;
-
-/// This VM's copy of decisions it has seen: a decided entry never changes until it expires, so
-/// reading it here saves the shared-data lock and copy on every cache hit. Expired entries are
-/// swept whenever the map has doubled since the last sweep, so it holds about the live decisions
-/// (at most twice as many), not `FRONT_MAX` dead ones: a VM's memory never shrinks.
-#[derive(Default)]
-pub struct FrontCache {
-    map: RefCell<HashMap<Key, (Entry, i64)>>,
-    sweep_at: std::cell::Cell<usize>,
-}
-const FRONT_MAX: usize = 16 * 1024;
-const FRONT_SWEEP_FLOOR: usize = 64;
-
-impl FrontCache {
-    fn get(&self, key: &Key, now_ms: i64) -> Option<Entry> {
-        self.map
-            .borrow()
-            .get(key)
-            .filter(|(_, expires_ms)| now_ms < *expires_ms)
-            .map(|(e, _)| e.clone())
-    }
-
-    fn put(&self, key: &Key, entry: &Entry, expires_ms: i64, now_ms: i64) {
-        let mut map = self.map.borrow_mut();
-        if map.len() >= self.sweep_at.get().max(FRONT_SWEEP_FLOOR) {
-            map.retain(|_, (_, e)| *e > now_ms);
-            if map.len() >= FRONT_MAX {
-                map.clear();
-            }
-            self.sweep_at
-                .set((map.len() * 2).clamp(FRONT_SWEEP_FLOOR, FRONT_MAX));
-        }
-        map.insert(*key, (entry.clone(), expires_ms));
-    }
-}
 
 pub struct SharedStore<'a> {
     cfg: &'a EnforcerConfig,

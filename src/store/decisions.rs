@@ -214,6 +214,14 @@ pub fn expiry(verdict: &Verdict, now_ms: i64, token_exp_s: i64, cfg: &CacheConfi
         .min(token_exp_s.saturating_mul(1000))
 }
 
+/// Whether a parked request (waiting on another request's identical Keycloak call) decides
+/// again: its answer is in the table, or, on the VM's tick only (`on_tick`), its wait is over
+/// and it asks Keycloak itself. A request's own callback wakes only answered ones: it must not
+/// send callouts for other requests.
+pub fn wakes(found: Option<&Entry>, now_ms: i64, until_ms: i64, on_tick: bool) -> bool {
+    matches!(lookup(found, now_ms), Lookup::Hit(_)) || (on_tick && now_ms >= until_ms)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -378,5 +386,22 @@ mod tests {
             !stale_usable(100, 500, &CacheConfig::default()),
             "off by default"
         );
+    }
+
+    #[test]
+    fn a_parked_request_wakes_on_its_answer_or_on_the_tick_after_its_wait() {
+        let answer = Entry::Decided {
+            verdict: Verdict::Deny,
+            expires_ms: 500,
+        };
+        let pending = Entry::Pending { until_ms: 300 };
+        // the answer wakes it from anywhere, while it is fresh
+        assert!(wakes(Some(&answer), 100, 300, false));
+        assert!(!wakes(Some(&answer), 600, 700, false));
+        // still pending: only the tick, only once the wait is over
+        assert!(!wakes(Some(&pending), 100, 300, true));
+        assert!(!wakes(Some(&pending), 400, 300, false));
+        assert!(wakes(Some(&pending), 400, 300, true));
+        assert!(wakes(None, 300, 300, true));
     }
 }

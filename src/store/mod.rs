@@ -4,6 +4,7 @@
 
 pub mod decisions;
 pub mod documents;
+pub mod front;
 pub(crate) mod lanes;
 pub mod logouts;
 pub mod memo;
