@@ -486,6 +486,22 @@ impl EnforcerConfig {
                 .any(|p| p.claim_information_point.is_some())
     }
 
+    /// What this enforcer needs of the host that the filter cannot see for itself: requests whose
+    /// body it reads with the headers held (body claims, the back-channel logout endpoint) need
+    /// Envoy's `allow_on_headers_stop_iteration`. The filter logs these at start, `kcpep check`
+    /// prints them.
+    pub fn host_requirements(&self) -> Vec<String> {
+        const SETTING: &str = "set allow_on_headers_stop_iteration: true on the Wasm filter (Envoy >= 1.35; Istio: an EnvoyFilter)";
+        let mut out = Vec::new();
+        if self.reads_bodies() {
+            out.push(format!("claims read request bodies, with the headers held until the body is read: {SETTING}, or those requests wait until Envoy's timeouts (never forwarded undecided)"));
+        }
+        if let Some(b) = &self.proxy.backchannel_logout {
+            out.push(format!("back-channel logout at {}: the logout token is read with the headers held: {SETTING}, or Keycloak's logout requests wait until Envoy's timeouts", b.path));
+        }
+        out
+    }
+
     /// Whether any path of an enforcer has claims that read the request body (then Envoy must let
     /// the filter hold the headers while it reads it: `allow_on_headers_stop_iteration`).
     pub fn reads_bodies(&self) -> bool {

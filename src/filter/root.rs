@@ -248,18 +248,8 @@ impl RootContext for Root {
             name, config: cfg, ..
         } in &filter.enforcers
         {
-            if cfg.reads_bodies() {
-                // The filter holds the headers while it reads the body; Envoy delivers the body to
-                // a filter that paused its headers only with allow_on_headers_stop_iteration.
-                log::info!(
-                    "kcpep [{name}]: claims read request bodies: set allow_on_headers_stop_iteration: true on the Wasm filter (Envoy >= 1.35), or those requests wait for a body until Envoy's timeouts (never forwarded undecided)"
-                );
-            }
-            if let Some(b) = &cfg.proxy.backchannel_logout {
-                log::info!(
-                    "kcpep [{name}]: back-channel logout at {}: its body is read with the headers held; set allow_on_headers_stop_iteration: true on the Wasm filter (Envoy >= 1.35), or Keycloak's logout requests wait until Envoy's timeouts",
-                    b.path
-                );
+            for need in cfg.host_requirements() {
+                log::info!("kcpep [{name}]: {need}");
             }
         }
         let host_verify = host::probe_verify_signature();

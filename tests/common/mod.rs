@@ -526,13 +526,12 @@ pub fn stat(name: &str) -> i64 {
 
 /// [`stat`] from another Envoy's admin.
 pub fn stat_at(admin: &str, name: &str) -> i64 {
-    let r = request(
-        admin,
-        "GET",
-        &format!("/stats?filter=^wasmcustom.{name}$"),
-        &[],
-        b"",
-    );
+    envoy_stat(admin, &format!("wasmcustom.{name}"))
+}
+
+/// One of Envoy's own stats, by its whole name, from an admin; 0 when absent.
+pub fn envoy_stat(admin: &str, name: &str) -> i64 {
+    let r = request(admin, "GET", &format!("/stats?filter=^{name}$"), &[], b"");
     r.text()
         .lines()
         .find_map(|l| {

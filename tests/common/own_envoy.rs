@@ -165,17 +165,7 @@ impl OwnEnvoy {
 
     /// One of Envoy's own stats, by its whole name (the filter's are [`super::stat_at`]'s).
     pub fn stat(&self, name: &str) -> i64 {
-        let r = request(
-            &self.admin(),
-            "GET",
-            &format!("/stats?filter=^{name}$"),
-            &[],
-            b"",
-        );
-        r.text()
-            .lines()
-            .find_map(|l| l.split_once(": ").and_then(|(_, v)| v.trim().parse().ok()))
-            .unwrap_or(0)
+        super::envoy_stat(&self.admin(), name)
     }
 
     pub fn log(&self) -> String {

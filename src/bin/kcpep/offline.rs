@@ -144,16 +144,11 @@ pub fn notes(e: &keycloak_pep::config::EnforcerConfig) -> Vec<String> {
             ));
         }
     }
-    if e.reads_bodies() {
-        out.push("claims read request bodies: the filter holds the headers until it has read the body; set allow_on_headers_stop_iteration: true on the Wasm filter (Envoy >= 1.35, Istio: an EnvoyFilter), or those requests wait until Envoy's timeouts".into());
-    }
+    out.extend(e.host_requirements());
     if e.proxy.dry_run {
         out.push(
             "dry-run: nothing is blocked, would-be denials are only logged and counted".into(),
         );
-    }
-    if let Some(b) = &e.proxy.backchannel_logout {
-        out.push(format!("back-channel logout at {}: the filter reads the logout token with the headers held; set allow_on_headers_stop_iteration: true on the Wasm filter (Envoy >= 1.35, Istio: an EnvoyFilter), or Keycloak's logout requests wait until Envoy's timeouts", b.path));
     }
     if e.proxy.on_keycloak_error == OnKeycloakError::Allow {
         out.push(
