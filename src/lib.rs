@@ -34,5 +34,7 @@ pub mod store;
 
 pub mod enforce;
 
+pub mod pipeline;
+
 #[cfg(target_arch = "wasm32")]
 mod filter;

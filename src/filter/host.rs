@@ -1,12 +1,148 @@
-//! Small helpers over proxy-wasm host calls that never panic on request-derived data.
+//! The pipeline's [`Host`] over proxy-wasm: host calls that never panic on request-derived data.
 
+use super::abi;
+use super::metrics::{self, Metrics};
+use crate::enforce::arrival::Properties;
+use crate::enforce::events::Event;
+use crate::enforce::step::Reply;
 use crate::keycloak::signature;
-use crate::store::documents;
-use crate::wire::http::Answer;
-use crate::wire::http::HttpRequest;
+use crate::pipeline::{Host, Upstream};
+use crate::store::Cas;
+use crate::wire::http::{Answer, HttpRequest};
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::{BufferType, MapType, Status};
+use proxy_wasm::types::{BufferType, MapType};
 use std::time::{Duration, UNIX_EPOCH};
+
+/// The stream property (Envoy filter state `wasm.kcpep.permissions`) with the granted permissions.
+pub const PERMISSIONS_PROPERTY: &str = "kcpep.permissions";
+
+/// The proxy as one callback sees it: `origin` is the context the callback runs in. Acting on
+/// another stream switches the host's effective context to it; the origin is restored at the end.
+pub struct ProxyHost<'a> {
+    metrics: &'a Metrics,
+    origin: u32,
+    current: u32,
+}
+
+impl<'a> ProxyHost<'a> {
+    pub fn new(metrics: &'a Metrics, origin: u32) -> Self {
+        ProxyHost {
+            metrics,
+            origin,
+            current: origin,
+        }
+    }
+
+    /// Makes `stream` the effective context; false when it is gone.
+    fn on(&mut self, stream: u32) -> bool {
+        if self.current != stream {
+            if hostcalls::set_effective_context(stream).is_err() {
+                return false;
+            }
+            self.current = stream;
+        }
+        true
+    }
+}
+
+impl Drop for ProxyHost<'_> {
+    fn drop(&mut self) {
+        if self.current != self.origin {
+            let _ = hostcalls::set_effective_context(self.origin);
+        }
+    }
+}
+
+impl Cas for ProxyHost<'_> {
+    fn read(&mut self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        hostcalls::get_shared_data(key).unwrap_or((None, None))
+    }
+
+    fn write(&mut self, key: &str, value: &[u8], version: Option<u32>) -> bool {
+        hostcalls::set_shared_data(key, Some(value), version).is_ok()
+    }
+}
+
+impl Host for ProxyHost<'_> {
+    fn now_ms(&self) -> i64 {
+        now_ms()
+    }
+
+    fn dispatch(
+        &mut self,
+        to: Upstream<'_>,
+        req: &HttpRequest,
+        trace: &[(String, String)],
+    ) -> Option<u32> {
+        let mut headers: Vec<(&str, &str)> = vec![
+            (":method", req.method),
+            (":path", req.path.as_str()),
+            (":authority", to.authority),
+        ];
+        for (k, v) in req.headers.iter().chain(trace) {
+            headers.push((k.as_str(), v.as_str()));
+        }
+        let body = (!req.body.is_empty()).then_some(req.body.as_slice());
+        let timeout = Duration::from_millis(u64::from(to.timeout_ms.max(1)));
+        hostcalls::dispatch_http_call(to.cluster, headers, body, vec![], timeout)
+            .map_err(|status| log::debug!("kcpep: dispatch to {}: {status:?}", to.cluster))
+            .ok()
+    }
+
+    fn record(&mut self, event: Event) {
+        self.metrics.record(event);
+    }
+
+    fn set_cache_entries(&mut self, n: u64) {
+        metrics::set_cache_entries(n);
+    }
+
+    fn set_tick_ms(&mut self, ms: u64) {
+        let _ = hostcalls::set_tick_period(Duration::from_millis(ms));
+    }
+
+    fn continue_request(&mut self, stream: u32) {
+        if self.on(stream) {
+            abi::continue_request();
+        }
+    }
+
+    fn send_reply(&mut self, stream: u32, r: &Reply) {
+        if self.on(stream) {
+            abi::send_response(r.status, &r.wire_headers(), r.body.as_bytes());
+        }
+    }
+
+    fn set_request_header(&mut self, stream: u32, name: &str, value: Option<&str>) {
+        if self.on(stream) {
+            abi::set_request_header(name, value);
+        }
+    }
+
+    fn remove_request_trailer(&mut self, stream: u32, name: &str) {
+        if self.on(stream) {
+            abi::remove_request_trailer(name);
+        }
+    }
+
+    fn set_permissions(&mut self, stream: u32, value: &str) {
+        // Envoy keeps it as filter state `wasm.kcpep.permissions` (access logs, later filters);
+        // proxy-wasm has no way to write dynamic metadata itself.
+        if self.on(stream) {
+            abi::set_property(&[PERMISSIONS_PROPERTY], value.as_bytes());
+        }
+    }
+
+    fn request_body(&mut self, stream: u32, max: usize) -> Vec<u8> {
+        if !self.on(stream) {
+            return Vec::new();
+        }
+        hostcalls::get_buffer(BufferType::HttpRequestBody, 0, max)
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    }
+}
 
 /// Milliseconds since the epoch by the host's clock.
 pub fn now_ms() -> i64 {
@@ -16,37 +152,10 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// Dispatches a Keycloak request through the configured cluster.
-/// `trace`: the trace context of the request the call is for (none for background fetches).
-pub fn dispatch(
-    cluster: &str,
-    authority: &str,
-    req: &HttpRequest,
-    timeout_ms: u32,
-    trace: &[(String, String)],
-) -> Result<u32, Status> {
-    let mut headers: Vec<(&str, &str)> = vec![
-        (":method", req.method),
-        (":path", req.path.as_str()),
-        (":authority", authority),
-    ];
-    for (k, v) in req.headers.iter().chain(trace) {
-        headers.push((k.as_str(), v.as_str()));
-    }
-    let body = (!req.body.is_empty()).then_some(req.body.as_slice());
-    hostcalls::dispatch_http_call(
-        cluster,
-        headers,
-        body,
-        vec![],
-        Duration::from_millis(u64::from(timeout_ms.max(1))),
-    )
-}
-
 /// Reads a callout's answer; the `:status` first (Envoy turns an unreachable cluster into a 503).
-pub fn call_answer(num_headers: usize, body_size: usize, body: &mut Vec<u8>) -> (u16, bool) {
+pub fn call_answer(num_headers: usize, body_size: usize, body: &mut Vec<u8>) -> Answer<'_> {
     if num_headers == 0 {
-        return (0, false);
+        return Answer::NoAnswer;
     }
     let status = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
         .ok()
@@ -58,66 +167,13 @@ pub fn call_answer(num_headers: usize, body_size: usize, body: &mut Vec<u8>) -> 
         })
         .unwrap_or(0);
     if status == 0 || body_size > crate::wire::http::MAX_ANSWER_BYTES {
-        return (0, false);
+        return Answer::NoAnswer;
     }
     *body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
         .ok()
         .flatten()
         .unwrap_or_default();
-    (status, true)
-}
-
-pub fn answer(status: u16, ok: bool, body: &[u8]) -> Answer<'_> {
-    if ok {
-        Answer::Http { status, body }
-    } else {
-        Answer::NoAnswer
-    }
-}
-
-/// A one-line description safe for logs: no quotes, no control bytes, bounded.
-pub fn loggable(bytes: &[u8]) -> String {
-    let s: String = String::from_utf8_lossy(bytes)
-        .chars()
-        .map(|c| if c.is_control() || c == '"' { '?' } else { c })
-        .take(200)
-        .collect();
-    s
-}
-
-/// A shared-data value and its CAS.
-pub fn shared_get(key: &str) -> (Option<(u32, Vec<u8>)>, Option<u32>) {
-    match hostcalls::get_shared_data(key) {
-        Ok((Some(v), cas)) => (Some((cas.unwrap_or(0), v)), cas),
-        Ok((None, cas)) => (None, cas),
-        Err(_) => (None, None),
-    }
-}
-
-pub fn shared_set(key: &str, value: &[u8]) {
-    let _ = hostcalls::set_shared_data(key, Some(value), None);
-}
-
-/// Takes the fetch lease for `owner` (CAS). An absent key accepts any CAS in Envoy, so the value is
-/// read back: of two VMs racing on a new key, the one whose value stayed wins.
-pub fn take_lease(key: &str, owner: u64, now_ms: i64) -> bool {
-    let (current, cas) = shared_get(key);
-    if !documents::lease_takeable(current.as_ref().map(|(_, v)| v.as_slice()), owner, now_ms) {
-        return false;
-    }
-    let value = documents::encode_lease(owner, now_ms + documents::LEASE_MS);
-    if hostcalls::set_shared_data(key, Some(&value), cas).is_err() {
-        return false;
-    }
-    matches!(shared_get(key).0, Some((_, v)) if v == value)
-}
-
-pub fn release_lease(key: &str, owner: u64) {
-    if let (Some((_, v)), cas) = shared_get(key) {
-        if documents::decode_lease(&v).is_some_and(|(o, _)| o == owner) {
-            let _ = hostcalls::set_shared_data(key, Some(&documents::encode_lease(owner, 0)), cas);
-        }
-    }
+    Answer::Http { status, body }
 }
 
 /// A per-VM random number (WASI random through std's hasher seeds).
@@ -148,25 +204,43 @@ pub fn host_verify(check: &signature::HostCheck) -> Option<bool> {
     foreign_verify(&signature::encode_arguments(check)).and_then(|r| signature::decode_result(&r))
 }
 
-/// Adds one to a little-endian u64 counter in shared data (CAS, a few tries); the new value.
-/// A counter [`shared_increment`] keeps (0 when absent).
-pub fn shared_counter(key: &str) -> u64 {
-    counter_value(shared_get(key).0)
-}
+/// What Envoy tells of a request beyond its headers, read as the core asks for it.
+pub struct HostProperties;
 
-fn counter_value(value: Option<(u32, Vec<u8>)>) -> u64 {
-    value
-        .and_then(|(_, v)| <[u8; 8]>::try_from(v.as_slice()).ok())
-        .map_or(0, u64::from_le_bytes)
-}
-
-pub fn shared_increment(key: &str) -> Option<u64> {
-    for _ in 0..4 {
-        let (current, cas) = shared_get(key);
-        let n = counter_value(current) + 1;
-        if hostcalls::set_shared_data(key, Some(&n.to_le_bytes()), cas).is_ok() {
-            return Some(n);
-        }
+impl HostProperties {
+    fn get(paths: &[&[&str]]) -> Option<Vec<u8>> {
+        paths
+            .iter()
+            .find_map(|p| hostcalls::get_property(p.to_vec()).ok().flatten())
     }
-    None
+
+    fn text(paths: &[&[&str]]) -> Option<String> {
+        Self::get(paths)
+            .and_then(|b| String::from_utf8(b).ok())
+            .filter(|s| !s.is_empty())
+    }
+}
+
+impl Properties for HostProperties {
+    // `xds.route_name` (Istio: the VirtualService http route name), else the older
+    // `route_name`; `xds.virtual_host_name` (Envoy >= 1.33).
+    fn route_name(&self) -> Option<String> {
+        Self::text(&[&["xds", "route_name"], &["route_name"]])
+    }
+
+    fn virtual_host(&self) -> Option<String> {
+        Self::text(&[&["xds", "virtual_host_name"]])
+    }
+
+    fn peer(&self) -> Option<String> {
+        Self::text(&[&["source", "address"]])
+    }
+
+    fn tls(&self) -> bool {
+        Self::get(&[&["connection", "tls_version"]]).is_some_and(|v| !v.is_empty())
+    }
+
+    fn certificate_sha256_hex(&self) -> Option<Vec<u8>> {
+        Self::get(&[&["connection", "sha256_peer_certificate_digest"]])
+    }
 }

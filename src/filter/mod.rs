@@ -1,9 +1,10 @@
-//! The proxy-wasm shell: moves bytes between Envoy and the core, decides nothing itself.
+//! The proxy-wasm shell: moves bytes between Envoy and the pipeline (`crate::pipeline`), decides
+//! nothing itself.
 //!
-//! `root` holds one VM's configuration and enforcers; on its tick `enforcer::refresh` says which
-//! background fetches to take from shared data or send (root only performs them, through
-//! `enforce::refresh::FetchHost`), and `enforcer::fetched` what their answers change; `http` walks one request: facts -> `enforcer::decide` -> callouts ->
-//! `enforcer::resume` -> continue or local reply.
+//! `root` makes the worker from the plugin configuration and forwards the tick; `http` forwards
+//! one stream's callbacks; `plugin` is what they share; `host` implements the pipeline's `Host`
+//! over proxy-wasm; `abi` the host calls the SDK would panic on; `metrics` counts the core's
+//! events as Envoy stats.
 //!
 //! Only byte getters are used on request data (clippy.toml forbids the String ones: they panic on
 //! non-UTF-8 and a panic kills the worker's VM).
@@ -12,12 +13,12 @@ mod abi;
 mod host;
 mod http;
 mod metrics;
+mod plugin;
 mod root;
-mod store;
 
 use proxy_wasm::types::LogLevel;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| Box::new(root::Root::default()));
+    proxy_wasm::set_root_context(|id| Box::new(root::Root::new(id)));
 }}

@@ -164,3 +164,12 @@ mod tests {
         assert_eq!(path_only("/p/q?a=1"), "/p/q");
     }
 }
+
+/// A one-line description of request data safe for logs: no quotes, no control bytes, bounded.
+pub fn loggable(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes)
+        .chars()
+        .map(|c| if c.is_control() || c == '"' { '?' } else { c })
+        .take(200)
+        .collect()
+}

@@ -9,10 +9,11 @@ pub(crate) mod lanes;
 pub mod logouts;
 pub mod memo;
 pub mod replay;
+pub mod shared;
 
-pub use replay::{FirstUse, LocalReplay, ReplayGuard};
+pub use replay::{Cas, FirstUse, LocalReplay, ReplayGuard};
 
-/// The decision cache as the enforcer sees it; the shell implements it over shared data.
+/// The decision cache as the enforcer sees it (`shared::SharedStore` over the host's shared data).
 pub trait DecisionStore {
     fn get(&mut self, key: &decisions::Key) -> Option<decisions::Entry>;
     /// Marks the key as being asked (CAS); false when another request claimed it first.

@@ -341,7 +341,7 @@ pub trait Cas {
     fn write(&mut self, key: &str, value: &[u8], version: Option<u32>) -> bool;
 }
 
-impl<C: Cas> Cas for &mut C {
+impl<C: Cas + ?Sized> Cas for &mut C {
     fn read(&mut self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
         (**self).read(key)
     }

@@ -1,0 +1,644 @@
+//! One request's journey through a worker, from "headers arrived" to "verdict applied": the
+//! arrival rules (`enforce::arrival`), the enforcer's flow with its callouts, waiting for
+//! another request's identical call, holding the body for claims, and applying the verdict to
+//! the stream (let on with the permissions, or a local reply).
+
+use super::host::{Go, Host, Upstream};
+use super::worker::{answer_event, Parked, Worker};
+use crate::enforce::arrival::{header_name, Arrival, Properties, Request};
+use crate::enforce::enforcer::Cred;
+use crate::enforce::events::{Endpoint, Event};
+use crate::enforce::replies::{body_too_large, cannot_continue};
+use crate::enforce::step::{CacheUse, Pending, Reply, RequestFacts, Step};
+use crate::keycloak::background;
+use crate::keycloak::logout::MAX_BODY_BYTES;
+use crate::request::view::{loggable, path_only, RequestView};
+use crate::store::decisions::Key;
+use crate::store::shared::SharedStore;
+use crate::wire::http::{trace_context, Answer};
+
+/// A request not decided yet, or a back-channel logout being read.
+pub(super) struct Stream {
+    /// `None` for a logout request.
+    pub flow: Option<Flow>,
+    /// The claims need the body: it is being buffered, headers held, to decide at its end.
+    reading_body: bool,
+    /// The whole body has arrived (held while the decision was pending).
+    body_ended: bool,
+    /// How much body the proxy holds so far.
+    body_len: usize,
+    /// A back-channel logout to this enforcer's endpoint, and the `content-type` it came with:
+    /// its body is read and answered here, never forwarded.
+    logout: Option<(usize, Option<String>)>,
+}
+
+/// The request facts and the state of its conversation with Keycloak.
+pub(super) struct Flow {
+    pub enforcer: usize,
+    method: String,
+    path: String,
+    cred: Cred,
+    pending: Option<Pending>,
+    /// When the pending callout was dispatched (latency histogram).
+    sent_ms: i64,
+    /// What claims may read; empty unless some enforcer has a claim information point.
+    headers: Vec<(String, Vec<u8>)>,
+    peer: Option<String>,
+    tls: bool,
+    /// The buffered body, once read for claims.
+    body: Option<Vec<u8>>,
+    /// The pending callout goes to a claim service, not Keycloak.
+    to_service: bool,
+    /// This request's memo key (a verified token): where a memoizable allow is remembered.
+    memo_key: Option<u128>,
+    /// The request's trace context, copied onto its callouts.
+    trace: Vec<(String, String)>,
+}
+
+impl Flow {
+    fn facts(&self) -> RequestFacts<'_> {
+        RequestFacts {
+            method: &self.method,
+            path: &self.path,
+            credential: self.cred.credential(),
+            view: RequestView {
+                headers: &self.headers,
+                peer: self.peer.as_deref(),
+                tls: self.tls,
+                body: self.body.as_deref(),
+            },
+        }
+    }
+}
+
+/// What applying a step did to the stream.
+enum Applied {
+    /// Let on (or, from a callout answer, resumed).
+    Continue,
+    /// Answered locally.
+    Replied,
+    /// A callout was dispatched; its answer comes back through `on_call_answer`.
+    Called,
+    /// Parked until the decision table has the answer.
+    Wait(Key, i64),
+    /// The claims need the body: decide again when it is buffered.
+    ReadBody,
+}
+
+impl Worker {
+    /// A request's headers (the client's copies of the filter's own headers are removed here,
+    /// from the stream and from `headers`).
+    pub fn on_request_headers(
+        &mut self,
+        host: &mut dyn Host,
+        id: u32,
+        headers: &mut Vec<(&[u8], &[u8])>,
+        end_of_stream: bool,
+        props: &dyn Properties,
+    ) -> Go {
+        // Headers the filter sets itself are never taken from the client, in any spelling an
+        // upstream could read as the same header, nor seen by anything after.
+        let spoofed = self.filter.spoofed(headers);
+        for n in &spoofed {
+            host.set_request_header(id, n, None);
+        }
+        headers.retain(|(k, _)| !spoofed.iter().any(|n| n.as_bytes() == *k));
+        let req = Request {
+            headers,
+            end_of_stream,
+        };
+        let now = host.now_ms();
+        let verify = self.verifier();
+        match self.filter.arrive(&req, props, &mut *host, verify, now) {
+            Arrival::Reply { reply, route_name } => {
+                host.record(Event::Denied {
+                    status: reply.status,
+                    cache: reply.cache,
+                });
+                let (_, _, authority) = req.line();
+                log::info!(
+                    "kcpep deny status={} request={id} reason=\"{}\" route={:?} authority=\"{}\"",
+                    reply.status,
+                    reply.reason,
+                    route_name,
+                    loggable(authority.as_bytes())
+                );
+                host.send_reply(id, &reply);
+                Go::Pause
+            }
+            Arrival::Logout {
+                enforcer,
+                content_type,
+                now,
+            } => {
+                if now {
+                    self.answer_logout(host, id, enforcer, content_type.as_deref(), 0);
+                } else {
+                    let st = Stream::new(None);
+                    let st = Stream {
+                        logout: Some((enforcer, content_type)),
+                        ..st
+                    };
+                    self.streams.insert(id, st);
+                }
+                Go::Pause
+            }
+            Arrival::Memo {
+                enforcer,
+                permissions,
+            } => {
+                // answered as the cache hit it stands for (the value written as stored)
+                self.let_on(host, id, enforcer, CacheUse::Hit, Some(&permissions));
+                Go::Continue
+            }
+            Arrival::Decide {
+                enforcer,
+                method,
+                path,
+                cred,
+                memo_key,
+            } => {
+                if let Cred::Refused(r) = &cred {
+                    host.record(Event::BindingRefused(r.counter));
+                }
+                let claims = self.filter.routes.uses_claims();
+                let flow = Flow {
+                    enforcer,
+                    method,
+                    path,
+                    cred,
+                    pending: None,
+                    sent_ms: 0,
+                    peer: claims.then(|| props.peer()).flatten(),
+                    tls: claims && props.tls(),
+                    headers: if claims {
+                        let owned = headers
+                            .iter()
+                            .map(|(k, v)| (header_name(k).to_string(), v.to_vec()));
+                        owned.collect()
+                    } else {
+                        Vec::new()
+                    },
+                    body: None,
+                    to_service: false,
+                    memo_key,
+                    trace: trace_context(headers.iter().map(|(k, v)| (*k, *v))),
+                };
+                self.first_step(host, id, Stream::new(Some(flow)), end_of_stream)
+            }
+        }
+    }
+
+    /// A part of the request body has arrived (`body_size`: all of it so far).
+    pub fn on_request_body(
+        &mut self,
+        host: &mut dyn Host,
+        id: u32,
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> Go {
+        let Some(mut st) = self.streams.remove(&id) else {
+            return Go::Continue; // decided
+        };
+        if let Some((enforcer, content_type)) = st.logout.clone() {
+            if end_of_stream || body_size > MAX_BODY_BYTES {
+                self.answer_logout(host, id, enforcer, content_type.as_deref(), body_size);
+            } else {
+                self.streams.insert(id, st);
+            }
+            return Go::Pause;
+        }
+        // Undecided: hold the body (the proxy buffers it). Going on would release the held
+        // headers.
+        st.body_len = body_size;
+        st.body_ended |= end_of_stream;
+        let over = st.flow.as_ref().is_some_and(|f| {
+            self.filter.enforcers[f.enforcer]
+                .config
+                .body_over_bound(body_size)
+        });
+        if !st.reading_body {
+            self.streams.insert(id, st);
+            Go::Pause
+        } else if over {
+            self.body_too_large(host, id, st, false)
+        } else if !end_of_stream {
+            self.streams.insert(id, st);
+            Go::Pause // buffer
+        } else {
+            self.body_ready(host, id, st, body_size, None)
+        }
+    }
+
+    /// A body followed by trailers (HTTP/2, gRPC) ends here, not with an end-of-stream data
+    /// frame: decide now. Going on without deciding would forward the buffered request unchecked.
+    pub fn on_request_trailers(&mut self, host: &mut dyn Host, id: u32, names: &[&str]) -> Go {
+        // Trailers are headers too for some upstreams (they merge them): the filter's own names
+        // are removed here as from the headers.
+        let own = &self.filter.own_headers;
+        for name in crate::enforce::gate::spoofed(own, names.iter().copied()) {
+            host.remove_request_trailer(id, &name);
+        }
+        let Some(mut st) = self.streams.remove(&id) else {
+            return Go::Continue;
+        };
+        st.body_ended = true;
+        if let Some((enforcer, content_type)) = st.logout.clone() {
+            let size = st.body_len.max(MAX_BODY_BYTES + 1);
+            self.answer_logout(host, id, enforcer, content_type.as_deref(), size);
+            return Go::Pause;
+        }
+        if !st.reading_body {
+            self.streams.insert(id, st);
+            return Go::Pause;
+        }
+        self.body_ready(host, id, st, usize::MAX, None)
+    }
+
+    /// Answers a back-channel logout whose body is complete (`size` bytes), and shares what
+    /// ended with the other workers.
+    fn answer_logout(
+        &mut self,
+        host: &mut dyn Host,
+        id: u32,
+        enforcer: usize,
+        content_type: Option<&str>,
+        size: usize,
+    ) {
+        let body = if size == 0 {
+            Vec::new()
+        } else {
+            host.request_body(id, size.min(MAX_BODY_BYTES + 1))
+        };
+        let now = host.now_ms();
+        let verify = self.verifier();
+        let mut replay = crate::store::replay::Tables {
+            layout: self.filter.replay,
+            store: &mut *host,
+        };
+        let e = &self.filter.enforcers[enforcer];
+        let (reply, ended) = e.backchannel_logout(content_type, &body, now, verify, &mut replay);
+        for (ended, at_ms, until_ms) in &ended {
+            crate::store::shared::publish_logout(&mut *host, ended, *at_ms, *until_ms);
+        }
+        log::info!(
+            "kcpep [{}] back-channel logout status={} request={id} reason=\"{}\" ended={}",
+            e.name,
+            reply.status,
+            reply.reason,
+            ended.len()
+        );
+        host.send_reply(id, &reply);
+    }
+
+    /// The first decision of a request, from its header or body callback.
+    fn first_step(&mut self, host: &mut dyn Host, id: u32, mut st: Stream, eos: bool) -> Go {
+        let now = host.now_ms();
+        let Some(flow) = st.flow.as_mut() else {
+            return Go::Pause;
+        };
+        let mut step = self.decide(host, flow, now);
+        if matches!(step, Step::ReadBody) && eos && flow.body.is_none() {
+            // No body will come: decide with an empty one.
+            flow.body = Some(Vec::new());
+            step = self.decide(host, flow, now);
+        }
+        match self.apply(host, id, &mut st, step, false, id) {
+            Applied::Continue => Go::Continue,
+            Applied::Replied => Go::Pause,
+            Applied::Called => {
+                self.streams.insert(id, st);
+                Go::Pause
+            }
+            Applied::Wait(key, until) => {
+                self.park(host, id, st, key, until);
+                Go::Pause
+            }
+            Applied::ReadBody => {
+                // The headers are held (StopIteration, which Envoy honours with the Wasm
+                // filter's allow_on_headers_stop_iteration) until the whole body is decided on:
+                // a denied request never reaches the upstream, whatever the route.
+                st.reading_body = true;
+                self.streams.insert(id, st);
+                Go::Pause
+            }
+        }
+    }
+
+    /// The answer to a request's callout (`NoAnswer` when it was lost).
+    pub(super) fn answered(&mut self, host: &mut dyn Host, id: u32, answer: Answer, via: u32) {
+        let Some(mut st) = self.streams.remove(&id) else {
+            return;
+        };
+        let now = host.now_ms();
+        let Some(flow) = st.flow.as_mut() else {
+            return;
+        };
+        host.record(if flow.to_service {
+            let (ok, status) = match &answer {
+                Answer::Http { status, .. } => (true, *status),
+                Answer::NoAnswer => (false, 0),
+            };
+            Event::ClaimAnswer { ok, status }
+        } else {
+            answer_event(&answer, now - flow.sent_ms)
+        });
+        let step = self.resume(host, flow, answer, now);
+        let applied = self.apply(host, id, &mut st, step, true, via);
+        self.after_callback(host, id, st, applied, via);
+    }
+
+    /// A parked request decides again (its answer is in, or its wait is over).
+    pub(super) fn redecide(&mut self, host: &mut dyn Host, id: u32, via: u32) {
+        let Some(mut st) = self.streams.remove(&id) else {
+            return;
+        };
+        let now = host.now_ms();
+        let Some(flow) = st.flow.as_mut() else {
+            return;
+        };
+        let step = self.decide(host, flow, now);
+        let applied = self.apply(host, id, &mut st, step, true, via);
+        match applied {
+            // woken by another's answer: no need to wake others again
+            Applied::Continue | Applied::Replied => {}
+            Applied::Called => {
+                self.streams.insert(id, st);
+            }
+            Applied::Wait(key, until) => self.park(host, id, st, key, until),
+            Applied::ReadBody => self.read_body_later(host, id, st, via),
+        }
+    }
+
+    /// What a step applied outside the request's own callbacks (a callout answer) leaves to do.
+    fn after_callback(
+        &mut self,
+        host: &mut dyn Host,
+        id: u32,
+        st: Stream,
+        applied: Applied,
+        via: u32,
+    ) {
+        match applied {
+            Applied::Wait(key, until) => self.park(host, id, st, key, until),
+            Applied::Continue | Applied::Replied => {
+                // Requests on this worker that waited for this very answer go on now.
+                self.wake_parked(host, Some(via));
+            }
+            Applied::Called => {
+                self.streams.insert(id, st);
+            }
+            Applied::ReadBody => self.read_body_later(host, id, st, via),
+        }
+    }
+
+    /// A path resolved by Keycloak whose claims read the body; the headers stay held.
+    fn read_body_later(&mut self, host: &mut dyn Host, id: u32, mut st: Stream, via: u32) {
+        let too_much = st.flow.as_ref().is_some_and(|f| {
+            self.filter.enforcers[f.enforcer]
+                .config
+                .body_over_bound(st.body_len)
+        });
+        if st.body_ended || too_much {
+            // It came (or too much of it) while Keycloak was asked: read it now.
+            self.body_ready(host, id, st, usize::MAX, Some(via));
+        } else {
+            st.reading_body = true;
+            self.streams.insert(id, st);
+        }
+    }
+
+    /// The body is complete (`size` bytes at most, read from the proxy's buffer): decide.
+    /// `callback`: the context a callout answer arrived in, when not the stream's own callback.
+    fn body_ready(
+        &mut self,
+        host: &mut dyn Host,
+        id: u32,
+        mut st: Stream,
+        size: usize,
+        callback: Option<u32>,
+    ) -> Go {
+        st.reading_body = false;
+        let Some(flow) = st.flow.as_mut() else {
+            return Go::Pause;
+        };
+        let cfg = &self.filter.enforcers[flow.enforcer].config;
+        // one byte past the bound is enough to know it is too large
+        let limit = (cfg.proxy.max_body_bytes as usize).saturating_add(1);
+        let body = host.request_body(id, size.min(limit));
+        if cfg.body_over_bound(body.len()) {
+            return self.body_too_large(host, id, st, callback.is_some());
+        }
+        flow.body = Some(body);
+        let Some(via) = callback else {
+            return self.first_step(host, id, st, true);
+        };
+        let now = host.now_ms();
+        let step = self.decide(host, flow, now);
+        let applied = self.apply(host, id, &mut st, step, true, via);
+        self.after_callback(host, id, st, applied, via);
+        Go::Pause
+    }
+
+    /// 413 for a body over `max-body-bytes` (or, in dry-run, go on).
+    fn body_too_large(&mut self, host: &mut dyn Host, id: u32, mut st: Stream, cb: bool) -> Go {
+        st.reading_body = false;
+        let Some(flow) = st.flow.as_ref() else {
+            return Go::Pause;
+        };
+        let step = body_too_large(&self.filter.enforcers[flow.enforcer].config);
+        match self.apply(host, id, &mut st, step, cb, id) {
+            Applied::Continue => Go::Continue,
+            _ => Go::Pause,
+        }
+    }
+
+    /// Holds a waiting request until the decision table has its answer (or its wait ends).
+    fn park(&mut self, host: &mut dyn Host, id: u32, st: Stream, key: Key, until_ms: i64) {
+        self.streams.insert(id, st);
+        self.parked.push(Parked {
+            stream: id,
+            key,
+            until_ms,
+        });
+        host.set_tick_ms(background::tick_period_ms(true, false));
+    }
+
+    /// The enforcer's decision for this flow now.
+    fn decide(&self, host: &mut dyn Host, flow: &Flow, now: i64) -> Step {
+        let e = &self.filter.enforcers[flow.enforcer];
+        let mut store = SharedStore::new(&e.config, &self.front, &self.tables, &mut *host, now);
+        let step = e.decide(&flow.facts(), &mut store, now);
+        if let Some(n) = store.entries_in_use {
+            host.set_cache_entries(n);
+        }
+        step
+    }
+
+    /// The enforcer's next step once its callout answered.
+    fn resume(&self, host: &mut dyn Host, flow: &mut Flow, answer: Answer, now: i64) -> Step {
+        let Some(pending) = flow.pending.take() else {
+            return cannot_continue("unexpected callout answer");
+        };
+        let e = &self.filter.enforcers[flow.enforcer];
+        let mut store = SharedStore::new(&e.config, &self.front, &self.tables, &mut *host, now);
+        let step = e.resume(&flow.facts(), &mut store, pending, answer, now);
+        if let Some(n) = store.entries_in_use {
+            host.set_cache_entries(n);
+        }
+        step
+    }
+
+    /// Applies a step to the stream. `in_callback`: outside the stream's own header or body
+    /// callback, so letting it on needs an explicit continue; `via`: the running context.
+    fn apply(
+        &mut self,
+        host: &mut dyn Host,
+        id: u32,
+        st: &mut Stream,
+        step: Step,
+        in_callback: bool,
+        via: u32,
+    ) -> Applied {
+        let Some(flow) = st.flow.as_mut() else {
+            return Applied::Replied;
+        };
+        let cfg = &self.filter.enforcers[flow.enforcer].config;
+        match step {
+            Step::Allow(a) => {
+                if let (Some(key), Some(until), Some(header)) =
+                    (flow.memo_key, a.memo_until_ms, &a.permissions)
+                {
+                    let now = host.now_ms();
+                    self.filter.memo.borrow_mut().put(key, header, until, now);
+                }
+                if let Some(r) = &a.would_deny {
+                    host.record(Event::DryRunDenied);
+                    log_denial(id, &cfg.client_id, flow, r, "kcpep dry-run would deny");
+                }
+                log::debug!(
+                    "kcpep allow [{}] {} {}: {}",
+                    cfg.client_id,
+                    loggable(flow.method.as_bytes()),
+                    loggable(path_only(&flow.path).as_bytes()),
+                    a.reason
+                );
+                let enforcer = flow.enforcer;
+                self.let_on(host, id, enforcer, a.cache, a.permissions.as_deref());
+                if in_callback {
+                    host.continue_request(id);
+                }
+                Applied::Continue
+            }
+            Step::Reply(r) => {
+                host.record(Event::Denied {
+                    status: r.status,
+                    cache: r.cache,
+                });
+                log_denial(id, &cfg.client_id, flow, &r, "kcpep deny");
+                host.send_reply(id, &r);
+                Applied::Replied
+            }
+            Step::Wait { key, until_ms } => {
+                host.record(Event::Coalesced);
+                Applied::Wait(key, until_ms)
+            }
+            Step::ReadBody => Applied::ReadBody,
+            Step::Call(call) => {
+                if let Pending::Grant {
+                    cached: Some(_), ..
+                } = &call.pending
+                {
+                    host.record(Event::CacheMiss);
+                }
+                let to = match &call.service {
+                    None => Upstream {
+                        cluster: &cfg.proxy.cluster,
+                        authority: &cfg.proxy.authority,
+                        timeout_ms: cfg.proxy.timeout_ms,
+                    },
+                    Some(s) => Upstream {
+                        cluster: &s.cluster,
+                        authority: &s.authority,
+                        timeout_ms: s.timeout_ms.unwrap_or(cfg.proxy.timeout_ms),
+                    },
+                };
+                flow.to_service = call.service.is_some();
+                host.record(if flow.to_service {
+                    Event::ClaimCall
+                } else {
+                    Event::KeycloakCall {
+                        path_endpoint: Endpoint::of_path(&call.request.path),
+                        by_request: true,
+                    }
+                });
+                flow.pending = Some(call.pending);
+                if let Some(token) = host.dispatch(to, &call.request, &flow.trace) {
+                    flow.sent_ms = host.now_ms();
+                    self.calling(token, id, via);
+                    return Applied::Called;
+                }
+                host.record(if flow.to_service {
+                    Event::ClaimAnswer {
+                        ok: false,
+                        status: 0,
+                    }
+                } else {
+                    Event::KeycloakNotSent
+                });
+                log::warn!("kcpep: cannot call cluster {}", to.cluster);
+                let now = host.now_ms();
+                let next = self.resume(host, flow, Answer::NoAnswer, now);
+                self.apply(host, id, st, next, in_callback, via)
+            }
+        }
+    }
+
+    /// Lets an allowed request on with its permissions: the one way out for a decision, a cache
+    /// hit and a memo hit.
+    fn let_on(
+        &self,
+        host: &mut dyn Host,
+        id: u32,
+        enforcer: usize,
+        cache: CacheUse,
+        permissions: Option<&str>,
+    ) {
+        host.record(Event::Allowed(cache));
+        let cfg = &self.filter.enforcers[enforcer].config;
+        if let Some(value) = permissions {
+            // Refused once the headers went on (a body read for claims): then only the filter
+            // state carries the permissions.
+            if cfg.proxy.send_permissions_header {
+                host.set_request_header(id, &cfg.proxy.permissions_header, Some(value));
+            }
+            host.set_permissions(id, value);
+        }
+    }
+}
+
+impl Stream {
+    fn new(flow: Option<Flow>) -> Stream {
+        Stream {
+            flow,
+            reading_body: false,
+            body_ended: false,
+            body_len: 0,
+            logout: None,
+        }
+    }
+}
+
+/// One structured line per denial: status, reason, matched path and resource, never a token.
+fn log_denial(id: u32, client_id: &str, flow: &Flow, r: &Reply, what: &str) {
+    log::info!(
+        "{what} status={} request={id} client={client_id} method={} path=\"{}\" matched=\"{}\" resource=\"{}\" reason=\"{}\"",
+        r.status,
+        loggable(flow.method.as_bytes()),
+        // without the query: it may carry credentials (`?access_token=`)
+        loggable(path_only(&flow.path).as_bytes()),
+        loggable(r.path.as_deref().unwrap_or("").as_bytes()),
+        loggable(r.resource.as_deref().unwrap_or("").as_bytes()),
+        loggable(r.reason.as_bytes())
+    );
+}
