@@ -3,6 +3,7 @@
 //! [`MemoryHost::calls`] until the driver answers them; time is what the driver sets.
 
 use super::host::{Host, Upstream};
+use crate::enforce::arrival::Properties;
 use crate::enforce::events::Event;
 use crate::enforce::step::Reply;
 use crate::store::replay::{Cas, Memory};
@@ -166,5 +167,38 @@ impl Host for MemoryHost {
     fn request_body(&mut self, stream: u32, max: usize) -> Vec<u8> {
         let body = self.bodies.get(&stream).map(Vec::as_slice).unwrap_or(&[]);
         body[..body.len().min(max)].to_vec()
+    }
+}
+
+/// What a test or the CLI tells of a request's connection (Envoy's properties).
+#[derive(Debug, Clone, Default)]
+pub struct Connection {
+    pub route_name: Option<String>,
+    pub virtual_host: Option<String>,
+    pub peer: Option<String>,
+    pub tls: bool,
+    /// The client certificate's SHA-256, in hex.
+    pub certificate_sha256_hex: Option<String>,
+}
+
+impl Properties for Connection {
+    fn route_name(&self) -> Option<String> {
+        self.route_name.clone()
+    }
+
+    fn virtual_host(&self) -> Option<String> {
+        self.virtual_host.clone()
+    }
+
+    fn peer(&self) -> Option<String> {
+        self.peer.clone()
+    }
+
+    fn tls(&self) -> bool {
+        self.tls
+    }
+
+    fn certificate_sha256_hex(&self) -> Option<Vec<u8>> {
+        self.certificate_sha256_hex.clone().map(String::into_bytes)
     }
 }

@@ -357,6 +357,13 @@ pub struct Memory {
     values: HashMap<String, (Vec<u8>, u32)>,
 }
 
+impl Memory {
+    /// The keys written so far.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.values.keys().map(String::as_str)
+    }
+}
+
 impl Cas for Memory {
     fn read(&mut self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
         match self.values.get(key) {
