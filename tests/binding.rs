@@ -7,9 +7,8 @@
 mod common;
 
 use base64::Engine;
+use common::dpop::Client;
 use common::*;
-use p256::ecdsa::signature::Signer;
-use p256::ecdsa::{Signature, SigningKey};
 use serde_json::{json, Value};
 use sha2::Digest;
 
@@ -17,101 +16,6 @@ const HOST: &str = "dpop.bank.local";
 
 fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
-
-/// A client's DPoP key.
-struct Client {
-    key: SigningKey,
-}
-
-impl Client {
-    fn new() -> Client {
-        Client {
-            key: SigningKey::random(&mut rand::thread_rng()),
-        }
-    }
-
-    fn jwk(&self) -> Value {
-        let point = self.key.verifying_key().to_encoded_point(false);
-        json!({"kty": "EC", "crv": "P-256",
-               "x": b64(point.x().unwrap()), "y": b64(point.y().unwrap())})
-    }
-
-    /// RFC 7638, for the EC key: `{"crv","kty","x","y"}` in that order.
-    fn thumbprint(&self) -> String {
-        let j = self.jwk();
-        let canonical = format!(
-            r#"{{"crv":"P-256","kty":"EC","x":"{}","y":"{}"}}"#,
-            j["x"].as_str().unwrap(),
-            j["y"].as_str().unwrap()
-        );
-        b64(&sha2::Sha256::digest(canonical.as_bytes()))
-    }
-
-    fn sign(&self, header: &Value, claims: &Value) -> String {
-        let input = format!(
-            "{}.{}",
-            b64(header.to_string().as_bytes()),
-            b64(claims.to_string().as_bytes())
-        );
-        let sig: Signature = self.key.sign(input.as_bytes());
-        format!("{input}.{}", b64(&sig.to_bytes()))
-    }
-
-    fn header(&self) -> Value {
-        json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": self.jwk()})
-    }
-
-    /// A proof for `method url`, naming `token` (`ath`) when given.
-    fn proof(&self, method: &str, url: &str, token: Option<&str>) -> String {
-        self.proof_with(method, url, token, |_, _| {})
-    }
-
-    fn proof_with(
-        &self,
-        method: &str,
-        url: &str,
-        token: Option<&str>,
-        change: impl FnOnce(&mut Value, &mut Value),
-    ) -> String {
-        let mut header = self.header();
-        let mut claims = json!({"jti": jti(), "htm": method, "htu": url, "iat": now()});
-        if let Some(t) = token {
-            claims["ath"] = json!(b64(&sha2::Sha256::digest(t.as_bytes())));
-        }
-        change(&mut header, &mut claims);
-        self.sign(&header, &claims)
-    }
-
-    /// A DPoP-bound access token of `user` from Keycloak (password grant of `demo-cli-dpop`,
-    /// with a proof for the token endpoint).
-    fn token(&self, user: &str) -> String {
-        let body = self.grant(user);
-        // (the body holds the tokens: only its type is shown)
-        assert_eq!(body["token_type"], "DPoP", "Keycloak bound the token");
-        body["access_token"].as_str().unwrap().to_string()
-    }
-
-    /// Keycloak's answer to `user`'s password grant with a proof.
-    fn grant(&self, user: &str) -> Value {
-        let path = "/realms/bank/protocol/openid-connect/token";
-        let proof = self.proof("POST", &format!("{}{path}", keycloak()), None);
-        let form = format!(
-            "grant_type=password&client_id=demo-cli-dpop&username={user}&password=password"
-        );
-        let r = request(
-            &keycloak(),
-            "POST",
-            path,
-            &[
-                ("content-type", b"application/x-www-form-urlencoded"),
-                ("dpop", proof.as_bytes()),
-            ],
-            form.as_bytes(),
-        );
-        assert_eq!(r.status, 200, "token of {user}: {}", r.text());
-        r.json()
-    }
 }
 
 /// Whether this Keycloak issues DPoP-bound tokens: a supported feature, on by default, from

@@ -454,3 +454,225 @@ fn evaluate_answers_what_envoy_answers_before_any_enforcers_flow() {
         .collect();
     assert_eq!(statuses, [400, 400, 401, 403, 200, 403, 200]);
 }
+
+/// `kcpep evaluate --json --host HOST` on `config`, sending the request `repeat` times through
+/// one worker: its output.
+fn evaluate_repeated(
+    config: &str,
+    host: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    headers: &[&str],
+    repeat: u32,
+) -> Value {
+    let repeat = repeat.to_string();
+    let mut args = vec![
+        "evaluate", "--config", config, "--host", host, "--json", "--repeat", &repeat,
+    ];
+    let tf = dir().join("agree.token");
+    if let Some(t) = token {
+        std::fs::write(&tf, t).unwrap();
+        args.extend(["--token-file", tf.to_str().unwrap()]);
+    }
+    for h in headers {
+        args.extend(["--header", h]);
+    }
+    args.extend([method, path]);
+    let o = kcpep(&args);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+/// The reason of the filter's log line that holds `marker` (`reason="..."`), once Envoy wrote it.
+fn logged_reason(envoy: &common::own_envoy::OwnEnvoy, marker: &str) -> String {
+    poll_until(
+        &format!("the filter's log line with {marker}"),
+        std::time::Duration::from_secs(10),
+        || {
+            let log = envoy.log();
+            let line = log.lines().find(|l| l.contains(marker))?;
+            let (_, rest) = line.split_once("reason=\"")?;
+            Some(rest.split_once('"')?.0.to_string())
+        },
+    )
+}
+
+/// A request (host, method, path, token, headers) and the marker of Envoy's log line about it.
+type Agreement<'a> = (
+    &'a str,
+    &'a str,
+    &'a str,
+    Option<String>,
+    Vec<&'a str>,
+    String,
+);
+
+/// The requests the pipeline answers before or beside an enforcer's flow (a host no route
+/// selects, the back-channel logout endpoint, a DPoP-bound token without its proof, a repeated
+/// request the memo answers) and plain decisions, through an Envoy of this test's own and
+/// through `kcpep evaluate` on the same configuration: the same status and the same reason (the
+/// one Envoy's log line gives), and the memo hit counted where `evaluate` says it answered.
+#[test]
+fn evaluate_and_envoy_agree_on_status_and_reason() {
+    use common::own_envoy::{cluster, keycloak_address, OwnEnvoy, Setup};
+    const ADMIN: u16 = 9943;
+    const LISTENER: u16 = 10420;
+    let (_, kc_port) = keycloak_address();
+    let plugin = json!({
+        "enforcers": {"bank": {
+            "realm": "bank", "auth-server-url": keycloak(), "resource": "bank-api",
+            "credentials": {"secret": "bank-api-secret"},
+            "policy-enforcer": {"paths": [
+                {"name": "View Account Resource", "path": "/account/{id}",
+                 "methods": [{"method": "GET", "scopes": ["account:view"]}]}]},
+            "kcpep": {"cluster": "keycloak", "sender-constraint": "if-bound",
+                      "backchannel-logout": {"path": "/kcpep/backchannel-logout",
+                                             "audiences": ["demo-cli"]}}
+        }},
+        "routes": [{"host": "bank.local", "enforcer": "bank"}]
+    });
+    let config = write("agree.json", &plugin);
+    let envoy = OwnEnvoy::start(
+        Setup {
+            name: "agree",
+            admin: ADMIN,
+            listener: LISTENER,
+            base_id: 82,
+            clusters: vec![
+                cluster("keycloak", &[kc_port]),
+                cluster("upstream", &[8081]),
+            ],
+        },
+        &plugin,
+    );
+    let base = envoy.url();
+    let (owner, teller) = (user_token("owner"), user_token("teller"));
+    let nowhere = format!("nowhere-{}.local", std::process::id());
+    let form = "content-type: application/x-www-form-urlencoded";
+    // (host, method, path, token, headers, the log line's marker)
+    let mut cases: Vec<Agreement> = vec![
+        (
+            &nowhere,
+            "GET",
+            "/account/1",
+            Some(owner.clone()),
+            vec![],
+            format!("authority=\"{nowhere}\""),
+        ),
+        (
+            "bank.local",
+            "POST",
+            "/kcpep/backchannel-logout",
+            None,
+            vec![form],
+            "back-channel logout status=".into(),
+        ),
+        (
+            "bank.local",
+            "GET",
+            "/account/21",
+            None,
+            vec![],
+            "path=\"/account/21\"".into(),
+        ),
+        (
+            "bank.local",
+            "GET",
+            "/account/22",
+            Some(teller.clone()),
+            vec![],
+            "path=\"/account/22\"".into(),
+        ),
+    ];
+    let dpop = std::panic::catch_unwind(|| common::dpop::Client::new().token("owner"));
+    if let Ok(bound) = dpop {
+        // a DPoP-bound token sent as a bearer token, without its proof
+        cases.push((
+            "bank.local",
+            "GET",
+            "/account/23",
+            Some(bound),
+            vec![],
+            "path=\"/account/23\"".into(),
+        ));
+    } else {
+        assert!(
+            keycloak_version() < (26, 4),
+            "Keycloak >= 26.4 binds DPoP tokens"
+        );
+    }
+    for (host, method, path, token, headers, marker) in &cases {
+        let extra: Vec<(String, Vec<u8>)> = headers
+            .iter()
+            .map(|h| {
+                let (k, v) = h.split_once(':').unwrap();
+                (k.trim().to_ascii_lowercase(), v.trim().as_bytes().to_vec())
+            })
+            .collect();
+        let extra: Vec<(&str, &[u8])> = extra
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_slice()))
+            .collect();
+        let through_envoy = send_to(&base, method, host, path, token.as_deref(), &extra, b"");
+        let out = evaluate_repeated(&config, host, method, path, token.as_deref(), headers, 1);
+        let result = &out["result"];
+        assert_eq!(
+            result["status"].as_u64(),
+            Some(u64::from(through_envoy.status)),
+            "{host} {method} {path}: {out}"
+        );
+        assert_ne!(through_envoy.status, 200, "{host} {method} {path}");
+        let reason = logged_reason(&envoy, marker);
+        assert_eq!(result["reason"].as_str(), Some(reason.as_str()), "{out}");
+        if let Some(t) = token {
+            assert!(
+                !out.to_string().contains(t.as_str()),
+                "the token is never printed"
+            );
+        }
+    }
+    // a repeated request: the memo answers the second in Envoy and in evaluate
+    let hits = envoy.stat("kcpep.cache.hit");
+    for _ in 0..2 {
+        let r = send_to(
+            &base,
+            "GET",
+            "bank.local",
+            "/account/24",
+            Some(&owner),
+            &[],
+            b"",
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    assert_eq!(
+        envoy.stat("kcpep.cache.hit") - hits,
+        1,
+        "Envoy's memo answered the second"
+    );
+    let out = evaluate_repeated(
+        &config,
+        "bank.local",
+        "GET",
+        "/account/24",
+        Some(&owner),
+        &[],
+        2,
+    );
+    let attempts = out["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{out}");
+    assert_eq!(attempts[0]["status"], 200, "{out}");
+    assert_ne!(attempts[0]["cache"], "Hit", "{out}");
+    assert_eq!(attempts[1]["status"], 200, "{out}");
+    assert_eq!(attempts[1]["cache"], "Hit", "{out}");
+    assert!(
+        attempts[1]["reason"].as_str().unwrap().contains("memo"),
+        "{out}"
+    );
+}

@@ -4,7 +4,7 @@
 //! the CLI. The pipeline never names proxy-wasm.
 
 use crate::enforce::events::Event;
-use crate::enforce::step::Reply;
+use crate::enforce::step::{CacheUse, Reply};
 use crate::store::replay::Cas;
 use crate::wire::http::HttpRequest;
 
@@ -22,6 +22,18 @@ pub struct Upstream<'a> {
 pub enum Go {
     Continue,
     Pause,
+}
+
+/// What became of a request, told once per request: the stuff of a decision record, and what
+/// `kcpep evaluate` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict<'a> {
+    /// 200 for a request let on, else the local reply's.
+    pub status: u16,
+    pub reason: &'a str,
+    pub cache: CacheUse,
+    /// The enforcer whose flow decided (`None`: answered before one was chosen).
+    pub enforcer: Option<usize>,
 }
 
 /// One worker's proxy. Stream actions name the stream: the pipeline acts on requests other than
@@ -52,6 +64,10 @@ pub trait Host: Cas {
     fn remove_request_trailer(&mut self, stream: u32, name: &str);
     /// The granted permissions as the stream's filter state (Envoy: `wasm.kcpep.permissions`).
     fn set_permissions(&mut self, stream: u32, value: &str);
+    /// A request's verdict; a proxy without decision records ignores it.
+    fn verdict(&mut self, stream: u32, verdict: &Verdict<'_>) {
+        let _ = (stream, verdict);
+    }
     /// The request body buffered so far, at most `max` bytes.
     fn request_body(&mut self, stream: u32, max: usize) -> Vec<u8>;
 }

@@ -2,10 +2,10 @@
 //! Workers made over one [`Shared`] share their data as Envoy's workers do; callouts wait in
 //! [`MemoryHost::calls`] until the driver answers them; time is what the driver sets.
 
-use super::host::{Host, Upstream};
+use super::host::{Host, Upstream, Verdict};
 use crate::enforce::arrival::Properties;
 use crate::enforce::events::Event;
-use crate::enforce::step::Reply;
+use crate::enforce::step::{CacheUse, Reply};
 use crate::store::replay::{Cas, Memory};
 use crate::wire::http::HttpRequest;
 use std::cell::{Cell, RefCell};
@@ -54,6 +54,16 @@ pub struct StreamLog {
     pub headers: Vec<(String, Option<String>)>,
     pub trailers_removed: Vec<String>,
     pub permissions: Option<String>,
+    pub verdict: Option<Decided>,
+}
+
+/// A request's [`Verdict`], kept.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decided {
+    pub status: u16,
+    pub reason: String,
+    pub cache: CacheUse,
+    pub enforcer: Option<usize>,
 }
 
 /// One worker's proxy.
@@ -162,6 +172,15 @@ impl Host for MemoryHost {
 
     fn set_permissions(&mut self, stream: u32, value: &str) {
         self.log(stream).permissions = Some(value.to_string());
+    }
+
+    fn verdict(&mut self, stream: u32, v: &Verdict<'_>) {
+        self.log(stream).verdict = Some(Decided {
+            status: v.status,
+            reason: v.reason.to_string(),
+            cache: v.cache,
+            enforcer: v.enforcer,
+        });
     }
 
     fn request_body(&mut self, stream: u32, max: usize) -> Vec<u8> {

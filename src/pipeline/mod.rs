@@ -9,5 +9,5 @@ pub mod memory;
 mod stream;
 pub mod worker;
 
-pub use host::{Go, Host, Upstream};
+pub use host::{Go, Host, Upstream, Verdict};
 pub use worker::Worker;

@@ -3,7 +3,7 @@
 //! another request's identical call, holding the body for claims, and applying the verdict to
 //! the stream (let on with the permissions, or a local reply).
 
-use super::host::{Go, Host, Upstream};
+use super::host::{Go, Host, Upstream, Verdict};
 use super::worker::{answer_event, Parked, Worker};
 use crate::enforce::arrival::{header_name, Arrival, Properties, Request};
 use crate::enforce::enforcer::Cred;
@@ -123,6 +123,7 @@ impl Worker {
                     route_name,
                     loggable(authority.as_bytes())
                 );
+                host.verdict(id, &Verdict::of_reply(&reply, None));
                 host.send_reply(id, &reply);
                 Go::Pause
             }
@@ -148,7 +149,15 @@ impl Worker {
                 permissions,
             } => {
                 // answered as the cache hit it stands for (the value written as stored)
-                self.let_on(host, id, enforcer, CacheUse::Hit, Some(&permissions));
+                let reason = "the decision this token got for this method and path (memo)";
+                self.let_on(
+                    host,
+                    id,
+                    enforcer,
+                    CacheUse::Hit,
+                    reason,
+                    Some(&permissions),
+                );
                 Go::Continue
             }
             Arrival::Decide {
@@ -288,6 +297,7 @@ impl Worker {
             reply.reason,
             ended.len()
         );
+        host.verdict(id, &Verdict::of_reply(&reply, Some(enforcer)));
         host.send_reply(id, &reply);
     }
 
@@ -524,7 +534,8 @@ impl Worker {
                     a.reason
                 );
                 let enforcer = flow.enforcer;
-                self.let_on(host, id, enforcer, a.cache, a.permissions.as_deref());
+                let perms = a.permissions.as_deref();
+                self.let_on(host, id, enforcer, a.cache, a.reason, perms);
                 if in_callback {
                     host.continue_request(id);
                 }
@@ -536,6 +547,7 @@ impl Worker {
                     cache: r.cache,
                 });
                 log_denial(id, &cfg.client_id, flow, &r, "kcpep deny");
+                host.verdict(id, &Verdict::of_reply(&r, Some(flow.enforcer)));
                 host.send_reply(id, &r);
                 Applied::Replied
             }
@@ -602,9 +614,17 @@ impl Worker {
         id: u32,
         enforcer: usize,
         cache: CacheUse,
+        reason: &str,
         permissions: Option<&str>,
     ) {
         host.record(Event::Allowed(cache));
+        let verdict = Verdict {
+            status: 200,
+            reason,
+            cache,
+            enforcer: Some(enforcer),
+        };
+        host.verdict(id, &verdict);
         let cfg = &self.filter.enforcers[enforcer].config;
         if let Some(value) = permissions {
             // Refused once the headers went on (a body read for claims): then only the filter
@@ -641,4 +661,15 @@ fn log_denial(id: u32, client_id: &str, flow: &Flow, r: &Reply, what: &str) {
         loggable(r.resource.as_deref().unwrap_or("").as_bytes()),
         loggable(r.reason.as_bytes())
     );
+}
+
+impl<'a> Verdict<'a> {
+    fn of_reply(r: &'a Reply, enforcer: Option<usize>) -> Self {
+        Verdict {
+            status: r.status,
+            reason: &r.reason,
+            cache: r.cache,
+            enforcer,
+        }
+    }
 }

@@ -99,6 +99,16 @@ impl Worker {
     ) -> Result<Worker, ConfigureError> {
         let config =
             PluginConfig::from_json(bytes).map_err(|e| ConfigureError::Invalid(e.to_string()))?;
+        Worker::new(config, verify, nonce, host)
+    }
+
+    /// A worker of a configuration already parsed.
+    pub fn new(
+        config: PluginConfig,
+        verify: Option<Verifier>,
+        nonce: u64,
+        host: &mut dyn Host,
+    ) -> Result<Worker, ConfigureError> {
         let filter = Filter::new(config, MEMO_ENTRIES);
         for e in &filter.enforcers {
             for need in e.config.host_requirements() {

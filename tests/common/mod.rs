@@ -1,6 +1,7 @@
 //! Shared helpers for the tests that run against the real stack (`scripts/stack.sh test`).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod dpop;
 pub mod own_envoy;
 
 use keycloak_pep::wire::http::HttpRequest;

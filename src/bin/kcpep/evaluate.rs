@@ -1,22 +1,20 @@
-//! `kcpep evaluate`: one request through the same core the filter runs, against the live
-//! Keycloak, with the trace a person needs to see why it was allowed or denied. The core's
-//! steps are the filter's: its calls are sent here with ureq instead of Envoy's callouts, and
-//! the decision cache is an empty one in memory (so Keycloak is always asked). Tokens and
-//! secrets never appear in the trace: only the token's header and registered claims.
+//! `kcpep evaluate`: a request through the filter's own pipeline (`pipeline::Worker`, the one
+//! Envoy's workers run) on an in-memory proxy whose callouts go to the live Keycloak with ureq,
+//! with the trace a person needs to see why it was allowed or denied. The gate, routing, the
+//! logout endpoint, bindings, the memo and the decision table answer here as in Envoy;
+//! `--repeat` sends it again through the same worker. Tokens and secrets never appear in the
+//! trace: only the token's header and registered claims.
 
 use crate::keycloak::{now_ms, Exchange, Keycloak};
 use crate::Select;
 use anyhow::{anyhow, Result};
 use base64::Engine;
-use keycloak_pep::enforce::arrival::{Arrival, Filter, Properties, Request};
+use keycloak_pep::enforce::arrival::{Arrival, Request};
 use keycloak_pep::enforce::enforcer::Cred;
-use keycloak_pep::enforce::step::Reply;
-use keycloak_pep::enforce::step::{RequestFacts, Step};
 use keycloak_pep::keycloak::token;
-use keycloak_pep::request::view::RequestView;
-use keycloak_pep::store::decisions::{Entry, Key, Verdict};
+use keycloak_pep::pipeline::memory::{Connection, MemoryHost, Shared, StreamLog};
+use keycloak_pep::pipeline::{Go, Worker};
 use keycloak_pep::store::replay::Memory;
-use keycloak_pep::store::DecisionStore;
 use keycloak_pep::wire::http::{form_decode, HttpRequest};
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -31,17 +29,23 @@ pub struct Options {
     pub timeout_s: u64,
     pub method: String,
     pub path: String,
+    /// How many times the request is sent through the same worker.
+    pub repeat: u32,
 }
 
-/// How many calls one request may make before evaluate gives up (the filter's own chains are
-/// a few: lookups, claim services, the grant, a ticket).
+/// How many rounds of calls one request may make before evaluate gives up (the filter's own
+/// chains are a few: lookups, claim services, the grant, a ticket).
 const MAX_CALLS: usize = 16;
 
 pub fn run(o: &Options) -> Result<ExitCode> {
     let cfg = crate::load(&o.config)?;
-    let mut filter = Filter::new(cfg, 16);
+    notes::install();
+    let shared = Shared::at(now_ms());
+    let mut host = MemoryHost::new(&shared);
+    let mut worker = Worker::new(cfg, None, 1, &mut host).map_err(|e| anyhow!("{e}"))?;
     if let Some(n) = &o.select.enforcer {
         // the enforcer named: the route rules are not asked
+        let filter = &mut worker.filter;
         let i = filter
             .enforcers
             .iter()
@@ -73,163 +77,278 @@ pub fn run(o: &Options) -> Result<ExitCode> {
     // A DPoP proof given with --header DPoP:... goes with the DPoP scheme.
     let has_proof = headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("dpop"));
     let scheme = if has_proof { "DPoP" } else { "Bearer" };
-    let authorization = raw_token.as_ref().map(|t| format!("{scheme} {t}"));
-    if let Some(a) = &authorization {
-        headers.push(("authorization".into(), a.clone().into_bytes()));
+    if let Some(t) = &raw_token {
+        headers.push(("authorization".into(), format!("{scheme} {t}").into_bytes()));
     }
-    // what the filter removes before anything reads the request
-    let received: Vec<(&[u8], &[u8])> = headers
-        .iter()
-        .map(|(k, v)| (k.as_bytes(), v.as_slice()))
-        .collect();
-    let spoofed = filter.spoofed(&received);
-    drop(received);
-    headers.retain(|(k, _)| !spoofed.iter().any(|n| n == k));
-    let mut wire: Vec<(&[u8], &[u8])> = vec![
-        (b":method", o.method.as_bytes()),
-        (b":path", o.path.as_bytes()),
-        (b":authority", authority.as_bytes()),
-    ];
-    wire.extend(headers.iter().map(|(k, v)| (k.as_bytes(), v.as_slice())));
-    let req = Request {
-        headers: &wire,
-        end_of_stream: true,
-    };
     let props = Connection {
-        route: o.select.route.clone(),
+        route_name: o.select.route.clone(),
         virtual_host: o.select.virtual_host.clone(),
+        peer: Some("127.0.0.1".into()),
+        tls: false,
+        certificate_sha256_hex: None,
     };
-    let mut shared = Memory::default();
-    // Routing first: the enforcer it picks is the one whose Keycloak is asked at start-up (until
-    // then no token can be verified, so nothing is remembered of this first pass).
-    let index = match filter.arrive(&req, &props, &mut shared, None, now_ms()) {
-        Arrival::Reply { reply, route_name } => {
-            return answered_before_any_enforcer(o, &reply, route_name, &headers);
-        }
-        Arrival::Logout { enforcer, .. }
-        | Arrival::Memo { enforcer, .. }
-        | Arrival::Decide { enforcer, .. } => enforcer,
-    };
-    let enforcer = &filter.enforcers[index];
-    let (name, ec) = (&enforcer.name, &enforcer.config);
-    let kc = Keycloak::for_enforcer(ec, o.timeout_s)?;
+    let net = Net::new(&worker, o.timeout_s)?;
 
+    // Start-up: the worker's ticks, their fetches sent to Keycloak until none is due.
     let mut log = Vec::new();
-    let notes = kc.warm_up(enforcer, &mut log, 8);
+    shared.clock.set(now_ms());
+    worker.on_tick(&mut host);
+    net.drain(&mut worker, &mut host, &shared, &mut log, &mut Vec::new())?;
     if !log.iter().any(|e| e.status.is_some()) {
         let why = log
             .first()
             .and_then(|e| e.error.clone())
             .unwrap_or_default();
-        eprintln!("kcpep: cannot reach Keycloak at {}: {why}", kc.origin());
+        eprintln!("kcpep: cannot reach Keycloak at {}: {why}", net.origins());
         return Ok(ExitCode::from(2));
     }
     let start_calls = log.len();
-    let explained = enforcer.explain(&o.method, &o.path);
-    let cred = match filter.arrive(&req, &props, &mut shared, None, now_ms()) {
-        Arrival::Decide { cred, .. } => cred,
-        Arrival::Logout { content_type, .. } => {
-            // the filter answers its back-channel logout endpoint itself; evaluate sends no body
-            let mut replay = keycloak_pep::store::LocalReplay::default();
-            let (reply, _) = enforcer.backchannel_logout(
-                content_type.as_deref(),
-                b"",
-                now_ms(),
-                None,
-                &mut replay,
-            );
-            return answered_before_any_enforcer(o, &reply, None, &headers);
-        }
-        Arrival::Memo { .. } | Arrival::Reply { .. } => {
-            return Err(anyhow!(
-                "the request was routed otherwise once Keycloak was asked"
-            ));
-        }
-    };
-    let token_trace = token_trace(&cred, raw_token.as_deref());
 
-    let view = RequestView {
-        headers: &headers,
-        peer: Some("127.0.0.1"),
-        tls: false,
-        body: None,
-    };
-    let facts = RequestFacts {
-        method: &o.method,
-        path: &o.path,
-        credential: cred.credential(),
-        view,
-    };
-    let mut store = Recording::default();
+    // The request, `--repeat` times, through the worker as Envoy hands the filter its headers.
+    let mut wire: Vec<(&[u8], &[u8])> = vec![
+        (b":method", o.method.as_bytes()),
+        (b":path", o.path.as_bytes()),
+        (b":authority", authority.as_bytes()),
+        (b":scheme", b"http"),
+    ];
+    wire.extend(headers.iter().map(|(k, v)| (k.as_bytes(), v.as_slice())));
     let mut sent: Vec<Value> = Vec::new();
-    let mut step = enforcer.decide(&facts, &mut store, now_ms());
-    while let Step::Call(call) = step {
-        if sent.len() >= MAX_CALLS {
-            return Err(anyhow!("more than {MAX_CALLS} calls for one request"));
-        }
-        let reply = match &call.service {
-            None => kc.exchange(what(&call.request), &call.request, &mut log),
-            Some(service) => {
-                let svc = Keycloak::at(&format!("http://{}", service.authority), o.timeout_s);
-                svc.exchange("claim service", &call.request, &mut log)
-            }
-        };
-        sent.push(request_trace(&call.request, log.last()));
-        step = enforcer.resume(
-            &facts,
-            &mut store,
-            call.pending,
-            Keycloak::answer(&reply),
-            now_ms(),
-        );
+    let mut attempts = Vec::new();
+    let mut removed = Vec::new();
+    for id in 1..=o.repeat.max(1) {
+        shared.clock.set(now_ms());
+        let mut request = wire.clone();
+        let go = worker.on_request_headers(&mut host, id, &mut request, true, &props);
+        let mut calls = Vec::new();
+        net.drain(&mut worker, &mut host, &shared, &mut log, &mut calls)?;
+        sent.extend(calls);
+        let st = host.stream(id);
+        removed = st
+            .headers
+            .iter()
+            .filter(|(_, v)| v.is_none())
+            .map(|(k, _)| k.clone())
+            .collect();
+        attempts.push(outcome(&st, go));
     }
-    let verdict = match &step {
-        Step::Allow(a) => json!({
-            "status": 200, "verdict": "allow", "reason": a.reason,
-            "permissions_header": a.permissions,
-            "dry_run_would": a.would_deny.as_ref().map(|r| json!({"status": r.status, "reason": r.reason})),
-        }),
-        Step::Reply(r) => json!({
-            "status": r.status,
-            "verdict": if r.status == 302 { "redirect" } else { "deny" },
-            "reason": r.reason,
-            "headers": r.headers.iter().map(|(k, v)| {
-                if k.eq_ignore_ascii_case("location") { format!("{k}: {v}") } else { k.clone() }
-            }).collect::<Vec<_>>(),
-        }),
-        Step::Wait { .. } => {
-            json!({"verdict": "wait", "reason": "another request holds the decision (cannot happen here)"})
+    let result = attempts.last().cloned().unwrap_or(Value::Null);
+
+    // What a person needs to see of it: the enforcer the rules chose, its path and scopes, the
+    // token's check.
+    let chosen = host
+        .streams
+        .values()
+        .find_map(|s| s.verdict.as_ref().and_then(|v| v.enforcer));
+    let shown_headers: Vec<String> = headers
+        .iter()
+        .map(|(k, _)| k.clone())
+        .filter(|k| !removed.contains(k))
+        .collect();
+    let request = json!({"method": o.method, "path": o.path, "headers": shown_headers});
+    let Some(index) = chosen else {
+        return print(
+            o,
+            json!({"enforcer": Value::Null, "request": request, "route": props.route_name,
+                   "calls": sent, "result": result}),
+        );
+    };
+    let enforcer = &worker.filter.enforcers[index];
+    let (name, ec) = (&enforcer.name, &enforcer.config);
+    let explained = enforcer.explain(&o.method, &o.path);
+    let cred = {
+        let req = Request {
+            headers: &wire,
+            end_of_stream: true,
+        };
+        let mut scratch = Memory::default();
+        match worker
+            .filter
+            .arrive(&req, &props, &mut scratch, None, now_ms())
+        {
+            Arrival::Decide { cred, .. } => Some(cred),
+            _ => None,
         }
-        Step::ReadBody => {
-            json!({"verdict": "needs the request body", "reason": "the path's claims read the body; evaluate sends none"})
-        }
-        Step::Call(_) => json!({}),
     };
     let out = json!({
         "enforcer": name,
         "client": ec.client_id,
-        "keycloak": kc.origin(),
-        "request": {"method": o.method, "path": o.path,
-                    "headers": headers.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>()},
+        "keycloak": net.origin_of(&ec.proxy.cluster),
+        "request": request,
         "normalized_path": explained.normalized_path,
         "matched_path": explained.entry.as_ref().map(|x| x.config.path.clone()),
         "resource": explained.entry.as_ref().and_then(|x| x.resource.name.clone()).or_else(|| explained.entry.as_ref().and_then(|x| x.config.name.clone())),
         "scopes": explained.method.as_ref().map(|m| m.scopes.clone()).unwrap_or_default(),
         "scopes_enforcement_mode": explained.method.as_ref().map(|m| m.scopes_enforcement_mode.as_str()),
         "enforcement_mode": explained.enforcement_mode.as_str(),
-        "token": token_trace,
+        "token": cred.as_ref().map_or(Value::Null, |c| token_trace(c, raw_token.as_deref())),
         "start_up": log[..start_calls].iter().map(|e| format!("{} {}", e.what, e.status.map_or("no answer".into(), |s| s.to_string()))).collect::<Vec<_>>(),
-        "notes": notes,
+        "notes": notes::take(),
         "calls": sent,
-        "decision_cache": store.trace,
-        "result": verdict,
+        "attempts": attempts,
+        "result": result,
     });
+    print(o, out)
+}
+
+fn print(o: &Options, out: Value) -> Result<ExitCode> {
     if o.json {
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         print_lines(&out);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What became of one request, as the client (and the upstream) would see it.
+fn outcome(st: &StreamLog, go: Go) -> Value {
+    let reason = st.verdict.as_ref().map(|v| v.reason.clone());
+    let cache = st.verdict.as_ref().map(|v| format!("{:?}", v.cache));
+    if let Some(r) = &st.reply {
+        let verdict = match r.status {
+            302 => "redirect",
+            200 => "answered by the filter",
+            _ => "deny",
+        };
+        return json!({
+            "status": r.status, "verdict": verdict, "reason": r.reason, "cache": cache,
+            "headers": r.headers.iter().map(|(k, v)| {
+                if k.eq_ignore_ascii_case("location") { format!("{k}: {v}") } else { k.clone() }
+            }).collect::<Vec<_>>(),
+        });
+    }
+    if go == Go::Continue || st.continued {
+        return json!({
+            "status": 200, "verdict": "allow", "reason": reason, "cache": cache,
+            "permissions_header": st.permissions,
+            "dry_run_would": notes::dry_run(),
+        });
+    }
+    json!({"verdict": "needs the request body",
+           "reason": "the path's claims read the body; evaluate sends none"})
+}
+
+/// Where the worker's callouts go: each enforcer's cluster is its Keycloak (the origin of its
+/// `auth-server-url`); any other cluster is a claim service at the callout's authority.
+struct Net {
+    keycloaks: Vec<(String, Keycloak)>,
+    timeout_s: u64,
+}
+
+impl Net {
+    fn new(worker: &Worker, timeout_s: u64) -> Result<Net> {
+        let mut keycloaks: Vec<(String, Keycloak)> = Vec::new();
+        for e in &worker.filter.enforcers {
+            let cluster = &e.config.proxy.cluster;
+            if !keycloaks.iter().any(|(c, _)| c == cluster) {
+                keycloaks.push((
+                    cluster.clone(),
+                    Keycloak::for_enforcer(&e.config, timeout_s)?,
+                ));
+            }
+        }
+        Ok(Net {
+            keycloaks,
+            timeout_s,
+        })
+    }
+
+    fn origin_of(&self, cluster: &str) -> Option<&str> {
+        let kc = self.keycloaks.iter().find(|(c, _)| c == cluster);
+        kc.map(|(_, k)| k.origin())
+    }
+
+    fn origins(&self) -> String {
+        let all: Vec<&str> = self.keycloaks.iter().map(|(_, k)| k.origin()).collect();
+        all.join(", ")
+    }
+
+    /// Sends every callout the worker made, hands it the answers, until it makes no more (a
+    /// request parked on another's call wakes on the next tick, as in Envoy). Each request's
+    /// callout is traced into `trace`.
+    fn drain(
+        &self,
+        worker: &mut Worker,
+        host: &mut MemoryHost,
+        shared: &Shared,
+        log: &mut Vec<Exchange>,
+        trace: &mut Vec<Value>,
+    ) -> Result<()> {
+        for _ in 0..MAX_CALLS {
+            let calls = host.take_calls();
+            if calls.is_empty() {
+                return Ok(());
+            }
+            for c in calls {
+                let reply = match self.keycloaks.iter().find(|(k, _)| *k == c.cluster) {
+                    Some((_, kc)) => kc.exchange(what(&c.request), &c.request, log),
+                    None => Keycloak::at(&format!("http://{}", c.authority), self.timeout_s)
+                        .exchange("claim service", &c.request, log),
+                };
+                trace.push(request_trace(&c.request, log.last()));
+                shared.clock.set(now_ms());
+                worker.on_call_answer(host, c.token, Keycloak::answer(&reply));
+            }
+        }
+        Err(anyhow!(
+            "more than {MAX_CALLS} rounds of calls for one request"
+        ))
+    }
+}
+
+/// The worker's log lines: its warnings are the trace's notes, a dry-run denial its verdict's
+/// "would". Tokens and secrets never reach them (the core logs neither).
+mod notes {
+    use std::sync::Mutex;
+
+    static LINES: Mutex<Vec<(log::Level, String)>> = Mutex::new(Vec::new());
+
+    struct Collect;
+
+    impl log::Log for Collect {
+        fn enabled(&self, m: &log::Metadata) -> bool {
+            m.level() <= log::Level::Info
+        }
+        fn log(&self, r: &log::Record) {
+            if self.enabled(r.metadata()) {
+                if let Ok(mut lines) = LINES.lock() {
+                    lines.push((r.level(), r.args().to_string()));
+                }
+            }
+        }
+        fn flush(&self) {}
+    }
+
+    pub fn install() {
+        static COLLECT: Collect = Collect;
+        if log::set_logger(&COLLECT).is_ok() {
+            log::set_max_level(log::LevelFilter::Info);
+        }
+    }
+
+    /// The warnings so far, each once.
+    pub fn take() -> Vec<String> {
+        let Ok(lines) = LINES.lock() else {
+            return Vec::new();
+        };
+        let mut notes: Vec<String> = lines
+            .iter()
+            .filter(|(l, _)| *l == log::Level::Warn)
+            .map(|(_, m)| m.clone())
+            .collect();
+        notes.sort();
+        notes.dedup();
+        notes
+    }
+
+    /// The last dry-run denial logged, if any.
+    pub fn dry_run() -> Option<String> {
+        let lines = LINES.lock().ok()?;
+        lines
+            .iter()
+            .rev()
+            .find(|(_, m)| m.starts_with("kcpep dry-run would deny"))
+            .map(|(_, m)| m.clone())
+    }
 }
 
 /// The token as far as a person may see it: never the token itself, never its signature.
@@ -329,114 +448,6 @@ fn request_trace(req: &HttpRequest, ex: Option<&Exchange>) -> Value {
     })
 }
 
-/// What evaluate tells the core of the connection: the route and virtual host names given, a
-/// plain-HTTP client on the loopback address, no client certificate.
-struct Connection {
-    route: Option<String>,
-    virtual_host: Option<String>,
-}
-
-impl Properties for Connection {
-    fn route_name(&self) -> Option<String> {
-        self.route.clone()
-    }
-    fn virtual_host(&self) -> Option<String> {
-        self.virtual_host.clone()
-    }
-    fn peer(&self) -> Option<String> {
-        Some("127.0.0.1".into())
-    }
-    fn tls(&self) -> bool {
-        false
-    }
-    fn certificate_sha256_hex(&self) -> Option<Vec<u8>> {
-        None
-    }
-}
-
-/// A request the filter answers before any enforcer's flow (no enforcer for it, a method
-/// override, the back-channel logout endpoint): its answer, as Envoy's client would get it.
-fn answered_before_any_enforcer(
-    o: &Options,
-    r: &Reply,
-    route_name: Option<String>,
-    headers: &[(String, Vec<u8>)],
-) -> Result<ExitCode> {
-    let out = json!({
-        "enforcer": Value::Null,
-        "request": {"method": o.method, "path": o.path,
-                    "headers": headers.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>()},
-        "route": route_name,
-        "result": {
-            "status": r.status,
-            "verdict": if r.status == 200 { "answered by the filter" } else { "deny" },
-            "reason": r.reason,
-        },
-    });
-    if o.json {
-        println!("{}", serde_json::to_string_pretty(&out)?);
-    } else {
-        println!("request      {} {}", o.method, o.path);
-        println!(
-            "verdict      {} {} ({}), before any enforcer's flow",
-            r.status,
-            out["result"]["verdict"].as_str().unwrap_or_default(),
-            r.reason
-        );
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// An empty decision cache that says what the core did with it.
-#[derive(Default)]
-struct Recording {
-    entries: Vec<(Key, Entry)>,
-    trace: Vec<String>,
-}
-
-fn short(key: &Key) -> String {
-    key[..6].iter().map(|b| format!("{b:02x}")).collect()
-}
-
-impl DecisionStore for Recording {
-    fn get(&mut self, key: &Key) -> Option<Entry> {
-        let found = self
-            .entries
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, e)| e.clone());
-        self.trace.push(format!(
-            "lookup {}... (client, rules digest, token digest, resource, scopes, claims digest): {}",
-            short(key),
-            if found.is_some() { "hit" } else { "miss" }
-        ));
-        found
-    }
-    fn claim(&mut self, key: &Key, until_ms: i64) -> bool {
-        self.entries.push((*key, Entry::Pending { until_ms }));
-        true
-    }
-    fn put(&mut self, key: &Key, entry: Entry) {
-        if let Entry::Decided {
-            verdict,
-            expires_ms,
-        } = &entry
-        {
-            let v = match verdict {
-                Verdict::Allow(_) => "allow",
-                Verdict::Deny => "deny",
-            };
-            self.trace.push(format!(
-                "store {}...: {v} for {} s",
-                short(key),
-                (expires_ms - now_ms()).max(0) / 1000
-            ));
-        }
-        self.entries.retain(|(k, _)| k != key);
-        self.entries.push((*key, entry));
-    }
-}
-
 fn print_lines(out: &Value) {
     let s = |v: &Value| match v {
         Value::String(s) => s.clone(),
@@ -496,14 +507,23 @@ fn print_lines(out: &Value) {
             println!("  claims     {}", c["claims_pushed"]);
         }
     }
-    for d in out["decision_cache"].as_array().into_iter().flatten() {
-        println!("cache        {}", s(d));
+    let attempts = out["attempts"].as_array().map_or(0, Vec::len);
+    for (i, a) in out["attempts"].as_array().into_iter().flatten().enumerate() {
+        if i + 1 < attempts {
+            println!(
+                "attempt {}    {} ({})",
+                i + 1,
+                s(&a["status"]),
+                s(&a["reason"])
+            );
+        }
     }
     let r = &out["result"];
     println!(
-        "verdict      {} {} ({})",
+        "verdict      {} {} ({}), cache {}",
         s(&r["status"]),
         s(&r["verdict"]),
-        s(&r["reason"])
+        s(&r["reason"]),
+        s(&r["cache"])
     );
 }

@@ -1,13 +1,9 @@
 //! Keycloak over HTTP for `doctor` and `evaluate`: the core's own requests (the ones the filter
-//! hands Envoy) sent with ureq to the configured `auth-server-url`, and an enforcer's start-up
-//! fetches (discovery, keys, PAT, path bindings) run to the end, as the filter's ticks run them.
+//! hands Envoy) sent with ureq to the configured `auth-server-url`.
 //! What is recorded of an exchange never holds a header value or a body: those carry secrets.
 
 use anyhow::{anyhow, Result};
 use keycloak_pep::config::EnforcerConfig;
-use keycloak_pep::enforce::enforcer::Enforcer;
-use keycloak_pep::enforce::refresh::FetchHost;
-use keycloak_pep::keycloak::background::Fetch;
 use keycloak_pep::wire::http::{Answer, HttpRequest};
 use std::time::{Duration, Instant};
 
@@ -115,55 +111,6 @@ impl Keycloak {
             },
             Err(_) => Answer::NoAnswer,
         }
-    }
-
-    /// Runs the enforcer's background fetches until nothing is due (or `rounds` are spent), as
-    /// the filter's ticks would on a proxy of one VM. Returns the notes the enforcer reported.
-    pub fn warm_up(
-        &self,
-        enforcer: &Enforcer,
-        log: &mut Vec<Exchange>,
-        rounds: usize,
-    ) -> Vec<String> {
-        let mut notes = Vec::new();
-        for _ in 0..rounds {
-            let mut host = Queue::default();
-            let report = enforcer.refresh(&mut host, now_ms());
-            notes.extend(report.notes);
-            if host.sent.is_empty() {
-                break;
-            }
-            for (fetch, key, req) in host.sent {
-                let reply = self.exchange(fetch.name(), &req, log);
-                let done = enforcer.fetched(fetch, &key, Self::answer(&reply), now_ms());
-                notes.extend(done.report.notes);
-            }
-        }
-        notes.sort();
-        notes.dedup();
-        notes
-    }
-}
-
-/// A proxy of one VM with no shared data: every due fetch is sent.
-#[derive(Default)]
-struct Queue {
-    sent: Vec<(Fetch, String, HttpRequest)>,
-}
-
-impl FetchHost for Queue {
-    fn shared(&mut self, _: &str) -> Option<Vec<u8>> {
-        None
-    }
-    fn in_flight(&self, key: &str) -> bool {
-        self.sent.iter().any(|(_, k, _)| k == key)
-    }
-    fn take_lease(&mut self, _: &str, _: i64) -> bool {
-        true
-    }
-    fn send(&mut self, fetch: Fetch, key: String, req: &HttpRequest, _: i64) -> bool {
-        self.sent.push((fetch, key, req.clone()));
-        true
     }
 }
 

@@ -67,7 +67,8 @@ enum Command {
         #[arg(long, value_name = "SECONDS", default_value_t = 10)]
         timeout: u64,
     },
-    /// Run one request through the filter's core against the live Keycloak and print the trace
+    /// Run a request through the filter's own pipeline against the live Keycloak and print the
+    /// trace
     #[command(after_help = EXIT_CODES)]
     Evaluate {
         #[arg(long, value_name = "FILE")]
@@ -86,6 +87,10 @@ enum Command {
         /// Seconds to wait for each answer from Keycloak
         #[arg(long, value_name = "SECONDS", default_value_t = 10)]
         timeout: u64,
+        /// Send the request this many times through the same worker (the later ones meet the
+        /// memo and the decision table as a repeated request does in Envoy)
+        #[arg(long, value_name = "N", default_value_t = 1)]
+        repeat: u32,
         /// The request's method (GET, POST, ...)
         method: String,
         /// The request's path and query, as the client sends it
@@ -152,6 +157,7 @@ fn main() -> ExitCode {
             headers,
             json,
             timeout,
+            repeat,
             method,
             path,
         } => evaluate::run(&evaluate::Options {
@@ -163,6 +169,7 @@ fn main() -> ExitCode {
             timeout_s: timeout,
             method,
             path,
+            repeat,
         }),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "kcpep", &mut std::io::stdout());
