@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 const LAYERS: &[&str] = &[
-    "wire", "request", "config", "keycloak", "store", "enforce", "filter", "bin",
+    "wire", "request", "config", "keycloak", "store", "enforce", "pipeline", "filter", "bin",
 ];
 
 /// `src/a/b.rs` -> `a::b`, `src/a/mod.rs` -> `a`, `src/bin/kcpep.rs` -> `bin::kcpep`.

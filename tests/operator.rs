@@ -515,7 +515,8 @@ type Agreement<'a> = (
 
 /// The requests the pipeline answers before or beside an enforcer's flow (a host no route
 /// selects, the back-channel logout endpoint, a DPoP-bound token without its proof, a repeated
-/// request the memo answers) and plain decisions, through an Envoy of this test's own and
+/// request the memo answers, a path whose claims read a body that never comes) and plain
+/// decisions, through an Envoy of this test's own and
 /// through `kcpep evaluate` on the same configuration: the same status and the same reason (the
 /// one Envoy's log line gives), and the memo hit counted where `evaluate` says it answered.
 #[test]
@@ -530,7 +531,9 @@ fn evaluate_and_envoy_agree_on_status_and_reason() {
             "credentials": {"secret": "bank-api-secret"},
             "policy-enforcer": {"paths": [
                 {"name": "View Account Resource", "path": "/account/{id}",
-                 "methods": [{"method": "GET", "scopes": ["account:view"]}]}]},
+                 "methods": [{"method": "GET", "scopes": ["account:view"]}]},
+                {"name": "Branch Transfer", "path": "/branch/transfer",
+                 "claim-information-point": {"claims": {"amount": "{request.body['/amount']}"}}}]},
             "kcpep": {"cluster": "keycloak", "sender-constraint": "if-bound",
                       "backchannel-logout": {"path": "/kcpep/backchannel-logout",
                                              "audiences": ["demo-cli"]}}
@@ -590,6 +593,15 @@ fn evaluate_and_envoy_agree_on_status_and_reason() {
             "path=\"/account/22\"".into(),
         ),
     ];
+    // a path whose claims read the body, without one: decided with an empty body
+    cases.push((
+        "bank.local",
+        "GET",
+        "/branch/transfer",
+        Some(owner.clone()),
+        vec![],
+        "path=\"/branch/transfer\"".into(),
+    ));
     let dpop = std::panic::catch_unwind(|| common::dpop::Client::new().token("owner"));
     if let Ok(bound) = dpop {
         // a DPoP-bound token sent as a bearer token, without its proof
@@ -638,7 +650,7 @@ fn evaluate_and_envoy_agree_on_status_and_reason() {
         }
     }
     // a repeated request: the memo answers the second in Envoy and in evaluate
-    let hits = envoy.stat("kcpep.cache.hit");
+    let hits = stat_at(&envoy.admin(), "kcpep.cache.hit");
     for _ in 0..2 {
         let r = send_to(
             &base,
@@ -652,7 +664,7 @@ fn evaluate_and_envoy_agree_on_status_and_reason() {
         assert_eq!(r.status, 200, "{}", r.text());
     }
     assert_eq!(
-        envoy.stat("kcpep.cache.hit") - hits,
+        stat_at(&envoy.admin(), "kcpep.cache.hit") - hits,
         1,
         "Envoy's memo answered the second"
     );

@@ -3,6 +3,7 @@
 //! (`filter/`) is one driver, implementing [`Host`] over Envoy; `kcpep evaluate` and the
 //! pipeline tests are the other, over [`memory::MemoryHost`]. Every rule lives here or below.
 
+mod flow;
 pub mod host;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod memory;

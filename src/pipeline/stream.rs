@@ -3,73 +3,20 @@
 //! another request's identical call, holding the body for claims, and applying the verdict to
 //! the stream (let on with the permissions, or a local reply).
 
+use super::flow::{answer_event, Flow, Parked, Stream};
 use super::host::{Go, Host, Upstream, Verdict};
-use super::worker::{answer_event, Parked, Worker};
+use super::worker::Worker;
 use crate::enforce::arrival::{header_name, Arrival, Properties, Request};
 use crate::enforce::enforcer::Cred;
 use crate::enforce::events::{Endpoint, Event};
 use crate::enforce::replies::{body_too_large, cannot_continue};
-use crate::enforce::step::{CacheUse, Pending, Reply, RequestFacts, Step};
+use crate::enforce::step::{CacheUse, Pending, Reply, Step};
 use crate::keycloak::background;
 use crate::keycloak::logout::MAX_BODY_BYTES;
-use crate::request::view::{loggable, path_only, RequestView};
+use crate::request::view::{loggable, path_only};
 use crate::store::decisions::Key;
 use crate::store::shared::SharedStore;
 use crate::wire::http::{trace_context, Answer};
-
-/// A request not decided yet, or a back-channel logout being read.
-pub(super) struct Stream {
-    /// `None` for a logout request.
-    pub flow: Option<Flow>,
-    /// The claims need the body: it is being buffered, headers held, to decide at its end.
-    reading_body: bool,
-    /// The whole body has arrived (held while the decision was pending).
-    body_ended: bool,
-    /// How much body the proxy holds so far.
-    body_len: usize,
-    /// A back-channel logout to this enforcer's endpoint, and the `content-type` it came with:
-    /// its body is read and answered here, never forwarded.
-    logout: Option<(usize, Option<String>)>,
-}
-
-/// The request facts and the state of its conversation with Keycloak.
-pub(super) struct Flow {
-    pub enforcer: usize,
-    method: String,
-    path: String,
-    cred: Cred,
-    pending: Option<Pending>,
-    /// When the pending callout was dispatched (latency histogram).
-    sent_ms: i64,
-    /// What claims may read; empty unless some enforcer has a claim information point.
-    headers: Vec<(String, Vec<u8>)>,
-    peer: Option<String>,
-    tls: bool,
-    /// The buffered body, once read for claims.
-    body: Option<Vec<u8>>,
-    /// The pending callout goes to a claim service, not Keycloak.
-    to_service: bool,
-    /// This request's memo key (a verified token): where a memoizable allow is remembered.
-    memo_key: Option<u128>,
-    /// The request's trace context, copied onto its callouts.
-    trace: Vec<(String, String)>,
-}
-
-impl Flow {
-    fn facts(&self) -> RequestFacts<'_> {
-        RequestFacts {
-            method: &self.method,
-            path: &self.path,
-            credential: self.cred.credential(),
-            view: RequestView {
-                headers: &self.headers,
-                peer: self.peer.as_deref(),
-                tls: self.tls,
-                body: self.body.as_deref(),
-            },
-        }
-    }
-}
 
 /// What applying a step did to the stream.
 enum Applied {
@@ -633,18 +580,6 @@ impl Worker {
                 host.set_request_header(id, &cfg.proxy.permissions_header, Some(value));
             }
             host.set_permissions(id, value);
-        }
-    }
-}
-
-impl Stream {
-    fn new(flow: Option<Flow>) -> Stream {
-        Stream {
-            flow,
-            reading_body: false,
-            body_ended: false,
-            body_len: 0,
-            logout: None,
         }
     }
 }

@@ -3,8 +3,8 @@
 //! background knowledge kept fresh on every tick. Every host callback of the shell is one method
 //! here; what a single request goes through is in `stream`.
 
+use super::flow::{answer_event, Flow, Parked, Stream};
 use super::host::{Host, Upstream};
-use super::stream::{Flow, Stream};
 use crate::config::routes::PluginConfig;
 use crate::enforce::arrival::Filter;
 use crate::enforce::events::{Endpoint, Event};
@@ -27,13 +27,6 @@ pub const LOGOUT_TICK_MS: u64 = 250;
 
 /// The host's signature check (Envoy's `verify_signature`), when it has one.
 pub type Verifier = fn(&HostCheck) -> Option<bool>;
-
-/// A request waiting for a decision another request is asking Keycloak for.
-pub(super) struct Parked {
-    pub stream: u32,
-    pub key: Key,
-    pub until_ms: i64,
-}
 
 /// Whose callout an answer is.
 enum Caller {
@@ -325,19 +318,6 @@ impl Worker {
         let cfg = &self.filter.enforcers[flow.enforcer].config;
         let mut store = shared::SharedStore::new(cfg, &self.front, &self.tables, host, now);
         crate::store::DecisionStore::get(&mut store, key)
-    }
-}
-
-/// The event a callout's answer is counted as.
-pub(super) fn answer_event(answer: &Answer, latency_ms: i64) -> Event {
-    let (ok, status) = match answer {
-        Answer::Http { status, .. } => (true, *status),
-        Answer::NoAnswer => (false, 0),
-    };
-    Event::KeycloakAnswer {
-        ok,
-        status,
-        latency_ms,
     }
 }
 

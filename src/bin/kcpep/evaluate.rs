@@ -112,6 +112,21 @@ pub fn run(o: &Options) -> Result<ExitCode> {
         (b":scheme", b"http"),
     ];
     wire.extend(headers.iter().map(|(k, v)| (k.as_bytes(), v.as_slice())));
+    // The token as the first request's check sees it (before the memo has it).
+    let cred = {
+        let req = Request {
+            headers: &wire,
+            end_of_stream: true,
+        };
+        let mut scratch = Memory::default();
+        match worker
+            .filter
+            .arrive(&req, &props, &mut scratch, None, now_ms())
+        {
+            Arrival::Decide { cred, .. } => Some(cred),
+            _ => None,
+        }
+    };
     let mut sent: Vec<Value> = Vec::new();
     let mut attempts = Vec::new();
     let mut removed = Vec::new();
@@ -155,20 +170,6 @@ pub fn run(o: &Options) -> Result<ExitCode> {
     let enforcer = &worker.filter.enforcers[index];
     let (name, ec) = (&enforcer.name, &enforcer.config);
     let explained = enforcer.explain(&o.method, &o.path);
-    let cred = {
-        let req = Request {
-            headers: &wire,
-            end_of_stream: true,
-        };
-        let mut scratch = Memory::default();
-        match worker
-            .filter
-            .arrive(&req, &props, &mut scratch, None, now_ms())
-        {
-            Arrival::Decide { cred, .. } => Some(cred),
-            _ => None,
-        }
-    };
     let out = json!({
         "enforcer": name,
         "client": ec.client_id,
