@@ -50,14 +50,14 @@ $(WASM_RUST_CRYPTO): Cargo.toml scripts/build-wasm.sh $(shell find src -name '*.
 # shell, where clippy.toml's bans on the panicking proxy-wasm getters apply.
 lint:
 	cargo fmt --check
-	cargo clippy --all-targets --features e2e -- -D warnings
+	cargo clippy --all-targets --features abi,istio,e2e -- -D warnings
 	scripts/clippy-wasm.sh
 
 unit:
 	cargo test --lib --bins
 
 abi: $(WASM) $(WASM_RUST_CRYPTO)
-	cargo test --test abi --test host_selftest
+	cargo test --features abi --test abi --test host_selftest
 
 # The suites that run against the real stack, listed once. They run on one thread; outage runs
 # after them (it stops and starts Keycloak). manifests and reload check the native configuration
@@ -101,7 +101,7 @@ e2e-matrix: $(WASM)
 
 # The compose stack last: scripts/stack.sh test has taken the native stack down (same ports).
 test: lint $(WASM) $(WASM_RUST_CRYPTO)
-	cargo test
+	cargo test --features abi,istio
 	$(MAKE) e2e
 	$(MAKE) test-docker
 

@@ -845,24 +845,6 @@ fn identical_concurrent_misses_make_one_callout() {
     assert!(b.request_header(other_vm, "x-kcpep-permissions").is_some());
 }
 
-#[test]
-fn a_waiter_asks_keycloak_itself_when_the_claim_lapses() {
-    let (_shared, mut a, mut b) = two_workers();
-    let t = token(json!({}));
-    let _stuck = get(&mut a, "/account/1", Some(&bearer(&t)), &[]);
-    assert_eq!(callouts(&mut a).len(), 1);
-    let waiting = get(&mut b, "/account/1", Some(&bearer(&t)), &[]);
-    b.tick().unwrap();
-    assert!(callouts(&mut b).is_empty() && !b.continued(waiting));
-    b.advance_ms(1_001);
-    b.tick().unwrap();
-    let calls = callouts(&mut b);
-    assert_eq!(calls.len(), 1, "asks itself after the bound");
-    b.respond(calls[0].token, 403, &[], br#"{"error":"access_denied"}"#)
-        .unwrap();
-    assert_eq!(b.local_response(waiting).unwrap().status, 403);
-}
-
 // ---- claim information point
 
 fn claims_config(kcpep: Value) -> Vec<u8> {
@@ -1094,43 +1076,6 @@ fn the_client_secret_can_come_from_the_vm_environment() {
     let mut vm = vm_with(None);
     assert!(!vm.configure(cfg.to_string().as_bytes()).unwrap());
     assert!(vm.log_contains("credentials.secret: environment variable KC_SECRET is not set"));
-}
-
-#[test]
-fn a_repeated_request_is_answered_from_the_memo_until_its_decision_expires() {
-    let mut vm = ready_vm();
-    let t = token(json!({}));
-    let granted =
-        br#"[{"rsid":"rid-1","rsname":"View Account Resource","scopes":["account:view"]}]"#;
-    let req = get(&mut vm, "/account/1", Some(&bearer(&t)), &[]);
-    let c = callouts(&mut vm).pop().unwrap();
-    vm.respond(c.token, 200, &[], granted).unwrap();
-    assert!(vm.continued(req));
-    // the request's UMA grant is a grant; the token endpoint also served the background's PAT
-    assert_eq!(vm.metric("kcpep.keycloak.grants"), Some(1));
-    assert_eq!(vm.metric("kcpep.keycloak.calls.token"), Some(2));
-    let hits = vm.metric("kcpep.cache.hit").unwrap_or(0);
-    // same token, method and path: allowed, with the permissions header, counted as a cache hit
-    let req = get(&mut vm, "/account/1", Some(&bearer(&t)), &[]);
-    assert!(vm.continued(req));
-    assert!(callouts(&mut vm).is_empty());
-    assert!(vm.request_header(req, "x-kcpep-permissions").is_some());
-    assert_eq!(vm.metric("kcpep.cache.hit"), Some(hits + 1));
-    // a forged copy of the token is not the same token
-    let mut forged = t.clone().into_bytes();
-    let i = forged.len() - 20; // inside the signature, not its padding bits
-    forged[i] = if forged[i] == b'A' { b'B' } else { b'A' };
-    let forged = String::from_utf8(forged).unwrap();
-    let req = get(&mut vm, "/account/1", Some(&bearer(&forged)), &[]);
-    assert_eq!(vm.local_response(req).unwrap().status, 401);
-    // once the decision expired (the default 30 s lifespan), Keycloak is asked again
-    vm.advance_ms(29_000);
-    let req = get(&mut vm, "/account/1", Some(&bearer(&t)), &[]);
-    assert!(vm.continued(req));
-    vm.advance_ms(1_001);
-    let req = get(&mut vm, "/account/1", Some(&bearer(&t)), &[]);
-    assert!(!vm.continued(req));
-    assert_eq!(callouts(&mut vm).len(), 1);
 }
 
 /// `vm` configured, its background fetches answered, after it allowed `t` once on /account/1

@@ -162,6 +162,13 @@ impl Node {
         self.host.stream(id).reply.map(|r| r.status)
     }
 
+    /// How far `name` (a counter, `kcpep.<name>` in Envoy) moved.
+    fn counter(&self, name: &str) -> usize {
+        let events = self.host.events.iter().copied();
+        let counters = events.flat_map(|e| e.counters().into_iter().flatten());
+        counters.filter(|c| c.name() == name).count()
+    }
+
     fn hits(&self) -> usize {
         let hit = |e: &&Event| matches!(e, Event::Allowed(CacheUse::Hit));
         self.host.events.iter().filter(hit).count()
@@ -187,6 +194,9 @@ fn a_repeated_request_is_answered_from_the_memo_until_its_decision_expires() {
     a.respond(grant_call(&calls).token, 200, GRANTED);
     assert!(a.allowed(1, go));
     assert_eq!(a.hits(), 0);
+    // the request's UMA grant is a grant; the token endpoint also served the background's PAT
+    assert_eq!(a.counter("keycloak.grants"), 1);
+    assert_eq!(a.counter("keycloak.calls.token"), 2);
     // the same token, method and path: let on at once, with the permissions, counted as a hit
     let go = a.get(2, "/account/1", Some(&t), &[]);
     assert_eq!(go, Go::Continue);
@@ -194,6 +204,13 @@ fn a_repeated_request_is_answered_from_the_memo_until_its_decision_expires() {
     assert_eq!(a.hits(), 1);
     let perms = a.host.stream(2).permissions.unwrap();
     assert!(perms.contains("account:view"), "{perms}");
+    let header = a
+        .host
+        .stream(2)
+        .headers
+        .into_iter()
+        .find(|(k, _)| k == "x-kcpep-permissions");
+    assert_eq!(header, Some(("x-kcpep-permissions".into(), Some(perms))));
     // a forged copy of the token is not the same token
     let mut forged = t.clone().into_bytes();
     let i = forged.len() - 20;

@@ -388,7 +388,11 @@ fn unverified_claims(raw: &str) -> Value {
 
 fn what(req: &HttpRequest) -> &'static str {
     let p = req.path.as_str();
-    if p.contains("/protocol/openid-connect/token") {
+    if p.contains("/.well-known/") {
+        "discovery"
+    } else if p.contains("/protocol/openid-connect/certs") {
+        "jwks"
+    } else if p.contains("/protocol/openid-connect/token") {
         "token endpoint"
     } else if p.contains("/authz/protection/resource_set") {
         "resource lookup"
