@@ -821,7 +821,7 @@ fn parse_proxy(
                 coalesce_wait_ms: ms(&mut c, "coalesce-wait-ms", d.coalesce_wait_ms)?,
             };
             c.finish()?;
-            // Every slot is made at configure (filter::store::reserve_slots): a bound keeps that
+            // Every slot is made at configure (store::shared::reserve_slots): a bound keeps that
             // a start-up cost, not a hang.
             if parsed.max_entries > MAX_DECISION_SLOTS {
                 return Err(ConfigError::new(

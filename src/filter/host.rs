@@ -166,7 +166,7 @@ pub fn call_answer(num_headers: usize, body_size: usize, body: &mut Vec<u8>) -> 
                 .and_then(|s| s.parse::<u16>().ok())
         })
         .unwrap_or(0);
-    if status == 0 || body_size > crate::wire::http::MAX_ANSWER_BYTES {
+    if !Answer::readable(status, body_size) {
         return Answer::NoAnswer;
     }
     *body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)

@@ -231,6 +231,14 @@ pub enum Answer<'a> {
 /// permissions) stay far below.
 pub const MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;
 
+impl Answer<'_> {
+    /// Whether an answer with this `:status` (0: none could be read) and body size is read at
+    /// all; otherwise it is [`Answer::NoAnswer`] and its body is never copied in.
+    pub fn readable(status: u16, body_size: usize) -> bool {
+        status != 0 && body_size <= MAX_ANSWER_BYTES
+    }
+}
+
 #[cfg(test)]
 mod tests {
 
