@@ -1,10 +1,17 @@
 //! The outcome table of docs/keycloak-enforcer.md §5, row by row, plus our deliberate changes.
 
 use super::*;
+use crate::config::{EnforcementMode, EnforcerConfig};
+use crate::enforce::step::{CacheUse, Call, Credential, RequestFacts, Step};
+use crate::keycloak::knowledge::Knowledge;
 use crate::keycloak::token::tests::{claims, jwks, sign_rs256, ISSUER, NOW};
 use crate::keycloak::token::{verify, Expectations, TokenError};
+use crate::keycloak::token::{BearerError, Token};
 use crate::request::view::RequestView;
+use crate::store::DecisionStore;
 use crate::store::NoStore;
+use crate::wire::claims::Claims;
+use crate::wire::http::Answer;
 use serde_json::{json, Value};
 
 const NOW_MS: i64 = NOW * 1000;

@@ -1,0 +1,365 @@
+//! The permission stage: the token's own permissions, the decision table, else Keycloak's UMA
+//! grant (or, for user-managed access, a permission ticket), and the answer to that grant.
+
+use super::judge::{relative_path, tag, Judge};
+use crate::config::{EnforcementMode, EnforcerConfig, MethodConfig, ScopesMode};
+use crate::enforce::replies::{allow, denied, forbidden, keycloak_unavailable, unauthorized};
+use crate::enforce::step::{Allow, CacheUse, Call, Claim, Credential, Pending, Reply, Step};
+use crate::enforce::{binding, claims};
+use crate::keycloak::knowledge::Knowledge;
+use crate::keycloak::resources::Entry;
+use crate::keycloak::token::Token;
+use crate::keycloak::uma::{self, PermissionRequest, ResponseMode, UmaGrant, UmaOutcome};
+use crate::request::uri;
+use crate::store::decisions;
+use crate::store::DecisionStore;
+use crate::wire::claims::{digest, Claims};
+use crate::wire::http::Answer;
+use crate::wire::permission::{permissions_header_value, Permission};
+use std::rc::Rc;
+
+/// Why a DPoP-bound token with a valid proof still gets 403 from a decision that needs Keycloak.
+pub const DPOP_NOT_EVALUATED: &str =
+    "Keycloak does not evaluate permissions for DPoP-bound tokens (UMA grant: Invalid identity)";
+
+/// A token-bearing request on a matched, enforced path.
+pub struct Authorize<'a> {
+    pub raw: &'a str,
+    pub token: &'a Token,
+    pub entry: Rc<Entry>,
+    pub method: MethodConfig,
+}
+
+/// Keycloak's permission check for a request whose claims are known: the token's own
+/// permissions, the decision cache, else the UMA grant (with the claims pushed).
+pub fn authorize(j: &mut Judge, a: &Authorize, claims: Claims) -> Step {
+    let (cfg, req, now_ms) = (j.cfg, j.req, j.now_ms);
+    let (raw, token, entry, method) = (a.raw, a.token, &a.entry, &a.method);
+    // Another resource server's RPT says nothing about this one's resources, even where a
+    // resource has the same name: its permissions count only when it was issued for us.
+    let own_rpt = token
+        .permissions()
+        .filter(|_| token.is_for_audience(&cfg.client_id));
+    if let Some(perms) = &own_rpt {
+        if is_authorized(entry, method, perms, false, &claims) {
+            return Step::Allow(Allow {
+                permissions: Some(permissions_header_value(perms)),
+                reason: "the token already carries the permission",
+                cache: CacheUse::None,
+                would_deny: None,
+                memo_until_ms: None,
+            });
+        }
+    }
+    if cfg.user_managed_access {
+        if method.scopes_enforcement_mode == ScopesMode::Disabled {
+            return allow(None, "scopes-enforcement-mode DISABLED");
+        }
+        return challenge(cfg, j.rt, entry, method, Some(&claims));
+    }
+    let resource = entry
+        .resource
+        .id
+        .clone()
+        .or_else(|| entry.resource.name.clone());
+    let uri_form = resource.is_none();
+    let permission = PermissionRequest {
+        // Unresolved paths ask by URI: Keycloak matches the request path against resource URIs.
+        resource: resource
+            .or_else(|| relative_path(cfg, req.path).and_then(|p| uri::normalize(&p))),
+        scopes: method.scopes.clone(),
+    };
+    let cc = &cfg.proxy.decision_cache;
+    let mut cached = None;
+    if cc.enabled() {
+        // What is asked (resource or URI), how (scopes and their mode), for whom (token digest),
+        // with what (claims digest).
+        let what = format!(
+            "{}|{}|{}",
+            u8::from(uri_form),
+            method.scopes_enforcement_mode.as_str(),
+            permission.resource.as_deref().unwrap_or("")
+        );
+        let claims_digest = (!claims.is_empty()).then(|| digest(&claims));
+        let key = decisions::key(
+            &cfg.client_id,
+            cfg.rules_digest,
+            &token.digest,
+            &what,
+            &method.scopes,
+            claims_digest.as_ref(),
+        );
+        let found = j.store.get(&key);
+        match decisions::lookup(found.as_ref(), now_ms) {
+            decisions::Lookup::Hit(decisions::Verdict::Allow(header)) => {
+                let expires = match &found {
+                    Some(decisions::Entry::Decided { expires_ms, .. }) => Some(*expires_ms),
+                    _ => None,
+                };
+                return Step::Allow(Allow {
+                    permissions: Some(header),
+                    reason: "cached decision",
+                    cache: CacheUse::Hit,
+                    would_deny: None,
+                    memo_until_ms: expires.filter(|_| claims.is_empty()),
+                });
+            }
+            decisions::Lookup::Hit(decisions::Verdict::Deny) => {
+                return match denied(method, "denied by Keycloak policies (cached)") {
+                    Step::Reply(r) => Step::Reply(Reply {
+                        cache: CacheUse::Hit,
+                        ..r
+                    }),
+                    other => other,
+                };
+            }
+            decisions::Lookup::Wait => {
+                let until_ms = match found {
+                    Some(decisions::Entry::Pending { until_ms }) => until_ms,
+                    _ => now_ms,
+                };
+                return Step::Wait { key, until_ms };
+            }
+            decisions::Lookup::Miss => {
+                let stale = match found {
+                    Some(decisions::Entry::Decided {
+                        verdict: decisions::Verdict::Allow(h),
+                        expires_ms,
+                    }) => Some((h, expires_ms)),
+                    _ => None,
+                };
+                let until_ms = now_ms + cc.coalesce_wait_ms;
+                if !j.store.claim(&key, until_ms) {
+                    return Step::Wait { key, until_ms };
+                }
+                cached = Some(Claim {
+                    key,
+                    token_exp: token.exp,
+                    stale,
+                });
+            }
+        }
+    }
+    let grant = UmaGrant {
+        subject_token: raw,
+        permissions: vec![permission],
+        response_mode: ResponseMode::Permissions,
+        uri_form,
+        claims: Some(&claims),
+        // Keycloak merges the RPT's permissions into its answer: only ever our own.
+        rpt: own_rpt.is_some().then_some(raw),
+    };
+    Step::Call(Box::new(Call {
+        request: uma::uma_grant_request(cfg, &grant),
+        service: None,
+        pending: Pending::Grant {
+            entry: Rc::clone(entry),
+            method: method.clone(),
+            cached,
+            claims,
+        },
+    }))
+}
+
+/// Keycloak's answer to the UMA grant this stage asked for: the verdict, stored for the next
+/// requests with the same question.
+pub fn granted(
+    j: &mut Judge,
+    entry: Rc<Entry>,
+    method: MethodConfig,
+    cached: Option<Claim>,
+    claims: Claims,
+    answer: Answer,
+) -> Step {
+    let (cfg, now_ms) = (j.cfg, j.now_ms);
+    let outcome = match answer {
+        Answer::Http { status, body } => {
+            uma::parse_uma_response(status, body, ResponseMode::Permissions)
+        }
+        Answer::NoAnswer => UmaOutcome::Unavailable("no answer from the token endpoint".into()),
+    };
+    // Stores the verdict; returns until when it holds.
+    let remember = |store: &mut dyn DecisionStore, verdict: decisions::Verdict| {
+        let c = cached.as_ref()?;
+        let expires_ms =
+            decisions::expiry(&verdict, now_ms, c.token_exp, &cfg.proxy.decision_cache);
+        store.put(
+            &c.key,
+            decisions::Entry::Decided {
+                verdict,
+                expires_ms,
+            },
+        );
+        Some(expires_ms)
+    };
+    let stored = if cached.is_some() {
+        CacheUse::Stored
+    } else {
+        CacheUse::None
+    };
+    let step = match outcome {
+        UmaOutcome::Granted(perms) => {
+            let perms = perms.unwrap_or_default();
+            if is_authorized(&entry, &method, &perms, true, &claims) {
+                let header = permissions_header_value(&perms);
+                let until = remember(j.store, decisions::Verdict::Allow(header.clone()));
+                Step::Allow(Allow {
+                    permissions: Some(header),
+                    reason: "granted by Keycloak",
+                    cache: stored,
+                    would_deny: None,
+                    memo_until_ms: until.filter(|_| claims.is_empty()),
+                })
+            } else {
+                remember(j.store, decisions::Verdict::Deny);
+                denied(&method, "Keycloak granted less than required")
+            }
+        }
+        UmaOutcome::Denied => {
+            remember(j.store, decisions::Verdict::Deny);
+            denied(&method, "denied by Keycloak policies")
+        }
+        UmaOutcome::Refused(e) => {
+            remember(j.store, decisions::Verdict::Deny);
+            denied(
+                &method,
+                &format!("Keycloak refused the request: {}", e.error),
+            )
+        }
+        UmaOutcome::InvalidSubject => {
+            release(j.store, cached.as_ref());
+            let dpop_bound = matches!(&j.req.credential,
+                Credential::Valid { token, .. } if binding::bindings(token).0.is_some());
+            if dpop_bound {
+                // Keycloak (26.7) evaluates no permission for a DPoP-bound access token,
+                // whoever asks and with whatever proof (docs/configuration.md): the token
+                // and its proof are good, so this is no 401, and nothing is granted.
+                forbidden(DPOP_NOT_EVALUATED)
+            } else {
+                unauthorized(cfg, Some("token refused by Keycloak"))
+            }
+        }
+        UmaOutcome::Unavailable(why) => {
+            if let Some(Claim {
+                key,
+                stale: Some((header, expires_ms)),
+                ..
+            }) = &cached
+            {
+                if decisions::stale_usable(*expires_ms, now_ms, &cfg.proxy.decision_cache) {
+                    // Put the expired ALLOW back so the next request can be served stale too.
+                    j.store.put(
+                        key,
+                        decisions::Entry::Decided {
+                            verdict: decisions::Verdict::Allow(header.clone()),
+                            expires_ms: *expires_ms,
+                        },
+                    );
+                    return Step::Allow(Allow {
+                        permissions: Some(header.clone()),
+                        reason: "stale decision, Keycloak unavailable",
+                        cache: CacheUse::Stale,
+                        would_deny: None,
+                        memo_until_ms: None,
+                    });
+                }
+            }
+            release(j.store, cached.as_ref());
+            keycloak_unavailable(cfg, &why)
+        }
+    };
+    tag(step, &entry)
+}
+
+/// Keycloak's method selection: the first configured method equal to the request's, else one
+/// synthesized from the path's scopes (or the method name with http-method-as-scope), mode ANY.
+pub fn method_config(cfg: &EnforcerConfig, entry: &Entry, method: &str) -> MethodConfig {
+    if let Some(m) = entry.config.methods.iter().find(|m| m.method == method) {
+        return m.clone();
+    }
+    let scopes = if cfg.http_method_as_scope {
+        vec![method.to_string()]
+    } else {
+        entry.config.scopes.clone()
+    };
+    MethodConfig {
+        method: method.to_string(),
+        scopes,
+        scopes_enforcement_mode: ScopesMode::Any,
+    }
+}
+
+/// Keycloak's `isAuthorized` over a list of permissions. `from_server`: the permissions are
+/// Keycloak's answer to our single-resource request, so an unresolved path accepts its resource
+/// (by name when it was asked by name). A token's own permissions need the path bound to a
+/// resource id: Keycloak compares ids, and a name is not unique across resource servers.
+pub fn is_authorized(
+    entry: &Entry,
+    m: &MethodConfig,
+    perms: &[Permission],
+    from_server: bool,
+    claims: &Claims,
+) -> bool {
+    let mut has_permission = false;
+    for p in perms {
+        match p.rsid.as_deref().filter(|s| !s.trim().is_empty()) {
+            Some(rsid) => {
+                let same = match (&entry.resource.id, &entry.resource.name) {
+                    (Some(id), _) => id == rsid,
+                    (None, Some(name)) => from_server && p.rsname.as_deref() == Some(name.as_str()),
+                    (None, None) => from_server,
+                };
+                if same {
+                    has_permission = true;
+                    if scope_ok(m, p) {
+                        return claims::permission_claims_hold(p.claims.as_ref(), claims);
+                    }
+                }
+            }
+            None => {
+                if scope_ok(m, p) {
+                    return true;
+                }
+            }
+        }
+    }
+    !has_permission && entry.config.enforcement_mode == EnforcementMode::Permissive
+}
+
+fn scope_ok(m: &MethodConfig, p: &Permission) -> bool {
+    let allowed = &p.scopes;
+    let required = &m.scopes;
+    if allowed.is_empty() {
+        return true;
+    }
+    match m.scopes_enforcement_mode {
+        ScopesMode::All => required.iter().all(|s| allowed.contains(s)),
+        ScopesMode::Any if required.iter().any(|s| allowed.contains(s)) => true,
+        _ => required.is_empty(),
+    }
+}
+
+/// The UMA challenge: a permission ticket, then 401 `WWW-Authenticate: UMA ...`.
+pub fn challenge(
+    cfg: &EnforcerConfig,
+    rt: &Knowledge,
+    entry: &Entry,
+    m: &MethodConfig,
+    claims: Option<&Claims>,
+) -> Step {
+    let (Some(pat), Some(id)) = (rt.pat.as_deref(), entry.resource.id.as_deref()) else {
+        return forbidden("no permission ticket (resource unresolved or no PAT)");
+    };
+    Step::Call(Box::new(Call {
+        request: uma::permission_ticket_request(cfg, pat, id, &m.scopes, claims),
+        service: None,
+        pending: Pending::Ticket,
+    }))
+}
+
+/// Gives up a claim without a decision, so the next request asks Keycloak at once.
+fn release(store: &mut dyn DecisionStore, claim: Option<&Claim>) {
+    if let Some(c) = claim {
+        store.put(&c.key, decisions::Entry::Pending { until_ms: 0 });
+    }
+}
