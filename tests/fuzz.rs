@@ -303,11 +303,11 @@ proptest! {
         let mut known = Knowledge::new(&cfg);
         known.pat = Some("pat".into());
         let token = Rc::new(Token { claims, exp: NOW + 300, digest: [1; 32] });
-        for credential in [Credential::Anonymous, Credential::Valid { raw: "raw", token: &token }] {
+        for credential in [Credential::Anonymous, Credential::Valid("raw".into(), Rc::clone(&token))] {
             let req = RequestFacts {
                 method: &method,
                 path: &path,
-                credential,
+                credential: &credential,
                 view: RequestView { headers: &hdrs, peer: peer.as_deref(), tls: false, body: body.as_deref() },
             };
             let _ = keycloak_pep::enforce::decide(&cfg, &mut known, &req, &mut NoStore, NOW * 1000);

@@ -8,8 +8,9 @@
 
 use crate::config::routes::{Routes, Selector};
 use crate::config::SenderConstraint;
-use crate::enforce::enforcer::{Binding, Connection, Cred, Enforcer};
+use crate::enforce::enforcer::{Binding, Connection, Enforcer};
 use crate::enforce::gate;
+use crate::enforce::step::Credential;
 use crate::enforce::step::Reply;
 use crate::keycloak::token::HostVerifier;
 use crate::request::uri;
@@ -68,7 +69,7 @@ pub enum Arrival {
         enforcer: usize,
         method: String,
         path: String,
-        cred: Cred,
+        cred: Credential,
         memo_key: Option<u128>,
     },
 }
@@ -328,7 +329,7 @@ mod tests {
         else {
             panic!("decided by the flow")
         };
-        assert_eq!((enforcer, matches!(cred, Cred::Anonymous)), (0, true));
+        assert_eq!((enforcer, matches!(cred, Credential::Anonymous)), (0, true));
         assert!(matches!(
             arrive(&f, &on("elsewhere", "GET", "/account/1"), true),
             Arrival::Decide { enforcer: 1, .. }
@@ -385,7 +386,7 @@ mod tests {
         let Arrival::Decide { cred, memo_key, .. } = arrive(&f, &h, true) else {
             panic!("decided by the flow")
         };
-        assert!(matches!(cred, Cred::Valid(..)));
+        assert!(matches!(cred, Credential::Valid(..)));
         let key = memo_key.expect("a verified, unbound token has a memo key");
         f.memo
             .borrow_mut()
@@ -413,7 +414,7 @@ mod tests {
             panic!("decided by the flow")
         };
         assert!(
-            matches!(cred, Cred::Refused(_)),
+            matches!(cred, Credential::Refused(_)),
             "as Bearer without a proof"
         );
         assert_eq!(memo_key, None);

@@ -55,7 +55,7 @@ pub fn authorize(j: &mut Judge, a: &Authorize, claims: Claims) -> Step {
         if method.scopes_enforcement_mode == ScopesMode::Disabled {
             return allow(None, "scopes-enforcement-mode DISABLED");
         }
-        return challenge(cfg, j.rt, entry, method, Some(&claims));
+        return challenge(cfg, j.known, entry, method, Some(&claims));
     }
     let resource = entry
         .resource
@@ -229,7 +229,7 @@ pub fn granted(
         UmaOutcome::InvalidSubject => {
             release(j.store, cached.as_ref());
             let dpop_bound = matches!(&j.req.credential,
-                Credential::Valid { token, .. } if binding::bindings(token).0.is_some());
+                Credential::Valid(_, token) if binding::bindings(token).0.is_some());
             if dpop_bound {
                 // Keycloak (26.7) evaluates no permission for a DPoP-bound access token,
                 // whoever asks and with whatever proof (docs/configuration.md): the token
@@ -342,12 +342,12 @@ fn scope_ok(m: &MethodConfig, p: &Permission) -> bool {
 /// The UMA challenge: a permission ticket, then 401 `WWW-Authenticate: UMA ...`.
 pub fn challenge(
     cfg: &EnforcerConfig,
-    rt: &Knowledge,
+    known: &Knowledge,
     entry: &Entry,
     m: &MethodConfig,
     claims: Option<&Claims>,
 ) -> Step {
-    let (Some(pat), Some(id)) = (rt.pat.as_deref(), entry.resource.id.as_deref()) else {
+    let (Some(pat), Some(id)) = (known.pat.as_deref(), entry.resource.id.as_deref()) else {
         return forbidden("no permission ticket (resource unresolved or no PAT)");
     };
     Step::Call(Box::new(Call {

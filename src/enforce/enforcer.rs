@@ -11,7 +11,7 @@ use crate::enforce::{self, Explanation};
 use crate::keycloak::background::{Background, Fetch};
 use crate::keycloak::knowledge::Knowledge;
 use crate::keycloak::logout::{self, LogoutError};
-use crate::keycloak::token::{self, BearerError, Expectations, HostVerifier, Token, TokenError};
+use crate::keycloak::token::{self, Expectations, HostVerifier, Token, TokenError};
 use crate::keycloak::verified::VerifiedTokens;
 use crate::store::logouts::{self, Ended, Logouts};
 use crate::store::DecisionStore;
@@ -71,31 +71,6 @@ impl Learnt {
         if let (Some(keys), true) = (keys, loaded) {
             self.keys_digest = Some(keys);
             self.verified.borrow_mut().note_keys(keys);
-        }
-    }
-}
-
-/// What was learnt of a request's credential, owned by the request (a decision borrows it as a
-/// [`Credential`]).
-pub enum Cred {
-    Anonymous,
-    Malformed(BearerError),
-    Invalid(TokenError),
-    Unverifiable,
-    /// A valid token whose binding (DPoP proof, client certificate) failed.
-    Refused(Refusal),
-    Valid(String, Rc<Token>),
-}
-
-impl Cred {
-    pub fn credential(&self) -> Credential<'_> {
-        match self {
-            Cred::Anonymous => Credential::Anonymous,
-            Cred::Malformed(e) => Credential::Malformed(*e),
-            Cred::Invalid(e) => Credential::Invalid(e.clone()),
-            Cred::Unverifiable => Credential::Unverifiable,
-            Cred::Refused(r) => Credential::Refused(*r),
-            Cred::Valid(raw, token) => Credential::Valid { raw, token },
         }
     }
 }
@@ -258,14 +233,14 @@ impl Enforcer {
         now_ms: i64,
         host: Option<HostVerifier>,
         binding: Option<Binding<'_>>,
-    ) -> (Cred, Option<u128>) {
+    ) -> (Credential, Option<u128>) {
         let cfg = &self.config;
         let mode = cfg.proxy.sender_constraint;
         let max = cfg.proxy.max_token_bytes as usize;
         let (scheme, raw) =
             match token::credential(authorization, max, mode != SenderConstraint::Off) {
-                Ok(None) => return (Cred::Anonymous, None),
-                Err(e) => return (Cred::Malformed(e), None),
+                Ok(None) => return (Credential::Anonymous, None),
+                Err(e) => return (Credential::Malformed(e), None),
                 Ok(Some((scheme, raw))) => (scheme, raw.to_string()),
             };
         let (token, id) = match self.verified_token(&raw, now_ms, host) {
@@ -273,10 +248,10 @@ impl Enforcer {
             Err(cred) => return (cred, None),
         };
         if self.logouts.borrow().ended(&cfg.proxy.issuer, &token) {
-            return (Cred::Invalid(TokenError::LoggedOut), None);
+            return (Credential::Invalid(TokenError::LoggedOut), None);
         }
         if mode == SenderConstraint::Off {
-            return (Cred::Valid(raw, token), Some(id));
+            return (Credential::Valid(raw, token), Some(id));
         }
         let no_proofs: [&[u8]; 0] = [];
         let (presented, replay) = match binding {
@@ -311,7 +286,7 @@ impl Enforcer {
             host,
         );
         let first = match (checked, replay) {
-            (Err(r), _) => return (Cred::Refused(r), None),
+            (Err(r), _) => return (Credential::Refused(r), None),
             (Ok(None), _) => FirstUse::First,
             (Ok(Some(proof)), Some(replay)) => replay.first_use(
                 &proof.replay_key,
@@ -324,11 +299,11 @@ impl Enforcer {
         match first {
             FirstUse::First => {
                 let memo = (!binding::is_bound(&token)).then_some(id);
-                (Cred::Valid(raw, token), memo)
+                (Credential::Valid(raw, token), memo)
             }
-            FirstUse::Replayed => (Cred::Refused(Refusal::replayed()), None),
-            FirstUse::Full => (Cred::Refused(Refusal::replay_table_full()), None),
-            FirstUse::OverShare => (Cred::Refused(Refusal::over_share()), None),
+            FirstUse::Replayed => (Credential::Refused(Refusal::replayed()), None),
+            FirstUse::Full => (Credential::Refused(Refusal::replay_table_full()), None),
+            FirstUse::OverShare => (Credential::Refused(Refusal::over_share()), None),
         }
     }
 
@@ -412,7 +387,7 @@ impl Enforcer {
         raw: &str,
         now_ms: i64,
         host: Option<HostVerifier>,
-    ) -> Result<(Rc<Token>, u128), Cred> {
+    ) -> Result<(Rc<Token>, u128), Credential> {
         let cfg = &self.config;
         let now = now_ms / 1000;
         let leeway = i64::from(cfg.proxy.clock_skew_seconds);
@@ -424,7 +399,7 @@ impl Enforcer {
             return Ok((Rc::clone(t), id));
         }
         let Some(jwks) = l.background.jwks.as_ref() else {
-            return Err(Cred::Unverifiable);
+            return Err(Credential::Unverifiable);
         };
         let expect = Expectations {
             issuer: &cfg.proxy.issuer,
@@ -445,12 +420,12 @@ impl Enforcer {
                 Ok((t, id))
             }
             // nothing could check it: unverified, never an allow (503)
-            Err(TokenError::NoVerifier) => Err(Cred::Unverifiable),
+            Err(TokenError::NoVerifier) => Err(Credential::Unverifiable),
             Err(e) => {
                 if matches!(e, TokenError::UnknownKey(_)) {
                     l.background.want_jwks();
                 }
-                Err(Cred::Invalid(e))
+                Err(Credential::Invalid(e))
             }
         }
     }
@@ -571,7 +546,7 @@ mod tests {
     fn roles_seen(e: &Enforcer, raw: &str) -> Option<Value> {
         let header = format!("Bearer {raw}");
         let (cred, _) = e.check_credential(&[header.as_bytes()], NOW * 1000, None, None);
-        let Cred::Valid(_, t) = cred else {
+        let Credential::Valid(_, t) = cred else {
             panic!("not valid")
         };
         t.claim("/realm_access/roles").cloned()
@@ -659,7 +634,7 @@ mod tests {
             e.learnt().background.jwks = Some(jwks());
         }
         let (cred, id) = all[0].check_credential(&[header.as_bytes()], NOW * 1000, None, None);
-        assert!(matches!(cred, Cred::Valid(..)) && id.is_some());
+        assert!(matches!(cred, Credential::Valid(..)) && id.is_some());
         let known: Vec<bool> = all
             .iter()
             .map(|e| e.verified_id(&[header.as_bytes()], NOW * 1000).is_some())
@@ -679,7 +654,7 @@ mod tests {
         assert_eq!(all[0].verified_id(&[header.as_bytes()], NOW * 1000), None);
         // The other one, still on the keys it had, verifies but does not remember for the group.
         let (cred, _) = all[0].check_credential(&[header.as_bytes()], NOW * 1000, None, None);
-        assert!(matches!(cred, Cred::Valid(..)));
+        assert!(matches!(cred, Credential::Valid(..)));
         assert_eq!(all[1].verified_id(&[header.as_bytes()], NOW * 1000), None);
         // Once it loads the same set, the group's store is kept and shared again.
         load(&all[1]);
@@ -724,7 +699,7 @@ mod tests {
         token: &str,
         proofs: &[&str],
         replay: &mut crate::store::LocalReplay,
-    ) -> (Cred, Option<u128>) {
+    ) -> (Credential, Option<u128>) {
         let header = format!("{scheme} {token}");
         let proofs: Vec<&[u8]> = proofs.iter().map(|p| p.as_bytes()).collect();
         let binding = Binding {
@@ -737,10 +712,10 @@ mod tests {
         e.check_credential(&[header.as_bytes()], NOW * 1000, None, Some(binding))
     }
 
-    fn refusal(c: &Cred) -> Option<&'static str> {
+    fn refusal(c: &Credential) -> Option<&'static str> {
         match c {
-            Cred::Refused(r) => Some(r.counter),
-            Cred::Valid(..) => None,
+            Credential::Refused(r) => Some(r.counter),
+            Credential::Valid(..) => None,
             _ => Some("not a binding refusal"),
         }
     }
@@ -790,7 +765,7 @@ mod tests {
         // off: the binding is not checked and a DPoP-typed token is no access token
         let off = bound_enforcer("off", false);
         let (cred, _) = presented(&off, "Bearer", &tok, &[], &mut replay);
-        assert!(matches!(cred, Cred::Invalid(TokenError::WrongType)));
+        assert!(matches!(cred, Credential::Invalid(TokenError::WrongType)));
     }
 
     #[test]
@@ -882,7 +857,7 @@ mod tests {
             matches!(
                 e.check_credential(&[header.as_bytes()], NOW * 1000, None, None)
                     .0,
-                Cred::Valid(..)
+                Credential::Valid(..)
             )
         };
         assert!(valid(&all[0]) && valid(&all[1]));
@@ -914,7 +889,7 @@ mod tests {
         for e in &all {
             let (cred, _) = e.check_credential(&[header.as_bytes()], NOW * 1000, None, None);
             assert!(
-                matches!(cred, Cred::Invalid(TokenError::LoggedOut)),
+                matches!(cred, Credential::Invalid(TokenError::LoggedOut)),
                 "{}",
                 e.name
             );
@@ -931,6 +906,6 @@ mod tests {
         newer["sid"] = json!("session-2");
         let fresh = format!("Bearer {}", sign_rs256(&newer));
         let (cred, _) = all[1].check_credential(&[fresh.as_bytes()], NOW * 1000, None, None);
-        assert!(matches!(cred, Cred::Valid(..)));
+        assert!(matches!(cred, Credential::Valid(..)));
     }
 }

@@ -50,14 +50,14 @@ pub fn explain(cfg: &EnforcerConfig, paths: &PathSet, method: &str, raw_path: &s
 /// The first step for a request.
 pub fn decide(
     cfg: &EnforcerConfig,
-    rt: &mut Knowledge,
+    known: &mut Knowledge,
     req: &RequestFacts,
     store: &mut dyn DecisionStore,
     now_ms: i64,
 ) -> Step {
     dry_run(
         cfg,
-        decide_inner(&mut Judge::new(cfg, rt, req, store, now_ms)),
+        decide_inner(&mut Judge::new(cfg, known, req, store, now_ms)),
     )
 }
 
@@ -83,7 +83,7 @@ fn decide_inner(j: &mut Judge) -> Step {
     } else {
         normalized
             .as_deref()
-            .and_then(|n| j.rt.paths.find(n))
+            .and_then(|n| j.known.paths.find(n))
             .cloned()
     };
     let configured_disabled = configured
@@ -91,13 +91,13 @@ fn decide_inner(j: &mut Judge) -> Step {
         .is_some_and(|e| e.config.enforcement_mode == EnforcementMode::Disabled);
 
     let (raw, token) = match &req.credential {
-        Credential::Valid { raw, token } => (*raw, *token),
+        Credential::Valid(raw, token) => (raw.as_str(), &**token),
         _ if is_deny_page => return allow(None, "the on-deny-redirect-to page"),
         _ if configured_disabled => return allow(None, "path enforcement-mode DISABLED"),
         Credential::Anonymous => {
             if let (true, Some(entry)) = (cfg.user_managed_access, &configured) {
                 let m = method_config(cfg, entry, req.method);
-                return challenge(cfg, j.rt, entry, &m, None);
+                return challenge(cfg, j.known, entry, &m, None);
             }
             if let Some(to) = &cfg.on_deny_redirect_to {
                 return redirect(to, "no token");
@@ -136,23 +136,23 @@ fn decide_inner(j: &mut Judge) -> Step {
 /// The next step once Keycloak (or a claim provider) answered a `Call`.
 pub fn resume(
     cfg: &EnforcerConfig,
-    rt: &mut Knowledge,
+    known: &mut Knowledge,
     req: &RequestFacts,
     store: &mut dyn DecisionStore,
     pending: Pending,
     answer: Answer,
     now_ms: i64,
 ) -> Step {
-    let mut j = Judge::new(cfg, rt, req, store, now_ms);
+    let mut j = Judge::new(cfg, known, req, store, now_ms);
     dry_run(cfg, resume_inner(&mut j, pending, answer))
 }
 
 fn resume_inner(j: &mut Judge, pending: Pending, answer: Answer) -> Step {
     let (cfg, req) = (j.cfg, j.req);
-    let Credential::Valid { raw, token } = &req.credential else {
+    let Credential::Valid(raw, token) = req.credential else {
         // Only the anonymous UMA challenge asks Keycloak without a token.
         return match pending {
-            Pending::Ticket => challenge_with_ticket(cfg, j.rt, answer),
+            Pending::Ticket => challenge_with_ticket(cfg, j.known, answer),
             _ => unauthorized(cfg, None),
         };
     };
@@ -173,6 +173,6 @@ fn resume_inner(j: &mut Judge, pending: Pending, answer: Answer) -> Step {
             cached,
             claims,
         } => authorize::granted(j, entry, method, cached, claims, answer),
-        Pending::Ticket => challenge_with_ticket(cfg, j.rt, answer),
+        Pending::Ticket => challenge_with_ticket(cfg, j.known, answer),
     }
 }

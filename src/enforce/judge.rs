@@ -11,7 +11,7 @@ use crate::store::DecisionStore;
 /// the request, the time) and may change (what the enforcer knows, the decision store).
 pub struct Judge<'a, 'r> {
     pub cfg: &'a EnforcerConfig,
-    pub rt: &'a mut Knowledge,
+    pub known: &'a mut Knowledge,
     pub req: &'a RequestFacts<'r>,
     pub store: &'a mut dyn DecisionStore,
     pub now_ms: i64,
@@ -20,14 +20,14 @@ pub struct Judge<'a, 'r> {
 impl<'a, 'r> Judge<'a, 'r> {
     pub fn new(
         cfg: &'a EnforcerConfig,
-        rt: &'a mut Knowledge,
+        known: &'a mut Knowledge,
         req: &'a RequestFacts<'r>,
         store: &'a mut dyn DecisionStore,
         now_ms: i64,
     ) -> Self {
         Judge {
             cfg,
-            rt,
+            known,
             req,
             store,
             now_ms,

@@ -43,7 +43,7 @@ pub fn locate(
                 .as_ref()
                 .is_none_or(|e| e.config.path.contains('*')));
     let entry = match (refine, normalized.as_deref()) {
-        (true, Some(key)) => match j.rt.path_cache.get(key, now_ms) {
+        (true, Some(key)) => match j.known.path_cache.get(key, now_ms) {
             Some(cached) => cached,
             None => {
                 if let Some(answer) = j.store.get_path(key, now_ms) {
@@ -74,7 +74,7 @@ pub fn locate(
                     },
                     _ => Lookup::Matching,
                 };
-                match (j.rt.pat.as_deref(), &lookup) {
+                match (j.known.pat.as_deref(), &lookup) {
                     (Some(pat), _) => {
                         return lookup_call(cfg, pat, key, key.to_string(), configured, lookup)
                     }
@@ -182,7 +182,7 @@ fn lazy_loaded(j: &mut Judge, raw: &str, token: &Token, a: LazyAnswer) -> Step {
             Lookup::Instance { parent: None } => Some((key.clone(), Lookup::InstanceMatching)),
             Lookup::InstanceMatching | Lookup::Matching => None,
         };
-        if let (Some((uri, next)), Some(pat)) = (next, j.rt.pat.as_deref()) {
+        if let (Some((uri, next)), Some(pat)) = (next, j.known.pat.as_deref()) {
             return lookup_call(cfg, pat, &key, uri, configured, next);
         }
         // nothing found (or no PAT any more): the template's own resource, as below
@@ -197,7 +197,7 @@ fn lazy_loaded(j: &mut Judge, raw: &str, token: &Token, a: LazyAnswer) -> Step {
     let entry = match resources.first() {
         None => configured,
         Some(r) => {
-            if configured.is_none() && j.rt.paths.binds_resource_elsewhere(&r.id) {
+            if configured.is_none() && j.known.paths.binds_resource_elsewhere(&r.id) {
                 // A resource bound by name to another path is not reachable by its URIs.
                 return with_entry(j, raw, token, None, false);
             }
@@ -212,7 +212,7 @@ fn lazy_loaded(j: &mut Judge, raw: &str, token: &Token, a: LazyAnswer) -> Step {
             Some(Rc::new(e))
         }
     };
-    j.rt.path_cache.put(&key, entry.clone(), now_ms);
+    j.known.path_cache.put(&key, entry.clone(), now_ms);
     with_entry(j, raw, token, entry, false)
 }
 

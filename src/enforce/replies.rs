@@ -42,7 +42,11 @@ pub(crate) fn denied(m: &MethodConfig, why: &str) -> Step {
     forbidden(why)
 }
 
-pub(crate) fn challenge_with_ticket(cfg: &EnforcerConfig, rt: &Knowledge, answer: Answer) -> Step {
+pub(crate) fn challenge_with_ticket(
+    cfg: &EnforcerConfig,
+    known: &Knowledge,
+    answer: Answer,
+) -> Step {
     let ticket = match answer {
         Answer::Http { status, body } => uma::parse_ticket(status, body),
         Answer::NoAnswer => {
@@ -56,7 +60,7 @@ pub(crate) fn challenge_with_ticket(cfg: &EnforcerConfig, rt: &Knowledge, answer
                 "www-authenticate".into(),
                 format!(
                     "UMA realm=\"{}\",as_uri=\"{}\",ticket=\"{}\"",
-                    cfg.realm, rt.issuer, t
+                    cfg.realm, known.issuer, t
                 ),
             )],
             body: "Unauthorized".into(),

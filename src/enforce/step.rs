@@ -11,9 +11,9 @@ use crate::wire::claims::Claims;
 use crate::wire::http::HttpRequest;
 use std::rc::Rc;
 
-/// What the shell knows about the request's credential.
+/// What was learnt of a request's credential (its `Authorization` header, checked).
 #[derive(Debug, Clone)]
-pub enum Credential<'a> {
+pub enum Credential {
     /// No `Authorization` header.
     Anonymous,
     /// An `Authorization` header that is not exactly one Bearer credential.
@@ -26,7 +26,7 @@ pub enum Credential<'a> {
     /// certificate): 401 with the refusal's challenge.
     Refused(crate::enforce::binding::Refusal),
     /// A verified token, with its raw form (sent to Keycloak as `subject_token`).
-    Valid { raw: &'a str, token: &'a Token },
+    Valid(String, Rc<Token>),
 }
 
 /// One request as the enforcer sees it.
@@ -35,7 +35,7 @@ pub struct RequestFacts<'a> {
     pub method: &'a str,
     /// The `:path` pseudo-header (query included; it is dropped by normalization).
     pub path: &'a str,
-    pub credential: Credential<'a>,
+    pub credential: &'a Credential,
     /// Headers, peer, TLS and body, for the claim information point (empty without claims).
     pub view: RequestView<'a>,
 }

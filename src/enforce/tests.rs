@@ -60,7 +60,7 @@ fn token(extra: Value) -> T {
 
 fn run(
     cfg: &EnforcerConfig,
-    rt: &mut Knowledge,
+    known: &mut Knowledge,
     method: &str,
     path: &str,
     cred: Credential,
@@ -68,17 +68,14 @@ fn run(
     let req = RequestFacts {
         method,
         path,
-        credential: cred,
+        credential: &cred,
         view: Default::default(),
     };
-    decide(cfg, rt, &req, &mut NoStore, NOW_MS)
+    decide(cfg, known, &req, &mut NoStore, NOW_MS)
 }
 
-fn valid(t: &T) -> Credential<'_> {
-    Credential::Valid {
-        raw: &t.raw,
-        token: &t.token,
-    }
+fn valid(t: &T) -> Credential {
+    Credential::Valid(t.raw.clone(), std::rc::Rc::new(t.token.clone()))
 }
 
 fn status(step: &Step) -> u16 {
@@ -116,7 +113,7 @@ fn form_value(call: &Call, key: &str) -> Option<String> {
 #[allow(clippy::too_many_arguments)]
 fn answer(
     cfg: &EnforcerConfig,
-    rt: &mut Knowledge,
+    known: &mut Knowledge,
     method: &str,
     path: &str,
     t: &T,
@@ -130,12 +127,12 @@ fn answer(
     let req = RequestFacts {
         method,
         path,
-        credential: valid(t),
+        credential: &valid(t),
         view: Default::default(),
     };
     resume(
         cfg,
-        rt,
+        known,
         &req,
         &mut NoStore,
         call.pending,
@@ -150,8 +147,8 @@ fn answer(
 #[test]
 fn global_disabled() {
     let c = cfg_with(json!({"enforcement-mode": "DISABLED"}));
-    let mut rt = Knowledge::new(&c);
-    let s = run(&c, &mut rt, "GET", "/x", Credential::Anonymous);
+    let mut known = Knowledge::new(&c);
+    let s = run(&c, &mut known, "GET", "/x", Credential::Anonymous);
     assert_eq!(status(&s), 401);
     assert_eq!(
         header(&s, "www-authenticate"),
@@ -160,7 +157,7 @@ fn global_disabled() {
     assert_eq!(
         status(&run(
             &c,
-            &mut rt,
+            &mut known,
             "GET",
             "/x",
             Credential::Invalid(TokenError::Expired)
@@ -172,38 +169,44 @@ fn global_disabled() {
 #[test]
 fn anonymous_requests() {
     let c = bank();
-    let mut rt = Knowledge::new(&c);
+    let mut known = Knowledge::new(&c);
     assert_eq!(
         status(&run(
             &c,
-            &mut rt,
+            &mut known,
             "GET",
             "/public/info",
             Credential::Anonymous
         )),
         200
     );
-    let s = run(&c, &mut rt, "GET", "/account/1", Credential::Anonymous);
+    let s = run(&c, &mut known, "GET", "/account/1", Credential::Anonymous);
     assert_eq!(status(&s), 401);
     assert_eq!(
         header(&s, "www-authenticate"),
         Some("Bearer realm=\"bank\"")
     );
     assert_eq!(
-        status(&run(&c, &mut rt, "GET", "/nowhere", Credential::Anonymous)),
+        status(&run(
+            &c,
+            &mut known,
+            "GET",
+            "/nowhere",
+            Credential::Anonymous
+        )),
         401
     );
     // kcpep.no-token-status 403: as Keycloak's enforcer answers; public paths still pass
     let mut kc = bank();
     kc.proxy.no_token_status = 403;
-    let mut rt = Knowledge::new(&kc);
-    let s = run(&kc, &mut rt, "GET", "/account/1", Credential::Anonymous);
+    let mut known = Knowledge::new(&kc);
+    let s = run(&kc, &mut known, "GET", "/account/1", Credential::Anonymous);
     assert_eq!(status(&s), 403);
     assert_eq!(header(&s, "www-authenticate"), None);
     assert_eq!(
         status(&run(
             &kc,
-            &mut rt,
+            &mut known,
             "GET",
             "/public/x",
             Credential::Anonymous
@@ -215,26 +218,26 @@ fn anonymous_requests() {
 #[test]
 fn bad_tokens_get_401_invalid_token_except_on_disabled_paths() {
     let c = bank();
-    let mut rt = Knowledge::new(&c);
+    let mut known = Knowledge::new(&c);
     for cred in [
         Credential::Invalid(TokenError::Expired),
         Credential::Invalid(TokenError::BadSignature),
         Credential::Invalid(TokenError::WrongIssuer),
         Credential::Malformed(BearerError::Duplicate),
     ] {
-        let s = run(&c, &mut rt, "GET", "/account/1", cred.clone());
+        let s = run(&c, &mut known, "GET", "/account/1", cred.clone());
         assert_eq!(status(&s), 401);
         let h = header(&s, "www-authenticate").unwrap();
         assert!(
             h.starts_with("Bearer realm=\"bank\", error=\"invalid_token\""),
             "{h}"
         );
-        assert_eq!(status(&run(&c, &mut rt, "GET", "/public/x", cred)), 200);
+        assert_eq!(status(&run(&c, &mut known, "GET", "/public/x", cred)), 200);
     }
     // RFC 6750 §3.1: another scheme (Basic) offered no bearer credential, so no error code
     let s = run(
         &c,
-        &mut rt,
+        &mut known,
         "GET",
         "/account/1",
         Credential::Malformed(BearerError::NotBearer),
@@ -249,23 +252,23 @@ fn bad_tokens_get_401_invalid_token_except_on_disabled_paths() {
 #[test]
 fn a_subject_keycloak_refuses_gets_401_and_is_not_cached() {
     let c = bank();
-    let mut rt = Knowledge::new(&c);
+    let mut known = Knowledge::new(&c);
     let t = token(json!({}));
     let mut store = MemStore::default();
     let req = RequestFacts {
         method: "GET",
         path: "/account/1",
-        credential: valid(&t),
+        credential: &valid(&t),
         view: Default::default(),
     };
     for _ in 0..2 {
-        let Step::Call(call) = decide(&c, &mut rt, &req, &mut store, NOW_MS) else {
+        let Step::Call(call) = decide(&c, &mut known, &req, &mut store, NOW_MS) else {
             panic!("asks Keycloak each time: the refusal was not cached as a denial")
         };
         let body = br#"{"error":"unauthorized_client","error_description":"Invalid identity"}"#;
         let s = resume(
             &c,
-            &mut rt,
+            &mut known,
             &req,
             &mut store,
             call.pending,
@@ -282,11 +285,11 @@ fn a_subject_keycloak_refuses_gets_401_and_is_not_cached() {
 #[test]
 fn keys_not_loaded_fails_closed() {
     let c = bank();
-    let mut rt = Knowledge::new(&c);
+    let mut known = Knowledge::new(&c);
     assert_eq!(
         status(&run(
             &c,
-            &mut rt,
+            &mut known,
             "GET",
             "/account/1",
             Credential::Unverifiable
@@ -299,16 +302,22 @@ fn keys_not_loaded_fails_closed() {
 fn unmatched_paths_follow_the_global_mode() {
     let t = token(json!({}));
     let c = bank();
-    let mut rt = Knowledge::new(&c);
-    assert_eq!(status(&run(&c, &mut rt, "GET", "/nowhere", valid(&t))), 403);
+    let mut known = Knowledge::new(&c);
+    assert_eq!(
+        status(&run(&c, &mut known, "GET", "/nowhere", valid(&t))),
+        403
+    );
     let c = cfg_with(json!({"enforcement-mode": "PERMISSIVE", "paths": [{"path": "/a"}]}));
-    let mut rt = Knowledge::new(&c);
-    assert_eq!(status(&run(&c, &mut rt, "GET", "/nowhere", valid(&t))), 200);
+    let mut known = Knowledge::new(&c);
+    assert_eq!(
+        status(&run(&c, &mut known, "GET", "/nowhere", valid(&t))),
+        200
+    );
     // unparseable paths match nothing
     let c = bank();
-    let mut rt = Knowledge::new(&c);
+    let mut known = Knowledge::new(&c);
     assert_eq!(
-        status(&run(&c, &mut rt, "GET", "/account/%zz", valid(&t))),
+        status(&run(&c, &mut known, "GET", "/account/%zz", valid(&t))),
         403
     );
 }
@@ -317,8 +326,8 @@ fn unmatched_paths_follow_the_global_mode() {
 fn uma_grant_is_built_from_method_config() {
     let t = token(json!({}));
     let c = bank();
-    let mut rt = Knowledge::new(&c);
-    let s = run(&c, &mut rt, "GET", "/account/1?x=y", valid(&t));
+    let mut known = Knowledge::new(&c);
+    let s = run(&c, &mut known, "GET", "/account/1?x=y", valid(&t));
     let Step::Call(call) = &s else {
         panic!("{s:?}")
     };
@@ -347,13 +356,13 @@ fn uma_grant_is_built_from_method_config() {
 fn keycloak_answers() {
     let t = token(json!({}));
     let c = bank();
-    let mut rt = Knowledge::new(&c);
-    let go = |rt: &mut Knowledge, method: &str, st: u16, body: &str| {
-        let s = run(&c, rt, method, "/account/1", valid(&t));
-        answer(&c, rt, method, "/account/1", &t, s, st, body)
+    let mut known = Knowledge::new(&c);
+    let go = |known: &mut Knowledge, method: &str, st: u16, body: &str| {
+        let s = run(&c, known, method, "/account/1", valid(&t));
+        answer(&c, known, method, "/account/1", &t, s, st, body)
     };
     let granted = r#"[{"rsid":"r1","rsname":"View Account Resource","scopes":["account:view"]}]"#;
-    let s = go(&mut rt, "GET", 200, granted);
+    let s = go(&mut known, "GET", 200, granted);
     let Step::Allow(a) = &s else { panic!("{s:?}") };
     assert!(a
         .permissions
@@ -362,7 +371,7 @@ fn keycloak_answers() {
         .starts_with(r#"[{"rsid":"r1""#));
     assert_eq!(
         status(&go(
-            &mut rt,
+            &mut known,
             "GET",
             403,
             r#"{"error":"access_denied","error_description":"not_authorized"}"#
@@ -370,38 +379,38 @@ fn keycloak_answers() {
         403
     );
     assert_eq!(
-        status(&go(&mut rt, "GET", 400, r#"{"error":"invalid_scope"}"#)),
+        status(&go(&mut known, "GET", 400, r#"{"error":"invalid_scope"}"#)),
         403
     );
     assert_eq!(
-        status(&go(&mut rt, "GET", 400, r#"{"error":"invalid_grant"}"#)),
+        status(&go(&mut known, "GET", 400, r#"{"error":"invalid_grant"}"#)),
         401
     );
     assert_eq!(
-        status(&go(&mut rt, "GET", 503, "upstream connect error")),
+        status(&go(&mut known, "GET", 503, "upstream connect error")),
         503
     );
     assert_eq!(
         status(&go(
-            &mut rt,
+            &mut known,
             "GET",
             401,
             r#"{"error":"unauthorized_client"}"#
         )),
         503
     );
-    let s = run(&c, &mut rt, "GET", "/account/1", valid(&t));
+    let s = run(&c, &mut known, "GET", "/account/1", valid(&t));
     let Step::Call(call) = s else { panic!() };
     let req = RequestFacts {
         method: "GET",
         path: "/account/1",
-        credential: valid(&t),
+        credential: &valid(&t),
         view: Default::default(),
     };
     assert_eq!(
         status(&resume(
             &c,
-            &mut rt,
+            &mut known,
             &req,
             &mut NoStore,
             call.pending,
@@ -412,20 +421,25 @@ fn keycloak_answers() {
     );
     // ALL needs both scopes; ANY needs one
     let one = r#"[{"rsid":"r1","rsname":"View Account Resource","scopes":["a"]}]"#;
-    assert_eq!(status(&go(&mut rt, "POST", 200, one)), 403);
+    assert_eq!(status(&go(&mut known, "POST", 200, one)), 403);
     assert_eq!(
         status(&go(
-            &mut rt,
+            &mut known,
             "POST",
             200,
             r#"[{"rsid":"r1","rsname":"View Account Resource","scopes":["a","b"]}]"#
         )),
         200
     );
-    assert_eq!(status(&go(&mut rt, "PUT", 200, one)), 200);
+    assert_eq!(status(&go(&mut known, "PUT", 200, one)), 200);
     // DISABLED scopes mode grants after a denial
     assert_eq!(
-        status(&go(&mut rt, "DELETE", 403, r#"{"error":"access_denied"}"#)),
+        status(&go(
+            &mut known,
+            "DELETE",
+            403,
+            r#"{"error":"access_denied"}"#
+        )),
         200
     );
 }
@@ -436,10 +450,10 @@ fn fail_open_only_when_configured() {
     let v = json!({"realm": "bank", "auth-server-url": "http://kc", "resource": "bank-api",
                    "policy-enforcer": {"paths": [{"path": "/a"}]}, "kcpep": {"on-keycloak-error": "allow"}});
     let c = EnforcerConfig::from_value(&v, "").unwrap();
-    let mut rt = Knowledge::new(&c);
-    let s = run(&c, &mut rt, "GET", "/a", valid(&t));
+    let mut known = Knowledge::new(&c);
+    let s = run(&c, &mut known, "GET", "/a", valid(&t));
     assert_eq!(
-        status(&answer(&c, &mut rt, "GET", "/a", &t, s, 503, "")),
+        status(&answer(&c, &mut known, "GET", "/a", &t, s, 503, "")),
         200
     );
 }
@@ -448,13 +462,13 @@ fn fail_open_only_when_configured() {
 fn rpt_with_permission_needs_no_callout() {
     let mut c = bank();
     c.paths[0].id = Some("r1".into()); // bound to its resource id at start
-    let mut rt = Knowledge::new(&c);
+    let mut known = Knowledge::new(&c);
     let t = token(json!({"aud": "bank-api", "authorization": {"permissions": [
         {"rsid": "r1", "rsname": "View Account Resource", "scopes": ["account:view"]}]}}));
-    let s = run(&c, &mut rt, "GET", "/account/1", valid(&t));
+    let s = run(&c, &mut known, "GET", "/account/1", valid(&t));
     assert_eq!(status(&s), 200, "{s:?}");
     // wrong scope: ask Keycloak, sending the RPT for incremental authorization
-    let s = run(&c, &mut rt, "POST", "/account/1", valid(&t));
+    let s = run(&c, &mut known, "POST", "/account/1", valid(&t));
     let Step::Call(call) = &s else {
         panic!("{s:?}")
     };
@@ -464,7 +478,7 @@ fn rpt_with_permission_needs_no_callout() {
         json!({"aud": "bank-api", "authorization": {"permissions": [{"rsid": "zz", "rsname": "Other", "scopes": ["account:view"]}]}}),
     );
     assert_eq!(
-        status(&run(&c, &mut rt, "GET", "/account/1", valid(&other))),
+        status(&run(&c, &mut known, "GET", "/account/1", valid(&other))),
         0
     );
     // a scope-only permission grants any path (Keycloak's rule)
@@ -472,7 +486,13 @@ fn rpt_with_permission_needs_no_callout() {
         json!({"aud": "bank-api", "authorization": {"permissions": [{"scopes": ["account:view"]}]}}),
     );
     assert_eq!(
-        status(&run(&c, &mut rt, "GET", "/account/1", valid(&scope_only))),
+        status(&run(
+            &c,
+            &mut known,
+            "GET",
+            "/account/1",
+            valid(&scope_only)
+        )),
         200
     );
 }
@@ -485,8 +505,8 @@ fn another_resource_servers_rpt_or_an_unbound_path_asks_keycloak() {
     bound.paths[0].id = Some("r1".into());
     // issued for another resource server, with our very resource id: not ours to accept
     let foreign = token(json!({"aud": "bank-api-affirmative", "authorization": perms}));
-    let mut rt = Knowledge::new(&bound);
-    let Step::Call(call) = run(&bound, &mut rt, "GET", "/account/1", valid(&foreign)) else {
+    let mut known = Knowledge::new(&bound);
+    let Step::Call(call) = run(&bound, &mut known, "GET", "/account/1", valid(&foreign)) else {
         panic!()
     };
     assert_eq!(
@@ -499,13 +519,13 @@ fn another_resource_servers_rpt_or_an_unbound_path_asks_keycloak() {
     // not prove the resource, so Keycloak is asked
     let ours = token(json!({"aud": ["bank-api", "account"], "authorization": perms}));
     let unbound = bank();
-    let mut rt = Knowledge::new(&unbound);
-    let step = run(&unbound, &mut rt, "GET", "/account/1", valid(&ours));
+    let mut known = Knowledge::new(&unbound);
+    let step = run(&unbound, &mut known, "GET", "/account/1", valid(&ours));
     assert!(matches!(step, Step::Call(_)), "{step:?}");
     // Keycloak's own answer to our by-name question still counts by name
     let s = answer(
         &unbound,
-        &mut rt,
+        &mut known,
         "GET",
         "/account/1",
         &ours,
@@ -519,11 +539,14 @@ fn another_resource_servers_rpt_or_an_unbound_path_asks_keycloak() {
 #[test]
 fn path_level_permissive_passes_rpts_without_that_resource() {
     let c = bank();
-    let mut rt = Knowledge::new(&c);
+    let mut known = Knowledge::new(&c);
     let t = token(
         json!({"aud": "bank-api", "authorization": {"permissions": [{"rsid": "zz", "rsname": "Other"}]}}),
     );
-    assert_eq!(status(&run(&c, &mut rt, "GET", "/soft/x", valid(&t))), 200);
+    assert_eq!(
+        status(&run(&c, &mut known, "GET", "/soft/x", valid(&t))),
+        200
+    );
 }
 
 #[test]
@@ -531,12 +554,12 @@ fn http_method_as_scope() {
     let t = token(json!({}));
     let c = cfg_with(json!({"http-method-as-scope": true, "paths": [
         {"name": "R", "path": "/r/*", "methods": [{"method": "GET", "scopes": ["view"]}]}]}));
-    let mut rt = Knowledge::new(&c);
-    let Step::Call(call) = run(&c, &mut rt, "PATCH", "/r/1", valid(&t)) else {
+    let mut known = Knowledge::new(&c);
+    let Step::Call(call) = run(&c, &mut known, "PATCH", "/r/1", valid(&t)) else {
         panic!()
     };
     assert_eq!(form_value(&call, "permission").as_deref(), Some("R#PATCH"));
-    let Step::Call(call) = run(&c, &mut rt, "GET", "/r/1", valid(&t)) else {
+    let Step::Call(call) = run(&c, &mut known, "GET", "/r/1", valid(&t)) else {
         panic!()
     };
     assert_eq!(
@@ -550,8 +573,8 @@ fn http_method_as_scope() {
 fn unresolved_paths_ask_by_uri() {
     let t = token(json!({}));
     let c = cfg_with(json!({"paths": [{"path": "/things/{id}"}]}));
-    let mut rt = Knowledge::new(&c);
-    let Step::Call(call) = run(&c, &mut rt, "GET", "/things/7/", valid(&t)) else {
+    let mut known = Knowledge::new(&c);
+    let Step::Call(call) = run(&c, &mut known, "GET", "/things/7/", valid(&t)) else {
         panic!()
     };
     assert_eq!(
@@ -573,34 +596,40 @@ fn on_deny_redirect_to() {
     let t = token(json!({}));
     let c =
         cfg_with(json!({"on-deny-redirect-to": "/denied", "paths": [{"name": "A", "path": "/a"}]}));
-    let mut rt = Knowledge::new(&c);
-    let s = run(&c, &mut rt, "GET", "/nowhere", valid(&t));
+    let mut known = Knowledge::new(&c);
+    let s = run(&c, &mut known, "GET", "/nowhere", valid(&t));
     assert_eq!((status(&s), header(&s, "location")), (302, Some("/denied")));
-    let s = run(&c, &mut rt, "GET", "/a", Credential::Anonymous);
+    let s = run(&c, &mut known, "GET", "/a", Credential::Anonymous);
     assert_eq!((status(&s), header(&s, "location")), (302, Some("/denied")));
     // the deny page itself passes, normalized; a look-alike does not (CVE-2026-9800)
     assert_eq!(
-        status(&run(&c, &mut rt, "GET", "/denied/", Credential::Anonymous)),
+        status(&run(
+            &c,
+            &mut known,
+            "GET",
+            "/denied/",
+            Credential::Anonymous
+        )),
         200
     );
     assert_eq!(
-        status(&run(&c, &mut rt, "GET", "/denied?x=1", valid(&t))),
+        status(&run(&c, &mut known, "GET", "/denied?x=1", valid(&t))),
         200
     );
     assert_eq!(
-        status(&run(&c, &mut rt, "GET", "/x/denied", valid(&t))),
+        status(&run(&c, &mut known, "GET", "/x/denied", valid(&t))),
         302
     );
     assert_eq!(
-        status(&run(&c, &mut rt, "GET", "/nowhere?x=/denied", valid(&t))),
+        status(&run(&c, &mut known, "GET", "/nowhere?x=/denied", valid(&t))),
         302
     );
     // a bearer denial on a matched path stays 403 (Keycloak's bearer rule)
-    let s = run(&c, &mut rt, "GET", "/a", valid(&t));
+    let s = run(&c, &mut known, "GET", "/a", valid(&t));
     assert_eq!(
         status(&answer(
             &c,
-            &mut rt,
+            &mut known,
             "GET",
             "/a",
             &t,
@@ -617,9 +646,9 @@ fn user_managed_access_challenges_with_a_ticket() {
     let t = token(json!({}));
     let c = cfg_with(json!({"user-managed-access": {}, "paths": [
         {"name": "A", "path": "/a", "id": "rid", "scopes": ["s"]}]}));
-    let mut rt = Knowledge::new(&c);
-    rt.pat = Some("PAT".into());
-    let s = run(&c, &mut rt, "GET", "/a", valid(&t));
+    let mut known = Knowledge::new(&c);
+    known.pat = Some("PAT".into());
+    let s = run(&c, &mut known, "GET", "/a", valid(&t));
     let Step::Call(call) = &s else {
         panic!("{s:?}")
     };
@@ -628,24 +657,33 @@ fn user_managed_access_challenges_with_a_ticket() {
         "/realms/bank/authz/protection/permission"
     );
     assert_eq!(call.request.header("authorization"), Some("Bearer PAT"));
-    let s = answer(&c, &mut rt, "GET", "/a", &t, s, 201, r#"{"ticket":"TKT"}"#);
+    let s = answer(
+        &c,
+        &mut known,
+        "GET",
+        "/a",
+        &t,
+        s,
+        201,
+        r#"{"ticket":"TKT"}"#,
+    );
     assert_eq!(status(&s), 401);
     assert_eq!(
         header(&s, "www-authenticate"),
         Some("UMA realm=\"bank\",as_uri=\"http://kc/realms/bank\",ticket=\"TKT\"")
     );
     // anonymous too
-    let s = run(&c, &mut rt, "GET", "/a", Credential::Anonymous);
+    let s = run(&c, &mut known, "GET", "/a", Credential::Anonymous);
     let Step::Call(call) = s else { panic!() };
     let req = RequestFacts {
         method: "GET",
         path: "/a",
-        credential: Credential::Anonymous,
+        credential: &Credential::Anonymous,
         view: Default::default(),
     };
     let s = resume(
         &c,
-        &mut rt,
+        &mut known,
         &req,
         &mut NoStore,
         call.pending,
@@ -666,14 +704,14 @@ fn lazy_load_resolves_paths_that_exist_only_in_keycloak() {
     let c = cfg_with(
         json!({"lazy-load-paths": true, "paths": [{"path": "/public/*", "enforcement-mode": "DISABLED"}]}),
     );
-    let mut rt = Knowledge::new(&c);
+    let mut known = Knowledge::new(&c);
     assert_eq!(
-        status(&run(&c, &mut rt, "GET", "/reports/9", valid(&t))),
+        status(&run(&c, &mut known, "GET", "/reports/9", valid(&t))),
         503,
         "no PAT yet: fail closed"
     );
-    rt.pat = Some("PAT".into());
-    let s = run(&c, &mut rt, "GET", "/reports/9", valid(&t));
+    known.pat = Some("PAT".into());
+    let s = run(&c, &mut known, "GET", "/reports/9", valid(&t));
     let Step::Call(call) = &s else {
         panic!("{s:?}")
     };
@@ -683,7 +721,7 @@ fn lazy_load_resolves_paths_that_exist_only_in_keycloak() {
         .ends_with("resource_set?uri=/reports/9&matchingUri=true&deep=true&max=-1"));
     let s = answer(
         &c,
-        &mut rt,
+        &mut known,
         "GET",
         "/reports/9",
         &t,
@@ -699,23 +737,26 @@ fn lazy_load_resolves_paths_that_exist_only_in_keycloak() {
         Some("rep#report:view")
     );
     // the path cache answers the next request without a lookup
-    let s = run(&c, &mut rt, "GET", "/reports/9", valid(&t));
+    let s = run(&c, &mut known, "GET", "/reports/9", valid(&t));
     let Step::Call(call) = &s else { panic!() };
     assert!(call.request.path.ends_with("/token"));
     // an unknown path is cached as unknown: 403 without a lookup next time
-    let s = run(&c, &mut rt, "GET", "/nothing", valid(&t));
+    let s = run(&c, &mut known, "GET", "/nothing", valid(&t));
     assert_eq!(
-        status(&answer(&c, &mut rt, "GET", "/nothing", &t, s, 200, "[]")),
+        status(&answer(&c, &mut known, "GET", "/nothing", &t, s, 200, "[]")),
         403
     );
-    assert_eq!(status(&run(&c, &mut rt, "GET", "/nothing", valid(&t))), 403);
+    assert_eq!(
+        status(&run(&c, &mut known, "GET", "/nothing", valid(&t))),
+        403
+    );
     // no lookups for anonymous requests or DISABLED paths
     assert_eq!(
-        status(&run(&c, &mut rt, "GET", "/else", Credential::Anonymous)),
+        status(&run(&c, &mut known, "GET", "/else", Credential::Anonymous)),
         401
     );
     assert_eq!(
-        status(&run(&c, &mut rt, "GET", "/public/x", valid(&t))),
+        status(&run(&c, &mut known, "GET", "/public/x", valid(&t))),
         200
     );
 }
@@ -723,12 +764,12 @@ fn lazy_load_resolves_paths_that_exist_only_in_keycloak() {
 #[test]
 fn explain_reports_the_match() {
     let c = bank();
-    let rt = Knowledge::new(&c);
-    let e = explain(&c, &rt.paths, "GET", "/account//1;x=y/?q");
+    let known = Knowledge::new(&c);
+    let e = explain(&c, &known.paths, "GET", "/account//1;x=y/?q");
     assert_eq!(e.normalized_path.as_deref(), Some("/account/1"));
     assert_eq!(e.entry.unwrap().config.path, "/account/{id}");
     assert_eq!(e.method.unwrap().scopes, vec!["account:view"]);
-    let e = explain(&c, &rt.paths, "GET", "/public/a");
+    let e = explain(&c, &known.paths, "GET", "/public/a");
     assert_eq!(e.enforcement_mode, EnforcementMode::Disabled);
 }
 
@@ -739,13 +780,19 @@ fn strip_prefix_is_the_context_path() {
                    "policy-enforcer": {"paths": [{"path": "/public/*", "enforcement-mode": "DISABLED"}]},
                    "kcpep": {"strip-prefix": "/app"}});
     let c = EnforcerConfig::from_value(&v, "").unwrap();
-    let mut rt = Knowledge::new(&c);
+    let mut known = Knowledge::new(&c);
     assert_eq!(
-        status(&run(&c, &mut rt, "GET", "/app/public/x", valid(&t))),
+        status(&run(&c, &mut known, "GET", "/app/public/x", valid(&t))),
         200
     );
     assert_eq!(
-        status(&run(&c, &mut rt, "GET", "/application/public/x", valid(&t))),
+        status(&run(
+            &c,
+            &mut known,
+            "GET",
+            "/application/public/x",
+            valid(&t)
+        )),
         403
     );
 }
@@ -799,7 +846,7 @@ fn lazily_loaded_paths_are_shared_with_the_other_workers() {
     let req = RequestFacts {
         method: "GET",
         path: "/reports/9",
-        credential: valid(&t),
+        credential: &valid(&t),
         view: Default::default(),
     };
     let body = r#"[{"_id":"rep","name":"Lazy Report","uris":["/reports/{id}"],"resource_scopes":[{"name":"report:view"}]}]"#;
@@ -836,7 +883,7 @@ fn lazily_loaded_paths_are_shared_with_the_other_workers() {
 
 fn step(
     c: &EnforcerConfig,
-    rt: &mut Knowledge,
+    known: &mut Knowledge,
     store: &mut MemStore,
     t: &T,
     method: &str,
@@ -846,16 +893,16 @@ fn step(
     let req = RequestFacts {
         method,
         path,
-        credential: valid(t),
+        credential: &valid(t),
         view: Default::default(),
     };
-    decide(c, rt, &req, store, now)
+    decide(c, known, &req, store, now)
 }
 
 #[allow(clippy::too_many_arguments)]
 fn reply(
     c: &EnforcerConfig,
-    rt: &mut Knowledge,
+    known: &mut Knowledge,
     store: &mut MemStore,
     t: &T,
     s: Step,
@@ -869,12 +916,12 @@ fn reply(
     let req = RequestFacts {
         method: "GET",
         path: "/account/1",
-        credential: valid(t),
+        credential: &valid(t),
         view: Default::default(),
     };
     resume(
         c,
-        rt,
+        known,
         &req,
         store,
         call.pending,
@@ -892,14 +939,22 @@ const GRANTED: &str =
 #[test]
 fn decisions_are_cached_per_token_and_resource() {
     let c = bank();
-    let mut rt = Knowledge::new(&c);
+    let mut known = Knowledge::new(&c);
     let mut store = MemStore::default();
     let t = token(json!({}));
-    let s = step(&c, &mut rt, &mut store, &t, "GET", "/account/1", NOW_MS);
-    let s = reply(&c, &mut rt, &mut store, &t, s, 200, GRANTED, NOW_MS);
+    let s = step(&c, &mut known, &mut store, &t, "GET", "/account/1", NOW_MS);
+    let s = reply(&c, &mut known, &mut store, &t, s, 200, GRANTED, NOW_MS);
     assert!(matches!(&s, Step::Allow(a) if a.cache == CacheUse::Stored));
     // the second identical request: no callout
-    let s = step(&c, &mut rt, &mut store, &t, "GET", "/account/1", NOW_MS + 1);
+    let s = step(
+        &c,
+        &mut known,
+        &mut store,
+        &t,
+        "GET",
+        "/account/1",
+        NOW_MS + 1,
+    );
     let Step::Allow(a) = &s else { panic!("{s:?}") };
     assert_eq!(a.cache, CacheUse::Hit);
     assert!(a
@@ -912,7 +967,7 @@ fn decisions_are_cached_per_token_and_resource() {
     assert!(matches!(
         step(
             &c,
-            &mut rt,
+            &mut known,
             &mut store,
             &other,
             "GET",
@@ -924,7 +979,7 @@ fn decisions_are_cached_per_token_and_resource() {
     assert!(matches!(
         step(
             &c,
-            &mut rt,
+            &mut known,
             &mut store,
             &t,
             "POST",
@@ -937,7 +992,7 @@ fn decisions_are_cached_per_token_and_resource() {
     assert!(matches!(
         step(
             &c,
-            &mut rt,
+            &mut known,
             &mut store,
             &t,
             "GET",
@@ -951,15 +1006,15 @@ fn decisions_are_cached_per_token_and_resource() {
 #[test]
 fn cached_entries_never_outlive_the_token() {
     let c = bank();
-    let mut rt = Knowledge::new(&c);
+    let mut known = Knowledge::new(&c);
     let mut store = MemStore::default();
     let t = token(json!({"exp": NOW + 10}));
-    let s = step(&c, &mut rt, &mut store, &t, "GET", "/account/1", NOW_MS);
-    reply(&c, &mut rt, &mut store, &t, s, 200, GRANTED, NOW_MS);
+    let s = step(&c, &mut known, &mut store, &t, "GET", "/account/1", NOW_MS);
+    reply(&c, &mut known, &mut store, &t, s, 200, GRANTED, NOW_MS);
     assert!(matches!(
         step(
             &c,
-            &mut rt,
+            &mut known,
             &mut store,
             &t,
             "GET",
@@ -971,7 +1026,7 @@ fn cached_entries_never_outlive_the_token() {
     assert!(matches!(
         step(
             &c,
-            &mut rt,
+            &mut known,
             &mut store,
             &t,
             "GET",
@@ -985,14 +1040,14 @@ fn cached_entries_never_outlive_the_token() {
 #[test]
 fn denials_are_cached_shorter() {
     let c = bank();
-    let mut rt = Knowledge::new(&c);
+    let mut known = Knowledge::new(&c);
     let mut store = MemStore::default();
     let t = token(json!({}));
-    let s = step(&c, &mut rt, &mut store, &t, "GET", "/account/1", NOW_MS);
+    let s = step(&c, &mut known, &mut store, &t, "GET", "/account/1", NOW_MS);
     assert_eq!(
         status(&reply(
             &c,
-            &mut rt,
+            &mut known,
             &mut store,
             &t,
             s,
@@ -1004,7 +1059,7 @@ fn denials_are_cached_shorter() {
     );
     let s = step(
         &c,
-        &mut rt,
+        &mut known,
         &mut store,
         &t,
         "GET",
@@ -1018,7 +1073,7 @@ fn denials_are_cached_shorter() {
     assert!(matches!(
         step(
             &c,
-            &mut rt,
+            &mut known,
             &mut store,
             &t,
             "GET",
@@ -1032,36 +1087,36 @@ fn denials_are_cached_shorter() {
 #[test]
 fn concurrent_identical_misses_wait_for_one_call() {
     let c = bank();
-    let mut rt = Knowledge::new(&c);
+    let mut known = Knowledge::new(&c);
     let mut store = MemStore::default();
     let t = token(json!({}));
-    let first = step(&c, &mut rt, &mut store, &t, "GET", "/account/1", NOW_MS);
+    let first = step(&c, &mut known, &mut store, &t, "GET", "/account/1", NOW_MS);
     assert!(matches!(first, Step::Call(_)));
     for _ in 0..63 {
-        let s = step(&c, &mut rt, &mut store, &t, "GET", "/account/1", NOW_MS);
+        let s = step(&c, &mut known, &mut store, &t, "GET", "/account/1", NOW_MS);
         assert!(
             matches!(s, Step::Wait { until_ms, .. } if until_ms == NOW_MS + 1000),
             "{s:?}"
         );
     }
-    reply(&c, &mut rt, &mut store, &t, first, 200, GRANTED, NOW_MS);
+    reply(&c, &mut known, &mut store, &t, first, 200, GRANTED, NOW_MS);
     // the waiters decide again and find the answer
     assert!(
-        matches!(step(&c, &mut rt, &mut store, &t, "GET", "/account/1", NOW_MS + 5), Step::Allow(a) if a.cache == CacheUse::Hit)
+        matches!(step(&c, &mut known, &mut store, &t, "GET", "/account/1", NOW_MS + 5), Step::Allow(a) if a.cache == CacheUse::Hit)
     );
 }
 
 #[test]
 fn a_lapsed_claim_lets_waiters_ask_themselves() {
     let c = bank();
-    let mut rt = Knowledge::new(&c);
+    let mut known = Knowledge::new(&c);
     let mut store = MemStore::default();
     let t = token(json!({}));
-    let _stuck = step(&c, &mut rt, &mut store, &t, "GET", "/account/1", NOW_MS);
+    let _stuck = step(&c, &mut known, &mut store, &t, "GET", "/account/1", NOW_MS);
     assert!(matches!(
         step(
             &c,
-            &mut rt,
+            &mut known,
             &mut store,
             &t,
             "GET",
@@ -1073,7 +1128,7 @@ fn a_lapsed_claim_lets_waiters_ask_themselves() {
     assert!(matches!(
         step(
             &c,
-            &mut rt,
+            &mut known,
             &mut store,
             &t,
             "GET",
@@ -1091,16 +1146,16 @@ fn stale_on_error_serves_expired_allows_only() {
                                                   "methods": [{"method": "GET", "scopes": ["account:view"]}]}]},
                    "kcpep": {"decision-cache": {"lifespan-ms": 1000, "stale-on-error-ms": 60000}}});
     let c = EnforcerConfig::from_value(&v, "").unwrap();
-    let mut rt = Knowledge::new(&c);
+    let mut known = Knowledge::new(&c);
     let mut store = MemStore::default();
     let t = token(json!({}));
-    let s = step(&c, &mut rt, &mut store, &t, "GET", "/account/1", NOW_MS);
-    reply(&c, &mut rt, &mut store, &t, s, 200, GRANTED, NOW_MS);
+    let s = step(&c, &mut known, &mut store, &t, "GET", "/account/1", NOW_MS);
+    reply(&c, &mut known, &mut store, &t, s, 200, GRANTED, NOW_MS);
     // expired; Keycloak down: served stale, and again for the next request
     for later in [2_000, 3_000] {
         let s = step(
             &c,
-            &mut rt,
+            &mut known,
             &mut store,
             &t,
             "GET",
@@ -1109,7 +1164,7 @@ fn stale_on_error_serves_expired_allows_only() {
         );
         let s = reply(
             &c,
-            &mut rt,
+            &mut known,
             &mut store,
             &t,
             s,
@@ -1125,7 +1180,7 @@ fn stale_on_error_serves_expired_allows_only() {
     // beyond the window: 503
     let s = step(
         &c,
-        &mut rt,
+        &mut known,
         &mut store,
         &t,
         "GET",
@@ -1135,7 +1190,7 @@ fn stale_on_error_serves_expired_allows_only() {
     assert_eq!(
         status(&reply(
             &c,
-            &mut rt,
+            &mut known,
             &mut store,
             &t,
             s,
@@ -1147,10 +1202,10 @@ fn stale_on_error_serves_expired_allows_only() {
     );
     // denials never go stale: a fresh user denied, then Keycloak down
     let u = token(json!({"sub": "u9"}));
-    let s = step(&c, &mut rt, &mut store, &u, "GET", "/account/1", NOW_MS);
+    let s = step(&c, &mut known, &mut store, &u, "GET", "/account/1", NOW_MS);
     reply(
         &c,
-        &mut rt,
+        &mut known,
         &mut store,
         &u,
         s,
@@ -1160,7 +1215,7 @@ fn stale_on_error_serves_expired_allows_only() {
     );
     let s = step(
         &c,
-        &mut rt,
+        &mut known,
         &mut store,
         &u,
         "GET",
@@ -1170,7 +1225,7 @@ fn stale_on_error_serves_expired_allows_only() {
     assert_eq!(
         status(&reply(
             &c,
-            &mut rt,
+            &mut known,
             &mut store,
             &u,
             s,
@@ -1188,13 +1243,13 @@ fn cache_off_asks_every_time() {
                    "policy-enforcer": {"paths": [{"name": "A", "path": "/account/{id}"}]},
                    "kcpep": {"decision-cache": {"max-entries": 0}}});
     let c = EnforcerConfig::from_value(&v, "").unwrap();
-    let mut rt = Knowledge::new(&c);
+    let mut known = Knowledge::new(&c);
     let mut store = MemStore::default();
     let t = token(json!({}));
-    let s = step(&c, &mut rt, &mut store, &t, "GET", "/account/1", NOW_MS);
+    let s = step(&c, &mut known, &mut store, &t, "GET", "/account/1", NOW_MS);
     reply(
         &c,
-        &mut rt,
+        &mut known,
         &mut store,
         &t,
         s,
@@ -1203,7 +1258,15 @@ fn cache_off_asks_every_time() {
         NOW_MS,
     );
     assert!(matches!(
-        step(&c, &mut rt, &mut store, &t, "GET", "/account/1", NOW_MS + 1),
+        step(
+            &c,
+            &mut known,
+            &mut store,
+            &t,
+            "GET",
+            "/account/1",
+            NOW_MS + 1
+        ),
         Step::Call(_)
     ));
     assert!(store.0.is_empty());
@@ -1228,24 +1291,30 @@ fn paths_the_upstream_could_segment_otherwise_get_400_in_every_mode() {
     let disabled = cfg_with(json!({"enforcement-mode": "DISABLED"}));
     let permissive = cfg_with(json!({"enforcement-mode": "PERMISSIVE"}));
     for c in [bank(), redirecting, disabled, permissive] {
-        let mut rt = Knowledge::new(&c);
+        let mut known = Knowledge::new(&c);
         for p in hostile {
             for cred in [Credential::Anonymous, valid(&t)] {
-                let step = run(&c, &mut rt, "GET", p, cred);
+                let step = run(&c, &mut known, "GET", p, cred);
                 assert_eq!(status(&step), 400, "{p}: {step:?}");
             }
         }
         // the same resource, spelled so every reader segments it alike, is judged as usual
         assert_ne!(
-            status(&run(&c, &mut rt, "GET", "/public/x", Credential::Anonymous)),
+            status(&run(
+                &c,
+                &mut known,
+                "GET",
+                "/public/x",
+                Credential::Anonymous
+            )),
             400
         );
     }
     // dry-run never blocks: it lets the request on and says it would have refused it
     let mut dry = bank();
     dry.proxy.dry_run = true;
-    let mut rt = Knowledge::new(&dry);
-    let Step::Allow(a) = run(&dry, &mut rt, "GET", hostile[0], Credential::Anonymous) else {
+    let mut known = Knowledge::new(&dry);
+    let Step::Allow(a) = run(&dry, &mut known, "GET", hostile[0], Credential::Anonymous) else {
         panic!()
     };
     assert_eq!(a.would_deny.map(|r| r.status), Some(400));
@@ -1262,9 +1331,9 @@ fn template_paths_ask_for_the_resource_of_their_instance() {
         "methods": [{"method": "GET", "scopes": ["admin"]}]},
         {"path": "/resource/{id}/*", "scopes": ["view"]}]}),
     );
-    let mut rt = Knowledge::new(&c);
-    rt.pat = Some("PAT".into());
-    let s = run(&c, &mut rt, "GET", "/v1/tenants/1", valid(&t));
+    let mut known = Knowledge::new(&c);
+    known.pat = Some("PAT".into());
+    let s = run(&c, &mut known, "GET", "/v1/tenants/1", valid(&t));
     let Step::Call(call) = &s else {
         panic!("{s:?}")
     };
@@ -1278,7 +1347,7 @@ fn template_paths_ask_for_the_resource_of_their_instance() {
     );
     let s = answer(
         &c,
-        &mut rt,
+        &mut known,
         "GET",
         "/v1/tenants/1",
         &t,
@@ -1291,13 +1360,13 @@ fn template_paths_ask_for_the_resource_of_their_instance() {
     };
     assert_eq!(form_value(call, "permission").as_deref(), Some("t1#admin"));
     // cached per path: no second lookup
-    let Step::Call(call) = run(&c, &mut rt, "GET", "/v1/tenants/1", valid(&t)) else {
+    let Step::Call(call) = run(&c, &mut known, "GET", "/v1/tenants/1", valid(&t)) else {
         panic!()
     };
     assert!(call.request.path.ends_with("/token"));
     // no instance resource: the parent's (/resource/1 for /resource/1/test) grants it
-    let s = run(&c, &mut rt, "GET", "/resource/1/test", valid(&t));
-    let s = answer(&c, &mut rt, "GET", "/resource/1/test", &t, s, 200, "[]");
+    let s = run(&c, &mut known, "GET", "/resource/1/test", valid(&t));
+    let s = answer(&c, &mut known, "GET", "/resource/1/test", &t, s, 200, "[]");
     let Step::Call(call) = &s else {
         panic!("{s:?}")
     };
@@ -1308,7 +1377,7 @@ fn template_paths_ask_for_the_resource_of_their_instance() {
     );
     let s = answer(
         &c,
-        &mut rt,
+        &mut known,
         "GET",
         "/resource/1/test",
         &t,
@@ -1321,8 +1390,8 @@ fn template_paths_ask_for_the_resource_of_their_instance() {
     };
     assert_eq!(form_value(call, "permission").as_deref(), Some("r1#view"));
     // no exact resource: the server's match (a server resource that is a template itself)
-    let s = run(&c, &mut rt, "GET", "/v3/tenants/7", valid(&t));
-    let s = answer(&c, &mut rt, "GET", "/v3/tenants/7", &t, s, 200, "[]");
+    let s = run(&c, &mut known, "GET", "/v3/tenants/7", valid(&t));
+    let s = answer(&c, &mut known, "GET", "/v3/tenants/7", &t, s, 200, "[]");
     let Step::Call(call) = &s else {
         panic!("{s:?}")
     };
@@ -1335,7 +1404,7 @@ fn template_paths_ask_for_the_resource_of_their_instance() {
     );
     let s = answer(
         &c,
-        &mut rt,
+        &mut known,
         "GET",
         "/v3/tenants/7",
         &t,
@@ -1348,9 +1417,9 @@ fn template_paths_ask_for_the_resource_of_their_instance() {
     };
     assert_eq!(form_value(call, "permission").as_deref(), Some("t7#admin"));
     // none of them: the template's own resource, by name
-    let s = run(&c, &mut rt, "GET", "/v2/tenants/9", valid(&t));
-    let s = answer(&c, &mut rt, "GET", "/v2/tenants/9", &t, s, 200, "[]");
-    let s = answer(&c, &mut rt, "GET", "/v2/tenants/9", &t, s, 200, "[]");
+    let s = run(&c, &mut known, "GET", "/v2/tenants/9", valid(&t));
+    let s = answer(&c, &mut known, "GET", "/v2/tenants/9", &t, s, 200, "[]");
+    let s = answer(&c, &mut known, "GET", "/v2/tenants/9", &t, s, 200, "[]");
     let Step::Call(call) = &s else {
         panic!("{s:?}")
     };

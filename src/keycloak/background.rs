@@ -181,7 +181,7 @@ impl Background {
     pub fn due(
         &mut self,
         cfg: &EnforcerConfig,
-        rt: &Knowledge,
+        known: &Knowledge,
         now_ms: i64,
     ) -> Vec<(Fetch, HttpRequest)> {
         let mut out = Vec::new();
@@ -203,13 +203,13 @@ impl Background {
             out.push((Fetch::Jwks, uma::jwks_request(cfg)));
         }
         if Self::needs_pat(cfg)
-            && (rt.pat.is_none() || now_ms >= self.pat_expires_ms - PAT_MARGIN_MS)
+            && (known.pat.is_none() || now_ms >= self.pat_expires_ms - PAT_MARGIN_MS)
             && self.pat_slot.startable(now_ms)
         {
             self.pat_slot.start();
             out.push((Fetch::Pat, uma::pat_request(cfg)));
         }
-        let Some(pat) = rt.pat.as_deref() else {
+        let Some(pat) = known.pat.as_deref() else {
             return out;
         };
         if let Some(slot) = self.load_all.as_mut() {
@@ -276,7 +276,7 @@ impl Background {
     pub fn complete(
         &mut self,
         cfg: &EnforcerConfig,
-        rt: &mut Knowledge,
+        known: &mut Knowledge,
         fetch: Fetch,
         answer: Answer,
         now_ms: i64,
@@ -295,7 +295,7 @@ impl Background {
                             d.issuer, cfg.proxy.issuer
                         ));
                     }
-                    rt.issuer = d.issuer;
+                    known.issuer = d.issuer;
                 }
                 Err(e) => {
                     self.discovery.fail(now_ms);
@@ -334,7 +334,7 @@ impl Background {
             Fetch::Pat => match uma::parse_token_response(status, body) {
                 Ok(t) => {
                     self.pat_expires_ms = now_ms + t.expires_in.unwrap_or(60).max(1) * 1000;
-                    rt.pat = Some(t.access_token);
+                    known.pat = Some(t.access_token);
                     self.pat_slot.succeed(now_ms);
                 }
                 Err(e) => {
@@ -347,7 +347,7 @@ impl Background {
             },
             Fetch::LoadAll => match uma::parse_resources(status, body) {
                 Ok(resources) => {
-                    rt.paths = PathSet::with_server_resources(cfg, &resources);
+                    known.paths = PathSet::with_server_resources(cfg, &resources);
                     if let Some(s) = self.load_all.as_mut() {
                         s.succeed(now_ms)
                     }
@@ -379,11 +379,11 @@ impl Background {
                         slot.succeed(now_ms);
                         self.binds[index] = match (step, found.as_slice()) {
                             (_, [one]) => {
-                                rt.paths.bind(index, one);
+                                known.paths.bind(index, one);
                                 BindState::Done
                             }
                             (BindStep::ByName, [first, ..]) => {
-                                rt.paths.bind(index, first);
+                                known.paths.bind(index, first);
                                 BindState::Done
                             }
                             (BindStep::ByName, []) => {
@@ -474,19 +474,19 @@ mod tests {
     #[test]
     fn start_fetches_once_and_single_flight() {
         let c = cfg();
-        let mut rt = Knowledge::new(&c);
+        let mut known = Knowledge::new(&c);
         let mut bg = Background::new(&c);
         assert_eq!(
-            kinds(&bg.due(&c, &rt, 0)),
+            kinds(&bg.due(&c, &known, 0)),
             vec![Fetch::Discovery, Fetch::Jwks, Fetch::Pat]
         );
         assert!(
-            bg.due(&c, &rt, 1).is_empty(),
+            bg.due(&c, &known, 1).is_empty(),
             "nothing twice while in flight"
         );
         bg.complete(
             &c,
-            &mut rt,
+            &mut known,
             Fetch::Pat,
             Answer::Http {
                 status: 200,
@@ -494,8 +494,8 @@ mod tests {
             },
             5,
         );
-        assert_eq!(rt.pat.as_deref(), Some("P"));
-        let next = bg.due(&c, &rt, 6);
+        assert_eq!(known.pat.as_deref(), Some("P"));
+        let next = bg.due(&c, &known, 6);
         assert_eq!(
             kinds(&next),
             vec![
@@ -515,7 +515,7 @@ mod tests {
             .contains("name=Acc&owner=bank-api&exactName=true"));
         bg.complete(
             &c,
-            &mut rt,
+            &mut known,
             Fetch::Bind {
                 index: 0,
                 step: BindStep::ByName,
@@ -528,7 +528,7 @@ mod tests {
         );
         bg.complete(
             &c,
-            &mut rt,
+            &mut known,
             Fetch::Bind {
                 index: 1,
                 step: BindStep::ByUri,
@@ -539,7 +539,7 @@ mod tests {
             },
             7,
         );
-        let next = bg.due(&c, &rt, 8);
+        let next = bg.due(&c, &known, 8);
         assert_eq!(
             kinds(&next),
             vec![Fetch::Bind {
@@ -549,7 +549,13 @@ mod tests {
         );
         assert!(next[0].1.path.contains("matchingUri=true"));
         assert_eq!(
-            rt.paths.find("/account/1").unwrap().resource.id.as_deref(),
+            known
+                .paths
+                .find("/account/1")
+                .unwrap()
+                .resource
+                .id
+                .as_deref(),
             Some("r1")
         );
     }
@@ -557,12 +563,12 @@ mod tests {
     #[test]
     fn bad_jwks_keeps_the_last_good_copy_and_backs_off() {
         let c = cfg();
-        let mut rt = Knowledge::new(&c);
+        let mut known = Knowledge::new(&c);
         let mut bg = Background::new(&c);
-        bg.due(&c, &rt, 0);
+        bg.due(&c, &known, 0);
         bg.complete(
             &c,
-            &mut rt,
+            &mut known,
             Fetch::Jwks,
             Answer::Http {
                 status: 200,
@@ -572,10 +578,10 @@ mod tests {
         );
         assert!(bg.ready());
         // refetch after max age; Envoy's 503 for an unreachable Keycloak must not replace the keys
-        assert!(kinds(&bg.due(&c, &rt, JWKS_MAX_AGE_MS)).contains(&Fetch::Jwks));
+        assert!(kinds(&bg.due(&c, &known, JWKS_MAX_AGE_MS)).contains(&Fetch::Jwks));
         bg.complete(
             &c,
-            &mut rt,
+            &mut known,
             Fetch::Jwks,
             Answer::Http {
                 status: 503,
@@ -585,13 +591,13 @@ mod tests {
         );
         assert!(bg.ready());
         assert!(
-            !kinds(&bg.due(&c, &rt, JWKS_MAX_AGE_MS + 500)).contains(&Fetch::Jwks),
+            !kinds(&bg.due(&c, &known, JWKS_MAX_AGE_MS + 500)).contains(&Fetch::Jwks),
             "backing off"
         );
-        assert!(kinds(&bg.due(&c, &rt, JWKS_MAX_AGE_MS + 1000)).contains(&Fetch::Jwks));
+        assert!(kinds(&bg.due(&c, &known, JWKS_MAX_AGE_MS + 1000)).contains(&Fetch::Jwks));
         bg.complete(
             &c,
-            &mut rt,
+            &mut known,
             Fetch::Jwks,
             Answer::Http {
                 status: 200,
@@ -601,7 +607,7 @@ mod tests {
         );
         assert!(bg.ready());
         assert!(
-            !kinds(&bg.due(&c, &rt, JWKS_MAX_AGE_MS + 2500)).contains(&Fetch::Jwks),
+            !kinds(&bg.due(&c, &known, JWKS_MAX_AGE_MS + 2500)).contains(&Fetch::Jwks),
             "backoff doubled"
         );
     }
@@ -609,12 +615,12 @@ mod tests {
     #[test]
     fn unknown_kid_refetch_is_rate_limited() {
         let c = cfg();
-        let mut rt = Knowledge::new(&c);
+        let mut known = Knowledge::new(&c);
         let mut bg = Background::new(&c);
-        bg.due(&c, &rt, 0);
+        bg.due(&c, &known, 0);
         bg.complete(
             &c,
-            &mut rt,
+            &mut known,
             Fetch::Jwks,
             Answer::Http {
                 status: 200,
@@ -623,19 +629,19 @@ mod tests {
             0,
         );
         bg.want_jwks();
-        assert!(!kinds(&bg.due(&c, &rt, 5_000)).contains(&Fetch::Jwks));
-        assert!(kinds(&bg.due(&c, &rt, 10_000)).contains(&Fetch::Jwks));
+        assert!(!kinds(&bg.due(&c, &known, 5_000)).contains(&Fetch::Jwks));
+        assert!(kinds(&bg.due(&c, &known, 10_000)).contains(&Fetch::Jwks));
     }
 
     #[test]
     fn pat_is_renewed_before_expiry() {
         let c = cfg();
-        let mut rt = Knowledge::new(&c);
+        let mut known = Knowledge::new(&c);
         let mut bg = Background::new(&c);
-        bg.due(&c, &rt, 0);
+        bg.due(&c, &known, 0);
         bg.complete(
             &c,
-            &mut rt,
+            &mut known,
             Fetch::Pat,
             Answer::Http {
                 status: 200,
@@ -643,21 +649,21 @@ mod tests {
             },
             0,
         );
-        assert!(!kinds(&bg.due(&c, &rt, 29_000)).contains(&Fetch::Pat));
-        assert!(kinds(&bg.due(&c, &rt, 30_000)).contains(&Fetch::Pat));
-        bg.complete(&c, &mut rt, Fetch::Pat, Answer::NoAnswer, 30_000);
-        assert_eq!(rt.pat.as_deref(), Some("P"), "old PAT kept on failure");
+        assert!(!kinds(&bg.due(&c, &known, 29_000)).contains(&Fetch::Pat));
+        assert!(kinds(&bg.due(&c, &known, 30_000)).contains(&Fetch::Pat));
+        bg.complete(&c, &mut known, Fetch::Pat, Answer::NoAnswer, 30_000);
+        assert_eq!(known.pat.as_deref(), Some("P"), "old PAT kept on failure");
     }
 
     #[test]
     fn no_enforced_paths_loads_all_resources() {
         let c = EnforcerConfig::from_json(br#"{"realm":"bank","auth-server-url":"http://kc","resource":"bank-api","credentials":{"secret":"s"}}"#).unwrap();
-        let mut rt = Knowledge::new(&c);
+        let mut known = Knowledge::new(&c);
         let mut bg = Background::new(&c);
-        bg.due(&c, &rt, 0);
+        bg.due(&c, &known, 0);
         bg.complete(
             &c,
-            &mut rt,
+            &mut known,
             Fetch::Pat,
             Answer::Http {
                 status: 200,
@@ -665,11 +671,11 @@ mod tests {
             },
             0,
         );
-        let next = bg.due(&c, &rt, 1);
+        let next = bg.due(&c, &known, 1);
         assert_eq!(kinds(&next), vec![Fetch::LoadAll]);
-        bg.complete(&c, &mut rt, Fetch::LoadAll, Answer::Http { status: 200, body: br#"[{"_id":"r1","name":"A","uris":["/a/{id}"],"resource_scopes":[{"name":"v"}]}]"# }, 2);
+        bg.complete(&c, &mut known, Fetch::LoadAll, Answer::Http { status: 200, body: br#"[{"_id":"r1","name":"A","uris":["/a/{id}"],"resource_scopes":[{"name":"v"}]}]"# }, 2);
         assert_eq!(
-            rt.paths.find("/a/1").unwrap().resource.id.as_deref(),
+            known.paths.find("/a/1").unwrap().resource.id.as_deref(),
             Some("r1")
         );
     }

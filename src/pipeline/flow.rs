@@ -1,8 +1,8 @@
 //! What a worker keeps of a request in flight: its facts, its conversation with Keycloak, what
 //! it waits for.
 
-use crate::enforce::enforcer::Cred;
 use crate::enforce::events::Event;
+use crate::enforce::step::Credential;
 use crate::enforce::step::{Pending, RequestFacts};
 use crate::request::view::RequestView;
 use crate::store::decisions::Key;
@@ -28,7 +28,7 @@ pub struct Flow {
     pub enforcer: usize,
     pub method: String,
     pub path: String,
-    pub cred: Cred,
+    pub cred: Credential,
     pub pending: Option<Pending>,
     /// When the pending callout was dispatched (latency histogram).
     pub sent_ms: i64,
@@ -38,8 +38,6 @@ pub struct Flow {
     pub tls: bool,
     /// The buffered body, once read for claims.
     pub body: Option<Vec<u8>>,
-    /// The pending callout goes to a claim service, not Keycloak.
-    pub to_service: bool,
     /// This request's memo key (a verified token): where a memoizable allow is remembered.
     pub memo_key: Option<u128>,
     /// The request's trace context, copied onto its callouts.
@@ -47,11 +45,16 @@ pub struct Flow {
 }
 
 impl Flow {
+    /// The pending callout goes to a claim service, not Keycloak.
+    pub fn to_service(&self) -> bool {
+        matches!(self.pending, Some(Pending::Claims { .. }))
+    }
+
     pub fn facts(&self) -> RequestFacts<'_> {
         RequestFacts {
             method: &self.method,
             path: &self.path,
-            credential: self.cred.credential(),
+            credential: &self.cred,
             view: RequestView {
                 headers: &self.headers,
                 peer: self.peer.as_deref(),

@@ -7,9 +7,9 @@ use super::flow::{answer_event, Flow, Parked, Stream};
 use super::host::{Go, Host, Upstream, Verdict};
 use super::worker::Worker;
 use crate::enforce::arrival::{header_name, Arrival, Properties, Request};
-use crate::enforce::enforcer::Cred;
 use crate::enforce::events::{Endpoint, Event};
 use crate::enforce::replies::{body_too_large, cannot_continue};
+use crate::enforce::step::Credential;
 use crate::enforce::step::{CacheUse, Pending, Reply, Step};
 use crate::keycloak::background;
 use crate::keycloak::logout::MAX_BODY_BYTES;
@@ -114,7 +114,7 @@ impl Worker {
                 cred,
                 memo_key,
             } => {
-                if let Cred::Refused(r) = &cred {
+                if let Credential::Refused(r) = &cred {
                     host.record(Event::BindingRefused(r.counter));
                 }
                 let claims = self.filter.routes.uses_claims();
@@ -136,7 +136,6 @@ impl Worker {
                         Vec::new()
                     },
                     body: None,
-                    to_service: false,
                     memo_key,
                     trace: trace_context(headers.iter().map(|(k, v)| (*k, *v))),
                 };
@@ -291,7 +290,7 @@ impl Worker {
         let Some(flow) = st.flow.as_mut() else {
             return;
         };
-        host.record(if flow.to_service {
+        host.record(if flow.to_service() {
             let (ok, status) = match &answer {
                 Answer::Http { status, .. } => (true, *status),
                 Answer::NoAnswer => (false, 0),
@@ -522,8 +521,8 @@ impl Worker {
                         timeout_ms: s.timeout_ms.unwrap_or(cfg.proxy.timeout_ms),
                     },
                 };
-                flow.to_service = call.service.is_some();
-                host.record(if flow.to_service {
+                let to_service = call.service.is_some();
+                host.record(if to_service {
                     Event::ClaimCall
                 } else {
                     Event::KeycloakCall {
@@ -537,7 +536,7 @@ impl Worker {
                     self.calling(token, id, via);
                     return Applied::Called;
                 }
-                host.record(if flow.to_service {
+                host.record(if to_service {
                     Event::ClaimAnswer {
                         ok: false,
                         status: 0,

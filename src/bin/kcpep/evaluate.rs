@@ -10,7 +10,7 @@ use crate::Select;
 use anyhow::{anyhow, Result};
 use base64::Engine;
 use keycloak_pep::enforce::arrival::{Arrival, Request};
-use keycloak_pep::enforce::enforcer::Cred;
+use keycloak_pep::enforce::step::Credential;
 use keycloak_pep::keycloak::token;
 use keycloak_pep::pipeline::memory::{Connection, MemoryHost, Shared, StreamLog};
 use keycloak_pep::pipeline::{Go, Worker};
@@ -353,15 +353,19 @@ mod notes {
 }
 
 /// The token as far as a person may see it: never the token itself, never its signature.
-fn token_trace(cred: &Cred, raw: Option<&str>) -> Value {
+fn token_trace(cred: &Credential, raw: Option<&str>) -> Value {
     let kid = raw.and_then(token::key_id);
     match cred {
-        Cred::Anonymous => json!({"check": "none (no Authorization header)"}),
-        Cred::Malformed(e) => json!({"check": format!("malformed: {e:?}")}),
-        Cred::Invalid(e) => json!({"check": format!("invalid: {}", e.describe()), "kid": kid}),
-        Cred::Unverifiable => json!({"check": "not verifiable (no realm keys)", "kid": kid}),
-        Cred::Refused(r) => json!({"check": format!("binding refused: {}", r.reason), "kid": kid}),
-        Cred::Valid(_, t) => {
+        Credential::Anonymous => json!({"check": "none (no Authorization header)"}),
+        Credential::Malformed(e) => json!({"check": format!("malformed: {e:?}")}),
+        Credential::Invalid(e) => {
+            json!({"check": format!("invalid: {}", e.describe()), "kid": kid})
+        }
+        Credential::Unverifiable => json!({"check": "not verifiable (no realm keys)", "kid": kid}),
+        Credential::Refused(r) => {
+            json!({"check": format!("binding refused: {}", r.reason), "kid": kid})
+        }
+        Credential::Valid(_, t) => {
             let c = unverified_claims(raw.unwrap_or_default());
             json!({
                 "check": "valid", "kid": kid, "exp": t.exp,

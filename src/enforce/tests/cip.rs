@@ -39,7 +39,7 @@ use crate::request::view::lines as hs;
 #[allow(clippy::too_many_arguments)]
 fn go(
     c: &EnforcerConfig,
-    rt: &mut Knowledge,
+    known: &mut Knowledge,
     store: &mut MemStore,
     t: &T,
     path: &str,
@@ -50,7 +50,7 @@ fn go(
     let req = RequestFacts {
         method: "POST",
         path,
-        credential: valid(t),
+        credential: &valid(t),
         view: RequestView {
             headers,
             peer: Some("127.0.0.1:40000"),
@@ -59,10 +59,10 @@ fn go(
         },
     };
     match answer {
-        None => decide(c, rt, &req, store, NOW_MS),
+        None => decide(c, known, &req, store, NOW_MS),
         Some((Step::Call(call), status, text)) => resume(
             c,
-            rt,
+            known,
             &req,
             store,
             call.pending.clone(),
@@ -101,7 +101,7 @@ const BRANCH_GRANTED: &str = r#"[{"rsid":"b1","rsname":"Branch Transfer"}]"#;
 #[test]
 fn body_claims_wait_for_the_body_then_travel_as_claim_token() {
     let c = branch_cfg(json!({}));
-    let mut rt = Knowledge::new(&c);
+    let mut known = Knowledge::new(&c);
     let mut store = MemStore::default();
     let t = token(json!({}));
     let h = hs(&[
@@ -113,7 +113,7 @@ fn body_claims_wait_for_the_body_then_travel_as_claim_token() {
     let mut transfer = |body: Option<&[u8]>, answer: Option<(&Step, u16, &str)>| {
         go(
             &c,
-            &mut rt,
+            &mut known,
             &mut store,
             &t,
             "/branch/transfer",
@@ -148,11 +148,11 @@ fn body_claims_wait_for_the_body_then_travel_as_claim_token() {
 #[test]
 fn paths_without_body_claims_never_ask_for_the_body() {
     let c = branch_cfg(json!({}));
-    let mut rt = Knowledge::new(&c);
+    let mut known = Knowledge::new(&c);
     let t = token(json!({}));
     let s = go(
         &c,
-        &mut rt,
+        &mut known,
         &mut MemStore::default(),
         &t,
         "/account/1",
@@ -164,11 +164,11 @@ fn paths_without_body_claims_never_ask_for_the_body() {
     assert_eq!(claims.keys().collect::<Vec<_>>(), ["ip"]);
     // the peer is not believed about X-Forwarded-For unless trusted
     let c = branch_cfg(json!({"trusted-proxies": ["10.0.0.0/8"]}));
-    let mut rt = Knowledge::new(&c);
+    let mut known = Knowledge::new(&c);
     let h = hs(&[("x-forwarded-for", "203.0.113.7")]);
     let s = go(
         &c,
-        &mut rt,
+        &mut known,
         &mut MemStore::default(),
         &t,
         "/account/1",
@@ -182,12 +182,12 @@ fn paths_without_body_claims_never_ask_for_the_body() {
 #[test]
 fn a_body_that_is_not_json_is_a_bad_request_naming_the_path() {
     let c = branch_cfg(json!({}));
-    let mut rt = Knowledge::new(&c);
+    let mut known = Knowledge::new(&c);
     let t = token(json!({}));
     let h = hs(&[("content-type", "application/json")]);
     let s = go(
         &c,
-        &mut rt,
+        &mut known,
         &mut MemStore::default(),
         &t,
         "/branch/transfer",
@@ -205,10 +205,10 @@ fn a_body_that_is_not_json_is_a_bad_request_naming_the_path() {
 #[test]
 fn http_provider_is_a_callout_before_the_grant() {
     let c = branch_cfg(json!({}));
-    let mut rt = Knowledge::new(&c);
+    let mut known = Knowledge::new(&c);
     let mut store = MemStore::default();
     let t = token(json!({"preferred_username": "alice"}));
-    let s = go(&c, &mut rt, &mut store, &t, "/limits", &[], None, None);
+    let s = go(&c, &mut known, &mut store, &t, "/limits", &[], None, None);
     let Step::Call(call) = &s else {
         panic!("{s:?}")
     };
@@ -217,7 +217,7 @@ fn http_provider_is_a_callout_before_the_grant() {
     assert_eq!(call.request.path, "/limits?user=alice");
     let grant = go(
         &c,
-        &mut rt,
+        &mut known,
         &mut store,
         &t,
         "/limits",
@@ -231,10 +231,10 @@ fn http_provider_is_a_callout_before_the_grant() {
     assert!(g.service.is_none(), "then Keycloak");
     assert_eq!(pushed(&grant)["tier"], ["gold"]);
     // a failing provider denies (503) ...
-    let s = go(&c, &mut rt, &mut store, &t, "/limits", &[], None, None);
+    let s = go(&c, &mut known, &mut store, &t, "/limits", &[], None, None);
     let failed = go(
         &c,
-        &mut rt,
+        &mut known,
         &mut store,
         &t,
         "/limits",
@@ -244,10 +244,19 @@ fn http_provider_is_a_callout_before_the_grant() {
     );
     assert_eq!(status(&failed), 503);
     // ... unless it says on-error: continue
-    let s = go(&c, &mut rt, &mut store, &t, "/soft-limits", &[], None, None);
+    let s = go(
+        &c,
+        &mut known,
+        &mut store,
+        &t,
+        "/soft-limits",
+        &[],
+        None,
+        None,
+    );
     let cont = go(
         &c,
-        &mut rt,
+        &mut known,
         &mut store,
         &t,
         "/soft-limits",
@@ -301,11 +310,11 @@ fn rpt_permissions_with_claims_are_checked_against_the_request_claims() {
 #[test]
 fn dry_run_lets_denials_through_and_says_what_they_were() {
     let c = branch_cfg(json!({"dry-run": true}));
-    let mut rt = Knowledge::new(&c);
+    let mut known = Knowledge::new(&c);
     let t = token(json!({}));
     let s = go(
         &c,
-        &mut rt,
+        &mut known,
         &mut MemStore::default(),
         &t,
         "/nowhere",
@@ -320,18 +329,18 @@ fn dry_run_lets_denials_through_and_says_what_they_were() {
     let anon = RequestFacts {
         method: "GET",
         path: "/account/1",
-        credential: Credential::Anonymous,
+        credential: &Credential::Anonymous,
         view: Default::default(),
     };
-    let s = decide(&c, &mut rt, &anon, &mut NoStore, NOW_MS);
+    let s = decide(&c, &mut known, &anon, &mut NoStore, NOW_MS);
     assert!(matches!(&s, Step::Allow(a) if a.would_deny.as_ref().is_some_and(|r| r.status == 401)));
     // without dry-run the same request is refused
     let c = branch_cfg(json!({}));
-    let mut rt = Knowledge::new(&c);
+    let mut known = Knowledge::new(&c);
     assert_eq!(
         status(&go(
             &c,
-            &mut rt,
+            &mut known,
             &mut MemStore::default(),
             &t,
             "/nowhere",
