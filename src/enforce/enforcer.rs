@@ -5,16 +5,17 @@
 
 use crate::config::{EnforcerConfig, SenderConstraint};
 use crate::enforce::binding::{self, Presented, Refusal};
+use crate::enforce::flow::{self, Explanation};
+use crate::enforce::refresh::{FetchHost, Fetched, Report};
 use crate::enforce::step::{CacheUse, Reply};
 use crate::enforce::step::{Credential, Pending, RequestFacts, Step};
-use crate::enforce::{self, Explanation};
-use crate::keycloak::background::{Background, Fetch};
+use crate::keycloak::background::{self, Background, Fetch};
 use crate::keycloak::knowledge::Knowledge;
 use crate::keycloak::logout::{self, LogoutError};
 use crate::keycloak::token::{self, Expectations, HostVerifier, Token, TokenError};
 use crate::keycloak::verified::VerifiedTokens;
 use crate::store::logouts::{self, Ended, Logouts};
-use crate::store::DecisionStore;
+use crate::store::{documents, DecisionStore};
 use crate::store::{FirstUse, ReplayGuard};
 use crate::wire::http::{Answer, HttpRequest};
 use sha2::Digest;
@@ -172,7 +173,7 @@ impl Enforcer {
     /// The first (or renewed) decision for a request.
     pub fn decide(&self, req: &RequestFacts, store: &mut dyn DecisionStore, now_ms: i64) -> Step {
         let mut l = self.learnt.borrow_mut();
-        enforce::decide(&self.config, &mut l.knowledge, req, store, now_ms)
+        flow::decide(&self.config, &mut l.knowledge, req, store, now_ms)
     }
 
     /// The next step once the callout `pending` was answered.
@@ -185,7 +186,7 @@ impl Enforcer {
         now_ms: i64,
     ) -> Step {
         let mut l = self.learnt.borrow_mut();
-        enforce::resume(
+        flow::resume(
             &self.config,
             &mut l.knowledge,
             req,
@@ -199,7 +200,7 @@ impl Enforcer {
     /// What a request would match, without a token or a server.
     pub fn explain(&self, method: &str, path: &str) -> Explanation {
         let l = self.learnt.borrow();
-        enforce::explain(&self.config, &l.knowledge.paths, method, path)
+        flow::explain(&self.config, &l.knowledge.paths, method, path)
     }
 
     /// The lookup id of a bearer token verified before and not expired, without copying it: all
@@ -907,5 +908,250 @@ mod tests {
         let fresh = format!("Bearer {}", sign_rs256(&newer));
         let (cred, _) = all[1].check_credential(&[fresh.as_bytes()], NOW * 1000, None, None);
         assert!(matches!(cred, Credential::Valid(..)));
+    }
+}
+
+/// Keeping what the enforcer knows of Keycloak fresh across every VM of the proxy: before a fetch
+/// is sent, another VM's copy in shared data is used when still good, and only the VM holding
+/// the fetch's lease asks Keycloak.
+impl Enforcer {
+    /// Sends (or takes from shared data) every fetch due now. An answer found in shared data
+    /// can make more fetches due (path bindings need the PAT), so up to
+    /// [`background::ROUNDS_PER_TICK`] rounds run.
+    pub fn refresh(&self, host: &mut dyn FetchHost, now_ms: i64) -> Report {
+        let cfg = &self.config;
+        let mut st = self.learnt();
+        let mut due = st.due(cfg, now_ms);
+        let mut rounds = 0;
+        while !due.is_empty() && rounds < background::ROUNDS_PER_TICK {
+            rounds += 1;
+            let mut from_shared = false;
+            for (fetch, req) in std::mem::take(&mut due) {
+                let key = documents::doc_key(cfg, fetch, &req);
+                // Another VM (or enforcer of the same realm) may have fetched it already.
+                if let Some(stored) = host.shared(&key) {
+                    if let Some((stored_at, doc)) =
+                        documents::usable(&stored, fetch, now_ms, st.background.jwks_forced)
+                    {
+                        let answer = Answer::Http {
+                            status: 200,
+                            body: doc,
+                        };
+                        st.complete(cfg, fetch, answer, stored_at);
+                        from_shared = true;
+                        continue;
+                    }
+                }
+                if host.in_flight(&key) || !host.take_lease(&documents::lease_key(&key), now_ms) {
+                    st.background.skip(fetch);
+                    continue;
+                }
+                if !host.send(fetch, key, &req, now_ms) {
+                    st.background.notes.push(format!(
+                        "cannot call cluster {} for {}",
+                        cfg.proxy.cluster,
+                        fetch.name()
+                    ));
+                    st.complete(cfg, fetch, Answer::NoAnswer, now_ms);
+                }
+            }
+            if from_shared {
+                due = st.due(cfg, now_ms);
+            }
+        }
+        Report {
+            notes: st.background.notes.drain(..).collect(),
+            settled: st.background.settled(),
+        }
+    }
+
+    /// Takes Keycloak's answer to a fetch this VM sent under `key`.
+    pub fn fetched(&self, fetch: Fetch, key: &str, answer: Answer, now_ms: i64) -> Fetched {
+        let cfg = &self.config;
+        let mut st = self.learnt();
+        let had_keys = st.background.ready();
+        let share = match answer {
+            Answer::Http { status: 200, body } => Some(documents::encode_doc(now_ms, body)),
+            _ => None,
+        };
+        st.complete(cfg, fetch, answer, now_ms);
+        Fetched {
+            share,
+            lease: documents::lease_key(key),
+            keys_loaded: !had_keys && st.background.ready(),
+            report: Report {
+                notes: st.background.notes.drain(..).collect(),
+                settled: st.background.settled(),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod refresh_tests {
+    use super::*;
+    use crate::config::EnforcerConfig;
+    use crate::enforce::refresh::FetchHost;
+    use crate::keycloak::background::Fetch;
+    use crate::wire::http::HttpRequest;
+    use std::collections::HashMap;
+
+    /// A proxy of one VM: shared data, leases held by others, what it sent.
+    #[derive(Default)]
+    struct Proxy {
+        shared: HashMap<String, Vec<u8>>,
+        leased_elsewhere: bool,
+        refuse_sends: bool,
+        sent: Vec<(Fetch, String)>,
+    }
+
+    impl FetchHost for Proxy {
+        fn shared(&mut self, key: &str) -> Option<Vec<u8>> {
+            self.shared.get(key).cloned()
+        }
+        fn in_flight(&self, key: &str) -> bool {
+            self.sent.iter().any(|(_, k)| k == key)
+        }
+        fn take_lease(&mut self, _: &str, _: i64) -> bool {
+            !self.leased_elsewhere
+        }
+        fn send(&mut self, fetch: Fetch, key: String, _: &HttpRequest, _: i64) -> bool {
+            if self.refuse_sends {
+                return false;
+            }
+            self.sent.push((fetch, key));
+            true
+        }
+    }
+
+    fn enforcer() -> Enforcer {
+        let v = serde_json::json!({"realm": "bank", "auth-server-url": "http://kc",
+            "resource": "api", "credentials": {"secret": "s"},
+            "policy-enforcer": {"paths": [{"path": "/a", "enforcement-mode": "DISABLED"}]}});
+        Enforcer::new(
+            "e".into(),
+            EnforcerConfig::from_value(&v, "").expect("config"),
+        )
+    }
+
+    /// The realm keys of tests/fixtures.
+    fn jwks() -> Vec<u8> {
+        include_bytes!("../../tests/fixtures/jwks.json").to_vec()
+    }
+
+    const NOW: i64 = 1_000_000;
+
+    #[test]
+    fn the_first_refresh_sends_each_due_fetch_once_and_waits_for_it() {
+        let e = enforcer();
+        let mut proxy = Proxy::default();
+        let report = e.refresh(&mut proxy, NOW);
+        assert!(!proxy.sent.is_empty());
+        assert!(!report.settled);
+        let first = proxy.sent.len();
+        // nothing new is due while those are in flight
+        e.refresh(&mut proxy, NOW + 1);
+        assert_eq!(proxy.sent.len(), first);
+    }
+
+    #[test]
+    fn another_vms_copy_is_used_instead_of_a_call() {
+        let e = enforcer();
+        let mut probe = Proxy::default();
+        enforcer().refresh(&mut probe, NOW);
+        let (fetch, key) = probe
+            .sent
+            .iter()
+            .find(|(f, _)| matches!(f, Fetch::Jwks))
+            .cloned()
+            .expect("keys are fetched first");
+        let mut proxy = Proxy::default();
+        proxy
+            .shared
+            .insert(key.clone(), documents::encode_doc(NOW - 10, &jwks()));
+        e.refresh(&mut proxy, NOW);
+        assert!(
+            !proxy.sent.iter().any(|(f, _)| *f == fetch),
+            "sent {:?} although another VM had it",
+            fetch.name()
+        );
+        assert!(e.learnt().background.jwks.is_some());
+    }
+
+    #[test]
+    fn a_lease_held_by_another_vm_skips_the_fetch_without_backoff() {
+        let e = enforcer();
+        let mut proxy = Proxy {
+            leased_elsewhere: true,
+            ..Default::default()
+        };
+        e.refresh(&mut proxy, NOW);
+        assert!(proxy.sent.is_empty());
+        // the other VM's answer never came: the next tick asks again, at once
+        proxy.leased_elsewhere = false;
+        e.refresh(&mut proxy, NOW + 1);
+        assert!(!proxy.sent.is_empty());
+    }
+
+    #[test]
+    fn a_refused_send_is_an_unanswered_fetch_and_is_reported() {
+        let e = enforcer();
+        let mut proxy = Proxy {
+            refuse_sends: true,
+            ..Default::default()
+        };
+        let report = e.refresh(&mut proxy, NOW);
+        assert!(
+            report
+                .notes
+                .iter()
+                .any(|n| n.contains("cannot call cluster")),
+            "{:?}",
+            report.notes
+        );
+        // backed off: not asked again in the same millisecond
+        proxy.refuse_sends = false;
+        e.refresh(&mut proxy, NOW);
+        assert!(proxy.sent.is_empty(), "{:?}", proxy.sent);
+    }
+
+    #[test]
+    fn only_good_answers_are_shared_and_every_answer_releases_the_lease() {
+        let e = enforcer();
+        let mut proxy = Proxy::default();
+        e.refresh(&mut proxy, NOW);
+        let (fetch, key) = proxy.sent[0].clone();
+        let bad = e.fetched(
+            fetch,
+            &key,
+            Answer::Http {
+                status: 500,
+                body: b"oops",
+            },
+            NOW,
+        );
+        assert_eq!(bad.share, None);
+        assert_eq!(bad.lease, documents::lease_key(&key));
+        let none = e.fetched(fetch, &key, Answer::NoAnswer, NOW);
+        assert_eq!(none.share, None);
+    }
+
+    #[test]
+    fn the_first_key_set_is_reported_once() {
+        let e = enforcer();
+        let mut proxy = Proxy::default();
+        e.refresh(&mut proxy, NOW);
+        let (fetch, key) = proxy
+            .sent
+            .iter()
+            .find(|(f, _)| matches!(f, Fetch::Jwks))
+            .cloned()
+            .expect("keys are fetched");
+        let body = &jwks();
+        let first = e.fetched(fetch, &key, Answer::Http { status: 200, body }, NOW);
+        assert!(first.keys_loaded);
+        assert_eq!(first.share, Some(documents::encode_doc(NOW, body)));
+        let again = e.fetched(fetch, &key, Answer::Http { status: 200, body }, NOW + 5);
+        assert!(!again.keys_loaded);
     }
 }

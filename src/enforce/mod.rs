@@ -6,7 +6,7 @@
 //! A verdict that needs Keycloak is data: [`step::Step::Call`] carries the exact request and a
 //! [`step::Pending`] continuation that turns Keycloak's answer into the next step.
 //!
-//! The callers' object is the `Enforcer` (`enforcer`); `arrival` is what comes of a request's
+//! The callers' object is the [`Enforcer`] (`enforcer.rs`, every method of it); `arrival` is what comes of a request's
 //! headers; `flow` takes the first step and hands each answer to the stage whose call it was:
 //! `locate` (the path's entry), `collect` (its claims), `authorize` (the permission).
 
@@ -26,6 +26,7 @@ pub mod replies;
 pub mod step;
 
 pub use authorize::{is_authorized, method_config, DPOP_NOT_EVALUATED};
+pub use enforcer::Enforcer;
 pub use flow::{decide, explain, resume, Explanation};
 
 #[cfg(test)]
