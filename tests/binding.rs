@@ -7,16 +7,12 @@
 mod common;
 
 use base64::Engine;
-use common::dpop::Client;
+use common::dpop::{b64, jti, now, Client};
 use common::*;
 use serde_json::{json, Value};
 use sha2::Digest;
 
 const HOST: &str = "dpop.bank.local";
-
-fn b64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
 
 /// Whether this Keycloak issues DPoP-bound tokens: a supported feature, on by default, from
 /// 26.4. Before, it is a preview feature whose token endpoint fails every UMA grant with a
@@ -36,17 +32,6 @@ fn keycloak_binds_dpop() -> bool {
     );
     assert!(claims_of(body["access_token"].as_str().unwrap())["cnf"].is_null());
     false
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
-fn jti() -> String {
-    format!("{:032x}", rand::random::<u128>())
 }
 
 fn claims_of(token: &str) -> Value {

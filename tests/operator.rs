@@ -318,6 +318,15 @@ fn evaluate_routed(
     (out["result"]["status"].as_u64().unwrap() as u16, out)
 }
 
+/// `--header` arguments (`Name: value`) as a request's header pairs.
+fn header_pairs(headers: &[&str]) -> Vec<(String, Vec<u8>)> {
+    let pair = |h: &&str| {
+        let (k, v) = h.split_once(':').unwrap();
+        (k.trim().to_ascii_lowercase(), v.trim().as_bytes().to_vec())
+    };
+    headers.iter().map(pair).collect()
+}
+
 /// A request: host, Envoy's route name there, method, path, token, extra headers.
 type Case<'a> = (
     &'a str,
@@ -412,14 +421,8 @@ fn evaluate_answers_what_envoy_answers_before_any_enforcers_flow() {
     for (host, route, method, path, token, headers) in &cases {
         let (predicted, trace) =
             evaluate_routed(&config, host, route, method, path, *token, headers);
-        let extra: Vec<(String, Vec<u8>)> = headers
-            .iter()
-            .map(|h| {
-                let (k, v) = h.split_once(':').unwrap();
-                (k.trim().to_ascii_lowercase(), v.trim().as_bytes().to_vec())
-            })
-            .collect();
-        let extra: Vec<(&str, &[u8])> = extra
+        let owned = header_pairs(headers);
+        let extra: Vec<(&str, &[u8])> = owned
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_slice()))
             .collect();
@@ -620,14 +623,8 @@ fn evaluate_and_envoy_agree_on_status_and_reason() {
         );
     }
     for (host, method, path, token, headers, marker) in &cases {
-        let extra: Vec<(String, Vec<u8>)> = headers
-            .iter()
-            .map(|h| {
-                let (k, v) = h.split_once(':').unwrap();
-                (k.trim().to_ascii_lowercase(), v.trim().as_bytes().to_vec())
-            })
-            .collect();
-        let extra: Vec<(&str, &[u8])> = extra
+        let owned = header_pairs(headers);
+        let extra: Vec<(&str, &[u8])> = owned
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_slice()))
             .collect();

@@ -8,18 +8,21 @@ use p256::ecdsa::{Signature, SigningKey};
 use serde_json::{json, Value};
 use sha2::Digest;
 
-fn b64(bytes: &[u8]) -> String {
+/// Base64url without padding, as JOSE writes it.
+pub fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
-fn now() -> i64 {
+/// Seconds since the epoch.
+pub fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64
 }
 
-fn jti() -> String {
+/// A fresh token id.
+pub fn jti() -> String {
     format!("{:032x}", rand::random::<u128>())
 }
 
