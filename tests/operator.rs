@@ -194,7 +194,7 @@ fn evaluate(
     path: &str,
     token: Option<&str>,
 ) -> (u16, Value) {
-    let mut args = vec![
+    let args = [
         "evaluate",
         "--config",
         config,
@@ -202,20 +202,7 @@ fn evaluate(
         enforcer,
         "--json",
     ];
-    let tf = dir().join(format!("{enforcer}.token"));
-    if let Some(t) = token {
-        std::fs::write(&tf, t).unwrap();
-        args.extend(["--token-file", tf.to_str().unwrap()]);
-    }
-    args.extend([method, path]);
-    let o = kcpep(&args);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let out: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let out = run_evaluate(&args, token, &[], method, path);
     (out["result"]["status"].as_u64().unwrap() as u16, out)
 }
 
@@ -290,10 +277,25 @@ fn evaluate_routed(
     token: Option<&str>,
     headers: &[&str],
 ) -> (u16, Value) {
-    let mut args = vec![
+    let args = [
         "evaluate", "--config", config, "--host", host, "--route", route, "--json",
     ];
-    let tf = dir().join("routed.token");
+    let out = run_evaluate(&args, token, headers, method, path);
+    (out["result"]["status"].as_u64().unwrap() as u16, out)
+}
+
+/// `kcpep evaluate` with `args`, the token (through a file), `--header`s, then `method path`; its
+/// JSON output (the claims enforcers read their secret from the VM's environment, as envoy.yaml
+/// sets it).
+fn run_evaluate(
+    args: &[&str],
+    token: Option<&str>,
+    headers: &[&str],
+    method: &str,
+    path: &str,
+) -> Value {
+    let mut args = args.to_vec();
+    let tf = dir().join("evaluate.token");
     if let Some(t) = token {
         std::fs::write(&tf, t).unwrap();
         args.extend(["--token-file", tf.to_str().unwrap()]);
@@ -302,7 +304,6 @@ fn evaluate_routed(
         args.extend(["--header", h]);
     }
     args.extend([method, path]);
-    // the claims enforcers read their secret from the VM's environment (envoy.yaml sets it)
     let o = Command::new(env!("CARGO_BIN_EXE_kcpep"))
         .args(&args)
         .env("KCPEP_BANK_API_SECRET", "bank-api-secret")
@@ -314,8 +315,7 @@ fn evaluate_routed(
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
-    let out: Value = serde_json::from_slice(&o.stdout).unwrap();
-    (out["result"]["status"].as_u64().unwrap() as u16, out)
+    serde_json::from_slice(&o.stdout).unwrap()
 }
 
 /// `--header` arguments (`Name: value`) as a request's header pairs.
@@ -470,26 +470,10 @@ fn evaluate_repeated(
     repeat: u32,
 ) -> Value {
     let repeat = repeat.to_string();
-    let mut args = vec![
+    let args = [
         "evaluate", "--config", config, "--host", host, "--json", "--repeat", &repeat,
     ];
-    let tf = dir().join("agree.token");
-    if let Some(t) = token {
-        std::fs::write(&tf, t).unwrap();
-        args.extend(["--token-file", tf.to_str().unwrap()]);
-    }
-    for h in headers {
-        args.extend(["--header", h]);
-    }
-    args.extend([method, path]);
-    let o = kcpep(&args);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    serde_json::from_slice(&o.stdout).unwrap()
+    run_evaluate(&args, token, headers, method, path)
 }
 
 /// The reason of the filter's log line that holds `marker` (`reason="..."`), once Envoy wrote it.

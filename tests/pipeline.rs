@@ -50,12 +50,17 @@ fn token(extra: Value) -> String {
     for (k, v) in extra.as_object().unwrap() {
         c[k] = v.clone();
     }
+    sign(&c)
+}
+
+/// `claims` signed with the realm's test key (`tests/fixtures`), as Keycloak signs.
+fn sign(claims: &Value) -> String {
     let der = base64::engine::general_purpose::STANDARD
         .decode(fixture("rsa-private.der.b64"))
         .unwrap();
     let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
     h.kid = Some("rsa-1".into());
-    jsonwebtoken::encode(&h, &c, &jsonwebtoken::EncodingKey::from_rsa_der(&der)).unwrap()
+    jsonwebtoken::encode(&h, claims, &jsonwebtoken::EncodingKey::from_rsa_der(&der)).unwrap()
 }
 
 /// One worker of the proxy and its host.
@@ -433,17 +438,11 @@ fn a_back_channel_logout_on_one_worker_ends_the_session_on_the_others_by_their_t
     );
     // Keycloak posts the logout token to worker a; its body comes after the headers
     let now = NOW_MS / 1000;
-    let logout = {
-        let claims = json!({"iss": ISSUER, "aud": "demo-cli", "iat": now, "exp": now + 60,
-                            "jti": "j-1", "sid": "s-1", "sub": "u1",
-                            "events": {"http://schemas.openid.net/event/backchannel-logout": {}}});
-        let der = base64::engine::general_purpose::STANDARD
-            .decode(fixture("rsa-private.der.b64"))
-            .unwrap();
-        let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
-        h.kid = Some("rsa-1".into());
-        jsonwebtoken::encode(&h, &claims, &jsonwebtoken::EncodingKey::from_rsa_der(&der)).unwrap()
-    };
+    let logout = sign(
+        &json!({"iss": ISSUER, "aud": "demo-cli", "iat": now, "exp": now + 60,
+                              "jti": "j-1", "sid": "s-1", "sub": "u1",
+                              "events": {"http://schemas.openid.net/event/backchannel-logout": {}}}),
+    );
     let body = format!("logout_token={logout}").into_bytes();
     let mut headers: Vec<(&[u8], &[u8])> = vec![
         (b":method", b"POST"),
