@@ -86,10 +86,7 @@ pub struct Parked {
 
 /// The event a callout's answer is counted as.
 pub fn answer_event(answer: &Answer, latency_ms: i64) -> Event {
-    let (ok, status) = match answer {
-        Answer::Http { status, .. } => (true, *status),
-        Answer::NoAnswer => (false, 0),
-    };
+    let (ok, status) = answer.outcome();
     Event::KeycloakAnswer {
         ok,
         status,

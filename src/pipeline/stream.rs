@@ -7,6 +7,7 @@ use super::flow::{answer_event, Flow, Parked, Stream};
 use super::host::{Go, Host, Upstream, Verdict};
 use super::worker::Worker;
 use crate::enforce::arrival::{header_name, Arrival, Properties, Request};
+use crate::enforce::enforcer::Enforcer;
 use crate::enforce::events::{Endpoint, Event};
 use crate::enforce::replies::{body_too_large, cannot_continue};
 use crate::enforce::step::Credential;
@@ -16,6 +17,7 @@ use crate::keycloak::logout::MAX_BODY_BYTES;
 use crate::request::view::{loggable, path_only};
 use crate::store::decisions::Key;
 use crate::store::shared::SharedStore;
+use crate::store::DecisionStore;
 use crate::wire::http::{trace_context, Answer};
 
 /// What applying a step did to the stream.
@@ -291,10 +293,7 @@ impl Worker {
             return;
         };
         host.record(if flow.to_service() {
-            let (ok, status) = match &answer {
-                Answer::Http { status, .. } => (true, *status),
-                Answer::NoAnswer => (false, 0),
-            };
+            let (ok, status) = answer.outcome();
             Event::ClaimAnswer { ok, status }
         } else {
             answer_event(&answer, now - flow.sent_ms)
@@ -422,13 +421,9 @@ impl Worker {
 
     /// The enforcer's decision for this flow now.
     fn decide(&self, host: &mut dyn Host, flow: &Flow, now: i64) -> Step {
-        let e = &self.filter.enforcers[flow.enforcer];
-        let mut store = SharedStore::new(&e.config, &self.front, &self.tables, &mut *host, now);
-        let step = e.decide(&flow.facts(), &mut store, now);
-        if let Some(n) = store.entries_in_use {
-            host.set_cache_entries(n);
-        }
-        step
+        self.judged(host, flow, now, |e, store| {
+            e.decide(&flow.facts(), store, now)
+        })
     }
 
     /// The enforcer's next step once its callout answered.
@@ -436,9 +431,24 @@ impl Worker {
         let Some(pending) = flow.pending.take() else {
             return cannot_continue("unexpected callout answer");
         };
+        let facts = flow.facts();
+        self.judged(host, flow, now, |e, store| {
+            e.resume(&facts, store, pending, answer, now)
+        })
+    }
+
+    /// A step of the flow's enforcer over the shared decision table; a slot it took into use
+    /// moves the "entries in use" gauge.
+    fn judged(
+        &self,
+        host: &mut dyn Host,
+        flow: &Flow,
+        now: i64,
+        step: impl FnOnce(&Enforcer, &mut dyn DecisionStore) -> Step,
+    ) -> Step {
         let e = &self.filter.enforcers[flow.enforcer];
         let mut store = SharedStore::new(&e.config, &self.front, &self.tables, &mut *host, now);
-        let step = e.resume(&flow.facts(), &mut store, pending, answer, now);
+        let step = step(e, &mut store);
         if let Some(n) = store.entries_in_use {
             host.set_cache_entries(n);
         }

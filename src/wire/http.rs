@@ -232,6 +232,14 @@ pub enum Answer<'a> {
 pub const MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;
 
 impl Answer<'_> {
+    /// Whether an answer arrived, and its status (0 when none did): how stats count it.
+    pub fn outcome(&self) -> (bool, u16) {
+        match self {
+            Answer::Http { status, .. } => (true, *status),
+            Answer::NoAnswer => (false, 0),
+        }
+    }
+
     /// Whether an answer with this `:status` (0: none could be read) and body size is read at
     /// all; otherwise it is [`Answer::NoAnswer`] and its body is never copied in.
     pub fn readable(status: u16, body_size: usize) -> bool {
