@@ -60,12 +60,13 @@ import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
+from envoy_filter import keycloak_pep_filter, shipped
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, ".cache", "failover")
 RUN = os.path.join(ROOT, ".run", "failover")
 ENVOY = os.path.join(ROOT, ".cache", "venv", "bin", "envoy")
 WASM = os.path.join(ROOT, "dist", "keycloak_pep.wasm")
-ENVOY_YAML = os.path.join(ROOT, "envoy", "envoy.yaml")
 REALM_DIR = os.path.join(ROOT, "envoy", "keycloak")
 KC_VERSION = os.environ.get("KCPEP_KEYCLOAK_VERSION", "26.7.3")
 KC_TARBALL = os.path.join(ROOT, ".cache", "keycloak", f"keycloak-quarkus-dist-{KC_VERSION}.tar.gz")
@@ -592,18 +593,8 @@ class Realm:
 
 
 def enforcers_from_envoy_yaml():
-    """The plugin configuration of envoy/envoy.yaml (a JSON document in a YAML block scalar)."""
-    lines = open(ENVOY_YAML).read().splitlines()
-    for i, line in enumerate(lines):
-        if line.strip() == "value: |":
-            indent = len(lines[i + 1]) - len(lines[i + 1].lstrip())
-            block = []
-            for l in lines[i + 1:]:
-                if l.strip() and len(l) - len(l.lstrip()) < indent:
-                    break
-                block.append(l)
-            return json.loads("\n".join(block))["enforcers"]
-    die(f"no plugin configuration (value: |) found in {ENVOY_YAML}")
+    """The enforcers of envoy/envoy.yaml's plugin configuration."""
+    return json.loads(shipped()["typed_config"]["config"]["configuration"]["value"])["enforcers"]
 
 
 def plugin_config():
@@ -666,13 +657,7 @@ def envoy_config(plugin):
     upstream = {"name": "upstream", "type": "STATIC", "connect_timeout": "1s", "load_assignment": {
         "cluster_name": "upstream", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
             "socket_address": {"address": "127.0.0.1", "port_value": ECHO_PORT}}}}]}]}}
-    wasm = {"name": "keycloak-pep", "typed_config": {
-        "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-        "config": {"name": "keycloak-pep", "failure_policy": "FAIL_CLOSED", "allow_on_headers_stop_iteration": True,
-                   "vm_config": {"vm_id": "keycloak-pep", "runtime": "envoy.wasm.runtime.v8",
-                                 "code": {"local": {"filename": WASM}}},
-                   "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue",
-                                     "value": json.dumps(plugin)}}}}
+    wasm = keycloak_pep_filter(WASM, plugin)
     vhosts = [{"name": "unanimous", "domains": ["unanimous.bank.local"],
                "routes": [{"name": "unanimous", "match": {"prefix": "/"}, "route": {"cluster": "upstream"}}]},
               {"name": "affirmative", "domains": ["affirmative.bank.local"],

@@ -17,6 +17,8 @@ import time
 import urllib.parse
 import urllib.request
 
+from envoy_filter import keycloak_pep_filter
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN = os.path.join(ROOT, ".run", "bench")
 ENVOY = os.path.join(ROOT, ".cache", "venv", "bin", "envoy")
@@ -92,19 +94,7 @@ def dpop_proofs(tok, n, path):
 def envoy_config(wasm, plugin, native=None):
     filters = list(native or [])
     if wasm:
-        filters.append({
-            "name": "bench-wasm",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-                "config": {
-                    "name": "bench", "failure_policy": "FAIL_CLOSED",
-                    "vm_config": {"vm_id": "bench", "runtime": "envoy.wasm.runtime.v8",
-                                  "code": {"local": {"filename": os.path.join(ROOT, wasm)}}},
-                    "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue",
-                                      "value": plugin if isinstance(plugin, str) else json.dumps(plugin or {})},
-                },
-            },
-        })
+        filters.append(keycloak_pep_filter(wasm, plugin, name="bench"))
     filters.append({"name": "envoy.filters.http.router", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}})
     hcm = {

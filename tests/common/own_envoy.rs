@@ -46,31 +46,28 @@ pub struct Setup {
     pub clusters: Vec<Value>,
 }
 
+/// envoy/envoy.yaml's `keycloak-pep` filter (the one template of every Envoy configuration the
+/// tests and benchmarks generate) with `plugin` as its configuration and the built module.
+pub fn shipped_filter(plugin: &Value) -> Value {
+    let docs = super::yaml::read(&root().join("envoy/envoy.yaml"));
+    let listener = docs[0]["static_resources"]["listeners"]
+        .as_array()
+        .and_then(|ls| ls.iter().find(|l| l["name"] == "ingress"))
+        .expect("envoy/envoy.yaml has the ingress listener");
+    let mut filter = listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
+        .as_array()
+        .and_then(|fs| fs.iter().find(|f| f["name"] == "keycloak-pep"))
+        .expect("envoy/envoy.yaml's ingress listener has the keycloak-pep filter")
+        .clone();
+    let config = &mut filter["typed_config"]["config"];
+    config["vm_config"]["code"]["local"]["filename"] = json!(root().join("dist/keycloak_pep.wasm"));
+    config["configuration"]["value"] = json!(plugin.to_string());
+    filter
+}
+
 /// The listener: the filter with `plugin`, then the router to cluster `upstream`.
 fn listener(setup: &Setup, plugin: &Value, version: u32) -> Value {
-    let wasm = root().join("dist/keycloak_pep.wasm");
-    let filter = json!({
-        "name": "keycloak-pep",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-            "config": {
-                "name": "keycloak-pep",
-                "failure_policy": "FAIL_CLOSED",
-                // as the shipped configurations: bodies (claims, logout tokens) are read with
-                // the headers held
-                "allow_on_headers_stop_iteration": true,
-                "vm_config": {
-                    "vm_id": "keycloak-pep",
-                    "runtime": "envoy.wasm.runtime.v8",
-                    "code": {"local": {"filename": wasm}}
-                },
-                "configuration": {
-                    "@type": "type.googleapis.com/google.protobuf.StringValue",
-                    "value": plugin.to_string()
-                }
-            }
-        }
-    });
+    let filter = shipped_filter(plugin);
     let hcm = json!({
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": setup.name,

@@ -71,34 +71,3 @@ pub fn read(path: &std::path::Path) -> Vec<Value> {
     let text = std::fs::read_to_string(path).unwrap();
     documents(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
-
-#[cfg(test)]
-mod tests {
-    use super::documents;
-    use serde_json::json;
-
-    #[test]
-    fn documents_anchors_and_errors() {
-        let text = "# c\na: 1\nb: \"x # not a comment\"  # comment\nc: &list\n  - d: e\n    f: [1, 'g''h', {i: j}]\np: |\n  line 1\n    line 2\nq: {\"r\": \"s\",\n    \"t\": [true, null, 1.5]\n  }\nu: http://x/y:z\nv: 0.0.0.0\nw: *list\n---\nx: ~\n";
-        let docs = documents(text).unwrap();
-        assert_eq!(
-            docs,
-            [
-                json!({"a": 1, "b": "x # not a comment",
-                       "c": [{"d": "e", "f": [1, "g'h", {"i": "j"}]}],
-                       "p": "line 1\n  line 2\n",
-                       "q": {"r": "s", "t": [true, null, 1.5]}, "u": "http://x/y:z", "v": "0.0.0.0",
-                       "w": [{"d": "e", "f": [1, "g'h", {"i": "j"}]}]}),
-                json!({"x": null})
-            ]
-        );
-        for bad in [
-            "a: b\n  c: d\n",
-            "a: {b: 1\n",
-            "a: *nothing\n",
-            "a: 1\na: 2\n",
-        ] {
-            assert!(documents(bad).is_err(), "{bad:?} should be refused");
-        }
-    }
-}
