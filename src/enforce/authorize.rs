@@ -93,7 +93,7 @@ pub fn authorize(j: &mut Judge, a: &Authorize, claims: Claims) -> Step {
         match decisions::lookup(found.as_ref(), now_ms) {
             decisions::Lookup::Hit(decisions::Verdict::Allow(header)) => {
                 let expires = match &found {
-                    Some(decisions::Entry::Decided { expires_ms, .. }) => Some(*expires_ms),
+                    Some(decisions::State::Decided { expires_ms, .. }) => Some(*expires_ms),
                     _ => None,
                 };
                 return Step::Allow(Allow {
@@ -115,14 +115,14 @@ pub fn authorize(j: &mut Judge, a: &Authorize, claims: Claims) -> Step {
             }
             decisions::Lookup::Wait => {
                 let until_ms = match found {
-                    Some(decisions::Entry::Pending { until_ms }) => until_ms,
+                    Some(decisions::State::Pending { until_ms }) => until_ms,
                     _ => now_ms,
                 };
                 return Step::Wait { key, until_ms };
             }
             decisions::Lookup::Miss => {
                 let stale = match found {
-                    Some(decisions::Entry::Decided {
+                    Some(decisions::State::Decided {
                         verdict: decisions::Verdict::Allow(h),
                         expires_ms,
                     }) => Some((h, expires_ms)),
@@ -185,7 +185,7 @@ pub fn granted(
             decisions::expiry(&verdict, now_ms, c.token_exp, &cfg.proxy.decision_cache);
         store.put(
             &c.key,
-            decisions::Entry::Decided {
+            decisions::State::Decided {
                 verdict,
                 expires_ms,
             },
@@ -250,7 +250,7 @@ pub fn granted(
                     // Put the expired ALLOW back so the next request can be served stale too.
                     j.store.put(
                         key,
-                        decisions::Entry::Decided {
+                        decisions::State::Decided {
                             verdict: decisions::Verdict::Allow(header.clone()),
                             expires_ms: *expires_ms,
                         },
@@ -360,6 +360,6 @@ pub fn challenge(
 /// Gives up a claim without a decision, so the next request asks Keycloak at once.
 fn release(store: &mut dyn DecisionStore, claim: Option<&Claim>) {
     if let Some(c) = claim {
-        store.put(&c.key, decisions::Entry::Pending { until_ms: 0 });
+        store.put(&c.key, decisions::State::Pending { until_ms: 0 });
     }
 }

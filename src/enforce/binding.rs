@@ -204,7 +204,7 @@ fn proof_for(
     now: i64,
     host: Option<HostVerifier>,
 ) -> Result<Proof, Refusal> {
-    let expected = dpop::Expected {
+    let expected = dpop::ProofCheck {
         method: presented.method,
         htu: presented.url,
         access_token: raw,

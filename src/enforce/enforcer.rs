@@ -335,7 +335,7 @@ impl Enforcer {
                 .jwks
                 .as_ref()
                 .ok_or(LogoutError::NotVerifiable)?;
-            let expected = logout::Expected {
+            let expected = logout::TokenCheck {
                 issuer: &cfg.proxy.issuer,
                 audiences: &settings.audiences,
                 now: now_ms / 1000,

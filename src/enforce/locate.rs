@@ -7,7 +7,7 @@ use super::judge::{tag, Judge};
 use crate::config::claims as cip;
 use crate::config::{EnforcementMode, EnforcerConfig};
 use crate::enforce::replies::{access_denied, allow, keycloak_unavailable};
-use crate::enforce::step::{Call, Lookup, Pending, Step};
+use crate::enforce::step::{Call, Pending, ResourceSearch, Step};
 use crate::keycloak::resources::Entry;
 use crate::keycloak::token::Token;
 use crate::keycloak::uma::{self, ResourceQuery};
@@ -53,9 +53,9 @@ pub fn locate(
                         key: key.to_string(),
                         configured,
                         lookup: if template {
-                            Lookup::InstanceMatching
+                            ResourceSearch::InstanceMatching
                         } else {
-                            Lookup::Matching
+                            ResourceSearch::Matching
                         },
                         status: 200,
                         body: &answer,
@@ -64,7 +64,7 @@ pub fn locate(
                     return lazy_loaded(j, raw, token, done);
                 }
                 let lookup = match (&configured, template) {
-                    (Some(t), true) => Lookup::Instance {
+                    (Some(t), true) => ResourceSearch::Instance {
                         parent: crate::request::pattern::build_uri_from_template(
                             &t.config.path,
                             key,
@@ -72,7 +72,7 @@ pub fn locate(
                         )
                         .filter(|p| p != key),
                     },
-                    _ => Lookup::Matching,
+                    _ => ResourceSearch::Matching,
                 };
                 match (j.known.pat.as_deref(), &lookup) {
                     (Some(pat), _) => {
@@ -80,8 +80,10 @@ pub fn locate(
                     }
                     // Without a PAT the template's own resource is asked for (by name when it
                     // is not bound: Keycloak answers for this resource server only).
-                    (None, Lookup::Instance { .. } | Lookup::InstanceMatching) => configured,
-                    (None, Lookup::Matching) => {
+                    (None, ResourceSearch::Instance { .. } | ResourceSearch::InstanceMatching) => {
+                        configured
+                    }
+                    (None, ResourceSearch::Matching) => {
                         return keycloak_unavailable(cfg, "no protection API token")
                     }
                 }
@@ -99,7 +101,7 @@ pub fn looked_up(
     token: &Token,
     key: String,
     configured: Option<Rc<Entry>>,
-    lookup: Lookup,
+    lookup: ResourceSearch,
     answer: Answer,
 ) -> Step {
     let cfg = j.cfg;
@@ -126,11 +128,14 @@ fn lookup_call(
     key: &str,
     uri: String,
     configured: Option<Rc<Entry>>,
-    lookup: Lookup,
+    lookup: ResourceSearch,
 ) -> Step {
     let q = ResourceQuery {
         uri: Some(uri),
-        matching_uri: matches!(lookup, Lookup::Matching | Lookup::InstanceMatching),
+        matching_uri: matches!(
+            lookup,
+            ResourceSearch::Matching | ResourceSearch::InstanceMatching
+        ),
         ..Default::default()
     };
     Step::Call(Box::new(Call {
@@ -149,7 +154,7 @@ struct LazyAnswer<'a> {
     /// The (normalized) request path the answer is cached under.
     key: String,
     configured: Option<Rc<Entry>>,
-    lookup: Lookup,
+    lookup: ResourceSearch,
     status: u16,
     body: &'a [u8],
     /// It came from Keycloak (not from another worker): share it.
@@ -176,11 +181,13 @@ fn lazy_loaded(j: &mut Judge, raw: &str, token: &Token, a: LazyAnswer) -> Step {
         // No resource for the instance itself: its parent's (`/resource/1` for `/resource/1/test`
         // under `/resource/{id}/*`) grants its sub-resources; else the server's match.
         let next = match &lookup {
-            Lookup::Instance {
+            ResourceSearch::Instance {
                 parent: Some(parent),
-            } => Some((parent.clone(), Lookup::Instance { parent: None })),
-            Lookup::Instance { parent: None } => Some((key.clone(), Lookup::InstanceMatching)),
-            Lookup::InstanceMatching | Lookup::Matching => None,
+            } => Some((parent.clone(), ResourceSearch::Instance { parent: None })),
+            ResourceSearch::Instance { parent: None } => {
+                Some((key.clone(), ResourceSearch::InstanceMatching))
+            }
+            ResourceSearch::InstanceMatching | ResourceSearch::Matching => None,
         };
         if let (Some((uri, next)), Some(pat)) = (next, j.known.pat.as_deref()) {
             return lookup_call(cfg, pat, &key, uri, configured, next);
@@ -203,7 +210,7 @@ fn lazy_loaded(j: &mut Judge, raw: &str, token: &Token, a: LazyAnswer) -> Step {
             }
             let uri = r.uris.first().cloned().unwrap_or_else(|| key.clone());
             let mut e = Entry::from_resource(r, &uri, configured.as_deref());
-            if let (Lookup::Instance { .. } | Lookup::InstanceMatching, Some(t)) =
+            if let (ResourceSearch::Instance { .. } | ResourceSearch::InstanceMatching, Some(t)) =
                 (&lookup, &configured)
             {
                 // an instance keeps its template's scopes, not its resource's

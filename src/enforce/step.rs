@@ -133,7 +133,7 @@ pub enum Pending {
     LazyLoad {
         key: String,
         configured: Option<Rc<Entry>>,
-        lookup: Lookup,
+        lookup: ResourceSearch,
     },
     /// The UMA grant for this path and method.
     Grant {
@@ -156,7 +156,7 @@ pub enum Pending {
 
 /// Which server lookup a [`Pending::LazyLoad`] is.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Lookup {
+pub enum ResourceSearch {
     /// A resource whose URI pattern matches the path (lazy-load-paths, a wildcard's refinement).
     Matching,
     /// A resource of this template path's instance: exactly the path; if none, `parent` next.

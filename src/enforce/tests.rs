@@ -800,7 +800,7 @@ fn strip_prefix_is_the_context_path() {
 /// A decision store in memory, with CAS-like claims.
 #[derive(Default)]
 struct MemStore(
-    std::collections::HashMap<crate::store::decisions::Key, crate::store::decisions::Entry>,
+    std::collections::HashMap<crate::store::decisions::Key, crate::store::decisions::State>,
     std::collections::HashMap<String, Vec<u8>>,
 );
 
@@ -808,16 +808,16 @@ impl DecisionStore for MemStore {
     fn get(
         &mut self,
         key: &crate::store::decisions::Key,
-    ) -> Option<crate::store::decisions::Entry> {
+    ) -> Option<crate::store::decisions::State> {
         self.0.get(key).cloned()
     }
     /// Single-threaded: nobody can write between `get` and `claim`.
     fn claim(&mut self, key: &crate::store::decisions::Key, until_ms: i64) -> bool {
         self.0
-            .insert(*key, crate::store::decisions::Entry::Pending { until_ms });
+            .insert(*key, crate::store::decisions::State::Pending { until_ms });
         true
     }
-    fn put(&mut self, key: &crate::store::decisions::Key, entry: crate::store::decisions::Entry) {
+    fn put(&mut self, key: &crate::store::decisions::Key, entry: crate::store::decisions::State) {
         self.0.insert(*key, entry);
     }
     fn get_path(&mut self, path: &str, now_ms: i64) -> Option<Vec<u8>> {

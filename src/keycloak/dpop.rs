@@ -23,7 +23,7 @@ pub const MAX_PROOF_BYTES: usize = 8192;
 
 /// What a proof is checked against.
 #[derive(Debug, Clone)]
-pub struct Expected<'a> {
+pub struct ProofCheck<'a> {
     /// The request method, as sent.
     pub method: &'a str,
     /// The request URL as the client used it: scheme, authority and path (no query).
@@ -261,7 +261,7 @@ pub fn algorithms() -> &'static [&'static str] {
 /// Checks the request's `DPoP` header values against what the request and its token imply.
 pub fn check(
     values: &[&[u8]],
-    expected: &Expected,
+    expected: &ProofCheck,
     host: Option<HostVerifier>,
 ) -> Result<Proof, ProofError> {
     let raw = match values {
@@ -487,8 +487,8 @@ pub(crate) mod tests {
                "ath": access_token_hash(TOKEN)})
     }
 
-    fn expected(jkt: &str) -> Expected<'_> {
-        Expected {
+    fn expected(jkt: &str) -> ProofCheck<'_> {
+        ProofCheck {
             method: "GET",
             htu: URL,
             access_token: TOKEN,

@@ -14,7 +14,7 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024;
 
 /// What a logout token is checked against.
 #[derive(Debug, Clone)]
-pub struct Expected<'a> {
+pub struct TokenCheck<'a> {
     pub issuer: &'a str,
     /// The clients whose back-channel logout URL this is (`aud` must name one).
     pub audiences: &'a [String],
@@ -90,7 +90,7 @@ pub fn token_of(content_type: Option<&str>, body: &[u8]) -> Result<String, Logou
 pub fn verify(
     raw: &str,
     jwks: &Jwks,
-    expected: &Expected,
+    expected: &TokenCheck,
     host: Option<HostVerifier>,
 ) -> Result<Logout, LogoutError> {
     let claims = token::signed_claims(raw, jwks, host).map_err(|e| match e {
@@ -158,7 +158,7 @@ mod tests {
 
     fn check_raw(raw: &str) -> Result<Logout, LogoutError> {
         let audiences = ["demo-cli".to_string()];
-        let e = Expected {
+        let e = TokenCheck {
             issuer: ISSUER,
             audiences: &audiences,
             now: NOW,

@@ -314,7 +314,7 @@ impl Worker {
         flow: &Flow,
         key: &Key,
         now: i64,
-    ) -> Option<decisions::Entry> {
+    ) -> Option<decisions::State> {
         let cfg = &self.filter.enforcers[flow.enforcer].config;
         let mut store = shared::SharedStore::new(cfg, &self.front, &self.tables, host, now);
         crate::store::DecisionStore::get(&mut store, key)

@@ -114,9 +114,9 @@ pub enum Verdict {
     Deny,
 }
 
-/// What a slot holds for a key.
+/// What a slot holds for a key: a decision, or a claim that one is being asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Entry {
+pub enum State {
     Decided {
         verdict: Verdict,
         expires_ms: i64,
@@ -139,16 +139,16 @@ pub enum Lookup {
 
 const MAGIC: u8 = 0xd1;
 
-pub fn encode(key: &Key, entry: &Entry) -> Vec<u8> {
+pub fn encode(key: &Key, entry: &State) -> Vec<u8> {
     let mut v = Vec::with_capacity(64);
     v.push(MAGIC);
     v.extend_from_slice(key);
     match entry {
-        Entry::Pending { until_ms } => {
+        State::Pending { until_ms } => {
             v.push(0);
             v.extend_from_slice(&until_ms.to_be_bytes());
         }
-        Entry::Decided {
+        State::Decided {
             verdict,
             expires_ms,
         } => {
@@ -166,18 +166,18 @@ pub fn encode(key: &Key, entry: &Entry) -> Vec<u8> {
 }
 
 /// The entry for `key` in a slot value; `None` if the slot holds another key or garbage.
-pub fn decode(key: &Key, value: &[u8]) -> Option<Entry> {
+pub fn decode(key: &Key, value: &[u8]) -> Option<State> {
     if value.len() < 42 || value[0] != MAGIC || &value[1..33] != key {
         return None;
     }
     let t = i64::from_be_bytes(value[34..42].try_into().ok()?);
     match value[33] {
-        0 => Some(Entry::Pending { until_ms: t }),
-        1 => Some(Entry::Decided {
+        0 => Some(State::Pending { until_ms: t }),
+        1 => Some(State::Decided {
             verdict: Verdict::Allow(String::from_utf8(value[42..].to_vec()).ok()?),
             expires_ms: t,
         }),
-        2 => Some(Entry::Decided {
+        2 => Some(State::Decided {
             verdict: Verdict::Deny,
             expires_ms: t,
         }),
@@ -186,13 +186,13 @@ pub fn decode(key: &Key, value: &[u8]) -> Option<Entry> {
 }
 
 /// Reads a slot for a request.
-pub fn lookup(entry: Option<&Entry>, now_ms: i64) -> Lookup {
+pub fn lookup(entry: Option<&State>, now_ms: i64) -> Lookup {
     match entry {
-        Some(Entry::Decided {
+        Some(State::Decided {
             verdict,
             expires_ms,
         }) if now_ms < *expires_ms => Lookup::Hit(verdict.clone()),
-        Some(Entry::Pending { until_ms }) if now_ms < *until_ms => Lookup::Wait,
+        Some(State::Pending { until_ms }) if now_ms < *until_ms => Lookup::Wait,
         _ => Lookup::Miss,
     }
 }
@@ -218,7 +218,7 @@ pub fn expiry(verdict: &Verdict, now_ms: i64, token_exp_s: i64, cfg: &CacheConfi
 /// again: its answer is in the table, or, on the VM's tick only (`on_tick`), its wait is over
 /// and it asks Keycloak itself. A request's own callback wakes only answered ones: it must not
 /// send callouts for other requests.
-pub fn wakes(found: Option<&Entry>, now_ms: i64, until_ms: i64, on_tick: bool) -> bool {
+pub fn wakes(found: Option<&State>, now_ms: i64, until_ms: i64, on_tick: bool) -> bool {
     matches!(lookup(found, now_ms), Lookup::Hit(_)) || (on_tick && now_ms >= until_ms)
 }
 
@@ -322,12 +322,12 @@ mod tests {
         let k = key("c", 0, &[1; 32], "r", &[], None);
         let other = key("c", 0, &[2; 32], "r", &[], None);
         for e in [
-            Entry::Pending { until_ms: 5 },
-            Entry::Decided {
+            State::Pending { until_ms: 5 },
+            State::Decided {
                 verdict: Verdict::Deny,
                 expires_ms: 7,
             },
-            Entry::Decided {
+            State::Decided {
                 verdict: Verdict::Allow("[{\"rsid\":\"x\"}]".into()),
                 expires_ms: 9,
             },
@@ -341,7 +341,7 @@ mod tests {
 
     #[test]
     fn lookup_rules() {
-        let allow = Entry::Decided {
+        let allow = State::Decided {
             verdict: Verdict::Allow("p".into()),
             expires_ms: 100,
         };
@@ -351,11 +351,11 @@ mod tests {
         );
         assert_eq!(lookup(Some(&allow), 100), Lookup::Miss);
         assert_eq!(
-            lookup(Some(&Entry::Pending { until_ms: 50 }), 49),
+            lookup(Some(&State::Pending { until_ms: 50 }), 49),
             Lookup::Wait
         );
         assert_eq!(
-            lookup(Some(&Entry::Pending { until_ms: 50 }), 50),
+            lookup(Some(&State::Pending { until_ms: 50 }), 50),
             Lookup::Miss,
             "a stuck claim expires"
         );
@@ -390,11 +390,11 @@ mod tests {
 
     #[test]
     fn a_parked_request_wakes_on_its_answer_or_on_the_tick_after_its_wait() {
-        let answer = Entry::Decided {
+        let answer = State::Decided {
             verdict: Verdict::Deny,
             expires_ms: 500,
         };
-        let pending = Entry::Pending { until_ms: 300 };
+        let pending = State::Pending { until_ms: 300 };
         // the answer wakes it from anywhere, while it is fresh
         assert!(wakes(Some(&answer), 100, 300, false));
         assert!(!wakes(Some(&answer), 600, 700, false));

@@ -2,7 +2,7 @@
 //! changes until it expires, so reading it here saves the shared-data lock and copy on every
 //! cache hit (the shell's `SharedStore` reads it first).
 
-use crate::store::decisions::{Entry, Key};
+use crate::store::decisions::{Key, State};
 use std::cell::RefCell;
 use std::collections::HashMap;
 
@@ -12,14 +12,14 @@ use std::collections::HashMap;
 /// (at most twice as many), not `FRONT_MAX` dead ones: a VM's memory never shrinks.
 #[derive(Default)]
 pub struct FrontCache {
-    map: RefCell<HashMap<Key, (Entry, i64)>>,
+    map: RefCell<HashMap<Key, (State, i64)>>,
     sweep_at: std::cell::Cell<usize>,
 }
 const FRONT_MAX: usize = 16 * 1024;
 const FRONT_SWEEP_FLOOR: usize = 64;
 
 impl FrontCache {
-    pub fn get(&self, key: &Key, now_ms: i64) -> Option<Entry> {
+    pub fn get(&self, key: &Key, now_ms: i64) -> Option<State> {
         self.map
             .borrow()
             .get(key)
@@ -27,7 +27,7 @@ impl FrontCache {
             .map(|(e, _)| e.clone())
     }
 
-    pub fn put(&self, key: &Key, entry: &Entry, expires_ms: i64, now_ms: i64) {
+    pub fn put(&self, key: &Key, entry: &State, expires_ms: i64, now_ms: i64) {
         let mut map = self.map.borrow_mut();
         if map.len() >= self.sweep_at.get().max(FRONT_SWEEP_FLOOR) {
             map.retain(|_, (_, e)| *e > now_ms);
@@ -51,8 +51,8 @@ mod tests {
         k
     }
 
-    fn allow() -> Entry {
-        Entry::Pending { until_ms: 0 }
+    fn allow() -> State {
+        State::Pending { until_ms: 0 }
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! key-value store whose compare-and-swap is exact only for keys that exist (Envoy's).
 
 use crate::config::EnforcerConfig;
-use crate::store::decisions::{self, Entry, Key};
+use crate::store::decisions::{self, Key, State};
 use crate::store::documents;
 use crate::store::front::FrontCache;
 use crate::store::logouts::{self, Ended, Logouts};
@@ -45,8 +45,8 @@ impl<'a, C: Cas> SharedStore<'a, C> {
         }
     }
 
-    fn remember(&self, key: &Key, entry: &Entry) {
-        if let Entry::Decided { expires_ms, .. } = entry {
+    fn remember(&self, key: &Key, entry: &State) {
+        if let State::Decided { expires_ms, .. } = entry {
             self.front.put(key, entry, *expires_ms, self.now_ms);
         }
     }
@@ -69,7 +69,7 @@ impl<'a, C: Cas> SharedStore<'a, C> {
 }
 
 impl<C: Cas> DecisionStore for SharedStore<'_, C> {
-    fn get(&mut self, key: &Key) -> Option<Entry> {
+    fn get(&mut self, key: &Key) -> Option<State> {
         if let Some(entry) = self.front.get(key, self.now_ms) {
             return Some(entry);
         }
@@ -89,7 +89,7 @@ impl<C: Cas> DecisionStore for SharedStore<'_, C> {
             _ => (None, true),
         };
         let slot = self.slot(key);
-        let value = decisions::encode(key, &Entry::Pending { until_ms });
+        let value = decisions::encode(key, &State::Pending { until_ms });
         if !self.cas.write(&slot, &value, cas) {
             return false;
         }
@@ -109,7 +109,7 @@ impl<C: Cas> DecisionStore for SharedStore<'_, C> {
         won
     }
 
-    fn put(&mut self, key: &Key, entry: Entry) {
+    fn put(&mut self, key: &Key, entry: State) {
         self.remember(key, &entry);
         let slot = self.slot(key);
         self.cas.write(&slot, &decisions::encode(key, &entry), None);
