@@ -39,7 +39,7 @@ pub struct Filter {
     /// Header names the filter sets itself; a client's copies are removed.
     pub own_headers: Vec<String>,
     /// Repeated requests straight to their cached allow (see `store::memo`).
-    pub memo: std::cell::RefCell<Memo>,
+    pub memo: Memo,
     /// The once-only tables: DPoP proofs and logout tokens.
     pub replay: Layout,
 }
@@ -113,12 +113,12 @@ impl Filter {
         let own_headers = gate::own_headers(&config);
         let crate::config::routes::PluginConfig { enforcers, routes } = config;
         let enforcers = Enforcer::build_all(enforcers);
-        let replay = Layout::of(enforcers.iter().map(|e| &e.config));
+        let replay = Layout::of(enforcers.iter().map(|e| &*e.config));
         Filter {
             routes,
             enforcers,
             own_headers,
-            memo: std::cell::RefCell::new(Memo::new(memo_entries)),
+            memo: Memo::new(memo_entries),
             replay,
         }
     }
@@ -134,7 +134,7 @@ impl Filter {
 
     /// What comes of a request's headers (the filter's own headers already removed from them).
     pub fn arrive<C: Cas>(
-        &self,
+        &mut self,
         req: &Request,
         props: &dyn Properties,
         shared: C,
@@ -167,7 +167,7 @@ impl Filter {
                 route_name,
             };
         };
-        let e = &self.enforcers[enforcer];
+        let e = &mut self.enforcers[enforcer];
         let pairs = req.headers.iter().map(|(k, v)| (header_name(k), *v));
         if let Some(reply) =
             gate::method_override(&e.config.proxy.method_override_headers, &method, pairs)
@@ -192,7 +192,7 @@ impl Filter {
             .collect();
         let memo_key = |id| memo::key(enforcer, id, &method, &path);
         if let Some(k) = e.verified_id(&auth, now_ms).map(memo_key) {
-            if let Some(permissions) = self.memo.borrow().get(k, now_ms) {
+            if let Some(permissions) = self.memo.get(k, now_ms) {
                 return Arrival::Memo {
                     enforcer,
                     permissions: Rc::clone(permissions),
@@ -278,7 +278,7 @@ mod tests {
             64,
         );
         for e in &mut f.enforcers {
-            let mut c = e.config.clone();
+            let mut c = (*e.config).clone();
             c.proxy.issuer = ISSUER.to_string();
             *e = Enforcer::new(e.name.clone(), c);
             e.learnt().background.jwks = Some(jwks());
@@ -306,7 +306,7 @@ mod tests {
         }
     }
 
-    fn arrive(f: &Filter, headers: &[(&str, &str)], end_of_stream: bool) -> Arrival {
+    fn arrive(f: &mut Filter, headers: &[(&str, &str)], end_of_stream: bool) -> Arrival {
         let pairs: Vec<(&[u8], &[u8])> = headers
             .iter()
             .map(|(k, v)| (k.as_bytes(), v.as_bytes()))
@@ -320,24 +320,24 @@ mod tests {
 
     #[test]
     fn the_route_the_gate_and_the_logout_endpoint_answer_before_any_flow() {
-        let f = filter();
+        let mut f = filter();
         let on =
             |host, method, path| vec![(":method", method), (":path", path), (":authority", host)];
         // the host rule, with the port ignored; anything else goes to the default
         let Arrival::Decide { enforcer, cred, .. } =
-            arrive(&f, &on("bank.local:8443", "GET", "/account/1"), true)
+            arrive(&mut f, &on("bank.local:8443", "GET", "/account/1"), true)
         else {
             panic!("decided by the flow")
         };
         assert_eq!((enforcer, matches!(cred, Credential::Anonymous)), (0, true));
         assert!(matches!(
-            arrive(&f, &on("elsewhere", "GET", "/account/1"), true),
+            arrive(&mut f, &on("elsewhere", "GET", "/account/1"), true),
             Arrival::Decide { enforcer: 1, .. }
         ));
         // a method override naming another method
         let mut h = on("bank.local", "GET", "/account/1");
         h.push(("x-http-method-override", "DELETE"));
-        let Arrival::Reply { reply, .. } = arrive(&f, &h, true) else {
+        let Arrival::Reply { reply, .. } = arrive(&mut f, &h, true) else {
             panic!("answered")
         };
         assert_eq!(reply.status, 400);
@@ -345,7 +345,7 @@ mod tests {
         let mut post = on("bank.local", "POST", "/logout?x=1");
         post.push(("content-type", "application/x-www-form-urlencoded"));
         assert!(matches!(
-            arrive(&f, &post, false),
+            arrive(&mut f, &post, false),
             Arrival::Logout {
                 enforcer: 0,
                 now: false,
@@ -353,12 +353,12 @@ mod tests {
             }
         ));
         assert!(matches!(
-            arrive(&f, &on("bank.local", "GET", "/logout"), true),
+            arrive(&mut f, &on("bank.local", "GET", "/logout"), true),
             Arrival::Logout { now: true, .. }
         ));
         // not the other enforcer's
         assert!(matches!(
-            arrive(&f, &on("elsewhere", "POST", "/logout"), true),
+            arrive(&mut f, &on("elsewhere", "POST", "/logout"), true),
             Arrival::Decide { enforcer: 1, .. }
         ));
         // the filter's own header, in another spelling, is the client's copy
@@ -373,7 +373,7 @@ mod tests {
 
     #[test]
     fn a_repeated_request_of_a_verified_token_is_answered_from_the_memo() {
-        let f = filter();
+        let mut f = filter();
         let raw = sign_rs256(&claims());
         let auth = format!("Bearer {raw}");
         let h = vec![
@@ -383,19 +383,18 @@ mod tests {
             ("authorization", auth.as_str()),
         ];
         // first: the flow decides, and names the memo key its allow may take
-        let Arrival::Decide { cred, memo_key, .. } = arrive(&f, &h, true) else {
+        let Arrival::Decide { cred, memo_key, .. } = arrive(&mut f, &h, true) else {
             panic!("decided by the flow")
         };
         assert!(matches!(cred, Credential::Valid(..)));
         let key = memo_key.expect("a verified, unbound token has a memo key");
         f.memo
-            .borrow_mut()
             .put(key, "[granted]", NOW * 1000 + 60_000, NOW * 1000);
         // again: the memo answers, with the permissions as stored
         let Arrival::Memo {
             enforcer,
             permissions,
-        } = arrive(&f, &h, true)
+        } = arrive(&mut f, &h, true)
         else {
             panic!("answered from the memo")
         };
@@ -403,14 +402,17 @@ mod tests {
         // another method or path is another question
         let mut other = h.clone();
         other[0] = (":method", "DELETE");
-        assert!(matches!(arrive(&f, &other, true), Arrival::Decide { .. }));
+        assert!(matches!(
+            arrive(&mut f, &other, true),
+            Arrival::Decide { .. }
+        ));
         // and a token bound to a key never takes the shortcut
         let mut c = claims();
         c["cnf"] = json!({"jkt": "abc"});
         let bound = format!("Bearer {}", sign_rs256(&c));
         let mut b = h.clone();
         b[3] = ("authorization", bound.as_str());
-        let Arrival::Decide { cred, memo_key, .. } = arrive(&f, &b, true) else {
+        let Arrival::Decide { cred, memo_key, .. } = arrive(&mut f, &b, true) else {
             panic!("decided by the flow")
         };
         assert!(

@@ -19,7 +19,7 @@ use crate::store::{documents, DecisionStore};
 use crate::store::{FirstUse, ReplayGuard};
 use crate::wire::http::{Answer, HttpRequest};
 use sha2::Digest;
-use std::cell::{RefCell, RefMut};
+use std::cell::RefCell;
 use std::rc::Rc;
 
 /// How many verified tokens an enforcer remembers (by digest, until their `exp`). Enforcers that
@@ -31,10 +31,12 @@ pub const VERIFIED_SHARED_MAX: usize = 4;
 
 pub struct Enforcer {
     pub name: String,
-    pub config: EnforcerConfig,
+    /// Shared with a decision store for the length of a step (the store reads the enforcer's table
+    /// names while the step changes what the enforcer has learnt).
+    pub config: Rc<EnforcerConfig>,
     /// A claim information point may read any claim: verified tokens keep them all.
     keep_all_claims: bool,
-    learnt: RefCell<Learnt>,
+    learnt: Learnt,
     /// The sessions that ended (back-channel logout), shared by the VM's enforcers.
     logouts: Rc<RefCell<Logouts>>,
 }
@@ -158,34 +160,39 @@ impl Enforcer {
         Enforcer {
             name,
             keep_all_claims: config.has_claim_providers(),
-            config,
-            learnt: RefCell::new(learnt),
+            config: Rc::new(config),
+            learnt,
             logouts,
         }
     }
 
     /// What it learnt, to change it (the background fetches' answers). Never held across a call
     /// into the enforcer.
-    pub fn learnt(&self) -> RefMut<'_, Learnt> {
-        self.learnt.borrow_mut()
+    pub fn learnt(&mut self) -> &mut Learnt {
+        &mut self.learnt
     }
 
     /// The first (or renewed) decision for a request.
-    pub fn decide(&self, req: &RequestFacts, store: &mut dyn DecisionStore, now_ms: i64) -> Step {
-        let mut l = self.learnt.borrow_mut();
+    pub fn decide(
+        &mut self,
+        req: &RequestFacts,
+        store: &mut dyn DecisionStore,
+        now_ms: i64,
+    ) -> Step {
+        let l = &mut self.learnt;
         flow::decide(&self.config, &mut l.knowledge, req, store, now_ms)
     }
 
     /// The next step once the callout `pending` was answered.
     pub fn resume(
-        &self,
+        &mut self,
         req: &RequestFacts,
         store: &mut dyn DecisionStore,
         pending: Pending,
         answer: Answer,
         now_ms: i64,
     ) -> Step {
-        let mut l = self.learnt.borrow_mut();
+        let l = &mut self.learnt;
         flow::resume(
             &self.config,
             &mut l.knowledge,
@@ -199,7 +206,7 @@ impl Enforcer {
 
     /// What a request would match, without a token or a server.
     pub fn explain(&self, method: &str, path: &str) -> Explanation {
-        let l = self.learnt.borrow();
+        let l = &self.learnt;
         flow::explain(&self.config, &l.knowledge.paths, method, path)
     }
 
@@ -208,7 +215,7 @@ impl Enforcer {
     pub fn verified_id(&self, authorization: &[&[u8]], now_ms: i64) -> Option<u128> {
         let cfg = &self.config;
         let raw = token::bearer(authorization, cfg.proxy.max_token_bytes as usize).ok()??;
-        let l = self.learnt.borrow();
+        let l = &self.learnt;
         let verified = l.verified.borrow();
         let id = verified.id(raw);
         let leeway = i64::from(cfg.proxy.clock_skew_seconds);
@@ -229,13 +236,13 @@ impl Enforcer {
     /// identity: a bound token is checked on every request). An unknown signing key asks for the
     /// realm's keys again.
     pub fn check_credential(
-        &self,
+        &mut self,
         authorization: &[&[u8]],
         now_ms: i64,
         host: Option<HostVerifier>,
         binding: Option<Binding<'_>>,
     ) -> (Credential, Option<u128>) {
-        let cfg = &self.config;
+        let cfg = Rc::clone(&self.config);
         let mode = cfg.proxy.sender_constraint;
         let max = cfg.proxy.max_token_bytes as usize;
         let (scheme, raw) =
@@ -329,7 +336,7 @@ impl Enforcer {
             return (logout_reply(Err(LogoutError::NoToken)), Vec::new());
         };
         let checked = logout::token_of(content_type, body).and_then(|raw| {
-            let l = self.learnt.borrow();
+            let l = &self.learnt;
             let jwks = l
                 .background
                 .jwks
@@ -384,7 +391,7 @@ impl Enforcer {
 
     /// A token verified now or before, with its lookup id; else what the credential is.
     fn verified_token(
-        &self,
+        &mut self,
         raw: &str,
         now_ms: i64,
         host: Option<HostVerifier>,
@@ -392,7 +399,7 @@ impl Enforcer {
         let cfg = &self.config;
         let now = now_ms / 1000;
         let leeway = i64::from(cfg.proxy.clock_skew_seconds);
-        let mut l = self.learnt.borrow_mut();
+        let l = &mut self.learnt;
         let verified = Rc::clone(&l.verified);
         let mut verified = verified.borrow_mut();
         let id = verified.id(raw);
@@ -539,12 +546,12 @@ mod tests {
         }
         let mut cfg = EnforcerConfig::from_value(&v, "").unwrap();
         cfg.proxy.issuer = ISSUER.to_string();
-        let e = Enforcer::new("e".into(), cfg);
+        let mut e = Enforcer::new("e".into(), cfg);
         e.learnt().background.jwks = Some(jwks());
         e
     }
 
-    fn roles_seen(e: &Enforcer, raw: &str) -> Option<Value> {
+    fn roles_seen(e: &mut Enforcer, raw: &str) -> Option<Value> {
         let header = format!("Bearer {raw}");
         let (cred, _) = e.check_credential(&[header.as_bytes()], NOW * 1000, None, None);
         let Credential::Valid(_, t) = cred else {
@@ -579,7 +586,7 @@ mod tests {
             ("https://h/a".to_string(), Some([0xab; 32]))
         );
         assert!(!direct.reads_forwarding_headers());
-        let mut cfg = direct.config.clone();
+        let mut cfg = (*direct.config).clone();
         let v = json!({"realm": "bank", "auth-server-url": "http://kc", "resource": "bank-api",
             "credentials": {"secret": "s"}, "policy-enforcer": {},
             "kcpep": {"proxy-headers": "xforwarded", "trusted-proxies": ["10.0.0.0/8"],
@@ -606,10 +613,10 @@ mod tests {
     #[test]
     fn remembered_tokens_keep_every_claim_only_where_a_claim_provider_may_read_it() {
         let raw = sign_rs256(&claims());
-        let (with, without) = (enforcer(true), enforcer(false));
+        let (mut with, mut without) = (enforcer(true), enforcer(false));
         for round in ["verified", "remembered"] {
-            assert!(roles_seen(&with, &raw).is_some(), "{round}");
-            assert_eq!(roles_seen(&without, &raw), None, "{round}");
+            assert!(roles_seen(&mut with, &raw).is_some(), "{round}");
+            assert_eq!(roles_seen(&mut without, &raw), None, "{round}");
         }
         assert_eq!(without.learnt().verified.borrow().len(), 1);
     }
@@ -621,17 +628,17 @@ mod tests {
         let raw = sign_rs256(&claims());
         let header = format!("Bearer {raw}");
         let cfg = |cip: bool, audiences: &[&str]| {
-            let mut c = enforcer(cip).config;
+            let mut c = (*enforcer(cip).config).clone();
             c.proxy.audiences = audiences.iter().map(|a| a.to_string()).collect();
             c
         };
-        let all = Enforcer::build_all([
+        let mut all = Enforcer::build_all([
             ("a".to_string(), cfg(false, &[])),
             ("same".to_string(), cfg(false, &[])),
             ("other-audience".to_string(), cfg(false, &["bank-api"])),
             ("claims".to_string(), cfg(true, &[])),
         ]);
-        for e in &all {
+        for e in &mut all {
             e.learnt().background.jwks = Some(jwks());
         }
         let (cred, id) = all[0].check_credential(&[header.as_bytes()], NOW * 1000, None, None);
@@ -647,35 +654,33 @@ mod tests {
             status: 200,
             body: include_bytes!("../../tests/fixtures/jwks.json"),
         };
-        let load = |e: &Enforcer| {
-            let cfg = e.config.clone();
+        let load = |e: &mut Enforcer| {
+            let cfg = (*e.config).clone();
             e.learnt().complete(&cfg, Fetch::Jwks, answer, NOW * 1000);
         };
-        load(&all[1]);
+        load(&mut all[1]);
         assert_eq!(all[0].verified_id(&[header.as_bytes()], NOW * 1000), None);
         // The other one, still on the keys it had, verifies but does not remember for the group.
         let (cred, _) = all[0].check_credential(&[header.as_bytes()], NOW * 1000, None, None);
         assert!(matches!(cred, Credential::Valid(..)));
         assert_eq!(all[1].verified_id(&[header.as_bytes()], NOW * 1000), None);
         // Once it loads the same set, the group's store is kept and shared again.
-        load(&all[1]);
-        load(&all[0]);
+        load(&mut all[1]);
+        load(&mut all[0]);
         all[0].check_credential(&[header.as_bytes()], NOW * 1000, None, None);
-        load(&all[0]);
+        load(&mut all[0]);
         assert!(all[1]
             .verified_id(&[header.as_bytes()], NOW * 1000)
             .is_some());
     }
 
     fn bound_enforcer(mode: &str, accept_unbound: bool) -> Enforcer {
-        let mut e = enforcer(false);
         let v = json!({"realm": "bank", "auth-server-url": "http://kc", "resource": "bank-api",
             "credentials": {"secret": "s"},
             "kcpep": {"sender-constraint": mode, "issuer": ISSUER,
                       "dpop": {"accept-unbound-tokens": accept_unbound}},
             "policy-enforcer": {"paths": [{"path": "/account/*"}]}});
-        e.config = EnforcerConfig::from_value(&v, "").unwrap();
-        let e = Enforcer::new("e".into(), e.config);
+        let mut e = Enforcer::new("e".into(), EnforcerConfig::from_value(&v, "").unwrap());
         e.learnt().background.jwks = Some(jwks());
         e
     }
@@ -695,7 +700,7 @@ mod tests {
     }
 
     fn presented(
-        e: &Enforcer,
+        e: &mut Enforcer,
         scheme: &str,
         token: &str,
         proofs: &[&str],
@@ -723,12 +728,18 @@ mod tests {
 
     #[test]
     fn a_dpop_bound_token_passes_only_with_a_fresh_proof_every_time() {
-        let e = bound_enforcer("if-bound", false);
+        let mut e = bound_enforcer("if-bound", false);
         let mut replay = crate::store::LocalReplay::default();
         let tok = dpop_token();
         for round in ["verified", "remembered"] {
             let jti = format!("jti-{round}");
-            let (cred, memo) = presented(&e, "DPoP", &tok, &[&proof(&tok, &jti, URL)], &mut replay);
+            let (cred, memo) = presented(
+                &mut e,
+                "DPoP",
+                &tok,
+                &[&proof(&tok, &jti, URL)],
+                &mut replay,
+            );
             assert_eq!(refusal(&cred), None, "{round}");
             assert_eq!(memo, None, "a bound token never takes the memo");
             // the memo's shortcut refuses it too
@@ -736,7 +747,13 @@ mod tests {
                 e.verified_id(&[format!("Bearer {tok}").as_bytes()], NOW * 1000),
                 None
             );
-            let (cred, _) = presented(&e, "DPoP", &tok, &[&proof(&tok, &jti, URL)], &mut replay);
+            let (cred, _) = presented(
+                &mut e,
+                "DPoP",
+                &tok,
+                &[&proof(&tok, &jti, URL)],
+                &mut replay,
+            );
             assert_eq!(refusal(&cred), Some("replay"), "{round}");
         }
         let cases: [(&str, Vec<String>, &str); 5] = [
@@ -760,12 +777,12 @@ mod tests {
         ];
         for (scheme, proofs, why) in cases {
             let proofs: Vec<&str> = proofs.iter().map(String::as_str).collect();
-            let (cred, _) = presented(&e, scheme, &tok, &proofs, &mut replay);
+            let (cred, _) = presented(&mut e, scheme, &tok, &proofs, &mut replay);
             assert_eq!(refusal(&cred), Some(why), "{scheme} {why}");
         }
         // off: the binding is not checked and a DPoP-typed token is no access token
-        let off = bound_enforcer("off", false);
-        let (cred, _) = presented(&off, "Bearer", &tok, &[], &mut replay);
+        let mut off = bound_enforcer("off", false);
+        let (cred, _) = presented(&mut off, "Bearer", &tok, &[], &mut replay);
         assert!(matches!(cred, Credential::Invalid(TokenError::WrongType)));
     }
 
@@ -773,35 +790,35 @@ mod tests {
     fn unbound_tokens_follow_the_mode() {
         let plain = sign_rs256(&claims());
         let mut replay = crate::store::LocalReplay::default();
-        let if_bound = bound_enforcer("if-bound", false);
-        let (cred, memo) = presented(&if_bound, "Bearer", &plain, &[], &mut replay);
+        let mut if_bound = bound_enforcer("if-bound", false);
+        let (cred, memo) = presented(&mut if_bound, "Bearer", &plain, &[], &mut replay);
         assert_eq!(refusal(&cred), None);
         assert!(memo.is_some(), "an unbound token keeps the memo");
         let (cred, _) = presented(
-            &if_bound,
+            &mut if_bound,
             "DPoP",
             &plain,
             &[&proof(&plain, "u1", URL)],
             &mut replay,
         );
         assert_eq!(refusal(&cred), Some("unbound_token_as_dpop"));
-        let accepting = bound_enforcer("if-bound", true);
+        let mut accepting = bound_enforcer("if-bound", true);
         let (cred, _) = presented(
-            &accepting,
+            &mut accepting,
             "DPoP",
             &plain,
             &[&proof(&plain, "u2", URL)],
             &mut replay,
         );
         assert_eq!(refusal(&cred), None);
-        let (cred, _) = presented(&accepting, "DPoP", &plain, &[], &mut replay);
+        let (cred, _) = presented(&mut accepting, "DPoP", &plain, &[], &mut replay);
         assert_eq!(
             refusal(&cred),
             Some("missing"),
             "the DPoP scheme still needs its proof"
         );
-        let required = bound_enforcer("required", false);
-        let (cred, _) = presented(&required, "Bearer", &plain, &[], &mut replay);
+        let mut required = bound_enforcer("required", false);
+        let (cred, _) = presented(&mut required, "Bearer", &plain, &[], &mut replay);
         assert_eq!(refusal(&cred), Some("unbound"));
     }
 
@@ -813,9 +830,9 @@ mod tests {
         c["cnf"] =
             json!({"x5t#S256": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(cert)});
         let tok = sign_rs256(&c);
-        let e = bound_enforcer("if-bound", false);
+        let mut e = bound_enforcer("if-bound", false);
         let header = format!("Bearer {tok}");
-        let with = |digest: Option<[u8; 32]>| {
+        let mut with = |digest: Option<[u8; 32]>| {
             let mut replay = crate::store::LocalReplay::default();
             let binding = Binding {
                 proofs: &[],
@@ -832,7 +849,7 @@ mod tests {
         assert_eq!(with(Some([8u8; 32])), Some("certificate_mismatch"));
         assert_eq!(with(None), Some("certificate_missing"));
         // Off: taken as a bearer token (the behaviour before sender constraints)
-        let off = bound_enforcer("off", false);
+        let mut off = bound_enforcer("off", false);
         let (cred, _) = off.check_credential(&[header.as_bytes()], NOW * 1000, None, None);
         assert_eq!(refusal(&cred), None);
     }
@@ -846,28 +863,28 @@ mod tests {
         let cfg = EnforcerConfig::from_value(&v, "").unwrap();
         let mut other = cfg.clone();
         other.proxy.backchannel_logout = None;
-        let all = Enforcer::build_all([("a".to_string(), cfg), ("b".to_string(), other)]);
-        for e in &all {
+        let mut all = Enforcer::build_all([("a".to_string(), cfg), ("b".to_string(), other)]);
+        for e in &mut all {
             e.learnt().background.jwks = Some(jwks());
         }
         let mut c = claims();
         c["sid"] = json!("session-1");
         let access = sign_rs256(&c);
         let header = format!("Bearer {access}");
-        let valid = |e: &Enforcer| {
+        let valid = |e: &mut Enforcer| {
             matches!(
                 e.check_credential(&[header.as_bytes()], NOW * 1000, None, None)
                     .0,
                 Credential::Valid(..)
             )
         };
-        assert!(valid(&all[0]) && valid(&all[1]));
+        assert!(valid(&mut all[0]) && valid(&mut all[1]));
         assert!(all[1]
             .verified_id(&[header.as_bytes()], NOW * 1000)
             .is_some());
-        let logout = |claims: &Value, replay: &mut crate::store::LocalReplay| {
+        let logout = |e: &Enforcer, claims: &Value, replay: &mut crate::store::LocalReplay| {
             let body = format!("logout_token={}", sign_rs256(claims));
-            all[0].backchannel_logout(
+            e.backchannel_logout(
                 Some("application/x-www-form-urlencoded"),
                 body.as_bytes(),
                 NOW * 1000 + 1000,
@@ -882,12 +899,12 @@ mod tests {
         // for another client: refused, nothing ends
         let mut foreign = lt.clone();
         foreign["aud"] = json!("demo-cli");
-        let (reply, ended) = logout(&foreign, &mut replay);
+        let (reply, ended) = logout(&all[0], &foreign, &mut replay);
         assert_eq!((reply.status, ended.len()), (400, 0), "{}", reply.body);
-        assert!(valid(&all[1]));
-        let (reply, ended) = logout(&lt, &mut replay);
+        assert!(valid(&mut all[1]));
+        let (reply, ended) = logout(&all[0], &lt, &mut replay);
         assert_eq!((reply.status, ended.len()), (200, 1), "{}", reply.body);
-        for e in &all {
+        for e in &mut all {
             let (cred, _) = e.check_credential(&[header.as_bytes()], NOW * 1000, None, None);
             assert!(
                 matches!(cred, Credential::Invalid(TokenError::LoggedOut)),
@@ -901,7 +918,7 @@ mod tests {
             );
         }
         // the same logout token again: 400
-        assert_eq!(logout(&lt, &mut replay).0.status, 400);
+        assert_eq!(logout(&all[0], &lt, &mut replay).0.status, 400);
         // a token of a new session of the same user still works
         let mut newer = claims();
         newer["sid"] = json!("session-2");
@@ -918,9 +935,9 @@ impl Enforcer {
     /// Sends (or takes from shared data) every fetch due now. An answer found in shared data
     /// can make more fetches due (path bindings need the PAT), so up to
     /// [`background::ROUNDS_PER_TICK`] rounds run.
-    pub fn refresh(&self, host: &mut dyn FetchHost, now_ms: i64) -> Report {
+    pub fn refresh(&mut self, host: &mut dyn FetchHost, now_ms: i64) -> Report {
         let cfg = &self.config;
-        let mut st = self.learnt();
+        let st = &mut self.learnt;
         let mut due = st.due(cfg, now_ms);
         let mut rounds = 0;
         while !due.is_empty() && rounds < background::ROUNDS_PER_TICK {
@@ -966,9 +983,9 @@ impl Enforcer {
     }
 
     /// Takes Keycloak's answer to a fetch this VM sent under `key`.
-    pub fn fetched(&self, fetch: Fetch, key: &str, answer: Answer, now_ms: i64) -> Fetched {
+    pub fn fetched(&mut self, fetch: Fetch, key: &str, answer: Answer, now_ms: i64) -> Fetched {
         let cfg = &self.config;
-        let mut st = self.learnt();
+        let st = &mut self.learnt;
         let had_keys = st.background.ready();
         let share = match answer {
             Answer::Http { status: 200, body } => Some(documents::encode_doc(now_ms, body)),
@@ -1043,7 +1060,7 @@ mod refresh_tests {
 
     #[test]
     fn the_first_refresh_sends_each_due_fetch_once_and_waits_for_it() {
-        let e = enforcer();
+        let mut e = enforcer();
         let mut proxy = Proxy::default();
         let report = e.refresh(&mut proxy, NOW);
         assert!(!proxy.sent.is_empty());
@@ -1056,7 +1073,7 @@ mod refresh_tests {
 
     #[test]
     fn another_vms_copy_is_used_instead_of_a_call() {
-        let e = enforcer();
+        let mut e = enforcer();
         let mut probe = Proxy::default();
         enforcer().refresh(&mut probe, NOW);
         let (fetch, key) = probe
@@ -1080,7 +1097,7 @@ mod refresh_tests {
 
     #[test]
     fn a_lease_held_by_another_vm_skips_the_fetch_without_backoff() {
-        let e = enforcer();
+        let mut e = enforcer();
         let mut proxy = Proxy {
             leased_elsewhere: true,
             ..Default::default()
@@ -1095,7 +1112,7 @@ mod refresh_tests {
 
     #[test]
     fn a_refused_send_is_an_unanswered_fetch_and_is_reported() {
-        let e = enforcer();
+        let mut e = enforcer();
         let mut proxy = Proxy {
             refuse_sends: true,
             ..Default::default()
@@ -1117,7 +1134,7 @@ mod refresh_tests {
 
     #[test]
     fn only_good_answers_are_shared_and_every_answer_releases_the_lease() {
-        let e = enforcer();
+        let mut e = enforcer();
         let mut proxy = Proxy::default();
         e.refresh(&mut proxy, NOW);
         let (fetch, key) = proxy.sent[0].clone();
@@ -1138,7 +1155,7 @@ mod refresh_tests {
 
     #[test]
     fn the_first_key_set_is_reported_once() {
-        let e = enforcer();
+        let mut e = enforcer();
         let mut proxy = Proxy::default();
         e.refresh(&mut proxy, NOW);
         let (fetch, key) = proxy

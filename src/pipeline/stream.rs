@@ -14,11 +14,13 @@ use crate::enforce::step::Credential;
 use crate::enforce::step::{CacheUse, Pending, Reply, Step};
 use crate::keycloak::background;
 use crate::keycloak::logout::MAX_BODY_BYTES;
+use crate::keycloak::token::HostVerifier;
 use crate::request::view::{loggable, path_only};
 use crate::store::decisions::Key;
 use crate::store::shared::SharedStore;
 use crate::store::DecisionStore;
 use crate::wire::http::{trace_context, Answer};
+use std::rc::Rc;
 
 /// What applying a step did to the stream.
 enum Applied {
@@ -57,7 +59,7 @@ impl Worker {
             end_of_stream,
         };
         let now = host.now_ms();
-        let verify = self.verifier();
+        let verify = self.verify.as_ref().map(|f| f as HostVerifier);
         match self.filter.arrive(&req, props, &mut *host, verify, now) {
             Arrival::Reply { reply, route_name } => {
                 host.record(Event::Denied {
@@ -420,14 +422,14 @@ impl Worker {
     }
 
     /// The enforcer's decision for this flow now.
-    fn decide(&self, host: &mut dyn Host, flow: &Flow, now: i64) -> Step {
+    fn decide(&mut self, host: &mut dyn Host, flow: &Flow, now: i64) -> Step {
         self.judged(host, flow, now, |e, store| {
             e.decide(&flow.facts(), store, now)
         })
     }
 
     /// The enforcer's next step once its callout answered.
-    fn resume(&self, host: &mut dyn Host, flow: &mut Flow, answer: Answer, now: i64) -> Step {
+    fn resume(&mut self, host: &mut dyn Host, flow: &mut Flow, answer: Answer, now: i64) -> Step {
         let Some(pending) = flow.pending.take() else {
             return cannot_continue("unexpected callout answer");
         };
@@ -440,14 +442,15 @@ impl Worker {
     /// A step of the flow's enforcer over the shared decision table; a slot it took into use
     /// moves the "entries in use" gauge.
     fn judged(
-        &self,
+        &mut self,
         host: &mut dyn Host,
         flow: &Flow,
         now: i64,
-        step: impl FnOnce(&Enforcer, &mut dyn DecisionStore) -> Step,
+        step: impl FnOnce(&mut Enforcer, &mut dyn DecisionStore) -> Step,
     ) -> Step {
-        let e = &self.filter.enforcers[flow.enforcer];
-        let mut store = SharedStore::new(&e.config, &self.front, &self.tables, &mut *host, now);
+        let e = &mut self.filter.enforcers[flow.enforcer];
+        let cfg = Rc::clone(&e.config);
+        let mut store = SharedStore::new(&cfg, &self.front, &self.tables, &mut *host, now);
         let step = step(e, &mut store);
         if let Some(n) = store.entries_in_use {
             host.set_cache_entries(n);
@@ -476,7 +479,7 @@ impl Worker {
                     (flow.memo_key, a.memo_until_ms, &a.permissions)
                 {
                     let now = host.now_ms();
-                    self.filter.memo.borrow_mut().put(key, header, until, now);
+                    self.filter.memo.put(key, header, until, now);
                 }
                 if let Some(r) = &a.would_deny {
                     host.record(Event::DryRunDenied);

@@ -17,6 +17,7 @@ use crate::store::front::FrontCache;
 use crate::store::shared;
 use crate::wire::http::{Answer, HttpRequest};
 use std::collections::HashMap;
+use std::rc::Rc;
 
 /// Per-worker memo bound (entries of ~100 bytes plus the permissions header).
 pub const MEMO_ENTRIES: usize = 8 * 1024;
@@ -125,7 +126,7 @@ impl Worker {
             .iter()
             .any(|e| e.config.proxy.backchannel_logout.is_some());
         shared::reserve_slots(&mut *host, filter.replay.slot_keys());
-        let configs = filter.enforcers.iter().map(|e| &e.config);
+        let configs = filter.enforcers.iter().map(|e| &*e.config);
         shared::reserve_slots(&mut *host, decisions::reserved_slot_keys(configs.clone()));
         let mut worker = Worker {
             tables: shared::decision_tables(configs),
@@ -227,8 +228,8 @@ impl Worker {
     fn refresh(&mut self, host: &mut dyn Host, offline: bool) {
         let now = host.now_ms();
         let mut all_settled = true;
-        for (i, enforcer) in self.filter.enforcers.iter().enumerate() {
-            let cfg = &enforcer.config;
+        for (i, enforcer) in self.filter.enforcers.iter_mut().enumerate() {
+            let cfg = Rc::clone(&enforcer.config);
             let mut fetcher = Fetcher {
                 host: &mut *host,
                 calls: &mut self.calls,
@@ -261,7 +262,7 @@ impl Worker {
         let now = host.now_ms();
         // Background fetches count as Keycloak calls, errors and latency too.
         host.record(answer_event(&answer, now - sent_ms));
-        let Some(enforcer) = self.filter.enforcers.get(i) else {
+        let Some(enforcer) = self.filter.enforcers.get_mut(i) else {
             return;
         };
         let done = enforcer.fetched(fetch, key, answer, now);
