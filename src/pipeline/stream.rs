@@ -450,7 +450,7 @@ impl Worker {
     ) -> Step {
         let e = &mut self.filter.enforcers[flow.enforcer];
         let cfg = Rc::clone(&e.config);
-        let mut store = SharedStore::new(&cfg, &self.front, &self.tables, &mut *host, now);
+        let mut store = SharedStore::new(&cfg, &mut self.front, &self.tables, &mut *host, now);
         let step = step(e, &mut store);
         if let Some(n) = store.entries_in_use {
             host.set_cache_entries(n);

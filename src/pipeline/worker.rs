@@ -3,7 +3,7 @@
 //! background knowledge kept fresh on every tick. Every host callback of the shell is one method
 //! here; what a single request goes through is in `stream`.
 
-use super::flow::{answer_event, Flow, Parked, Stream};
+use super::flow::{answer_event, Parked, Stream};
 use super::host::{Host, Upstream};
 use crate::config::routes::PluginConfig;
 use crate::enforce::arrival::Filter;
@@ -295,7 +295,8 @@ impl Worker {
             let Some(flow) = st.flow.as_ref() else {
                 continue;
             };
-            let found = self.decision(host, flow, &p.key, now);
+            let enforcer = flow.enforcer;
+            let found = self.decision(host, enforcer, &p.key, now);
             if decisions::wakes(found.as_ref(), now, p.until_ms, from.is_none()) {
                 ready.push(p.stream);
             } else {
@@ -308,16 +309,16 @@ impl Worker {
         }
     }
 
-    /// What the decision table holds for `key` now, as the flow's enforcer reads it.
+    /// What the decision table holds for `key` now, as the request's enforcer reads it.
     fn decision(
-        &self,
+        &mut self,
         host: &mut dyn Host,
-        flow: &Flow,
+        enforcer: usize,
         key: &Key,
         now: i64,
     ) -> Option<decisions::State> {
-        let cfg = &self.filter.enforcers[flow.enforcer].config;
-        let mut store = shared::SharedStore::new(cfg, &self.front, &self.tables, host, now);
+        let cfg = &self.filter.enforcers[enforcer].config;
+        let mut store = shared::SharedStore::new(cfg, &mut self.front, &self.tables, host, now);
         crate::store::DecisionStore::get(&mut store, key)
     }
 }

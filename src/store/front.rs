@@ -3,7 +3,6 @@
 //! cache hit (the shell's `SharedStore` reads it first).
 
 use crate::store::decisions::{Key, State};
-use std::cell::RefCell;
 use std::collections::HashMap;
 
 /// This VM's copy of decisions it has seen: a decided entry never changes until it expires, so
@@ -12,8 +11,8 @@ use std::collections::HashMap;
 /// (at most twice as many), not `FRONT_MAX` dead ones: a VM's memory never shrinks.
 #[derive(Default)]
 pub struct FrontCache {
-    map: RefCell<HashMap<Key, (State, i64)>>,
-    sweep_at: std::cell::Cell<usize>,
+    map: HashMap<Key, (State, i64)>,
+    sweep_at: usize,
 }
 const FRONT_MAX: usize = 16 * 1024;
 const FRONT_SWEEP_FLOOR: usize = 64;
@@ -21,21 +20,19 @@ const FRONT_SWEEP_FLOOR: usize = 64;
 impl FrontCache {
     pub fn get(&self, key: &Key, now_ms: i64) -> Option<State> {
         self.map
-            .borrow()
             .get(key)
             .filter(|(_, expires_ms)| now_ms < *expires_ms)
             .map(|(e, _)| e.clone())
     }
 
-    pub fn put(&self, key: &Key, entry: &State, expires_ms: i64, now_ms: i64) {
-        let mut map = self.map.borrow_mut();
-        if map.len() >= self.sweep_at.get().max(FRONT_SWEEP_FLOOR) {
+    pub fn put(&mut self, key: &Key, entry: &State, expires_ms: i64, now_ms: i64) {
+        let map = &mut self.map;
+        if map.len() >= self.sweep_at.max(FRONT_SWEEP_FLOOR) {
             map.retain(|_, (_, e)| *e > now_ms);
             if map.len() >= FRONT_MAX {
                 map.clear();
             }
-            self.sweep_at
-                .set((map.len() * 2).clamp(FRONT_SWEEP_FLOOR, FRONT_MAX));
+            self.sweep_at = (map.len() * 2).clamp(FRONT_SWEEP_FLOOR, FRONT_MAX);
         }
         map.insert(*key, (entry.clone(), expires_ms));
     }
@@ -57,7 +54,7 @@ mod tests {
 
     #[test]
     fn an_entry_serves_until_it_expires_and_dead_ones_are_swept_as_the_map_doubles() {
-        let f = FrontCache::default();
+        let mut f = FrontCache::default();
         f.put(&key(1), &allow(), 100, 0);
         assert!(f.get(&key(1), 99).is_some());
         assert!(f.get(&key(1), 100).is_none(), "expired");
@@ -66,11 +63,11 @@ mod tests {
             f.put(&key(n), &allow(), 1_000, 0);
         }
         f.put(&key(999), &allow(), 5_000, 2_000);
-        assert_eq!(f.map.borrow().len(), 1, "only the live entry is kept");
+        assert_eq!(f.map.len(), 1, "only the live entry is kept");
         // live entries are never swept: the map grows to twice what it held
         for n in 0..200 {
             f.put(&key(n), &allow(), 10_000, 3_000);
         }
-        assert_eq!(f.map.borrow().len(), 201);
+        assert_eq!(f.map.len(), 201);
     }
 }

@@ -14,7 +14,7 @@ use crate::store::DecisionStore;
 /// One enforcer's decision table in shared data, read through this worker's [`FrontCache`].
 pub struct SharedStore<'a, C: Cas> {
     cfg: &'a EnforcerConfig,
-    front: &'a FrontCache,
+    front: &'a mut FrontCache,
     cas: C,
     now_ms: i64,
     /// Every decision table of the configuration: the "entries in use" gauge is their sum.
@@ -29,7 +29,7 @@ pub struct SharedStore<'a, C: Cas> {
 impl<'a, C: Cas> SharedStore<'a, C> {
     pub fn new(
         cfg: &'a EnforcerConfig,
-        front: &'a FrontCache,
+        front: &'a mut FrontCache,
         tables: &'a [String],
         cas: C,
         now_ms: i64,
@@ -45,7 +45,7 @@ impl<'a, C: Cas> SharedStore<'a, C> {
         }
     }
 
-    fn remember(&self, key: &Key, entry: &State) {
+    fn remember(&mut self, key: &Key, entry: &State) {
         if let State::Decided { expires_ms, .. } = entry {
             self.front.put(key, entry, *expires_ms, self.now_ms);
         }
