@@ -15,6 +15,11 @@ use std::sync::Arc;
 const NOW_MS: u64 = 1_800_000_000_000;
 const ISSUER: &str = "http://kc:8080/realms/bank";
 
+/// The `bank` enforcer most tests here run (tests/fixtures/bank-enforcer.json).
+fn bank_enforcer() -> Value {
+    serde_json::from_slice(&fixture("bank-enforcer.json")).unwrap()
+}
+
 fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(format!(
         "{}/tests/fixtures/{name}",
@@ -26,16 +31,7 @@ fn fixture(name: &str) -> Vec<u8> {
 fn config() -> Vec<u8> {
     json!({
         "enforcers": {
-            "bank": {
-                "realm": "bank", "auth-server-url": "http://kc:8080", "resource": "bank-api",
-                "credentials": {"secret": "s3cret"},
-                "policy-enforcer": {"paths": [
-                    {"name": "View Account Resource", "path": "/account/{id}",
-                     "methods": [{"method": "GET", "scopes": ["account:view"]}]},
-                    {"path": "/public/*", "enforcement-mode": "DISABLED"}
-                ]},
-                "kcpep": {"timeout-ms": 1500}
-            },
+            "bank": bank_enforcer(),
             "other": {"realm": "bank", "auth-server-url": "http://kc:8080", "resource": "other-api",
                       "policy-enforcer": {"enforcement-mode": "PERMISSIVE", "paths": [{"path": "/x"}]}}
         },

@@ -79,18 +79,9 @@ fn keycloak_decision(token: &str) -> (u16, Value) {
         base64::engine::general_purpose::STANDARD.encode("bank-api:bank-api-secret")
     );
     let form = format!(
-        "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Auma-ticket&audience=bank-api&permission=View+Account+Resource%23account%3Aview&response_mode=decision&subject_token={token}"
+        "audience=bank-api&permission=View+Account+Resource%23account%3Aview&response_mode=decision&subject_token={token}"
     );
-    let r = request(
-        &keycloak(),
-        "POST",
-        "/realms/bank/protocol/openid-connect/token",
-        &[
-            ("authorization", auth.as_bytes()),
-            ("content-type", b"application/x-www-form-urlencoded"),
-        ],
-        form.as_bytes(),
-    );
+    let r = uma_grant("bank", &auth, &form);
     (r.status, r.json())
 }
 

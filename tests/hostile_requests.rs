@@ -408,20 +408,10 @@ fn credentials_in_every_odd_shape_get_keycloaks_answer_or_401() {
 /// Keycloak's own verdict for a token on `View Account Resource#account:view` (UMA grant,
 /// decision mode): true when granted.
 fn keycloak_grants(token: &str, audience: &str) -> bool {
-    let auth = format!("Bearer {token}");
-    let body = format!(
-        "grant_type=urn:ietf:params:oauth:grant-type:uma-ticket&audience={audience}&permission=View%20Account%20Resource%23account:view&response_mode=decision"
+    let form = format!(
+        "audience={audience}&permission=View%20Account%20Resource%23account:view&response_mode=decision"
     );
-    let r = request(
-        &keycloak(),
-        "POST",
-        "/realms/bank/protocol/openid-connect/token",
-        &[
-            ("authorization", auth.as_bytes()),
-            ("content-type", b"application/x-www-form-urlencoded"),
-        ],
-        body.as_bytes(),
-    );
+    let r = uma_grant("bank", &format!("Bearer {token}"), &form);
     match r.status {
         200 => r.json()["result"] == true,
         403 => false,

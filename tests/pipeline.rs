@@ -18,6 +18,11 @@ const ISSUER: &str = "http://kc:8080/realms/bank";
 const GRANTED: &[u8] =
     br#"[{"rsid":"rid-1","rsname":"View Account Resource","scopes":["account:view"]}]"#;
 
+/// The `bank` enforcer most tests here run (tests/fixtures/bank-enforcer.json).
+fn bank_enforcer() -> Value {
+    serde_json::from_slice(&fixture("bank-enforcer.json")).unwrap()
+}
+
 fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(format!(
         "{}/tests/fixtures/{name}",
@@ -29,16 +34,7 @@ fn fixture(name: &str) -> Vec<u8> {
 fn config() -> Value {
     json!({
         "enforcers": {
-            "bank": {
-                "realm": "bank", "auth-server-url": "http://kc:8080", "resource": "bank-api",
-                "credentials": {"secret": "s3cret"},
-                "policy-enforcer": {"paths": [
-                    {"name": "View Account Resource", "path": "/account/{id}",
-                     "methods": [{"method": "GET", "scopes": ["account:view"]}]},
-                    {"path": "/public/*", "enforcement-mode": "DISABLED"}
-                ]},
-                "kcpep": {"timeout-ms": 1500}
-            }
+            "bank": bank_enforcer()
         },
         "routes": [{"host": "bank.local", "enforcer": "bank"}]
     })

@@ -457,20 +457,26 @@ pub fn reaches_upstream(send: impl FnOnce() -> Response) -> (Response, bool) {
 /// An RPT from a realm's token endpoint (`realm`: its name): the UMA grant with the user's
 /// access token and `form` (`audience=...`, `ticket=...`).
 pub fn rpt_with(realm: &str, access: &str, form: &str) -> String {
-    let auth = format!("Bearer {access}");
+    let r = uma_grant(realm, &format!("Bearer {access}"), form);
+    assert_eq!(r.status, 200, "RPT ({form}): {}", r.text());
+    r.json()["access_token"].as_str().unwrap().to_string()
+}
+
+/// Keycloak's UMA grant (`grant_type=...uma-ticket&{form}`) on `realm`'s token endpoint, with
+/// this `Authorization` header value: Keycloak's own answer, for the tests that use it as the
+/// oracle.
+pub fn uma_grant(realm: &str, authorization: &str, form: &str) -> Response {
     let body = format!("grant_type=urn:ietf:params:oauth:grant-type:uma-ticket&{form}");
-    let r = request(
+    request(
         &keycloak(),
         "POST",
         &format!("/realms/{realm}/protocol/openid-connect/token"),
         &[
-            ("authorization", auth.as_bytes()),
+            ("authorization", authorization.as_bytes()),
             ("content-type", b"application/x-www-form-urlencoded"),
         ],
         body.as_bytes(),
-    );
-    assert_eq!(r.status, 200, "RPT ({form}): {}", r.text());
-    r.json()["access_token"].as_str().unwrap().to_string()
+    )
 }
 
 /// An access token of Keycloak's admin (master realm, `admin-cli`), for the admin API.
