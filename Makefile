@@ -6,7 +6,7 @@ WASM := dist/keycloak_pep.wasm
 # RSA-PSS or EdDSA realm keys).
 WASM_RUST_CRYPTO := dist/keycloak_pep_rust_crypto.wasm
 
-.PHONY: help build wasm wasm-rust-crypto policies-jar test unit abi e2e e2e-matrix test-docker fuzz fuzz-diff lint up down demo bench profile soak failover oci clean
+.PHONY: help build wasm wasm-rust-crypto policies-jar test unit abi e2e test-istio e2e-matrix test-docker fuzz fuzz-diff lint up down demo bench profile soak failover oci clean
 
 help:
 	@echo "make demo    build the filter, start Keycloak + Envoy + an echo upstream on 127.0.0.1, show allowed/denied requests"
@@ -14,6 +14,7 @@ help:
 	@echo "make build   dist/keycloak_pep.wasm (wasm32-wasip1, release; signatures checked by Envoy) and the kcpep CLI"
 	@echo "make wasm-rust-crypto   dist/keycloak_pep_rust_crypto.wasm: signatures checked in wasm (hosts without verify_signature)"
 	@echo "make up / make down   start / stop the stack in the background"
+	@echo "make test-istio   istiod (Istio's control plane, in-process, no cluster) serving envoy/istio/ to Envoy as the ingress gateway, against the real Keycloak"
 	@echo "make e2e-matrix   the end-to-end suites against Keycloak 26.7, 26.0 and the /auth path"
 	@echo "make test-docker  the end-to-end suites against envoy/docker-compose.yaml's containers (installs Docker from Debian as root, builds the images)"
 	@echo "make policies-jar dist/kcpep-policies.jar: the realm's JavaScript policies, which the compose file mounts into Keycloak"
@@ -60,16 +61,24 @@ abi: $(WASM) $(WASM_RUST_CRYPTO)
 	cargo test --features abi --test abi --test host_selftest
 
 # The suites that run against the real stack, listed once. They run on one thread; outage runs
-# after them (it stops and starts Keycloak). manifests and reload check the native configuration
+# after them (it stops and starts Keycloak). manifests, mesh and reload check the native configuration
 # with an Envoy of their own, so the containers' run (make test-docker) leaves them out.
-STACK_SUITES := binding claims contract e2e hostile hostile_requests manifests operator oracle reload replay
-HOST_ONLY_SUITES := manifests reload
+STACK_SUITES := binding claims contract e2e hostile hostile_requests manifests mesh operator oracle reload replay
+HOST_ONLY_SUITES := manifests mesh reload
 DOCKER_SUITES := $(filter-out $(HOST_ONLY_SUITES),$(STACK_SUITES))
 suites = $(addprefix --test ,$(1))
 
 e2e: $(WASM) $(POLICIES_JAR)
 	cargo test --features e2e $(call suites,$(STACK_SUITES) outage) --no-run
+	scripts/istio-mesh.sh --build >/dev/null
 	scripts/stack.sh test -- bash -c 'cargo test --features e2e $(call suites,$(STACK_SUITES)) -- --test-threads=1 && cargo test --features e2e --test outage'
+
+# tests/mesh.rs alone under the stack: istiod's discovery server (scripts/istio-mesh.sh, built
+# first: minutes the first time) serving envoy/istio/ to an Envoy as the ingress gateway.
+test-istio: $(WASM) $(POLICIES_JAR)
+	cargo test --features e2e --test mesh --no-run
+	scripts/istio-mesh.sh --build >/dev/null
+	scripts/stack.sh test -- cargo test --features e2e --test mesh -- --test-threads=1
 
 # The e2e suites against envoy/docker-compose.yaml's containers (docker/README.md): Debian's Docker
 # engine and docker-compose installed when missing (root), dockerd started (and stopped after, if

@@ -640,3 +640,6 @@ pub fn mtls_token(user: &str, client: &str) -> String {
     assert_eq!(r.status, 200, "token of {user}: {}", r.text());
     r.json()["access_token"].as_str().unwrap().to_string()
 }
+
+/// Istio's control plane serving envoy/istio/ to a gateway Envoy (tests/mesh.rs).
+pub mod mesh;
