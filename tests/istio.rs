@@ -5,13 +5,15 @@
 //! manifests (a misspelled field, a wrong enum value, values Istio's validators refuse) must be
 //! refused with a message naming the problem, so the check can fail. The first run builds the
 //! validator (minutes, the Go module proxy needed); a build that cannot run fails every test here.
+//! Also the OCI image of `make oci`, pulled by Istio's own Wasm image fetcher from a registry served
+//! in-process (`scripts/istio-ocifetch.sh`, tools/istio-validate/ocifetch, built the same way).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
 use common::yaml;
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
@@ -27,9 +29,19 @@ const ENVOYFILTER_WARNING: &str = "warning: EnvoyFilter exposes internal impleme
 /// Builds the validator once for all the tests of this file (the others wait for it).
 fn built() {
     static BUILT: OnceLock<Result<String, String>> = OnceLock::new();
-    let result = BUILT.get_or_init(|| {
+    build_once(
+        &BUILT,
+        "scripts/istio-validate.sh",
+        "Istio's validator (tools/istio-validate) could not be built, so the Istio manifests are \
+         not validated",
+    );
+}
+
+/// Runs `script --build` once per `cell`; a build that fails fails every test that needs it.
+fn build_once(cell: &OnceLock<Result<String, String>>, script: &str, what: &str) {
+    let result = cell.get_or_init(|| {
         let out = Command::new("bash")
-            .arg(root().join("scripts/istio-validate.sh"))
+            .arg(root().join(script))
             .arg("--build")
             .output()
             .map_err(|e| format!("cannot run bash: {e}"))?;
@@ -42,10 +54,7 @@ fn built() {
     });
     match result {
         Ok(log) => eprint!("{log}"),
-        Err(e) => panic!(
-            "Istio's validator (tools/istio-validate) could not be built, so the Istio manifests \
-             are not validated; it needs Go 1.26+ and the Go module proxy: {e}"
-        ),
+        Err(e) => panic!("{what}; it needs Go 1.26+ and the Go module proxy: {e}"),
     }
 }
 
@@ -130,28 +139,9 @@ fn the_wasmplugin_as_a_traffic_extension_passes() {
     assert_eq!(docs.len(), 1);
     let plugin = &docs[0];
     assert_eq!(plugin["kind"], "WasmPlugin");
-    let module_fields = [
-        "url",
-        "sha256",
-        "imagePullPolicy",
-        "imagePullSecret",
-        "pluginConfig",
-        "pluginName",
-        "failStrategy",
-        "vmConfig",
-        "type",
-    ];
-    let mut spec = Map::new();
-    let mut wasm = Map::new();
-    for (k, v) in plugin["spec"].as_object().unwrap() {
-        if module_fields.contains(&k.as_str()) {
-            wasm.insert(k.clone(), v.clone());
-        } else {
-            spec.insert(k.clone(), v.clone());
-        }
-    }
-    assert!(wasm.contains_key("url") && wasm.contains_key("pluginConfig"));
-    spec.insert("wasm".into(), Value::Object(wasm));
+    let traffic_extension = common::mesh::traffic_extension(plugin);
+    let wasm = &traffic_extension["spec"]["wasm"];
+    assert!(wasm["url"].is_string() && wasm["pluginConfig"].is_object());
     let extension = |spec: &Value| {
         let mut doc = plugin.clone();
         doc["kind"] = "TrafficExtension".into();
@@ -161,7 +151,7 @@ fn the_wasmplugin_as_a_traffic_extension_passes() {
     let dir = scratch("traffic-extension");
     // JSON is YAML: the validator reads it as it reads the manifests.
     let good = dir.join("trafficextension.yaml");
-    std::fs::write(&good, extension(&Value::Object(spec)).to_string()).unwrap();
+    std::fs::write(&good, traffic_extension.to_string()).unwrap();
     let verdict = validate(std::slice::from_ref(&good));
     assert!(verdict.success, "{}", verdict.text());
     assert!(
@@ -360,5 +350,145 @@ fn what_istio_does_not_validate_is_an_error_not_a_pass() {
         assert_eq!(verdict.code, Some(1), "{name}: {}", verdict.text());
         assert!(verdict.stdout.contains(says), "{name}: {}", verdict.text());
     }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// What `scripts/istio-ocifetch.sh` printed and how it exited.
+struct Fetched {
+    code: Option<i32>,
+    json: Value,
+    text: String,
+}
+
+/// `make oci` (scripts/oci.sh) on `wasm`, into `dir`/oci tagged "test": the layout's path and its
+/// manifest digest (hex), the WasmPlugin's `sha256`.
+fn oci_layout(wasm: &std::path::Path, dir: &std::path::Path) -> (PathBuf, String) {
+    let out = dir.join("oci");
+    let made = Command::new(root().join("scripts/oci.sh"))
+        .args([wasm.to_str().unwrap(), out.to_str().unwrap(), "test"])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(out.join("index.json")).unwrap()).unwrap();
+    let digest = index["manifests"][0]["digest"].as_str().unwrap();
+    (out, digest.strip_prefix("sha256:").unwrap().to_string())
+}
+
+/// tools/istio-validate/ocifetch: the layout pushed to an in-process registry on 127.0.0.1 and
+/// pulled back with Istio's pkg/wasm, with the layout's digest and with `sha256`.
+fn ocifetch(layout: &std::path::Path, module: &std::path::Path, sha256: &str) -> Fetched {
+    static BUILT: OnceLock<Result<String, String>> = OnceLock::new();
+    build_once(
+        &BUILT,
+        "scripts/istio-ocifetch.sh",
+        "tools/istio-validate/ocifetch could not be built, so the OCI image is not pulled with \
+         Istio's fetcher",
+    );
+    let script = root().join("scripts/istio-ocifetch.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .args([layout.to_str().unwrap(), module.to_str().unwrap(), sha256])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let text = format!(
+        "exit {:?}\n--- stdout\n{stdout}--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {text}"));
+    Fetched {
+        code: out.status.code(),
+        json,
+        text,
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    format!("{:x}", Sha256::digest(bytes))
+}
+
+/// The image `make oci` builds, pushed to a registry and pulled with Istio's own fetcher
+/// (istio.io/istio/pkg/wasm: ImageFetcher.PrepareFetch, and LocalFileCache.Get as istio-agent
+/// calls it for a WasmPlugin): the module it extracts is dist/keycloak_pep.wasm byte for byte, the
+/// manifest digest scripts/oci.sh prints is the `sha256` it accepts, and another one, here the
+/// module's own sha256 (a likely mistake: for `oci://` Istio compares the manifest's), is refused.
+#[test]
+fn istios_image_fetcher_pulls_the_module_from_the_oci_image() {
+    let wasm = root().join("dist/keycloak_pep.wasm");
+    assert!(wasm.exists(), "dist/keycloak_pep.wasm: run `make wasm`");
+    let module = std::fs::read(&wasm).unwrap();
+    let module_sha = sha256_hex(&module);
+    let dir = scratch("ocifetch");
+    let (layout, digest) = oci_layout(&wasm, &dir);
+    assert_ne!(digest, module_sha);
+    let f = ocifetch(&layout, &wasm, &module_sha);
+    let (j, text) = (&f.json, &f.text);
+    assert_eq!(f.code, Some(0), "{text}");
+    assert_eq!(j["ok"], true, "{text}");
+    assert!(
+        j["url"].as_str().unwrap().starts_with("oci://127.0.0.1:")
+            && j["url"].as_str().unwrap().ends_with("/keycloak-pep:test"),
+        "{text}"
+    );
+    // PrepareFetch: the digest Istio computes is the layout's, the module extracted is ours
+    assert_eq!(j["layout_digest"], digest.as_str(), "{text}");
+    assert_eq!(j["fetched_digest"], digest.as_str(), "{text}");
+    assert_eq!(j["fetched"]["sha256"], module_sha.as_str(), "{text}");
+    assert_eq!(j["fetched"]["bytes"], module.len(), "{text}");
+    assert_eq!(j["equal"], true, "{text}");
+    // LocalFileCache.Get with the right sha256: accepted, the cached file is the module
+    assert_eq!(j["right"]["sha256"], digest.as_str(), "{text}");
+    assert_eq!(j["right"]["accepted"], true, "{text}");
+    assert_eq!(
+        j["right"]["module"]["sha256"],
+        module_sha.as_str(),
+        "{text}"
+    );
+    assert_eq!(j["right"]["equal"], true, "{text}");
+    // with a wrong one: refused, Istio's error naming both checksums
+    assert_eq!(j["wrong"]["accepted"], false, "{text}");
+    assert!(j["wrong"]["module"].is_null(), "{text}");
+    let error = j["wrong"]["error"].as_str().unwrap();
+    assert!(
+        error.contains(&format!(
+            "has checksum {digest}, which does not match: {module_sha}"
+        )),
+        "{text}"
+    );
+    eprintln!("wrong sha256 refused: {error}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The check above can fail: an image of another module (dist/keycloak_pep.wasm with one more
+/// custom section, still a valid module) is pulled all the same, but is not taken for ours, and a
+/// "wrong" sha256 that is in fact the image's digest is accepted, so the program says not ok.
+#[test]
+fn istios_image_fetcher_check_can_fail() {
+    let wasm = root().join("dist/keycloak_pep.wasm");
+    assert!(wasm.exists(), "dist/keycloak_pep.wasm: run `make wasm`");
+    let dir = scratch("ocifetch-other");
+    let mut other = std::fs::read(&wasm).unwrap();
+    // custom section (id 0), 5 bytes: the name "kcpx"
+    other.extend_from_slice(&[0, 5, 4, b'k', b'c', b'p', b'x']);
+    let other_path = dir.join("other.wasm");
+    std::fs::write(&other_path, &other).unwrap();
+    let (layout, digest) = oci_layout(&other_path, &dir);
+    let f = ocifetch(&layout, &wasm, &digest);
+    let (j, text) = (&f.json, &f.text);
+    assert_eq!(f.code, Some(1), "{text}");
+    assert_eq!(j["ok"], false, "{text}");
+    assert_eq!(j["fetched_digest"], digest.as_str(), "{text}");
+    assert_eq!(
+        j["fetched"]["sha256"],
+        sha256_hex(&other).as_str(),
+        "{text}"
+    );
+    assert_eq!(j["equal"], false, "{text}");
+    assert_eq!(j["right"]["accepted"], true, "{text}");
+    assert_eq!(j["right"]["equal"], false, "{text}");
+    assert_eq!(j["wrong"]["accepted"], true, "{text}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -605,3 +605,53 @@ fn a_route_rule_naming_a_route_istio_does_not_generate_is_named() {
     let r = mesh.get("/reports/7", Some(&plain), &[]);
     assert_eq!(r.status, 403, "{}", brief(&r));
 }
+
+/// The gateway's first HTTP filter (the WasmPlugin's or TrafficExtension's, phase AUTHZ) and its
+/// configuration as Envoy holds it, without the name Istio derives from the object.
+fn first_filter(mesh: &Mesh) -> (String, Value) {
+    let dump = mesh.config_dump();
+    let name = http_filter_names(&dump).into_iter().next().unwrap();
+    let (_, mut wasm) = ecds_filters(&dump)
+        .into_iter()
+        .find(|(n, _)| *n == name)
+        .unwrap_or_else(|| panic!("the first filter {name} is no ECDS filter"));
+    wasm["config"]["name"] = Value::Null;
+    (name, wasm)
+}
+
+#[test]
+fn a_traffic_extension_in_place_of_the_wasmplugin_gives_the_same_filter_and_verdicts() {
+    let mut manifests = shipped_with_overlay();
+    let from_wasm_plugin = {
+        let mesh = Mesh::start(&manifests, &client_secrets());
+        first_filter(&mesh)
+    };
+    assert_eq!(from_wasm_plugin.0, ECDS_NAME);
+    let te = traffic_extension(wasm_plugin(&mut manifests));
+    for m in manifests.iter_mut() {
+        if m.file == "wasmplugin.yaml" {
+            m.file = "trafficextension.yaml".into();
+            m.docs = vec![te.clone()];
+        }
+    }
+    let mesh = Mesh::start(&manifests, &client_secrets());
+    let (name, wasm) = first_filter(&mesh);
+    assert!(
+        name.starts_with("extensions.istio.io/trafficextension/bank.keycloak-pep"),
+        "{name}"
+    );
+    assert_eq!(
+        wasm, from_wasm_plugin.1,
+        "the TrafficExtension gives Envoy the WasmPlugin's filter"
+    );
+    for (user, tok) in tokens() {
+        let r = mesh.get("/account/1", Some(&tok), &[]);
+        let want = if expected_allowed("UNANIMOUS", user) {
+            200
+        } else {
+            403
+        };
+        assert_eq!(r.status, want, "UNANIMOUS {user}: {}", brief(&r));
+    }
+    assert_eq!(mesh.get("/account/1", None, &[]).status, 401);
+}

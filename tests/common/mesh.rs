@@ -619,3 +619,40 @@ pub fn try_get(base: &str, path: &str, token: &str) -> Result<u16, String> {
         .map(|r| r.status().as_u16())
         .map_err(|e| e.to_string())
 }
+
+/// Istio 1.30's TrafficExtension written from wasmplugin.yaml as envoy/istio/README.md says:
+/// `selector`, `targetRefs`, `phase`, `priority` and `match` stay at the top of `spec`, the
+/// module's fields move under `wasm:`.
+pub fn traffic_extension(wasm_plugin: &Value) -> Value {
+    const MODULE: [&str; 9] = [
+        "url",
+        "sha256",
+        "imagePullPolicy",
+        "imagePullSecret",
+        "pluginConfig",
+        "pluginName",
+        "failStrategy",
+        "vmConfig",
+        "type",
+    ];
+    let mut spec = wasm_plugin["spec"].as_object().unwrap().clone();
+    let mut wasm = serde_json::Map::new();
+    for field in MODULE {
+        if let Some(v) = spec.remove(field) {
+            wasm.insert(field.to_string(), v);
+        }
+    }
+    for (field, _) in &spec {
+        assert!(
+            ["selector", "targetRefs", "phase", "priority", "match"].contains(&field.as_str()),
+            "wasmplugin.yaml has {field}, which the README's TrafficExtension mapping does not place"
+        );
+    }
+    spec.insert("wasm".into(), Value::Object(wasm));
+    json!({
+        "apiVersion": "extensions.istio.io/v1alpha1",
+        "kind": "TrafficExtension",
+        "metadata": wasm_plugin["metadata"].clone(),
+        "spec": spec
+    })
+}
