@@ -655,3 +655,87 @@ fn a_traffic_extension_in_place_of_the_wasmplugin_gives_the_same_filter_and_verd
     }
     assert_eq!(mesh.get("/account/1", None, &[]).status, 401);
 }
+
+/// A server-side sidecar: the shipped WasmPlugin with `selector: app=bank-api` on a `bank-api`
+/// pod's sidecar (`common::mesh::sidecar_manifests`). Istio names its one inbound route
+/// `default`, so the `route-name` rules meant for the gateway select nothing there and the
+/// `default` enforcer decides every request; a `path-prefix` rule does select.
+#[test]
+fn an_inbound_sidecar_enforces_the_default_enforcer() {
+    let mut manifests = sidecar_manifests();
+    let mut mesh = Mesh::start_as(Node::sidecar(), &manifests, &client_secrets());
+    let sidecar_filter =
+        "extensions.istio.io/trafficextension/bank.keycloak-pep-sidecar~istio-translated-wasmplugin";
+    let hcm = inbound_hcm(&mesh.config_dump()).expect("the inbound listener");
+    let filters: Vec<&str> = hcm["http_filters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f["name"].as_str())
+        .collect();
+    assert!(filters.contains(&sidecar_filter), "{filters:?}");
+    assert!(
+        !filters.contains(&ECDS_NAME),
+        "the gateway's WasmPlugin selects no sidecar: {filters:?}"
+    );
+    let routes: Vec<&str> = hcm["route_config"]["virtual_hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|vh| vh["routes"].as_array().unwrap())
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    assert_eq!(routes, ["default"], "Istio's inbound route names");
+
+    // the default enforcer (accounts, bank-api, UNANIMOUS): seed 002's table on the workload
+    let users = tokens();
+    for (user, tok) in &users {
+        let r = mesh.get_inbound("/account/1", Some(tok));
+        let want = if expected_allowed("UNANIMOUS", user) {
+            200
+        } else {
+            403
+        };
+        assert_eq!(r.status, want, "UNANIMOUS {user}: {}", brief(&r));
+        if want == 200 {
+            assert!(grants(&permissions(&r), "View Account Resource"), "{user}");
+        }
+    }
+    assert_eq!(mesh.get_inbound("/account/1", None).status, 401);
+    assert_eq!(
+        echoed(&mesh.get_inbound("/public/rates", None))["path"],
+        "/public/rates"
+    );
+    // the rule `route-name: reports` selects nothing here: the default enforcer, which names no
+    // /reports path, refuses what the gateway's dry-run enforcer lets through
+    for (user, tok) in &users {
+        let r = mesh.get_inbound("/reports/7", Some(tok));
+        assert_eq!(r.status, 403, "{user} on the sidecar: {}", brief(&r));
+    }
+    poll_until("the access log", Duration::from_secs(10), || {
+        mesh.access_log()
+            .contains(" inbound|18090||; default kcpep_permissions=")
+            .then_some(())
+    });
+
+    // selecting by path on the sidecar: the same rule as a path-prefix rule, by ECDS
+    let plugin = manifests
+        .iter_mut()
+        .find(|m| m.file == "wasmplugin-sidecar.yaml")
+        .unwrap();
+    plugin.doc_mut("WasmPlugin", "keycloak-pep-sidecar")["spec"]["pluginConfig"]["routes"] =
+        json!([{"path-prefix": "/reports", "enforcer": "reports"}]);
+    let plugin = plugin.clone();
+    mesh.apply(&plugin).unwrap();
+    let (_, tok) = &users[0];
+    poll_until(
+        "the path-prefix rule by ECDS",
+        Duration::from_secs(20),
+        || (mesh.get_inbound("/reports/7", Some(tok)).status == 200).then_some(()),
+    );
+    for (user, tok) in &users {
+        let r = mesh.get_inbound("/reports/7", Some(tok));
+        assert_eq!(echoed(&r)["path"], "/reports/7", "{user}: dry-run");
+    }
+    assert_eq!(mesh.get_inbound("/account/1", None).status, 401);
+}

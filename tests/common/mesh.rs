@@ -28,6 +28,69 @@ pub const BASE_ID: u32 = 90;
 pub const NODE_IP: &str = "192.0.2.10";
 /// The virtual host of envoy/istio/virtualservice.yaml.
 pub const HOST: &str = "bank.example.com";
+/// The sidecar scenario: the workload's address in its node id (beside [`NODE_IP`]), and the
+/// service port its inbound listener takes (bound to 127.0.0.1: no iptables here).
+pub const WORKLOAD_IP: &str = "192.0.2.20";
+pub const SIDECAR_PORT: u16 = 18090;
+
+/// The proxy Envoy joins istiod as: what its node id and metadata say, and how to tell it has
+/// the configuration to serve.
+pub struct Node {
+    id: String,
+    cluster: &'static str,
+    metadata: Value,
+    /// Whether a config dump holds the routes this node serves (RDS may follow the listener).
+    served: fn(&Value) -> bool,
+}
+
+impl Node {
+    /// The ingress gateway pod of envoy/istio/: `istio=ingressgateway` in namespace `bank`.
+    pub fn gateway() -> Node {
+        Node {
+            // Istio's node id of a gateway: router~<ip>~<pod>.<namespace>~<namespace>.svc.<domain>
+            id: format!("router~{NODE_IP}~istio-ingressgateway-kcpep.bank~bank.svc.cluster.local"),
+            cluster: "istio-ingressgateway.bank",
+            metadata: json!({
+                "ISTIO_VERSION": "1.31.0",
+                "CLUSTER_ID": "Kubernetes",
+                "NAMESPACE": "bank",
+                "NAME": "istio-ingressgateway-kcpep",
+                "WORKLOAD_NAME": "istio-ingressgateway",
+                "SERVICE_ACCOUNT": "istio-ingressgateway",
+                "MESH_ID": "cluster.local",
+                "INSTANCE_IPS": NODE_IP,
+                // the pod's labels, which the Gateway's and the WasmPlugin's selectors read
+                "LABELS": {"istio": "ingressgateway", "app": "istio-ingressgateway"}
+            }),
+            served: has_routes,
+        }
+    }
+
+    /// A `bank-api` pod's sidecar (`app=bank-api`, [`WORKLOAD_IP`]) with no traffic capture
+    /// (`INTERCEPTION_MODE: NONE`, as a VM's sidecar without iptables): the `Sidecar` of
+    /// [`sidecar_manifests`] binds its inbound listener to 127.0.0.1.
+    pub fn sidecar() -> Node {
+        Node {
+            id: format!("sidecar~{WORKLOAD_IP}~bank-api-0.bank~bank.svc.cluster.local"),
+            cluster: "bank-api.bank",
+            metadata: json!({
+                "ISTIO_VERSION": "1.31.0",
+                "CLUSTER_ID": "Kubernetes",
+                "NAMESPACE": "bank",
+                "NAME": "bank-api-0",
+                "WORKLOAD_NAME": "bank-api",
+                "SERVICE_ACCOUNT": "bank-api",
+                "MESH_ID": "cluster.local",
+                "INSTANCE_IPS": WORKLOAD_IP,
+                "INTERCEPTION_MODE": "NONE",
+                "LABELS": {"app": "bank-api"}
+            }),
+            served: |dump| {
+                inbound_hcm(dump).is_some_and(|hcm| hcm["route_config"]["virtual_hosts"].is_array())
+            },
+        }
+    }
+}
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -141,6 +204,76 @@ pub fn shipped_with_overlay() -> Vec<Manifest> {
     vec![plugin, vs, se, safety, service]
 }
 
+/// The sidecar scenario: the overlay's manifests with `bank-api` as a workload of the mesh
+/// (a `bank-api-0` pod at [`WORKLOAD_IP`], labelled `app=bank-api`) whose sidecar
+/// ([`Node::sidecar`]) takes inbound traffic on [`SIDECAR_PORT`] and hands it to the stack's echo
+/// upstream, and a second WasmPlugin, the shipped one with `selector: app=bank-api`, on it:
+///
+/// - `bank-api-service.yaml` is replaced by a ServiceEntry selecting the workload, the
+///   WorkloadEntry a pod would be, a `Sidecar` (ingress bound to 127.0.0.1, the workload at the
+///   echo upstream's address; egress to the Keycloak ServiceEntry only) and a PeerAuthentication
+///   with mTLS off (the listener's certificates come from istio-agent, which is not here);
+/// - `wasmplugin-sidecar.yaml`: the WasmPlugin `keycloak-pep-sidecar`.
+pub fn sidecar_manifests() -> Vec<Manifest> {
+    let mut manifests = shipped_with_overlay();
+    let upstream = env("KCPEP_UPSTREAM_URL");
+    let upstream = upstream.trim_start_matches("http://").trim_end_matches('/');
+    let selector = json!({"app": "bank-api"});
+    let workload = Manifest {
+        file: "bank-api-workload.yaml".into(),
+        docs: vec![
+            json!({
+                "apiVersion": "networking.istio.io/v1",
+                "kind": "ServiceEntry",
+                "metadata": {"name": "bank-api", "namespace": "bank"},
+                "spec": {
+                    "hosts": ["bank-api.bank.svc.cluster.local"],
+                    "location": "MESH_INTERNAL",
+                    "resolution": "STATIC",
+                    "ports": [{"number": SIDECAR_PORT, "name": "http", "protocol": "HTTP"}],
+                    "workloadSelector": {"labels": selector}
+                }
+            }),
+            json!({
+                "apiVersion": "networking.istio.io/v1",
+                "kind": "WorkloadEntry",
+                "metadata": {"name": "bank-api-0", "namespace": "bank"},
+                "spec": {"address": WORKLOAD_IP, "labels": selector, "serviceAccount": "bank-api"}
+            }),
+            json!({
+                "apiVersion": "networking.istio.io/v1",
+                "kind": "Sidecar",
+                "metadata": {"name": "bank-api", "namespace": "bank"},
+                "spec": {
+                    "workloadSelector": {"labels": selector},
+                    "ingress": [{
+                        "port": {"number": SIDECAR_PORT, "protocol": "HTTP", "name": "http"},
+                        "bind": "127.0.0.1",
+                        "defaultEndpoint": upstream
+                    }],
+                    "egress": [{"hosts": ["./sso.example.com"]}]
+                }
+            }),
+            json!({
+                "apiVersion": "security.istio.io/v1",
+                "kind": "PeerAuthentication",
+                "metadata": {"name": "bank-api", "namespace": "bank"},
+                "spec": {"selector": {"matchLabels": selector}, "mtls": {"mode": "DISABLE"}}
+            }),
+        ],
+    };
+    let mut plugin = wasm_plugin(&mut manifests).clone();
+    plugin["metadata"]["name"] = json!("keycloak-pep-sidecar");
+    plugin["spec"]["selector"] = json!({"matchLabels": selector});
+    manifests.retain(|m| m.file != "bank-api-service.yaml");
+    manifests.push(workload);
+    manifests.push(Manifest {
+        file: "wasmplugin-sidecar.yaml".into(),
+        docs: vec![plugin],
+    });
+    manifests
+}
+
 /// The WasmPlugin document of a set of manifests.
 pub fn wasm_plugin(manifests: &mut [Manifest]) -> &mut Value {
     manifests
@@ -176,6 +309,11 @@ impl Mesh {
     /// Starts istiod with `manifests` and the gateway Envoy with `envoy_env` as its only
     /// `KCPEP_*` variables, and waits for Envoy's listener (at most a minute, after the build).
     pub fn start(manifests: &[Manifest], envoy_env: &[(&str, &str)]) -> Mesh {
+        Mesh::start_as(Node::gateway(), manifests, envoy_env)
+    }
+
+    /// The same with Envoy joining as `node`.
+    pub fn start_as(node: Node, manifests: &[Manifest], envoy_env: &[(&str, &str)]) -> Mesh {
         let one = ONE_MESH.lock().unwrap_or_else(|e| e.into_inner());
         let bin = build();
         let dir = root().join(".run/mesh-test");
@@ -219,29 +357,13 @@ impl Mesh {
         };
         let ready = mesh.answer("istiod ready", Duration::from_secs(60));
         assert!(ready.starts_with("ready "), "istiod: {ready}");
-        mesh.start_envoy(envoy_env);
+        mesh.start_envoy(&node, envoy_env);
         mesh
     }
 
-    fn start_envoy(&mut self, envoy_env: &[(&str, &str)]) {
+    fn start_envoy(&mut self, node: &Node, envoy_env: &[(&str, &str)]) {
         let bootstrap = json!({
-            "node": {
-                // Istio's node id of a gateway: router~<ip>~<pod>.<namespace>~<namespace>.svc.<domain>
-                "id": format!("router~{NODE_IP}~istio-ingressgateway-kcpep.bank~bank.svc.cluster.local"),
-                "cluster": "istio-ingressgateway.bank",
-                "metadata": {
-                    "ISTIO_VERSION": "1.31.0",
-                    "CLUSTER_ID": "Kubernetes",
-                    "NAMESPACE": "bank",
-                    "NAME": "istio-ingressgateway-kcpep",
-                    "WORKLOAD_NAME": "istio-ingressgateway",
-                    "SERVICE_ACCOUNT": "istio-ingressgateway",
-                    "MESH_ID": "cluster.local",
-                    "INSTANCE_IPS": NODE_IP,
-                    // the pod's labels, which the Gateway's and the WasmPlugin's selectors read
-                    "LABELS": {"istio": "ingressgateway", "app": "istio-ingressgateway"}
-                }
-            },
+            "node": {"id": node.id, "cluster": node.cluster, "metadata": node.metadata},
             "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": ADMIN_PORT}}},
             "dynamic_resources": {
                 "ads_config": {
@@ -292,33 +414,29 @@ impl Mesh {
             .spawn()
             .expect("Envoy from .cache/venv (scripts/stack.sh install)");
         self.envoy = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
+        let served = node.served;
+        let ready = || {
             self.check_alive();
             let up = std::net::TcpStream::connect(("127.0.0.1", ADMIN_PORT)).is_ok();
-            let ready = up && request(&self.admin(), "GET", "/ready", &[], b"").status == 200;
             // the listener, and its routes (RDS can come after the listener is active)
-            if ready
+            (up && request(&self.admin(), "GET", "/ready", &[], b"").status == 200
                 && self.stat("listener_manager.total_listeners_active") >= 1
-                && has_routes(&self.config_dump())
-            {
-                return;
-            }
-            if Instant::now() > deadline {
-                // what Envoy refused of istiod's configuration says why
-                let log = self.envoy_log();
-                let refused: Vec<&str> = log
-                    .lines()
-                    .filter(|l| l.contains("rejected") || l.contains("[error]"))
-                    .take(10)
-                    .collect();
-                panic!(
-                    "no gateway listener with its routes from istiod within 60 s; Envoy refused:\n{}\n{}",
-                    refused.join("\n"),
-                    tail(&log)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
+                && served(&self.config_dump()))
+            .then_some(())
+        };
+        if super::try_poll_until(Duration::from_secs(60), ready).is_none() {
+            // what Envoy refused of istiod's configuration says why
+            let log = self.envoy_log();
+            let refused: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains("rejected") || l.contains("[error]"))
+                .take(10)
+                .collect();
+            panic!(
+                "no listener with its routes from istiod within 60 s; Envoy refused:\n{}\n{}",
+                refused.join("\n"),
+                tail(&log)
+            );
         }
     }
 
@@ -374,6 +492,13 @@ impl Mesh {
 
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{GATEWAY_PORT}")
+    }
+
+    /// A request to the sidecar's inbound listener, as a client in the mesh sends it.
+    pub fn get_inbound(&self, path: &str, token: Option<&str>) -> Response {
+        let base = format!("http://127.0.0.1:{SIDECAR_PORT}");
+        let host = format!("bank-api.bank.svc.cluster.local:{SIDECAR_PORT}");
+        send_to(&base, "GET", &host, path, token, &[], b"")
     }
 
     /// One of Envoy's stats by its whole name (the filter's: `wasmcustom.kcpep.*`).
@@ -504,6 +629,28 @@ pub fn gateway_hcm(dump: &Value) -> Value {
         .find(|f| f["name"] == "envoy.filters.network.http_connection_manager")
         .map(|f| f["typed_config"].clone())
         .expect("the gateway listener's http_connection_manager")
+}
+
+/// The connection manager of the sidecar's inbound listener on [`SIDECAR_PORT`], once Envoy has
+/// it.
+pub fn inbound_hcm(dump: &Value) -> Option<Value> {
+    let listeners = section(dump, "ListenersConfigDump");
+    let listener = listeners["dynamic_listeners"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|l| &l["active_state"]["listener"])
+        .find(|l| {
+            l["traffic_direction"] == "INBOUND"
+                && l["address"]["socket_address"]["port_value"] == SIDECAR_PORT
+        })?;
+    listener["filter_chains"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|c| c["filters"].as_array().cloned().unwrap_or_default())
+        .find(|f| f["name"] == "envoy.filters.network.http_connection_manager")
+        .map(|f| f["typed_config"].clone())
 }
 
 /// The names of the gateway's HTTP filters, in order.

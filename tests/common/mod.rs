@@ -553,13 +553,20 @@ pub fn envoy_stat(admin: &str, name: &str) -> i64 {
 /// Polls `check` until it yields a value, failing after `timeout`: for states that only time or
 /// another process brings about (a cache entry expiring, Keycloak restarting, a log flush), never
 /// a fixed sleep standing in for them.
-pub fn poll_until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+pub fn poll_until<T>(what: &str, timeout: Duration, check: impl FnMut() -> Option<T>) -> T {
+    try_poll_until(timeout, check).unwrap_or_else(|| panic!("timed out: {what}"))
+}
+
+/// The same, `None` when `timeout` passes, for a caller with more to say about why.
+pub fn try_poll_until<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = std::time::Instant::now() + timeout;
     loop {
         if let Some(v) = check() {
-            return v;
+            return Some(v);
         }
-        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
 }
