@@ -47,7 +47,7 @@ fn client_auth(cfg: &EnforcerConfig) -> Option<String> {
 /// got no answer from Keycloak: the connection was refused or reset, or a proxy in between
 /// answered 502, 503 or 504. Only calls that are safe to repeat ask for it: reads, the PAT and the
 /// UMA grant, which change nothing in Keycloak. All tries share the call's `timeout-ms`.
-fn repeatable(cfg: &EnforcerConfig, mut req: HttpRequest) -> HttpRequest {
+pub(crate) fn repeatable(cfg: &EnforcerConfig, mut req: HttpRequest) -> HttpRequest {
     let retries = cfg.proxy.keycloak_retries;
     if retries > 0 {
         req.headers.extend([
@@ -276,7 +276,7 @@ impl std::fmt::Display for Failure {
 }
 
 /// Judges the status first: Envoy answers an unreachable cluster with a real 503.
-fn check_status(status: u16, body: &[u8]) -> Result<(), Failure> {
+pub(crate) fn check_status(status: u16, body: &[u8]) -> Result<(), Failure> {
     if (200..300).contains(&status) {
         return Ok(());
     }
