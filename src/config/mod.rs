@@ -173,6 +173,8 @@ pub struct ProxySettings {
     pub no_token_status: u16,
     /// Whether sender-constrained tokens (DPoP, certificate-bound) must come with their proof.
     pub sender_constraint: SenderConstraint,
+    /// `kcpep.decision-protocol`: how Keycloak is asked for a decision.
+    pub decision_protocol: DecisionProtocol,
     pub dpop: DpopSettings,
     /// The back-channel logout endpoint the filter answers itself (`backchannel-logout`).
     pub backchannel_logout: Option<BackchannelLogout>,
@@ -189,6 +191,32 @@ pub struct BackchannelLogout {
     pub max_age_s: u32,
     /// How long an ended session is remembered: at least the realm's longest token lifespan.
     pub remember_s: u32,
+}
+
+/// `kcpep.decision-protocol`: which Keycloak endpoint decides (docs/configuration.md, "Decision
+/// protocol").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DecisionProtocol {
+    /// The UMA grant of the token endpoint, with the user's token (Keycloak's own enforcer).
+    #[default]
+    UmaGrant,
+    /// Keycloak's AuthZEN evaluations (26.7, `--features=authzen`), the PAT as caller and the
+    /// token's `sub` as subject, for every token.
+    Authzen,
+    /// The UMA grant, and AuthZEN for the sender-constrained tokens (DPoP or certificate bound)
+    /// whose binding held: the UMA grant refuses a DPoP-bound subject token.
+    AuthzenForBoundTokens,
+}
+
+impl DecisionProtocol {
+    /// Whether AuthZEN decides for a token with (`true`) or without a binding.
+    pub fn authzen_for(self, bound: bool) -> bool {
+        match self {
+            DecisionProtocol::UmaGrant => false,
+            DecisionProtocol::Authzen => true,
+            DecisionProtocol::AuthzenForBoundTokens => bound,
+        }
+    }
 }
 
 /// `kcpep.sender-constraint`: what the filter does with a token's `cnf` binding.
@@ -429,6 +457,13 @@ impl EnforcerConfig {
 
         let default_issuer = format!("{auth_server_url}/realms/{realm}");
         let mut proxy = parse_proxy(kcpep_value, &kcpep_path, &url.authority, default_issuer)?;
+        if proxy.decision_protocol != DecisionProtocol::UmaGrant && secret.is_none() {
+            // AuthZEN's caller is the resource server itself, with its client-credentials token
+            return Err(ConfigError::new(
+                &json::join(&kcpep_path, "decision-protocol"),
+                "AuthZEN is asked with the client's own token: needs credentials.secret",
+            ));
+        }
         if let Some(b) = proxy
             .backchannel_logout
             .as_mut()
@@ -882,6 +917,19 @@ fn parse_proxy(
             ],
         )?
         .unwrap_or(SenderConstraint::IfBound);
+    let decision_protocol = o
+        .choice(
+            "decision-protocol",
+            &[
+                ("uma-grant", DecisionProtocol::UmaGrant),
+                ("authzen", DecisionProtocol::Authzen),
+                (
+                    "authzen-for-bound-tokens",
+                    DecisionProtocol::AuthzenForBoundTokens,
+                ),
+            ],
+        )?
+        .unwrap_or_default();
     let dpop = match o.object("dpop")? {
         None => DpopSettings::default(),
         Some(mut d) => {
@@ -946,6 +994,7 @@ fn parse_proxy(
     Ok(ProxySettings {
         backchannel_logout,
         sender_constraint,
+        decision_protocol,
         dpop,
         cluster,
         authority,

@@ -2,10 +2,11 @@
 //! grant (or, for user-managed access, a permission ticket), and the answer to that grant.
 
 use super::judge::{relative_path, tag, Judge};
-use crate::config::{EnforcementMode, EnforcerConfig, MethodConfig, ScopesMode};
+use crate::config::{EnforcementMode, EnforcerConfig, MethodConfig, ScopesMode, SenderConstraint};
 use crate::enforce::replies::{allow, denied, forbidden, keycloak_unavailable, unauthorized};
-use crate::enforce::step::{Allow, CacheUse, Call, Claim, Credential, Pending, Reply, Step};
+use crate::enforce::step::{Allow, Asked, CacheUse, Call, Claim, Credential, Pending, Reply, Step};
 use crate::enforce::{binding, claims};
+use crate::keycloak::authzen::{self, AuthzenOutcome, Evaluation, EvaluationsRequest, Semantic};
 use crate::keycloak::knowledge::Knowledge;
 use crate::keycloak::resources::Entry;
 use crate::keycloak::token::Token;
@@ -57,6 +58,17 @@ pub fn authorize(j: &mut Judge, a: &Authorize, claims: Claims) -> Step {
         }
         return challenge(cfg, j.known, entry, method, Some(&claims));
     }
+    // The token's binding held (else the request would not be here): AuthZEN decides where the
+    // configuration says so, and for a DPoP-bound token the UMA grant cannot.
+    let bound = cfg.proxy.sender_constraint != SenderConstraint::Off && binding::is_bound(token);
+    let asked = if cfg.proxy.decision_protocol.authzen_for(bound) {
+        match authzen_question(entry, method, token) {
+            Ok(asked) => asked,
+            Err(why) => return tag(denied(method, why), entry),
+        }
+    } else {
+        Asked::UmaGrant
+    };
     let resource = entry
         .resource
         .id
@@ -75,7 +87,12 @@ pub fn authorize(j: &mut Judge, a: &Authorize, claims: Claims) -> Step {
         // What is asked (resource or URI), how (scopes and their mode), for whom (token digest),
         // with what (claims digest).
         let what = format!(
-            "{}|{}|{}",
+            "{}{}|{}|{}",
+            if asked == Asked::UmaGrant {
+                ""
+            } else {
+                "authzen|"
+            },
             u8::from(uri_form),
             method.scopes_enforcement_mode.as_str(),
             permission.resource.as_deref().unwrap_or("")
@@ -140,6 +157,38 @@ pub fn authorize(j: &mut Judge, a: &Authorize, claims: Claims) -> Step {
             }
         }
     }
+    if let Asked::Authzen { scopes, semantic } = &asked {
+        // The subject is the verified token's own `sub`, never anything the client sent beside it.
+        let sub = token.subject().unwrap_or_default();
+        let Some(pat) = j.known.pat.as_deref() else {
+            release(j.store, cached.as_ref());
+            return keycloak_unavailable(cfg, "no protection API token yet for AuthZEN");
+        };
+        let question = EvaluationsRequest {
+            user_id: sub,
+            evaluations: scopes
+                .iter()
+                .map(|scope| Evaluation {
+                    resource_type: entry.resource.kind.clone().unwrap_or_default(),
+                    resource_name: entry.resource.name.clone().unwrap_or_default(),
+                    action: scope.clone(),
+                })
+                .collect(),
+            semantic: *semantic,
+            context: Some(&claims),
+        };
+        return Step::Call(Box::new(Call {
+            request: authzen::evaluations_request(cfg, pat, &question),
+            service: None,
+            pending: Pending::Grant {
+                entry: Rc::clone(entry),
+                method: method.clone(),
+                cached,
+                claims,
+                asked,
+            },
+        }));
+    }
     let grant = UmaGrant {
         subject_token: raw,
         permissions: vec![permission],
@@ -157,8 +206,66 @@ pub fn authorize(j: &mut Judge, a: &Authorize, claims: Claims) -> Step {
             method: method.clone(),
             cached,
             claims,
+            asked,
         },
     }))
+}
+
+/// Why a token without `sub` gets no AuthZEN decision.
+const NO_SUBJECT: &str = "AuthZEN names the user by the token's sub, and this token has none";
+
+/// What AuthZEN is asked for this path and method: one evaluation per scope, under the semantic
+/// of the method's scope mode. AuthZEN names a resource by name (and type) and an action by scope:
+/// a path with neither gets no question.
+fn authzen_question(
+    entry: &Entry,
+    method: &MethodConfig,
+    token: &Token,
+) -> Result<Asked, &'static str> {
+    if token.subject().is_none_or(str::is_empty) {
+        return Err(NO_SUBJECT);
+    }
+    if entry.resource.name.is_none() {
+        return Err("AuthZEN asks by resource name: no Keycloak resource is known for this path");
+    }
+    if method.scopes.is_empty() {
+        return Err("AuthZEN asks for a scope: this path and method name none");
+    }
+    let semantic = match method.scopes_enforcement_mode {
+        ScopesMode::All => Semantic::DenyOnFirstDeny,
+        ScopesMode::Any => Semantic::PermitOnFirstPermit,
+        ScopesMode::Disabled => Semantic::ExecuteAll,
+    };
+    Ok(Asked::Authzen {
+        scopes: method.scopes.clone(),
+        semantic,
+    })
+}
+
+/// AuthZEN's decisions as the UMA grant's outcome: the permitted scopes of this path's resource
+/// as its one permission, so one rule (`is_authorized`) judges both.
+fn from_authzen(entry: &Entry, scopes: &[String], outcome: AuthzenOutcome) -> UmaOutcome {
+    match outcome {
+        AuthzenOutcome::Decided(d) => {
+            let permitted: Vec<String> = scopes
+                .iter()
+                .zip(&d.0)
+                .filter(|(_, d)| **d == authzen::Decision::Permit)
+                .map(|(s, _)| s.clone())
+                .collect();
+            if permitted.is_empty() {
+                return UmaOutcome::Denied;
+            }
+            UmaOutcome::Granted(Some(vec![Permission {
+                rsid: entry.resource.id.clone(),
+                rsname: entry.resource.name.clone(),
+                scopes: permitted,
+                claims: None,
+            }]))
+        }
+        AuthzenOutcome::Refused(e) => UmaOutcome::Refused(e),
+        AuthzenOutcome::Unavailable(why) => UmaOutcome::Unavailable(why),
+    }
 }
 
 /// Keycloak's answer to the UMA grant this stage asked for: the verdict, stored for the next
@@ -169,14 +276,24 @@ pub fn granted(
     method: MethodConfig,
     cached: Option<Claim>,
     claims: Claims,
+    asked: Asked,
     answer: Answer,
 ) -> Step {
     let (cfg, now_ms) = (j.cfg, j.now_ms);
-    let outcome = match answer {
-        Answer::Http { status, body } => {
+    let outcome = match (answer, &asked) {
+        (Answer::Http { status, body }, Asked::UmaGrant) => {
             uma::parse_uma_response(status, body, ResponseMode::Permissions)
         }
-        Answer::NoAnswer => UmaOutcome::Unavailable("no answer from the token endpoint".into()),
+        (Answer::Http { status, body }, Asked::Authzen { scopes, semantic }) => {
+            let parsed = authzen::parse_evaluations(status, body, scopes.len(), *semantic);
+            from_authzen(&entry, scopes, parsed)
+        }
+        (Answer::NoAnswer, Asked::UmaGrant) => {
+            UmaOutcome::Unavailable("no answer from the token endpoint".into())
+        }
+        (Answer::NoAnswer, Asked::Authzen { .. }) => {
+            UmaOutcome::Unavailable("no answer from the AuthZEN endpoint".into())
+        }
     };
     // Stores the verdict; returns until when it holds.
     let remember = |store: &mut dyn DecisionStore, verdict: decisions::Verdict| {

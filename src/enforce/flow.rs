@@ -172,7 +172,8 @@ fn resume_inner(j: &mut Judge, pending: Pending, answer: Answer) -> Step {
             method,
             cached,
             claims,
-        } => authorize::granted(j, entry, method, cached, claims, answer),
+            asked,
+        } => authorize::granted(j, entry, method, cached, claims, asked, answer),
         Pending::Ticket => challenge_with_ticket(cfg, j.known, answer),
     }
 }

@@ -143,6 +143,8 @@ pub enum Pending {
         cached: Option<Claim>,
         /// The claims pushed with the grant (Keycloak checks granted claims against them).
         claims: Claims,
+        /// Which endpoint was asked, and what.
+        asked: Asked,
     },
     /// An `http` claim provider's answer; `done` holds the claims of the providers before it.
     Claims {
@@ -152,6 +154,18 @@ pub enum Pending {
     },
     /// A permission ticket for the UMA 401 challenge.
     Ticket,
+}
+
+/// The question a [`Pending::Grant`] put to Keycloak.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Asked {
+    /// The UMA grant, for the path's resource and the method's scopes.
+    UmaGrant,
+    /// AuthZEN evaluations, one per scope in this order.
+    Authzen {
+        scopes: Vec<String>,
+        semantic: crate::keycloak::authzen::Semantic,
+    },
 }
 
 /// Which server lookup a [`Pending::LazyLoad`] is.

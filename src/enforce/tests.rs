@@ -1272,6 +1272,7 @@ fn cache_off_asks_every_time() {
     assert!(store.0.is_empty());
 }
 
+mod authzen;
 mod cip;
 
 #[test]

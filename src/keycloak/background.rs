@@ -7,7 +7,7 @@
 //! back off (1 s doubling to 30 s), a bad answer never replaces a good copy, and an unknown `kid`
 //! triggers at most one JWKS refetch per 10 s, never one per request.
 
-use crate::config::{EnforcementMode, EnforcerConfig};
+use crate::config::{DecisionProtocol, EnforcementMode, EnforcerConfig};
 use crate::keycloak::knowledge::Knowledge;
 use crate::keycloak::resources::PathSet;
 use crate::keycloak::token::Jwks;
@@ -141,7 +141,11 @@ impl Background {
             .paths
             .iter()
             .map(|p| {
-                if p.enforcement_mode == EnforcementMode::Disabled || p.id.is_some() {
+                // AuthZEN names a resource by name and type: a path configured by id is looked
+                // up too when AuthZEN may decide.
+                let id_enough = cfg.proxy.decision_protocol == DecisionProtocol::UmaGrant;
+                if p.enforcement_mode == EnforcementMode::Disabled || (p.id.is_some() && id_enough)
+                {
                     BindState::Done
                 } else if p.name.is_some() {
                     BindState::Next(BindStep::ByName)

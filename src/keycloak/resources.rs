@@ -12,6 +12,9 @@ use std::rc::Rc;
 pub struct ResourceRef {
     pub id: Option<String>,
     pub name: Option<String>,
+    /// The resource's `type` as the server gave it (`""`: none), once looked up: AuthZEN names a
+    /// resource by name and type.
+    pub kind: Option<String>,
 }
 
 /// A path the enforcer can match, with the resource it protects.
@@ -27,6 +30,7 @@ impl Entry {
             resource: ResourceRef {
                 id: p.id.clone(),
                 name: p.name.clone(),
+                kind: None,
             },
             config: p.clone(),
         }
@@ -56,6 +60,7 @@ impl Entry {
             resource: ResourceRef {
                 id: Some(r.id.clone()),
                 name: Some(r.name.clone()),
+                kind: Some(r.kind.clone().unwrap_or_default()),
             },
         }
     }
@@ -98,6 +103,7 @@ impl PathSet {
             if e.resource.name.is_none() {
                 e.resource.name = Some(resource.name.clone());
             }
+            e.resource.kind = Some(resource.kind.clone().unwrap_or_default());
             e.config.id = Some(resource.id.clone());
         }
     }
