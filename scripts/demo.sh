@@ -117,7 +117,9 @@ printf '%-7s %-24s %-14s %-4s %-12s %s\n' USER HOST "DPoP" HTTP CHECK WHY
 row owner dpop.bank.local "GET /me" "$(dpop_get /me DPoP "$dpop_tok" "$me_proof")" 200 "DPoP token + proof signed by its key (cnf.jkt, htm, htu, ath, iat): allowed (PERMISSIVE, /me has no resource)"
 row owner dpop.bank.local "no proof" "$(dpop_get /me Bearer "$dpop_tok" "")" 401 "the same token as a plain Bearer token, as if copied from a log: refused (invalid_token)"
 row owner dpop.bank.local "replayed" "$(dpop_get /me DPoP "$dpop_tok" "$me_proof")" 401 "the same proof again: its jti was taken (invalid_dpop_proof)"
-row owner dpop.bank.local "GET /account/1" "$(dpop_get /account/1 DPoP "$dpop_tok" "$(dpop proof GET http://dpop.bank.local/account/1 "$dpop_tok")")" 403 "a good proof, but Keycloak 26.7 evaluates no permission for a DPoP-bound token (docs/configuration.md)"
+row owner dpop.bank.local "GET /account/1" "$(dpop_get /account/1 DPoP "$dpop_tok" "$(dpop proof GET http://dpop.bank.local/account/1 "$dpop_tok")")" 200 "a good proof: Keycloak decides by AuthZEN (decision-protocol authzen-for-bound-tokens; its UMA grant refuses bound tokens): allowed"
+teller_dpop=$(dpop token teller) || die "could not get a DPoP-bound token for teller"
+row teller dpop.bank.local "GET /account/1" "$(dpop_get /account/1 DPoP "$teller_dpop" "$(dpop proof GET http://dpop.bank.local/account/1 "$teller_dpop")")" 403 "a good proof too, and Keycloak's policies refuse teller (UNANIMOUS: the owner-only scope permission fails)"
 
 # Certificate-bound tokens (RFC 8705): demo-cli-mtls's tokens come from Keycloak's HTTPS port over a
 # connection with a client certificate (the test CA of .run/pki) and are bound to it (cnf.x5t#S256);
@@ -135,7 +137,7 @@ mtls_get() { # $1 client certificate (client-a | client-b)
 }
 echo
 printf '%-7s %-24s %-14s %-4s %-12s %s\n' USER HOST "CERTIFICATE" HTTP CHECK WHY
-row owner dpop.bank.local "client-a" "$(mtls_get client-a)" 200 "token bound to client-a's certificate, on client-a's connection: Keycloak decides (allowed)"
+row owner dpop.bank.local "client-a" "$(mtls_get client-a)" 200 "token bound to client-a's certificate, on client-a's connection: Keycloak decides by AuthZEN (allowed)"
 row owner dpop.bank.local "client-b" "$(mtls_get client-b)" 401 "the same token on another client certificate's connection: refused before Keycloak is asked"
 row owner dpop.bank.local "none (http)" "$(status_of dpop.bank.local /account/1 "$mtls_tok")" 401 "the same token over plain HTTP, as if copied from a log: refused"
 

@@ -116,6 +116,16 @@ java_major() { # $1 = path to a java binary; prints the major version or fails
 # The JDKs Keycloak's release notes list for KC_VERSION: 26.0 to 26.3 run on 17 and 21; from 26.4
 # on, 21 and 25 (17 is no longer supported). Preferred first; another >= 17 only as a last resort.
 kc_minor() { local m=${KC_VERSION#*.}; echo "${m%%.*}"; }
+# The realm's JavaScript policies (scripts), and from 26.7 the AuthZEN policy decision point
+# (authzen, experimental: what the dpop enforcer's decision-protocol asks for bound tokens).
+# An older Keycloak refuses an unknown feature at start.
+kc_features() {
+  if [ "${KC_VERSION%%.*}" -gt 26 ] || { [ "${KC_VERSION%%.*}" = 26 ] && [ "$(kc_minor)" -ge 7 ]; }; then
+    echo scripts,authzen
+  else
+    echo scripts
+  fi
+}
 supported_javas() {
   if [ "${KC_VERSION%%.*}" -gt 26 ] || { [ "${KC_VERSION%%.*}" = 26 ] && [ "$(kc_minor)" -ge 4 ]; }; then
     echo "21 25"
@@ -409,7 +419,7 @@ start_keycloak() { # $1 = fresh|keep
       --https-port "$KC_TLS_PORT" \
       --https-certificate-file "$PKI/keycloak.pem" --https-certificate-key-file "$PKI/keycloak.key" \
       --https-client-auth request --truststore-paths "$PKI/ca.pem" \
-      --features=scripts \
+      --features="$(kc_features)" \
       --import-realm
 }
 

@@ -97,35 +97,64 @@ fn keycloak_binds_the_token_to_the_clients_key() {
     assert_eq!(c["cnf"]["jkt"], client.thumbprint());
 }
 
+/// The dpop enforcer's `decision-protocol: authzen-for-bound-tokens`: Keycloak's UMA grant
+/// refuses a DPoP-bound subject token (first below), so a bound token whose proof holds is decided
+/// by Keycloak's AuthZEN evaluations (26.7, `--features=authzen`), the subject the token's `sub`.
+/// The oracle is Keycloak's own UMA decision for the same user with a plain bearer token: seed
+/// 002's table on the UNANIMOUS resource server, owner and both allowed, teller and plain not.
 #[test]
 fn a_bound_token_with_a_good_proof_gets_what_keycloak_decides() {
     if !keycloak_binds_dpop() {
         return;
     }
     let client = Client::new();
-    let token = client.token("owner");
-    let before = stat("kcpep.keycloak.grants");
-    let proof = client.proof("GET", &url("/account/1"), Some(&token));
-    let r = get("DPoP", &token, &[&proof], "/account/1");
-    let (status, body) = keycloak_decision(&token);
-    if status == 200 {
-        // a Keycloak that evaluates DPoP-bound tokens: its decision, through the filter
-        let allowed = body["result"] == json!(true);
-        assert_eq!(r.status, if allowed { 200 } else { 403 }, "{}", r.text());
-    } else {
-        // Keycloak 26.7 refuses the subject token whatever the proof (docs/configuration.md)
-        assert_eq!(
-            (status, body["error_description"].as_str()),
-            (400, Some("Invalid identity")),
-            "{body}"
-        );
-        assert_eq!(r.status, 403, "{}", r.text());
-        assert_eq!(r.header("www-authenticate"), None);
-    }
-    assert!(
-        stat("kcpep.keycloak.grants") > before,
-        "the proof passed: the filter asked Keycloak"
+    let (status, body) = keycloak_decision(&client.token("owner"));
+    assert_eq!(
+        (status, body["error_description"].as_str()),
+        (400, Some("Invalid identity")),
+        "Keycloak's UMA grant refuses a DPoP-bound subject token: {body}"
     );
+    for user in USERS {
+        let token = client.token(user);
+        let before = stat("kcpep.keycloak.grants");
+        let authzen_before = stat("kcpep.keycloak.calls.authzen");
+        let proof = client.proof("GET", &url("/account/1"), Some(&token));
+        let r = get("DPoP", &token, &[&proof], "/account/1");
+        assert!(
+            stat("kcpep.keycloak.grants") > before,
+            "{user}: the proof passed, the filter asked Keycloak"
+        );
+        assert!(
+            stat("kcpep.keycloak.calls.authzen") > authzen_before,
+            "{user}: by AuthZEN"
+        );
+        if keycloak_version() < (26, 7) {
+            // no AuthZEN before 26.7: closed
+            assert_eq!(r.status, 503, "{user}: {}", r.text());
+            continue;
+        }
+        let (status, oracle) = keycloak_decision(&user_token(user));
+        assert_eq!(
+            status,
+            if expected_allowed("UNANIMOUS", user) {
+                200
+            } else {
+                403
+            },
+            "{user}: {oracle}"
+        );
+        if status == 200 {
+            assert_eq!(r.status, 200, "{user}: {}", r.text());
+            let echoed: Value = r.json();
+            let perms = echoed["headers"]["x-kcpep-permissions"]
+                .as_str()
+                .unwrap_or_default();
+            assert!(perms.contains("View Account Resource"), "{user}: {perms}");
+        } else {
+            assert_eq!(r.status, 403, "{user}: {}", r.text());
+            assert_eq!(r.header("www-authenticate"), None);
+        }
+    }
 }
 
 #[test]
@@ -576,10 +605,11 @@ fn keycloak_binds_a_token_to_the_client_certificate_it_was_issued_over() {
 fn keycloak_decides_for_a_certificate_bound_token_on_its_own_connection() {
     for user in ["owner", "teller"] {
         let token = mtls_token(user, "client-a");
-        let before = stat("kcpep.keycloak.grants");
+        let before = stat("kcpep.keycloak.calls.authzen");
         let r = mtls_get(Some("client-a"), &token, "/account/1").unwrap();
-        // Keycloak's UMA grant does not look at the binding (docs/configuration.md): its answer
-        // for the token is the oracle.
+        // The dpop enforcer asks AuthZEN for a bound token whose binding held. Keycloak's UMA
+        // grant does not look at a certificate binding (docs/configuration.md): its answer for
+        // the token is the oracle.
         let (status, body) = keycloak_decision(&token);
         let allowed = match status {
             200 => body["result"] == json!(true),
@@ -593,7 +623,10 @@ fn keycloak_decides_for_a_certificate_bound_token_on_its_own_connection() {
             "{user}: {}",
             r.text()
         );
-        assert!(stat("kcpep.keycloak.grants") > before, "Keycloak asked");
+        assert!(
+            stat("kcpep.keycloak.calls.authzen") > before,
+            "Keycloak asked by AuthZEN"
+        );
         let r = mtls_get(Some("client-a"), &token, "/me").unwrap();
         assert_eq!(r.status, 200, "{user} /me: {}", r.text());
     }

@@ -15,15 +15,18 @@ pub enum Endpoint {
     Certs,
     /// Discovery, and anything else.
     Discovery,
+    /// AuthZEN evaluations (`kcpep.decision-protocol`).
+    Authzen,
 }
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 5] = [
+    pub const ALL: [Endpoint; 6] = [
         Endpoint::Token,
         Endpoint::ResourceSet,
         Endpoint::Permission,
         Endpoint::Certs,
         Endpoint::Discovery,
+        Endpoint::Authzen,
     ];
 
     /// The endpoint a request path goes to (the query aside).
@@ -37,6 +40,8 @@ impl Endpoint {
             Endpoint::Permission
         } else if p.ends_with("/certs") {
             Endpoint::Certs
+        } else if p.ends_with("/authzen/access/v1/evaluations") {
+            Endpoint::Authzen
         } else {
             Endpoint::Discovery
         }
@@ -49,6 +54,7 @@ impl Endpoint {
             Endpoint::Permission => "permission",
             Endpoint::Certs => "certs",
             Endpoint::Discovery => "discovery",
+            Endpoint::Authzen => "authzen",
         }
     }
 }
@@ -68,8 +74,9 @@ pub enum Counter {
     CacheStale,
     CacheCoalesced,
     Calls(Endpoint),
-    /// Token-endpoint calls a request made (UMA grants), apart from the background's PAT, so
-    /// "was Keycloak asked for this request" has a counter nothing else moves.
+    /// Decisions a request asked Keycloak for (UMA grants on the token endpoint, AuthZEN
+    /// evaluations), apart from the background's PAT, so "was Keycloak asked for this request"
+    /// has a counter nothing else moves.
     Grants,
     KeycloakErrors,
     KeycloakTimeouts,
@@ -119,9 +126,9 @@ impl Counter {
             Counter::CacheStale => 13,
             Counter::CacheCoalesced => 14,
             Counter::Calls(e) => 15 + Endpoint::ALL.iter().position(|x| *x == e).unwrap_or(4),
-            Counter::Grants => 20,
-            Counter::KeycloakErrors => 21,
-            Counter::KeycloakTimeouts => 22,
+            Counter::Grants => 21,
+            Counter::KeycloakErrors => 22,
+            Counter::KeycloakTimeouts => 23,
             // rare (a refusal): looked up
             Counter::Binding(_) => fixed(self).unwrap_or(0),
         }
@@ -211,7 +218,8 @@ impl Event {
                 by_request,
             } => [
                 Some(Counter::Calls(path_endpoint)),
-                (by_request && path_endpoint == Endpoint::Token).then_some(Counter::Grants),
+                (by_request && matches!(path_endpoint, Endpoint::Token | Endpoint::Authzen))
+                    .then_some(Counter::Grants),
             ],
             Event::KeycloakNotSent => [Some(Counter::KeycloakErrors), None],
             Event::KeycloakAnswer { ok, status, .. } => [
@@ -297,6 +305,14 @@ mod tests {
         ] {
             assert_eq!(call(path, true), [Some(Counter::Calls(e)), None], "{path}");
         }
+        // an AuthZEN evaluation a request asked is a decision, as a UMA grant
+        assert_eq!(
+            call("/realms/b/authzen/access/v1/evaluations", true),
+            [
+                Some(Counter::Calls(Endpoint::Authzen)),
+                Some(Counter::Grants)
+            ]
+        );
     }
 
     #[test]

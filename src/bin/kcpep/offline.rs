@@ -177,7 +177,7 @@ pub fn warnings(e: &keycloak_pep::config::EnforcerConfig) -> Vec<String> {
 
 /// What `sender-constraint` does with this enforcer's tokens (docs/configuration.md).
 fn sender_constraint_note(p: &keycloak_pep::config::ProxySettings) -> Option<String> {
-    use keycloak_pep::config::SenderConstraint;
+    use keycloak_pep::config::{DecisionProtocol, SenderConstraint};
     let d = &p.dpop;
     let dpop = format!(
         "DPoP proofs: iat within {} s (+{} s skew), each taken once across the VM's workers ({} replay slots: up to about {} proofs per second, more are refused; one key's or token's proofs take at most {} % of them, about {} a second, and past that only its own are refused); the URL (scheme, host, port, path) is compared with the one the client used, the scheme {}",
@@ -201,13 +201,18 @@ fn sender_constraint_note(p: &keycloak_pep::config::ProxySettings) -> Option<Str
     } else {
         "an unbound token with the DPoP scheme is refused"
     };
+    let decided = match p.decision_protocol {
+        DecisionProtocol::UmaGrant => "Keycloak's UMA grant evaluates no permission for DPoP-bound tokens: with a good proof, paths that need a decision answer 403 (decision-protocol authzen-for-bound-tokens asks Keycloak's AuthZEN for them)",
+        DecisionProtocol::AuthzenForBoundTokens => "a bound token whose binding holds is decided by Keycloak's AuthZEN evaluations (Keycloak 26.7 with --features=authzen), other tokens by the UMA grant",
+        DecisionProtocol::Authzen => "every token is decided by Keycloak's AuthZEN evaluations (Keycloak 26.7 with --features=authzen)",
+    };
     match p.sender_constraint {
         SenderConstraint::Off => None,
         SenderConstraint::IfBound => Some(format!(
-            "sender-constraint if-bound (the default): a cnf.jkt token needs the DPoP scheme and its proof, a cnf.x5t#S256 token its client certificate; unbound tokens are bearer tokens and {unbound_dpop}. {dpop}. Keycloak 26.7 evaluates no permission for DPoP-bound tokens: with a good proof, paths that need a decision answer 403"
+            "sender-constraint if-bound (the default): a cnf.jkt token needs the DPoP scheme and its proof, a cnf.x5t#S256 token its client certificate; unbound tokens are bearer tokens and {unbound_dpop}. {dpop}. {decided}"
         )),
         SenderConstraint::Required => Some(format!(
-            "sender-constraint required: tokens without a binding are refused; a cnf.jkt token needs the DPoP scheme and its proof, a cnf.x5t#S256 token its client certificate; {unbound_dpop}. {dpop}. Keycloak 26.7 evaluates no permission for DPoP-bound tokens: with a good proof, paths that need a decision answer 403"
+            "sender-constraint required: tokens without a binding are refused; a cnf.jkt token needs the DPoP scheme and its proof, a cnf.x5t#S256 token its client certificate; {unbound_dpop}. {dpop}. {decided}"
         )),
     }
 }
