@@ -603,7 +603,7 @@ fn keycloak_binds_a_token_to_the_client_certificate_it_was_issued_over() {
 
 #[test]
 fn keycloak_decides_for_a_certificate_bound_token_on_its_own_connection() {
-    for user in ["owner", "teller"] {
+    for user in USERS {
         let token = mtls_token(user, "client-a");
         let before = stat("kcpep.keycloak.calls.authzen");
         let r = mtls_get(Some("client-a"), &token, "/account/1").unwrap();

@@ -19,6 +19,9 @@ use std::rc::Rc;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Cip {
     pub providers: Vec<Provider>,
+    /// The JSON paths of `claims` entries written with several values: Keycloak's AuthZEN
+    /// keeps one value per claim, so an enforcer asking AuthZEN refuses them.
+    pub several_values: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -93,11 +96,21 @@ impl Cip {
             ));
         };
         let mut providers = Vec::new();
+        let mut several_values = Vec::new();
         // serde_json's map iterates in key order: the provider order is the name order.
         for (name, cfg) in map {
             let at = json::join(path, name);
             let p = match name.as_str() {
-                "claims" => Provider::Claims(parse_claims(cfg, &at)?),
+                "claims" => {
+                    let claims = parse_claims(cfg, &at)?;
+                    several_values.extend(
+                        claims
+                            .iter()
+                            .filter(|(_, values)| values.len() > 1)
+                            .map(|(claim, _)| json::join(&at, claim)),
+                    );
+                    Provider::Claims(claims)
+                }
                 "http" => Provider::Http(Rc::new(parse_http(cfg, &at)?)),
                 other => match claim_providers::create(other, cfg, &at) {
                     Some(p) => Provider::Custom(other.to_string(), p?),
@@ -117,7 +130,10 @@ impl Cip {
             };
             providers.push(p);
         }
-        Ok(Cip { providers })
+        Ok(Cip {
+            providers,
+            several_values,
+        })
     }
 }
 

@@ -484,6 +484,18 @@ impl EnforcerConfig {
             claim_information_point,
         } = policy_enforcer_settings(path, &flat, pe_value, &pe_path)?;
 
+        if proxy.decision_protocol != DecisionProtocol::UmaGrant {
+            let cips = std::iter::once(claim_information_point.as_deref())
+                .chain(paths.iter().map(|p| p.claim_information_point.as_deref()));
+            if let Some(at) = cips.flatten().flat_map(|c| &c.several_values).next() {
+                return Err(ConfigError::new(
+                    at,
+                    "several values for one claim: Keycloak's AuthZEN keeps one value per claim \
+                     (an array arrives as its JSON text, which the UMA grant's policies never see); \
+                     write one value, or keep decision-protocol uma-grant",
+                ));
+            }
+        }
         let matcher = PathMatcher::new(paths.iter().map(|p| p.path.as_str()));
         let shared_table = format!(
             "{}/{}{}/{realm}/{client_id}",

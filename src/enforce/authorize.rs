@@ -62,9 +62,9 @@ pub fn authorize(j: &mut Judge, a: &Authorize, claims: Claims) -> Step {
     // configuration says so, and for a DPoP-bound token the UMA grant cannot.
     let bound = cfg.proxy.sender_constraint != SenderConstraint::Off && binding::is_bound(token);
     let asked = if cfg.proxy.decision_protocol.authzen_for(bound) {
-        match authzen_question(entry, method, token) {
+        match authzen_question(entry, method, token, &claims) {
             Ok(asked) => asked,
-            Err(why) => return tag(denied(method, why), entry),
+            Err(why) => return tag(denied(method, &why), entry),
         }
     } else {
         Asked::UmaGrant
@@ -221,15 +221,26 @@ fn authzen_question(
     entry: &Entry,
     method: &MethodConfig,
     token: &Token,
-) -> Result<Asked, &'static str> {
+    claims: &Claims,
+) -> Result<Asked, String> {
     if token.subject().is_none_or(str::is_empty) {
-        return Err(NO_SUBJECT);
+        return Err(NO_SUBJECT.into());
     }
     if entry.resource.name.is_none() {
-        return Err("AuthZEN asks by resource name: no Keycloak resource is known for this path");
+        return Err(
+            "AuthZEN asks by resource name: no Keycloak resource is known for this path".into(),
+        );
     }
     if method.scopes.is_empty() {
-        return Err("AuthZEN asks for a scope: this path and method name none");
+        return Err("AuthZEN asks for a scope: this path and method name none".into());
+    }
+    // Keycloak's AuthZEN keeps one value per context entry: a claim with none or several would
+    // reach the policies otherwise than the UMA grant pushes it (docs/configuration.md).
+    if let Some((name, values)) = claims.iter().find(|(_, v)| v.len() != 1) {
+        return Err(format!(
+            "claim {name:?} has {} values: AuthZEN passes exactly one value per claim",
+            values.len()
+        ));
     }
     let semantic = match method.scopes_enforcement_mode {
         ScopesMode::All => Semantic::DenyOnFirstDeny,
@@ -285,6 +296,11 @@ pub fn granted(
             uma::parse_uma_response(status, body, ResponseMode::Permissions)
         }
         (Answer::Http { status, body }, Asked::Authzen { scopes, semantic }) => {
+            if status == 401 {
+                // our own token refused: the next fetch round gets a new PAT (this request is
+                // answered as Keycloak unavailable, below)
+                j.known.pat_refused = true;
+            }
             let parsed = authzen::parse_evaluations(status, body, scopes.len(), *semantic);
             from_authzen(&entry, scopes, parsed)
         }

@@ -56,6 +56,9 @@ pub struct Learnt {
 impl Learnt {
     /// The background fetches due now, as requests to send.
     pub fn due(&mut self, cfg: &EnforcerConfig, now_ms: i64) -> Vec<(Fetch, HttpRequest)> {
+        if self.knowledge.pat_refused {
+            self.background.pat_refused(&mut self.knowledge, now_ms);
+        }
         self.background.due(cfg, &self.knowledge, now_ms)
     }
 
@@ -947,8 +950,14 @@ impl Enforcer {
                 let key = documents::doc_key(cfg, fetch, &req);
                 // Another VM (or enforcer of the same realm) may have fetched it already.
                 if let Some(stored) = host.shared(&key) {
+                    // a PAT Keycloak refused is not taken again from another VM's copy
+                    let refused = |at: i64| {
+                        fetch == Fetch::Pat
+                            && st.background.pat_refused_at_ms.is_some_and(|r| at <= r)
+                    };
                     if let Some((stored_at, doc)) =
                         documents::usable(&stored, fetch, now_ms, st.background.jwks_forced)
+                            .filter(|(at, _)| !refused(*at))
                     {
                         let answer = Answer::Http {
                             status: 200,

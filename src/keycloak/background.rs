@@ -128,6 +128,8 @@ pub struct Background {
     discovery: Slot,
     pat_slot: Slot,
     pat_expires_ms: i64,
+    /// When Keycloak last refused our PAT: a copy in shared data from before is not taken.
+    pub pat_refused_at_ms: Option<i64>,
     binds: Vec<BindState>,
     bind_slots: Vec<Slot>,
     load_all: Option<Slot>,
@@ -179,6 +181,20 @@ impl Background {
 
     pub fn needs_pat(cfg: &EnforcerConfig) -> bool {
         cfg.secret.is_some()
+    }
+
+    /// Keycloak refused the PAT (revoked, its session ended, the client's keys rotated): the next
+    /// fetch round gets a new one, once per PAT held, whatever its expiry said.
+    pub fn pat_refused(&mut self, known: &mut Knowledge, now_ms: i64) {
+        known.pat_refused = false;
+        let held_since = self.pat_slot.ok_at_ms.unwrap_or(i64::MIN);
+        if self.pat_refused_at_ms.is_some_and(|at| at >= held_since) {
+            return;
+        }
+        self.pat_refused_at_ms = Some(now_ms);
+        self.pat_expires_ms = now_ms;
+        self.notes
+            .push("Keycloak refused the PAT as a caller: fetching a new one".into());
     }
 
     /// The fetches to start now; each is marked in flight.
@@ -657,6 +673,42 @@ mod tests {
         assert!(kinds(&bg.due(&c, &known, 30_000)).contains(&Fetch::Pat));
         bg.complete(&c, &mut known, Fetch::Pat, Answer::NoAnswer, 30_000);
         assert_eq!(known.pat.as_deref(), Some("P"), "old PAT kept on failure");
+    }
+
+    #[test]
+    fn a_refused_pat_is_fetched_again_once() {
+        let c = cfg();
+        let mut known = Knowledge::new(&c);
+        let mut bg = Background::new(&c);
+        let pat = |bg: &mut Background, known: &mut Knowledge, token: &str, at: i64| {
+            let body = format!(r#"{{"access_token":"{token}","expires_in":300}}"#);
+            bg.complete(
+                &c,
+                known,
+                Fetch::Pat,
+                Answer::Http {
+                    status: 200,
+                    body: body.as_bytes(),
+                },
+                at,
+            );
+        };
+        bg.due(&c, &known, 0);
+        pat(&mut bg, &mut known, "P1", 0);
+        assert!(!kinds(&bg.due(&c, &known, 1_000)).contains(&Fetch::Pat));
+        bg.pat_refused(&mut known, 1_000);
+        assert_eq!(bg.pat_refused_at_ms, Some(1_000));
+        assert!(kinds(&bg.due(&c, &known, 1_000)).contains(&Fetch::Pat));
+        // more refusals of the same PAT (requests in flight) ask for nothing more
+        bg.complete(&c, &mut known, Fetch::Pat, Answer::NoAnswer, 1_100);
+        bg.pat_refused(&mut known, 1_200);
+        assert_eq!(bg.pat_refused_at_ms, Some(1_000));
+        pat(&mut bg, &mut known, "P2", 5_000);
+        assert_eq!(known.pat.as_deref(), Some("P2"));
+        assert!(!kinds(&bg.due(&c, &known, 6_000)).contains(&Fetch::Pat));
+        // the new PAT refused in turn: fetched again
+        bg.pat_refused(&mut known, 7_000);
+        assert!(kinds(&bg.due(&c, &known, 7_000)).contains(&Fetch::Pat));
     }
 
     #[test]

@@ -11,6 +11,8 @@ pub struct Knowledge {
     pub path_cache: PathCache,
     /// The protection API token, when one is held.
     pub pat: Option<String>,
+    /// Keycloak refused that PAT as a caller (AuthZEN's 401): fetch a new one now, once.
+    pub pat_refused: bool,
     /// The issuer Keycloak announced (for the UMA challenge's `as_uri`).
     pub issuer: String,
 }
@@ -21,6 +23,7 @@ impl Knowledge {
             paths: PathSet::from_config(cfg),
             path_cache: PathCache::new(cfg.path_cache),
             pat: None,
+            pat_refused: false,
             issuer: cfg.proxy.issuer.clone(),
         }
     }

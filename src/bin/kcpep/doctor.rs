@@ -7,7 +7,8 @@
 
 use crate::keycloak::{Exchange, Keycloak};
 use anyhow::{anyhow, Context, Result};
-use keycloak_pep::config::{EnforcementMode, EnforcerConfig};
+use keycloak_pep::config::{DecisionProtocol, EnforcementMode, EnforcerConfig};
+use keycloak_pep::keycloak::authzen;
 use keycloak_pep::keycloak::uma::{self, ResourceQuery};
 use keycloak_pep::wire::resource::Resource;
 use serde::Serialize;
@@ -69,6 +70,9 @@ pub struct Realm {
     pub resources: Option<Vec<Resource>>,
     /// Resource id -> how many permissions name it (None: no admin token given).
     pub permissions: Option<Vec<(String, usize)>>,
+    /// Why Keycloak's AuthZEN discovery was not had (None: found, or not asked: the enforcer
+    /// keeps the UMA grant).
+    pub authzen_missing: Option<String>,
 }
 
 /// The prefix of an enforcer's settings in the file: `enforcers.NAME.` in a plugin
@@ -217,6 +221,15 @@ fn gather(
             .into())
         }
     }
+    if cfg.proxy.decision_protocol != DecisionProtocol::UmaGrant {
+        realm.authzen_missing = match kc.exchange("AuthZEN", &authzen::discovery_request(cfg), log)
+        {
+            Ok((status, body)) => authzen::parse_discovery(status, &body)
+                .err()
+                .map(|e| format!("{status}: {e}")),
+            Err(e) => Some(e),
+        };
+    }
     if let Ok((200, body)) = kc.exchange("keys", &uma::jwks_request(cfg), log) {
         let keys: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         for k in keys["keys"].as_array().into_iter().flatten() {
@@ -328,6 +341,13 @@ pub fn judge(cfg: &EnforcerConfig, p: &Prefix, realm: &Realm) -> Vec<Finding> {
             .cloned()
             .collect();
         out.push(finding(Severity::Warning, format!("{}realm", p.top), format!("tokens signed with {} are verified only by the rust-crypto build; the default module answers them 401", algs(&others))));
+    }
+    if let Some(why) = &realm.authzen_missing {
+        out.push(finding(
+            Severity::Error,
+            format!("{}kcpep.decision-protocol", p.top),
+            format!("Keycloak has no AuthZEN endpoint for realm {:?} ({why}): start Keycloak 26.7 or later with --features=authzen, or keep decision-protocol uma-grant. Until then the decisions it would ask for answer 503", cfg.realm),
+        ));
     }
     if let Some(why) = &realm.pat_refused {
         out.push(finding(
@@ -533,6 +553,7 @@ mod tests {
                 ),
             ]),
             permissions: Some(vec![("r1".into(), 1), ("r2".into(), 2)]),
+            authzen_missing: None,
         }
     }
 
@@ -597,6 +618,19 @@ mod tests {
                 (Severity::Error, "credentials.secret".into()),
             ]
         );
+    }
+
+    #[test]
+    fn keycloak_without_authzen_is_an_error_naming_the_flag() {
+        let mut r = realm();
+        r.authzen_missing = Some("404: HTTP 404".into());
+        let f = judge(&cfg(json!({})), &prefix(), &r);
+        let e = f
+            .iter()
+            .find(|f| f.path.ends_with("kcpep.decision-protocol"))
+            .expect("a finding at kcpep.decision-protocol");
+        assert_eq!(e.severity, Severity::Error);
+        assert!(e.message.contains("--features=authzen"), "{}", e.message);
     }
 
     #[test]

@@ -245,3 +245,72 @@ fn the_setting_is_checked_at_load() {
         "{e}"
     );
 }
+
+#[test]
+fn a_claim_written_with_several_values_is_refused_at_load_under_authzen() {
+    let v = |protocol: &str| {
+        json!({"realm": "bank", "auth-server-url": "http://kc", "resource": "bank-api",
+            "credentials": {"secret": "s"}, "kcpep": {"decision-protocol": protocol},
+            "policy-enforcer": {"paths": [
+                {"name": "Branch", "path": "/branch/*",
+                 "claim-information-point": {"claims": {"one": "{request.header['a']}",
+                                                         "two": ["x", "{request.header['b']}"]}}}]}})
+    };
+    assert!(EnforcerConfig::from_value(&v("uma-grant"), "").is_ok());
+    for protocol in ["authzen", "authzen-for-bound-tokens"] {
+        let e = EnforcerConfig::from_value(&v(protocol), "")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(
+                "policy-enforcer.paths[0].claim-information-point.claims.two: several values"
+            ),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn a_claim_resolved_to_several_values_gets_no_authzen_question() {
+    let c = cfg("authzen");
+    let mut k = known(&c);
+    let t = token(json!({}));
+    let entry = k.paths.entries()[0].clone();
+    let method = crate::enforce::method_config(&c, &entry, "GET");
+    let ask = |claims: Claims, k: &mut Knowledge| {
+        let req = RequestFacts {
+            method: "GET",
+            path: "/account/1",
+            credential: &valid(&t),
+            view: Default::default(),
+        };
+        let mut j = crate::enforce::judge::Judge {
+            cfg: &c,
+            known: k,
+            req: &req,
+            store: &mut NoStore,
+            now_ms: NOW_MS,
+        };
+        let a = super::super::authorize::Authorize {
+            raw: &t.raw,
+            token: &t.token,
+            entry: entry.clone(),
+            method: method.clone(),
+        };
+        super::super::authorize::authorize(&mut j, &a, claims)
+    };
+    let one: Claims = [("branch".to_string(), vec!["tokyo".to_string()])].into();
+    let s = ask(one, &mut k);
+    assert_eq!(body(call(&s))["context"], json!({"branch": "tokyo"}));
+    for values in [vec![], vec!["a".to_string(), "b".to_string()]] {
+        let n = values.len();
+        let s = ask([("branch".to_string(), values)].into(), &mut k);
+        let Step::Reply(r) = &s else { panic!("{s:?}") };
+        assert_eq!(r.status, 403);
+        assert!(
+            r.reason.contains(&format!("\"branch\" has {n} values")),
+            "{}",
+            r.reason
+        );
+    }
+}
