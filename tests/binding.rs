@@ -607,6 +607,11 @@ fn keycloak_decides_for_a_certificate_bound_token_on_its_own_connection() {
         let token = mtls_token(user, "client-a");
         let before = stat("kcpep.keycloak.calls.authzen");
         let r = mtls_get(Some("client-a"), &token, "/account/1").unwrap();
+        if keycloak_version() < (26, 7) {
+            // no AuthZEN before 26.7 (the stack starts it without): closed
+            assert_eq!(r.status, 503, "{user}: {}", r.text());
+            continue;
+        }
         // The dpop enforcer asks AuthZEN for a bound token whose binding held. Keycloak's UMA
         // grant does not look at a certificate binding (docs/configuration.md): its answer for
         // the token is the oracle.

@@ -3,6 +3,7 @@
 use crate::{load, Select};
 use anyhow::{anyhow, Result};
 use keycloak_pep::config::routes::{PluginConfig, Selector};
+use keycloak_pep::config::DecisionProtocol;
 use keycloak_pep::enforce;
 use keycloak_pep::enforce::enforcer::Enforcer;
 use keycloak_pep::request::pattern::PathMatcher;
@@ -89,7 +90,11 @@ fn would(cfg: &keycloak_pep::config::EnforcerConfig, e: &enforce::Explanation) -
         (None, Permissive) => "pass (no path matched, PERMISSIVE)".into(),
         (None, _) if cfg.lazy_load_paths => "ask Keycloak for a resource with this URI (lazy-load-paths)".into(),
         (None, _) => "deny: no path matched (403, or 302 to on-deny-redirect-to)".into(),
-        (Some(_), _) => "verify the token, then ask Keycloak for the scopes unless the token (RPT) already grants them".into(),
+        (Some(_), _) => match cfg.proxy.decision_protocol {
+            DecisionProtocol::UmaGrant => "verify the token, then ask Keycloak for the scopes unless the token (RPT) already grants them".into(),
+            DecisionProtocol::AuthzenForBoundTokens => "verify the token (and its binding), then ask Keycloak for the scopes unless the token (RPT) already grants them: the UMA grant, or AuthZEN's evaluations (one call) for a sender-constrained token".into(),
+            DecisionProtocol::Authzen => "verify the token, then ask Keycloak's AuthZEN for the scopes (one call, the user by the token's sub) unless the token (RPT) already grants them".into(),
+        },
     }
 }
 
@@ -159,6 +164,11 @@ pub fn notes(e: &keycloak_pep::config::EnforcerConfig) -> Vec<String> {
         out.push("decision cache off: every request asks Keycloak".into());
     }
     out.extend(sender_constraint_note(&e.proxy));
+    match e.proxy.decision_protocol {
+        DecisionProtocol::UmaGrant => {}
+        DecisionProtocol::AuthzenForBoundTokens => out.push("decision-protocol authzen-for-bound-tokens: a sender-constrained token whose binding holds is decided by Keycloak's AuthZEN evaluations (Keycloak 26.7 or later with --features=authzen; the user as stored in Keycloak, by the token's sub), other tokens by the UMA grant".into()),
+        DecisionProtocol::Authzen => out.push("decision-protocol authzen: every decision comes from Keycloak's AuthZEN evaluations (Keycloak 26.7 or later with --features=authzen): the user as stored in Keycloak, by the token's sub, not the token's own roles; paths need a resource name and the methods a scope".into()),
+    }
     out
 }
 
@@ -177,7 +187,7 @@ pub fn warnings(e: &keycloak_pep::config::EnforcerConfig) -> Vec<String> {
 
 /// What `sender-constraint` does with this enforcer's tokens (docs/configuration.md).
 fn sender_constraint_note(p: &keycloak_pep::config::ProxySettings) -> Option<String> {
-    use keycloak_pep::config::{DecisionProtocol, SenderConstraint};
+    use keycloak_pep::config::SenderConstraint;
     let d = &p.dpop;
     let dpop = format!(
         "DPoP proofs: iat within {} s (+{} s skew), each taken once across the VM's workers ({} replay slots: up to about {} proofs per second, more are refused; one key's or token's proofs take at most {} % of them, about {} a second, and past that only its own are refused); the URL (scheme, host, port, path) is compared with the one the client used, the scheme {}",
@@ -202,17 +212,16 @@ fn sender_constraint_note(p: &keycloak_pep::config::ProxySettings) -> Option<Str
         "an unbound token with the DPoP scheme is refused"
     };
     let decided = match p.decision_protocol {
-        DecisionProtocol::UmaGrant => "Keycloak's UMA grant evaluates no permission for DPoP-bound tokens: with a good proof, paths that need a decision answer 403 (decision-protocol authzen-for-bound-tokens asks Keycloak's AuthZEN for them)",
-        DecisionProtocol::AuthzenForBoundTokens => "a bound token whose binding holds is decided by Keycloak's AuthZEN evaluations (Keycloak 26.7 with --features=authzen), other tokens by the UMA grant",
-        DecisionProtocol::Authzen => "every token is decided by Keycloak's AuthZEN evaluations (Keycloak 26.7 with --features=authzen)",
+        DecisionProtocol::UmaGrant => " Keycloak's UMA grant evaluates no permission for DPoP-bound tokens: with a good proof, paths that need a decision answer 403 (decision-protocol authzen-for-bound-tokens asks Keycloak's AuthZEN for them)",
+        _ => "",
     };
     match p.sender_constraint {
         SenderConstraint::Off => None,
         SenderConstraint::IfBound => Some(format!(
-            "sender-constraint if-bound (the default): a cnf.jkt token needs the DPoP scheme and its proof, a cnf.x5t#S256 token its client certificate; unbound tokens are bearer tokens and {unbound_dpop}. {dpop}. {decided}"
+            "sender-constraint if-bound (the default): a cnf.jkt token needs the DPoP scheme and its proof, a cnf.x5t#S256 token its client certificate; unbound tokens are bearer tokens and {unbound_dpop}. {dpop}.{decided}"
         )),
         SenderConstraint::Required => Some(format!(
-            "sender-constraint required: tokens without a binding are refused; a cnf.jkt token needs the DPoP scheme and its proof, a cnf.x5t#S256 token its client certificate; {unbound_dpop}. {dpop}. {decided}"
+            "sender-constraint required: tokens without a binding are refused; a cnf.jkt token needs the DPoP scheme and its proof, a cnf.x5t#S256 token its client certificate; {unbound_dpop}. {dpop}.{decided}"
         )),
     }
 }
