@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """make bench: Envoy without a filter, with a no-op proxy-wasm filter, and with keycloak-pep
-(decision cache hit, and cache off: one Keycloak call per request), under wrk; then the
+(decision cache hit, and cache off: one Keycloak call per request, by the UMA grant and by
+AuthZEN), under wrk; then the
 coalescing check (64 identical concurrent requests on a cold cache, Keycloak calls counted at
 Envoy's keycloak cluster). Prints figures, saves JSON under results/, asserts nothing."""
 
@@ -42,10 +43,12 @@ ENFORCER = {
 }
 
 
-def plugin_config(cache_on):
+def plugin_config(cache_on, protocol="uma-grant"):
+    """The bench enforcer; `protocol`: its kcpep.decision-protocol (case 9 and the AuthZEN mix
+    ask Keycloak's AuthZEN evaluations, which the stack's Keycloak serves with --features=authzen)."""
     cfg = json.loads(json.dumps(ENFORCER))
     cache = {"max-entries": 10000, "lifespan-ms": 300000} if cache_on else {"max-entries": 0}
-    cfg["kcpep"] = {"cluster": "keycloak", "decision-cache": cache}
+    cfg["kcpep"] = {"cluster": "keycloak", "decision-cache": cache, "decision-protocol": protocol}
     return cfg
 
 
@@ -438,11 +441,13 @@ def bench_users(n):
         admin_call("PUT", "", {"passwordPolicy": policy}, admin)
 
 
-def many_users(tokens):
+def many_users(tokens, protocol="uma-grant", fill_table=True):
     """1,000 users' real tokens over 20 requests with Zipf-like popularity (weights 1/rank for
-    users and requests), two workers, a cold filter, MIX_SECONDS; then every user asks every
-    (resource, scopes) pair once, 10,000 decisions, and Envoy's RSS is read again."""
-    plugin = plugin_config(True)
+    users and requests), two workers, a cold filter, MIX_SECONDS; then (fill_table) every user
+    asks every (resource, scopes) pair once, 10,000 decisions, and Envoy's RSS is read again.
+    `protocol`: the enforcer's decision-protocol; Keycloak's decision calls are counted at the
+    endpoint it asks (the token endpoint's UMA grants, or AuthZEN's evaluations)."""
+    plugin = plugin_config(True, protocol)
     plugin["policy-enforcer"] = {"paths": MIX_PATHS}
     os.makedirs(RUN, exist_ok=True)
     files = {}
@@ -452,10 +457,11 @@ def many_users(tokens):
             f.write("\n".join(lines) + "\n")
     envoy = Envoy("many-users", "dist/keycloak_pep.wasm", plugin, concurrency=2)
     stat = lambda n: envoy.stat(f"wasmcustom.kcpep.{n}")
+    calls = "keycloak.calls.token" if protocol == "uma-grant" else "keycloak.calls.authzen"
     try:
         wait_until("many users: filter ready", lambda: ok_status(tokens[0]) == 200, 60)
         warm_rss = rss_mb(envoy.proc.pid)
-        before = {n: stat(n) for n in ("cache.hit", "cache.miss", "cache.coalesced", "keycloak.calls.token")}
+        before = {n: stat(n) for n in ("cache.hit", "cache.miss", "cache.coalesced", calls)}
         r = wrk(16, MIX_SECONDS, None, KCPEP_TOKENS_FILE=files["tokens"], KCPEP_REQUESTS_FILE=files["mix"])
         d = {n: stat(n) - v for n, v in before.items()}
         decided = d["cache.hit"] + d["cache.miss"] + d["cache.coalesced"]
@@ -463,13 +469,16 @@ def many_users(tokens):
         mix = {"rps": round(r["rps"]), "p50_us": lat["p50_us"], "p99_us": lat["p99_us"],
                "p50_us_c16": r["p50_us"], "p99_us_c16": r["p99_us"], "non2xx": r["non2xx"],
                "hit_ratio": round(d["cache.hit"] / decided, 3) if decided else None,
-               "keycloak_uma_calls_per_s": round(d["keycloak.calls.token"] / MIX_SECONDS, 1),
+               "keycloak_decision_calls_per_s": round(d[calls] / MIX_SECONDS, 1),
+               "decision_protocol": protocol,
                "users": len(tokens), "requests": len(MIX_REQUESTS), "seconds": MIX_SECONDS}
-        print(f"  many users: {len(tokens)} users x {len(MIX_REQUESTS)} requests (Zipf), 2 workers, "
+        print(f"  many users ({protocol}): {len(tokens)} users x {len(MIX_REQUESTS)} requests (Zipf), 2 workers, "
               f"{MIX_SECONDS} s: {mix['rps']} rps (c16, p50 {r['p50_us']} us, p99 {r['p99_us']} us), "
               f"c1 p50 {lat['p50_us']} us p99 {lat['p99_us']} us, hit ratio {mix['hit_ratio']}, "
-              f"{mix['keycloak_uma_calls_per_s']} Keycloak token-endpoint calls/s, non-2xx {r['non2xx']} "
+              f"{mix['keycloak_decision_calls_per_s']} Keycloak decision calls/s ({calls}), non-2xx {r['non2xx']} "
               "(plain users and tellers are denied some)", flush=True)
+        if not fill_table:
+            return mix, None
         # every (user, pair) once: the decision table fills
         target = len(tokens) * len(FILL_REQUESTS)
         deadline, entries, last = time.time() + 300, stat("cache.entries"), -1
@@ -631,13 +640,22 @@ def main():
         cases["4_pep_no_cache"] = (
             run_case("4 keycloak-pep, no cache", "dist/keycloak_pep.wasm", plugin_config(False), owner)
             if wanted("4") else skipped)
+        cases["9_pep_authzen_no_cache"] = (
+            run_case("9 keycloak-pep, AuthZEN, no cache", "dist/keycloak_pep.wasm",
+                     plugin_config(False, "authzen"), owner)
+            if wanted("9") else skipped)
         cases["5_java_enforcer"] = (
             run_case("5 Keycloak's Java enforcer", None, None, owner, JavaEnforcer("java-enforcer"))
             if wanted("5") and shutil.which("java") and shutil.which("mvn") else skipped)
         co = coalescing() if wanted("c") else {"keycloak_calls": None, "ok": 0, "coalesced": 0}
         fp = footprint(owner) if wanted("f") else None
         probe = host_call_costs(owner) if wanted("h") else None
-        mix, fill = many_users(bench_users(USERS)) if wanted("m") else (None, None)
+        mix = fill = mix_authzen = None
+        if wanted("m"):
+            users = bench_users(USERS)
+            mix, fill = many_users(users)
+            # the same mix with every decision from AuthZEN (the table not filled again)
+            mix_authzen, _ = many_users(users, "authzen", fill_table=False)
     finally:
         if started_stack:
             subprocess.run([STACK, "down"], stdout=subprocess.DEVNULL)
@@ -665,9 +683,18 @@ def main():
         summary["dpop_hit_vs_hit_p50_us"] = d["p50_us"] - hit["p50_us"]
     if not cases["6_jwt_authn_rbac"].get("skipped"):
         summary["hit_vs_jwt_authn_rps"] = round(hit["rps"] / cases["6_jwt_authn_rbac"]["rps"], 2)
+    if not cases["9_pep_authzen_no_cache"].get("skipped"):
+        summary["authzen_nocache_vs_uma_nocache_rps"] = round(
+            cases["9_pep_authzen_no_cache"]["rps"] / nocache["rps"], 2)
+        summary["authzen_nocache_p99_us"] = cases["9_pep_authzen_no_cache"]["p99_us"]
+    if mix_authzen:
+        summary["mix_authzen_rps"] = mix_authzen["rps"]
+        summary["mix_authzen_kc_calls_per_s"] = mix_authzen["keycloak_decision_calls_per_s"]
+        summary["mix_authzen_p99_us"] = mix_authzen["p99_us"]
     if mix:
         summary["mix_rps"] = mix["rps"]
-        summary["mix_kc_calls_per_s"] = mix["keycloak_uma_calls_per_s"]
+        summary["mix_kc_calls_per_s"] = mix["keycloak_decision_calls_per_s"]
+        summary["mix_p99_us"] = mix["p99_us"]
         summary["mix_hit_ratio"] = mix["hit_ratio"]
         summary["rss_growth_10k_decisions_mb"] = fill["rss_growth_mb"]
     if "3_baseline_cache_hit" in cases:
@@ -678,7 +705,8 @@ def main():
     path = os.path.join(ROOT, "results", time.strftime("bench-%Y%m%dT%H%M%S.json"))
     with open(path, "w") as f:
         json.dump({"cases": cases, "coalescing": co, "footprint": fp, "host_calls": probe,
-                   "many_users": mix, "decision_table": fill, "summary": summary,
+                   "many_users": mix, "many_users_authzen": mix_authzen, "decision_table": fill,
+                   "summary": summary,
                    "duration_s": DURATION, "machine_cores": os.cpu_count()}, f, indent=1)
     java = cases["5_java_enforcer"]
     if not java.get("skipped"):
