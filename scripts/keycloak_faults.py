@@ -10,14 +10,15 @@ has set a fault for:
     PUT /faults {"jwks": "html"}       the realm keys (.../protocol/openid-connect/certs)
     PUT /faults {"pat": "status500"}   the client credentials grant (the PAT)
     PUT /faults {"resources": "huge"}  the protection API's resource set
+    PUT /faults {"authzen": "status401"}  AuthZEN's evaluations (.../authzen/access/v1/evaluations)
     DELETE /faults                     forward everything again
     GET /faults                        the faults set, the calls seen per kind, and the trace
                                        headers (W3C, B3) of the last call of each kind
 
 Faults: garbage (200, bytes that are not JSON), truncated (200, JSON cut short), html (200, a
 login page), empty (200, no body), huge (200, 32 MiB of JSON), slow (the real answer after
-$KCPEP_FAULT_SLOW_SECONDS, default 5), status500, status502, reset (the connection closed
-without an answer).
+$KCPEP_FAULT_SLOW_SECONDS, default 5), status401 (the caller's token refused), status500,
+status502, reset (the connection closed without an answer).
 
 Usage: keycloak_faults.py [PORT]   (default: $FAULTS_PORT or 8083; host 127.0.0.1)
 """
@@ -32,8 +33,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 UPSTREAM = os.environ.get("KCPEP_KEYCLOAK_UPSTREAM", "http://127.0.0.1:8180").rstrip("/")
 SLOW_SECONDS = float(os.environ.get("KCPEP_FAULT_SLOW_SECONDS", "5"))
-KINDS = ("uma", "jwks", "pat", "resources")
-FAULTS = ("garbage", "truncated", "html", "empty", "huge", "slow", "status500", "status502", "reset")
+KINDS = ("uma", "jwks", "pat", "resources", "authzen")
+FAULTS = ("garbage", "truncated", "html", "empty", "huge", "slow", "status401", "status500", "status502",
+          "reset")
 
 STATE = {"faults": {}, "calls": {k: 0 for k in KINDS + ("other",)}, "traces": {}}
 TRACE_HEADERS = ("traceparent", "tracestate", "b3", "x-b3-traceid", "x-b3-spanid",
@@ -51,6 +53,8 @@ def kind_of(method, path, body):
             return "pat"
     if "/authz/protection/resource_set" in path:
         return "resources"
+    if path.endswith("/authzen/access/v1/evaluations"):
+        return "authzen"
     return "other"
 
 

@@ -119,6 +119,75 @@ fn a_keycloak_that_answers_badly_or_slowly_never_opens_the_gate() {
     );
 }
 
+/// The "faulty-authzen" enforcer: the faulty one asking Keycloak's AuthZEN evaluations
+/// (`decision-protocol: authzen`), through the same misbehaving Keycloak.
+fn faulty_authzen(token: &str) -> Response {
+    send_to(
+        &envoy(),
+        "GET",
+        "faulty-authzen.bank.local",
+        "/account/1",
+        Some(token),
+        &[],
+        b"",
+    )
+}
+
+#[test]
+fn an_authzen_answer_that_is_bad_never_opens_the_gate_and_a_refused_pat_is_renewed() {
+    let owner = user_token("owner");
+    let plain = user_token("plain");
+    clear_faults();
+    poll_until(
+        "the faulty-authzen enforcer grants owner",
+        Duration::from_secs(60),
+        || (faulty_authzen(&owner).status == 200).then_some(()),
+    );
+    for fault in [
+        "garbage",
+        "truncated",
+        "html",
+        "empty",
+        "huge",
+        "status500",
+        "status502",
+        "reset",
+    ] {
+        set_fault("authzen", fault);
+        let asked = fault_calls("authzen");
+        let (r, reached) = reaches_upstream(|| faulty_authzen(&owner));
+        clear_faults();
+        assert!(
+            r.status == 503 && !reached,
+            "{fault}: {} {} (upstream reached: {reached})",
+            r.status,
+            r.text()
+        );
+        assert!(
+            fault_calls("authzen") > asked,
+            "{fault}: Keycloak was not asked"
+        );
+        assert_eq!(faulty_authzen(&owner).status, 200, "after {fault}");
+        assert_eq!(faulty_authzen(&plain).status, 403, "after {fault}");
+    }
+    // Keycloak refuses the filter's own token as a caller (a revoked PAT): 503 for that
+    // request, and a new PAT is fetched at once rather than at the old one's expiry
+    let pats = fault_calls("pat");
+    set_fault("authzen", "status401");
+    let (r, reached) = reaches_upstream(|| faulty_authzen(&owner));
+    assert!(
+        r.status == 503 && !reached,
+        "401: {} {}",
+        r.status,
+        r.text()
+    );
+    poll_until("a new PAT after the 401", Duration::from_secs(10), || {
+        (fault_calls("pat") > pats).then_some(())
+    });
+    clear_faults();
+    assert_eq!(faulty_authzen(&owner).status, 200, "with the new PAT");
+}
+
 /// A token with the same claims whose header names another key id: the filter does not know the
 /// key, so it asks for the realm's keys again.
 fn with_unknown_kid(token: &str, n: usize) -> String {
