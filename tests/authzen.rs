@@ -22,7 +22,6 @@ use keycloak_pep::keycloak::authzen::{
     self, AuthzenOutcome, Decision, Evaluation, EvaluationsRequest, Semantic,
 };
 use keycloak_pep::keycloak::uma::{self, PermissionRequest, ResponseMode, UmaGrant, UmaOutcome};
-use serde_json::Value;
 use std::collections::BTreeMap;
 
 /// A resource server and the users of its realm (password `password`), who log in with
@@ -118,17 +117,6 @@ fn login(s: &Server, user: &str) -> (String, String) {
     let token = t["access_token"].as_str().unwrap().to_string();
     let claims = jwt_claims(&token);
     (token, claims["sub"].as_str().unwrap().to_string())
-}
-
-fn jwt_claims(token: &str) -> Value {
-    use base64::Engine;
-    let payload = token.split('.').nth(1).unwrap();
-    serde_json::from_slice(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(payload)
-            .unwrap(),
-    )
-    .unwrap()
 }
 
 /// The resource server's resources (protection API), with their types and scopes.

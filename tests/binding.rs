@@ -30,18 +30,8 @@ fn keycloak_binds_dpop() -> bool {
         "Keycloak {:?} without its dpop feature",
         keycloak_version()
     );
-    assert!(claims_of(body["access_token"].as_str().unwrap())["cnf"].is_null());
+    assert!(jwt_claims(body["access_token"].as_str().unwrap())["cnf"].is_null());
     false
-}
-
-fn claims_of(token: &str) -> Value {
-    let payload = token.split('.').nth(1).unwrap();
-    serde_json::from_slice(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(payload)
-            .unwrap(),
-    )
-    .unwrap()
 }
 
 /// The URL Envoy's client used: the test listener is plain HTTP, the host the virtual host.
@@ -92,7 +82,7 @@ fn keycloak_binds_the_token_to_the_clients_key() {
     }
     let client = Client::new();
     let token = client.token("owner");
-    let c = claims_of(&token);
+    let c = jwt_claims(&token);
     assert_eq!(c["typ"], "DPoP");
     assert_eq!(c["cnf"]["jkt"], client.thumbprint());
 }
@@ -464,7 +454,7 @@ fn post_logout(logout_token: &str) -> Response {
 fn a_backchannel_logout_from_keycloak_ends_the_session_on_every_worker_within_a_second() {
     let tokens = user_tokens("owner");
     let token = tokens["access_token"].as_str().unwrap().to_string();
-    let sid = claims_of(&token)["sid"].as_str().map(str::to_string);
+    let sid = jwt_claims(&token)["sid"].as_str().map(str::to_string);
     assert!(sid.is_some(), "Keycloak's access token names its session");
     // Allowed, and cached for five minutes (the dpop enforcer's lifespan), on both workers.
     let before = per_worker();
@@ -481,7 +471,7 @@ fn a_backchannel_logout_from_keycloak_ends_the_session_on_every_worker_within_a_
             .decode(include_str!("fixtures/attacker-rsa-private.der.b64").trim())
             .unwrap();
         let claims = json!({"iss": format!("{}/realms/bank", keycloak()), "aud": "demo-cli",
-            "iat": now(), "jti": jti(), "sid": sid, "sub": claims_of(&token)["sub"],
+            "iat": now(), "jti": jti(), "sid": sid, "sub": jwt_claims(&token)["sub"],
             "events": {"http://schemas.openid.net/event/backchannel-logout": {}}});
         let mut h = Header::new(Algorithm::RS256);
         // the realm's key id, so only the signature is wrong
@@ -503,7 +493,7 @@ fn a_backchannel_logout_from_keycloak_ends_the_session_on_every_worker_within_a_
         "a forged logout changed nothing"
     );
     // The user is logged out through Keycloak's admin API: Keycloak posts the logout token.
-    let sub = claims_of(&token)["sub"].as_str().unwrap().to_string();
+    let sub = jwt_claims(&token)["sub"].as_str().unwrap().to_string();
     let admin = format!("Bearer {}", admin_token());
     let r = request(
         &keycloak(),
@@ -579,7 +569,7 @@ fn mtls_get(client: Option<&str>, token: &str, path: &str) -> Result<Response, S
 #[test]
 fn keycloak_binds_a_token_to_the_client_certificate_it_was_issued_over() {
     let token = mtls_token("owner", "client-a");
-    let c = claims_of(&token);
+    let c = jwt_claims(&token);
     assert_eq!(
         c["cnf"]["x5t#S256"],
         certificate_thumbprint("client-a"),
@@ -724,7 +714,7 @@ const LOGOUT_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
 /// A logout token for `token`'s session, signed with the realm's key (the bank realm imports
 /// the test-only key of tests/fixtures), as Keycloak would post it; `exp` as given.
 fn logout_token_for(token: &str, exp: i64) -> String {
-    let c = claims_of(token);
+    let c = jwt_claims(token);
     realm_signed(&json!({
         "iss": format!("{}/realms/bank", keycloak()), "aud": "demo-cli", "iat": now(),
         "exp": exp, "jti": jti(), "sid": c["sid"], "sub": c["sub"], "typ": "Logout",

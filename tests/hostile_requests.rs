@@ -57,6 +57,18 @@ fn faulty(token: &str) -> Response {
     )
 }
 
+/// What scripts/keycloak_faults.py can answer instead of Keycloak, but slowly.
+const BAD_ANSWERS: [&str; 8] = [
+    "garbage",
+    "truncated",
+    "html",
+    "empty",
+    "huge",
+    "status500",
+    "status502",
+    "reset",
+];
+
 fn faulty_ready(token: &str) {
     clear_faults();
     poll_until(
@@ -71,17 +83,7 @@ fn a_keycloak_that_answers_badly_or_slowly_never_opens_the_gate() {
     let owner = user_token("owner");
     let plain = user_token("plain");
     faulty_ready(&owner);
-    for fault in [
-        "garbage",
-        "truncated",
-        "html",
-        "empty",
-        "huge",
-        "status500",
-        "status502",
-        "reset",
-        "slow",
-    ] {
+    for fault in BAD_ANSWERS.iter().chain(&["slow"]) {
         set_fault("uma", fault);
         let asked = fault_calls("uma");
         let started = Instant::now();
@@ -143,16 +145,7 @@ fn an_authzen_answer_that_is_bad_never_opens_the_gate_and_a_refused_pat_is_renew
         Duration::from_secs(60),
         || (faulty_authzen(&owner).status == 200).then_some(()),
     );
-    for fault in [
-        "garbage",
-        "truncated",
-        "html",
-        "empty",
-        "huge",
-        "status500",
-        "status502",
-        "reset",
-    ] {
+    for fault in BAD_ANSWERS {
         set_fault("authzen", fault);
         let asked = fault_calls("authzen");
         let (r, reached) = reaches_upstream(|| faulty_authzen(&owner));
@@ -250,11 +243,6 @@ fn b64_json(v: &Value) -> String {
     B64.encode(v.to_string())
 }
 
-/// The claims of a real access token of `user`.
-fn payload_of(token: &str) -> Value {
-    serde_json::from_slice(&B64.decode(token.split('.').nth(1).unwrap()).unwrap()).unwrap()
-}
-
 /// A token signed with a key no realm knows (tests/fixtures/attacker-rsa-private.der.b64; the
 /// realm's own key is the fixtures' rsa-private), whose header names the realm's key, or
 /// carries its own key or key URL.
@@ -310,7 +298,7 @@ fn credentials_in_every_odd_shape_get_keycloaks_answer_or_401() {
     let access = tokens["access_token"].as_str().unwrap();
     let refresh = tokens["refresh_token"].as_str().unwrap();
     let id_token = tokens["id_token"].as_str().unwrap();
-    let claims = payload_of(access);
+    let claims = jwt_claims(access);
     let kid = realm_key()["kid"].as_str().unwrap().to_string();
     let other_realm = token_grant(
         "authz-test",

@@ -157,49 +157,44 @@ pub fn authorize(j: &mut Judge, a: &Authorize, claims: Claims) -> Step {
             }
         }
     }
-    if let Asked::Authzen { scopes, semantic } = &asked {
-        // The subject is the verified token's own `sub`, never anything the client sent beside it.
-        let sub = token.subject().unwrap_or_default();
-        let Some(pat) = j.known.pat.as_deref() else {
-            release(j.store, cached.as_ref());
-            return keycloak_unavailable(cfg, "no protection API token yet for AuthZEN");
-        };
-        let question = EvaluationsRequest {
-            user_id: sub,
-            evaluations: scopes
-                .iter()
-                .map(|scope| Evaluation {
-                    resource_type: entry.resource.kind.clone().unwrap_or_default(),
-                    resource_name: entry.resource.name.clone().unwrap_or_default(),
-                    action: scope.clone(),
-                })
-                .collect(),
-            semantic: *semantic,
-            context: Some(&claims),
-        };
-        return Step::Call(Box::new(Call {
-            request: authzen::evaluations_request(cfg, pat, &question),
-            service: None,
-            pending: Pending::Grant {
-                entry: Rc::clone(entry),
-                method: method.clone(),
-                cached,
-                claims,
-                asked,
-            },
-        }));
-    }
-    let grant = UmaGrant {
-        subject_token: raw,
-        permissions: vec![permission],
-        response_mode: ResponseMode::Permissions,
-        uri_form,
-        claims: Some(&claims),
-        // Keycloak merges the RPT's permissions into its answer: only ever our own.
-        rpt: own_rpt.is_some().then_some(raw),
+    let request = match &asked {
+        Asked::Authzen { scopes, semantic } => {
+            // The subject is the verified token's own `sub`, never anything the client sent
+            // beside it.
+            let Some(pat) = j.known.pat.as_deref() else {
+                release(j.store, cached.as_ref());
+                return keycloak_unavailable(cfg, "no protection API token yet for AuthZEN");
+            };
+            let question = EvaluationsRequest {
+                user_id: token.subject().unwrap_or_default(),
+                evaluations: scopes
+                    .iter()
+                    .map(|scope| Evaluation {
+                        resource_type: entry.resource.kind.clone().unwrap_or_default(),
+                        resource_name: entry.resource.name.clone().unwrap_or_default(),
+                        action: scope.clone(),
+                    })
+                    .collect(),
+                semantic: *semantic,
+                context: Some(&claims),
+            };
+            authzen::evaluations_request(cfg, pat, &question)
+        }
+        Asked::UmaGrant => {
+            let grant = UmaGrant {
+                subject_token: raw,
+                permissions: vec![permission],
+                response_mode: ResponseMode::Permissions,
+                uri_form,
+                claims: Some(&claims),
+                // Keycloak merges the RPT's permissions into its answer: only ever our own.
+                rpt: own_rpt.is_some().then_some(raw),
+            };
+            uma::uma_grant_request(cfg, &grant)
+        }
     };
     Step::Call(Box::new(Call {
-        request: uma::uma_grant_request(cfg, &grant),
+        request,
         service: None,
         pending: Pending::Grant {
             entry: Rc::clone(entry),

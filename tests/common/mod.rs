@@ -340,6 +340,19 @@ pub fn token_grant(realm: &str, form: &str) -> serde_json::Value {
     r.json()
 }
 
+/// The claims of a JWT (its payload decoded, the signature not checked): what a test reads of
+/// a token Keycloak just issued.
+pub fn jwt_claims(token: &str) -> serde_json::Value {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).expect("a JWT has a payload");
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload.trim_end_matches('='))
+            .expect("base64url"),
+    )
+    .expect("a JSON payload")
+}
+
 /// A user's access token from the public `demo-cli` client (password grant).
 pub fn user_token(user: &str) -> String {
     user_tokens(user)["access_token"]
