@@ -1112,11 +1112,18 @@ fn a_memo_hit_makes_only_the_host_calls_it_needs() {
         // requests allowed, cache hits
         ("proxy_increment_metric", 2),
         ("proxy_replace_header_map_value", 1),
-        ("proxy_set_property", 1),
+        // the permissions and the decision record (`kcpep.decision-record: false` drops one)
+        ("proxy_set_property", 2),
     ];
     let expected: std::collections::BTreeMap<String, u64> =
         expected.iter().map(|(k, v)| (k.to_string(), *v)).collect();
     assert_eq!(calls, expected);
+    let record = vm.stream_property(req, &["kcpep.decision"]).unwrap();
+    let record: Value = serde_json::from_slice(&record).unwrap();
+    assert_eq!(
+        (&record["source"], &record["outcome"]),
+        (&json!("memo"), &json!("allow"))
+    );
     vm.finish(req).unwrap();
     assert_eq!(
         vm.take_host_calls().len(),

@@ -481,20 +481,136 @@ fn granted_permissions_reach_envoy_filter_state() {
         get("unanimous.bank.local", &path, Some(&user_token("owner"))).status,
         200
     );
-    let log = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".run/envoy.log");
-    // Envoy flushes access logs on its own schedule
-    let line = poll_until(
-        "the access log line",
-        std::time::Duration::from_secs(15),
-        || {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            text.lines()
-                .find(|l| l.contains(&format!("\"GET {path}\"")))
-                .map(str::to_string)
-        },
-    );
+    let line = access_line("GET", &path);
     assert!(line.contains("kcpep_permissions=[{\"rsid\":"), "{line}");
     assert!(line.contains("View Account Resource"), "{line}");
+}
+
+/// envoy.yaml's access log ends each line with the filter state `wasm.kcpep.decision`: the
+/// decision record of the request, JSON, naming who and what but never the token.
+#[test]
+fn every_request_leaves_its_decision_record_in_the_access_log() {
+    let id = std::process::id();
+    let owner = user_token("owner");
+    let teller = user_token("teller");
+    let plain = user_token("plain");
+    let path = |what: &str| format!("/account/rec-{what}-{id}");
+    let sub = |t: &str| jwt_claims(t)["sub"].as_str().unwrap().to_string();
+    // Keycloak asked, then the same question again from the same worker's memo or the table
+    assert_eq!(
+        get("unanimous.bank.local", &path("allow"), Some(&owner)).status,
+        200
+    );
+    let first = decision_of(&access_line("GET", &path("allow")));
+    assert_eq!(
+        (
+            &first["outcome"],
+            &first["status"],
+            &first["enforcer"],
+            &first["client"]
+        ),
+        (
+            &json!("allow"),
+            &json!(200),
+            &json!("unanimous"),
+            &json!("bank-api")
+        )
+    );
+    assert_eq!(first["subject"], json!(sub(&owner)));
+    assert_eq!(
+        (&first["path"], &first["resource"], &first["scopes"]),
+        (
+            &json!("/account/{id}"),
+            &json!("View Account Resource"),
+            &json!(["account:view"])
+        )
+    );
+    assert_eq!(first["granted"][0]["rsname"], "View Account Resource");
+    assert!(first["keycloak_ms"].as_i64().is_some(), "{first}");
+    // the next ones on either worker: the decision table or a worker's memo (which one depends on
+    // the worker Envoy picks), never Keycloak
+    let mut sources = Vec::new();
+    for _ in 0..6 {
+        assert_eq!(
+            get("unanimous.bank.local", &path("allow"), Some(&owner)).status,
+            200
+        );
+    }
+    poll_until(
+        "the six repeated lines",
+        std::time::Duration::from_secs(15),
+        || {
+            let text = std::fs::read_to_string(
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".run/envoy.log"),
+            )
+            .unwrap_or_default();
+            sources = text
+                .lines()
+                .filter(|l| l.contains(&format!("\"GET {}\"", path("allow"))))
+                .map(|l| {
+                    decision_of(l)["source"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string()
+                })
+                .collect();
+            (sources.len() == 7).then_some(())
+        },
+    );
+    assert_eq!(sources[0], "keycloak");
+    assert!(
+        sources[1..].iter().all(|s| s == "memo" || s == "table"),
+        "{sources:?}"
+    );
+    assert!(sources.iter().any(|s| s == "memo"), "{sources:?}");
+    // a denial, with the reason of the denial line
+    assert_eq!(
+        get("unanimous.bank.local", &path("deny"), Some(&teller)).status,
+        403
+    );
+    let deny = decision_of(&access_line("GET", &path("deny")));
+    assert_eq!(
+        (
+            &deny["outcome"],
+            &deny["status"],
+            &deny["reason"],
+            &deny["subject"]
+        ),
+        (
+            &json!("deny"),
+            &json!(403),
+            &json!("denied by Keycloak policies"),
+            &json!(sub(&teller))
+        )
+    );
+    // a rule of the filter: no token
+    assert_eq!(
+        get("unanimous.bank.local", &path("anonymous"), None).status,
+        401
+    );
+    let anon = decision_of(&access_line("GET", &path("anonymous")));
+    assert_eq!(
+        (&anon["source"], &anon["reason"]),
+        (&json!("rule"), &json!("no token"))
+    );
+    // dry-run: let on, and what it would have answered
+    assert_eq!(
+        get("dryrun.bank.local", &path("dry"), Some(&plain)).status,
+        200
+    );
+    let dry = decision_of(&access_line("GET", &path("dry")));
+    assert_eq!(
+        (&dry["outcome"], &dry["status"], &dry["dry_run"]["status"]),
+        (&json!("dry-run-deny"), &json!(200), &json!(403))
+    );
+    // never a token
+    for line in [path("allow"), path("deny"), path("dry")].map(|p| access_line("GET", &p)) {
+        for t in [&owner, &teller, &plain] {
+            for part in t.split('.') {
+                assert!(!line.contains(part), "a token part in {line}");
+            }
+        }
+    }
 }
 
 /// Keycloak's admin REST API as the bootstrap admin (scripts/stack.sh: admin/admin).

@@ -17,11 +17,15 @@ fn stack(cmd: &str) {
 }
 
 fn account(host: &str, token: &str) -> u16 {
+    account_at(host, "/account/1", token)
+}
+
+fn account_at(host: &str, path: &str, token: &str) -> u16 {
     let auth = format!("Bearer {token}");
     request(
         &envoy(),
         "GET",
-        "/account/1",
+        path,
         &[
             ("host", host.as_bytes()),
             ("authorization", auth.as_bytes()),
@@ -43,7 +47,9 @@ fn keycloak_down_fails_closed_serves_cached_and_stale_allows_and_recovers() {
     stack("stop-keycloak");
     let down_uncached = account("unanimous.bank.local", &uncached);
     let down_cached = account("unanimous.bank.local", &cached);
-    let down_stale = account("stale.bank.local", &stale);
+    // another path of the same resource: the same decision, not this request's memo
+    let stale_path = format!("/account/stale-{}", std::process::id());
+    let down_stale = account_at("stale.bank.local", &stale_path, &stale);
     let public = request(
         &envoy(),
         "GET",
@@ -65,6 +71,13 @@ fn keycloak_down_fails_closed_serves_cached_and_stale_allows_and_recovers() {
         "stale answers are counted ({stale_before} -> {stale_after})"
     );
     assert_eq!(public, 200);
+    // its decision record says so
+    let record = decision_of(&access_line("GET", &stale_path));
+    assert_eq!(
+        (&record["outcome"], &record["source"]),
+        (&serde_json::json!("allow"), &serde_json::json!("stale")),
+        "{record}"
+    );
     // Keycloak is ready again (start-keycloak waits for it); the filter recovers without a restart.
     poll_until(
         "200 again after Keycloak came back",

@@ -472,3 +472,114 @@ fn a_back_channel_logout_on_one_worker_ends_the_session_on_the_others_by_their_t
     assert_eq!(b.get(4, "/account/1", Some(&other), &[]), Go::Pause);
     assert_eq!(b.calls().len(), 1);
 }
+
+impl Node {
+    /// A stream's decision record, as Envoy's filter state `wasm.kcpep.decision` holds it.
+    fn record(&self, id: u32) -> Value {
+        let r = self.host.stream(id).record.expect("a decision record");
+        serde_json::from_str(&r).unwrap()
+    }
+}
+
+#[test]
+fn every_verdict_leaves_a_decision_record_that_says_where_it_came_from() {
+    let mut cfg = config();
+    cfg["enforcers"]["bank"]["kcpep"]["decision-cache"] =
+        json!({"lifespan-ms": 1000, "stale-on-error-ms": 60000});
+    let shared = Shared::at(NOW_MS);
+    let mut a = Node::new(&shared, &cfg, 1);
+    let mut b = Node::new(&shared, &cfg, 2);
+    let t = token(json!({}));
+    // Keycloak asked: the matched path, its resource and scopes, the grant, the wait on Keycloak
+    let go = a.get(1, "/account/1", Some(&t), &[]);
+    let calls = a.calls();
+    // meanwhile on the other worker: the same question, which waits for a's call
+    let waiting = b.get(2, "/account/1", Some(&t), &[]);
+    assert!(b.calls().is_empty());
+    shared.advance(7);
+    a.respond(grant_call(&calls).token, 200, GRANTED);
+    assert!(a.allowed(1, go));
+    let r = a.record(1);
+    assert_eq!(
+        (&r["outcome"], &r["status"], &r["source"], &r["keycloak_ms"]),
+        (&json!("allow"), &json!(200), &json!("keycloak"), &json!(7))
+    );
+    assert_eq!(
+        (&r["enforcer"], &r["client"], &r["subject"]),
+        (&json!("bank"), &json!("bank-api"), &json!("u1"))
+    );
+    assert_eq!(
+        (&r["path"], &r["resource"], &r["scopes"]),
+        (
+            &json!("/account/{id}"),
+            &json!("View Account Resource"),
+            &json!(["account:view"])
+        )
+    );
+    assert_eq!(r["granted"][0]["scopes"], json!(["account:view"]));
+    // the other worker's request waited for that call
+    b.worker.on_tick(&mut b.host);
+    assert!(b.allowed(2, waiting));
+    assert_eq!(b.record(2)["source"], "coalesced");
+    // on a third worker: from the decision table; again on a: from its memo, still naming who
+    // and what
+    let mut c = Node::new(&shared, &cfg, 3);
+    c.get(3, "/account/1", Some(&t), &[]);
+    c.calls();
+    assert_eq!(c.record(3)["source"], "table");
+    a.get(4, "/account/1", Some(&t), &[]);
+    let r = a.record(4);
+    assert_eq!(
+        (&r["source"], &r["subject"], &r["path"]),
+        (&json!("memo"), &json!("u1"), &json!("/account/{id}"))
+    );
+    // Keycloak fails after the decision expired: the stale allow says so
+    shared.advance(2_000);
+    let go = a.get(5, "/account/1", Some(&t), &[]);
+    let calls = a.calls();
+    a.worker
+        .on_call_answer(&mut a.host, calls[0].token, Answer::NoAnswer);
+    assert!(a.allowed(5, go));
+    assert_eq!(a.record(5)["source"], "stale");
+    // a rule of the filter: no token
+    a.get(6, "/account/1", None, &[]);
+    let r = a.record(6);
+    assert_eq!(
+        (&r["outcome"], &r["status"], &r["source"], &r["reason"]),
+        (
+            &json!("deny"),
+            &json!(401),
+            &json!("rule"),
+            &json!("no token")
+        )
+    );
+    assert!(r.get("subject").is_none());
+    // no record names the token
+    for (n, id) in [(&a, 1), (&b, 2), (&c, 3), (&a, 4), (&a, 5), (&a, 6)] {
+        let raw = n.host.stream(id).record.unwrap();
+        assert!(!raw.contains(&t[..40]), "record {id} holds the token");
+    }
+}
+
+#[test]
+fn a_dry_run_allow_records_what_it_would_have_answered_and_records_can_be_turned_off() {
+    let mut cfg = config();
+    cfg["enforcers"]["bank"]["kcpep"]["dry-run"] = json!(true);
+    let shared = Shared::at(NOW_MS);
+    let mut a = Node::new(&shared, &cfg, 1);
+    let go = a.get(1, "/account/1", None, &[]);
+    assert!(a.allowed(1, go));
+    let r = a.record(1);
+    assert_eq!(
+        (&r["outcome"], &r["status"], &r["dry_run"]),
+        (
+            &json!("dry-run-deny"),
+            &json!(200),
+            &json!({"status": 401, "reason": "no token"})
+        )
+    );
+    cfg["enforcers"]["bank"]["kcpep"]["decision-record"] = json!(false);
+    let mut quiet = Node::new(&shared, &cfg, 2);
+    quiet.get(2, "/account/1", None, &[]);
+    assert!(quiet.host.stream(2).record.is_none());
+}

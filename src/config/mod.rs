@@ -168,6 +168,9 @@ pub struct ProxySettings {
     pub max_body_bytes: u32,
     /// Evaluate everything, record would-be denials, never block.
     pub dry_run: bool,
+    /// `kcpep.decision-record`: write each request's decision record to the filter state
+    /// `wasm.kcpep.decision` (for access logs).
+    pub decision_record: bool,
     /// A request without a token on an enforced path: 401 with a Bearer challenge (RFC 6750, the
     /// default), or 403 as Keycloak's Java enforcer answers (`no-token-status`).
     pub no_token_status: u16,
@@ -906,6 +909,7 @@ fn parse_proxy(
     }
     let max_body_bytes = o.u32("max-body-bytes")?.unwrap_or(64 * 1024);
     let dry_run = o.bool("dry-run")?.unwrap_or(false);
+    let decision_record = o.bool("decision-record")?.unwrap_or(true);
     let no_token_path = o.key_path("no-token-status");
     let no_token_status = match o.u32("no-token-status")? {
         None | Some(401) => 401,
@@ -1007,6 +1011,7 @@ fn parse_proxy(
         backchannel_logout,
         sender_constraint,
         decision_protocol,
+        decision_record,
         dpop,
         cluster,
         authority,

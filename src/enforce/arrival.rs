@@ -11,7 +11,7 @@ use crate::config::SenderConstraint;
 use crate::enforce::enforcer::{Binding, Connection, Enforcer};
 use crate::enforce::gate;
 use crate::enforce::step::Credential;
-use crate::enforce::step::Reply;
+use crate::enforce::step::{Matched, Reply};
 use crate::keycloak::token::HostVerifier;
 use crate::request::uri;
 use crate::store::memo::{self, Memo};
@@ -39,9 +39,18 @@ pub struct Filter {
     /// Header names the filter sets itself; a client's copies are removed.
     pub own_headers: Vec<String>,
     /// Repeated requests straight to their cached allow (see `store::memo`).
-    pub memo: Memo,
+    pub memo: Memo<Remembered>,
     /// The once-only tables: DPoP proofs and logout tokens.
     pub replay: Layout,
+}
+
+/// What a memoized allow answers again: the permissions as stored, and what its decision record
+/// names (the matched path, the token's subject).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Remembered {
+    pub permissions: Rc<str>,
+    pub matched: Option<Matched>,
+    pub subject: Option<String>,
 }
 
 /// What comes of a request's headers.
@@ -62,7 +71,7 @@ pub enum Arrival {
     /// permissions header as stored.
     Memo {
         enforcer: usize,
-        permissions: Rc<str>,
+        remembered: Rc<Remembered>,
     },
     /// The enforcer's flow decides, with this credential (and the memo key its allow may take).
     Decide {
@@ -192,10 +201,10 @@ impl Filter {
             .collect();
         let memo_key = |id| memo::key(enforcer, id, &method, &path);
         if let Some(k) = e.verified_id(&auth, now_ms).map(memo_key) {
-            if let Some(permissions) = self.memo.get(k, now_ms) {
+            if let Some(remembered) = self.memo.get(k, now_ms) {
                 return Arrival::Memo {
                     enforcer,
-                    permissions: Rc::clone(permissions),
+                    remembered: Rc::clone(remembered),
                 };
             }
         }
@@ -388,17 +397,22 @@ mod tests {
         };
         assert!(matches!(cred, Credential::Valid(..)));
         let key = memo_key.expect("a verified, unbound token has a memo key");
+        let remembered = Remembered {
+            permissions: Rc::from("[granted]"),
+            matched: None,
+            subject: Some("u1".into()),
+        };
         f.memo
-            .put(key, "[granted]", NOW * 1000 + 60_000, NOW * 1000);
+            .put(key, remembered.clone(), NOW * 1000 + 60_000, NOW * 1000);
         // again: the memo answers, with the permissions as stored
         let Arrival::Memo {
             enforcer,
-            permissions,
+            remembered: got,
         } = arrive(&mut f, &h, true)
         else {
             panic!("answered from the memo")
         };
-        assert_eq!((enforcer, &*permissions), (0, "[granted]"));
+        assert_eq!((enforcer, &*got), (0, &remembered));
         // another method or path is another question
         let mut other = h.clone();
         other[0] = (":method", "DELETE");

@@ -49,6 +49,7 @@ pub fn authorize(j: &mut Judge, a: &Authorize, claims: Claims) -> Step {
                 cache: CacheUse::None,
                 would_deny: None,
                 memo_until_ms: None,
+                matched: None,
             });
         }
     }
@@ -64,7 +65,7 @@ pub fn authorize(j: &mut Judge, a: &Authorize, claims: Claims) -> Step {
     let asked = if cfg.proxy.decision_protocol.authzen_for(bound) {
         match authzen_question(entry, method, token, &claims) {
             Ok(asked) => asked,
-            Err(why) => return tag(denied(method, &why), entry),
+            Err(why) => return tag(denied(method, &why), entry, method),
         }
     } else {
         Asked::UmaGrant
@@ -119,6 +120,7 @@ pub fn authorize(j: &mut Judge, a: &Authorize, claims: Claims) -> Step {
                     cache: CacheUse::Hit,
                     would_deny: None,
                     memo_until_ms: expires.filter(|_| claims.is_empty()),
+                    matched: None,
                 });
             }
             decisions::Lookup::Hit(decisions::Verdict::Deny) => {
@@ -337,6 +339,7 @@ pub fn granted(
                     cache: stored,
                     would_deny: None,
                     memo_until_ms: until.filter(|_| claims.is_empty()),
+                    matched: None,
                 })
             } else {
                 remember(j.store, decisions::Verdict::Deny);
@@ -389,6 +392,7 @@ pub fn granted(
                         cache: CacheUse::Stale,
                         would_deny: None,
                         memo_until_ms: None,
+                        matched: None,
                     });
                 }
             }
@@ -396,7 +400,7 @@ pub fn granted(
             keycloak_unavailable(cfg, &why)
         }
     };
-    tag(step, &entry)
+    tag(step, &entry, &method)
 }
 
 /// Keycloak's method selection: the first configured method equal to the request's, else one

@@ -43,7 +43,7 @@ pub fn resolve_claims(j: &mut Judge, a: Authorize, mut done: Vec<Claims>) -> Ste
     };
     let next = claims::advance(&providers, &cx, &mut done);
     match next {
-        claims::Next::Done(c) => tag(authorize(j, &a, c), &a.entry),
+        claims::Next::Done(c) => tag(authorize(j, &a, c), &a.entry, &a.method),
         claims::Next::Call {
             request, service, ..
         } => Step::Call(Box::new(Call {
@@ -56,11 +56,13 @@ pub fn resolve_claims(j: &mut Judge, a: Authorize, mut done: Vec<Claims>) -> Ste
             },
         })),
         claims::Next::Failed(claims::ClaimFailure::BadRequest(why)) => {
-            tag(reply(400, "Bad Request", why), &a.entry)
+            tag(reply(400, "Bad Request", why), &a.entry, &a.method)
         }
-        claims::Next::Failed(claims::ClaimFailure::Provider(why)) => {
-            tag(unavailable(&format!("claim provider: {why}")), &a.entry)
-        }
+        claims::Next::Failed(claims::ClaimFailure::Provider(why)) => tag(
+            unavailable(&format!("claim provider: {why}")),
+            &a.entry,
+            &a.method,
+        ),
     }
 }
 
@@ -90,6 +92,7 @@ pub fn answered(
             return tag(
                 unavailable(&format!("claim provider {}: {why}", h.service.cluster)),
                 &entry,
+                &method,
             )
         }
     }

@@ -452,8 +452,7 @@ fn logout_reply(result: Result<(), LogoutError>) -> Reply {
             body: String::new(),
             reason: "back-channel logout".into(),
             cache: CacheUse::None,
-            path: None,
-            resource: None,
+            matched: None,
         },
         Err(e) => Reply {
             status: 400,
@@ -466,8 +465,7 @@ fn logout_reply(result: Result<(), LogoutError>) -> Reply {
                     .to_string(),
             reason: format!("back-channel logout refused: {}", e.describe()),
             cache: CacheUse::None,
-            path: None,
-            resource: None,
+            matched: None,
         },
     }
 }

@@ -76,8 +76,7 @@ fn reply(status: u16, body: &str, reason: &str) -> Reply {
         body: body.to_string(),
         reason: reason.to_string(),
         cache: CacheUse::None,
-        path: None,
-        resource: None,
+        matched: None,
     }
 }
 

@@ -1,8 +1,8 @@
 //! One request being judged: what every stage of the flow reads and may change, and the helpers
 //! every stage shares.
 
-use crate::config::EnforcerConfig;
-use crate::enforce::step::{RequestFacts, Step};
+use crate::config::{EnforcerConfig, MethodConfig};
+use crate::enforce::step::{Matched, RequestFacts, Step};
 use crate::keycloak::knowledge::Knowledge;
 use crate::keycloak::resources::Entry;
 use crate::store::DecisionStore;
@@ -54,19 +54,26 @@ pub fn relative_path(cfg: &EnforcerConfig, raw: &str) -> Option<String> {
     }
 }
 
-/// Names the matched path and resource in a denial (for the log line).
-pub fn tag(step: Step, entry: &Entry) -> Step {
+/// Names the matched path, its resource and the method's scopes in a step (for the denial line
+/// and the decision record), where a stage closer to the answer has not.
+pub fn tag(step: Step, entry: &Entry, method: &MethodConfig) -> Step {
+    let matched = || Matched {
+        path: entry.config.path.clone(),
+        resource: entry
+            .resource
+            .name
+            .clone()
+            .or_else(|| entry.resource.id.clone()),
+        scopes: method.scopes.clone(),
+    };
     match step {
         Step::Reply(mut r) => {
-            r.path.get_or_insert_with(|| entry.config.path.clone());
-            if r.resource.is_none() {
-                r.resource = entry
-                    .resource
-                    .name
-                    .clone()
-                    .or_else(|| entry.resource.id.clone());
-            }
+            r.matched.get_or_insert_with(matched);
             Step::Reply(r)
+        }
+        Step::Allow(mut a) => {
+            a.matched.get_or_insert_with(matched);
+            Step::Allow(a)
         }
         other => other,
     }

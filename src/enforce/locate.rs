@@ -252,7 +252,7 @@ pub fn with_entry(
     };
     let providers = claim_chain(cfg, &a.entry);
     if providers.is_empty() {
-        return tag(authorize(j, &a, Claims::new()), &a.entry);
+        return tag(authorize(j, &a, Claims::new()), &a.entry, &a.method);
     }
     // Claims are resolved on every request that reaches the permission check, as in Keycloak;
     // the body is read only when this path's claims use it.

@@ -66,8 +66,7 @@ pub(crate) fn challenge_with_ticket(
             body: "Unauthorized".into(),
             reason: "UMA challenge".into(),
             cache: CacheUse::None,
-            path: None,
-            resource: None,
+            matched: None,
         }),
         Err(uma::Failure::Unavailable(why)) => keycloak_unavailable(cfg, &why),
         Err(e) => forbidden(&format!("no permission ticket: {e}")),
@@ -81,6 +80,7 @@ pub(crate) fn allow(permissions: Option<String>, reason: &'static str) -> Step {
         cache: CacheUse::None,
         would_deny: None,
         memo_until_ms: None,
+        matched: None,
     })
 }
 
@@ -91,8 +91,7 @@ pub(crate) fn reply(status: u16, body: &str, why: &str) -> Step {
         body: body.into(),
         reason: why.to_string(),
         cache: CacheUse::None,
-        path: None,
-        resource: None,
+        matched: None,
     })
 }
 
@@ -109,8 +108,7 @@ pub(crate) fn unauthorized(cfg: &EnforcerConfig, error: Option<&str>) -> Step {
         body: "Unauthorized".into(),
         reason: error.unwrap_or("no token").to_string(),
         cache: CacheUse::None,
-        path: None,
-        resource: None,
+        matched: None,
     })
 }
 
@@ -126,8 +124,7 @@ pub(crate) fn binding_refused(cfg: &EnforcerConfig, r: &crate::enforce::binding:
         body: "Unauthorized".into(),
         reason: r.reason.to_string(),
         cache: CacheUse::None,
-        path: None,
-        resource: None,
+        matched: None,
     })
 }
 
@@ -153,8 +150,7 @@ pub(crate) fn redirect(to: &str, why: &str) -> Step {
         body: String::new(),
         reason: why.to_string(),
         cache: CacheUse::None,
-        path: None,
-        resource: None,
+        matched: None,
     })
 }
 
@@ -182,6 +178,7 @@ pub(crate) fn dry_run(cfg: &EnforcerConfig, step: Step) -> Step {
             cache: r.cache,
             would_deny: Some(Box::new(r)),
             memo_until_ms: None,
+            matched: None,
         }),
         other => other,
     }

@@ -52,6 +52,8 @@ pub struct Allow {
     /// Until when this exact request (token, method, path) would get this same answer from the
     /// decision cache; the shell may memoize it (see `memo`). None: do not memoize.
     pub memo_until_ms: Option<i64>,
+    /// The configured path the request matched (none: no path, or no decision needed one).
+    pub matched: Option<Matched>,
 }
 
 /// Whether a verdict came from the decision cache.
@@ -75,9 +77,19 @@ pub struct Reply {
     /// For logs and stats; never contains token material.
     pub reason: String,
     pub cache: CacheUse,
-    /// The matched path and its resource, for the denial log line.
-    pub path: Option<String>,
+    /// The configured path the request matched, for the denial line and the decision record.
+    pub matched: Option<Matched>,
+}
+
+/// The configured path a request matched: what a denial line and a decision record name.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Matched {
+    /// The path pattern (`/account/{id}`).
+    pub path: String,
+    /// The resource's name, else its id.
     pub resource: Option<String>,
+    /// The scopes the request's method asks for.
+    pub scopes: Vec<String>,
 }
 
 impl Reply {
@@ -204,8 +216,7 @@ mod tests {
             body: body.into(),
             reason: String::new(),
             cache: CacheUse::None,
-            path: None,
-            resource: None,
+            matched: None,
         }
     }
 

@@ -15,6 +15,8 @@ use std::time::{Duration, UNIX_EPOCH};
 
 /// The stream property (Envoy filter state `wasm.kcpep.permissions`) with the granted permissions.
 pub const PERMISSIONS_PROPERTY: &str = "kcpep.permissions";
+/// The stream property (Envoy filter state `wasm.kcpep.decision`) with the decision record.
+pub const DECISION_PROPERTY: &str = "kcpep.decision";
 
 /// The proxy as one callback sees it: `origin` is the context the callback runs in. Acting on
 /// another stream switches the host's effective context to it; the origin is restored at the end.
@@ -130,6 +132,12 @@ impl Host for ProxyHost<'_> {
         // proxy-wasm has no way to write dynamic metadata itself.
         if self.on(stream) {
             abi::set_property(&[PERMISSIONS_PROPERTY], value.as_bytes());
+        }
+    }
+
+    fn decision_record(&mut self, stream: u32, record: &str) {
+        if self.on(stream) {
+            abi::set_property(&[DECISION_PROPERTY], record.as_bytes());
         }
     }
 

@@ -32,6 +32,10 @@ pub struct Flow {
     pub pending: Option<Pending>,
     /// When the pending callout was dispatched (latency histogram).
     pub sent_ms: i64,
+    /// The time this request has waited on Keycloak's answers so far (the decision record).
+    pub keycloak_ms: Option<i64>,
+    /// It waited for another request's identical Keycloak call.
+    pub waited: bool,
     /// What claims may read; empty unless some enforcer has a claim information point.
     pub headers: Vec<(String, Vec<u8>)>,
     pub peer: Option<String>,

@@ -4,7 +4,7 @@
 //! the CLI. The pipeline never names proxy-wasm.
 
 use crate::enforce::events::Event;
-use crate::enforce::step::{CacheUse, Reply};
+use crate::enforce::step::{CacheUse, Matched, Reply};
 use crate::store::replay::Cas;
 use crate::wire::http::HttpRequest;
 
@@ -24,16 +24,105 @@ pub enum Go {
     Pause,
 }
 
-/// What became of a request, told once per request: the stuff of a decision record, and what
-/// `kcpep evaluate` prints.
+/// What became of a request, told once per request: its decision record ([`Verdict::record`]),
+/// and what `kcpep evaluate` prints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Verdict<'a> {
     /// 200 for a request let on, else the local reply's.
     pub status: u16,
     pub reason: &'a str,
     pub cache: CacheUse,
-    /// The enforcer whose flow decided (`None`: answered before one was chosen).
+    /// The enforcer whose flow decided (`None`: answered before one was chosen), by index and
+    /// by name, and its client.
     pub enforcer: Option<usize>,
+    pub enforcer_name: Option<&'a str>,
+    pub client: Option<&'a str>,
+    pub source: Source,
+    /// How long the request waited on Keycloak's answers (its own calls), in ms.
+    pub keycloak_ms: Option<i64>,
+    pub matched: Option<&'a Matched>,
+    /// The granted permissions (JSON), as the upstream gets them.
+    pub permissions: Option<&'a str>,
+    /// Dry-run: the status and reason the request would have got.
+    pub would_deny: Option<(u16, &'a str)>,
+    /// The verified token's `sub`: who, without the token.
+    pub subject: Option<&'a str>,
+}
+
+/// Where a verdict came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// No Keycloak decision was involved: a rule of the filter (no token, a DISABLED path, a
+    /// refused binding, the token's own permissions...).
+    Rule,
+    /// The worker's memo of this token's same request.
+    Memo,
+    /// The shared decision table.
+    Table,
+    /// The decision table, after waiting for another request's identical Keycloak call.
+    Coalesced,
+    /// An expired allow served while Keycloak fails (`stale-on-error-ms`).
+    Stale,
+    /// Keycloak, asked for this request.
+    Keycloak,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Rule => "rule",
+            Source::Memo => "memo",
+            Source::Table => "table",
+            Source::Coalesced => "coalesced",
+            Source::Stale => "stale",
+            Source::Keycloak => "keycloak",
+        }
+    }
+}
+
+impl Verdict<'_> {
+    /// The decision record: one JSON object, for Envoy's filter state `wasm.kcpep.decision` and
+    /// so its access logs. Names the subject by `sub`, never the token or any credential.
+    pub fn record(&self) -> String {
+        let mut o = serde_json::Map::new();
+        let mut put = |k: &str, v: serde_json::Value| {
+            if !v.is_null() {
+                o.insert(k.to_string(), v);
+            }
+        };
+        let outcome = match (self.status, self.would_deny) {
+            (_, Some(_)) => "dry-run-deny",
+            (200, None) => "allow",
+            _ => "deny",
+        };
+        put("outcome", outcome.into());
+        put("status", self.status.into());
+        put("reason", self.reason.into());
+        put("source", self.source.as_str().into());
+        put("enforcer", self.enforcer_name.into());
+        put("client", self.client.into());
+        put("subject", self.subject.into());
+        if let Some(m) = self.matched {
+            put("path", m.path.as_str().into());
+            put("resource", m.resource.as_deref().into());
+            put("scopes", m.scopes.clone().into());
+        }
+        if let Some(p) = self.permissions {
+            // as granted: JSON already (the filter wrote it), kept as a value
+            put(
+                "granted",
+                serde_json::from_str(p).unwrap_or_else(|_| p.into()),
+            );
+        }
+        put("keycloak_ms", self.keycloak_ms.into());
+        if let Some((status, reason)) = self.would_deny {
+            put(
+                "dry_run",
+                serde_json::json!({"status": status, "reason": reason}),
+            );
+        }
+        serde_json::Value::Object(o).to_string()
+    }
 }
 
 /// One worker's proxy. Stream actions name the stream: the pipeline acts on requests other than
@@ -64,10 +153,13 @@ pub trait Host: Cas {
     fn remove_request_trailer(&mut self, stream: u32, name: &str);
     /// The granted permissions as the stream's filter state (Envoy: `wasm.kcpep.permissions`).
     fn set_permissions(&mut self, stream: u32, value: &str);
-    /// A request's verdict; a proxy without decision records ignores it.
+    /// A request's verdict (what `kcpep evaluate` prints); a proxy may ignore it.
     fn verdict(&mut self, stream: u32, verdict: &Verdict<'_>) {
         let _ = (stream, verdict);
     }
+    /// The request's decision record, as the stream's filter state (Envoy:
+    /// `wasm.kcpep.decision`, which access logs read).
+    fn decision_record(&mut self, stream: u32, record: &str);
     /// The request body buffered so far, at most `max` bytes.
     fn request_body(&mut self, stream: u32, max: usize) -> Vec<u8>;
 }

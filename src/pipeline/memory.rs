@@ -55,6 +55,8 @@ pub struct StreamLog {
     pub trailers_removed: Vec<String>,
     pub permissions: Option<String>,
     pub verdict: Option<Decided>,
+    /// The decision record (JSON), as Envoy's filter state would hold it.
+    pub record: Option<String>,
 }
 
 /// A request's [`Verdict`], kept.
@@ -181,6 +183,10 @@ impl Host for MemoryHost {
             cache: v.cache,
             enforcer: v.enforcer,
         });
+    }
+
+    fn decision_record(&mut self, stream: u32, record: &str) {
+        self.log(stream).record = Some(record.to_string());
     }
 
     fn request_body(&mut self, stream: u32, max: usize) -> Vec<u8> {

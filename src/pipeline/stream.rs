@@ -4,8 +4,9 @@
 //! the stream (let on with the permissions, or a local reply).
 
 use super::flow::{answer_event, Flow, Parked, Stream};
-use super::host::{Go, Host, Upstream, Verdict};
+use super::host::{Go, Host, Source, Upstream, Verdict};
 use super::worker::Worker;
+use crate::enforce::arrival::Remembered;
 use crate::enforce::arrival::{header_name, Arrival, Properties, Request};
 use crate::enforce::enforcer::Enforcer;
 use crate::enforce::events::{Endpoint, Event};
@@ -74,7 +75,7 @@ impl Worker {
                     route_name,
                     loggable(authority.as_bytes())
                 );
-                host.verdict(id, &Verdict::of_reply(&reply, None));
+                self.tell(host, id, &self.reply_verdict(&reply, None));
                 host.send_reply(id, &reply);
                 Go::Pause
             }
@@ -97,18 +98,25 @@ impl Worker {
             }
             Arrival::Memo {
                 enforcer,
-                permissions,
+                remembered,
             } => {
                 // answered as the cache hit it stands for (the value written as stored)
-                let reason = "the decision this token got for this method and path (memo)";
-                self.let_on(
-                    host,
-                    id,
-                    enforcer,
-                    CacheUse::Hit,
-                    reason,
-                    Some(&permissions),
-                );
+                let e = &self.filter.enforcers[enforcer];
+                let verdict = Verdict {
+                    status: 200,
+                    reason: "the decision this token got for this method and path (memo)",
+                    cache: CacheUse::Hit,
+                    enforcer: Some(enforcer),
+                    enforcer_name: Some(&e.name),
+                    client: Some(&e.config.client_id),
+                    source: Source::Memo,
+                    keycloak_ms: None,
+                    matched: remembered.matched.as_ref(),
+                    permissions: Some(&remembered.permissions),
+                    would_deny: None,
+                    subject: remembered.subject.as_deref(),
+                };
+                self.let_on(host, id, &verdict);
                 Go::Continue
             }
             Arrival::Decide {
@@ -129,6 +137,8 @@ impl Worker {
                     cred,
                     pending: None,
                     sent_ms: 0,
+                    keycloak_ms: None,
+                    waited: false,
                     peer: claims.then(|| props.peer()).flatten(),
                     tls: claims && props.tls(),
                     headers: if claims {
@@ -247,7 +257,11 @@ impl Worker {
             reply.reason,
             ended.len()
         );
-        host.verdict(id, &Verdict::of_reply(&reply, Some(enforcer)));
+        self.tell(
+            host,
+            id,
+            &self.reply_verdict(&reply, Some((enforcer, None))),
+        );
         host.send_reply(id, &reply);
     }
 
@@ -298,6 +312,7 @@ impl Worker {
             let (ok, status) = answer.outcome();
             Event::ClaimAnswer { ok, status }
         } else {
+            flow.keycloak_ms = Some(flow.keycloak_ms.unwrap_or(0) + now - flow.sent_ms);
             answer_event(&answer, now - flow.sent_ms)
         });
         let step = self.resume(host, flow, answer, now);
@@ -479,7 +494,12 @@ impl Worker {
                     (flow.memo_key, a.memo_until_ms, &a.permissions)
                 {
                     let now = host.now_ms();
-                    self.filter.memo.put(key, header, until, now);
+                    let remembered = Remembered {
+                        permissions: Rc::from(header.as_str()),
+                        matched: a.matched.clone(),
+                        subject: subject(&flow.cred).map(str::to_string),
+                    };
+                    self.filter.memo.put(key, remembered, until, now);
                 }
                 if let Some(r) = &a.would_deny {
                     host.record(Event::DryRunDenied);
@@ -492,9 +512,25 @@ impl Worker {
                     loggable(path_only(&flow.path).as_bytes()),
                     a.reason
                 );
-                let enforcer = flow.enforcer;
-                let perms = a.permissions.as_deref();
-                self.let_on(host, id, enforcer, a.cache, a.reason, perms);
+                let e = &self.filter.enforcers[flow.enforcer];
+                let verdict = Verdict {
+                    status: 200,
+                    reason: a.reason,
+                    cache: a.cache,
+                    enforcer: Some(flow.enforcer),
+                    enforcer_name: Some(&e.name),
+                    client: Some(&e.config.client_id),
+                    source: source(a.cache, flow),
+                    keycloak_ms: flow.keycloak_ms,
+                    matched: a
+                        .matched
+                        .as_ref()
+                        .or(a.would_deny.as_ref().and_then(|r| r.matched.as_ref())),
+                    permissions: a.permissions.as_deref(),
+                    would_deny: a.would_deny.as_ref().map(|r| (r.status, r.reason.as_str())),
+                    subject: subject(&flow.cred),
+                };
+                self.let_on(host, id, &verdict);
                 if in_callback {
                     host.continue_request(id);
                 }
@@ -506,11 +542,13 @@ impl Worker {
                     cache: r.cache,
                 });
                 log_denial(id, &cfg.client_id, flow, &r, "kcpep deny");
-                host.verdict(id, &Verdict::of_reply(&r, Some(flow.enforcer)));
+                let verdict = self.reply_verdict(&r, Some((flow.enforcer, Some(&*flow))));
+                self.tell(host, id, &verdict);
                 host.send_reply(id, &r);
                 Applied::Replied
             }
             Step::Wait { key, until_ms } => {
+                flow.waited = true;
                 host.record(Event::Coalesced);
                 Applied::Wait(key, until_ms)
             }
@@ -567,25 +605,14 @@ impl Worker {
 
     /// Lets an allowed request on with its permissions: the one way out for a decision, a cache
     /// hit and a memo hit.
-    fn let_on(
-        &self,
-        host: &mut dyn Host,
-        id: u32,
-        enforcer: usize,
-        cache: CacheUse,
-        reason: &str,
-        permissions: Option<&str>,
-    ) {
-        host.record(Event::Allowed(cache));
-        let verdict = Verdict {
-            status: 200,
-            reason,
-            cache,
-            enforcer: Some(enforcer),
+    fn let_on(&self, host: &mut dyn Host, id: u32, verdict: &Verdict<'_>) {
+        host.record(Event::Allowed(verdict.cache));
+        self.tell(host, id, verdict);
+        let Some(enforcer) = verdict.enforcer else {
+            return;
         };
-        host.verdict(id, &verdict);
         let cfg = &self.filter.enforcers[enforcer].config;
-        if let Some(value) = permissions {
+        if let Some(value) = verdict.permissions {
             // Refused once the headers went on (a body read for claims): then only the filter
             // state carries the permissions.
             if cfg.proxy.send_permissions_header {
@@ -593,6 +620,64 @@ impl Worker {
             }
             host.set_permissions(id, value);
         }
+    }
+
+    /// Tells the proxy a request's verdict, and writes its decision record unless the enforcer
+    /// turned records off.
+    fn tell(&self, host: &mut dyn Host, id: u32, verdict: &Verdict<'_>) {
+        host.verdict(id, verdict);
+        let wanted = verdict
+            .enforcer
+            .is_none_or(|e| self.filter.enforcers[e].config.proxy.decision_record);
+        if wanted {
+            host.decision_record(id, &verdict.record());
+        }
+    }
+
+    /// The verdict of a local reply: before an enforcer was chosen (`who` none), for a request
+    /// of no flow (a logout: no flow), or at the end of a flow.
+    fn reply_verdict<'a>(
+        &'a self,
+        r: &'a Reply,
+        who: Option<(usize, Option<&'a Flow>)>,
+    ) -> Verdict<'a> {
+        let e = who.map(|(i, _)| &self.filter.enforcers[i]);
+        let flow = who.and_then(|(_, f)| f);
+        Verdict {
+            status: r.status,
+            reason: &r.reason,
+            cache: r.cache,
+            enforcer: who.map(|(i, _)| i),
+            enforcer_name: e.map(|e| e.name.as_str()),
+            client: e.map(|e| e.config.client_id.as_str()),
+            source: flow.map_or(Source::Rule, |f| source(r.cache, f)),
+            keycloak_ms: flow.and_then(|f| f.keycloak_ms),
+            matched: r.matched.as_ref(),
+            permissions: None,
+            would_deny: None,
+            subject: flow.and_then(|f| subject(&f.cred)),
+        }
+    }
+}
+
+/// Where a verdict came from: the decision table (after a wait on another request's call, or
+/// not), a stale allow, Keycloak asked for this request, or a rule of the filter.
+fn source(cache: CacheUse, flow: &Flow) -> Source {
+    match cache {
+        CacheUse::Hit if flow.waited => Source::Coalesced,
+        CacheUse::Hit => Source::Table,
+        CacheUse::Stale => Source::Stale,
+        CacheUse::Stored => Source::Keycloak,
+        CacheUse::None if flow.keycloak_ms.is_some() => Source::Keycloak,
+        CacheUse::None => Source::Rule,
+    }
+}
+
+/// The verified token's `sub`.
+fn subject(cred: &Credential) -> Option<&str> {
+    match cred {
+        Credential::Valid(_, token) => token.subject(),
+        _ => None,
     }
 }
 
@@ -604,19 +689,14 @@ fn log_denial(id: u32, client_id: &str, flow: &Flow, r: &Reply, what: &str) {
         loggable(flow.method.as_bytes()),
         // without the query: it may carry credentials (`?access_token=`)
         loggable(path_only(&flow.path).as_bytes()),
-        loggable(r.path.as_deref().unwrap_or("").as_bytes()),
-        loggable(r.resource.as_deref().unwrap_or("").as_bytes()),
+        loggable(r.matched.as_ref().map_or("", |m| m.path.as_str()).as_bytes()),
+        loggable(
+            r.matched
+                .as_ref()
+                .and_then(|m| m.resource.as_deref())
+                .unwrap_or("")
+                .as_bytes()
+        ),
         loggable(r.reason.as_bytes())
     );
-}
-
-impl<'a> Verdict<'a> {
-    fn of_reply(r: &'a Reply, enforcer: Option<usize>) -> Self {
-        Verdict {
-            status: r.status,
-            reason: &r.reason,
-            cache: r.cache,
-            enforcer,
-        }
-    }
 }

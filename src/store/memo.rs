@@ -11,8 +11,8 @@ use std::rc::Rc;
 /// Bounded: when full, the whole memo is dropped (it refills from the decision cache). Expired
 /// entries are swept whenever the memo has doubled since the last sweep, so it holds about the
 /// live allows, not `capacity` dead ones (a wasm VM's memory never shrinks).
-pub struct Memo {
-    map: HashMap<u128, (Rc<str>, i64)>,
+pub struct Memo<V> {
+    map: HashMap<u128, (Rc<V>, i64)>,
     capacity: usize,
     sweep_at: usize,
 }
@@ -27,7 +27,7 @@ pub fn key(enforcer: usize, token_id: u128, method: &str, path: &str) -> u128 {
     (u128::from(a) << 64) | u128::from(b)
 }
 
-impl Memo {
+impl<V> Memo<V> {
     pub fn new(capacity: usize) -> Self {
         Memo {
             map: HashMap::new(),
@@ -36,15 +36,15 @@ impl Memo {
         }
     }
 
-    /// The permissions header of a memoized allow that is still valid.
-    pub fn get(&self, key: u128, now_ms: i64) -> Option<&Rc<str>> {
+    /// A memoized allow that is still valid.
+    pub fn get(&self, key: u128, now_ms: i64) -> Option<&Rc<V>> {
         match self.map.get(&key) {
-            Some((header, until)) if now_ms < *until => Some(header),
+            Some((remembered, until)) if now_ms < *until => Some(remembered),
             _ => None,
         }
     }
 
-    pub fn put(&mut self, key: u128, header: &str, until_ms: i64, now_ms: i64) {
+    pub fn put(&mut self, key: u128, remembered: V, until_ms: i64, now_ms: i64) {
         if self.capacity == 0 {
             return;
         }
@@ -55,7 +55,7 @@ impl Memo {
             }
             self.sweep_at = (self.map.len() * 2).max(SWEEP_FLOOR).min(self.capacity);
         }
-        self.map.insert(key, (Rc::from(header), until_ms));
+        self.map.insert(key, (Rc::new(remembered), until_ms));
     }
 
     pub fn len(&self) -> usize {
@@ -71,13 +71,17 @@ impl Memo {
 mod tests {
     use super::*;
 
+    fn r(header: &str) -> String {
+        header.to_string()
+    }
+
     #[test]
     fn hits_until_the_decision_expires() {
         let mut m = Memo::new(8);
         let k = key(0, 42, "GET", "/account/1");
         assert!(m.get(k, 0).is_none());
-        m.put(k, "[perms]", 1000, 0);
-        assert_eq!(m.get(k, 999).map(|h| &**h), Some("[perms]"));
+        m.put(k, r("[perms]"), 1000, 0);
+        assert_eq!(m.get(k, 999).map(|h| h.as_str()), Some("[perms]"));
         assert!(m.get(k, 1000).is_none());
     }
 
@@ -95,11 +99,11 @@ mod tests {
     fn bounded() {
         let mut m = Memo::new(3);
         for i in 0..10u128 {
-            m.put(i, "h", 100, 0);
+            m.put(i, r("h"), 100, 0);
             assert!(m.len() <= 3);
         }
         let mut off = Memo::new(0);
-        off.put(1, "h", 100, 0);
+        off.put(1, r("h"), 100, 0);
         assert!(off.is_empty());
     }
 
@@ -110,7 +114,7 @@ mod tests {
         let mut most = 0;
         for i in 0..10_000i64 {
             let now = i * 10;
-            m.put(i as u128, "h", now + 1000, now);
+            m.put(i as u128, r("h"), now + 1000, now);
             most = most.max(m.len());
         }
         assert!(most <= 2 * 100 + 1, "held {most}");

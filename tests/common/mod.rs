@@ -353,6 +353,28 @@ pub fn jwt_claims(token: &str) -> serde_json::Value {
     .expect("a JSON payload")
 }
 
+/// The stack Envoy's access-log line of the request `"{method} {path}"` (Envoy flushes access
+/// logs on its own schedule: polled).
+pub fn access_line(method: &str, path: &str) -> String {
+    let log = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".run/envoy.log");
+    let wanted = format!("\"{method} {path}\"");
+    poll_until("the access log line", Duration::from_secs(15), || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.lines()
+            .find(|l| l.contains(&wanted))
+            .map(str::to_string)
+    })
+}
+
+/// The decision record an access-log line ends with (`kcpep_decision=<JSON>`).
+pub fn decision_of(line: &str) -> serde_json::Value {
+    let json = line
+        .split_once(" kcpep_decision=")
+        .unwrap_or_else(|| panic!("no decision record in {line}"))
+        .1;
+    serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {json}"))
+}
+
 /// A user's access token from the public `demo-cli` client (password grant).
 pub fn user_token(user: &str) -> String {
     user_tokens(user)["access_token"]

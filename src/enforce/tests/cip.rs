@@ -197,8 +197,9 @@ fn a_body_that_is_not_json_is_a_bad_request_naming_the_path() {
     );
     let Step::Reply(r) = s else { panic!("{s:?}") };
     assert_eq!(r.status, 400);
-    assert_eq!(r.path.as_deref(), Some("/branch/transfer"));
-    assert_eq!(r.resource.as_deref(), Some("Branch Transfer"));
+    let m = r.matched.as_ref().unwrap();
+    assert_eq!(m.path, "/branch/transfer");
+    assert_eq!(m.resource.as_deref(), Some("Branch Transfer"));
     assert_eq!(status(&body_too_large(&c)), 413);
 }
 
