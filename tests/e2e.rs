@@ -927,3 +927,30 @@ fn prometheus_lists_every_kcpep_metric_and_the_counters_move() {
     assert_eq!(buckets.last().map(|b| b.1), Some(after.value(count)));
     assert!(after.value("kcpep_keycloak_latency_ms_sum") > 0.0);
 }
+
+/// Envoy's generic per-route switch, `FilterConfig {disabled: true}` under the filter's name
+/// (envoy.yaml's `unanimous.health` route): the filter never sees the request, so nothing is
+/// checked, counted or recorded, and the route must remove the filter's own header itself.
+#[test]
+fn a_route_with_the_filter_disabled_is_never_seen_by_it() {
+    let path = format!("/healthz/{}", std::process::id());
+    let seen = || stat("kcpep.requests.allowed") + stat("kcpep.requests.denied.401");
+    let before = seen();
+    let r = call(
+        "unanimous.bank.local",
+        "GET",
+        &path,
+        None,
+        &[("x-kcpep-permissions", br#"[{"rsname":"Everything"}]"#)],
+    );
+    let echoed: Value = r.json();
+    assert_eq!(echoed["path"], path, "let on with no token");
+    assert_eq!(seen(), before, "the filter counted nothing");
+    assert!(
+        echoed["headers"]["x-kcpep-permissions"].is_null(),
+        "the route removed the client's copy: {echoed}"
+    );
+    assert!(access_line("GET", &path).ends_with(" kcpep_decision=-"));
+    // the rest of the virtual host is the filter's
+    assert_eq!(get("unanimous.bank.local", "/account/1", None).status, 401);
+}
