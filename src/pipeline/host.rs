@@ -84,45 +84,69 @@ impl Verdict<'_> {
     /// The decision record: one JSON object, for Envoy's filter state `wasm.kcpep.decision` and
     /// so its access logs. Names the subject by `sub`, never the token or any credential.
     pub fn record(&self) -> String {
-        let mut o = serde_json::Map::new();
-        let mut put = |k: &str, v: serde_json::Value| {
-            if !v.is_null() {
-                o.insert(k.to_string(), v);
-            }
-        };
         let outcome = match (self.status, self.would_deny) {
             (_, Some(_)) => "dry-run-deny",
             (200, None) => "allow",
             _ => "deny",
         };
-        put("outcome", outcome.into());
-        put("status", self.status.into());
-        put("reason", self.reason.into());
-        put("source", self.source.as_str().into());
-        put("enforcer", self.enforcer_name.into());
-        put("client", self.client.into());
-        put("subject", self.subject.into());
-        if let Some(m) = self.matched {
-            put("path", m.path.as_str().into());
-            put("resource", m.resource.as_deref().into());
-            put("scopes", m.scopes.clone().into());
+        let record = Record {
+            outcome,
+            status: self.status,
+            reason: self.reason,
+            source: self.source.as_str(),
+            enforcer: self.enforcer_name,
+            client: self.client,
+            subject: self.subject,
+            path: self.matched.map(|m| m.path.as_str()),
+            resource: self.matched.and_then(|m| m.resource.as_deref()),
+            scopes: self.matched.map(|m| m.scopes.as_slice()),
+            keycloak_ms: self.keycloak_ms,
+            dry_run: self
+                .would_deny
+                .map(|(status, reason)| DryRun { status, reason }),
+        };
+        let mut json = serde_json::to_string(&record).unwrap_or_else(|_| "{}".into());
+        if let Some(granted) = self.permissions {
+            // the filter's own JSON (`permissions_header_value`), as the upstream got it:
+            // spliced in rather than parsed again on every request
+            json.pop();
+            json.push_str(",\"granted\":");
+            json.push_str(granted);
+            json.push('}');
         }
-        if let Some(p) = self.permissions {
-            // as granted: JSON already (the filter wrote it), kept as a value
-            put(
-                "granted",
-                serde_json::from_str(p).unwrap_or_else(|_| p.into()),
-            );
-        }
-        put("keycloak_ms", self.keycloak_ms.into());
-        if let Some((status, reason)) = self.would_deny {
-            put(
-                "dry_run",
-                serde_json::json!({"status": status, "reason": reason}),
-            );
-        }
-        serde_json::Value::Object(o).to_string()
+        json
     }
+}
+
+/// The decision record's fields, in their order; absent ones are left out.
+#[derive(serde::Serialize)]
+struct Record<'a> {
+    outcome: &'a str,
+    status: u16,
+    reason: &'a str,
+    source: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    enforcer: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subject: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    path: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resource: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scopes: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    keycloak_ms: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dry_run: Option<DryRun<'a>>,
+}
+
+#[derive(serde::Serialize)]
+struct DryRun<'a> {
+    status: u16,
+    reason: &'a str,
 }
 
 /// One worker's proxy. Stream actions name the stream: the pipeline acts on requests other than
