@@ -583,3 +583,33 @@ fn a_dry_run_allow_records_what_it_would_have_answered_and_records_can_be_turned
     quiet.get(2, "/account/1", None, &[]);
     assert!(quiet.host.stream(2).record.is_none());
 }
+
+#[test]
+fn a_record_can_name_its_subject_by_a_keyed_hash_or_not_at_all() {
+    let t = token(json!({}));
+    let subject_with = |record: Value| {
+        let mut cfg = config();
+        cfg["enforcers"]["bank"]["kcpep"]["decision-record"] = record;
+        let shared = Shared::at(NOW_MS);
+        let mut a = Node::new(&shared, &cfg, 1);
+        a.get(1, "/account/1", Some(&t), &[]);
+        let calls = a.calls();
+        a.respond(grant_call(&calls).token, 200, GRANTED);
+        a.record(1)["subject"].clone()
+    };
+    let key = |k: &str| json!({"subject": "hashed", "subject-key": k});
+    let hashed = subject_with(key("a key of sixteen+"));
+    let hashed = hashed.as_str().unwrap();
+    assert!(
+        hashed.starts_with("hmac:") && !hashed.contains("u1"),
+        "{hashed}"
+    );
+    assert_eq!(
+        subject_with(key("a key of sixteen+")),
+        json!(hashed),
+        "stable"
+    );
+    assert_ne!(subject_with(key("another key, long")), json!(hashed));
+    assert_eq!(subject_with(json!({"subject": "omitted"})), Value::Null);
+    assert_eq!(subject_with(json!({"subject": "sub"})), json!("u1"));
+}

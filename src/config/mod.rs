@@ -168,9 +168,9 @@ pub struct ProxySettings {
     pub max_body_bytes: u32,
     /// Evaluate everything, record would-be denials, never block.
     pub dry_run: bool,
-    /// `kcpep.decision-record`: write each request's decision record to the filter state
-    /// `wasm.kcpep.decision` (for access logs).
-    pub decision_record: bool,
+    /// `kcpep.decision-record`: each request's decision record in the filter state
+    /// `wasm.kcpep.decision` (for access logs), and how it names the subject.
+    pub decision_record: DecisionRecord,
     /// A request without a token on an enforced path: 401 with a Bearer challenge (RFC 6750, the
     /// default), or 403 as Keycloak's Java enforcer answers (`no-token-status`).
     pub no_token_status: u16,
@@ -219,6 +219,96 @@ impl DecisionProtocol {
             DecisionProtocol::Authzen => true,
             DecisionProtocol::AuthzenForBoundTokens => bound,
         }
+    }
+}
+
+/// `kcpep.decision-record`: `true` (the default), `false`, or
+/// `{"subject": "sub" | "hashed" | "omitted", "subject-key": "..."}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecisionRecord {
+    pub enabled: bool,
+    pub subject: RecordSubject,
+}
+
+/// How a decision record names the token's subject.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordSubject {
+    /// Its `sub`.
+    Sub,
+    /// HMAC-SHA256 of the `sub` under this key: the same user is the same pseudonym in every
+    /// record, and only the key's holder can tell who it is.
+    Hashed(SubjectKey),
+    /// Not at all.
+    Omitted,
+}
+
+/// The key of hashed subjects; never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SubjectKey(pub Vec<u8>);
+
+impl std::fmt::Debug for SubjectKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SubjectKey(..)")
+    }
+}
+
+/// The shortest `subject-key`: a key one could guess makes the pseudonyms reversible.
+const MIN_SUBJECT_KEY: usize = 16;
+
+fn parse_decision_record(value: Option<&Value>, path: &str) -> Result<DecisionRecord> {
+    let on = |subject| DecisionRecord {
+        enabled: true,
+        subject,
+    };
+    match value {
+        None | Some(Value::Bool(true)) => Ok(on(RecordSubject::Sub)),
+        Some(Value::Bool(false)) => Ok(DecisionRecord {
+            enabled: false,
+            subject: RecordSubject::Omitted,
+        }),
+        Some(v @ Value::Object(_)) => {
+            let mut o = Obj::new(v, path)?;
+            let key_path = o.key_path("subject-key");
+            let key = o.string("subject-key")?;
+            let subject = o
+                .choice("subject", &[("sub", 0u8), ("hashed", 1), ("omitted", 2)])?
+                .unwrap_or(0);
+            o.finish()?;
+            let subject =
+                match (subject, key) {
+                    (1, Some(k)) if k.len() >= MIN_SUBJECT_KEY => {
+                        RecordSubject::Hashed(SubjectKey(k.into_bytes()))
+                    }
+                    (1, Some(_)) => return Err(ConfigError::new(
+                        &key_path,
+                        format!(
+                            "at least {MIN_SUBJECT_KEY} characters (a secret, e.g. ${{env.NAME}})"
+                        ),
+                    )),
+                    (1, None) => {
+                        return Err(ConfigError::new(
+                            &key_path,
+                            "is required with \"subject\": \"hashed\"",
+                        ))
+                    }
+                    (_, Some(_)) => {
+                        return Err(ConfigError::new(
+                            &key_path,
+                            "only with \"subject\": \"hashed\"",
+                        ))
+                    }
+                    (0, None) => RecordSubject::Sub,
+                    (_, None) => RecordSubject::Omitted,
+                };
+            Ok(on(subject))
+        }
+        Some(other) => Err(ConfigError::new(
+            path,
+            format!(
+                "expected true, false or an object, found {}",
+                json::type_name(other)
+            ),
+        )),
     }
 }
 
@@ -909,7 +999,8 @@ fn parse_proxy(
     }
     let max_body_bytes = o.u32("max-body-bytes")?.unwrap_or(64 * 1024);
     let dry_run = o.bool("dry-run")?.unwrap_or(false);
-    let decision_record = o.bool("decision-record")?.unwrap_or(true);
+    let record_path = o.key_path("decision-record");
+    let decision_record = parse_decision_record(o.get("decision-record"), &record_path)?;
     let no_token_path = o.key_path("no-token-status");
     let no_token_status = match o.u32("no-token-status")? {
         None | Some(401) => 401,
@@ -1298,6 +1389,46 @@ mod tests {
             .unwrap_err()
             .to_string()
             .starts_with("invalid JSON"));
+    }
+
+    #[test]
+    fn a_decision_record_setting_is_checked_at_load() {
+        let with = |record: Value| {
+            let mut v = json!({"realm": "bank", "auth-server-url": "http://kc",
+                               "resource": "bank-api"});
+            v["kcpep"] = json!({"decision-record": record});
+            EnforcerConfig::from_value(&v, "").map(|c| c.proxy.decision_record)
+        };
+        let err = |record: Value| with(record).unwrap_err().to_string();
+        assert_eq!(with(json!(false)).unwrap().enabled, false);
+        assert_eq!(
+            with(json!({"subject": "omitted"})).unwrap().subject,
+            RecordSubject::Omitted
+        );
+        assert!(matches!(
+            with(json!({"subject": "hashed", "subject-key": "0123456789abcdef"}))
+                .unwrap()
+                .subject,
+            RecordSubject::Hashed(_)
+        ));
+        assert_eq!(
+            err(json!({"subject": "hashed"})),
+            "kcpep.decision-record.subject-key: is required with \"subject\": \"hashed\""
+        );
+        assert!(err(json!({"subject": "hashed", "subject-key": "short"}))
+            .starts_with("kcpep.decision-record.subject-key: at least 16 characters"));
+        assert!(
+            err(json!({"subject": "name"})).starts_with("kcpep.decision-record.subject: expected")
+        );
+        assert_eq!(
+            err(json!("yes")),
+            "kcpep.decision-record: expected true, false or an object, found a string"
+        );
+        let key = with(json!({"subject": "hashed", "subject-key": "0123456789abcdef"})).unwrap();
+        assert!(
+            !format!("{key:?}").contains("0123456789abcdef"),
+            "the key is never printed"
+        );
     }
 
     #[test]

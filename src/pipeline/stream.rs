@@ -6,6 +6,7 @@
 use super::flow::{answer_event, Flow, Parked, Stream};
 use super::host::{Go, Host, Source, Upstream, Verdict};
 use super::worker::Worker;
+use crate::config::{DecisionRecord, RecordSubject};
 use crate::enforce::arrival::Remembered;
 use crate::enforce::arrival::{header_name, Arrival, Properties, Request};
 use crate::enforce::enforcer::Enforcer;
@@ -21,6 +22,7 @@ use crate::store::decisions::Key;
 use crate::store::shared::SharedStore;
 use crate::store::DecisionStore;
 use crate::wire::http::{trace_context, Answer};
+use crate::wire::pseudonym;
 use std::rc::Rc;
 
 /// What applying a step did to the stream.
@@ -626,12 +628,27 @@ impl Worker {
     /// turned records off.
     fn tell(&self, host: &mut dyn Host, id: u32, verdict: &Verdict<'_>) {
         host.verdict(id, verdict);
-        let wanted = verdict
+        let settings = verdict
             .enforcer
-            .is_none_or(|e| self.filter.enforcers[e].config.proxy.decision_record);
-        if wanted {
-            host.decision_record(id, &verdict.record());
+            .map(|e| &self.filter.enforcers[e].config.proxy.decision_record);
+        let mut recorded = *verdict;
+        let pseudonym;
+        match settings {
+            Some(s) if !s.enabled => return,
+            Some(DecisionRecord {
+                subject: RecordSubject::Hashed(key),
+                ..
+            }) => {
+                pseudonym = verdict.subject.map(|sub| pseudonym::pseudonym(&key.0, sub));
+                recorded.subject = pseudonym.as_deref();
+            }
+            Some(DecisionRecord {
+                subject: RecordSubject::Omitted,
+                ..
+            }) => recorded.subject = None,
+            _ => {}
         }
+        host.decision_record(id, &recorded.record());
     }
 
     /// The verdict of a local reply: before an enforcer was chosen (`who` none), for a request
