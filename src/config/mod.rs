@@ -1400,7 +1400,7 @@ mod tests {
             EnforcerConfig::from_value(&v, "").map(|c| c.proxy.decision_record)
         };
         let err = |record: Value| with(record).unwrap_err().to_string();
-        assert_eq!(with(json!(false)).unwrap().enabled, false);
+        assert!(!with(json!(false)).unwrap().enabled);
         assert_eq!(
             with(json!({"subject": "omitted"})).unwrap().subject,
             RecordSubject::Omitted
