@@ -274,32 +274,33 @@ fn parse_decision_record(value: Option<&Value>, path: &str) -> Result<DecisionRe
                 .choice("subject", &[("sub", 0u8), ("hashed", 1), ("omitted", 2)])?
                 .unwrap_or(0);
             o.finish()?;
-            let subject =
-                match (subject, key) {
-                    (1, Some(k)) if k.len() >= MIN_SUBJECT_KEY => {
-                        RecordSubject::Hashed(SubjectKey(k.into_bytes()))
-                    }
-                    (1, Some(_)) => return Err(ConfigError::new(
+            let subject = match (subject, key) {
+                (1, Some(k)) if k.len() >= MIN_SUBJECT_KEY => {
+                    RecordSubject::Hashed(SubjectKey(k.into_bytes()))
+                }
+                (1, Some(_)) => {
+                    return Err(ConfigError::new(
                         &key_path,
                         format!(
                             "at least {MIN_SUBJECT_KEY} characters (a secret, e.g. ${{env.NAME}})"
                         ),
-                    )),
-                    (1, None) => {
-                        return Err(ConfigError::new(
-                            &key_path,
-                            "is required with \"subject\": \"hashed\"",
-                        ))
-                    }
-                    (_, Some(_)) => {
-                        return Err(ConfigError::new(
-                            &key_path,
-                            "only with \"subject\": \"hashed\"",
-                        ))
-                    }
-                    (0, None) => RecordSubject::Sub,
-                    (_, None) => RecordSubject::Omitted,
-                };
+                    ))
+                }
+                (1, None) => {
+                    return Err(ConfigError::new(
+                        &key_path,
+                        "is required with \"subject\": \"hashed\"",
+                    ))
+                }
+                (_, Some(_)) => {
+                    return Err(ConfigError::new(
+                        &key_path,
+                        "only with \"subject\": \"hashed\"",
+                    ))
+                }
+                (0, None) => RecordSubject::Sub,
+                (_, None) => RecordSubject::Omitted,
+            };
             Ok(on(subject))
         }
         Some(other) => Err(ConfigError::new(
