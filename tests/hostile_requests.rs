@@ -46,18 +46,15 @@ fn fault_calls(kind: &str) -> i64 {
 /// The "faulty" enforcer: the unanimous one, reaching Keycloak through scripts/keycloak_faults.py,
 /// with no decision cache (each request asks) and a 1 s callout timeout.
 fn faulty(token: &str) -> Response {
-    send_to(
-        &envoy(),
-        "GET",
-        "faulty.bank.local",
-        "/account/1",
-        Some(token),
-        &[],
-        b"",
-    )
+    account_on("faulty.bank.local", token)
 }
 
-/// What scripts/keycloak_faults.py can answer instead of Keycloak, but slowly.
+/// `GET /account/1` on a virtual host, with a bearer token.
+fn account_on(host: &str, token: &str) -> Response {
+    send_to(&envoy(), "GET", host, "/account/1", Some(token), &[], b"")
+}
+
+/// The bad answers scripts/keycloak_faults.py can give instead of Keycloak's (all but "slow").
 const BAD_ANSWERS: [&str; 8] = [
     "garbage",
     "truncated",
@@ -124,15 +121,7 @@ fn a_keycloak_that_answers_badly_or_slowly_never_opens_the_gate() {
 /// The "faulty-authzen" enforcer: the faulty one asking Keycloak's AuthZEN evaluations
 /// (`decision-protocol: authzen`), through the same misbehaving Keycloak.
 fn faulty_authzen(token: &str) -> Response {
-    send_to(
-        &envoy(),
-        "GET",
-        "faulty-authzen.bank.local",
-        "/account/1",
-        Some(token),
-        &[],
-        b"",
-    )
+    account_on("faulty-authzen.bank.local", token)
 }
 
 #[test]

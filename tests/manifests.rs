@@ -540,17 +540,11 @@ fn the_plain_envoy_example_fits_together() {
         PluginConfig::from_json_env(config.as_bytes(), &secret).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(cfg.enforcers.len(), 2);
     // route-name rules name routes of the route configuration
-    let routes: Vec<&str> = hcm["route_config"]["virtual_hosts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|vh| vh["routes"].as_array().unwrap())
-        .filter_map(|r| r["name"].as_str())
-        .collect();
+    let routes = common::mesh::route_names(&hcm["route_config"]);
     assert!(cfg.routes.rules.iter().any(|r| r.route_name.is_some()));
     for rule in &cfg.routes.rules {
         if let Some(name) = &rule.route_name {
-            assert!(routes.contains(&name.as_str()), "no route named {name}");
+            assert!(routes.contains(name), "no route named {name}");
         }
     }
     // each enforcer's cluster exists and reaches Keycloak over verified TLS

@@ -59,6 +59,28 @@ fn grants(perms: &Value, rsname: &str) -> bool {
         .is_some_and(|a| a.iter().any(|p| p["rsname"] == rsname))
 }
 
+/// Seed 002's table on `/account/1` through `get` (a UNANIMOUS enforcer): owner and both let on
+/// with View Account Resource granted, teller and plain 403, no token 401 (returned).
+fn seed_002_on(users: &[(&str, String)], get: impl Fn(Option<&str>) -> Response) -> Response {
+    for (user, tok) in users {
+        let r = get(Some(tok));
+        let want = if expected_allowed("UNANIMOUS", user) {
+            200
+        } else {
+            403
+        };
+        assert_eq!(r.status, want, "UNANIMOUS {user}: {}", brief(&r));
+        if want == 200 {
+            assert_eq!(echoed(&r)["path"], "/account/1");
+            let p = permissions(&r);
+            assert!(grants(&p, "View Account Resource"), "{user}: {p}");
+        }
+    }
+    let r = get(None);
+    assert_eq!(r.status, 401, "no token: {}", brief(&r));
+    r
+}
+
 fn tokens() -> Vec<(&'static str, String)> {
     USERS.iter().map(|u| (*u, user_token(u))).collect()
 }
@@ -172,22 +194,7 @@ fn seed_002_and_the_manifests_routes_through_the_istio_made_gateway() {
     let users = tokens();
 
     // accounts.by-id -> the "accounts" enforcer, bank-api (UNANIMOUS): seed 002's table
-    for (user, tok) in &users {
-        let r = mesh.get("/account/1", Some(tok), &[]);
-        let want = if expected_allowed("UNANIMOUS", user) {
-            200
-        } else {
-            403
-        };
-        assert_eq!(r.status, want, "UNANIMOUS {user}: {}", brief(&r));
-        if want == 200 {
-            assert_eq!(echoed(&r)["path"], "/account/1");
-            let p = permissions(&r);
-            assert!(grants(&p, "View Account Resource"), "{user}: {p}");
-        }
-    }
-    let r = mesh.get("/account/1", None, &[]);
-    assert_eq!(r.status, 401, "{}", brief(&r));
+    let r = seed_002_on(&users, |tok| mesh.get("/account/1", tok, &[]));
     assert_eq!(r.header("www-authenticate"), Some("Bearer realm=\"bank\""));
     // through the cluster Istio made of the ServiceEntry: owner's and both's requests only
     assert_eq!(mesh.upstream_requests(), Some(2));
@@ -644,16 +651,7 @@ fn a_traffic_extension_in_place_of_the_wasmplugin_gives_the_same_filter_and_verd
         wasm, from_wasm_plugin.1,
         "the TrafficExtension gives Envoy the WasmPlugin's filter"
     );
-    for (user, tok) in tokens() {
-        let r = mesh.get("/account/1", Some(&tok), &[]);
-        let want = if expected_allowed("UNANIMOUS", user) {
-            200
-        } else {
-            403
-        };
-        assert_eq!(r.status, want, "UNANIMOUS {user}: {}", brief(&r));
-    }
-    assert_eq!(mesh.get("/account/1", None, &[]).status, 401);
+    seed_002_on(&tokens(), |tok| mesh.get("/account/1", tok, &[]));
 }
 
 /// A server-side sidecar: the shipped WasmPlugin with `selector: app=bank-api` on a `bank-api`
@@ -678,30 +676,15 @@ fn an_inbound_sidecar_enforces_the_default_enforcer() {
         !filters.contains(&ECDS_NAME),
         "the gateway's WasmPlugin selects no sidecar: {filters:?}"
     );
-    let routes: Vec<&str> = hcm["route_config"]["virtual_hosts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|vh| vh["routes"].as_array().unwrap())
-        .filter_map(|r| r["name"].as_str())
-        .collect();
-    assert_eq!(routes, ["default"], "Istio's inbound route names");
+    assert_eq!(
+        route_names(&hcm["route_config"]),
+        ["default"],
+        "Istio's inbound route names"
+    );
 
     // the default enforcer (accounts, bank-api, UNANIMOUS): seed 002's table on the workload
     let users = tokens();
-    for (user, tok) in &users {
-        let r = mesh.get_inbound("/account/1", Some(tok));
-        let want = if expected_allowed("UNANIMOUS", user) {
-            200
-        } else {
-            403
-        };
-        assert_eq!(r.status, want, "UNANIMOUS {user}: {}", brief(&r));
-        if want == 200 {
-            assert!(grants(&permissions(&r), "View Account Resource"), "{user}");
-        }
-    }
-    assert_eq!(mesh.get_inbound("/account/1", None).status, 401);
+    seed_002_on(&users, |tok| mesh.get_inbound("/account/1", tok));
     assert_eq!(
         echoed(&mesh.get_inbound("/public/rates", None))["path"],
         "/public/rates"

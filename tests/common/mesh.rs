@@ -698,7 +698,12 @@ pub fn generated_route_names(dump: &Value) -> Vec<String> {
         .map(|r| &r["route_config"])
         .find(|c| c["name"] == format!("http.{GATEWAY_PORT}"))
         .unwrap_or_else(|| panic!("no route configuration http.{GATEWAY_PORT} from istiod"));
-    config["virtual_hosts"]
+    route_names(config)
+}
+
+/// The names of a route configuration's routes, over its virtual hosts, in order.
+pub fn route_names(route_config: &Value) -> Vec<String> {
+    route_config["virtual_hosts"]
         .as_array()
         .into_iter()
         .flatten()
