@@ -160,7 +160,7 @@ pub fn authorize(j: &mut Judge, a: &Authorize, claims: Claims) -> Step {
         }
     }
     let request = match &asked {
-        Asked::Authzen { scopes, semantic } => {
+        Asked::Authzen => {
             // The subject is the verified token's own `sub`, never anything the client sent
             // beside it.
             let Some(pat) = j.known.pat.as_deref() else {
@@ -169,7 +169,8 @@ pub fn authorize(j: &mut Judge, a: &Authorize, claims: Claims) -> Step {
             };
             let question = EvaluationsRequest {
                 user_id: token.subject().unwrap_or_default(),
-                evaluations: scopes
+                evaluations: method
+                    .scopes
                     .iter()
                     .map(|scope| Evaluation {
                         resource_type: entry.resource.kind.clone().unwrap_or_default(),
@@ -177,7 +178,7 @@ pub fn authorize(j: &mut Judge, a: &Authorize, claims: Claims) -> Step {
                         action: scope.clone(),
                     })
                     .collect(),
-                semantic: *semantic,
+                semantic: semantic(method),
                 context: Some(&claims),
             };
             authzen::evaluations_request(cfg, pat, &question)
@@ -239,15 +240,17 @@ fn authzen_question(
             values.len()
         ));
     }
-    let semantic = match method.scopes_enforcement_mode {
+    Ok(Asked::Authzen)
+}
+
+/// How Keycloak goes through the method's scopes: stopping at the first deny for ALL, at the
+/// first permit for ANY.
+fn semantic(method: &MethodConfig) -> Semantic {
+    match method.scopes_enforcement_mode {
         ScopesMode::All => Semantic::DenyOnFirstDeny,
         ScopesMode::Any => Semantic::PermitOnFirstPermit,
         ScopesMode::Disabled => Semantic::ExecuteAll,
-    };
-    Ok(Asked::Authzen {
-        scopes: method.scopes.clone(),
-        semantic,
-    })
+    }
 }
 
 /// AuthZEN's decisions as the UMA grant's outcome: the permitted scopes of this path's resource
@@ -292,19 +295,20 @@ pub fn granted(
         (Answer::Http { status, body }, Asked::UmaGrant) => {
             uma::parse_uma_response(status, body, ResponseMode::Permissions)
         }
-        (Answer::Http { status, body }, Asked::Authzen { scopes, semantic }) => {
+        (Answer::Http { status, body }, Asked::Authzen) => {
             if status == 401 {
                 // our own token refused: the next fetch round gets a new PAT (this request is
                 // answered as Keycloak unavailable, below)
                 j.known.pat_refused = true;
             }
-            let parsed = authzen::parse_evaluations(status, body, scopes.len(), *semantic);
+            let scopes = &method.scopes;
+            let parsed = authzen::parse_evaluations(status, body, scopes.len(), semantic(&method));
             from_authzen(&entry, scopes, parsed)
         }
         (Answer::NoAnswer, Asked::UmaGrant) => {
             UmaOutcome::Unavailable("no answer from the token endpoint".into())
         }
-        (Answer::NoAnswer, Asked::Authzen { .. }) => {
+        (Answer::NoAnswer, Asked::Authzen) => {
             UmaOutcome::Unavailable("no answer from the AuthZEN endpoint".into())
         }
     };

@@ -168,16 +168,13 @@ pub enum Pending {
     Ticket,
 }
 
-/// The question a [`Pending::Grant`] put to Keycloak.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Which endpoint a [`Pending::Grant`] asked about its path's resource and its method's scopes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Asked {
-    /// The UMA grant, for the path's resource and the method's scopes.
+    /// The UMA grant.
     UmaGrant,
-    /// AuthZEN evaluations, one per scope in this order.
-    Authzen {
-        scopes: Vec<String>,
-        semantic: crate::keycloak::authzen::Semantic,
-    },
+    /// AuthZEN evaluations, one per scope of the method, in its order.
+    Authzen,
 }
 
 /// Which server lookup a [`Pending::LazyLoad`] is.
