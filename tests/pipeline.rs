@@ -613,3 +613,67 @@ fn a_record_can_name_its_subject_by_a_keyed_hash_or_not_at_all() {
     assert_eq!(subject_with(json!({"subject": "omitted"})), Value::Null);
     assert_eq!(subject_with(json!({"subject": "sub"})), json!("u1"));
 }
+
+#[test]
+fn a_grpc_request_is_answered_in_grpc_status_codes_and_never_redirected() {
+    let mut cfg = config();
+    cfg["enforcers"]["bank"]["policy-enforcer"]["on-deny-redirect-to"] = json!("/denied");
+    let shared = Shared::at(NOW_MS);
+    let mut a = Node::new(&shared, &cfg, 1);
+    let grpc = [("content-type", "application/grpc")];
+    let t = token(json!({}));
+    let reply = |n: &Node, id: u32| n.host.stream(id).reply.expect("a local reply");
+    let location = |r: &keycloak_pep::enforce::step::Reply| {
+        let l = r.headers.iter().find(|(k, _)| k == "location");
+        l.map(|(_, v)| v.clone())
+    };
+    // no token: an HTTP client is sent to on-deny-redirect-to; a gRPC client is told
+    // UNAUTHENTICATED, with the Bearer challenge as metadata and no body content type
+    a.get(1, "/account/1", None, &[]);
+    let http = reply(&a, 1);
+    assert_eq!(
+        (http.status, location(&http)),
+        (302, Some("/denied".into()))
+    );
+    a.get(2, "/account/1", None, &grpc);
+    let r = reply(&a, 2);
+    assert_eq!((r.status, r.grpc_status), (401, Some(16)));
+    assert!(r.headers.iter().any(|(k, _)| k == "www-authenticate"));
+    assert!(r.wire_headers().iter().all(|(k, _)| *k != "content-type"));
+    assert_eq!(r.body, "no token");
+    assert_eq!(a.record(2)["grpc_status"], 16);
+    // a path no entry matches: HTTP redirected, gRPC PERMISSION_DENIED saying why
+    a.get(3, "/nowhere", Some(&t), &[]);
+    a.calls();
+    assert_eq!(location(&reply(&a, 3)), Some("/denied".into()));
+    a.get(4, "/nowhere", Some(&t), &grpc);
+    a.calls();
+    let r = reply(&a, 4);
+    assert_eq!(
+        (r.status, r.grpc_status, location(&r)),
+        (403, Some(7), None)
+    );
+    assert!(r.body.contains("on-deny-redirect-to"), "{}", r.body);
+    // Keycloak refuses: PERMISSION_DENIED with the reason as its message
+    a.get(5, "/account/1", Some(&t), &grpc);
+    let calls = a.calls();
+    a.respond(
+        grant_call(&calls).token,
+        403,
+        br#"{"error":"access_denied","error_description":"not_authorized"}"#,
+    );
+    let r = reply(&a, 5);
+    assert_eq!((r.status, r.grpc_status), (403, Some(7)));
+    assert_eq!(r.body, r.reason);
+    // Keycloak unreachable: UNAVAILABLE
+    let t2 = token(json!({"sub": "u2"}));
+    a.get(6, "/account/1", Some(&t2), &grpc);
+    let calls = a.calls();
+    a.worker
+        .on_call_answer(&mut a.host, grant_call(&calls).token, Answer::NoAnswer);
+    assert_eq!(reply(&a, 6).grpc_status, Some(14));
+    // a gRPC-Web request Envoy's grpc_web filter did not translate is answered as HTTP
+    let web = [("content-type", "application/grpc-web+proto")];
+    a.get(7, "/account/1", None, &web);
+    assert_eq!(reply(&a, 7).grpc_status, None);
+}

@@ -453,6 +453,7 @@ fn logout_reply(result: Result<(), LogoutError>) -> Reply {
             reason: "back-channel logout".into(),
             cache: CacheUse::None,
             matched: None,
+            grpc_status: None,
         },
         Err(e) => Reply {
             status: 400,
@@ -466,6 +467,7 @@ fn logout_reply(result: Result<(), LogoutError>) -> Reply {
             reason: format!("back-channel logout refused: {}", e.describe()),
             cache: CacheUse::None,
             matched: None,
+            grpc_status: None,
         },
     }
 }

@@ -99,7 +99,8 @@ fn decide_inner(j: &mut Judge) -> Step {
                 let m = method_config(cfg, entry, req.method);
                 return challenge(cfg, j.known, entry, &m, None);
             }
-            if let Some(to) = &cfg.on_deny_redirect_to {
+            // a gRPC client cannot follow the redirect: it is told to authenticate
+            if let (Some(to), false) = (&cfg.on_deny_redirect_to, req.grpc) {
                 return redirect(to, "no token");
             }
             if cfg.proxy.no_token_status == 403 {

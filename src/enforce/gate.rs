@@ -77,6 +77,7 @@ fn reply(status: u16, body: &str, reason: &str) -> Reply {
         reason: reason.to_string(),
         cache: CacheUse::None,
         matched: None,
+        grpc_status: None,
     }
 }
 

@@ -19,6 +19,7 @@ pub mod enforcer;
 pub mod events;
 mod flow;
 pub mod gate;
+pub mod grpc;
 mod judge;
 mod locate;
 pub mod refresh;

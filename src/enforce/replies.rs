@@ -67,6 +67,7 @@ pub(crate) fn challenge_with_ticket(
             reason: "UMA challenge".into(),
             cache: CacheUse::None,
             matched: None,
+            grpc_status: None,
         }),
         Err(uma::Failure::Unavailable(why)) => keycloak_unavailable(cfg, &why),
         Err(e) => forbidden(&format!("no permission ticket: {e}")),
@@ -92,6 +93,7 @@ pub(crate) fn reply(status: u16, body: &str, why: &str) -> Step {
         reason: why.to_string(),
         cache: CacheUse::None,
         matched: None,
+        grpc_status: None,
     })
 }
 
@@ -109,6 +111,7 @@ pub(crate) fn unauthorized(cfg: &EnforcerConfig, error: Option<&str>) -> Step {
         reason: error.unwrap_or("no token").to_string(),
         cache: CacheUse::None,
         matched: None,
+        grpc_status: None,
     })
 }
 
@@ -125,6 +128,7 @@ pub(crate) fn binding_refused(cfg: &EnforcerConfig, r: &crate::enforce::binding:
         reason: r.reason.to_string(),
         cache: CacheUse::None,
         matched: None,
+        grpc_status: None,
     })
 }
 
@@ -151,6 +155,7 @@ pub(crate) fn redirect(to: &str, why: &str) -> Step {
         reason: why.to_string(),
         cache: CacheUse::None,
         matched: None,
+        grpc_status: None,
     })
 }
 

@@ -38,6 +38,8 @@ pub struct RequestFacts<'a> {
     pub credential: &'a Credential,
     /// Headers, peer, TLS and body, for the claim information point (empty without claims).
     pub view: RequestView<'a>,
+    /// A gRPC client, which cannot follow `on-deny-redirect-to` ([`crate::enforce::grpc`]).
+    pub grpc: bool,
 }
 
 /// Let the request through.
@@ -79,6 +81,9 @@ pub struct Reply {
     pub cache: CacheUse,
     /// The configured path the request matched, for the denial line and the decision record.
     pub matched: Option<Matched>,
+    /// Set for a gRPC request ([`crate::enforce::grpc::for_grpc`]): the proxy answers in gRPC's
+    /// form (HTTP 200, `grpc-status`, the body as `grpc-message`).
+    pub grpc_status: Option<u8>,
 }
 
 /// The configured path a request matched: what a denial line and a decision record name.
@@ -104,7 +109,8 @@ impl Reply {
         let typed = headers
             .iter()
             .any(|(k, _)| k.eq_ignore_ascii_case("content-type"));
-        if !self.body.is_empty() && !typed {
+        // a gRPC answer's body is its message, and the proxy writes gRPC's content type
+        if !self.body.is_empty() && !typed && self.grpc_status.is_none() {
             headers.push(("content-type", "text/plain"));
         }
         headers
@@ -214,6 +220,7 @@ mod tests {
             reason: String::new(),
             cache: CacheUse::None,
             matched: None,
+            grpc_status: None,
         }
     }
 

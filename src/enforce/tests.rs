@@ -70,6 +70,7 @@ fn run(
         path,
         credential: &cred,
         view: Default::default(),
+        grpc: false,
     };
     decide(cfg, known, &req, &mut NoStore, NOW_MS)
 }
@@ -129,6 +130,7 @@ fn answer(
         path,
         credential: &valid(t),
         view: Default::default(),
+        grpc: false,
     };
     resume(
         cfg,
@@ -260,6 +262,7 @@ fn a_subject_keycloak_refuses_gets_401_and_is_not_cached() {
         path: "/account/1",
         credential: &valid(&t),
         view: Default::default(),
+        grpc: false,
     };
     for _ in 0..2 {
         let Step::Call(call) = decide(&c, &mut known, &req, &mut store, NOW_MS) else {
@@ -406,6 +409,7 @@ fn keycloak_answers() {
         path: "/account/1",
         credential: &valid(&t),
         view: Default::default(),
+        grpc: false,
     };
     assert_eq!(
         status(&resume(
@@ -680,6 +684,7 @@ fn user_managed_access_challenges_with_a_ticket() {
         path: "/a",
         credential: &Credential::Anonymous,
         view: Default::default(),
+        grpc: false,
     };
     let s = resume(
         &c,
@@ -848,6 +853,7 @@ fn lazily_loaded_paths_are_shared_with_the_other_workers() {
         path: "/reports/9",
         credential: &valid(&t),
         view: Default::default(),
+        grpc: false,
     };
     let body = r#"[{"_id":"rep","name":"Lazy Report","uris":["/reports/{id}"],"resource_scopes":[{"name":"report:view"}]}]"#;
     let answer = Answer::Http {
@@ -895,6 +901,7 @@ fn step(
         path,
         credential: &valid(t),
         view: Default::default(),
+        grpc: false,
     };
     decide(c, known, &req, store, now)
 }
@@ -918,6 +925,7 @@ fn reply(
         path: "/account/1",
         credential: &valid(t),
         view: Default::default(),
+        grpc: false,
     };
     resume(
         c,

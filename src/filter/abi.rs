@@ -113,8 +113,14 @@ pub fn set_property(path: &[&str], value: &[u8]) -> bool {
     }
 }
 
-/// Answers the request locally.
-pub fn send_response(status: u16, headers: &[(&str, &str)], body: &[u8]) -> bool {
+/// Answers the request locally; with a gRPC status, in gRPC's form (Envoy: HTTP 200 with
+/// `grpc-status`, and `body` as `grpc-message`).
+pub fn send_response(
+    status: u16,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    grpc_status: Option<u8>,
+) -> bool {
     let map = crate::wire::pairs::encode(headers.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())));
     // SAFETY: as above.
     unsafe {
@@ -126,7 +132,7 @@ pub fn send_response(status: u16, headers: &[(&str, &str)], body: &[u8]) -> bool
             body.len(),
             map.as_ptr(),
             map.len(),
-            -1,
+            grpc_status.map_or(-1, i32::from),
         ) == OK
     }
 }

@@ -49,7 +49,8 @@ impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let Some(plugin) = &self.plugin else {
             let r = gate::not_configured();
-            abi::send_response(r.status, &r.wire_headers(), r.body.as_bytes());
+            // no configuration to read a request by: Envoy maps 503 for a gRPC client itself
+            abi::send_response(r.status, &r.wire_headers(), r.body.as_bytes(), None);
             return Action::Pause;
         };
         // One host call for the whole map, read in place (`wire::pairs`): each value fetched on

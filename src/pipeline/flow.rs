@@ -46,6 +46,8 @@ pub struct Flow {
     pub memo_key: Option<u128>,
     /// The request's trace context, copied onto its callouts.
     pub trace: Vec<(String, String)>,
+    /// A gRPC request: its local replies are answered in gRPC's form.
+    pub grpc: bool,
 }
 
 impl Flow {
@@ -65,6 +67,7 @@ impl Flow {
                 tls: self.tls,
                 body: self.body.as_deref(),
             },
+            grpc: self.grpc,
         }
     }
 }

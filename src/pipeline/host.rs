@@ -47,6 +47,8 @@ pub struct Verdict<'a> {
     pub would_deny: Option<(u16, &'a str)>,
     /// The verified token's `sub`: who, without the token.
     pub subject: Option<&'a str>,
+    /// A gRPC request's answer: its gRPC status (`status` keeps the HTTP one it stands for).
+    pub grpc_status: Option<u8>,
 }
 
 /// Where a verdict came from.
@@ -101,6 +103,7 @@ impl Verdict<'_> {
             resource: self.matched.and_then(|m| m.resource.as_deref()),
             scopes: self.matched.map(|m| m.scopes.as_slice()),
             keycloak_ms: self.keycloak_ms,
+            grpc_status: self.grpc_status,
             dry_run: self
                 .would_deny
                 .map(|(status, reason)| DryRun { status, reason }),
@@ -139,6 +142,8 @@ struct Record<'a> {
     scopes: Option<&'a [String]>,
     #[serde(skip_serializing_if = "Option::is_none")]
     keycloak_ms: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    grpc_status: Option<u8>,
     #[serde(skip_serializing_if = "Option::is_none")]
     dry_run: Option<DryRun<'a>>,
 }

@@ -11,6 +11,7 @@ use crate::enforce::arrival::Remembered;
 use crate::enforce::arrival::{header_name, Arrival, Properties, Request};
 use crate::enforce::enforcer::Enforcer;
 use crate::enforce::events::{Endpoint, Event};
+use crate::enforce::grpc;
 use crate::enforce::replies::{body_too_large, cannot_continue};
 use crate::enforce::step::Credential;
 use crate::enforce::step::{CacheUse, Pending, Reply, Step};
@@ -63,8 +64,12 @@ impl Worker {
         };
         let now = host.now_ms();
         let verify = self.verify.as_ref().map(|f| f as HostVerifier);
+        let grpc = headers
+            .iter()
+            .any(|(k, v)| *k == b"content-type" && grpc::is_grpc(v));
         match self.filter.arrive(&req, props, &mut *host, verify, now) {
             Arrival::Reply { reply, route_name } => {
+                let reply = if grpc { grpc::for_grpc(reply) } else { reply };
                 host.record(Event::Denied {
                     status: reply.status,
                     cache: reply.cache,
@@ -117,6 +122,7 @@ impl Worker {
                     permissions: Some(&remembered.permissions),
                     would_deny: None,
                     subject: remembered.subject.as_deref(),
+                    grpc_status: None,
                 };
                 self.let_on(host, id, &verdict);
                 Go::Continue
@@ -154,6 +160,7 @@ impl Worker {
                     body: None,
                     memo_key,
                     trace: trace_context(headers.iter().map(|(k, v)| (*k, *v))),
+                    grpc,
                 };
                 self.first_step(host, id, Stream::new(Some(flow)), end_of_stream)
             }
@@ -531,6 +538,7 @@ impl Worker {
                     permissions: a.permissions.as_deref(),
                     would_deny: a.would_deny.as_ref().map(|r| (r.status, r.reason.as_str())),
                     subject: subject(&flow.cred),
+                    grpc_status: None,
                 };
                 self.let_on(host, id, &verdict);
                 if in_callback {
@@ -539,6 +547,7 @@ impl Worker {
                 Applied::Continue
             }
             Step::Reply(r) => {
+                let r = if flow.grpc { grpc::for_grpc(r) } else { r };
                 host.record(Event::Denied {
                     status: r.status,
                     cache: r.cache,
@@ -673,6 +682,7 @@ impl Worker {
             permissions: None,
             would_deny: None,
             subject: flow.and_then(|f| subject(&f.cred)),
+            grpc_status: r.grpc_status,
         }
     }
 }

@@ -283,6 +283,7 @@ fn a_claim_resolved_to_several_values_gets_no_authzen_question() {
             path: "/account/1",
             credential: &valid(&t),
             view: Default::default(),
+            grpc: false,
         };
         let mut j = crate::enforce::judge::Judge {
             cfg: &c,

@@ -57,6 +57,7 @@ fn go(
             tls: false,
             body,
         },
+        grpc: false,
     };
     match answer {
         None => decide(c, known, &req, store, NOW_MS),
@@ -332,6 +333,7 @@ fn dry_run_lets_denials_through_and_says_what_they_were() {
         path: "/account/1",
         credential: &Credential::Anonymous,
         view: Default::default(),
+        grpc: false,
     };
     let s = decide(&c, &mut known, &anon, &mut NoStore, NOW_MS);
     assert!(matches!(&s, Step::Allow(a) if a.would_deny.as_ref().is_some_and(|r| r.status == 401)));
