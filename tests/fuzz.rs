@@ -149,7 +149,12 @@ fn headers() -> impl Strategy<Value = Vec<(String, Vec<u8>)>> {
         Just("x-forwarded-proto".to_string()),
         "[a-z_-]{1,12}",
     ];
-    prop::collection::vec((name, prop::collection::vec(any::<u8>(), 0..40)), 0..6)
+    let value = prop_oneof![
+        prop::collection::vec(any::<u8>(), 0..40),
+        Just(b"application/grpc".to_vec()),
+        Just(b"application/x-www-form-urlencoded".to_vec()),
+    ];
+    prop::collection::vec((name, value), 0..6)
 }
 
 proptest! {
@@ -309,6 +314,7 @@ proptest! {
                 path: &path,
                 credential: &credential,
                 view: RequestView { headers: &hdrs, peer: peer.as_deref(), tls: false, body: body.as_deref() },
+                grpc: hdrs.iter().any(|(k, v)| k == "content-type" && keycloak_pep::enforce::grpc::is_grpc(v)),
             };
             let _ = keycloak_pep::enforce::decide(&cfg, &mut known, &req, &mut NoStore, NOW * 1000);
             let _ = keycloak_pep::enforce::explain(&cfg, &known.paths, &method, &path);
