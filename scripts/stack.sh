@@ -5,6 +5,7 @@
 #   echo upstream    http://127.0.0.1:8081   (scripts/echo_upstream.py)
 #   claim service    http://127.0.0.1:8082   (scripts/claim_service.py, for the http claim provider)
 #   faulty Keycloak  http://127.0.0.1:8083   (scripts/keycloak_faults.py: Keycloak, with faults tests set)
+#   gRPC upstream    127.0.0.1:8084          (scripts/grpc_upstream.py, grpcio from the venv; health :8085)
 #   Envoy 1.40.0     http://127.0.0.1:10000  (envoy/envoy.yaml, the keycloak-pep wasm filter), admin :9901
 #                    (and :10001, the tests-only listener with Envoy's path and header protections off;
 #                    https://127.0.0.1:10443, the same behind mutual TLS)
@@ -29,7 +30,7 @@
 #              KCPEP_KEYCLOAK_VERSION (26.7.3; 26.0.8 is kept working),
 #              KCPEP_KEYCLOAK_RELATIVE_PATH (/auth: Keycloak under the legacy context path of seed 001,
 #                --http-relative-path; Envoy then gets envoy.yaml with auth-server-url .../auth).
-# Logs and pid files: .run/{keycloak,echo,claims,faults,envoy}.{log,pid}.
+# Logs and pid files: .run/{keycloak,echo,claims,faults,grpc,envoy}.{log,pid}.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -39,6 +40,7 @@ SELF="$ROOT/scripts/stack.sh"
 # The newest keycloak-quarkus-dist Maven Central serves; 26.0.x stays selectable.
 KC_VERSION=${KCPEP_KEYCLOAK_VERSION:-26.7.3}
 ENVOY_VERSION=1.40.0
+GRPCIO_VERSION=1.85.1
 CACHE="$ROOT/.cache"
 KC_PARENT="$CACHE/keycloak"
 KC_DIR="$KC_PARENT/keycloak-$KC_VERSION"
@@ -56,6 +58,7 @@ KC_MGMT_PORT=9181        # Keycloak's management interface, moved off the defaul
 ECHO_PORT=8081
 CLAIMS_PORT=8082
 FAULTS_PORT=8083
+GRPC_PORT=8084           # and its health endpoint on GRPC_PORT + 1
 ENVOY_PORT=10000
 ENVOY_RAW_PORT=10001     # envoy.yaml's raw-test-only listener
 ENVOY_ADMIN_PORT=9901
@@ -71,6 +74,7 @@ KC_BASE_URL="$KC_URL$KC_RELATIVE_PATH"   # what auth-server-url names
 ECHO_URL="http://127.0.0.1:$ECHO_PORT"
 CLAIMS_URL="http://127.0.0.1:$CLAIMS_PORT"
 FAULTS_URL="http://127.0.0.1:$FAULTS_PORT"
+GRPC_TARGET="127.0.0.1:$GRPC_PORT"
 ENVOY_URL="http://127.0.0.1:$ENVOY_PORT"
 ENVOY_RAW_URL="http://127.0.0.1:$ENVOY_RAW_PORT"   # tests only: Envoy's protections off
 ENVOY_ADMIN_URL="http://127.0.0.1:$ENVOY_ADMIN_PORT"
@@ -81,6 +85,7 @@ KC_READY_URL="$KC_BASE_URL/realms/bank/.well-known/openid-configuration"
 ECHO_READY_URL="$ECHO_URL/healthz"
 CLAIMS_READY_URL="$CLAIMS_URL/healthz"
 FAULTS_READY_URL="$FAULTS_URL/faults"
+GRPC_READY_URL="http://127.0.0.1:$((GRPC_PORT + 1))/healthz"
 ENVOY_READY_URL="$ENVOY_ADMIN_URL/ready"
 
 KC_READY_TIMEOUT=${KC_READY_TIMEOUT:-180}
@@ -229,6 +234,11 @@ install_envoy() {
     say "installing pyyaml with pip"
     "$VENV/bin/pip" install -q pyyaml || die "pip install pyyaml failed"
   fi
+  # The gRPC upstream and client of the stack (scripts/grpc_upstream.py, scripts/grpc_client.py).
+  if ! "$VENV/bin/python" -c 'import grpc' 2>/dev/null; then
+    say "installing grpcio==$GRPCIO_VERSION with pip"
+    "$VENV/bin/pip" install -q "grpcio==$GRPCIO_VERSION" || die "pip install grpcio==$GRPCIO_VERSION failed"
+  fi
   local v
   v=$("$ENVOY_BIN" --version 2>/dev/null | grep -o '[0-9]*\.[0-9]*\.[0-9]*/Clean/[A-Z]*' | head -1 || true)
   case "$v" in
@@ -257,6 +267,7 @@ marker() {
     echo) echo "echo_upstream.py" ;;
     claims) echo "claim_service.py" ;;
     faults) echo "keycloak_faults.py" ;;
+    grpc) echo "grpc_upstream.py" ;;
     envoy) echo "envoy" ;;
   esac
 }
@@ -267,6 +278,7 @@ ready_url() {
     echo) echo "$ECHO_READY_URL" ;;
     claims) echo "$CLAIMS_READY_URL" ;;
     faults) echo "$FAULTS_READY_URL" ;;
+    grpc) echo "$GRPC_READY_URL" ;;
     envoy) echo "$ENVOY_READY_URL" ;;
   esac
 }
@@ -277,6 +289,7 @@ component_port() {
     echo) echo "$ECHO_PORT" ;;
     claims) echo "$CLAIMS_PORT" ;;
     faults) echo "$FAULTS_PORT" ;;
+    grpc) echo "$GRPC_PORT" ;;
     envoy) echo "$ENVOY_PORT" ;;
   esac
 }
@@ -453,6 +466,16 @@ start_faults() {
   KCPEP_KEYCLOAK_UPSTREAM="$KC_URL" start_bg faults fresh python3 -u "$ROOT/scripts/keycloak_faults.py" "$FAULTS_PORT"
 }
 
+start_grpc() {
+  if is_running grpc; then
+    say "grpc already running (pid $(read_pid grpc))"
+    return 0
+  fi
+  rm -f "$(pidfile grpc)"
+  check_port_free grpc
+  start_bg grpc fresh "$VENV/bin/python" -u "$ROOT/scripts/grpc_upstream.py" "$GRPC_PORT"
+}
+
 start_envoy() {
   if is_running envoy; then
     say "envoy already running (pid $(read_pid envoy))"
@@ -481,7 +504,7 @@ start_envoy() {
 
 all_up() {
   local c
-  for c in keycloak echo claims faults envoy; do is_running "$c" && is_ready "$c" || return 1; done
+  for c in keycloak echo claims faults grpc envoy; do is_running "$c" && is_ready "$c" || return 1; done
 }
 
 # ---------------------------------------------------------------- locking
@@ -509,10 +532,11 @@ stack: up
   echo      $ECHO_URL
   claims    $CLAIMS_URL
   faults    $FAULTS_URL  (Keycloak with faults the tests set)
+  gRPC      $GRPC_TARGET  (upstream of Envoy's grpc.bank.local; client: $VENV/bin/python scripts/grpc_client.py)
   Envoy     $ENVOY_URL  (Host: unanimous.bank.local | affirmative.bank.local), admin $ENVOY_ADMIN_URL
             $ENVOY_TLS_URL  (mutual TLS: client certificates of the test CA in $PKI)
   Keycloak  $KC_TLS_BASE_URL  (HTTPS; a client certificate is requested: certificate-bound tokens)
-  logs      $RUN/{keycloak,echo,claims,faults,envoy}.log
+  logs      $RUN/{keycloak,echo,claims,faults,grpc,envoy}.log
   token:    curl -s -d grant_type=password -d client_id=demo-cli -d username=owner -d password=password $KC_BASE_URL/realms/bank/protocol/openid-connect/token
   stop:     scripts/stack.sh down   (or: make down)
 EOF
@@ -566,9 +590,11 @@ cmd_up() {
   start_echo
   start_claims
   start_faults
+  start_grpc
   wait_ready echo "$ECHO_READY_TIMEOUT" || die "echo upstream did not become ready"
   wait_ready claims "$ECHO_READY_TIMEOUT" || die "claim service did not become ready"
   wait_ready faults "$ECHO_READY_TIMEOUT" || die "the faulty Keycloak proxy did not become ready"
+  wait_ready grpc "$ECHO_READY_TIMEOUT" || die "the gRPC upstream did not become ready"
   wait_ready keycloak "$KC_READY_TIMEOUT" || die "Keycloak did not become ready"
   warm_keycloak
   start_envoy
@@ -582,7 +608,7 @@ cmd_up() {
 cmd_down() {
   lock
   local name any=0
-  for name in envoy faults claims echo keycloak; do
+  for name in envoy grpc faults claims echo keycloak; do
     if [ -e "$(pidfile "$name")" ]; then any=1; fi
     stop_component "$name"
   done
@@ -592,7 +618,7 @@ cmd_down() {
 
 cmd_status() {
   local name pid state rc=0
-  for name in keycloak echo claims faults envoy; do
+  for name in keycloak echo claims faults grpc envoy; do
     pid=$(read_pid "$name" || true)
     if is_running "$name"; then
       if is_ready "$name"; then state="running, ready"; else state="running, NOT ready"; rc=1; fi
@@ -640,6 +666,7 @@ cmd_test() {
   export KCPEP_UPSTREAM_URL="$ECHO_URL"
   export KCPEP_CLAIMS_URL="$CLAIMS_URL"
   export KCPEP_FAULTS_URL="$FAULTS_URL"
+  export KCPEP_GRPC_PYTHON="$VENV/bin/python"
   export KCPEP_STACK="$SELF"
   export KCPEP_KEYCLOAK_TLS_URL="$KC_TLS_BASE_URL"
   export KCPEP_ENVOY_TLS_URL="$ENVOY_TLS_URL"

@@ -314,7 +314,7 @@ proptest! {
                 path: &path,
                 credential: &credential,
                 view: RequestView { headers: &hdrs, peer: peer.as_deref(), tls: false, body: body.as_deref() },
-                grpc: hdrs.iter().any(|(k, v)| k == "content-type" && keycloak_pep::enforce::grpc::is_grpc(v)),
+                grpc: hdrs.iter().any(|(k, v)| k == "content-type" && keycloak_pep::enforce::grpc::Wire::of(v).is_some()),
             };
             let _ = keycloak_pep::enforce::decide(&cfg, &mut known, &req, &mut NoStore, NOW * 1000);
             let _ = keycloak_pep::enforce::explain(&cfg, &known.paths, &method, &path);

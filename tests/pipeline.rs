@@ -637,10 +637,21 @@ fn a_grpc_request_is_answered_in_grpc_status_codes_and_never_redirected() {
     );
     a.get(2, "/account/1", None, &grpc);
     let r = reply(&a, 2);
-    assert_eq!((r.status, r.grpc_status), (401, Some(16)));
-    assert!(r.headers.iter().any(|(k, _)| k == "www-authenticate"));
-    assert!(r.wire_headers().iter().all(|(k, _)| *k != "content-type"));
-    assert_eq!(r.body, "no token");
+    assert_eq!(
+        (r.status, r.wire_status(), r.grpc_status),
+        (401, 200, Some(16))
+    );
+    let header = |r: &keycloak_pep::enforce::step::Reply, name: &str| {
+        let h = r.wire_headers().into_iter().find(|(k, _)| *k == name);
+        h.map(|(_, v)| v.to_string())
+    };
+    assert!(header(&r, "www-authenticate").is_some());
+    assert_eq!(
+        header(&r, "content-type").as_deref(),
+        Some("application/grpc")
+    );
+    assert_eq!(header(&r, "grpc-message").as_deref(), Some("no token"));
+    assert!(r.body.is_empty());
     assert_eq!(a.record(2)["grpc_status"], 16);
     // a path no entry matches: HTTP redirected, gRPC PERMISSION_DENIED saying why
     a.get(3, "/nowhere", Some(&t), &[]);
@@ -653,7 +664,7 @@ fn a_grpc_request_is_answered_in_grpc_status_codes_and_never_redirected() {
         (r.status, r.grpc_status, location(&r)),
         (403, Some(7), None)
     );
-    assert!(r.body.contains("on-deny-redirect-to"), "{}", r.body);
+    assert!(r.reason.contains("on-deny-redirect-to"), "{}", r.reason);
     // Keycloak refuses: PERMISSION_DENIED with the reason as its message
     a.get(5, "/account/1", Some(&t), &grpc);
     let calls = a.calls();
@@ -664,7 +675,7 @@ fn a_grpc_request_is_answered_in_grpc_status_codes_and_never_redirected() {
     );
     let r = reply(&a, 5);
     assert_eq!((r.status, r.grpc_status), (403, Some(7)));
-    assert_eq!(r.body, r.reason);
+    assert_eq!(header(&r, "grpc-message"), Some(r.reason.clone()));
     // Keycloak unreachable: UNAVAILABLE
     let t2 = token(json!({"sub": "u2"}));
     a.get(6, "/account/1", Some(&t2), &grpc);
@@ -672,8 +683,13 @@ fn a_grpc_request_is_answered_in_grpc_status_codes_and_never_redirected() {
     a.worker
         .on_call_answer(&mut a.host, grant_call(&calls).token, Answer::NoAnswer);
     assert_eq!(reply(&a, 6).grpc_status, Some(14));
-    // a gRPC-Web request Envoy's grpc_web filter did not translate is answered as HTTP
+    // a gRPC-Web request no grpc_web filter translated is answered in gRPC-Web's content type
     let web = [("content-type", "application/grpc-web+proto")];
     a.get(7, "/account/1", None, &web);
-    assert_eq!(reply(&a, 7).grpc_status, None);
+    let r = reply(&a, 7);
+    assert_eq!(r.grpc_status, Some(16));
+    assert_eq!(
+        header(&r, "content-type").as_deref(),
+        Some("application/grpc-web")
+    );
 }

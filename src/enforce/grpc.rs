@@ -1,8 +1,7 @@
 //! A local reply as a gRPC client reads it. A gRPC client does not read HTTP statuses or bodies:
 //! it reads `grpc-status` and `grpc-message` of an HTTP 200 "trailers-only" answer. The filter
-//! names the gRPC code of each of its answers here and the proxy writes that form (Envoy does
-//! when a local reply carries a gRPC status), so the mapping is the filter's, tested, and the
-//! same in `kcpep evaluate` (docs/operations.md, "gRPC").
+//! names the gRPC code of each of its answers and writes that answer here, so the mapping is the
+//! filter's, tested, and the same in `kcpep evaluate` (docs/operations.md, "gRPC clients").
 //!
 //! What changes for a gRPC request: `on-deny-redirect-to` is not followed (a gRPC client cannot
 //! follow a redirect; the denial is PERMISSION_DENIED), the reason is the `grpc-message`, and the
@@ -22,18 +21,50 @@ pub mod code {
     pub const UNAUTHENTICATED: u8 = 16;
 }
 
-/// A gRPC request: `content-type` `application/grpc` or `application/grpc+<codec>`, as Envoy
-/// tells gRPC requests apart. gRPC-Web is gRPC here once Envoy's `grpc_web` filter, placed
-/// before this one, has translated it; without that filter it is answered as HTTP, as Envoy
-/// itself would.
-pub fn is_grpc(content_type: &[u8]) -> bool {
-    let media = content_type
-        .split(|b| *b == b';')
-        .next()
-        .unwrap_or_default()
-        .trim_ascii();
-    let media = media.to_ascii_lowercase();
-    media == b"application/grpc" || media.starts_with(b"application/grpc+")
+/// How a gRPC client speaks, by the request's `content-type`: the answer's content type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    /// `application/grpc`, `application/grpc+<codec>`: gRPC over HTTP/2.
+    Grpc,
+    /// `application/grpc-web`, `application/grpc-web+<codec>`: gRPC-Web that no `grpc_web`
+    /// filter translated before this one (an upstream that speaks gRPC-Web itself).
+    GrpcWeb,
+    /// `application/grpc-web-text`, `application/grpc-web-text+<codec>`.
+    GrpcWebText,
+}
+
+impl Wire {
+    /// The client's wire, or `None` for a request that is not gRPC. Behind Envoy's `grpc_web`
+    /// filter a gRPC-Web request arrives here as `application/grpc` already, and its answer is
+    /// translated back by that filter.
+    pub fn of(content_type: &[u8]) -> Option<Wire> {
+        let media = content_type
+            .split(|b| *b == b';')
+            .next()
+            .unwrap_or_default()
+            .trim_ascii()
+            .to_ascii_lowercase();
+        let codec = |base: &[u8]| {
+            media == base || (media.starts_with(base) && media.get(base.len()) == Some(&b'+'))
+        };
+        if codec(b"application/grpc") {
+            Some(Wire::Grpc)
+        } else if codec(b"application/grpc-web") {
+            Some(Wire::GrpcWeb)
+        } else if codec(b"application/grpc-web-text") {
+            Some(Wire::GrpcWebText)
+        } else {
+            None
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Wire::Grpc => "application/grpc",
+            Wire::GrpcWeb => "application/grpc-web",
+            Wire::GrpcWebText => "application/grpc-web-text",
+        }
+    }
 }
 
 /// The gRPC status of one of the filter's HTTP answers.
@@ -54,37 +85,59 @@ pub fn status_of(http: u16) -> u8 {
     }
 }
 
-/// The same answer for a gRPC client: its gRPC status set, the reason as its message, the
-/// redirect of `on-deny-redirect-to` turned into the denial it stands for, and the body's
-/// `content-type` gone (the proxy writes gRPC's).
-pub fn for_grpc(reply: Reply) -> Reply {
+/// The same answer for a gRPC client, as a trailers-only response: HTTP 200 (see
+/// [`Reply::wire_status`]) whose headers carry `grpc-status` and the reason as `grpc-message`,
+/// the challenge headers kept, no body. Written whole here rather than left to the proxy's own
+/// gRPC conversion, which Envoy makes only for requests that were gRPC when they reached it (not
+/// gRPC-Web translated by its `grpc_web` filter). The redirect of `on-deny-redirect-to` becomes
+/// the denial it stands for.
+pub fn for_grpc(reply: Reply, wire: Wire) -> Reply {
     let grpc = status_of(reply.status);
-    let (status, reason, headers) = if reply.status == 302 {
-        let headers = reply
-            .headers
-            .into_iter()
-            .filter(|(k, _)| !k.eq_ignore_ascii_case("location"))
-            .collect();
-        let reason = format!(
+    let redirect = reply.status == 302;
+    let status = if redirect { 403 } else { reply.status };
+    let reason = if redirect {
+        format!(
             "{} (on-deny-redirect-to is not followed by gRPC clients)",
             reply.reason
-        );
-        (403, reason, headers)
+        )
     } else {
-        (reply.status, reply.reason, reply.headers)
+        reply.reason
     };
-    let headers = headers
+    let mut headers: Vec<(String, String)> = reply
+        .headers
         .into_iter()
-        .filter(|(k, _)| !k.eq_ignore_ascii_case("content-type"))
+        .filter(|(k, _)| {
+            !(k.eq_ignore_ascii_case("content-type")
+                || k.eq_ignore_ascii_case("location")
+                || k.eq_ignore_ascii_case("grpc-status")
+                || k.eq_ignore_ascii_case("grpc-message"))
+        })
         .collect();
+    headers.push(("content-type".into(), wire.content_type().into()));
+    headers.push(("grpc-status".into(), grpc.to_string()));
+    headers.push(("grpc-message".into(), percent_encoded(&reason)));
     Reply {
         status,
         headers,
-        body: reason.clone(),
+        body: String::new(),
         reason,
         grpc_status: Some(grpc),
         ..reply
     }
+}
+
+/// `grpc-message` is percent-encoded: every byte outside printable ASCII, and `%` itself
+/// (gRPC over HTTP/2, "Responses").
+fn percent_encoded(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for b in message.bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -107,28 +160,34 @@ mod tests {
         }
     }
 
+    fn header<'a>(r: &'a Reply, name: &str) -> Option<&'a str> {
+        let mut found = r.headers.iter().filter(|(k, _)| k == name);
+        let first = found.next().map(|(_, v)| v.as_str());
+        assert!(found.next().is_none(), "{name} twice: {:?}", r.headers);
+        first
+    }
+
     #[test]
-    fn grpc_requests_are_told_by_their_content_type_as_envoy_tells_them() {
-        for yes in [
-            &b"application/grpc"[..],
-            b"application/grpc+proto",
-            b"Application/GRPC+json",
-            b"application/grpc; charset=utf-8",
-            b" application/grpc ",
-        ] {
-            assert!(is_grpc(yes), "{}", String::from_utf8_lossy(yes));
-        }
-        for no in [
-            &b""[..],
-            b"application/json",
-            b"application/grpc-web",
-            b"application/grpc-web+proto",
-            b"application/grpc-web-text",
-            b"application/grpcx",
-            b"text/plain; x=application/grpc",
-            b"\xff\xfe",
-        ] {
-            assert!(!is_grpc(no), "{}", String::from_utf8_lossy(no));
+    fn grpc_clients_are_told_by_their_content_type() {
+        let cases: [(&[u8], Option<Wire>); 14] = [
+            (b"application/grpc", Some(Wire::Grpc)),
+            (b"application/grpc+proto", Some(Wire::Grpc)),
+            (b"Application/GRPC+json", Some(Wire::Grpc)),
+            (b"application/grpc; charset=utf-8", Some(Wire::Grpc)),
+            (b" application/grpc ", Some(Wire::Grpc)),
+            (b"application/grpc-web", Some(Wire::GrpcWeb)),
+            (b"application/grpc-web+proto", Some(Wire::GrpcWeb)),
+            (b"application/grpc-web-text", Some(Wire::GrpcWebText)),
+            (b"application/grpc-web-text+proto", Some(Wire::GrpcWebText)),
+            (b"", None),
+            (b"application/json", None),
+            (b"application/grpcx", None),
+            (b"text/plain; x=application/grpc", None),
+            (b"\xff\xfe", None),
+        ];
+        for (content_type, wire) in cases {
+            let shown = String::from_utf8_lossy(content_type);
+            assert_eq!(Wire::of(content_type), wire, "{shown}");
         }
     }
 
@@ -148,45 +207,70 @@ mod tests {
         ];
         for (http, grpc) in cases {
             assert_eq!(status_of(http), grpc, "{http}");
-            let r = for_grpc(reply(http, &[], "why"));
+            let r = for_grpc(reply(http, &[], "why"), Wire::Grpc);
             assert_eq!(r.grpc_status, Some(grpc), "{http}");
+            assert_eq!(header(&r, "grpc-status"), Some(&*grpc.to_string()));
         }
     }
 
     #[test]
-    fn a_denial_carries_its_reason_as_the_message_and_keeps_what_it_was_decided_by() {
-        let r = for_grpc(reply(
-            403,
-            &[("content-type", "text/plain")],
-            "not authorized",
-        ));
-        assert_eq!(r.status, 403);
-        assert_eq!(r.body, "not authorized");
+    fn a_denial_is_a_trailers_only_answer_with_its_reason_as_the_message() {
+        let r = for_grpc(
+            reply(403, &[("content-type", "text/plain")], "not authorized"),
+            Wire::Grpc,
+        );
+        // the decision stays what it was; the wire says it the gRPC way
+        assert_eq!((r.status, r.wire_status()), (403, 200));
         assert_eq!(r.reason, "not authorized");
         assert_eq!(r.cache, CacheUse::Hit);
-        assert!(r.headers.is_empty(), "{:?}", r.headers);
-        assert!(r.wire_headers().is_empty(), "{:?}", r.wire_headers());
+        assert!(r.body.is_empty());
+        assert_eq!(header(&r, "content-type"), Some("application/grpc"));
+        assert_eq!(header(&r, "grpc-message"), Some("not authorized"));
+        assert_eq!(r.wire_headers().len(), 3, "{:?}", r.wire_headers());
+        // gRPC-Web without Envoy's grpc_web filter: the same, in its content type
+        let web = for_grpc(reply(403, &[], "no"), Wire::GrpcWebText);
+        assert_eq!(
+            header(&web, "content-type"),
+            Some("application/grpc-web-text")
+        );
+    }
+
+    #[test]
+    fn the_message_is_percent_encoded() {
+        let r = for_grpc(reply(403, &[], "100% \"denied\" \u{e9}\n"), Wire::Grpc);
+        assert_eq!(
+            header(&r, "grpc-message"),
+            Some("100%25 \"denied\" %C3%A9%0A")
+        );
     }
 
     #[test]
     fn a_redirect_is_not_sent_to_a_grpc_client_it_is_the_denial() {
-        let r = for_grpc(reply(302, &[("Location", "/denied")], "access denied"));
+        let r = for_grpc(
+            reply(302, &[("Location", "/denied")], "access denied"),
+            Wire::Grpc,
+        );
         assert_eq!(r.status, 403);
         assert_eq!(r.grpc_status, Some(code::PERMISSION_DENIED));
-        assert!(r.headers.is_empty(), "{:?}", r.headers);
+        assert_eq!(header(&r, "Location"), None);
         assert!(r.reason.starts_with("access denied"), "{}", r.reason);
         assert!(r.reason.contains("on-deny-redirect-to"), "{}", r.reason);
     }
 
     #[test]
-    fn a_challenge_stays_as_metadata() {
+    fn a_challenge_stays_as_metadata_and_a_client_copy_of_grpc_status_does_not() {
         let uma = "UMA realm=\"bank\",as_uri=\"http://kc/realms/bank\",ticket=\"t\"";
-        let r = for_grpc(reply(401, &[("www-authenticate", uma)], "UMA challenge"));
-        assert_eq!(r.grpc_status, Some(code::UNAUTHENTICATED));
-        assert_eq!(
-            r.headers,
-            [("www-authenticate".to_string(), uma.to_string())]
+        let r = for_grpc(
+            reply(
+                401,
+                &[("www-authenticate", uma), ("grpc-status", "0")],
+                "UMA challenge",
+            ),
+            Wire::Grpc,
         );
-        assert_eq!(r.body, "UMA challenge");
+        assert_eq!(r.grpc_status, Some(code::UNAUTHENTICATED));
+        assert_eq!(header(&r, "www-authenticate"), Some(uma));
+        assert_eq!(header(&r, "grpc-status"), Some("16"));
+        assert_eq!(header(&r, "grpc-message"), Some("UMA challenge"));
     }
 }

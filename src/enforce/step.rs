@@ -81,8 +81,8 @@ pub struct Reply {
     pub cache: CacheUse,
     /// The configured path the request matched, for the denial line and the decision record.
     pub matched: Option<Matched>,
-    /// Set for a gRPC request ([`crate::enforce::grpc::for_grpc`]): the proxy answers in gRPC's
-    /// form (HTTP 200, `grpc-status`, the body as `grpc-message`).
+    /// Set for a gRPC client ([`crate::enforce::grpc::for_grpc`]): the gRPC status its
+    /// headers carry; `status` stays the HTTP status the decision stands for.
     pub grpc_status: Option<u8>,
 }
 
@@ -98,6 +98,15 @@ pub struct Matched {
 }
 
 impl Reply {
+    /// The HTTP status as sent: a gRPC answer is HTTP 200 with its status in `grpc-status`.
+    pub fn wire_status(&self) -> u16 {
+        if self.grpc_status.is_some() {
+            200
+        } else {
+            self.status
+        }
+    }
+
     /// The headers as sent: the reply's own, and `content-type: text/plain` for a body that
     /// names no type of its own, so a reply carries exactly one `Content-Type`, its body's.
     pub fn wire_headers(&self) -> Vec<(&str, &str)> {
@@ -109,8 +118,7 @@ impl Reply {
         let typed = headers
             .iter()
             .any(|(k, _)| k.eq_ignore_ascii_case("content-type"));
-        // a gRPC answer's body is its message, and the proxy writes gRPC's content type
-        if !self.body.is_empty() && !typed && self.grpc_status.is_none() {
+        if !self.body.is_empty() && !typed {
             headers.push(("content-type", "text/plain"));
         }
         headers

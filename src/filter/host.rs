@@ -112,7 +112,7 @@ impl Host for ProxyHost<'_> {
     fn send_reply(&mut self, stream: u32, r: &Reply) {
         if self.on(stream) {
             abi::send_response(
-                r.status,
+                r.wire_status(),
                 &r.wire_headers(),
                 r.body.as_bytes(),
                 r.grpc_status,

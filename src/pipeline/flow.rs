@@ -46,8 +46,8 @@ pub struct Flow {
     pub memo_key: Option<u128>,
     /// The request's trace context, copied onto its callouts.
     pub trace: Vec<(String, String)>,
-    /// A gRPC request: its local replies are answered in gRPC's form.
-    pub grpc: bool,
+    /// A gRPC client: its local replies are answered in gRPC's form.
+    pub grpc: Option<crate::enforce::grpc::Wire>,
 }
 
 impl Flow {
@@ -67,7 +67,7 @@ impl Flow {
                 tls: self.tls,
                 body: self.body.as_deref(),
             },
-            grpc: self.grpc,
+            grpc: self.grpc.is_some(),
         }
     }
 }

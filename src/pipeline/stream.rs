@@ -11,7 +11,7 @@ use crate::enforce::arrival::Remembered;
 use crate::enforce::arrival::{header_name, Arrival, Properties, Request};
 use crate::enforce::enforcer::Enforcer;
 use crate::enforce::events::{Endpoint, Event};
-use crate::enforce::grpc;
+use crate::enforce::grpc::{self, Wire};
 use crate::enforce::replies::{body_too_large, cannot_continue};
 use crate::enforce::step::Credential;
 use crate::enforce::step::{CacheUse, Pending, Reply, Step};
@@ -66,10 +66,14 @@ impl Worker {
         let verify = self.verify.as_ref().map(|f| f as HostVerifier);
         let grpc = headers
             .iter()
-            .any(|(k, v)| *k == b"content-type" && grpc::is_grpc(v));
+            .find(|(k, _)| *k == b"content-type")
+            .and_then(|(_, v)| Wire::of(v));
         match self.filter.arrive(&req, props, &mut *host, verify, now) {
             Arrival::Reply { reply, route_name } => {
-                let reply = if grpc { grpc::for_grpc(reply) } else { reply };
+                let reply = match grpc {
+                    Some(wire) => grpc::for_grpc(reply, wire),
+                    None => reply,
+                };
                 host.record(Event::Denied {
                     status: reply.status,
                     cache: reply.cache,
@@ -547,7 +551,10 @@ impl Worker {
                 Applied::Continue
             }
             Step::Reply(r) => {
-                let r = if flow.grpc { grpc::for_grpc(r) } else { r };
+                let r = match flow.grpc {
+                    Some(wire) => grpc::for_grpc(r, wire),
+                    None => r,
+                };
                 host.record(Event::Denied {
                     status: r.status,
                     cache: r.cache,
