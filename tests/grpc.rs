@@ -23,9 +23,12 @@ fn target() -> String {
     envoy().trim_start_matches("http://").to_string()
 }
 
-/// Unary calls through the real grpcio client, each `(authority, method, token, metadata)`;
-/// what the client saw of each (code, details, metadata, response).
-fn calls(list: &[(&str, &str, Option<&str>, &[(&str, &str)])]) -> Vec<Value> {
+/// One unary call: authority, method, bearer token, more metadata.
+type Call<'a> = (&'a str, &'a str, Option<&'a str>, &'a [(&'a str, &'a str)]);
+
+/// Unary calls through the real grpcio client; what the client saw of each (code, details,
+/// metadata, response).
+fn calls(list: &[Call<'_>]) -> Vec<Value> {
     let input: Vec<Value> = list
         .iter()
         .map(|(authority, method, token, extra)| {
