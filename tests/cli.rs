@@ -80,6 +80,39 @@ fn check_and_explain_read_the_shipped_example() {
 }
 
 #[test]
+fn explain_maps_grpc_method_paths_by_keycloak_patterns() {
+    let grpc = "envoy/examples/bank-grpc.json";
+    let o = kcpep(&["check", "--config", grpc]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let cases = [
+        (
+            "/bank.v1.Accounts/GetAccount",
+            Some("/bank.v1.Accounts/GetAccount"),
+            "ENFORCING",
+        ),
+        (
+            "/bank.v1.Transfers/CreateTransfer",
+            Some("/bank.v1.Transfers/{method}"),
+            "ENFORCING",
+        ),
+        (
+            "/grpc.health.v1.Health/Check",
+            Some("/grpc.health.v1.Health/*"),
+            "DISABLED",
+        ),
+        // a method no path names: denied (PERMISSION_DENIED for a gRPC client)
+        ("/bank.v1.Accounts/CloseAccount", None, "ENFORCING"),
+    ];
+    for (path, pattern, mode) in cases {
+        let o = kcpep(&["explain", "--config", grpc, "POST", path]);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["path"].as_str(), pattern, "{path}: {v}");
+        assert_eq!(v["enforcement_mode"], mode, "{path}: {v}");
+    }
+}
+
+#[test]
 fn a_refused_configuration_exits_1_with_its_json_path() {
     let dir = std::env::temp_dir().join(format!("kcpep-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

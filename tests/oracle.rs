@@ -220,6 +220,30 @@ fn corpus() -> Vec<(Vec<&'static str>, Vec<&'static str>)> {
         vec!["/api/{}/foo", "/api/{p1}/foo}/*", "/api/{a/b}/*", "/api/*"],
         paths.clone(),
     ));
+    // gRPC method paths (`/package.Service/Method`): dots in the first segment, each pattern alone
+    // and all of them together
+    let grpc_paths = vec![
+        "/bank.v1.Accounts/GetAccount",
+        "/bank.v1.Accounts/ListAccounts",
+        "/bank.v1.Accounts",
+        "/bank.v1.Accounts/",
+        "/bank.v1.Accounts/GetAccount/x",
+        "/bank.v2.Accounts/GetAccount",
+        "/grpc.health.v1.Health/Check",
+    ];
+    let grpc_patterns = [
+        "/bank.v1.Accounts/GetAccount",
+        "/bank.v1.Accounts/{method}",
+        "/bank.v1.Accounts/*",
+        "/{service}/GetAccount",
+        "/*.Accounts/*",
+        "/bank.v1.*",
+        "/*",
+    ];
+    for p in grpc_patterns {
+        groups.push((vec![p], grpc_paths.clone()));
+    }
+    groups.push((grpc_patterns.to_vec(), grpc_paths));
     groups
 }
 
