@@ -61,11 +61,11 @@ abi: $(WASM) $(WASM_RUST_CRYPTO)
 	cargo test --features abi --test abi --test host_selftest
 
 # The suites that run against the real stack, listed once. They run on one thread; outage runs
-# after them (it stops and starts Keycloak). manifests, mesh and reload check the native configuration
-# with an Envoy of their own, and grpc needs the native stack's gRPC upstream and grpcio client, so
+# after them (it stops and starts Keycloak). manifests, mesh, per_route and reload check the native
+# configuration with an Envoy of their own, and grpc needs the native stack's gRPC upstream and grpcio client, so
 # the containers' run (make test-docker) leaves them out.
-STACK_SUITES := authzen binding claims contract e2e grpc hostile hostile_requests manifests mesh operator oracle reload replay
-HOST_ONLY_SUITES := grpc manifests mesh reload
+STACK_SUITES := authzen binding claims contract e2e grpc hostile hostile_requests manifests mesh operator oracle per_route reload replay
+HOST_ONLY_SUITES := grpc manifests mesh per_route reload
 DOCKER_SUITES := $(filter-out $(HOST_ONLY_SUITES),$(STACK_SUITES))
 suites = $(addprefix --test ,$(1))
 

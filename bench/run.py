@@ -150,11 +150,11 @@ def wait_until(what, check, seconds):
 
 
 class Envoy:
-    def __init__(self, name, wasm=None, plugin=None, concurrency=1, native=None):
+    def __init__(self, name, wasm=None, plugin=None, concurrency=1, native=None, config=None):
         os.makedirs(RUN, exist_ok=True)
         path = os.path.join(RUN, f"{name}.json")
         with open(path, "w") as f:
-            json.dump(envoy_config(wasm, plugin, native), f)
+            json.dump(config or envoy_config(wasm, plugin, native), f)
         self.log = open(os.path.join(RUN, f"{name}.log"), "w")
         self.started = time.time()
         self.proc = subprocess.Popen(
@@ -319,10 +319,84 @@ def footprint(owner):
             out["startup_ms"][workers] = round((time.time() - envoy.started) * 1000)
         finally:
             envoy.stop()
+    out["per_route"] = per_route_footprint()
     rss = out["rss_mb"]
     print(f"  footprint: Envoy RSS with 2 workers after warm-up: no filter {rss['bare']} MB, no-op filter "
           f"{rss['noop']} MB, keycloak-pep {rss['pep']} MB; start-up to the first allowed request: "
           f"{out['startup_ms'][1]} ms (1 worker), {out['startup_ms'][4]} ms (4 workers)", flush=True)
+    return out
+
+
+def per_route_config(form):
+    """Two routes (virtual hosts unanimous.bank.local and affirmative.bank.local), each with its own
+    keycloak.json: bank-api (seed 002, UNANIMOUS) and bank-api-affirmative. `form`: "rules" (one
+    plugin, both enforcers, a route-name rule), "filter_chain" (Envoy's filter_chain filter: the
+    unanimous filter as its default chain, the affirmative one in the route's per-route config,
+    both of one vm_config), "filter_chain_own_vms" (the same with a vm_id per route)."""
+    def enforcer(client):
+        cfg = plugin_config(True)
+        cfg["resource"] = client
+        cfg["credentials"] = {"secret": f"{client}-secret"}
+        return cfg
+    config = envoy_config(None, None)
+    hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    router = hcm["http_filters"][-1]
+    ok = {"status": 200, "body": {"inline_string": "ok"}}
+    hosts = [{"name": n, "domains": [f"{n}.bank.local"],
+              "routes": [{"name": n, "match": {"prefix": "/"}, "direct_response": ok}]}
+             for n in ("unanimous", "affirmative")]
+    if form == "rules":
+        plugin = {"enforcers": {"unanimous": enforcer("bank-api"), "affirmative": enforcer("bank-api-affirmative")},
+                  "routes": [{"route-name": "affirmative", "enforcer": "affirmative"}], "default": "unanimous"}
+        hcm["http_filters"] = [keycloak_pep_filter("dist/keycloak_pep.wasm", plugin, name="bench"), router]
+    else:
+        def pep(client, vm_id):
+            f = keycloak_pep_filter("dist/keycloak_pep.wasm", enforcer(client), name="bench")
+            if form == "filter_chain_own_vms":
+                f["typed_config"]["config"]["vm_config"]["vm_id"] = vm_id
+            return f
+        chain = "keycloak-pep-routes"
+        hcm["http_filters"] = [{"name": chain, "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.filter_chain.v3.FilterChainConfig",
+            "default_filter_chain": {"filters": [pep("bank-api", "unanimous")]}}}, router]
+        hosts[1]["routes"][0]["typed_per_filter_config"] = {chain: {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.filter_chain.v3.FilterChainConfigPerRoute",
+            "filter_chain": {"filters": [pep("bank-api-affirmative", "affirmative")]}}}
+    hcm["route_config"]["virtual_hosts"] = hosts
+    return config
+
+
+def per_route_footprint():
+    """The per-route forms' cost with the same two keycloak.json: Envoy's Wasm VMs, the plugins'
+    linear memory and Envoy's RSS, two workers, after both routes answered a warm-up. The verdicts
+    are printed too (seed 002: the teller is refused by the unanimous route only)."""
+    tokens = {u: token(u) for u in ("owner", "teller")}
+    out = {}
+    for form in ("rules", "filter_chain", "filter_chain_own_vms"):
+        envoy = Envoy(f"per-route-{form}", config=per_route_config(form), concurrency=2)
+        try:
+            def status(host, user):
+                headers = {"Host": f"{host}.bank.local", "Authorization": f"Bearer {tokens[user]}"}
+                return get(f"http://127.0.0.1:{PORT}/account/1", headers, timeout=5)[0]
+            wait_until(f"per-route {form}: 200", lambda: status("unanimous", "owner") == 200, 60)
+            verdicts = {f"{u}@{h}": status(h, u) for u in tokens for h in ("unanimous", "affirmative")}
+            for host in ("unanimous", "affirmative"):
+                c = http.client.HTTPConnection("127.0.0.1", PORT, timeout=10)
+                for _ in range(300):
+                    c.request("GET", "/account/1", headers={"Host": f"{host}.bank.local",
+                                                            "Authorization": f"Bearer {tokens['owner']}"})
+                    c.getresponse().read()
+                c.close()
+            out[form] = {"wasm_vms": envoy.stat("wasm.wasm_vm_count"),
+                         "wasm_memory_mb": round(envoy.stat("wasmcustom.kcpep.wasm.memory_bytes") / 1048576, 1),
+                         "rss_mb": rss_mb(envoy.proc.pid), "verdicts": verdicts}
+        finally:
+            envoy.stop()
+    print("  per-route forms, 2 workers, two keycloak.json: " + "; ".join(
+        f"{form} {r['wasm_vms']} VMs, Wasm memory {r['wasm_memory_mb']} MB, RSS {r['rss_mb']} MB"
+        for form, r in out.items()), flush=True)
+    print("  per-route verdicts: " + "; ".join(
+        f"{form} " + " ".join(f"{k}={v}" for k, v in r["verdicts"].items()) for form, r in out.items()), flush=True)
     return out
 
 
@@ -673,6 +747,9 @@ def main():
         summary["rss_delta_mb"] = round(fp["rss_mb"]["pep"] - fp["rss_mb"]["noop"], 1)
         summary["startup_ms"] = fp["startup_ms"][1]
         summary["startup_ms_4_workers"] = fp["startup_ms"][4]
+        for form, r in fp["per_route"].items():
+            summary[f"per_route_{form}_vms"] = r["wasm_vms"]
+            summary[f"per_route_{form}_rss_mb"] = r["rss_mb"]
     if not cases["7_pep_hit_filter_state_only"].get("skipped"):
         quiet = cases["7_pep_hit_filter_state_only"]
         summary["hit_no_header_vs_noop_rps"] = round(quiet["rps"] / noop["rps"], 2)

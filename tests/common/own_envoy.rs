@@ -65,18 +65,27 @@ pub fn shipped_filter(plugin: &Value) -> Value {
     filter
 }
 
-/// The listener: the filter with `plugin`, then the router to cluster `upstream`.
-fn listener(setup: &Setup, plugin: &Value, version: u32) -> Value {
-    let filter = shipped_filter(plugin);
-    let hcm = json!({
+/// The HTTP connection manager of a listener: the filter with `plugin`, then the router to
+/// cluster `upstream`.
+fn plugin_hcm(setup: &Setup, plugin: &Value) -> Value {
+    json!({
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": setup.name,
         "route_config": {"name": "all", "virtual_hosts": [
             {"name": "all", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}]}
         ]},
-        "http_filters": [filter, {"name": "envoy.filters.http.router", "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]
-    });
+        "http_filters": [shipped_filter(plugin), router()]
+    })
+}
+
+/// Envoy's router filter, last in every chain.
+pub fn router() -> Value {
+    json!({"name": "envoy.filters.http.router", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}})
+}
+
+/// The listener resource (LDS) around an HTTP connection manager.
+fn listener(setup: &Setup, hcm: Value, version: u32) -> Value {
     json!({
         "version_info": version.to_string(),
         "resources": [{
@@ -97,7 +106,14 @@ pub struct OwnEnvoy {
 }
 
 impl OwnEnvoy {
+    /// Envoy with the shipped filter holding `plugin`, routing everything to `upstream`.
     pub fn start(setup: Setup, plugin: &Value) -> OwnEnvoy {
+        let hcm = plugin_hcm(&setup, plugin);
+        OwnEnvoy::start_hcm(setup, hcm)
+    }
+
+    /// Envoy with an HTTP connection manager of the test's own (its filters and routes).
+    pub fn start_hcm(setup: Setup, hcm: Value) -> OwnEnvoy {
         let dir = root().join(format!(".run/{}-test", setup.name));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("lds")).unwrap();
@@ -129,7 +145,7 @@ impl OwnEnvoy {
             version: 0,
             setup,
         };
-        envoy.swap(plugin);
+        envoy.write(hcm);
         let what = format!("the {} Envoy serving", envoy.setup.name);
         poll_until(&what, Duration::from_secs(60), || {
             if let Ok(Some(status)) = envoy.child.try_wait() {
@@ -153,9 +169,14 @@ impl OwnEnvoy {
     /// Writes a new listener file and moves it into place: Envoy's watched directory sees the
     /// move (a file written in place could be read half-written).
     pub fn swap(&mut self, plugin: &Value) {
+        let hcm = plugin_hcm(&self.setup, plugin);
+        self.write(hcm);
+    }
+
+    fn write(&mut self, hcm: Value) {
         self.version += 1;
         let tmp = self.dir.join("listener.json.tmp");
-        let l = listener(&self.setup, plugin, self.version);
+        let l = listener(&self.setup, hcm, self.version);
         std::fs::write(&tmp, l.to_string()).unwrap();
         std::fs::rename(&tmp, self.dir.join("lds/listener.json")).unwrap();
     }
