@@ -581,6 +581,8 @@ def chart(cases, path):
         print("bench: no matplotlib here (pip install matplotlib): no chart", flush=True)
         return None
     shown = [(k, v) for k, v in cases.items() if not v.get("skipped")]
+    if not shown:
+        return None  # KCPEP_BENCH_CASES chose no wrk case
     labels = [k.split("_", 1)[1].replace("_", " ") for k, _ in shown]
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
     def scale(ax, values, what):
