@@ -61,11 +61,11 @@ mismatches=0
 row() { # user host path got expected why
   local mark="ok"
   if [ "$4" != "$5" ]; then mark="EXPECTED $5"; mismatches=$((mismatches + 1)); fi
-  printf '%-7s %-24s %-14s %-4s %-12s %s\n' "$1" "$2" "$3" "$4" "$mark" "$6"
+  printf '%-7s %-24s %-14s %-17s %-12s %s\n' "$1" "$2" "$3" "$4" "$mark" "$6"
 }
 
-printf '%-7s %-24s %-14s %-4s %-12s %s\n' USER HOST PATH HTTP CHECK WHY
-printf '%-7s %-24s %-14s %-4s %-12s %s\n' ---- ---- ---- ---- ----- ---
+printf '%-7s %-24s %-14s %-17s %-12s %s\n' USER HOST PATH 'HTTP or gRPC' CHECK WHY
+printf '%-7s %-24s %-14s %-17s %-12s %s\n' ---- ---- ---- ---- ----- ---
 for user in teller owner both plain; do
   tok=$(token_for "$user") || die "could not get a token for $user from $TOKEN_URL"
   for pair in unanimous.bank.local:UNANIMOUS affirmative.bank.local:AFFIRMATIVE; do
@@ -90,7 +90,7 @@ transfer() { # $1 host, $2 branch, $3 amount
 }
 owner_tok=$(token_for owner) || die "could not get a token for owner"
 echo
-printf '%-7s %-24s %-14s %-4s %-12s %s\n' USER HOST "POST claims" HTTP CHECK WHY
+printf '%-7s %-24s %-14s %-17s %-12s %s\n' USER HOST "POST claims" HTTP CHECK WHY
 row owner claims.bank.local "tokyo, 900" "$(transfer claims.bank.local tokyo 900)" 200 "claims branch=tokyo amount=900 ip=203.0.113.7 (X-Forwarded-For from a trusted proxy)"
 row owner claims.bank.local "osaka, 900" "$(transfer claims.bank.local osaka 900)" 403 "claim branch=osaka: the JavaScript policy denies"
 row owner claims.bank.local "tokyo, 5000" "$(transfer claims.bank.local tokyo 5000)" 403 "claim amount=5000 from the JSON body: over the limit"
@@ -113,7 +113,7 @@ dpop_get() { # $1 path, $2 scheme, $3 token, $4 proof (may be empty)
 dpop_tok=$(dpop token owner) || die "could not get a DPoP-bound token for owner"
 me_proof=$(dpop proof GET http://dpop.bank.local/me "$dpop_tok")
 echo
-printf '%-7s %-24s %-14s %-4s %-12s %s\n' USER HOST "DPoP" HTTP CHECK WHY
+printf '%-7s %-24s %-14s %-17s %-12s %s\n' USER HOST "DPoP" HTTP CHECK WHY
 row owner dpop.bank.local "GET /me" "$(dpop_get /me DPoP "$dpop_tok" "$me_proof")" 200 "DPoP token + proof signed by its key (cnf.jkt, htm, htu, ath, iat): allowed (PERMISSIVE, /me has no resource)"
 row owner dpop.bank.local "no proof" "$(dpop_get /me Bearer "$dpop_tok" "")" 401 "the same token as a plain Bearer token, as if copied from a log: refused (invalid_token)"
 row owner dpop.bank.local "replayed" "$(dpop_get /me DPoP "$dpop_tok" "$me_proof")" 401 "the same proof again: its jti was taken (invalid_dpop_proof)"
@@ -136,10 +136,31 @@ mtls_get() { # $1 client certificate (client-a | client-b)
     -H "Authorization: Bearer $mtls_tok" "${KCPEP_ENVOY_TLS_URL:-https://127.0.0.1:10443}/account/1"
 }
 echo
-printf '%-7s %-24s %-14s %-4s %-12s %s\n' USER HOST "CERTIFICATE" HTTP CHECK WHY
+printf '%-7s %-24s %-14s %-17s %-12s %s\n' USER HOST "CERTIFICATE" HTTP CHECK WHY
 row owner dpop.bank.local "client-a" "$(mtls_get client-a)" 200 "token bound to client-a's certificate, on client-a's connection: Keycloak decides by AuthZEN (allowed)"
 row owner dpop.bank.local "client-b" "$(mtls_get client-b)" 401 "the same token on another client certificate's connection: refused before Keycloak is asked"
 row owner dpop.bank.local "none (http)" "$(status_of dpop.bank.local /account/1 "$mtls_tok")" 401 "the same token over plain HTTP, as if copied from a log: refused"
+
+# gRPC: the same decisions for a gRPC client (scripts/grpc_client.py, grpcio from the stack's venv),
+# answered in gRPC status codes (docs/operations.md, "gRPC clients").
+GRPC_PYTHON=${KCPEP_GRPC_PYTHON:-$(dirname "$0")/../.cache/venv/bin/python}
+grpc_code() { # $1 method path, $2 token (may be empty): the gRPC status the client got
+  GRPC_TARGET=${ENVOY#http://} GRPC_METHOD=$1 GRPC_TOKEN=$2 "$GRPC_PYTHON" -c '
+import json, os, subprocess, sys
+md = [["authorization", "Bearer " + os.environ["GRPC_TOKEN"]]] if os.environ["GRPC_TOKEN"] else []
+call = [{"target": os.environ["GRPC_TARGET"], "authority": "grpc.bank.local",
+         "method": os.environ["GRPC_METHOD"], "metadata": md}]
+out = subprocess.run([sys.executable, sys.argv[1]], input=json.dumps(call), capture_output=True, text=True)
+print(json.loads(out.stdout)[0]["code"] if out.returncode == 0 else "ERROR")
+' "$(dirname "$0")/grpc_client.py" 2>/dev/null || echo ERROR
+}
+owner_tok=$(token_for owner) || die "could not get a token for owner"
+teller_tok=$(token_for teller) || die "could not get a token for teller"
+echo
+printf '%-7s %-24s %-14s %-17s %-12s %s\n' USER HOST "gRPC method" gRPC CHECK WHY
+row owner grpc.bank.local "GetAccount" "$(grpc_code /bank.v1.Accounts/GetAccount "$owner_tok")" OK "a gRPC call: Keycloak's decision as a gRPC status (allowed)"
+row teller grpc.bank.local "GetAccount" "$(grpc_code /bank.v1.Accounts/GetAccount "$teller_tok")" PERMISSION_DENIED "denied by Keycloak's policies, the reason in grpc-message"
+row - grpc.bank.local "GetAccount" "$(grpc_code /bank.v1.Accounts/GetAccount "")" UNAUTHENTICATED "no token: the Bearer challenge as metadata, where an HTTP client is redirected (on-deny-redirect-to)"
 
 echo
 if [ "$mismatches" -gt 0 ]; then
