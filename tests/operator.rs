@@ -287,6 +287,38 @@ fn evaluate_routed(
 /// `kcpep evaluate` with `args`, the token (through a file), `--header`s, then `method path`; its
 /// JSON output (the claims enforcers read their secret from the VM's environment, as envoy.yaml
 /// sets it).
+#[test]
+fn evaluate_says_what_a_grpc_client_gets() {
+    let yaml =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/envoy/envoy.yaml")).unwrap();
+    let full: Value = serde_json::from_str(&plugin_configs(&yaml)[0]).unwrap();
+    // envoy.yaml's gRPC enforcer (on-deny-redirect-to set), asking the stack's Keycloak directly
+    let mut e = full["enforcers"]["grpc"].clone();
+    e["auth-server-url"] = keycloak().into();
+    let config = write("grpc.json", &e);
+    let grpc = ["content-type:application/grpc"];
+    let args = ["evaluate", "--config", &config, "--json"];
+    let method = "/bank.v1.Accounts/GetAccount";
+    let cases = [
+        (Some("owner"), 200, None),
+        (Some("teller"), 403, Some(7)),
+        (None, 401, Some(16)),
+    ];
+    for (user, status, grpc_status) in cases {
+        let tok = user.map(user_token);
+        let out = run_evaluate(&args, tok.as_deref(), &grpc, "POST", method);
+        let r = &out["result"];
+        assert_eq!(r["status"], status, "{user:?}: {out}");
+        assert_eq!(r["grpc_status"].as_u64(), grpc_status, "{user:?}: {out}");
+    }
+    // the same request from an HTTP client: redirected, no gRPC status
+    let out = run_evaluate(&args, None, &[], "POST", method);
+    assert_eq!(
+        (&out["result"]["status"], &out["result"]["grpc_status"]),
+        (&json!(302), &Value::Null)
+    );
+}
+
 fn run_evaluate(
     args: &[&str],
     token: Option<&str>,

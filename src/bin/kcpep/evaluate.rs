@@ -212,6 +212,8 @@ fn outcome(st: &StreamLog, go: Go) -> Value {
         };
         return json!({
             "status": r.status, "verdict": verdict, "reason": r.reason, "cache": cache,
+            // a gRPC client's answer: HTTP 200 on the wire, this status in grpc-status
+            "grpc_status": r.grpc_status,
             "headers": r.headers.iter().map(|(k, v)| {
                 if k.eq_ignore_ascii_case("location") { format!("{k}: {v}") } else { k.clone() }
             }).collect::<Vec<_>>(),
@@ -528,8 +530,12 @@ fn print_lines(out: &Value) {
         }
     }
     let r = &out["result"];
+    let grpc = match r["grpc_status"].as_u64() {
+        Some(code) => format!(", to a gRPC client grpc-status {code}"),
+        None => String::new(),
+    };
     println!(
-        "verdict      {} {} ({}), cache {}",
+        "verdict      {} {} ({}), cache {}{grpc}",
         s(&r["status"]),
         s(&r["verdict"]),
         s(&r["reason"]),
