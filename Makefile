@@ -6,7 +6,7 @@ WASM := dist/keycloak_pep.wasm
 # RSA-PSS or EdDSA realm keys).
 WASM_RUST_CRYPTO := dist/keycloak_pep_rust_crypto.wasm
 
-.PHONY: help build wasm wasm-rust-crypto policies-jar test unit abi e2e test-istio e2e-matrix test-docker fuzz fuzz-diff lint up down demo bench profile soak failover oci clean
+.PHONY: help build wasm wasm-rust-crypto policies-jar test unit abi e2e test-istio e2e-matrix test-docker fuzz fuzz-diff lint up down demo bench profile size soak failover oci clean
 
 help:
 	@echo "make demo    build the filter, start Keycloak + Envoy + an echo upstream on 127.0.0.1, show allowed/denied requests"
@@ -22,6 +22,7 @@ help:
 	@echo "make fuzz-diff    path normalization and matching against Keycloak's own matchers, new seeds for KCPEP_FUZZ_MINUTES (10)"
 	@echo "make bench   benchmarks (prints figures)"
 	@echo "make profile where a cache hit spends its time in the module (perf)"
+	@echo "make size    where the module's bytes go, per crate and function (twiggy)"
 	@echo "make soak    production-like load for KCPEP_SOAK_SECONDS (600): 1,000 users, rotating tokens; CSV + PNG in results/"
 	@echo "make failover   two Keycloak nodes on PostgreSQL behind the filter: kill -9 one mid-run, restart it, stop both"
 	@echo "make oci     dist/oci: an OCI image layout of the filter for Istio (no container engine needed)"
@@ -131,6 +132,9 @@ bench: $(WASM)
 # where a cache hit's time goes inside the module (perf, wasmtime's perf map)
 profile:
 	scripts/profile.sh
+
+size:
+	scripts/size.sh
 
 # Long runs with stacks of their own (their own ports, never the test stack's): see docs/soak.md and
 # docs/failover.md.
