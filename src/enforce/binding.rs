@@ -133,16 +133,23 @@ pub fn is_bound(token: &Token) -> bool {
     jkt.is_some() || x5t.is_some()
 }
 
+/// What a proof is checked with: the time in seconds, the host's signature check, and the keys
+/// of the proof headers seen before.
+pub struct Checking<'a> {
+    pub now: i64,
+    pub host: Option<HostVerifier<'a>>,
+    pub keys: &'a mut dpop::HeaderKeys,
+}
+
 /// Checks the binding of a verified token. `Ok(Some(proof))`: a DPoP proof passed every check
-/// but replay, which the caller asks the store (across workers). `now` in seconds.
+/// but replay, which the caller asks the store (across workers).
 pub fn check(
     mode: SenderConstraint,
     settings: &DpopSettings,
     token: &Token,
     raw: &str,
     presented: &Presented,
-    now: i64,
-    host: Option<HostVerifier>,
+    with: Checking<'_>,
 ) -> Result<Option<Proof>, Refusal> {
     if mode == SenderConstraint::Off {
         return Ok(None);
@@ -182,7 +189,7 @@ pub fn check(
         }
         // An unbound token with the DPoP scheme, where accepted, still needs a valid proof.
         if presented.scheme == Scheme::DPoP {
-            return proof_for(settings, raw, None, presented, now, host).map(Some);
+            return proof_for(settings, raw, None, presented, with).map(Some);
         }
         return Ok(None);
     };
@@ -193,7 +200,7 @@ pub fn check(
             "dpop_token_as_bearer",
         ));
     }
-    proof_for(settings, raw, Some(jkt), presented, now, host).map(Some)
+    proof_for(settings, raw, Some(jkt), presented, with).map(Some)
 }
 
 fn proof_for(
@@ -201,19 +208,18 @@ fn proof_for(
     raw: &str,
     jkt: Option<&str>,
     presented: &Presented,
-    now: i64,
-    host: Option<HostVerifier>,
+    with: Checking<'_>,
 ) -> Result<Proof, Refusal> {
     let expected = dpop::ProofCheck {
         method: presented.method,
         htu: presented.url,
         access_token: raw,
         jkt,
-        now,
+        now: with.now,
         lifetime_s: settings.proof_lifetime_s,
         skew_s: settings.clock_skew_s,
     };
-    dpop::check(presented.proofs, &expected, host).map_err(Refusal::proof)
+    dpop::check(presented.proofs, &expected, with.host, with.keys).map_err(Refusal::proof)
 }
 
 /// The `WWW-Authenticate` value of a refusal (`realm` for the Bearer scheme).

@@ -39,6 +39,8 @@ pub struct Enforcer {
     learnt: Learnt,
     /// The sessions that ended (back-channel logout), shared by the VM's enforcers.
     logouts: Rc<RefCell<Logouts>>,
+    /// The keys of the DPoP proof headers seen last (a client's proofs share one header).
+    proof_keys: crate::keycloak::dpop::HeaderKeys,
 }
 
 /// What the enforcer has learnt; changes between requests.
@@ -166,6 +168,7 @@ impl Enforcer {
             config: Rc::new(config),
             learnt,
             logouts,
+            proof_keys: Default::default(),
         }
     }
 
@@ -293,8 +296,11 @@ impl Enforcer {
             &token,
             &raw,
             &presented,
-            now_ms / 1000,
-            host,
+            binding::Checking {
+                now: now_ms / 1000,
+                host,
+                keys: &mut self.proof_keys,
+            },
         );
         let first = match (checked, replay) {
             (Err(r), _) => return (Credential::Refused(r), None),

@@ -13,6 +13,7 @@ use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::Algorithm;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
+use std::rc::Rc;
 
 pub use crate::config::{
     DPOP_DEFAULT_LIFETIME_S as DEFAULT_LIFETIME_S, DPOP_DEFAULT_SKEW_S as DEFAULT_SKEW_S,
@@ -258,29 +259,52 @@ pub fn algorithms() -> &'static [&'static str] {
     }
 }
 
-/// Checks the request's `DPoP` header values against what the request and its token imply.
-pub fn check(
-    values: &[&[u8]],
-    expected: &ProofCheck,
-    host: Option<HostVerifier>,
-) -> Result<Proof, ProofError> {
-    let raw = match values {
-        [] => return Err(ProofError::Missing),
-        [one] => *one,
-        _ => return Err(ProofError::Multiple),
-    };
-    if raw.len() > MAX_PROOF_BYTES {
-        return Err(ProofError::TooLarge);
+/// What a valid proof header comes to: the key that must have signed the proof, ready for the
+/// check, and its thumbprint. The same header bytes always come to the same, and a client signs
+/// all its proofs with one key under one header, so a VM keeps the last few ([`HeaderKeys`]);
+/// each proof's signature, claims, time and replay are checked all the same.
+pub struct HeaderKey {
+    key: token::SigningKey,
+    thumbprint: Option<String>,
+}
+
+/// The most recently seen proof headers' keys, the least recently used dropped first.
+#[derive(Default)]
+pub struct HeaderKeys {
+    entries: Vec<(Box<str>, Rc<HeaderKey>)>,
+}
+
+/// Proof headers remembered per enforcer and VM: a few hundred bytes each.
+pub const HEADER_KEYS: usize = 32;
+
+impl HeaderKeys {
+    fn get(&mut self, header: &str) -> Option<Rc<HeaderKey>> {
+        let at = self.entries.iter().position(|(h, _)| &**h == header)?;
+        let entry = self.entries.remove(at);
+        let key = Rc::clone(&entry.1);
+        self.entries.push(entry);
+        Some(key)
     }
-    let raw = std::str::from_utf8(raw)
-        .map_err(|_| ProofError::Malformed)?
-        .trim();
-    let mut parts = raw.split('.');
-    let (Some(h), Some(_), Some(_), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(ProofError::Malformed);
-    };
+
+    fn put(&mut self, header: &str, key: Rc<HeaderKey>) {
+        if self.entries.len() >= HEADER_KEYS {
+            self.entries.remove(0);
+        }
+        self.entries.push((header.into(), key));
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// The key a proof header names: `typ` `dpop+jwt`, an asymmetric `alg` this build checks, a
+/// public `jwk` that fits it.
+fn header_key(h: &str) -> Result<HeaderKey, ProofError> {
     let header: Map<String, Value> = unb64url(h)
         .and_then(|b| serde_json::from_slice(&b).ok())
         .ok_or(ProofError::Malformed)?;
@@ -309,7 +333,47 @@ pub fn check(
     }
     let jwk: Jwk =
         serde_json::from_value(Value::Object(jwk_value.clone())).map_err(|_| ProofError::NoKey)?;
-    let claims = token::verify_signed_by_jwk(raw, &jwk, alg, host).map_err(|e| match e {
+    let key = token::signing_key(&jwk, alg).map_err(|_| ProofError::Algorithm)?;
+    Ok(HeaderKey {
+        key,
+        thumbprint: thumbprint(jwk_value),
+    })
+}
+
+/// Checks the request's `DPoP` header values against what the request and its token imply;
+/// `keys`: the keys of proof headers seen before.
+pub fn check(
+    values: &[&[u8]],
+    expected: &ProofCheck,
+    host: Option<HostVerifier>,
+    keys: &mut HeaderKeys,
+) -> Result<Proof, ProofError> {
+    let raw = match values {
+        [] => return Err(ProofError::Missing),
+        [one] => *one,
+        _ => return Err(ProofError::Multiple),
+    };
+    if raw.len() > MAX_PROOF_BYTES {
+        return Err(ProofError::TooLarge);
+    }
+    let raw = std::str::from_utf8(raw)
+        .map_err(|_| ProofError::Malformed)?
+        .trim();
+    let mut parts = raw.split('.');
+    let (Some(h), Some(_), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(ProofError::Malformed);
+    };
+    let key = match keys.get(h) {
+        Some(key) => key,
+        None => {
+            let key = Rc::new(header_key(h)?);
+            keys.put(h, Rc::clone(&key));
+            key
+        }
+    };
+    let claims = token::verify_signed_by(raw, &key.key, host).map_err(|e| match e {
         TokenError::BadSignature => ProofError::BadSignature,
         TokenError::Malformed => ProofError::Malformed,
         TokenError::NoVerifier => ProofError::NoVerifier,
@@ -345,7 +409,7 @@ pub fn check(
     }
     let owner: [u8; 32] = match expected.jkt {
         Some(jkt) => {
-            if thumbprint(jwk_value).as_deref() != Some(jkt) {
+            if key.thumbprint.as_deref() != Some(jkt) {
                 return Err(ProofError::WrongKey);
             }
             Sha256::digest(jkt.as_bytes()).into()
@@ -367,6 +431,15 @@ pub fn check(
 pub(crate) mod tests {
     use super::*;
     use serde_json::json;
+
+    /// One proof checked with no header seen before.
+    fn check(
+        values: &[&[u8]],
+        expected: &ProofCheck,
+        host: Option<HostVerifier>,
+    ) -> Result<Proof, ProofError> {
+        super::check(values, expected, host, &mut HeaderKeys::default())
+    }
 
     /// RFC 7638 §3.1's example key and thumbprint.
     #[test]
@@ -610,5 +683,55 @@ pub(crate) mod tests {
             check(&[big.as_bytes()], &expected(&jkt), None),
             Err(ProofError::TooLarge)
         );
+    }
+
+    #[test]
+    fn a_remembered_header_still_has_every_proof_checked() {
+        let jkt = thumbprint(&client_jwk()).unwrap();
+        let mut keys = HeaderKeys::default();
+        let mut seen = |proof: &str, jkt: &str| {
+            super::check(&[proof.as_bytes()], &expected(jkt), None, &mut keys)
+        };
+        let good = sign(&header(), &claims());
+        assert!(seen(&good, &jkt).is_ok());
+        // the same header again, remembered: a tampered proof, another token's key, a stale
+        // or wrong claim are refused as without the memo
+        let (input, sig) = good.rsplit_once('.').unwrap();
+        let (h, _) = input.split_once('.').unwrap();
+        let mut c = claims();
+        c["jti"] = json!("j-9");
+        let tampered = format!("{h}.{}.{sig}", b64url(c.to_string().as_bytes()));
+        assert_eq!(seen(&tampered, &jkt), Err(ProofError::BadSignature));
+        assert_eq!(seen(&good, "another-thumbprint"), Err(ProofError::WrongKey));
+        c = claims();
+        c["iat"] = json!(NOW - 26);
+        assert_eq!(seen(&sign(&header(), &c), &jkt), Err(ProofError::NotActive));
+        c = claims();
+        c["htm"] = json!("POST");
+        assert_eq!(
+            seen(&sign(&header(), &c), &jkt),
+            Err(ProofError::WrongMethod)
+        );
+        assert!(seen(&good, &jkt).is_ok());
+        // a refused header is not remembered; the table keeps the most recent HEADER_KEYS
+        let mut bad = header();
+        bad["typ"] = json!("JWT");
+        assert_eq!(
+            seen(&sign(&bad, &claims()), &jkt),
+            Err(ProofError::WrongType)
+        );
+        assert_eq!(keys.len(), 1);
+        for i in 0..HEADER_KEYS + 5 {
+            let mut h = header();
+            h["kid"] = json!(format!("k{i}"));
+            assert!(super::check(
+                &[sign(&h, &claims()).as_bytes()],
+                &expected(&jkt),
+                None,
+                &mut keys
+            )
+            .is_ok());
+        }
+        assert_eq!(keys.len(), HEADER_KEYS);
     }
 }

@@ -516,14 +516,13 @@ fn signed_by(raw: &str, k: &Key, host: Option<HostVerifier>) -> Result<Value, To
     in_wasm_check(raw, k, k.alg)
 }
 
-/// The claims of a JWS signed with `alg` by the one public key `jwk` (a DPoP proof carries the
-/// key that signed it). Only asymmetric algorithms this build checks; `alg` must fit the key.
-pub fn verify_signed_by_jwk(
-    raw: &str,
-    jwk: &Jwk,
-    alg: Algorithm,
-    host: Option<HostVerifier>,
-) -> Result<Value, TokenError> {
+/// The one public key a JWS must be signed by (a DPoP proof carries the key that signed it),
+/// made ready for the check once: [`verify_signed_by`] checks each JWS with it.
+pub struct SigningKey(Key);
+
+/// The key of `jwk` for `alg`: only asymmetric algorithms this build checks, and `alg` must fit
+/// the key.
+pub fn signing_key(jwk: &Jwk, alg: Algorithm) -> Result<SigningKey, TokenError> {
     let key_alg = match alg {
         Algorithm::RS256 => KeyAlgorithm::RS256,
         Algorithm::RS384 => KeyAlgorithm::RS384,
@@ -557,9 +556,28 @@ pub fn verify_signed_by_jwk(
     jwk.common.key_algorithm = Some(key_alg);
     jwk.common.public_key_use = None;
     match usable_key(&jwk) {
-        Usable::Yes(k) if k.alg == alg => signed_by(raw, &k, host),
+        Usable::Yes(k) if k.alg == alg => Ok(SigningKey(k)),
         _ => Err(TokenError::UnsupportedAlgorithm),
     }
+}
+
+/// The claims of the JWS `raw` when `key` signed it.
+pub fn verify_signed_by(
+    raw: &str,
+    key: &SigningKey,
+    host: Option<HostVerifier>,
+) -> Result<Value, TokenError> {
+    signed_by(raw, &key.0, host)
+}
+
+/// The claims of a JWS signed with `alg` by the one public key `jwk`.
+pub fn verify_signed_by_jwk(
+    raw: &str,
+    jwk: &Jwk,
+    alg: Algorithm,
+    host: Option<HostVerifier>,
+) -> Result<Value, TokenError> {
+    verify_signed_by(raw, &signing_key(jwk, alg)?, host)
 }
 
 /// The digest the host's `verify_signature` uses for `alg`; None for what it cannot check.
