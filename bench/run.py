@@ -150,7 +150,8 @@ def wait_until(what, check, seconds):
 
 
 class Envoy:
-    def __init__(self, name, wasm=None, plugin=None, concurrency=1, native=None, config=None):
+    def __init__(self, name, wasm=None, plugin=None, concurrency=1, native=None, config=None,
+                 wasm_log=False):
         os.makedirs(RUN, exist_ok=True)
         path = os.path.join(RUN, f"{name}.json")
         with open(path, "w") as f:
@@ -159,7 +160,8 @@ class Envoy:
         self.started = time.time()
         self.proc = subprocess.Popen(
             [ENVOY, "-c", path, "--disable-hot-restart", "--base-id", "77", "--concurrency", str(concurrency),
-             "--log-level", "warning"], stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
+             "--log-level", "warning"] + (["--component-log-level", "wasm:info"] if wasm_log else []),
+            stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
         wait_until("bench Envoy /ready", lambda: self._ready(), 30)
 
     def _ready(self):
@@ -343,29 +345,81 @@ def rss_mb(pid):
     return None
 
 
+def startup_split(envoy, first_allow):
+    """Where the time to the first allowed request went, from the module's own log lines (Envoy's
+    timestamps): Envoy's start until the first VM had compiled and configured the module ("kcpep:
+    configured"), then until the enforcer had Keycloak's keys, PAT and resources ("ready"), then
+    until the first request was allowed."""
+    envoy.log.flush()
+    stamps = {}
+    with open(envoy.log.name) as f:
+        for line in f:
+            m = re.match(r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+)\]", line)
+            if not m:
+                continue
+            t = time.mktime(time.strptime(m.group(1)[:19], "%Y-%m-%d %H:%M:%S")) + float("0." + m.group(1)[20:])
+            for what, marker in (("configured", "kcpep: configured"), ("ready", "kcpep: ready: realm keys")):
+                if marker in line:
+                    stamps.setdefault(what, t)
+    if set(stamps) != {"configured", "ready"}:
+        return None
+    ms = lambda a, b: round((b - a) * 1000)
+    return {"envoy_and_module_ms": ms(envoy.started, stamps["configured"]),
+            "keycloak_fetches_ms": ms(stamps["configured"], stamps["ready"]),
+            "to_first_allow_ms": ms(stamps["ready"], first_allow)}
+
+
 def footprint(owner):
     """What a sidecar costs before any traffic matters: Envoy's RSS after a warm-up with two
     workers (no filter, the no-op filter, keycloak-pep), and keycloak-pep's start-up, from
     Envoy's start to the first enforced request allowed (the module compiled in every VM, the
     realm's keys and PAT fetched), with 1 and 4 workers."""
-    out = {"rss_mb": {}, "startup_ms": {}}
+    out = {"rss_mb": {}, "startup_ms": {}, "wasm_memory_mb": {}}
+    # keycloak-pep twice: with the bench's decision table (10,000 slots, made empty in shared data
+    # at configure) and without one, so the table's share of the RSS is measured apart
     for name, wasm, plugin, tok in (("bare", None, None, None), ("noop", "dist/noop.wasm", {}, None),
+                                    ("pep_no_table", "dist/keycloak_pep.wasm", plugin_config(False), owner),
                                     ("pep", "dist/keycloak_pep.wasm", plugin_config(True), owner)):
         envoy = Envoy(f"rss-{name}", wasm, plugin, concurrency=2)
         try:
             wait_until(f"rss {name}: 200", lambda: ok_status(tok) == 200, 60)
             wrk(16, WARMUP, tok)
             out["rss_mb"][name] = rss_mb(envoy.proc.pid)
+            out["wasm_memory_mb"][name] = round(envoy.stat("wasmcustom.kcpep.wasm.memory_bytes") / 1048576, 1)
         finally:
             envoy.stop()
+    rss, linear = out["rss_mb"], out["wasm_memory_mb"]
+    # the RSS over the no-op filter, in parts: the decision table's slots, the VMs' linear
+    # memory (the module's own gauge, all VMs), and the rest (V8's compiled code and the VMs'
+    # runtime state, the plugin's configuration in Envoy)
+    out["rss_parts_mb"] = {
+        "decision_table": round(rss["pep"] - rss["pep_no_table"], 1),
+        "linear_memory": linear["pep_no_table"],
+        "compiled_code_and_runtime": round(rss["pep_no_table"] - rss["noop"] - linear["pep_no_table"], 1),
+    }
+    parts = out["rss_parts_mb"]
+    print(f"  RSS over the no-op filter, in parts (2 workers): decision table of 10,000 slots "
+          f"{parts['decision_table']} MB, VMs' linear memory {parts['linear_memory']} MB, compiled code and "
+          f"runtime {parts['compiled_code_and_runtime']} MB", flush=True)
+    out["startup_split_ms"] = {}
+    # Envoy's own start with a filter that fetches nothing: the floor of the figures below
+    envoy = Envoy("startup-noop", "dist/noop.wasm", {}, concurrency=1)
+    try:
+        wait_until("startup noop: 200", lambda: ok_status(None) == 200, 60)
+        out["startup_ms"]["noop"] = round((time.time() - envoy.started) * 1000)
+    finally:
+        envoy.stop()
     for workers in (1, 4):
-        envoy = Envoy(f"startup-{workers}", "dist/keycloak_pep.wasm", plugin_config(True), concurrency=workers)
+        envoy = Envoy(f"startup-{workers}", "dist/keycloak_pep.wasm", plugin_config(True), concurrency=workers,
+                      wasm_log=True)
         try:
             while ok_status(owner) != 200:
                 if time.time() - envoy.started > 60:
                     sys.exit("bench: keycloak-pep never allowed the first request")
                 time.sleep(0.01)
-            out["startup_ms"][workers] = round((time.time() - envoy.started) * 1000)
+            first_allow = time.time()
+            out["startup_ms"][workers] = round((first_allow - envoy.started) * 1000)
+            out["startup_split_ms"][workers] = startup_split(envoy, first_allow)
         finally:
             envoy.stop()
     out["per_route"] = per_route_footprint()
@@ -373,6 +427,12 @@ def footprint(owner):
     print(f"  footprint: Envoy RSS with 2 workers after warm-up: no filter {rss['bare']} MB, no-op filter "
           f"{rss['noop']} MB, keycloak-pep {rss['pep']} MB; start-up to the first allowed request: "
           f"{out['startup_ms'][1]} ms (1 worker), {out['startup_ms'][4]} ms (4 workers)", flush=True)
+    split = out["startup_split_ms"].get(1)
+    if split:
+        print(f"  start-up, 1 worker (the no-op filter's Envoy answers {out['startup_ms']['noop']} ms after its start): "
+              f"Envoy's start to the module configured {split['envoy_and_module_ms']} ms, "
+              f"Keycloak's keys, PAT and resources {split['keycloak_fetches_ms']} ms, then the first allow "
+              f"{split['to_first_allow_ms']} ms", flush=True)
     return out
 
 
@@ -812,8 +872,13 @@ def main():
     })
     if fp:
         summary["rss_delta_mb"] = round(fp["rss_mb"]["pep"] - fp["rss_mb"]["noop"], 1)
+        for k, v in fp["rss_parts_mb"].items():
+            summary[f"rss_{k}_mb"] = v
         summary["startup_ms"] = fp["startup_ms"][1]
         summary["startup_ms_4_workers"] = fp["startup_ms"][4]
+        summary["startup_ms_noop"] = fp["startup_ms"]["noop"]
+        for k, v in (fp.get("startup_split_ms", {}).get(1) or {}).items():
+            summary[f"startup_{k}"] = v
         for form, r in fp["per_route"].items():
             summary[f"per_route_{form}_vms"] = r["wasm_vms"]
             summary[f"per_route_{form}_rss_mb"] = r["rss_mb"]
