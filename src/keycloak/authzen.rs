@@ -27,10 +27,10 @@
 //! Nothing here performs I/O.
 
 use crate::config::EnforcerConfig;
-use crate::keycloak::uma::{check_status, repeatable, Failure, OAuthError};
+use crate::keycloak::uma::{check_status, json_body, repeatable, Failure, OAuthError};
+use crate::wire::json::Obj;
 use crate::wire::claims::Claims;
 use crate::wire::http::{get, HttpRequest};
-use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 /// The realm's AuthZEN endpoints on the Keycloak cluster, fixed by Keycloak's URL layout
@@ -60,12 +60,11 @@ pub fn discovery_request(cfg: &EnforcerConfig) -> HttpRequest {
 
 /// The PDP metadata Keycloak publishes (AuthZEN 1.0 §9). Absolute URLs, built from the
 /// frontend URL, so their paths may differ from the cluster paths of [`Endpoints`].
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Discovery {
     pub policy_decision_point: String,
     pub access_evaluation_endpoint: String,
     /// Optional in the specification; Keycloak 26.7 publishes it.
-    #[serde(default)]
     pub access_evaluations_endpoint: Option<String>,
 }
 
@@ -85,7 +84,14 @@ fn url_path(url: &str) -> &str {
 /// A 404 means Keycloak runs without `--features=authzen` (or the realm does not exist).
 pub fn parse_discovery(status: u16, body: &[u8]) -> Result<Discovery, Failure> {
     check_status(status, body)?;
-    serde_json::from_slice(body).map_err(|e| Failure::BadBody(e.to_string()))
+    json_body(body, |v| {
+        let mut o = Obj::new(v, "")?;
+        Ok(Discovery {
+            policy_decision_point: o.required_string("policy_decision_point")?,
+            access_evaluation_endpoint: o.required_string("access_evaluation_endpoint")?,
+            access_evaluations_endpoint: o.string("access_evaluations_endpoint")?,
+        })
+    })
 }
 
 /// How Keycloak goes through a batch (`options.evaluations_semantic`). The short-circuiting ones

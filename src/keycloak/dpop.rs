@@ -8,9 +8,8 @@
 //! 10 s and a skew of 15 s by default; the URL compared without its query; `htm` exactly.
 
 use crate::keycloak::token::{self, HostVerifier, TokenError};
+use crate::keycloak::jose::{self, Alg, Jwk};
 use base64::Engine;
-use jsonwebtoken::jwk::Jwk;
-use jsonwebtoken::Algorithm;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use std::rc::Rc;
@@ -153,12 +152,6 @@ const PRIVATE_MEMBERS: [&str; 8] = ["d", "p", "q", "dp", "dq", "qi", "oth", "k"]
 
 fn b64url(bytes: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
-
-fn unb64url(s: &str) -> Option<Vec<u8>> {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(s)
-        .ok()
 }
 
 /// The JWK SHA-256 thumbprint (RFC 7638): the required members in lexicographic order, no
@@ -305,25 +298,16 @@ impl HeaderKeys {
 /// The key a proof header names: `typ` `dpop+jwt`, an asymmetric `alg` this build checks, a
 /// public `jwk` that fits it.
 fn header_key(h: &str) -> Result<HeaderKey, ProofError> {
-    let header: Map<String, Value> = unb64url(h)
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .ok_or(ProofError::Malformed)?;
+    let header = jose::json_object(h).ok_or(ProofError::Malformed)?;
     if header.get("typ").and_then(Value::as_str) != Some("dpop+jwt") {
         return Err(ProofError::WrongType);
     }
-    let alg = match header.get("alg").and_then(Value::as_str) {
-        Some("RS256") => Algorithm::RS256,
-        Some("RS384") => Algorithm::RS384,
-        Some("RS512") => Algorithm::RS512,
-        Some("PS256") => Algorithm::PS256,
-        Some("PS384") => Algorithm::PS384,
-        Some("PS512") => Algorithm::PS512,
-        Some("ES256") => Algorithm::ES256,
-        Some("ES384") => Algorithm::ES384,
-        Some("EdDSA") => Algorithm::EdDSA,
-        // `none`, HMAC (a shared secret proves nothing) and anything unknown
-        _ => return Err(ProofError::Algorithm),
-    };
+    // `none`, HMAC (a shared secret proves nothing) and anything unknown are refused
+    let alg = header
+        .get("alg")
+        .and_then(Value::as_str)
+        .and_then(Alg::from_name)
+        .ok_or(ProofError::Algorithm)?;
     let jwk_value = match header.get("jwk") {
         Some(Value::Object(m)) => m,
         _ => return Err(ProofError::NoKey),
@@ -331,8 +315,7 @@ fn header_key(h: &str) -> Result<HeaderKey, ProofError> {
     if PRIVATE_MEMBERS.iter().any(|m| jwk_value.contains_key(*m)) {
         return Err(ProofError::PrivateKey);
     }
-    let jwk: Jwk =
-        serde_json::from_value(Value::Object(jwk_value.clone())).map_err(|_| ProofError::NoKey)?;
+    let jwk = Jwk::from_object(jwk_value).ok_or(ProofError::NoKey)?;
     let key = token::signing_key(&jwk, alg).map_err(|_| ProofError::Algorithm)?;
     Ok(HeaderKey {
         key,

@@ -6,6 +6,7 @@
 pub mod authzen;
 pub mod background;
 pub mod dpop;
+pub mod jose;
 pub mod knowledge;
 pub mod logout;
 pub(crate) mod resources;

@@ -8,13 +8,9 @@
 use crate::keycloak::signature::{self, HostCheck};
 use crate::wire::permission::permissions_of;
 use crate::wire::permission::Permission;
-use base64::Engine;
-use jsonwebtoken::jwk::{
-    AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm, PublicKeyUse,
-};
-use jsonwebtoken::Algorithm;
+use crate::keycloak::jose::{self, Alg, HeaderAlg, Jwk, KeyParams};
 #[cfg(feature = "rust-crypto")]
-use jsonwebtoken::{DecodingKey, Validation};
+use jsonwebtoken::DecodingKey;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -158,7 +154,7 @@ pub fn digest(raw: &str) -> [u8; 32] {
 /// One verification key of the realm.
 struct Key {
     kid: Option<String>,
-    alg: Algorithm,
+    alg: Alg,
     /// For the in-wasm check (the `rust-crypto` build).
     #[cfg(feature = "rust-crypto")]
     key: DecodingKey,
@@ -215,12 +211,21 @@ impl Jwks {
     /// Parses a JWKS document; keys for encryption, unknown algorithms and HMAC are skipped.
     /// An error when no usable signing key remains (a 503 page is not a JWKS).
     pub fn parse(body: &[u8]) -> Result<Jwks, JwksError> {
-        let set: JwkSet =
+        let doc: Value =
             serde_json::from_slice(body).map_err(|e| JwksError::NotJwks(e.to_string()))?;
+        let Some(set) = doc.get("keys").and_then(Value::as_array) else {
+            return Err(JwksError::NotJwks("no \"keys\" array".into()));
+        };
         let mut keys = Vec::new();
         let mut unchecked = Vec::new();
-        for jwk in &set.keys {
-            match usable_key(jwk) {
+        // A member that is not an RSA, EC or OKP public key (an `oct` secret, a key of a type
+        // RFC 7518 does not define) is no signing key of a realm: skipped like encryption keys.
+        for jwk in set
+            .iter()
+            .filter_map(Value::as_object)
+            .filter_map(Jwk::from_object)
+        {
+            match usable_key(&jwk) {
                 Usable::Yes(k) => keys.push(k),
                 Usable::NotHere(what) => unchecked.push(what),
                 Usable::No => {}
@@ -255,59 +260,47 @@ enum Usable {
 }
 
 fn usable_key(jwk: &Jwk) -> Usable {
-    if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
+    if jwk.key_use.as_deref() == Some("enc") {
         return Usable::No;
     }
-    let family_default = match &jwk.algorithm {
-        AlgorithmParameters::RSA(_) => Algorithm::RS256,
-        AlgorithmParameters::EllipticCurve(_) => Algorithm::ES256,
-        AlgorithmParameters::OctetKeyPair(_) => Algorithm::EdDSA,
-        _ => return Usable::No,
+    let alg = match jwk.alg.as_deref() {
+        None => jwk.family_default(),
+        Some(name) => match Alg::from_name(name) {
+            Some(alg) => alg,
+            // encryption (RSA-OAEP, ECDH-ES), HMAC, unknown
+            None => return Usable::No,
+        },
     };
-    let alg = match jwk.common.key_algorithm {
-        None => family_default,
-        Some(KeyAlgorithm::RS256) => Algorithm::RS256,
-        Some(KeyAlgorithm::RS384) => Algorithm::RS384,
-        Some(KeyAlgorithm::RS512) => Algorithm::RS512,
-        Some(KeyAlgorithm::PS256) => Algorithm::PS256,
-        Some(KeyAlgorithm::PS384) => Algorithm::PS384,
-        Some(KeyAlgorithm::PS512) => Algorithm::PS512,
-        Some(KeyAlgorithm::ES256) => Algorithm::ES256,
-        Some(KeyAlgorithm::ES384) => Algorithm::ES384,
-        Some(KeyAlgorithm::EdDSA) => Algorithm::EdDSA,
-        Some(_) => return Usable::No,
-    };
-    let b64 = |s: &str| {
-        base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(s.trim_end_matches('='))
-            .ok()
-    };
-    let (spki, curve) = match &jwk.algorithm {
-        AlgorithmParameters::RSA(rsa) => match (b64(&rsa.n), b64(&rsa.e)) {
+    if !jwk.fits(alg) {
+        return Usable::No;
+    }
+    let b64 = |s: &str| jose::unb64url(s.trim_end_matches('='));
+    let (spki, curve) = match &jwk.params {
+        KeyParams::Rsa { n, e } => match (b64(n), b64(e)) {
             (Some(n), Some(e)) => (Some(signature::rsa_spki(&n, &e)), None),
             _ => (None, None),
         },
-        AlgorithmParameters::EllipticCurve(ec) => {
-            let curve = match (alg, &ec.curve) {
-                (Algorithm::ES256, EllipticCurve::P256) => Some(signature::Curve::P256),
-                (Algorithm::ES384, EllipticCurve::P384) => Some(signature::Curve::P384),
+        KeyParams::Ec { x, y, .. } => {
+            let curve = match alg {
+                Alg::ES256 => Some(signature::Curve::P256),
+                Alg::ES384 => Some(signature::Curve::P384),
                 _ => None,
             };
-            let spki = match (curve, b64(&ec.x), b64(&ec.y)) {
+            let spki = match (curve, b64(x), b64(y)) {
                 (Some(c), Some(x), Some(y)) => signature::ec_spki(c, &x, &y),
                 _ => None,
             };
             (spki, curve)
         }
-        _ => (None, None),
+        KeyParams::Okp { .. } => (None, None),
     };
-    let kid = jwk.common.key_id.clone();
+    let kid = jwk.kid.clone();
     // The host's verify_signature checks PKCS#1 v1.5 and ECDSA: BoringSSL's EVP_DigestVerify
     // sets no PSS padding and takes no digest for EdDSA.
     #[cfg(not(feature = "rust-crypto"))]
     let host_can = hash_of(alg).is_some() && spki.is_some();
     #[cfg(feature = "rust-crypto")]
-    let Ok(key) = DecodingKey::from_jwk(jwk) else {
+    let Some(key) = decoding_key(jwk) else {
         return Usable::No;
     };
     #[cfg(not(feature = "rust-crypto"))]
@@ -325,6 +318,17 @@ fn usable_key(jwk: &Jwk) -> Usable {
         spki,
         curve,
     })
+}
+
+/// The key for jsonwebtoken's in-wasm check (the `rust-crypto` build).
+#[cfg(feature = "rust-crypto")]
+fn decoding_key(jwk: &Jwk) -> Option<DecodingKey> {
+    match &jwk.params {
+        KeyParams::Rsa { n, e } => DecodingKey::from_rsa_components(n, e),
+        KeyParams::Ec { x, y, .. } => DecodingKey::from_ec_components(x, y),
+        KeyParams::Okp { x, .. } => DecodingKey::from_ed_components(x),
+    }
+    .ok()
 }
 
 /// What a token must satisfy besides its signature.
@@ -432,7 +436,7 @@ const DECISION_CLAIMS: [&str; 6] = ["aud", "sub", "authorization", "cnf", "sid",
 
 /// The key id of a token, read without verification (to decide whether the JWKS must be refetched).
 pub fn key_id(raw: &str) -> Option<String> {
-    jsonwebtoken::decode_header(raw).ok()?.kid
+    jose::header(raw)?.kid
 }
 
 /// A signature checker offered by the host (Envoy's `verify_signature`); `None`: could not check.
@@ -467,14 +471,14 @@ pub fn signed_claims(
     jwks: &Jwks,
     host: Option<HostVerifier>,
 ) -> Result<Value, TokenError> {
-    let header = jsonwebtoken::decode_header(raw).map_err(|_| TokenError::Malformed)?;
-    if matches!(
-        header.alg,
-        Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512
-    ) || matches!(header.alg, Algorithm::EdDSA)
-    {
-        return Err(TokenError::UnsupportedAlgorithm);
-    }
+    let header = jose::header(raw).ok_or(TokenError::Malformed)?;
+    let alg = match header.alg {
+        HeaderAlg::Asymmetric(Alg::EdDSA) | HeaderAlg::Hmac => {
+            return Err(TokenError::UnsupportedAlgorithm)
+        }
+        HeaderAlg::Unknown => return Err(TokenError::Malformed),
+        HeaderAlg::Asymmetric(alg) => alg,
+    };
     let candidates: Vec<&Key> = jwks
         .keys
         .iter()
@@ -489,7 +493,7 @@ pub fn signed_claims(
     let mut last = TokenError::UnknownKey(header.kid.clone());
     let mut claims = None;
     for k in candidates {
-        if k.alg != header.alg {
+        if k.alg != alg {
             last = TokenError::UnsupportedAlgorithm;
             continue;
         }
@@ -522,39 +526,13 @@ pub struct SigningKey(Key);
 
 /// The key of `jwk` for `alg`: only asymmetric algorithms this build checks, and `alg` must fit
 /// the key.
-pub fn signing_key(jwk: &Jwk, alg: Algorithm) -> Result<SigningKey, TokenError> {
-    let key_alg = match alg {
-        Algorithm::RS256 => KeyAlgorithm::RS256,
-        Algorithm::RS384 => KeyAlgorithm::RS384,
-        Algorithm::RS512 => KeyAlgorithm::RS512,
-        Algorithm::PS256 => KeyAlgorithm::PS256,
-        Algorithm::PS384 => KeyAlgorithm::PS384,
-        Algorithm::PS512 => KeyAlgorithm::PS512,
-        Algorithm::ES256 => KeyAlgorithm::ES256,
-        Algorithm::ES384 => KeyAlgorithm::ES384,
-        Algorithm::EdDSA => KeyAlgorithm::EdDSA,
-        _ => return Err(TokenError::UnsupportedAlgorithm),
-    };
-    let fits = match (&jwk.algorithm, alg) {
-        (AlgorithmParameters::RSA(_), Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512)
-        | (AlgorithmParameters::RSA(_), Algorithm::PS256 | Algorithm::PS384 | Algorithm::PS512) => {
-            true
-        }
-        (AlgorithmParameters::EllipticCurve(ec), Algorithm::ES256) => {
-            ec.curve == EllipticCurve::P256
-        }
-        (AlgorithmParameters::EllipticCurve(ec), Algorithm::ES384) => {
-            ec.curve == EllipticCurve::P384
-        }
-        (AlgorithmParameters::OctetKeyPair(_), Algorithm::EdDSA) => true,
-        _ => false,
-    };
-    if !fits {
+pub fn signing_key(jwk: &Jwk, alg: Alg) -> Result<SigningKey, TokenError> {
+    if !jwk.fits(alg) {
         return Err(TokenError::UnsupportedAlgorithm);
     }
     let mut jwk = jwk.clone();
-    jwk.common.key_algorithm = Some(key_alg);
-    jwk.common.public_key_use = None;
+    jwk.alg = Some(alg.name().into());
+    jwk.key_use = None;
     match usable_key(&jwk) {
         Usable::Yes(k) if k.alg == alg => Ok(SigningKey(k)),
         _ => Err(TokenError::UnsupportedAlgorithm),
@@ -574,45 +552,60 @@ pub fn verify_signed_by(
 pub fn verify_signed_by_jwk(
     raw: &str,
     jwk: &Jwk,
-    alg: Algorithm,
+    alg: Alg,
     host: Option<HostVerifier>,
 ) -> Result<Value, TokenError> {
     verify_signed_by(raw, &signing_key(jwk, alg)?, host)
 }
 
 /// The digest the host's `verify_signature` uses for `alg`; None for what it cannot check.
-fn hash_of(alg: Algorithm) -> Option<&'static str> {
+fn hash_of(alg: Alg) -> Option<&'static str> {
     match alg {
-        Algorithm::RS256 | Algorithm::ES256 => Some("sha256"),
-        Algorithm::RS384 | Algorithm::ES384 => Some("sha384"),
-        Algorithm::RS512 => Some("sha512"),
+        Alg::RS256 | Alg::ES256 => Some("sha256"),
+        Alg::RS384 | Alg::ES384 => Some("sha384"),
+        Alg::RS512 => Some("sha512"),
         _ => None,
     }
 }
 
-/// The signature checked inside the module (the `rust-crypto` build).
+/// The signature checked inside the module (the `rust-crypto` build): jsonwebtoken's RustCrypto
+/// verifiers.
 #[cfg(feature = "rust-crypto")]
-fn in_wasm_check(raw: &str, k: &Key, alg: Algorithm) -> Result<Value, TokenError> {
-    let mut validation = Validation::new(alg);
-    validation.validate_exp = false;
-    validation.validate_nbf = false;
-    validation.validate_aud = false;
-    validation.required_spec_claims.clear();
-    match jsonwebtoken::decode::<Value>(raw, &k.key, &validation) {
-        Ok(data) => Ok(data.claims),
-        Err(e) => Err(match e.kind() {
-            jsonwebtoken::errors::ErrorKind::InvalidSignature => TokenError::BadSignature,
-            jsonwebtoken::errors::ErrorKind::InvalidAlgorithm => TokenError::UnsupportedAlgorithm,
-            _ => TokenError::Malformed,
-        }),
+fn in_wasm_check(raw: &str, k: &Key, alg: Alg) -> Result<Value, TokenError> {
+    use jsonwebtoken::Algorithm as J;
+    let (h, p, sig) = jose::parts(raw).ok_or(TokenError::Malformed)?;
+    let signing_input = &raw[..h.len() + 1 + p.len()];
+    let alg = match alg {
+        Alg::RS256 => J::RS256,
+        Alg::RS384 => J::RS384,
+        Alg::RS512 => J::RS512,
+        Alg::PS256 => J::PS256,
+        Alg::PS384 => J::PS384,
+        Alg::PS512 => J::PS512,
+        Alg::ES256 => J::ES256,
+        Alg::ES384 => J::ES384,
+        Alg::EdDSA => J::EdDSA,
+    };
+    match jsonwebtoken::crypto::verify(sig, signing_input.as_bytes(), &k.key, alg) {
+        Ok(true) => payload(p),
+        Ok(false) => Err(TokenError::BadSignature),
+        // the signature's base64 or the key's encoding
+        Err(_) => Err(TokenError::Malformed),
     }
 }
 
 /// Without `rust-crypto` only the host checks signatures: a host that could not answer leaves
 /// the token unverified (503, never an allow).
 #[cfg(not(feature = "rust-crypto"))]
-fn in_wasm_check(_: &str, _: &Key, _: Algorithm) -> Result<Value, TokenError> {
+fn in_wasm_check(_: &str, _: &Key, _: Alg) -> Result<Value, TokenError> {
     Err(TokenError::NoVerifier)
+}
+
+/// A JWS payload's JSON (the claims).
+fn payload(part: &str) -> Result<Value, TokenError> {
+    jose::unb64url(part)
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or(TokenError::Malformed)
 }
 
 /// Whether tokens can be verified at all: with the `rust-crypto` feature always, else only
@@ -630,14 +623,11 @@ fn host_check(
     hash: &'static str,
     curve: Option<signature::Curve>,
 ) -> Option<Result<Value, TokenError>> {
-    let (signing_input, sig_b64) = raw.rsplit_once('.')?;
-    let payload_b64 = signing_input.split('.').nth(1)?;
-    let decode = |s: &str| {
-        base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(s)
-            .ok()
+    let Some((h, payload_b64, sig_b64)) = jose::parts(raw) else {
+        return Some(Err(TokenError::Malformed));
     };
-    let (Some(sig), Some(payload)) = (decode(sig_b64), decode(payload_b64)) else {
+    let signing_input = &raw[..h.len() + 1 + payload_b64.len()];
+    let Some(sig) = jose::unb64url(sig_b64) else {
         return Some(Err(TokenError::Malformed));
     };
     let sig = match curve {
@@ -655,7 +645,7 @@ fn host_check(
     };
     match host(&check)? {
         false => Some(Err(TokenError::BadSignature)),
-        true => Some(serde_json::from_slice(&payload).map_err(|_| TokenError::Malformed)),
+        true => Some(payload(payload_b64)),
     }
 }
 
@@ -722,7 +712,7 @@ fn check_claims(
 pub(crate) mod tests {
     use super::*;
     use base64::Engine;
-    use jsonwebtoken::{EncodingKey, Header};
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
     use serde_json::json;
 
     pub const ISSUER: &str = "http://kc/realms/bank";

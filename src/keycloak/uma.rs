@@ -5,10 +5,10 @@
 
 use crate::config::EnforcerConfig;
 use crate::wire::http::{basic_auth, form, get, post_form, query_encode, HttpRequest};
-use crate::wire::permission::{permissions_of, Permission};
+use crate::wire::json::{self, Obj};
+use crate::wire::permission::{permissions_of, read_permissions, Permission};
 use crate::wire::resource::Resource;
 use base64::Engine;
-use serde::Deserialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
 
@@ -237,12 +237,34 @@ pub fn permission_ticket_request(
 }
 
 /// Keycloak's OAuth error body: `{"error": "...", "error_description": "..."}`.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct OAuthError {
-    #[serde(default)]
     pub error: String,
-    #[serde(default)]
     pub error_description: Option<String>,
+}
+
+impl OAuthError {
+    /// The error of a body, when it is Keycloak's OAuth error object (empty otherwise: a proxy's
+    /// HTML page, a body of another shape).
+    pub fn of_body(body: &[u8]) -> OAuthError {
+        let Ok(Value::Object(m)) = serde_json::from_slice::<Value>(body) else {
+            return OAuthError::default();
+        };
+        let error = match m.get("error") {
+            None => String::new(),
+            Some(Value::String(e)) => e.clone(),
+            Some(_) => return OAuthError::default(),
+        };
+        let error_description = match m.get("error_description") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(d)) => Some(d.clone()),
+            Some(_) => return OAuthError::default(),
+        };
+        OAuthError {
+            error,
+            error_description,
+        }
+    }
 }
 
 /// How a Keycloak answer went, before interpreting its body.
@@ -280,7 +302,7 @@ pub(crate) fn check_status(status: u16, body: &[u8]) -> Result<(), Failure> {
     if (200..300).contains(&status) {
         return Ok(());
     }
-    let error: OAuthError = serde_json::from_slice(body).unwrap_or_default();
+    let error = OAuthError::of_body(body);
     if status >= 500 || (error.error.is_empty() && status != 400 && status != 401 && status != 403)
     {
         return Err(Failure::Unavailable(format!("HTTP {status}")));
@@ -288,39 +310,61 @@ pub(crate) fn check_status(status: u16, body: &[u8]) -> Result<(), Failure> {
     Err(Failure::Http { status, error })
 }
 
-fn json_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Failure> {
-    serde_json::from_slice(body).map_err(|e| Failure::BadBody(e.to_string()))
+/// A 2xx answer's JSON read by `read` (hand-written readers, not derived deserializers: each
+/// derived one costs the module kilobytes; `crate::keycloak::jose` says more).
+pub(crate) fn json_body<T>(
+    body: &[u8],
+    read: impl FnOnce(&Value) -> json::Result<T>,
+) -> Result<T, Failure> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| Failure::BadBody(e.to_string()))?;
+    read(&v).map_err(|e| Failure::BadBody(e.to_string()))
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenResponse {
     pub access_token: String,
-    #[serde(default)]
     pub expires_in: Option<i64>,
-    #[serde(default)]
     pub upgraded: Option<bool>,
+}
+
+impl TokenResponse {
+    fn read(v: &Value) -> json::Result<TokenResponse> {
+        let mut o = Obj::new(v, "")?;
+        Ok(TokenResponse {
+            access_token: o.required_string("access_token")?,
+            expires_in: o.i64("expires_in")?,
+            upgraded: o.bool("upgraded")?,
+        })
+    }
 }
 
 pub fn parse_token_response(status: u16, body: &[u8]) -> Result<TokenResponse, Failure> {
     check_status(status, body)?;
-    json_body(body)
+    json_body(body, TokenResponse::read)
 }
 
 /// The interesting part of the UMA discovery document.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Discovery {
     pub issuer: String,
     pub token_endpoint: String,
     pub jwks_uri: String,
-    #[serde(default)]
     pub resource_registration_endpoint: Option<String>,
-    #[serde(default)]
     pub permission_endpoint: Option<String>,
 }
 
 pub fn parse_discovery(status: u16, body: &[u8]) -> Result<Discovery, Failure> {
     check_status(status, body)?;
-    json_body(body)
+    json_body(body, |v| {
+        let mut o = Obj::new(v, "")?;
+        Ok(Discovery {
+            issuer: o.required_string("issuer")?,
+            token_endpoint: o.required_string("token_endpoint")?,
+            jwks_uri: o.required_string("jwks_uri")?,
+            resource_registration_endpoint: o.string("resource_registration_endpoint")?,
+            permission_endpoint: o.string("permission_endpoint")?,
+        })
+    })
 }
 
 /// The path part of an absolute endpoint URL from discovery (test support: the filter reaches
@@ -378,16 +422,16 @@ pub fn parse_uma_response(status: u16, body: &[u8], mode: ResponseMode) -> UmaOu
             Ok(_) => UmaOutcome::Denied,
             Err(e) => UmaOutcome::Unavailable(format!("bad decision body: {e}")),
         },
-        ResponseMode::Permissions => match serde_json::from_slice::<Vec<Permission>>(body) {
+        ResponseMode::Permissions => match json_body(body, read_permissions) {
             Ok(perms) => UmaOutcome::Granted(Some(perms)),
-            Err(e) => UmaOutcome::Unavailable(format!("bad permissions body: {e}")),
+            Err(e) => UmaOutcome::Unavailable(format!("bad permissions body: {}", bad_body(e))),
         },
-        ResponseMode::Rpt => match serde_json::from_slice::<TokenResponse>(body) {
+        ResponseMode::Rpt => match json_body(body, TokenResponse::read) {
             Ok(t) => match rpt_permissions(&t.access_token) {
                 Some(p) => UmaOutcome::Granted(Some(p)),
                 None => UmaOutcome::Unavailable("RPT without permissions".into()),
             },
-            Err(e) => UmaOutcome::Unavailable(format!("bad token body: {e}")),
+            Err(e) => UmaOutcome::Unavailable(format!("bad token body: {}", bad_body(e))),
         },
     }
 }
@@ -403,18 +447,22 @@ fn rpt_permissions(rpt: &str) -> Option<Vec<Permission>> {
     permissions_of(&v)
 }
 
+/// What [`json_body`] found wrong.
+fn bad_body(f: Failure) -> String {
+    match f {
+        Failure::BadBody(why) => why,
+        other => other.to_string(),
+    }
+}
+
 pub fn parse_resources(status: u16, body: &[u8]) -> Result<Vec<Resource>, Failure> {
     check_status(status, body)?;
-    json_body(body)
+    json_body(body, Resource::read_list)
 }
 
 pub fn parse_ticket(status: u16, body: &[u8]) -> Result<String, Failure> {
     check_status(status, body)?;
-    #[derive(Deserialize)]
-    struct Ticket {
-        ticket: String,
-    }
-    json_body::<Ticket>(body).map(|t| t.ticket)
+    json_body(body, |v| Obj::new(v, "")?.required_string("ticket"))
 }
 
 #[cfg(test)]

@@ -116,6 +116,11 @@ impl<'a> Obj<'a> {
         }
     }
 
+    /// Every member, for objects whose keys are data (claims by name).
+    pub fn entries(&self) -> impl Iterator<Item = (&'a String, &'a Value)> {
+        self.map.iter()
+    }
+
     /// Marks keys as known without reading them (adapter keys that do not apply to a proxy).
     pub fn ignore(&mut self, keys: &[&'static str]) {
         self.known.extend_from_slice(keys);

@@ -1,27 +1,74 @@
 //! A server resource, as the protection API describes it.
 
-use serde::Deserialize;
+use crate::wire::json::{self, index, ConfigError, Obj};
+use serde_json::Value;
 
 /// A resource of the protection API.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resource {
-    #[serde(rename = "_id")]
+    /// `_id`
     pub id: String,
     pub name: String,
-    #[serde(default)]
     pub uris: Vec<String>,
-    #[serde(default, alias = "resource_scopes")]
+    /// `scopes` (`resource_scopes` in some Keycloak answers)
     pub scopes: Vec<ScopeRef>,
-    #[serde(default, rename = "type")]
+    /// `type`
     pub kind: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScopeRef {
     pub name: String,
 }
 
 impl Resource {
+    /// A resource as the protection API answers it (`GET .../resource_set/{id}`, or each item of
+    /// `?deep=true`); other members are ignored. Read by hand, not by a derived deserializer:
+    /// see `crate::keycloak::jose`.
+    pub fn read(v: &Value, path: &str) -> json::Result<Resource> {
+        let mut o = Obj::new(v, path)?;
+        let scopes = match o.array("scopes")? {
+            Some(s) => Some(s),
+            None => o.array("resource_scopes")?,
+        };
+        let scopes_path = o.key_path("scopes");
+        let scopes = scopes
+            .map(|list| {
+                list.iter()
+                    .enumerate()
+                    .map(|(i, s)| {
+                        Obj::new(s, &index(&scopes_path, i))?
+                            .required_string("name")
+                            .map(|name| ScopeRef { name })
+                    })
+                    .collect::<json::Result<Vec<_>>>()
+            })
+            .transpose()?
+            .unwrap_or_default();
+        Ok(Resource {
+            id: o.required_string("_id")?,
+            name: o.required_string("name")?,
+            uris: o.string_list("uris")?.unwrap_or_default(),
+            scopes,
+            kind: o.string("type")?,
+        })
+    }
+
+    /// A JSON array of resources (`?deep=true`).
+    pub fn read_list(v: &Value) -> json::Result<Vec<Resource>> {
+        let Value::Array(items) = v else {
+            return Err(ConfigError::new(
+                "",
+                format!("expected an array, found {}", json::type_name(v)),
+            ));
+        };
+        items
+            .iter()
+            .enumerate()
+            .map(|(i, r)| Resource::read(r, &index("", i)))
+            .collect()
+    }
+
     pub fn scope_names(&self) -> Vec<String> {
         self.scopes.iter().map(|s| s.name.clone()).collect()
     }

@@ -528,8 +528,11 @@ mod tests {
     }
 
     fn resource(id: &str, name: &str, uris: &[&str], scopes: &[&str]) -> Resource {
-        serde_json::from_value(json!({"_id": id, "name": name, "uris": uris,
-            "resource_scopes": scopes.iter().map(|s| json!({"name": s})).collect::<Vec<_>>()}))
+        Resource::read(
+            &json!({"_id": id, "name": name, "uris": uris,
+                "resource_scopes": scopes.iter().map(|s| json!({"name": s})).collect::<Vec<_>>()}),
+            "",
+        )
         .unwrap()
     }
 

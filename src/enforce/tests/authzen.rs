@@ -23,8 +23,11 @@ fn cfg(protocol: &str) -> EnforcerConfig {
 fn known(c: &EnforcerConfig) -> Knowledge {
     let mut k = Knowledge::new(c);
     k.pat = Some("the-pat".into());
-    let r: Resource = serde_json::from_value(json!({"_id": "r1", "name": "View Account Resource",
-        "type": "urn:bank:account", "uris": ["/account/{id}"]}))
+    let r = Resource::read(
+        &json!({"_id": "r1", "name": "View Account Resource",
+            "type": "urn:bank:account", "uris": ["/account/{id}"]}),
+        "",
+    )
     .unwrap();
     k.paths.bind(0, &r);
     k
