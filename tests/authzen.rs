@@ -22,7 +22,6 @@ use keycloak_pep::keycloak::authzen::{
     self, AuthzenOutcome, Decision, Evaluation, EvaluationsRequest, Semantic,
 };
 use keycloak_pep::keycloak::uma::{self, PermissionRequest, ResponseMode, UmaGrant, UmaOutcome};
-use std::collections::BTreeMap;
 
 /// A resource server and the users of its realm (password `password`), who log in with
 /// `login_client`.
@@ -153,7 +152,7 @@ fn uma_decides(
     }
 }
 
-type Claims = BTreeMap<String, Vec<String>>;
+use keycloak_pep::wire::claims::Claims;
 
 /// AuthZEN's decisions for one user, one per evaluation.
 fn authzen_decides(

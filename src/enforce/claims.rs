@@ -9,7 +9,6 @@ use crate::request::placeholders::{self, Context, ResolveError, Template};
 use crate::wire::claims::Claims;
 use crate::wire::http::{form_encode, HttpRequest};
 use serde_json::Value;
-use std::collections::BTreeMap;
 
 /// Why claims could not be resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -184,10 +183,7 @@ pub fn http_answer(
 
 /// Keycloak's `hasValidClaims`: a permission that carries claims holds only when every one of
 /// them is among the request's values for that claim.
-pub fn permission_claims_hold(
-    granted: Option<&BTreeMap<String, Vec<String>>>,
-    request: &Claims,
-) -> bool {
+pub fn permission_claims_hold(granted: Option<&Claims>, request: &Claims) -> bool {
     let Some(granted) = granted else {
         return true;
     };

@@ -28,9 +28,9 @@
 
 use crate::config::EnforcerConfig;
 use crate::keycloak::uma::{check_status, json_body, repeatable, Failure, OAuthError};
-use crate::wire::json::Obj;
 use crate::wire::claims::Claims;
 use crate::wire::http::{get, HttpRequest};
+use crate::wire::json::Obj;
 use serde_json::{json, Map, Value};
 
 /// The realm's AuthZEN endpoints on the Keycloak cluster, fixed by Keycloak's URL layout
@@ -328,7 +328,6 @@ fn decisions_of(body: &[u8], asked: usize, semantic: Semantic) -> Result<Vec<Dec
 mod tests {
     use super::*;
     use crate::config::EnforcerConfig;
-    use std::collections::BTreeMap;
     use AuthzenOutcome::*;
     use Decision::*;
 
@@ -452,7 +451,7 @@ mod tests {
 
     #[test]
     fn context_one_value_is_a_string_several_an_array() {
-        let claims: Claims = BTreeMap::from([
+        let claims = Claims::from([
             ("amount".to_string(), vec!["100".to_string()]),
             (
                 "branch".to_string(),

@@ -7,8 +7,8 @@
 //! sent to its own endpoints): `iat` within [now - lifetime - skew, now + skew] with a lifetime of
 //! 10 s and a skew of 15 s by default; the URL compared without its query; `htm` exactly.
 
-use crate::keycloak::token::{self, HostVerifier, TokenError};
 use crate::keycloak::jose::{self, Alg, Jwk};
+use crate::keycloak::token::{self, HostVerifier, TokenError};
 use base64::Engine;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};

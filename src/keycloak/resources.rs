@@ -4,7 +4,7 @@
 use crate::config::{EnforcementMode, EnforcerConfig, PathCacheConfig, PathConfig};
 use crate::request::pattern::PathMatcher;
 use crate::wire::resource::Resource;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::rc::Rc;
 
 /// The server resource a path stands for.
@@ -112,17 +112,21 @@ impl PathSet {
     /// resource becomes a path, then the configured paths are laid over them. Server paths are
     /// ordered by resource name, then URI (Keycloak's order here is a HashMap's).
     pub fn with_server_resources(cfg: &EnforcerConfig, resources: &[Resource]) -> Self {
-        let mut by_path: BTreeMap<(String, String), Entry> = BTreeMap::new();
-        for r in resources {
-            for uri in &r.uris {
-                by_path.insert(
-                    (r.name.clone(), uri.clone()),
-                    Entry::from_resource(r, uri, None),
-                );
-            }
-        }
+        // (name, URI) in order; of two equal pairs the later resource's
+        let mut by_path: Vec<(&str, &str, &Resource)> = resources
+            .iter()
+            .flat_map(|r| r.uris.iter().map(move |u| (r.name.as_str(), u.as_str(), r)))
+            .collect();
+        by_path.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
         let mut entries: Vec<Rc<Entry>> = Vec::new();
-        for (_, e) in by_path {
+        for (i, (name, uri, r)) in by_path.iter().enumerate() {
+            if by_path
+                .get(i + 1)
+                .is_some_and(|next| (next.0, next.1) == (*name, *uri))
+            {
+                continue;
+            }
+            let e = Entry::from_resource(r, uri, None);
             if !cfg.paths.iter().any(|p| p.path == e.config.path)
                 && !entries.iter().any(|x| x.config.path == e.config.path)
             {
@@ -149,9 +153,10 @@ impl PathSet {
 #[derive(Debug, Clone)]
 pub struct PathCache {
     config: PathCacheConfig,
+    /// Each slot remembers when it was last used (`tick`): the least recently used is found by
+    /// a scan when the cache overflows, which is rare (a new path resolved at Keycloak) where a
+    /// lookup is every request's.
     map: HashMap<String, CacheSlot>,
-    /// Access order: tick -> key (the smallest tick is the least recently used).
-    order: BTreeMap<u64, String>,
     tick: u64,
 }
 
@@ -170,7 +175,6 @@ impl PathCache {
         PathCache {
             config,
             map: HashMap::new(),
-            order: BTreeMap::new(),
             tick: 0,
         }
     }
@@ -186,15 +190,11 @@ impl PathCache {
     pub fn get(&mut self, key: &str, now_ms: i64) -> Cached {
         let slot = self.map.get_mut(key)?;
         if slot.expires_at_ms.is_some_and(|t| now_ms >= t) {
-            let tick = slot.tick;
             self.map.remove(key);
-            self.order.remove(&tick);
             return None;
         }
         self.tick += 1;
-        self.order.remove(&slot.tick);
         slot.tick = self.tick;
-        self.order.insert(self.tick, key.to_string());
         Some(slot.entry.clone())
     }
 
@@ -219,19 +219,20 @@ impl PathCache {
                 tick: self.tick,
             },
         );
-        self.order.insert(self.tick, key.to_string());
-        while self.map.len() > self.config.max_entries as usize {
-            let Some((_, oldest)) = self.order.pop_first() else {
-                break;
-            };
-            self.map.remove(&oldest);
+        let max = self.config.max_entries as usize;
+        if self.map.len() > max {
+            // The least recently used go; a sixteenth more of a large cache in the same scan,
+            // so a stream of new paths costs a scan per max/16 of them, not one each.
+            let evict = self.map.len() - max + max / 16;
+            let mut ticks: Vec<u64> = self.map.values().map(|slot| slot.tick).collect();
+            let (_, newest_evicted, _) = ticks.select_nth_unstable(evict - 1);
+            let newest_evicted = *newest_evicted;
+            self.map.retain(|_, slot| slot.tick > newest_evicted);
         }
     }
 
     pub fn remove(&mut self, key: &str) {
-        if let Some(slot) = self.map.remove(key) {
-            self.order.remove(&slot.tick);
-        }
+        self.map.remove(key);
     }
 }
 
@@ -346,5 +347,16 @@ mod tests {
             c.put(&format!("/k{i}"), None, 0);
         }
         assert_eq!(c.len(), 2);
+        // a large cache sheds its least recently used sixteenth at once
+        let mut c = pc(-1, 64);
+        for i in 0..64 {
+            c.put(&format!("/k{i}"), None, 0);
+        }
+        assert!(c.get("/k0", 0).is_some());
+        c.put("/new", None, 0);
+        assert_eq!(c.len(), 60);
+        assert!(c.get("/k0", 0).is_some() && c.get("/new", 0).is_some());
+        assert!((1..=5).all(|i| c.get(&format!("/k{i}"), 0).is_none()));
+        assert!(c.get("/k6", 0).is_some());
     }
 }

@@ -5,10 +5,10 @@
 //! the realm (RS/PS/ES families, never `none` or HMAC), `exp`/`nbf` with a small leeway, `iss`, and
 //! `aud` when configured. Time is passed in, so the checks are deterministic and testable.
 
+use crate::keycloak::jose::{self, Alg, HeaderAlg, Jwk, KeyParams};
 use crate::keycloak::signature::{self, HostCheck};
 use crate::wire::permission::permissions_of;
 use crate::wire::permission::Permission;
-use crate::keycloak::jose::{self, Alg, HeaderAlg, Jwk, KeyParams};
 #[cfg(feature = "rust-crypto")]
 use jsonwebtoken::DecodingKey;
 use serde_json::Value;

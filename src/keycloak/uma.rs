@@ -4,13 +4,13 @@
 //! sends with any HTTP client), and a parser turns the status and body back into a typed outcome.
 
 use crate::config::EnforcerConfig;
+use crate::wire::claims::Claims;
 use crate::wire::http::{basic_auth, form, get, post_form, query_encode, HttpRequest};
 use crate::wire::json::{self, Obj};
 use crate::wire::permission::{permissions_of, read_permissions, Permission};
 use crate::wire::resource::Resource;
 use base64::Engine;
 use serde_json::Value;
-use std::collections::BTreeMap;
 
 pub const UMA_GRANT: &str = "urn:ietf:params:oauth:grant-type:uma-ticket";
 pub const CLAIM_TOKEN_FORMAT_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
@@ -129,7 +129,7 @@ pub struct UmaGrant<'a> {
     /// `permission_resource_format=uri` + `permission_resource_matching_uri=true`.
     pub uri_form: bool,
     /// Pushed claims (claim information point): sent as a base64 JSON `claim_token`.
-    pub claims: Option<&'a BTreeMap<String, Vec<String>>>,
+    pub claims: Option<&'a Claims>,
     /// An RPT the caller already holds (incremental authorization).
     pub rpt: Option<&'a str>,
 }
@@ -217,7 +217,7 @@ pub fn permission_ticket_request(
     pat: &str,
     resource_id: &str,
     scopes: &[String],
-    claims: Option<&BTreeMap<String, Vec<String>>>,
+    claims: Option<&Claims>,
 ) -> HttpRequest {
     let mut entry = serde_json::json!({"resource_id": resource_id, "resource_scopes": scopes});
     if let Some(c) = claims.filter(|c| !c.is_empty()) {
@@ -561,8 +561,7 @@ mod tests {
 
     #[test]
     fn uma_grant_carries_everything_keycloak_expects() {
-        let claims: BTreeMap<String, Vec<String>> =
-            [("x-branch".to_string(), vec!["tokyo".to_string()])].into();
+        let claims: Claims = [("x-branch".to_string(), vec!["tokyo".to_string()])].into();
         let g = UmaGrant {
             subject_token: "tok",
             permissions: vec![PermissionRequest {

@@ -2,7 +2,7 @@
 //! the permissions passed upstream, the claims pushed with a decision request, the subjects of
 //! decision records made pseudonyms, and the JSON reader that names the path of a bad field.
 
-pub(crate) mod claims;
+pub mod claims;
 pub mod http;
 pub(crate) mod json;
 pub mod pairs;

@@ -1,10 +1,10 @@
 //! A granted permission, as Keycloak writes it in RPTs and decision answers, and as the filter
 //! passes it to the upstream.
 
+use crate::wire::claims::Claims;
 use crate::wire::json::{self, index, ConfigError, Obj};
 use serde::Serialize;
 use serde_json::Value;
-use std::collections::BTreeMap;
 
 /// A granted permission as Keycloak writes it in RPTs and `response_mode=permissions` answers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
@@ -16,7 +16,7 @@ pub struct Permission {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub scopes: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub claims: Option<BTreeMap<String, Vec<String>>>,
+    pub claims: Option<Claims>,
 }
 
 impl Permission {
@@ -27,7 +27,7 @@ impl Permission {
         let claims = match o.object("claims")? {
             None => None,
             Some(c) => {
-                let mut out = BTreeMap::new();
+                let mut out = Claims::new();
                 for (name, values) in c.entries() {
                     let at = json::join(&c.path, name);
                     let Value::Array(items) = values else {
@@ -35,9 +35,9 @@ impl Permission {
                     };
                     let mut list = Vec::with_capacity(items.len());
                     for (i, item) in items.iter().enumerate() {
-                        let text = item.as_str().ok_or_else(|| {
-                            ConfigError::new(&index(&at, i), "expected a string")
-                        })?;
+                        let text = item
+                            .as_str()
+                            .ok_or_else(|| ConfigError::new(&index(&at, i), "expected a string"))?;
                         list.push(text.to_owned());
                     }
                     out.insert(name.clone(), list);
@@ -121,7 +121,10 @@ mod tests {
         assert_eq!(p[0].claims.as_ref().unwrap()["c"], ["x", "y"]);
         assert_eq!(p[1], Permission::default());
         let bad = |v: Value| read_permissions(&v).unwrap_err().to_string();
-        assert_eq!(bad(serde_json::json!({})), "expected an array, found an object");
+        assert_eq!(
+            bad(serde_json::json!({})),
+            "expected an array, found an object"
+        );
         assert_eq!(
             bad(serde_json::json!([{"scopes": "s"}])),
             "[0].scopes: expected an array of strings, found a string"

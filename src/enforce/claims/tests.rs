@@ -233,7 +233,7 @@ fn configuration_errors_name_the_field() {
 
 #[test]
 fn granted_claims_must_cover_the_request_claims() {
-    let granted: BTreeMap<String, Vec<String>> = [(
+    let granted: Claims = [(
         "branch".to_string(),
         vec!["tokyo".to_string(), "osaka".to_string()],
     )]

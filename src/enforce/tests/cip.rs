@@ -94,7 +94,18 @@ fn pushed(step: &Step) -> Claims {
         form_value(call, "claim_token_format").as_deref(),
         Some("urn:ietf:params:oauth:token-type:jwt")
     );
-    serde_json::from_slice(&json).unwrap()
+    let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    v.as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| {
+            let values = v.as_array().unwrap().iter();
+            (
+                k.clone(),
+                values.map(|s| s.as_str().unwrap().to_string()).collect(),
+            )
+        })
+        .collect()
 }
 
 const BRANCH_GRANTED: &str = r#"[{"rsid":"b1","rsname":"Branch Transfer"}]"#;
