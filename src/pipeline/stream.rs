@@ -446,7 +446,7 @@ impl Worker {
             key,
             until_ms,
         });
-        host.set_tick_ms(background::tick_period_ms(true, false));
+        host.set_tick_ms(background::tick_period_ms(true, false, false));
     }
 
     /// The enforcer's decision for this flow now.

@@ -78,6 +78,8 @@ pub struct Worker {
     /// The decision tables (the "entries in use" gauge sums them).
     pub(super) tables: Vec<String>,
     settled: bool,
+    /// When the worker was configured (ms): its first seconds tick faster while unsettled.
+    configured_at_ms: i64,
     /// This worker's identity in fetch leases.
     nonce: u64,
     /// Some enforcer answers back-channel logouts: the shared ring is read on every tick.
@@ -140,6 +142,7 @@ impl Worker {
             calls: HashMap::new(),
             lost: Vec::new(),
             settled: false,
+            configured_at_ms: host.now_ms(),
             nonce,
             logout_endpoint,
         };
@@ -150,7 +153,7 @@ impl Worker {
         // Callouts are not sent from the configure callback itself: the first tick, at once,
         // sends what shared data did not have (then the tick slows to the fetching pace).
         host.set_tick_ms(if worker.settled {
-            background::tick_period_ms(false, true)
+            background::tick_period_ms(false, true, true)
         } else {
             FIRST_TICK_MS
         });
@@ -225,7 +228,8 @@ impl Worker {
 
     /// The tick period for what is going on now.
     pub(super) fn set_tick(&self, host: &mut dyn Host) {
-        let mut ms = background::tick_period_ms(self.waiting(), self.settled);
+        let starting = host.now_ms() - self.configured_at_ms < background::STARTING_MS;
+        let mut ms = background::tick_period_ms(self.waiting(), self.settled, starting);
         if self.logout_endpoint {
             ms = ms.min(LOGOUT_TICK_MS);
         }
