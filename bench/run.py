@@ -358,13 +358,18 @@ def startup_split(envoy, first_allow):
             if not m:
                 continue
             t = time.mktime(time.strptime(m.group(1)[:19], "%Y-%m-%d %H:%M:%S")) + float("0." + m.group(1)[20:])
-            for what, marker in (("configured", "kcpep: configured"), ("ready", "kcpep: ready: realm keys")):
+            for what, marker in (("configuring", "kcpep: configuring"), ("configured", "kcpep: configured"),
+                                 ("ready", "kcpep: ready: realm keys")):
                 if marker in line:
                     stamps.setdefault(what, t)
-    if set(stamps) != {"configured", "ready"}:
+    if not {"configured", "ready"} <= set(stamps):
         return None
     ms = lambda a, b: round((b - a) * 1000)
     return {"envoy_and_module_ms": ms(envoy.started, stamps["configured"]),
+            # of which: Envoy's start, V8 compiling the module and starting its first VM; then the
+            # module's own configure (parsing, compiling, making the shared tables' slots)
+            "envoy_and_compile_ms": ms(envoy.started, stamps["configuring"]) if "configuring" in stamps else None,
+            "configure_ms": ms(stamps["configuring"], stamps["configured"]) if "configuring" in stamps else None,
             "keycloak_fetches_ms": ms(stamps["configured"], stamps["ready"]),
             "to_first_allow_ms": ms(stamps["ready"], first_allow)}
 
@@ -430,7 +435,8 @@ def footprint(owner):
     split = out["startup_split_ms"].get(1)
     if split:
         print(f"  start-up, 1 worker (the no-op filter's Envoy answers {out['startup_ms']['noop']} ms after its start): "
-              f"Envoy's start to the module configured {split['envoy_and_module_ms']} ms, "
+              f"Envoy's start to the module configured {split['envoy_and_module_ms']} ms "
+              f"(Envoy and V8's compile {split['envoy_and_compile_ms']}, configure {split['configure_ms']}), "
               f"Keycloak's keys, PAT and resources {split['keycloak_fetches_ms']} ms, then the first allow "
               f"{split['to_first_allow_ms']} ms", flush=True)
     return out

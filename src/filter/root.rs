@@ -33,6 +33,9 @@ impl Context for Root {
 
 impl RootContext for Root {
     fn on_configure(&mut self, size: usize) -> bool {
+        // Its time in Envoy's log splits start-up into Envoy compiling and starting the module
+        // and the module configuring itself (make bench's footprint part reads both lines).
+        log::info!("kcpep: configuring");
         let bytes = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, size)
             .ok()
             .flatten()
