@@ -9,9 +9,9 @@
 use crate::config::routes::{Routes, Selector};
 use crate::config::SenderConstraint;
 use crate::enforce::enforcer::{Binding, Connection, Enforcer};
-use crate::enforce::gate;
 use crate::enforce::step::Credential;
 use crate::enforce::step::{Matched, Reply};
+use crate::enforce::{binding, gate};
 use crate::keycloak::token::HostVerifier;
 use crate::request::uri;
 use crate::store::memo::{self, Memo};
@@ -249,6 +249,17 @@ impl Filter {
             e.check_credential(&auth, now_ms, host, Some(binding))
         };
         let memo_key = token_id.map(memo_key);
+        // A bound token, its binding checked just now: its repeated question from the memo.
+        if let (Some(k), Credential::Valid(_, token)) = (memo_key, &cred) {
+            if binding::is_bound(token) {
+                if let Some(remembered) = self.memo.get(k, now_ms) {
+                    return Arrival::Memo {
+                        enforcer,
+                        remembered: Rc::clone(remembered),
+                    };
+                }
+            }
+        }
         Arrival::Decide {
             enforcer,
             method,
@@ -434,5 +445,68 @@ mod tests {
             "as Bearer without a proof"
         );
         assert_eq!(memo_key, None);
+    }
+
+    #[test]
+    fn a_bound_token_takes_the_memo_only_after_its_proof_is_checked() {
+        use crate::keycloak::dpop::tests::{client_thumbprint, proof_for};
+        let mut f = filter();
+        let mut c = claims();
+        c["cnf"] = json!({"jkt": client_thumbprint()});
+        let raw = sign_rs256(&c);
+        let auth = format!("DPoP {raw}");
+        let url = "http://bank.local/account/1";
+        let mut replay = Memory::default();
+        let as_bearer = format!("Bearer {raw}");
+        let mut presented = |f: &mut Filter, auth: &str, proof: Option<&str>| {
+            let mut h = vec![
+                (":method", "GET"),
+                (":path", "/account/1"),
+                (":authority", "bank.local"),
+                ("authorization", auth),
+            ];
+            h.extend(proof.map(|p| ("dpop", p)));
+            let pairs: Vec<(&[u8], &[u8])> = h
+                .iter()
+                .map(|(k, v)| (k.as_bytes(), v.as_bytes()))
+                .collect();
+            let req = Request {
+                headers: &pairs,
+                end_of_stream: true,
+            };
+            f.arrive(&req, &Plain, &mut replay, None, NOW * 1000)
+        };
+        let mut at = |f: &mut Filter, proof: Option<&str>| presented(f, &auth, proof);
+        // its first proof: the flow decides, and names the memo key its allow may take
+        let first = proof_for(&raw, "GET", url, "j1", NOW);
+        let Arrival::Decide { cred, memo_key, .. } = at(&mut f, Some(&first)) else {
+            panic!("decided by the flow")
+        };
+        assert!(matches!(cred, Credential::Valid(..)));
+        let key = memo_key.expect("a bound token whose proof passed has a memo key");
+        let remembered = Remembered {
+            permissions: Rc::from("[granted]"),
+            matched: None,
+            subject: Some("u1".into()),
+        };
+        f.memo.put(key, remembered, NOW * 1000 + 60_000, NOW * 1000);
+        // a new proof: the allow from the memo
+        let second = proof_for(&raw, "GET", url, "j2", NOW);
+        assert!(matches!(at(&mut f, Some(&second)), Arrival::Memo { .. }));
+        // the memo never stands in for the proof: replayed, missing, for another URL, refused
+        let other_url = proof_for(&raw, "GET", "http://bank.local/account/2", "j3", NOW);
+        for proof in [Some(second.as_str()), None, Some(other_url.as_str())] {
+            let Arrival::Decide { cred, memo_key, .. } = at(&mut f, proof) else {
+                panic!("refused by the flow, not answered from the memo")
+            };
+            assert!(matches!(cred, Credential::Refused(_)), "{proof:?}");
+            assert_eq!(memo_key, None);
+        }
+        // nor does the Bearer scheme, which the memo's shortcut reads
+        drop(at);
+        let Arrival::Decide { cred, .. } = presented(&mut f, &as_bearer, None) else {
+            panic!("refused by the flow, not answered from the memo")
+        };
+        assert!(matches!(cred, Credential::Refused(_)));
     }
 }

@@ -238,9 +238,9 @@ impl Enforcer {
     /// The request's credential from its `Authorization` values: the token verified against the
     /// realm's keys (or found among the tokens verified before, until their `exp`), its binding
     /// checked where `sender-constraint` asks (`binding`: what came with it; `None` is nothing,
-    /// so a bound token is refused), with its lookup id when valid and unbound (the memo key's
-    /// identity: a bound token is checked on every request). An unknown signing key asks for the
-    /// realm's keys again.
+    /// so a bound token is refused), with its lookup id when valid (the memo key's identity; a
+    /// bound token's only once its binding held for this request, which is checked on every
+    /// request before the memo is asked). An unknown signing key asks for the realm's keys again.
     pub fn check_credential(
         &mut self,
         authorization: &[&[u8]],
@@ -314,10 +314,10 @@ impl Enforcer {
             (Ok(Some(_)), None) => FirstUse::Full,
         };
         match first {
-            FirstUse::First => {
-                let memo = (!binding::is_bound(&token)).then_some(id);
-                (Credential::Valid(raw, token), memo)
-            }
+            // A bound token's memo key too: its binding was checked for this very request (a
+            // proof used once, the certificate of this connection), and it is checked again
+            // before the memo is asked next time (the arrival's shortcut is for unbound tokens).
+            FirstUse::First => (Credential::Valid(raw, token), Some(id)),
             FirstUse::Replayed => (Credential::Refused(Refusal::replayed()), None),
             FirstUse::Full => (Credential::Refused(Refusal::replay_table_full()), None),
             FirstUse::OverShare => (Credential::Refused(Refusal::over_share()), None),
@@ -750,8 +750,8 @@ mod tests {
                 &mut replay,
             );
             assert_eq!(refusal(&cred), None, "{round}");
-            assert_eq!(memo, None, "a bound token never takes the memo");
-            // the memo's shortcut refuses it too
+            assert!(memo.is_some(), "its memo key, the proof checked");
+            // the memo's shortcut (before any proof is read) refuses it
             assert_eq!(
                 e.verified_id(&[format!("Bearer {tok}").as_bytes()], NOW * 1000),
                 None
