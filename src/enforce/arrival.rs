@@ -503,7 +503,6 @@ mod tests {
             assert_eq!(memo_key, None);
         }
         // nor does the Bearer scheme, which the memo's shortcut reads
-        drop(at);
         let Arrival::Decide { cred, .. } = presented(&mut f, &as_bearer, None) else {
             panic!("refused by the flow, not answered from the memo")
         };

@@ -147,7 +147,6 @@ pub fn check(
     mode: SenderConstraint,
     settings: &DpopSettings,
     token: &Token,
-    raw: &str,
     presented: &Presented,
     with: Checking<'_>,
 ) -> Result<Option<Proof>, Refusal> {
@@ -189,7 +188,7 @@ pub fn check(
         }
         // An unbound token with the DPoP scheme, where accepted, still needs a valid proof.
         if presented.scheme == Scheme::DPoP {
-            return proof_for(settings, raw, None, presented, with).map(Some);
+            return proof_for(settings, &token.digest, None, presented, with).map(Some);
         }
         return Ok(None);
     };
@@ -200,12 +199,12 @@ pub fn check(
             "dpop_token_as_bearer",
         ));
     }
-    proof_for(settings, raw, Some(jkt), presented, with).map(Some)
+    proof_for(settings, &token.digest, Some(jkt), presented, with).map(Some)
 }
 
 fn proof_for(
     settings: &DpopSettings,
-    raw: &str,
+    access_token_sha256: &[u8; 32],
     jkt: Option<&str>,
     presented: &Presented,
     with: Checking<'_>,
@@ -213,7 +212,7 @@ fn proof_for(
     let expected = dpop::ProofCheck {
         method: presented.method,
         htu: presented.url,
-        access_token: raw,
+        access_token_sha256,
         jkt,
         now: with.now,
         lifetime_s: settings.proof_lifetime_s,

@@ -294,7 +294,6 @@ impl Enforcer {
             mode,
             &cfg.proxy.dpop,
             &token,
-            &raw,
             &presented,
             binding::Checking {
                 now: now_ms / 1000,

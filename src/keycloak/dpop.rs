@@ -28,8 +28,9 @@ pub struct ProofCheck<'a> {
     pub method: &'a str,
     /// The request URL as the client used it: scheme, authority and path (no query).
     pub htu: &'a str,
-    /// The access token the proof must name (`ath`).
-    pub access_token: &'a str,
+    /// SHA-256 of the access token the proof must name (`ath`): the verified token's digest,
+    /// so a proof does not hash the token again.
+    pub access_token_sha256: &'a [u8; 32],
     /// `cnf.jkt` of the access token: the thumbprint of the key that must have signed the proof
     /// (`None`: an unbound token with the DPoP scheme, where the configuration accepts it).
     pub jkt: Option<&'a str>,
@@ -385,7 +386,7 @@ pub fn check(
     }
     match text("ath") {
         None => return Err(ProofError::NoAccessTokenHash),
-        Some(ath) if ath != access_token_hash(expected.access_token) => {
+        Some(ath) if ath != b64url(expected.access_token_sha256) => {
             return Err(ProofError::WrongAccessTokenHash)
         }
         Some(_) => {}
@@ -397,7 +398,7 @@ pub fn check(
             }
             Sha256::digest(jkt.as_bytes()).into()
         }
-        None => Sha256::digest(expected.access_token.as_bytes()).into(),
+        None => *expected.access_token_sha256,
     };
     let mut h = Sha256::new();
     h.update(jti.as_bytes());
@@ -533,6 +534,8 @@ pub(crate) mod tests {
         )
     }
     const TOKEN: &str = "eyJ.access.token";
+    static TOKEN_SHA256: std::sync::LazyLock<[u8; 32]> =
+        std::sync::LazyLock::new(|| Sha256::digest(TOKEN.as_bytes()).into());
 
     fn header() -> Value {
         json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": client_jwk()})
@@ -547,7 +550,7 @@ pub(crate) mod tests {
         ProofCheck {
             method: "GET",
             htu: URL,
-            access_token: TOKEN,
+            access_token_sha256: &TOKEN_SHA256,
             jkt: Some(jkt),
             now: NOW,
             lifetime_s: DEFAULT_LIFETIME_S,
