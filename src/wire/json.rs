@@ -256,6 +256,21 @@ impl<'a> Obj<'a> {
     }
 }
 
+/// A top-level JSON array whose items `read` takes (each with its path, `[3]`).
+pub fn array_of<T>(v: &Value, read: impl Fn(&Value, &str) -> Result<T>) -> Result<Vec<T>> {
+    let Value::Array(items) = v else {
+        return Err(ConfigError::new(
+            "",
+            format!("expected an array, found {}", type_name(v)),
+        ));
+    };
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| read(item, &index("", i)))
+        .collect()
+}
+
 /// "A, B or C".
 pub fn one_of(names: &[&str]) -> String {
     match names {

@@ -57,17 +57,7 @@ impl Permission {
 /// A JSON array of permissions (a `response_mode=permissions` answer, an RPT's
 /// `authorization.permissions`).
 pub fn read_permissions(v: &Value) -> json::Result<Vec<Permission>> {
-    let Value::Array(items) = v else {
-        return Err(ConfigError::new(
-            "",
-            format!("expected an array, found {}", json::type_name(v)),
-        ));
-    };
-    items
-        .iter()
-        .enumerate()
-        .map(|(i, p)| Permission::read(p, &index("", i)))
-        .collect()
+    json::array_of(v, Permission::read)
 }
 
 /// `authorization.permissions` of a token's claims.

@@ -1,6 +1,6 @@
 //! A server resource, as the protection API describes it.
 
-use crate::wire::json::{self, index, ConfigError, Obj};
+use crate::wire::json::{self, index, Obj};
 use serde_json::Value;
 
 /// A resource of the protection API.
@@ -56,17 +56,7 @@ impl Resource {
 
     /// A JSON array of resources (`?deep=true`).
     pub fn read_list(v: &Value) -> json::Result<Vec<Resource>> {
-        let Value::Array(items) = v else {
-            return Err(ConfigError::new(
-                "",
-                format!("expected an array, found {}", json::type_name(v)),
-            ));
-        };
-        items
-            .iter()
-            .enumerate()
-            .map(|(i, r)| Resource::read(r, &index("", i)))
-            .collect()
+        json::array_of(v, Resource::read)
     }
 
     pub fn scope_names(&self) -> Vec<String> {
