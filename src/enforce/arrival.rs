@@ -8,11 +8,13 @@
 
 use crate::config::routes::{Routes, Selector};
 use crate::config::SenderConstraint;
-use crate::enforce::enforcer::{Binding, Connection, Enforcer};
+use crate::enforce::binding::ClientView;
+use crate::enforce::enforcer::{client_url, Binding, Connection, Enforcer};
 use crate::enforce::step::Credential;
 use crate::enforce::step::{Matched, Reply};
 use crate::enforce::{binding, gate};
 use crate::keycloak::token::HostVerifier;
+use crate::request::forwarded::ProxyTrust;
 use crate::request::uri;
 use crate::store::memo::{self, Memo};
 use crate::store::replay::{Cas, Layout, Tables};
@@ -30,6 +32,43 @@ pub trait Properties {
     fn tls(&self) -> bool;
     /// The client certificate's SHA-256 in hex (`connection.sha256_peer_certificate_digest`).
     fn certificate_sha256_hex(&self) -> Option<Vec<u8>>;
+}
+
+/// The request's client as a binding may need it, read from the host only when asked: the
+/// connection's properties are a host call each, and a token that is not bound needs none.
+struct ClientOf<'a> {
+    trust: &'a ProxyTrust,
+    props: &'a dyn Properties,
+    headers: &'a [(&'a [u8], &'a [u8])],
+    authority: &'a str,
+    path: &'a str,
+}
+
+impl ClientView for ClientOf<'_> {
+    fn url(&self) -> String {
+        let tls = self.props.tls();
+        // the peer and the forwarding headers only where a trusted proxy may speak for the client
+        let (peer, headers) = if self.trust.headers.is_some() {
+            let headers: Vec<(String, Vec<u8>)> = self
+                .headers
+                .iter()
+                .map(|(k, v)| (header_name(k).to_string(), v.to_vec()))
+                .collect();
+            (self.props.peer(), headers)
+        } else {
+            (None, Vec::new())
+        };
+        let conn = Connection {
+            peer: peer.as_deref(),
+            tls,
+        };
+        client_url(self.trust, &conn, &headers, self.authority, self.path)
+    }
+
+    fn certificate_sha256(&self) -> Option<[u8; 32]> {
+        let hex = self.props.certificate_sha256_hex()?;
+        binding::certificate_digest(&hex)
+    }
 }
 
 /// The VM's enforcers and what they share, as the filter holds them.
@@ -219,22 +258,14 @@ impl Filter {
                 .filter(|(k, _)| k.eq_ignore_ascii_case(b"dpop"))
                 .map(|(_, v)| *v)
                 .collect();
-            let peer = props.peer();
-            let cert_hex = props.certificate_sha256_hex();
-            let conn = Connection {
-                peer: peer.as_deref(),
-                tls: props.tls(),
-                certificate_sha256_hex: cert_hex.as_deref(),
+            let cfg = Rc::clone(&e.config);
+            let client = ClientOf {
+                trust: &cfg.proxy.proxy_trust,
+                props,
+                headers: req.headers,
+                authority: &authority,
+                path: &path,
             };
-            let owned: Vec<(String, Vec<u8>)> = if e.reads_forwarding_headers() {
-                req.headers
-                    .iter()
-                    .map(|(k, v)| (header_name(k).to_string(), v.to_vec()))
-                    .collect()
-            } else {
-                Vec::new()
-            };
-            let (url, cert) = e.client_view(&conn, &owned, &authority, &path);
             let mut replay = Tables {
                 layout: self.replay,
                 store: shared,
@@ -242,8 +273,7 @@ impl Filter {
             let binding = Binding {
                 proofs: &proofs,
                 method: &method,
-                url: &url,
-                client_cert_sha256: cert,
+                client: &client,
                 replay: &mut replay,
             };
             e.check_credential(&auth, now_ms, host, Some(binding))
@@ -507,5 +537,74 @@ mod tests {
             panic!("refused by the flow, not answered from the memo")
         };
         assert!(matches!(cred, Credential::Refused(_)));
+    }
+
+    #[test]
+    fn the_connection_is_read_only_as_far_as_a_binding_needs() {
+        use crate::keycloak::dpop::tests::{client_thumbprint, proof_for};
+        use std::cell::RefCell;
+        /// Properties that note which of the connection's were read.
+        struct Noted(RefCell<Vec<&'static str>>);
+        impl Properties for Noted {
+            fn route_name(&self) -> Option<String> {
+                None
+            }
+            fn virtual_host(&self) -> Option<String> {
+                None
+            }
+            fn peer(&self) -> Option<String> {
+                self.0.borrow_mut().push("peer");
+                Some("10.0.0.1:5".into())
+            }
+            fn tls(&self) -> bool {
+                self.0.borrow_mut().push("tls");
+                false
+            }
+            fn certificate_sha256_hex(&self) -> Option<Vec<u8>> {
+                self.0.borrow_mut().push("certificate");
+                None
+            }
+        }
+        let mut f = filter();
+        let mut read = |auth: &str, proof: Option<&str>| {
+            let mut h = vec![
+                (":method", "GET"),
+                (":path", "/account/1"),
+                (":authority", "bank.local"),
+                ("authorization", auth),
+            ];
+            h.extend(proof.map(|p| ("dpop", p)));
+            let pairs: Vec<(&[u8], &[u8])> = h
+                .iter()
+                .map(|(k, v)| (k.as_bytes(), v.as_bytes()))
+                .collect();
+            let req = Request {
+                headers: &pairs,
+                end_of_stream: true,
+            };
+            let noted = Noted(RefCell::new(Vec::new()));
+            let got = f.arrive(&req, &noted, Memory::default(), None, NOW * 1000);
+            let Arrival::Decide { cred, .. } = got else {
+                panic!("decided by the flow")
+            };
+            (noted.0.into_inner(), matches!(cred, Credential::Valid(..)))
+        };
+        // an unbound token: nothing of the connection
+        let bearer = format!("Bearer {}", sign_rs256(&claims()));
+        assert_eq!(read(&bearer, None), (vec![], true));
+        // a DPoP-bound one: the scheme its proof's URL has (no trusted proxy: not the peer)
+        let mut c = claims();
+        c["cnf"] = json!({"jkt": client_thumbprint()});
+        let raw = sign_rs256(&c);
+        let proof = proof_for(&raw, "GET", "http://bank.local/account/1", "j1", NOW);
+        assert_eq!(
+            read(&format!("DPoP {raw}"), Some(&proof)),
+            (vec!["tls"], true)
+        );
+        // a certificate-bound one: the certificate (none here: refused)
+        let mut c = claims();
+        c["cnf"] = json!({"x5t#S256": "q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA"});
+        let bound = format!("Bearer {}", sign_rs256(&c));
+        assert_eq!(read(&bound, None), (vec!["certificate"], false));
     }
 }

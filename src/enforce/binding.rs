@@ -10,16 +10,41 @@ use base64::Engine;
 use serde_json::Value;
 
 /// What came with the token besides it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct Presented<'a> {
     pub scheme: Scheme,
     /// The request's `DPoP` header values.
     pub proofs: &'a [&'a [u8]],
     pub method: &'a str,
-    /// The URL as the client used it (see [`request_url`]).
-    pub url: &'a str,
+    /// The URL and the certificate, asked only when the token's binding needs them.
+    pub client: &'a dyn ClientView,
+}
+
+/// What a binding may need to know of the request's client, read only when the token's binding
+/// needs it: each is a host call or more (connection properties, forwarding headers), and most
+/// tokens are not bound.
+pub trait ClientView {
+    /// The URL as the client used it (see [`request_url`]): a DPoP proof's `htu`.
+    fn url(&self) -> String;
     /// SHA-256 of the DER client certificate of the connection, when it presented one.
-    pub client_cert_sha256: Option<[u8; 32]>,
+    fn certificate_sha256(&self) -> Option<[u8; 32]>;
+}
+
+/// A client whose URL and certificate are known beforehand (a token checked without its
+/// connection: both empty; tests).
+pub struct KnownClient {
+    pub url: String,
+    pub certificate_sha256: Option<[u8; 32]>,
+}
+
+impl ClientView for KnownClient {
+    fn url(&self) -> String {
+        self.url.clone()
+    }
+
+    fn certificate_sha256(&self) -> Option<[u8; 32]> {
+        self.certificate_sha256
+    }
 }
 
 /// A refused binding: a 401 with a `DPoP` or a `Bearer` challenge.
@@ -155,7 +180,7 @@ pub fn check(
     }
     let (jkt, x5t) = bindings(token);
     if let Some(x5t) = x5t {
-        let Some(digest) = presented.client_cert_sha256 else {
+        let Some(digest) = presented.client.certificate_sha256() else {
             return Err(Refusal::token(
                 false,
                 "certificate-bound token without a client certificate",
@@ -209,9 +234,10 @@ fn proof_for(
     presented: &Presented,
     with: Checking<'_>,
 ) -> Result<Proof, Refusal> {
+    let url = presented.client.url();
     let expected = dpop::ProofCheck {
         method: presented.method,
-        htu: presented.url,
+        htu: &url,
         access_token_sha256,
         jkt,
         now: with.now,

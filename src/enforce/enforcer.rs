@@ -4,7 +4,7 @@
 //! call gets only the request, the store and the time.
 
 use crate::config::{EnforcerConfig, SenderConstraint};
-use crate::enforce::binding::{self, Presented, Refusal};
+use crate::enforce::binding::{self, ClientView, KnownClient, Presented, Refusal};
 use crate::enforce::flow::{self, Explanation};
 use crate::enforce::refresh::{FetchHost, Fetched, Report};
 use crate::enforce::step::{CacheUse, Reply};
@@ -14,6 +14,7 @@ use crate::keycloak::knowledge::Knowledge;
 use crate::keycloak::logout::{self, LogoutError};
 use crate::keycloak::token::{self, Expectations, HostVerifier, Token, TokenError};
 use crate::keycloak::verified::VerifiedTokens;
+use crate::request::forwarded::ProxyTrust;
 use crate::store::logouts::{self, Ended, Logouts};
 use crate::store::{documents, DecisionStore};
 use crate::store::{FirstUse, ReplayGuard};
@@ -268,14 +269,17 @@ impl Enforcer {
             return (Credential::Valid(raw, token), Some(id));
         }
         let no_proofs: [&[u8]; 0] = [];
+        let no_client = KnownClient {
+            url: String::new(),
+            certificate_sha256: None,
+        };
         let (presented, replay) = match binding {
             Some(b) => (
                 Presented {
                     scheme,
                     proofs: b.proofs,
                     method: b.method,
-                    url: b.url,
-                    client_cert_sha256: b.client_cert_sha256,
+                    client: b.client,
                 },
                 Some(b.replay),
             ),
@@ -284,8 +288,7 @@ impl Enforcer {
                     scheme,
                     proofs: &no_proofs,
                     method: "",
-                    url: "",
-                    client_cert_sha256: None,
+                    client: &no_client,
                 },
                 None,
             ),
@@ -483,39 +486,22 @@ pub struct Connection<'a> {
     pub peer: Option<&'a str>,
     /// Whether the connection is TLS.
     pub tls: bool,
-    /// The client certificate's SHA-256 in hex (Envoy's `sha256_peer_certificate_digest`).
-    pub certificate_sha256_hex: Option<&'a [u8]>,
+}
+
+/// The URL a request's client used, which a DPoP proof names: the scheme from the connection,
+/// or from a trusted proxy's headers; no query or fragment.
+pub fn client_url(
+    trust: &ProxyTrust,
+    conn: &Connection,
+    headers: &[(String, Vec<u8>)],
+    authority: &str,
+    path: &str,
+) -> String {
+    let secure = trust.client(conn.peer, conn.tls, headers).secure;
+    binding::request_url(secure, authority, path)
 }
 
 impl Enforcer {
-    /// What a request's binding is checked against, from the request and its connection: the
-    /// URL as the client used it (the scheme from the connection, or from a trusted proxy's
-    /// headers; no query or fragment) and the client certificate's digest.
-    pub fn client_view(
-        &self,
-        conn: &Connection,
-        headers: &[(String, Vec<u8>)],
-        authority: &str,
-        path: &str,
-    ) -> (String, Option<[u8; 32]>) {
-        let secure = self
-            .config
-            .proxy
-            .proxy_trust
-            .client(conn.peer, conn.tls, headers)
-            .secure;
-        let cert = conn
-            .certificate_sha256_hex
-            .and_then(binding::certificate_digest);
-        (binding::request_url(secure, authority, path), cert)
-    }
-
-    /// Whether the proxy's trust settings read the request's headers at all (so the shell need
-    /// not copy them for [`client_view`](Enforcer::client_view)).
-    pub fn reads_forwarding_headers(&self) -> bool {
-        self.config.proxy.proxy_trust.headers.is_some()
-    }
-
     /// Whether `path` (query and all, as requested) is this enforcer's back-channel logout
     /// endpoint, which the filter answers itself.
     pub fn is_backchannel_logout(&self, path: &str) -> bool {
@@ -533,8 +519,8 @@ impl Enforcer {
 pub struct Binding<'a> {
     pub proofs: &'a [&'a [u8]],
     pub method: &'a str,
-    pub url: &'a str,
-    pub client_cert_sha256: Option<[u8; 32]>,
+    /// The URL the client used and its certificate, read when the token's binding needs them.
+    pub client: &'a dyn ClientView,
     pub replay: &'a mut dyn ReplayGuard,
 }
 
@@ -571,29 +557,24 @@ mod tests {
     #[test]
     fn the_url_a_binding_names_is_the_clients_own() {
         let direct = enforcer(false);
-        let conn = |peer, tls, cert| Connection {
+        let conn = |peer, tls| Connection {
             peer: Some(peer),
             tls,
-            certificate_sha256_hex: cert,
+        };
+        let url = |e: &Enforcer, c: &Connection, headers: &[(String, Vec<u8>)], path| {
+            client_url(&e.config.proxy.proxy_trust, c, headers, "h", path)
         };
         let fwd = vec![("x-forwarded-proto".to_string(), b"https".to_vec())];
-        let hex = "ab".repeat(32);
         // the connection's scheme, no query; a forwarding header from an untrusted peer is
         // nobody's word
         assert_eq!(
-            direct.client_view(&conn("10.0.0.1:5", false, None), &fwd, "h", "/a?q=1#f"),
-            ("http://h/a".to_string(), None)
+            url(&direct, &conn("10.0.0.1:5", false), &fwd, "/a?q=1#f"),
+            "http://h/a"
         );
         assert_eq!(
-            direct.client_view(
-                &conn("10.0.0.1:5", true, Some(hex.as_bytes())),
-                &[],
-                "h",
-                "/a"
-            ),
-            ("https://h/a".to_string(), Some([0xab; 32]))
+            url(&direct, &conn("10.0.0.1:5", true), &[], "/a"),
+            "https://h/a"
         );
-        assert!(!direct.reads_forwarding_headers());
         let mut cfg = (*direct.config).clone();
         let v = json!({"realm": "bank", "auth-server-url": "http://kc", "resource": "bank-api",
             "credentials": {"secret": "s"}, "policy-enforcer": {},
@@ -603,15 +584,11 @@ mod tests {
         cfg.proxy.proxy_trust = parsed.proxy.proxy_trust.clone();
         cfg.proxy.backchannel_logout = parsed.proxy.backchannel_logout.clone();
         let behind = Enforcer::new("b".into(), cfg);
-        assert!(behind.reads_forwarding_headers());
         // a trusted proxy's X-Forwarded-Proto is the client's scheme; another peer's is not
-        let plain = conn("10.1.2.3:80", false, None);
-        assert_eq!(behind.client_view(&plain, &fwd, "h", "/a").0, "https://h/a");
-        let outside = conn("192.0.2.1:80", false, None);
-        assert_eq!(
-            behind.client_view(&outside, &fwd, "h", "/a").0,
-            "http://h/a"
-        );
+        let plain = conn("10.1.2.3:80", false);
+        assert_eq!(url(&behind, &plain, &fwd, "/a"), "https://h/a");
+        let outside = conn("192.0.2.1:80", false);
+        assert_eq!(url(&behind, &outside, &fwd, "/a"), "http://h/a");
         // the logout endpoint, whatever the query; no endpoint unless configured
         assert!(behind.is_backchannel_logout("/kcpep/logout?x=1"));
         assert!(!behind.is_backchannel_logout("/kcpep/logout/more"));
@@ -716,11 +693,14 @@ mod tests {
     ) -> (Credential, Option<u128>) {
         let header = format!("{scheme} {token}");
         let proofs: Vec<&[u8]> = proofs.iter().map(|p| p.as_bytes()).collect();
+        let client = KnownClient {
+            url: URL.into(),
+            certificate_sha256: None,
+        };
         let binding = Binding {
             proofs: &proofs,
             method: "GET",
-            url: URL,
-            client_cert_sha256: None,
+            client: &client,
             replay,
         };
         e.check_credential(&[header.as_bytes()], NOW * 1000, None, Some(binding))
@@ -842,11 +822,14 @@ mod tests {
         let header = format!("Bearer {tok}");
         let mut with = |digest: Option<[u8; 32]>| {
             let mut replay = crate::store::LocalReplay::default();
+            let client = KnownClient {
+                url: URL.into(),
+                certificate_sha256: digest,
+            };
             let binding = Binding {
                 proofs: &[],
                 method: "GET",
-                url: URL,
-                client_cert_sha256: digest,
+                client: &client,
                 replay: &mut replay,
             };
             let (cred, _) =
