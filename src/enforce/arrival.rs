@@ -357,6 +357,17 @@ mod tests {
     }
 
     fn arrive(f: &mut Filter, headers: &[(&str, &str)], end_of_stream: bool) -> Arrival {
+        arrive_on(f, headers, end_of_stream, &Plain, Memory::default())
+    }
+
+    /// As [`arrive`], on a connection of `props` with the replay table `shared`.
+    fn arrive_on<C: Cas>(
+        f: &mut Filter,
+        headers: &[(&str, &str)],
+        end_of_stream: bool,
+        props: &dyn Properties,
+        shared: C,
+    ) -> Arrival {
         let pairs: Vec<(&[u8], &[u8])> = headers
             .iter()
             .map(|(k, v)| (k.as_bytes(), v.as_bytes()))
@@ -365,7 +376,19 @@ mod tests {
             headers: &pairs,
             end_of_stream,
         };
-        f.arrive(&req, &Plain, Memory::default(), None, NOW * 1000)
+        f.arrive(&req, props, shared, None, NOW * 1000)
+    }
+
+    /// `GET bank.local/account/1` with `authorization` and, when given, one DPoP proof.
+    fn account_request<'a>(auth: &'a str, proof: Option<&'a str>) -> Vec<(&'a str, &'a str)> {
+        let mut h = vec![
+            (":method", "GET"),
+            (":path", "/account/1"),
+            (":authority", "bank.local"),
+            ("authorization", auth),
+        ];
+        h.extend(proof.map(|p| ("dpop", p)));
+        h
     }
 
     #[test]
@@ -489,22 +512,7 @@ mod tests {
         let mut replay = Memory::default();
         let as_bearer = format!("Bearer {raw}");
         let mut presented = |f: &mut Filter, auth: &str, proof: Option<&str>| {
-            let mut h = vec![
-                (":method", "GET"),
-                (":path", "/account/1"),
-                (":authority", "bank.local"),
-                ("authorization", auth),
-            ];
-            h.extend(proof.map(|p| ("dpop", p)));
-            let pairs: Vec<(&[u8], &[u8])> = h
-                .iter()
-                .map(|(k, v)| (k.as_bytes(), v.as_bytes()))
-                .collect();
-            let req = Request {
-                headers: &pairs,
-                end_of_stream: true,
-            };
-            f.arrive(&req, &Plain, &mut replay, None, NOW * 1000)
+            arrive_on(f, &account_request(auth, proof), true, &Plain, &mut replay)
         };
         let mut at = |f: &mut Filter, proof: Option<&str>| presented(f, &auth, proof);
         // its first proof: the flow decides, and names the memo key its allow may take
@@ -567,23 +575,9 @@ mod tests {
         }
         let mut f = filter();
         let mut read = |auth: &str, proof: Option<&str>| {
-            let mut h = vec![
-                (":method", "GET"),
-                (":path", "/account/1"),
-                (":authority", "bank.local"),
-                ("authorization", auth),
-            ];
-            h.extend(proof.map(|p| ("dpop", p)));
-            let pairs: Vec<(&[u8], &[u8])> = h
-                .iter()
-                .map(|(k, v)| (k.as_bytes(), v.as_bytes()))
-                .collect();
-            let req = Request {
-                headers: &pairs,
-                end_of_stream: true,
-            };
             let noted = Noted(RefCell::new(Vec::new()));
-            let got = f.arrive(&req, &noted, Memory::default(), None, NOW * 1000);
+            let h = account_request(auth, proof);
+            let got = arrive_on(&mut f, &h, true, &noted, Memory::default());
             let Arrival::Decide { cred, .. } = got else {
                 panic!("decided by the flow")
             };
