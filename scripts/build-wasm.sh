@@ -52,12 +52,13 @@ else
     echo "build-wasm: route 2 (Debian rustc-web + build-std, linker $LLD)"
     # Building std here also lets the filter shed what a proxy module never uses (docs/benchmark.md,
     # "Module size"): std's panic messages (a panic traps at once: no input can cause one, and
-    # Envoy logs the trap), std's speed-for-size trade-offs, and every dependency built for size
+    # Envoy logs the trap) and the source locations they would have named, std's speed-for-size trade-offs, and every dependency built for size
     # ("z"; the filter's own code stays "s"): 566 KiB instead of 658 at the same cache-hit cost
     # (make bench, alternating runs against the former build: 0.98x its CPU per request).
     SIZE_RUSTFLAGS="" SIZE_ARGS=()
     if [ "$MANIFEST" = Cargo.toml ] && [ "${KCPEP_WASM_SIZE:-1}" != 0 ]; then
-      SIZE_RUSTFLAGS="-Zunstable-options -Cpanic=immediate-abort"
+      SIZE_RUSTFLAGS="-Zunstable-options -Cpanic=immediate-abort -Zlocation-detail=none --cfg kcpep_size ${KCPEP_X_RUSTFLAGS:-}"
+      CARGO_PROFILE_RELEASE_OPT_LEVEL="${KCPEP_OWN_OPT_LEVEL:-z}"
       SIZE_ARGS=(-Zbuild-std-features=optimize_for_size
         --config 'profile.release.package."*".opt-level="z"')
     fi

@@ -26,7 +26,7 @@ by_crate, count = collections.Counter(), collections.Counter()
 functions = []
 def crate_of(name):
     # the first crate a (possibly generic) item names: where its code comes from
-    m = re.search(r"([a-z_][a-z0-9_]*)\[[0-9a-f]{16}\]::", name)
+    m = re.search(r"([a-z_][a-z0-9_]*)\[[0-9a-f]{1,16}\]::", name)
     if not m:
         return "data" if name.startswith("data segment") else "other (libc, allocator, glue)"
     if m.group(1) == "keycloak_pep":
@@ -47,7 +47,7 @@ print(f"{'bytes':>8} {'share':>6} {'items':>6}  crate")
 for c, b in by_crate.most_common():
     print(f"{b:8d} {100 * b / total:5.1f}% {count[c]:6d}  {c}")
 print(f"size: the {top} largest items")
-hashes = re.compile(r"\[[0-9a-f]{16}\]")
+hashes = re.compile(r"\[[0-9a-f]{1,16}\]")
 for size, name in sorted(functions, reverse=True)[:top]:
     short = hashes.sub("", name)[:150]
     print(f"{size:8d}  {short}")

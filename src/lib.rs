@@ -22,6 +22,10 @@
 //! others are `pub(crate)` (verified tokens, the path table, lanes, refresh, claim resolution and
 //! providers, the JSON reader, the wire's permission, resource and claims types).
 
+// The module's build (scripts/build-wasm.sh) optimizes the filter's code for size and marks the
+// cache hit's path `optimize(speed)`; native builds know neither.
+#![cfg_attr(kcpep_size, feature(optimize_attribute))]
+
 pub mod wire;
 
 pub mod request;

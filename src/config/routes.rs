@@ -198,6 +198,7 @@ impl Routes {
     }
 
     /// The enforcer for a request.
+    #[cfg_attr(kcpep_size, optimize(speed))]
     pub fn select(&self, r: &Selector) -> Option<usize> {
         let authority = if self.ignore_port {
             without_port(r.authority)

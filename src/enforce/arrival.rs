@@ -130,6 +130,7 @@ pub struct Request<'a> {
 }
 
 impl Request<'_> {
+    #[cfg_attr(kcpep_size, optimize(speed))]
     fn get(&self, wanted: &str) -> Option<&[u8]> {
         self.headers
             .iter()
@@ -139,6 +140,7 @@ impl Request<'_> {
 
     /// `:method`, `:path` (a path that is not UTF-8 matches nothing, as in Keycloak) and
     /// `:authority`.
+    #[cfg_attr(kcpep_size, optimize(speed))]
     pub fn line(&self) -> (String, String, String) {
         let text = |n: &str| String::from_utf8_lossy(self.get(n).unwrap_or_default()).into_owned();
         let path = std::str::from_utf8(self.get(":path").unwrap_or_default())
@@ -149,6 +151,7 @@ impl Request<'_> {
 
 /// Header names are tokens (Envoy's codecs refuse others); one that is not UTF-8 cannot be any
 /// name the filter knows.
+#[cfg_attr(kcpep_size, optimize(speed))]
 pub fn header_name(k: &[u8]) -> &str {
     std::str::from_utf8(k).unwrap_or("\u{fffd}")
 }
@@ -173,6 +176,7 @@ impl Filter {
 
     /// The client's headers that the filter sets itself, in every spelling an upstream could
     /// read as the same: the shell removes them before anything reads the request.
+    #[cfg_attr(kcpep_size, optimize(speed))]
     pub fn spoofed(&self, headers: &[(&[u8], &[u8])]) -> Vec<String> {
         gate::spoofed(
             &self.own_headers,
@@ -181,6 +185,7 @@ impl Filter {
     }
 
     /// What comes of a request's headers (the filter's own headers already removed from them).
+    #[cfg_attr(kcpep_size, optimize(speed))]
     pub fn arrive<C: Cas>(
         &mut self,
         req: &Request,

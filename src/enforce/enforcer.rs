@@ -128,18 +128,21 @@ impl Enforcer {
         let configs: Vec<(String, EnforcerConfig)> = configs.into_iter().collect();
         let profiles: Vec<VerifyProfile> =
             configs.iter().map(|(_, c)| VerifyProfile::of(c)).collect();
-        let mut stores: std::collections::HashMap<&VerifyProfile, Rc<RefCell<VerifiedTokens>>> =
-            std::collections::HashMap::new();
-        for p in &profiles {
-            if !stores.contains_key(p) {
-                let members = profiles.iter().filter(|q| *q == p).count();
-                let capacity = VERIFIED_TOKENS * members.min(VERIFIED_SHARED_MAX);
-                stores.insert(p, Rc::new(RefCell::new(VerifiedTokens::new(capacity))));
-            }
-        }
+        // one store per distinct profile, found by a scan: a VM has few profiles, and a map type
+        // would be a hash table's code in the module for a configure-time question
+        let mut stores: Vec<(&VerifyProfile, Rc<RefCell<VerifiedTokens>>)> = Vec::new();
         let shared: Vec<Rc<RefCell<VerifiedTokens>>> = profiles
             .iter()
-            .filter_map(|p| stores.get(p).map(Rc::clone))
+            .map(|p| {
+                if let Some((_, store)) = stores.iter().find(|(q, _)| *q == p) {
+                    return Rc::clone(store);
+                }
+                let members = profiles.iter().filter(|q| *q == p).count();
+                let capacity = VERIFIED_TOKENS * members.min(VERIFIED_SHARED_MAX);
+                let store = Rc::new(RefCell::new(VerifiedTokens::new(capacity)));
+                stores.push((p, Rc::clone(&store)));
+                store
+            })
             .collect();
         let logouts: Rc<RefCell<Logouts>> = Rc::default();
         configs
@@ -219,6 +222,7 @@ impl Enforcer {
 
     /// The lookup id of a bearer token verified before and not expired, without copying it: all
     /// a memo hit needs of the credential. `None`: anything else (ask [`Self::check_credential`]).
+    #[cfg_attr(kcpep_size, optimize(speed))]
     pub fn verified_id(&self, authorization: &[&[u8]], now_ms: i64) -> Option<u128> {
         let cfg = &self.config;
         let raw = token::bearer(authorization, cfg.proxy.max_token_bytes as usize).ok()??;
@@ -504,6 +508,7 @@ pub fn client_url(
 impl Enforcer {
     /// Whether `path` (query and all, as requested) is this enforcer's back-channel logout
     /// endpoint, which the filter answers itself.
+    #[cfg_attr(kcpep_size, optimize(speed))]
     pub fn is_backchannel_logout(&self, path: &str) -> bool {
         self.config
             .proxy

@@ -33,6 +33,7 @@ pub fn own_headers(config: &PluginConfig) -> Vec<String> {
 
 /// The names under which the client sent one of the filter's own headers, each once, in the
 /// order received.
+#[cfg_attr(kcpep_size, optimize(speed))]
 pub fn spoofed<'a>(own: &[String], received: impl Iterator<Item = &'a str>) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for name in received {
@@ -47,6 +48,7 @@ pub fn spoofed<'a>(own: &[String], received: impl Iterator<Item = &'a str>) -> V
 /// (`X-HTTP-Method-Override: DELETE` on a GET): 400, since an upstream that honours the header
 /// would run a method Keycloak was never asked about. A copy naming the request's own method is
 /// harmless and passes. `names`: the enforcer's `method-override-headers` (lower case).
+#[cfg_attr(kcpep_size, optimize(speed))]
 pub fn method_override<'a>(
     names: &[String],
     method: &str,

@@ -36,6 +36,7 @@ impl<'a> ProxyHost<'a> {
     }
 
     /// Makes `stream` the effective context; false when it is gone.
+    #[cfg_attr(kcpep_size, optimize(speed))]
     fn on(&mut self, stream: u32) -> bool {
         if self.current != stream {
             if hostcalls::set_effective_context(stream).is_err() {
@@ -66,6 +67,7 @@ impl Cas for ProxyHost<'_> {
 }
 
 impl Host for ProxyHost<'_> {
+    #[cfg_attr(kcpep_size, optimize(speed))]
     fn now_ms(&self) -> i64 {
         now_ms()
     }
@@ -91,6 +93,7 @@ impl Host for ProxyHost<'_> {
             .ok()
     }
 
+    #[cfg_attr(kcpep_size, optimize(speed))]
     fn record(&mut self, event: Event) {
         self.metrics.record(event);
     }
@@ -103,6 +106,7 @@ impl Host for ProxyHost<'_> {
         let _ = hostcalls::set_tick_period(Duration::from_millis(ms));
     }
 
+    #[cfg_attr(kcpep_size, optimize(speed))]
     fn continue_request(&mut self, stream: u32) {
         if self.on(stream) {
             abi::continue_request();
@@ -120,6 +124,7 @@ impl Host for ProxyHost<'_> {
         }
     }
 
+    #[cfg_attr(kcpep_size, optimize(speed))]
     fn set_request_header(&mut self, stream: u32, name: &str, value: Option<&str>) {
         if self.on(stream) {
             abi::set_request_header(name, value);
@@ -132,6 +137,7 @@ impl Host for ProxyHost<'_> {
         }
     }
 
+    #[cfg_attr(kcpep_size, optimize(speed))]
     fn set_permissions(&mut self, stream: u32, value: &str) {
         // Envoy keeps it as filter state `wasm.kcpep.permissions` (access logs, later filters);
         // proxy-wasm has no way to write dynamic metadata itself.
@@ -140,6 +146,7 @@ impl Host for ProxyHost<'_> {
         }
     }
 
+    #[cfg_attr(kcpep_size, optimize(speed))]
     fn decision_record(&mut self, stream: u32, record: &str) {
         if self.on(stream) {
             abi::set_property(&[DECISION_PROPERTY], record.as_bytes());
@@ -158,6 +165,7 @@ impl Host for ProxyHost<'_> {
 }
 
 /// Milliseconds since the epoch by the host's clock.
+#[cfg_attr(kcpep_size, optimize(speed))]
 pub fn now_ms() -> i64 {
     hostcalls::get_current_time()
         .ok()

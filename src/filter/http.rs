@@ -46,6 +46,7 @@ impl Context for Http {
 }
 
 impl HttpContext for Http {
+    #[cfg_attr(kcpep_size, optimize(speed))]
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let Some(plugin) = &self.plugin else {
             let r = gate::not_configured();

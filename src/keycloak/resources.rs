@@ -3,8 +3,8 @@
 
 use crate::config::{EnforcementMode, EnforcerConfig, PathCacheConfig, PathConfig};
 use crate::request::pattern::PathMatcher;
+use crate::wire::hashmap::HashMap;
 use crate::wire::resource::Resource;
-use std::collections::HashMap;
 use std::rc::Rc;
 
 /// The server resource a path stands for.

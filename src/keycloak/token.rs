@@ -36,6 +36,7 @@ impl BearerError {
 
 /// Extracts the token from every `Authorization` value of the request (read as bytes).
 /// No header: `Ok(None)`. Exactly one `Bearer <b64token>`: the token. Anything else is malformed.
+#[cfg_attr(kcpep_size, optimize(speed))]
 pub fn bearer<'a>(values: &[&'a [u8]], max_len: usize) -> Result<Option<&'a str>, BearerError> {
     let value = match values {
         [] => return Ok(None),
@@ -133,6 +134,7 @@ const B64TOKEN: [bool; 256] = {
 };
 
 /// `Bearer <b64token>` exactly (the scheme in any case, one space): the token; else `None`.
+#[cfg_attr(kcpep_size, optimize(speed))]
 fn plain_bearer(value: &[u8], max_len: usize) -> Option<&str> {
     let (scheme, token) = value.split_at_checked(7)?;
     if !scheme[..6].eq_ignore_ascii_case(b"bearer") || scheme[6] != b' ' || token.len() > max_len {

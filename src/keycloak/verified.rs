@@ -13,7 +13,7 @@ use serde_json::Value;
 /// never shrinks, so its high-water mark is what Envoy's RSS shows.
 #[derive(Debug, Default)]
 pub struct VerifiedTokens {
-    map: std::collections::HashMap<u128, std::rc::Rc<Token>>,
+    map: crate::wire::hashmap::HashMap<u128, std::rc::Rc<Token>>,
     capacity: usize,
     /// The size at which expired entries are swept next.
     sweep_at: usize,
@@ -28,7 +28,7 @@ pub struct VerifiedTokens {
 impl VerifiedTokens {
     pub fn new(capacity: usize) -> Self {
         VerifiedTokens {
-            map: std::collections::HashMap::new(),
+            map: crate::wire::hashmap::HashMap::new(),
             capacity,
             sweep_at: SWEEP_FLOOR.min(capacity),
             keys_digest: None,
@@ -37,12 +37,14 @@ impl VerifiedTokens {
     }
 
     /// The lookup identity of a raw token.
+    #[cfg_attr(kcpep_size, optimize(speed))]
     pub fn id(&self, raw: &str) -> u128 {
         use std::hash::BuildHasher;
         (u128::from(self.keys.0.hash_one(raw)) << 64) | u128::from(self.keys.1.hash_one(raw))
     }
 
     /// Shared, not copied: the claims of a verified token are read on every request.
+    #[cfg_attr(kcpep_size, optimize(speed))]
     pub fn get(&self, id: u128, now: i64, leeway: i64) -> Option<&std::rc::Rc<Token>> {
         self.map
             .get(&id)

@@ -85,6 +85,7 @@ impl Source {
 impl Verdict<'_> {
     /// The decision record: one JSON object, for Envoy's filter state `wasm.kcpep.decision` and
     /// so its access logs. Names the subject by `sub`, never the token or any credential.
+    #[cfg_attr(kcpep_size, optimize(speed))]
     pub fn record(&self) -> String {
         let outcome = match (self.status, self.would_deny) {
             (_, Some(_)) => "dry-run-deny",
@@ -183,6 +184,7 @@ pub trait Host: Cas {
     /// The granted permissions as the stream's filter state (Envoy: `wasm.kcpep.permissions`).
     fn set_permissions(&mut self, stream: u32, value: &str);
     /// A request's verdict (what `kcpep evaluate` prints); a proxy may ignore it.
+    #[cfg_attr(kcpep_size, optimize(speed))]
     fn verdict(&mut self, stream: u32, verdict: &Verdict<'_>) {
         let _ = (stream, verdict);
     }

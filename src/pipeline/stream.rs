@@ -43,6 +43,7 @@ enum Applied {
 impl Worker {
     /// A request's headers (the client's copies of the filter's own headers are removed here,
     /// from the stream and from `headers`).
+    #[cfg_attr(kcpep_size, optimize(speed))]
     pub fn on_request_headers(
         &mut self,
         host: &mut dyn Host,
@@ -623,6 +624,7 @@ impl Worker {
 
     /// Lets an allowed request on with its permissions: the one way out for a decision, a cache
     /// hit and a memo hit.
+    #[cfg_attr(kcpep_size, optimize(speed))]
     fn let_on(&self, host: &mut dyn Host, id: u32, verdict: &Verdict<'_>) {
         host.record(Event::Allowed(verdict.cache));
         self.tell(host, id, verdict);
@@ -642,6 +644,7 @@ impl Worker {
 
     /// Tells the proxy a request's verdict, and writes its decision record unless the enforcer
     /// turned records off.
+    #[cfg_attr(kcpep_size, optimize(speed))]
     fn tell(&self, host: &mut dyn Host, id: u32, verdict: &Verdict<'_>) {
         host.verdict(id, verdict);
         let settings = verdict

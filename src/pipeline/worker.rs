@@ -15,8 +15,8 @@ use crate::keycloak::token::{self, HostVerifier};
 use crate::store::decisions::{self, Key};
 use crate::store::front::FrontCache;
 use crate::store::shared;
+use crate::wire::hashmap::HashMap;
 use crate::wire::http::{Answer, HttpRequest};
-use std::collections::HashMap;
 use std::rc::Rc;
 
 /// Per-worker memo bound (entries of ~100 bytes plus the permissions header).

@@ -9,7 +9,7 @@
 //! (Keycloak keeps configured paths in a LinkedHashMap, so this is what it does for configured
 //! paths; paths loaded from the server are ordered by resource name, then URI, before compiling).
 
-use std::collections::HashMap;
+use crate::wire::hashmap::HashMap;
 
 /// A path pattern with everything the matcher needs precomputed.
 #[derive(Debug, Clone)]

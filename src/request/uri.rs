@@ -5,6 +5,7 @@
 //! the same resource. A path that Java's `URI` would refuse to parse matches nothing (not even `/*`).
 
 /// Normalizes a request path (the `:path` pseudo-header, query allowed). `None`: matches nothing.
+#[cfg_attr(kcpep_size, optimize(speed))]
 pub fn normalize(raw: &str) -> Option<String> {
     if is_already_normal(raw) {
         return Some(raw.to_string());

@@ -98,11 +98,19 @@ pub fn slot_keys(table: &str, slots: u32) -> impl Iterator<Item = String> + '_ {
 pub fn reserved_slot_keys<'c>(
     configs: impl Iterator<Item = &'c crate::config::EnforcerConfig> + 'c,
 ) -> impl Iterator<Item = String> + 'c {
-    let mut done = std::collections::HashSet::new();
+    // a configure-time dedup over a few enforcers: a scan, not a set type's code
+    let mut done: Vec<(&str, u32)> = Vec::new();
     configs
         .filter(move |cfg| {
-            let slots = cfg.proxy.decision_cache.max_entries;
-            slots > 0 && done.insert((cfg.shared_table.as_str(), slots))
+            let table = (
+                cfg.shared_table.as_str(),
+                cfg.proxy.decision_cache.max_entries,
+            );
+            let new = table.1 > 0 && !done.contains(&table);
+            if new {
+                done.push(table);
+            }
+            new
         })
         .flat_map(|cfg| slot_keys(&cfg.shared_table, cfg.proxy.decision_cache.max_entries))
 }

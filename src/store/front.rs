@@ -3,7 +3,7 @@
 //! cache hit (the shell's `SharedStore` reads it first).
 
 use crate::store::decisions::{Key, State};
-use std::collections::HashMap;
+use crate::wire::hashmap::HashMap;
 
 /// This VM's copy of decisions it has seen: a decided entry never changes until it expires, so
 /// reading it here saves the shared-data lock and copy on every cache hit. Expired entries are

@@ -5,9 +5,9 @@
 //! neither a cached decision nor the per-worker memo serves it again.
 
 use crate::keycloak::token::Token;
+use crate::wire::hashmap::HashMap;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
 
 /// Records in the shared ring; a VM that fell this far behind (no tick for that many logouts)
 /// misses the oldest ones.
@@ -83,6 +83,7 @@ impl Logouts {
     }
 
     /// Whether the token's session, or its subject, was logged out after the token was issued.
+    #[cfg_attr(kcpep_size, optimize(speed))]
     pub fn ended(&self, issuer: &str, token: &Token) -> bool {
         if self.ended.is_empty() {
             return false;

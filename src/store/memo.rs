@@ -5,7 +5,7 @@
 //! never memoized (their claims can differ with identical method and path).
 
 use crate::store::lanes::lanes;
-use std::collections::HashMap;
+use crate::wire::hashmap::HashMap;
 use std::rc::Rc;
 
 /// Bounded: when full, the whole memo is dropped (it refills from the decision cache). Expired
@@ -22,6 +22,7 @@ const SWEEP_FLOOR: usize = 64;
 
 /// The memo key: keyed SipHash over the token's lookup id (itself a keyed hash of the raw
 /// token), the enforcer, the method and the raw `:path`.
+#[cfg_attr(kcpep_size, optimize(speed))]
 pub fn key(enforcer: usize, token_id: u128, method: &str, path: &str) -> u128 {
     let [a, b] = lanes::<2>(&(enforcer, token_id, method, path));
     (u128::from(a) << 64) | u128::from(b)
@@ -37,6 +38,7 @@ impl<V> Memo<V> {
     }
 
     /// A memoized allow that is still valid.
+    #[cfg_attr(kcpep_size, optimize(speed))]
     pub fn get(&self, key: u128, now_ms: i64) -> Option<&Rc<V>> {
         match self.map.get(&key) {
             Some((remembered, until)) if now_ms < *until => Some(remembered),

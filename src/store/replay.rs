@@ -18,7 +18,7 @@
 //! Envoy's shared data, the CLI's and the tests' a map in memory.
 
 use crate::store::lanes::lanes;
-use std::collections::HashMap;
+use crate::wire::hashmap::HashMap;
 
 /// The first use of a DPoP proof or a logout token, across workers (a proof's `jti` and URL, see
 /// [`crate::keycloak::dpop::Proof::replay_key`]).

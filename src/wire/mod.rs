@@ -3,6 +3,7 @@
 //! decision records made pseudonyms, and the JSON reader that names the path of a bad field.
 
 pub mod claims;
+pub mod hashmap;
 pub mod http;
 pub(crate) mod json;
 pub mod pairs;

@@ -7,6 +7,7 @@
 
 /// The pairs of `bytes`, names and values borrowed; `None` when the buffer is not well formed
 /// (a host bug: the request is then judged with no headers, which denies or challenges).
+#[cfg_attr(kcpep_size, optimize(speed))]
 pub fn parse(bytes: &[u8]) -> Option<Vec<(&[u8], &[u8])>> {
     let word = |at: usize| -> Option<usize> {
         let b = bytes.get(at..at.checked_add(4)?)?;

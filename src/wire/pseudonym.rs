@@ -27,6 +27,7 @@ pub fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
 }
 
 /// The pseudonym of `subject`: `hmac:` and the first 16 bytes of its HMAC in hex.
+#[cfg_attr(kcpep_size, optimize(speed))]
 pub fn pseudonym(key: &[u8], subject: &str) -> String {
     let mac = hmac_sha256(key, subject.as_bytes());
     let mut out = String::from("hmac:");
