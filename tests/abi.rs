@@ -1575,6 +1575,104 @@ impl DpopKey {
     }
 }
 
+/// A DPoP-bound token's first request granted and its decision remembered, on a VM whose
+/// replay table holds `slots` proofs: what a DPoP hit needs before it is measured.
+fn after_one_dpop_grant(vm: Vm, key: &DpopKey, t: &str, slots: u32) -> Vm {
+    let mut vm = envoy_like(vm, Arc::new(AtomicU32::new(0)));
+    assert!(vm.configure(&dpop_config(slots)).unwrap());
+    answer_background(&mut vm);
+    let proof = key.proof("/account/1", t, "first");
+    let auth = format!("DPoP {t}");
+    let req = get(
+        &mut vm,
+        "/account/1",
+        Some(auth.as_bytes()),
+        &[("dpop", proof.as_bytes())],
+    );
+    let c = callouts(&mut vm).pop().expect("a UMA grant");
+    let granted =
+        br#"[{"rsid":"rid-1","rsname":"View Account Resource","scopes":["account:view"]}]"#;
+    vm.respond(c.token, 200, &[], granted).unwrap();
+    assert!(vm.continued(req));
+    vm.finish(req).unwrap();
+    vm
+}
+
+/// What a DPoP hit costs the host beside a bearer hit's calls (`make profile` prints it): the
+/// proof's signature checked by the host, the replay table's two buckets read and one written,
+/// its owner's share read and written. The exact list, as for the memo hit.
+#[test]
+fn a_dpop_hit_makes_only_the_host_calls_it_needs() {
+    let key = DpopKey(p256::ecdsa::SigningKey::random(&mut rand::thread_rng()));
+    let t = token(json!({"cnf": {"jkt": key.thumbprint()}}));
+    let vm = Vm::counting_host_calls(host::module(), SharedData::new()).unwrap();
+    let mut vm = after_one_dpop_grant(vm, &key, &t, 1 << 16);
+    vm.take_host_calls();
+    let proof = key.proof("/account/1", &t, "second");
+    let auth = format!("DPoP {t}");
+    let req = get(
+        &mut vm,
+        "/account/1",
+        Some(auth.as_bytes()),
+        &[("dpop", proof.as_bytes())],
+    );
+    assert!(vm.continued(req));
+    let calls = vm.take_host_calls();
+    eprintln!("dpop hit: {calls:?}");
+    let expected = [
+        ("proxy_call_foreign_function", 1),
+        ("proxy_get_current_time_nanoseconds", 1),
+        ("proxy_get_header_map_pairs", 1),
+        ("proxy_get_property", 3),
+        ("proxy_get_shared_data", 3),
+        ("proxy_increment_metric", 2),
+        ("proxy_replace_header_map_value", 1),
+        ("proxy_set_property", 2),
+        ("proxy_set_shared_data", 2),
+    ];
+    let expected: std::collections::BTreeMap<String, u64> =
+        expected.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+    assert_eq!(calls, expected);
+    let record = vm.stream_property(req, &["kcpep.decision"]).unwrap();
+    let record: Value = serde_json::from_slice(&record).unwrap();
+    assert_eq!(
+        (&record["source"], &record["outcome"]),
+        (&json!("memo"), &json!("allow"))
+    );
+    vm.finish(req).unwrap();
+}
+
+/// `make profile KCPEP_PROFILE_CASE=dpop`: DPoP hits, each with a proof of its own (signed
+/// before the clock starts), in one VM, under `perf record`.
+#[test]
+#[ignore = "make profile runs it under perf"]
+fn dpop_hit_path_profile() {
+    let n: u32 = std::env::var("KCPEP_PROFILE_REQUESTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let key = DpopKey(p256::ecdsa::SigningKey::random(&mut rand::thread_rng()));
+    let t = token(json!({"cnf": {"jkt": key.thumbprint()}}));
+    let mut vm = after_one_dpop_grant(Vm::new(host::module()).unwrap(), &key, &t, 1 << 20);
+    let auth = format!("DPoP {t}");
+    let proofs: Vec<String> = (0..n)
+        .map(|i| key.proof("/account/1", &t, &format!("p{i}")))
+        .collect();
+    let started = std::time::Instant::now();
+    for proof in &proofs {
+        let req = get(
+            &mut vm,
+            "/account/1",
+            Some(auth.as_bytes()),
+            &[("dpop", proof.as_bytes())],
+        );
+        assert!(vm.continued(req));
+        vm.finish(req).unwrap();
+    }
+    let per = started.elapsed().as_secs_f64() * 1e6 / f64::from(n);
+    eprintln!("profile: {n} DPoP hits, {per:.2} us each under wasmtime (host harness and its ES256 check included)");
+}
+
 #[test]
 fn a_dpop_proof_is_taken_once_across_workers_and_a_full_table_refuses() {
     let shared = SharedData::new();
