@@ -1091,6 +1091,25 @@ fn after_one_grant(vm: Vm, t: &str) -> Vm {
     vm
 }
 
+/// A repeated request answered from the memo with exactly the host calls `expected` (name,
+/// count) and a decision record saying so.
+fn assert_memo_hit(
+    vm: &Vm,
+    req: u32,
+    calls: std::collections::BTreeMap<String, u64>,
+    expected: &[(&str, u64)],
+) {
+    let expected: std::collections::BTreeMap<String, u64> =
+        expected.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+    assert_eq!(calls, expected);
+    let record = vm.stream_property(req, &["kcpep.decision"]).unwrap();
+    let record: Value = serde_json::from_slice(&record).unwrap();
+    assert_eq!(
+        (&record["source"], &record["outcome"]),
+        (&json!("memo"), &json!("allow"))
+    );
+}
+
 /// What a repeated request costs the host (`make profile` prints it): each host call is a
 /// transition out of the VM, and inside Envoy some cost microseconds (`make bench`, host calls).
 /// A new call on this path must be a deliberate choice, hence the exact list.
@@ -1115,15 +1134,7 @@ fn a_memo_hit_makes_only_the_host_calls_it_needs() {
         // the permissions and the decision record (`kcpep.decision-record: false` drops one)
         ("proxy_set_property", 2),
     ];
-    let expected: std::collections::BTreeMap<String, u64> =
-        expected.iter().map(|(k, v)| (k.to_string(), *v)).collect();
-    assert_eq!(calls, expected);
-    let record = vm.stream_property(req, &["kcpep.decision"]).unwrap();
-    let record: Value = serde_json::from_slice(&record).unwrap();
-    assert_eq!(
-        (&record["source"], &record["outcome"]),
-        (&json!("memo"), &json!("allow"))
-    );
+    assert_memo_hit(&vm, req, calls, &expected);
     vm.finish(req).unwrap();
     assert_eq!(
         vm.take_host_calls().len(),
@@ -1159,15 +1170,20 @@ fn the_permissions_header_can_be_left_out() {
     }
 }
 
+/// How many requests a profile runs: KCPEP_PROFILE_REQUESTS, else `default`.
+fn profile_requests(default: u32) -> u32 {
+    std::env::var("KCPEP_PROFILE_REQUESTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// `make profile`: the memo-hit path, many times, in one VM, under `perf record` (with
 /// KCPEP_PERFMAP the guest's compiled functions are named; build the module unstripped).
 #[test]
 #[ignore = "make profile runs it under perf"]
 fn hit_path_profile() {
-    let n: u32 = std::env::var("KCPEP_PROFILE_REQUESTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200_000);
+    let n = profile_requests(200_000);
     let t = token(json!({}));
     let mut vm = after_one_grant(Vm::new(host::module()).unwrap(), &t);
     let auth = bearer(&t);
@@ -1575,6 +1591,17 @@ impl DpopKey {
     }
 }
 
+/// `GET /account/1` with a DPoP-bound token and its proof.
+fn dpop_get(vm: &mut Vm, t: &str, proof: &str) -> u32 {
+    let auth = format!("DPoP {t}");
+    get(
+        vm,
+        "/account/1",
+        Some(auth.as_bytes()),
+        &[("dpop", proof.as_bytes())],
+    )
+}
+
 /// A DPoP-bound token's first request granted and its decision remembered, on a VM whose
 /// replay table holds `slots` proofs: what a DPoP hit needs before it is measured.
 fn after_one_dpop_grant(vm: Vm, key: &DpopKey, t: &str, slots: u32) -> Vm {
@@ -1582,13 +1609,7 @@ fn after_one_dpop_grant(vm: Vm, key: &DpopKey, t: &str, slots: u32) -> Vm {
     assert!(vm.configure(&dpop_config(slots)).unwrap());
     answer_background(&mut vm);
     let proof = key.proof("/account/1", t, "first");
-    let auth = format!("DPoP {t}");
-    let req = get(
-        &mut vm,
-        "/account/1",
-        Some(auth.as_bytes()),
-        &[("dpop", proof.as_bytes())],
-    );
+    let req = dpop_get(&mut vm, t, &proof);
     let c = callouts(&mut vm).pop().expect("a UMA grant");
     let granted =
         br#"[{"rsid":"rid-1","rsname":"View Account Resource","scopes":["account:view"]}]"#;
@@ -1609,13 +1630,7 @@ fn a_dpop_hit_makes_only_the_host_calls_it_needs() {
     let mut vm = after_one_dpop_grant(vm, &key, &t, 1 << 16);
     vm.take_host_calls();
     let proof = key.proof("/account/1", &t, "second");
-    let auth = format!("DPoP {t}");
-    let req = get(
-        &mut vm,
-        "/account/1",
-        Some(auth.as_bytes()),
-        &[("dpop", proof.as_bytes())],
-    );
+    let req = dpop_get(&mut vm, &t, &proof);
     assert!(vm.continued(req));
     let calls = vm.take_host_calls();
     eprintln!("dpop hit: {calls:?}");
@@ -1630,15 +1645,7 @@ fn a_dpop_hit_makes_only_the_host_calls_it_needs() {
         ("proxy_set_property", 2),
         ("proxy_set_shared_data", 2),
     ];
-    let expected: std::collections::BTreeMap<String, u64> =
-        expected.iter().map(|(k, v)| (k.to_string(), *v)).collect();
-    assert_eq!(calls, expected);
-    let record = vm.stream_property(req, &["kcpep.decision"]).unwrap();
-    let record: Value = serde_json::from_slice(&record).unwrap();
-    assert_eq!(
-        (&record["source"], &record["outcome"]),
-        (&json!("memo"), &json!("allow"))
-    );
+    assert_memo_hit(&vm, req, calls, &expected);
     vm.finish(req).unwrap();
 }
 
@@ -1647,25 +1654,16 @@ fn a_dpop_hit_makes_only_the_host_calls_it_needs() {
 #[test]
 #[ignore = "make profile runs it under perf"]
 fn dpop_hit_path_profile() {
-    let n: u32 = std::env::var("KCPEP_PROFILE_REQUESTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20_000);
+    let n = profile_requests(20_000);
     let key = DpopKey(p256::ecdsa::SigningKey::random(&mut rand::thread_rng()));
     let t = token(json!({"cnf": {"jkt": key.thumbprint()}}));
     let mut vm = after_one_dpop_grant(Vm::new(host::module()).unwrap(), &key, &t, 1 << 20);
-    let auth = format!("DPoP {t}");
     let proofs: Vec<String> = (0..n)
         .map(|i| key.proof("/account/1", &t, &format!("p{i}")))
         .collect();
     let started = std::time::Instant::now();
     for proof in &proofs {
-        let req = get(
-            &mut vm,
-            "/account/1",
-            Some(auth.as_bytes()),
-            &[("dpop", proof.as_bytes())],
-        );
+        let req = dpop_get(&mut vm, &t, proof);
         assert!(vm.continued(req));
         vm.finish(req).unwrap();
     }
