@@ -30,9 +30,8 @@ rustup_lld() {
 # KCPEP_WASM_FEATURES=rust-crypto builds the one that checks them in wasm.
 FEATURE_ARGS=()
 if [ "$MANIFEST" = Cargo.toml ]; then
-  # The filter's own code optimized for size: 655 KiB instead of 727 at the same hit-path speed
-  # (make bench, alternating runs: 1.02x the throughput of the opt-level 3 build, +5 us p50); "z"
-  # for it too is smaller but 13 % slower.
+  # The filter's own code optimized for size ("s"; the -Zbuild-std route below goes to "z" with
+  # the cache hit's path marked for speed).
   export CARGO_PROFILE_RELEASE_OPT_LEVEL="${CARGO_PROFILE_RELEASE_OPT_LEVEL:-s}"
   FEATURE_ARGS=(--no-default-features)
   [ -n "${KCPEP_WASM_FEATURES:-}" ] && FEATURE_ARGS+=(--features "$KCPEP_WASM_FEATURES")
@@ -52,9 +51,11 @@ else
     echo "build-wasm: route 2 (Debian rustc-web + build-std, linker $LLD)"
     # Building std here also lets the filter shed what a proxy module never uses (docs/benchmark.md,
     # "Module size"): std's panic messages (a panic traps at once: no input can cause one, and
-    # Envoy logs the trap) and the source locations they would have named, std's speed-for-size trade-offs, and every dependency built for size
-    # ("z"; the filter's own code stays "s"): 566 KiB instead of 658 at the same cache-hit cost
-    # (make bench, alternating runs against the former build: 0.98x its CPU per request).
+    # Envoy logs the trap) and the source locations they would have named, std's speed-for-size
+    # trade-offs; and the filter and every dependency are built at "z", except the functions a
+    # cache hit runs, which `--cfg kcpep_size` marks `optimize(speed)` (KCPEP_OWN_OPT_LEVEL sets
+    # the filter's own level): no more CPU per cache hit than the former "s" build (make bench,
+    # alternating runs).
     SIZE_RUSTFLAGS="" SIZE_ARGS=()
     if [ "$MANIFEST" = Cargo.toml ] && [ "${KCPEP_WASM_SIZE:-1}" != 0 ]; then
       SIZE_RUSTFLAGS="-Zunstable-options -Cpanic=immediate-abort -Zlocation-detail=none --cfg kcpep_size ${KCPEP_X_RUSTFLAGS:-}"
