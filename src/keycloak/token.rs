@@ -46,7 +46,7 @@ pub fn bearer<'a>(values: &[&'a [u8]], max_len: usize) -> Result<Option<&'a str>
     // The common case in one pass over the bytes (it runs on every request, cache hits too):
     // `Bearer` in any case, one space, a well-formed b64token. Anything else takes the full
     // reading below, which classifies the error.
-    match plain_bearer(value, max_len) {
+    match plain(value, b"bearer", max_len) {
         Some(token) => Ok(Some(token)),
         None => read_bearer(value, max_len),
     }
@@ -72,6 +72,10 @@ pub fn credential<'a>(
             .next()
             .unwrap_or_default();
         if word.eq_ignore_ascii_case(b"dpop") {
+            // the one-pass reading first, as for `Bearer`
+            if let Some(token) = plain(one, b"dpop", max_len) {
+                return Ok(Some((Scheme::DPoP, token)));
+            }
             return read_credential(one, max_len, "dpop").map(|t| t.map(|t| (Scheme::DPoP, t)));
         }
     }
@@ -133,11 +137,15 @@ const B64TOKEN: [bool; 256] = {
     t
 };
 
-/// `Bearer <b64token>` exactly (the scheme in any case, one space): the token; else `None`.
+/// `<scheme> <b64token>` exactly (`scheme` lower case, matched in any case; one space): the
+/// token; else `None`.
 #[cfg_attr(kcpep_size, optimize(speed))]
-fn plain_bearer(value: &[u8], max_len: usize) -> Option<&str> {
-    let (scheme, token) = value.split_at_checked(7)?;
-    if !scheme[..6].eq_ignore_ascii_case(b"bearer") || scheme[6] != b' ' || token.len() > max_len {
+fn plain<'a>(value: &'a [u8], scheme: &[u8], max_len: usize) -> Option<&'a str> {
+    let (name, token) = value.split_at_checked(scheme.len() + 1)?;
+    if !name[..scheme.len()].eq_ignore_ascii_case(scheme)
+        || name[scheme.len()] != b' '
+        || token.len() > max_len
+    {
         return None;
     }
     let body_len = token.iter().rposition(|&b| b != b'=')? + 1;
@@ -772,10 +780,30 @@ pub(crate) mod tests {
             max in 0usize..30,
         ) {
             let value = format!("{scheme}{token}");
-            if let Some(fast) = plain_bearer(value.as_bytes(), max) {
+            if let Some(fast) = plain(value.as_bytes(), b"bearer", max) {
                 proptest::prop_assert_eq!(read_bearer(value.as_bytes(), max), Ok(Some(fast)));
             }
             proptest::prop_assert_eq!(bearer(&[value.as_bytes()], max), read_bearer(value.as_bytes(), max));
+        }
+
+        /// The same for the `DPoP` scheme, through [`credential`] (sender constraints on).
+        #[test]
+        fn the_fast_dpop_reading_agrees_with_the_full_one(
+            scheme in "(DPoP|dpop|DPOP|DPoP_|Basic|DPo|)( |  |\t|)",
+            token in "[A-Za-z0-9._~+/=, \t-]{0,24}",
+            max in 0usize..30,
+        ) {
+            let value = format!("{scheme}{token}");
+            if let Some(fast) = plain(value.as_bytes(), b"dpop", max) {
+                proptest::prop_assert_eq!(read_credential(value.as_bytes(), max, "dpop"), Ok(Some(fast)));
+            }
+            let full = match value.split(|c: char| c.is_ascii_whitespace()).next() {
+                Some(w) if w.eq_ignore_ascii_case("dpop") => {
+                    read_credential(value.as_bytes(), max, "dpop").map(|t| t.map(|t| (Scheme::DPoP, t)))
+                }
+                _ => bearer(&[value.as_bytes()], max).map(|t| t.map(|t| (Scheme::Bearer, t))),
+            };
+            proptest::prop_assert_eq!(credential(&[value.as_bytes()], max, true), full);
         }
     }
 
