@@ -180,6 +180,16 @@ class Envoy:
                 return int(value)
         return 0
 
+    def memory_mb(self):
+        """Envoy's allocator (admin `/memory`): what is allocated, and what its heap holds in RAM
+        (allocated, free but kept, caches); the rest of the RSS is outside the heap (V8's code
+        and its own pages, the binary)."""
+        _, raw = get(f"http://127.0.0.1:{ADMIN}/memory")
+        m = {k: int(v) for k, v in json.loads(raw).items() if str(v).isdigit()}
+        mb = lambda b: round(b / 1048576, 1)
+        return {"allocated": mb(m.get("allocated", 0)),
+                "heap_resident": mb(m.get("heap_size", 0) - m.get("pageheap_unmapped", 0))}
+
     def stats_by_prefix(self, prefix):
         """The counters under `prefix` that are not 0, by the rest of their name."""
         _, raw = get(f"http://127.0.0.1:{ADMIN}/stats?filter=^{re.escape(prefix)}")
@@ -390,6 +400,7 @@ def footprint(owner):
             wait_until(f"rss {name}: 200", lambda: ok_status(tok) == 200, 60)
             wrk(16, WARMUP, tok)
             out["rss_mb"][name] = rss_mb(envoy.proc.pid)
+            out.setdefault("heap_mb", {})[name] = envoy.memory_mb()
             out["wasm_memory_mb"][name] = round(envoy.stat("wasmcustom.kcpep.wasm.memory_bytes") / 1048576, 1)
         finally:
             envoy.stop()
@@ -402,10 +413,22 @@ def footprint(owner):
         "linear_memory": linear["pep_no_table"],
         "compiled_code_and_runtime": round(rss["pep_no_table"] - rss["noop"] - linear["pep_no_table"], 1),
     }
+    # the delta without the table, by where it sits: Envoy's heap (live allocations, and free
+    # memory its allocator keeps) or outside it (V8's code space, its own pages, linear memory)
+    heap = out["heap_mb"]
+    live = round(heap["pep_no_table"]["allocated"] - heap["noop"]["allocated"], 1)
+    kept = round((heap["pep_no_table"]["heap_resident"] - heap["pep_no_table"]["allocated"])
+                 - (heap["noop"]["heap_resident"] - heap["noop"]["allocated"]), 1)
+    out["rss_parts_mb"]["heap_allocated"] = live
+    out["rss_parts_mb"]["heap_free_kept"] = kept
+    out["rss_parts_mb"]["outside_heap"] = round(
+        (rss["pep_no_table"] - heap["pep_no_table"]["heap_resident"]) - (rss["noop"] - heap["noop"]["heap_resident"]), 1)
     parts = out["rss_parts_mb"]
     print(f"  RSS over the no-op filter, in parts (2 workers): decision table of 10,000 slots "
           f"{parts['decision_table']} MB, VMs' linear memory {parts['linear_memory']} MB, compiled code and "
-          f"runtime {parts['compiled_code_and_runtime']} MB", flush=True)
+          f"runtime {parts['compiled_code_and_runtime']} MB; the delta by where it sits: Envoy's heap "
+          f"allocated {parts['heap_allocated']} MB, free memory the heap keeps {parts['heap_free_kept']} MB, "
+          f"outside the heap (V8's code and pages, the linear memory among them) {parts['outside_heap']} MB", flush=True)
     out["startup_split_ms"] = {}
     # Envoy's own start with a filter that fetches nothing: the floor of the figures below
     envoy = Envoy("startup-noop", "dist/noop.wasm", {}, concurrency=1)
@@ -560,6 +583,40 @@ def host_call_costs(tok):
     print("  host calls inside Envoy, us per call (medians of alternating runs, the same token "
           "header as case 3): " + ", ".join(f"{op} {c}" for op, c in costs.items()), flush=True)
     return {"us_per_call": costs, "noop_rps": round(med[""]), "count_per_request": PROBE_COUNT}
+
+
+# What a DPoP hit makes beside a bearer hit (tests/abi.rs a_dpop_hit_makes_only_the_host_calls_it_needs):
+# one verify_signature, one property read, three shared-data reads and two writes.
+DPOP_EXTRA_CALLS = "verify:1,get_property:1,cas:2,get_shared:1"
+
+
+def dpop_parts(tok):
+    """Where a DPoP hit's CPU goes beyond a bearer hit's, each part measured alone and alternately:
+    the larger request (the no-op filter sent the DPoP requests instead of the bearer ones), the
+    extra host calls (the no-op filter making them, the DPoP requests sent), and what is left, the
+    module's own work. Medians of REPEAT rounds of Envoy's CPU per request."""
+    runs = {k: [] for k in ("noop", "noop_dpop_request", "noop_dpop_calls", "hit", "dpop_hit")}
+    for _ in range(REPEAT):
+        proofs = dpop_proofs(tok, DPOP_PROOFS, os.path.join(RUN, "dpop-proofs.txt"))
+        runs["noop"].append(run_case("d no-op, bearer request", "dist/noop.wasm", {}, tok))
+        runs["noop_dpop_request"].append(
+            run_case("d no-op, DPoP request", "dist/noop.wasm", {}, tok, proofs=proofs))
+        runs["noop_dpop_calls"].append(
+            run_case("d no-op, DPoP's extra calls", "dist/noop.wasm", DPOP_EXTRA_CALLS, tok, proofs=proofs))
+        runs["hit"].append(run_case("d keycloak-pep, cache hit", "dist/keycloak_pep.wasm", plugin_config(True), tok))
+        proofs = dpop_proofs(tok, DPOP_PROOFS, os.path.join(RUN, "dpop-proofs.txt"))
+        runs["dpop_hit"].append(run_case("d keycloak-pep, DPoP hit", "dist/keycloak_pep.wasm",
+                                         dpop_plugin_config(), tok, proofs=proofs))
+    cpu = {k: sorted(r["cpu_us"] for r in v)[len(v) // 2] for k, v in runs.items()}
+    parts = {
+        "request_us": round(cpu["noop_dpop_request"] - cpu["noop"], 1),
+        "host_calls_us": round(cpu["noop_dpop_calls"] - cpu["noop_dpop_request"], 1),
+    }
+    parts["module_us"] = round(cpu["dpop_hit"] - cpu["hit"] - parts["request_us"] - parts["host_calls_us"], 1)
+    print(f"  a DPoP hit beyond a bearer hit ({cpu['dpop_hit']} against {cpu['hit']} us CPU/request): "
+          f"the larger request {parts['request_us']} us, the extra host calls {parts['host_calls_us']} us, "
+          f"the module's own work {parts['module_us']} us", flush=True)
+    return {"cpu_us": cpu, "parts_us": parts, "extra_calls": DPOP_EXTRA_CALLS, "runs": runs}
 
 
 USERS = int(os.environ.get("KCPEP_BENCH_USERS", "1000"))
@@ -795,6 +852,7 @@ def main():
         baseline = os.environ.get("KCPEP_BENCH_BASELINE_WASM")
         if baseline:
             runs["3_baseline_cache_hit"] = []
+            runs["8_baseline_dpop_proof_hit"] = []
         for round_no in range(REPEAT):
             if wanted("2"):
                 runs["2_noop"].append(run_case("2 no-op proxy-wasm filter", "dist/noop.wasm", {}, None))
@@ -815,10 +873,15 @@ def main():
                     "7 keycloak-pep, hit, no header", "dist/keycloak_pep.wasm", quiet, owner))
             if wanted("8"):
                 # every request a new DPoP proof: enough for the busiest run of the three
-                proofs = dpop_proofs(owner, DPOP_PROOFS, os.path.join(RUN, "dpop-proofs.txt"))
-                runs["8_pep_dpop_proof_hit"].append(run_case(
-                    "8 keycloak-pep, DPoP proof, hit", "dist/keycloak_pep.wasm", dpop_plugin_config(), owner,
-                    proofs=proofs))
+                def dpop(key, label, wasm):
+                    proofs = dpop_proofs(owner, DPOP_PROOFS, os.path.join(RUN, "dpop-proofs.txt"))
+                    runs[key].append(run_case(label, wasm, dpop_plugin_config(), owner, proofs=proofs))
+                pep = lambda: dpop("8_pep_dpop_proof_hit", "8 keycloak-pep, DPoP proof, hit",
+                                   "dist/keycloak_pep.wasm")
+                base = lambda: dpop("8_baseline_dpop_proof_hit", "8 baseline build, DPoP hit",
+                                    os.path.abspath(baseline))
+                for run in (([pep, base] if round_no % 2 == 0 else [base, pep]) if baseline else [pep]):
+                    run()
             if wanted("6"):
                 native = Envoy("jwt-authn", native=jwt_authn_filters())
                 runs["6_jwt_authn_rbac"].append(
@@ -841,6 +904,7 @@ def main():
         co = coalescing() if wanted("c") else {"keycloak_calls": None, "ok": 0, "coalesced": 0}
         fp = footprint(owner) if wanted("f") else None
         probe = host_call_costs(owner) if wanted("h") else None
+        dparts = dpop_parts(owner) if wanted("d") else None
         mix = fill = mix_authzen = None
         if wanted("m"):
             users = bench_users(USERS)
@@ -902,6 +966,9 @@ def main():
         per = probe["us_per_call"]
         summary["dpop_floor_us"] = round(summary["cpu_us_hit"] + per["verify"] + per["cas"], 1)
         summary["dpop_hit_vs_floor"] = round(summary["cpu_us_dpop_hit"] / summary["dpop_floor_us"], 2)
+    if dparts:
+        for k, v in dparts["parts_us"].items():
+            summary[f"dpop_extra_{k}"] = v
     if not cases["6_jwt_authn_rbac"].get("skipped"):
         summary["hit_vs_jwt_authn_rps"] = round(hit["rps"] / cases["6_jwt_authn_rbac"]["rps"], 2)
     if not cases["9_pep_authzen_no_cache"].get("skipped"):
@@ -922,10 +989,13 @@ def main():
         base = cases["3_baseline_cache_hit"]
         summary["hit_vs_baseline_rps"] = round(hit["rps"] / base["rps"], 2)
         summary["hit_vs_baseline_p50_us"] = hit["p50_us"] - base["p50_us"]
+    if cases.get("8_baseline_dpop_proof_hit", {}).get("runs"):
+        summary["cpu_us_dpop_hit_baseline"] = cases["8_baseline_dpop_proof_hit"]["cpu_us"]
     os.makedirs(os.path.join(ROOT, "results"), exist_ok=True)
     path = os.path.join(ROOT, "results", time.strftime("bench-%Y%m%dT%H%M%S.json"))
     with open(path, "w") as f:
         json.dump({"cases": cases, "coalescing": co, "footprint": fp, "host_calls": probe,
+                   "dpop_parts": dparts,
                    "many_users": mix, "many_users_authzen": mix_authzen, "decision_table": fill,
                    "summary": summary,
                    "duration_s": DURATION, "machine_cores": os.cpu_count()}, f, indent=1)

@@ -26,8 +26,12 @@ export KCPEP_WASM=dist/keycloak_pep_profile.wasm
 KCPEP_PERFMAP=1 perf record -q -F 2000 -g -o "$DATA" "$BIN" "$PROFILE" --exact --ignored --nocapture 2>&1 \
   | grep -E '^profile:' || true
 echo "profile: samples by where they ran ([JIT] = the module's compiled code)"
-perf report -i "$DATA" --no-children --sort dso --stdio -g none 2>/dev/null | grep -E '^ +[0-9]' | head -6
-JIT=$(perf report -i "$DATA" --no-children --sort dso --stdio -g none 2>/dev/null | grep -o '\[JIT\] tid [0-9]*' | head -1)
+# `head` closes the pipe before perf has written everything: not a failure of the profile
+report() { perf report -i "$DATA" --stdio -g none "$@" 2>/dev/null || true; }
+report --no-children --sort dso | { grep -E '^ +[0-9]' | head -6 || true; }
+JIT=$(report --no-children --sort dso | { grep -o '\[JIT\] tid [0-9]*' | head -1 || true; })
+top() { grep -E '^ +[0-9]' | head -"$1" | sed -E 's/ +$//' | cut -c1-160 || true; }
 echo "profile: the module's heaviest functions (share of all samples)"
-perf report -i "$DATA" --no-children --dso "$JIT" --sort symbol --stdio -g none 2>/dev/null \
-  | grep -E '^ +[0-9]' | head -25 | sed -E 's/ +$//' | cut -c1-160
+report --no-children --dso "$JIT" --sort symbol | top 25
+echo "profile: the module's functions with what they call (inclusive share of all samples; configure included)"
+report --children --dso "$JIT" --sort symbol | top 40

@@ -6,7 +6,8 @@
 //! header map), `header` (one header), `set_header`, `set_property`, `get_property`,
 //! `metric` (increment a counter), `time` (the clock), `verify` (one ES256 signature checked by
 //! Envoy's `verify_signature`, as a DPoP proof's is), `cas` (a shared-data read and a write with
-//! its compare-and-swap token, as a DPoP proof's replay entry is).
+//! its compare-and-swap token, as a DPoP proof's replay entry is), `get_shared` (a shared-data read
+//! alone).
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, MapType, MetricType};
@@ -27,6 +28,7 @@ enum Op {
     Time,
     Verify,
     Cas,
+    GetShared,
 }
 
 /// An ES256 vector (a P-256 test key's SubjectPublicKeyInfo, its DER signature over TEXT).
@@ -77,6 +79,7 @@ impl RootContext for Root {
                 "time" => Op::Time,
                 "verify" => Op::Verify,
                 "cas" => Op::Cas,
+                "get_shared" => Op::GetShared,
                 _ => return false,
             };
             ops.push((op, count.parse().unwrap_or(1)));
@@ -113,12 +116,13 @@ impl HttpContext for Noop {
                     Op::Metric => drop(hostcalls::increment_metric(self.metric, 1)),
                     Op::Time => drop(hostcalls::get_current_time()),
                     Op::Verify => VERIFY_ARGS.with(|a| drop(hostcalls::call_foreign_function("verify_signature", Some(a)))),
+                    Op::GetShared => drop(hostcalls::get_shared_data("probe.cas")),
                     Op::Cas => {
                         let (value, cas) = hostcalls::get_shared_data("probe.cas").unwrap_or((None, None));
                         let mut v = value.unwrap_or_default();
                         v.truncate(64);
                         v.push(1);
-                        drop(hostcalls::set_shared_data("probe.cas", Some(&v), cas));
+                        let _ = hostcalls::set_shared_data("probe.cas", Some(&v), cas);
                     }
                 }
             }
