@@ -140,6 +140,17 @@ def token(user):
     return json.loads(raw)["access_token"]
 
 
+_OWNER = {"token": None, "at": 0.0}
+
+
+def owner_token():
+    """The bench user's token, fetched again once it is 4 minutes old (the realm's tokens live
+    10): no case runs into its token's expiry, however long the run."""
+    if _OWNER["token"] is None or time.time() - _OWNER["at"] > 240:
+        _OWNER.update(token=token("owner"), at=time.time())
+    return _OWNER["token"]
+
+
 def wait_until(what, check, seconds):
     deadline = time.time() + seconds
     while time.time() < deadline:
@@ -312,7 +323,30 @@ def wait_idle(what, limit=0.05, longest=120):
             return round(share, 3)
 
 
-def run_case(name, wasm, plugin, tok, server=None, proofs=None):
+PERF_HZ = 2000
+
+
+def where_it_ran(data, requests):
+    """Envoy's CPU per request by where it ran (`perf report --sort dso` of samples taken at
+    PERF_HZ): Envoy's own code (V8's runtime included), the module's code as V8 compiled it
+    (`[JIT]`), the kernel, the rest (libc...)."""
+    out = {"envoy": 0.0, "module": 0.0, "kernel": 0.0, "other": 0.0}
+    report = subprocess.run(["perf", "report", "-i", data, "--sort", "dso", "--stdio", "-n"],
+                            capture_output=True, text=True).stdout
+    for line in report.splitlines():
+        m = re.match(r"\s+[0-9.]+%\s+(\d+)\s+(.+?)\s*$", line)
+        if not m:
+            continue
+        samples, dso = int(m.group(1)), m.group(2)
+        place = ("envoy" if dso == "envoy" else "module" if dso.startswith("[JIT]")
+                 else "kernel" if dso.startswith("[kernel") else "other")
+        out[place] += samples * 1e6 / PERF_HZ / max(requests, 1)
+    return {k: round(v, 1) for k, v in out.items()}
+
+
+def run_case(name, wasm, plugin, tok, server=None, proofs=None, where=False):
+    """`where`: the throughput run also sampled with `perf` (where_it_ran), when perf is here
+    (at PERF_HZ its cost is within the noise of the CPU figure)."""
     envoy = server or Envoy(name, wasm, plugin)
     try:
         # The filter fetches its keys and PAT first; the case starts once requests pass.
@@ -324,15 +358,25 @@ def run_case(name, wasm, plugin, tok, server=None, proofs=None):
         idle = wait_idle(name)
         # CPU per request: the proxy's own CPU time over the throughput run, divided by the
         # requests it answered (a figure that does not move with the load generator's share)
+        perf = None
+        if where and shutil.which("perf"):
+            data = os.path.join(RUN, "perf.data")
+            perf = subprocess.Popen(["perf", "record", "-q", "-F", str(PERF_HZ), "-o", data, "-p",
+                                     str(envoy.proc.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         cpu_before = cpu_seconds(envoy.proc.pid)
         thr = wrk(16, DURATION, tok, **extra())
         cpu_us = round((cpu_seconds(envoy.proc.pid) - cpu_before) * 1e6 / max(thr["requests"], 1), 1)
+        if perf:
+            perf.send_signal(signal.SIGINT)
+            perf.wait()
         lat = wrk(1, DURATION, tok, **extra())
         calls = envoy.stat("cluster.keycloak.upstream_rq_total")
         result = {"rps": round(thr["rps"]), "p50_us": lat["p50_us"], "p99_us": lat["p99_us"],
                   "rps_c1": round(lat["rps"]), "cpu_us": cpu_us, "stack_idle_share": idle,
                   "non2xx": thr["non2xx"] + lat["non2xx"],
                   "socket_errors": thr["socket_errors"] + lat["socket_errors"], "keycloak_requests": calls}
+        if perf:
+            result["where_us"] = where_it_ran(data, thr["requests"])
         refused = ""
         if proofs:
             # why a proof was refused, if one was (the filter's counters per reason)
@@ -590,33 +634,50 @@ def host_call_costs(tok):
 DPOP_EXTRA_CALLS = "verify:1,get_property:1,cas:2,get_shared:1"
 
 
-def dpop_parts(tok):
+def dpop_parts():
     """Where a DPoP hit's CPU goes beyond a bearer hit's, each part measured alone and alternately:
     the larger request (the no-op filter sent the DPoP requests instead of the bearer ones), the
     extra host calls (the no-op filter making them, the DPoP requests sent), and what is left, the
     module's own work. Medians of REPEAT rounds of Envoy's CPU per request."""
     runs = {k: [] for k in ("noop", "noop_dpop_request", "noop_dpop_calls", "hit", "dpop_hit")}
     for _ in range(REPEAT):
+        tok = owner_token()
         proofs = dpop_proofs(tok, DPOP_PROOFS, os.path.join(RUN, "dpop-proofs.txt"))
-        runs["noop"].append(run_case("d no-op, bearer request", "dist/noop.wasm", {}, tok))
+        runs["noop"].append(run_case("d no-op, bearer request", "dist/noop.wasm", {}, tok, where=True))
         runs["noop_dpop_request"].append(
-            run_case("d no-op, DPoP request", "dist/noop.wasm", {}, tok, proofs=proofs))
-        runs["noop_dpop_calls"].append(
-            run_case("d no-op, DPoP's extra calls", "dist/noop.wasm", DPOP_EXTRA_CALLS, tok, proofs=proofs))
-        runs["hit"].append(run_case("d keycloak-pep, cache hit", "dist/keycloak_pep.wasm", plugin_config(True), tok))
+            run_case("d no-op, DPoP request", "dist/noop.wasm", {}, tok, proofs=proofs, where=True))
+        runs["noop_dpop_calls"].append(run_case("d no-op, DPoP's extra calls", "dist/noop.wasm", DPOP_EXTRA_CALLS,
+                                                tok, proofs=proofs, where=True))
+        runs["hit"].append(run_case("d keycloak-pep, cache hit", "dist/keycloak_pep.wasm", plugin_config(True), tok,
+                                    where=True))
         proofs = dpop_proofs(tok, DPOP_PROOFS, os.path.join(RUN, "dpop-proofs.txt"))
         runs["dpop_hit"].append(run_case("d keycloak-pep, DPoP hit", "dist/keycloak_pep.wasm",
-                                         dpop_plugin_config(), tok, proofs=proofs))
+                                         dpop_plugin_config(), tok, proofs=proofs, where=True))
     cpu = {k: sorted(r["cpu_us"] for r in v)[len(v) // 2] for k, v in runs.items()}
     parts = {
         "request_us": round(cpu["noop_dpop_request"] - cpu["noop"], 1),
         "host_calls_us": round(cpu["noop_dpop_calls"] - cpu["noop_dpop_request"], 1),
     }
     parts["module_us"] = round(cpu["dpop_hit"] - cpu["hit"] - parts["request_us"] - parts["host_calls_us"], 1)
+    # where each case's CPU ran (perf, the throughput runs), medians per place
+    where = {k: {place: sorted(r["where_us"][place] for r in v)[len(v) // 2] for place in v[0]["where_us"]}
+             for k, v in runs.items() if v and all("where_us" in r for r in v)}
+    if len(where) == len(runs):
+        for k, w in where.items():
+            print(f"  {k}: us per request by where it ran (perf, c16): " +
+                  ", ".join(f"{place} {us}" for place, us in w.items()), flush=True)
+        # the module's code in V8 beyond a bearer hit's; Envoy's own code beyond what the no-op
+        # filter making the same extra calls costs there, the bearer hit's calls taken out
+        parts["module_in_v8_us"] = round(where["dpop_hit"]["module"] - where["hit"]["module"], 1)
+        parts["envoy_unexplained_us"] = round(
+            where["dpop_hit"]["envoy"] - where["noop_dpop_calls"]["envoy"]
+            - (where["hit"]["envoy"] - where["noop"]["envoy"]), 1)
     print(f"  a DPoP hit beyond a bearer hit ({cpu['dpop_hit']} against {cpu['hit']} us CPU/request): "
           f"the larger request {parts['request_us']} us, the extra host calls {parts['host_calls_us']} us, "
-          f"the module's own work {parts['module_us']} us", flush=True)
-    return {"cpu_us": cpu, "parts_us": parts, "extra_calls": DPOP_EXTRA_CALLS, "runs": runs}
+          f"the module's own work {parts['module_us']} us; by perf: the module's code in V8 "
+          f"{parts.get('module_in_v8_us')} us more than a bearer hit's, Envoy's own code "
+          f"{parts.get('envoy_unexplained_us')} us more than the same calls from the no-op filter", flush=True)
+    return {"cpu_us": cpu, "parts_us": parts, "where_us": where, "extra_calls": DPOP_EXTRA_CALLS, "runs": runs}
 
 
 USERS = int(os.environ.get("KCPEP_BENCH_USERS", "1000"))
@@ -836,7 +897,7 @@ def main():
     if started_stack:
         subprocess.run([STACK, "up"], check=True, stdout=subprocess.DEVNULL)
     try:
-        owner = token("owner")
+        owner = owner_token()
         print(f"bench: Envoy 1.40, --concurrency 1, wrk -t1, {DURATION} s per measurement after {WARMUP} s warm-up, "
               "routes answered by direct_response", flush=True)
         only = os.environ.get("KCPEP_BENCH_CASES")  # e.g. "2,3" while investigating; all by default
@@ -854,6 +915,7 @@ def main():
             runs["3_baseline_cache_hit"] = []
             runs["8_baseline_dpop_proof_hit"] = []
         for round_no in range(REPEAT):
+            owner = owner_token()
             if wanted("2"):
                 runs["2_noop"].append(run_case("2 no-op proxy-wasm filter", "dist/noop.wasm", {}, None))
             hit = lambda: runs["3_pep_cache_hit"].append(
@@ -891,20 +953,23 @@ def main():
             if len(rs) > 1:
                 print(f"  {key}: median of {len(rs)} runs: {cases[key]['cpu_us']} us CPU/request, "
                       f"{cases[key]['rps']} rps, p50 {cases[key]['p50_us']} us", flush=True)
+        owner = owner_token()
         cases["4_pep_no_cache"] = (
             run_case("4 keycloak-pep, no cache", "dist/keycloak_pep.wasm", plugin_config(False), owner)
             if wanted("4") else skipped)
+        owner = owner_token()
         cases["9_pep_authzen_no_cache"] = (
             run_case("9 keycloak-pep, AuthZEN, no cache", "dist/keycloak_pep.wasm",
                      plugin_config(False, "authzen"), owner)
             if wanted("9") else skipped)
+        owner = owner_token()
         cases["5_java_enforcer"] = (
             run_case("5 Keycloak's Java enforcer", None, None, owner, JavaEnforcer("java-enforcer"))
             if wanted("5") and shutil.which("java") and shutil.which("mvn") else skipped)
         co = coalescing() if wanted("c") else {"keycloak_calls": None, "ok": 0, "coalesced": 0}
-        fp = footprint(owner) if wanted("f") else None
-        probe = host_call_costs(owner) if wanted("h") else None
-        dparts = dpop_parts(owner) if wanted("d") else None
+        fp = footprint(owner_token()) if wanted("f") else None
+        probe = host_call_costs(owner_token()) if wanted("h") else None
+        dparts = dpop_parts() if wanted("d") else None
         mix = fill = mix_authzen = None
         if wanted("m"):
             users = bench_users(USERS)

@@ -53,15 +53,24 @@ else
     # "Module size"): std's panic messages (a panic traps at once: no input can cause one, and
     # Envoy logs the trap) and the source locations they would have named, std's speed-for-size
     # trade-offs; and the filter and every dependency are built at "z", except the functions a
-    # cache hit runs, which `--cfg kcpep_size` marks `optimize(speed)` (KCPEP_OWN_OPT_LEVEL sets
+    # cache hit or a DPoP proof runs, which `--cfg kcpep_size` marks `optimize(speed)`, and the
+    # crates below (KCPEP_OWN_OPT_LEVEL sets
     # the filter's own level): no more CPU per cache hit than the former "s" build (make bench,
-    # alternating runs).
+    # alternating runs; KCPEP_DEPS_OPT_LEVEL the dependencies').
     SIZE_RUSTFLAGS="" SIZE_ARGS=()
     if [ "$MANIFEST" = Cargo.toml ] && [ "${KCPEP_WASM_SIZE:-1}" != 0 ]; then
       SIZE_RUSTFLAGS="-Zunstable-options -Cpanic=immediate-abort -Zlocation-detail=none --cfg kcpep_size ${KCPEP_X_RUSTFLAGS:-}"
       CARGO_PROFILE_RELEASE_OPT_LEVEL="${KCPEP_OWN_OPT_LEVEL:-z}"
+      DEPS_LEVEL=${KCPEP_DEPS_OPT_LEVEL:-z}
+      case $DEPS_LEVEL in [0-9]) ;; *) DEPS_LEVEL="\"$DEPS_LEVEL\"" ;; esac
       SIZE_ARGS=(-Zbuild-std-features=optimize_for_size
-        --config 'profile.release.package."*".opt-level="z"')
+        --config "profile.release.package.\"*\".opt-level=$DEPS_LEVEL")
+      # The crates every request runs through, at 3 (std's allocator and copies, SHA-256,
+      # base64, JSON, the hash tables): 14 KB for less CPU on a cache hit and on a DPoP hit
+      # (docs/benchmark.md, "The runs of 2026-12-07, evening"). KCPEP_SPEED_CRATES overrides.
+      for crate in ${KCPEP_SPEED_CRATES-core alloc std dlmalloc compiler_builtins sha2 base64 serde_json hashbrown indexmap}; do
+        SIZE_ARGS+=(--config "profile.release.package.$crate.opt-level=3")
+      done
     fi
     RUSTC_BOOTSTRAP=1 RUSTC=/usr/bin/rustc \
     CARGO_TARGET_WASM32_WASIP1_LINKER="$LLD" \

@@ -168,6 +168,7 @@ pub struct Checking<'a> {
 
 /// Checks the binding of a verified token. `Ok(Some(proof))`: a DPoP proof passed every check
 /// but replay, which the caller asks the store (across workers).
+#[cfg_attr(kcpep_size, optimize(speed))]
 pub fn check(
     mode: SenderConstraint,
     settings: &DpopSettings,
@@ -227,6 +228,7 @@ pub fn check(
     proof_for(settings, &token.digest, Some(jkt), presented, with).map(Some)
 }
 
+#[cfg_attr(kcpep_size, optimize(speed))]
 fn proof_for(
     settings: &DpopSettings,
     access_token_sha256: &[u8; 32],

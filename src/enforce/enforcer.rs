@@ -246,6 +246,7 @@ impl Enforcer {
     /// so a bound token is refused), with its lookup id when valid (the memo key's identity; a
     /// bound token's only once its binding held for this request, which is checked on every
     /// request before the memo is asked). An unknown signing key asks for the realm's keys again.
+    #[cfg_attr(kcpep_size, optimize(speed))]
     pub fn check_credential(
         &mut self,
         authorization: &[&[u8]],
@@ -405,6 +406,7 @@ impl Enforcer {
     }
 
     /// A token verified now or before, with its lookup id; else what the credential is.
+    #[cfg_attr(kcpep_size, optimize(speed))]
     fn verified_token(
         &mut self,
         raw: &str,

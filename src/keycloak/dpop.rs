@@ -344,6 +344,7 @@ fn header_key(h: &str) -> Result<HeaderKey, ProofError> {
 
 /// Checks the request's `DPoP` header values against what the request and its token imply;
 /// `keys`: the keys of proof headers seen before.
+#[cfg_attr(kcpep_size, optimize(speed))]
 pub fn check(
     values: &[&[u8]],
     expected: &ProofCheck,

@@ -75,6 +75,7 @@ impl Alg {
 }
 
 /// base64url without padding (RFC 7515 §2), strictly: what a JWS's parts are written in.
+#[cfg_attr(kcpep_size, optimize(speed))]
 pub fn unb64url(s: &str) -> Option<Vec<u8>> {
     base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(s)
@@ -82,6 +83,7 @@ pub fn unb64url(s: &str) -> Option<Vec<u8>> {
 }
 
 /// The three parts of a compact JWS (`header.payload.signature`); `None` for any other count.
+#[cfg_attr(kcpep_size, optimize(speed))]
 pub fn parts(raw: &str) -> Option<(&str, &str, &str)> {
     let mut it = raw.split('.');
     match (it.next(), it.next(), it.next(), it.next()) {

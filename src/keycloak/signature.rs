@@ -121,6 +121,7 @@ fn read_varint(b: &[u8]) -> Option<(usize, usize)> {
     None
 }
 
+#[cfg_attr(kcpep_size, optimize(speed))]
 fn der(tag: u8, content: &[u8]) -> Vec<u8> {
     let mut out = vec![tag];
     let len = content.len();
@@ -140,6 +141,7 @@ fn der(tag: u8, content: &[u8]) -> Vec<u8> {
     out
 }
 
+#[cfg_attr(kcpep_size, optimize(speed))]
 fn der_uint(big_endian: &[u8]) -> Vec<u8> {
     let trimmed: &[u8] = {
         let first = big_endian
@@ -215,6 +217,7 @@ pub fn ec_spki(curve: Curve, x: &[u8], y: &[u8]) -> Option<Vec<u8>> {
 
 /// A JOSE ECDSA signature (`r || s`, each [`Curve::size`] bytes, RFC 7518 §3.4) as DER
 /// `ECDSA-Sig-Value ::= SEQUENCE { r INTEGER, s INTEGER }`; None when its length is wrong.
+#[cfg_attr(kcpep_size, optimize(speed))]
 pub fn jose_to_der(curve: Curve, sig: &[u8]) -> Option<Vec<u8>> {
     if sig.len() != 2 * curve.size() {
         return None;

@@ -520,6 +520,7 @@ pub fn signed_claims(
 
 /// The claims of a JWS when `k` signed it: the host checks it where it can, else the module
 /// (the `rust-crypto` build).
+#[cfg_attr(kcpep_size, optimize(speed))]
 fn signed_by(raw: &str, k: &Key, host: Option<HostVerifier>) -> Result<Value, TokenError> {
     if let (Some(host), Some(spki), Some(hash)) = (host, &k.spki, hash_of(k.alg)) {
         // `None`: the host could not tell
@@ -612,6 +613,7 @@ fn in_wasm_check(_: &str, _: &Key, _: Alg) -> Result<Value, TokenError> {
 }
 
 /// A JWS payload's JSON (the claims).
+#[cfg_attr(kcpep_size, optimize(speed))]
 fn payload(part: &str) -> Result<Value, TokenError> {
     jose::unb64url(part)
         .and_then(|b| serde_json::from_slice(&b).ok())
@@ -626,6 +628,7 @@ pub fn can_verify(host_verify: bool) -> bool {
 
 /// `Some(Ok(claims))` when the host verified the signature, `Some(Err)` when it refused it or the
 /// token is malformed, `None` when the host could not answer.
+#[cfg_attr(kcpep_size, optimize(speed))]
 fn host_check(
     raw: &str,
     host: HostVerifier,

@@ -5,6 +5,7 @@
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 
+#[cfg_attr(kcpep_size, optimize(speed))]
 pub fn lanes<const N: usize>(parts: &impl Hash) -> [u64; N] {
     std::array::from_fn(|i| {
         let mut h = DefaultHasher::new();

@@ -63,6 +63,7 @@ fn buckets(slots: u32) -> u64 {
 }
 
 /// The shared-data keys of the buckets `key` may go to (the same one twice in a tiny table).
+#[cfg_attr(kcpep_size, optimize(speed))]
 pub fn bucket_keys(table: &str, key: &[u8; 32], slots: u32) -> [String; CHOICES] {
     let n = buckets(slots);
     let hashes: [u64; CHOICES] = lanes(key);
@@ -102,6 +103,7 @@ pub enum Plan {
 }
 
 /// The step for `key` given what its buckets ([`bucket_keys`]) hold now.
+#[cfg_attr(kcpep_size, optimize(speed))]
 pub fn plan(read: [Option<&[u8]>; CHOICES], key: &[u8; 32], until_ms: i64, now_ms: i64) -> Plan {
     if read
         .iter()
@@ -132,6 +134,7 @@ fn share_buckets(slots: u32) -> u64 {
 }
 
 /// The shared-data key of the share bucket counting `owner`.
+#[cfg_attr(kcpep_size, optimize(speed))]
 pub fn share_key(table: &str, owner: &[u8; 32], slots: u32) -> String {
     let [h]: [u64; 1] = lanes(owner);
     share_name(table, h % share_buckets(slots))
@@ -210,6 +213,7 @@ pub enum SharePlan {
 
 /// One more proof of `owner`, given what its share bucket holds: at most `quota` proofs in any
 /// `window_ms` (about the time a proof holds its slot).
+#[cfg_attr(kcpep_size, optimize(speed))]
 pub fn share_plan(
     read: Option<&[u8]>,
     owner: &[u8; 32],
@@ -394,6 +398,7 @@ pub struct Tables<C: Cas> {
 }
 
 impl<C: Cas> Tables<C> {
+    #[cfg_attr(kcpep_size, optimize(speed))]
     fn remember(
         &mut self,
         table: &str,
@@ -438,6 +443,7 @@ impl<C: Cas> Tables<C> {
 }
 
 impl<C: Cas> ReplayGuard for Tables<C> {
+    #[cfg_attr(kcpep_size, optimize(speed))]
     fn first_use(
         &mut self,
         key: &[u8; 32],
@@ -513,6 +519,7 @@ mod tests {
     use std::collections::HashMap;
 
     /// A table in a map, as the shell keeps it in shared data (without the CAS races).
+    #[cfg_attr(kcpep_size, optimize(speed))]
     fn remember(
         table: &mut HashMap<String, Vec<u8>>,
         slots: u32,
