@@ -85,7 +85,7 @@ pub fn slot_key(table: &str, key: &Key, slots: u32) -> String {
 }
 
 fn slot_name(table: &str, n: u64) -> String {
-    crate::store::numbered_key("kcpep/v1/dc/", table, '/', n)
+    crate::store::names::numbered_key("kcpep/v1/dc/", table, '/', n)
 }
 
 /// Every slot key of a table of `slots` slots, the ones [`slot_key`] gives.

@@ -71,7 +71,7 @@ pub fn bucket_keys(table: &str, key: &[u8; 32], slots: u32) -> [String; CHOICES]
 }
 
 fn bucket_name(table: &str, n: u64) -> String {
-    crate::store::numbered_key("kcpep.jti.", table, '.', n)
+    crate::store::names::numbered_key("kcpep.jti.", table, '.', n)
 }
 
 /// Every bucket key of a table of `slots` slots (the ones [`bucket_keys`] gives), to make at
@@ -141,7 +141,7 @@ pub fn share_key(table: &str, owner: &[u8; 32], slots: u32) -> String {
 }
 
 fn share_name(table: &str, n: u64) -> String {
-    crate::store::numbered_key("kcpep.jkt.", table, '.', n)
+    crate::store::names::numbered_key("kcpep.jkt.", table, '.', n)
 }
 
 /// One owner's count, read from a share entry.
